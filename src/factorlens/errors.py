@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+Every problem caused by what the user gave (a file, a name, an option) raises
+:class:`FactorlensError` with a one-line message that says what was wrong and how to fix it.
+The CLI prints it as ``error: <message>`` without a traceback (unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+
+class FactorlensError(ValueError):
+    """A problem with the user's input; the message is one line and says how to fix it."""
+
+
+def close_matches(word: str, candidates: list[str], n: int = 3) -> str:
+    """Return ``" (did you mean: a, b?)"`` for the closest candidates, or ``""``."""
+    import difflib
+
+    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+    return f" (did you mean: {', '.join(found)}?)" if found else ""

@@ -1,0 +1,213 @@
+"""Data access for the engine: every block seen through two products summed over row chunks.
+
+The ALS engine never touches a block's entries directly. It only asks, for every block ``Y``
+(``N×P`` once flattened, after optional centring and scaling ``Ỹ = s·(Y − 1μᵀ)``):
+
+* ``left(K)``  = ``Ỹ K``   — ``(N, k)`` from ``K (P, k)``, computed row chunk by row chunk;
+* ``right(A)`` = ``Ỹᵀ A``  — ``(P, k)`` from ``A (N, k)``, a sum over row chunks.
+
+Both are plain GEMMs on each chunk, so the same engine runs on arrays in memory (one chunk),
+on chunked arrays on disk (zarr: one chunk at a time) and on torch tensors on a GPU. Centring
+is applied lazily (``μ`` is folded into the products), so no centred copy is ever made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from factorlens.errors import FactorlensError
+
+#: blocks smaller than this many bytes (float32) are read into memory once for the fit.
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+
+
+class Block:
+    """One data block ``Y`` (shape ``(N, ...)``) with lazy centring and scaling.
+
+    Parameters
+    ----------
+    name : the block's name.
+    data : array-like of shape (N, ...) that supports ``data[i:j]`` (numpy, zarr, torch).
+    center : subtract the column means (over samples) before everything else.
+    chunk_rows : rows per chunk for arrays read from disk; ``None`` = the whole block at once.
+    device : where the products run: ``"cpu"`` or a torch device string such as ``"cuda"``
+        (the block is then copied to that device once).
+    backend : ``"numpy"`` or ``"torch"``; default numpy on ``"cpu"``, torch elsewhere.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        data: Any,
+        *,
+        center: bool = False,
+        chunk_rows: int | None = None,
+        device: str = "cpu",
+        backend: str | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        shape = tuple(int(s) for s in data.shape)
+        if len(shape) < 2:
+            raise FactorlensError(
+                f"block {name!r} has shape {shape}; every block needs a sample axis and at least "
+                "one feature axis (N, ...)"
+            )
+        self.name = name
+        self.shape = shape
+        self.n_rows = shape[0]
+        self.width = int(np.prod(shape[1:]))
+        self.center = center
+        self.device = device
+        self.scale = 1.0
+        nbytes = self.n_rows * self.width * 4
+        in_memory = isinstance(data, np.ndarray) or nbytes <= memory_budget
+        self.in_memory = in_memory
+        backend = backend or ("numpy" if device == "cpu" else "torch")
+        if backend not in ("numpy", "torch"):
+            raise FactorlensError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+        self._torch = backend == "torch"
+        if in_memory:
+            arr = np.asarray(data[:] if not isinstance(data, np.ndarray) else data)
+            arr = arr.reshape(self.n_rows, self.width)
+            if arr.dtype not in (np.float32, np.float64):
+                arr = arr.astype(np.float32)
+            self._data: Any = arr
+            self.chunk_rows = self.n_rows
+        else:
+            self._data = data
+            self.chunk_rows = int(chunk_rows or max(1, (256 * 1024**2) // (self.width * 4)))
+        if self._torch and in_memory:
+            import torch
+
+            self._data = torch.as_tensor(self._data).to(device)
+        self._dtype = np.float64 if getattr(data, "dtype", None) == np.float64 else np.float32
+        if self._torch:
+            import torch
+
+            self._dtype_torch = torch.float64 if self._dtype == np.float64 else torch.float32
+        self.mean = np.zeros(self.width)
+        self.sumsq = 0.0  # ‖Y − 1μᵀ‖² before scaling
+        self._compute_stats()
+
+    # ----------------------------------------------------------------- chunks
+    def chunks(self) -> Iterator[tuple[slice, Any]]:
+        """Yield ``(rows, Y[rows])`` with ``Y[rows]`` of shape ``(rows, P)``."""
+        step = self.chunk_rows
+        for start in range(0, self.n_rows, step):
+            stop = min(start + step, self.n_rows)
+            rows = slice(start, stop)
+            if self.in_memory:
+                yield rows, self._data
+                return
+            chunk = np.asarray(self._data[start:stop], dtype=np.float32)
+            chunk = chunk.reshape(stop - start, self.width)
+            if self._torch:
+                import torch
+
+                chunk = torch.from_numpy(chunk).to(self.device)
+            yield rows, chunk
+
+    def _compute_stats(self) -> None:
+        total = np.zeros(self.width)
+        sumsq = 0.0
+        for _, y in self.chunks():
+            y64 = _to_numpy(y).astype(np.float64, copy=False)
+            if not np.isfinite(y64).all():
+                bad = int((~np.isfinite(y64)).sum())
+                raise FactorlensError(
+                    f"block {self.name!r} holds {bad} NaN or Inf values; recapture with "
+                    "--nonfinite zero or remove the offending inputs"
+                )
+            total += y64.sum(axis=0)
+            sumsq += float(np.einsum("ij,ij->", y64, y64))
+        if self.center:
+            self.mean = total / self.n_rows
+            sumsq -= self.n_rows * float(self.mean @ self.mean)
+        self.sumsq = max(sumsq, 0.0)
+
+    @property
+    def norm_sq(self) -> float:
+        """‖Ỹ‖² (after centring and scaling)."""
+        return self.scale**2 * self.sumsq
+
+    # --------------------------------------------------------------- products
+    def left(self, K: np.ndarray) -> np.ndarray:
+        """``Ỹ K`` for ``K (P, k)``; returns ``(N, k)`` float64."""
+        out = np.empty((self.n_rows, K.shape[1]))
+        Kc = self._cast(K)
+        for rows, y in self.chunks():
+            out[rows] = _to_numpy(y @ Kc)
+        if self.center:
+            out -= self.mean @ K
+        out *= self.scale
+        return out
+
+    def right(self, A: np.ndarray) -> np.ndarray:
+        """``Ỹᵀ A`` for ``A (N, k)``; returns ``(P, k)`` float64."""
+        out = np.zeros((self.width, A.shape[1]))
+        for rows, y in self.chunks():
+            out += _to_numpy(y.T @ self._cast(A[rows]))
+        if self.center:
+            out -= np.outer(self.mean, A.sum(axis=0))
+        out *= self.scale
+        return out
+
+    def _cast(self, M: np.ndarray) -> Any:
+        if self._torch:
+            import torch
+
+            return torch.as_tensor(M, dtype=self._dtype_torch, device=self.device)
+        return np.ascontiguousarray(M, dtype=self._dtype)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float64, copy=False)
+    return x.detach().to("cpu").double().numpy()
+
+
+def check_blocks(names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> int:
+    """Validate that all blocks share the sample count; return it."""
+    if not names:
+        raise FactorlensError("no blocks to factorize; give the input and at least one layer")
+    counts = {n: s[0] for n, s in zip(names, shapes, strict=True)}
+    if len(set(counts.values())) > 1:
+        listing = ", ".join(f"{n}: {c}" for n, c in counts.items())
+        raise FactorlensError(
+            f"blocks have different sample counts ({listing}); every block must hold the same "
+            "inputs in the same order"
+        )
+    n = next(iter(counts.values()))
+    if n == 0:
+        raise FactorlensError("the blocks hold no samples (N = 0); give at least one input")
+    return n
+
+
+def block_weights(blocks: Sequence[Block], weighting: str | dict[str, float]) -> list[float]:
+    """Scale factors ``s_b`` (``w_b = s_b²``) for the weighting scheme.
+
+    ``"unit"`` (default): every block scaled to unit Frobenius norm, so each block contributes
+    equally whatever its size. ``"none"``: raw data (the largest layer dominates). A dict gives
+    a relative weight ``w_b`` per block name on top of ``"unit"`` (missing names get 1).
+    """
+    scales = []
+    for b in blocks:
+        norm = math.sqrt(b.sumsq)
+        unit = 1.0 / norm if norm > 0 else 1.0
+        if weighting == "unit":
+            s = unit
+        elif weighting == "none":
+            s = 1.0
+        elif isinstance(weighting, dict):
+            s = unit * math.sqrt(float(weighting.get(b.name, 1.0)))
+        else:
+            raise FactorlensError(
+                f"unknown weighting {weighting!r}; use 'unit', 'none' or a dict of "
+                "per-block weights"
+            )
+        scales.append(s)
+    return scales

@@ -1,0 +1,564 @@
+"""Coupled matrix–tensor factorization (CMTF) by alternating least squares, ACMTF-style.
+
+Model (Acar et al. 2011, 2014), with one shared sample factor ``A`` (``N×R``, unit-norm columns)::
+
+    min  Σ_b ‖Ỹ_b − A diag(σ_b) K_bᵀ‖²  +  β Σ_b Σ_r σ_br
+
+* ``Ỹ_b`` is block ``b`` flattened to ``N×P_b``, optionally centred, scaled by ``s_b`` (the block
+  weighting; default: unit Frobenius norm per block, so every block counts equally).
+* ``K_b`` is the non-shared factor with unit-norm columns: ``V_b`` (``P_b×R``) for a matrix block,
+  the Khatri–Rao product of the mode factors for a CP block (``N×H×W`` → ``[B, C]``).
+* ``σ_br ≥ 0`` is component ``r``'s strength in block ``b``; the L1 penalty ``β`` (ACMTF) drives
+  the strength of a component that a block does not hold to exactly zero. The table ``σ`` is the
+  flow map.
+
+Every update is exact for its block of variables (a small ``R×R`` least-squares solve, or
+column-wise coordinate updates when nonnegativity or the penalty make the solve inexact), so the
+objective never increases. The data are touched only through ``Ỹ_bᵀ A`` and ``Ỹ_b K_b``
+(:mod:`factorlens.factorize.blocks`), two GEMMs per block per iteration; the loss uses
+``‖Ỹ − AKᵀ‖² = ‖Ỹ‖² − 2⟨ỸᵀA, K⟩ + ⟨AᵀA, KᵀK⟩`` and never reconstructs a block.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from factorlens.errors import FactorlensError
+from factorlens.factorize.blocks import (
+    DEFAULT_MEMORY_BUDGET,
+    Block,
+    block_weights,
+    check_blocks,
+)
+from factorlens.factorize.result import CMTFResult
+
+_TINY = 1e-300
+
+
+@dataclass
+class _State:
+    """Factors during the fit: ``F[b][0]`` absorbs σ (unnormalised), the other modes unit-norm."""
+
+    A: np.ndarray
+    F: list[list[np.ndarray]]
+
+
+# ------------------------------------------------------------------------ small linear algebra
+def _khatri_rao(factors: Sequence[np.ndarray]) -> np.ndarray:
+    """Row-major Khatri–Rao product: rows ordered like ``shape[1:]`` flattened in C order."""
+    out = factors[0]
+    for f in factors[1:]:
+        out = (out[:, None, :] * f[None, :, :]).reshape(-1, out.shape[1])
+    return out
+
+
+def _gram(factors: Sequence[np.ndarray], skip: int | None = None) -> np.ndarray:
+    """Hadamard product of the Gram matrices of ``factors`` (all but ``skip``)."""
+    R = factors[0].shape[1]
+    G = np.ones((R, R))
+    for k, f in enumerate(factors):
+        if k != skip:
+            G *= f.T @ f
+    return G
+
+
+def _mttkrp(T: np.ndarray, factors: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Contract ``T`` (shape ``(I_1, …, I_m, R)``) with every factor but ``k``: ``(I_k, R)``."""
+    m = len(factors)
+    letters = string.ascii_lowercase[:m]
+    operands: list[Any] = [T]
+    subs = [letters + "z"]
+    for j in range(m):
+        if j != k:
+            operands.append(factors[j])
+            subs.append(letters[j] + "z")
+    return np.einsum(",".join(subs) + "->" + letters[k] + "z", *operands, optimize=True)
+
+
+def _solve_ls(Z: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """``Z G⁻¹`` for a symmetric PSD ``G`` (R×R), minimum-norm when ``G`` is singular."""
+    return np.linalg.lstsq(G, Z.T, rcond=1e-12)[0].T
+
+
+def _column_updates(
+    Z: np.ndarray,
+    G: np.ndarray,
+    F: np.ndarray,
+    penalty: np.ndarray,
+    nonneg: bool,
+    sweeps: int,
+) -> np.ndarray:
+    """Exact coordinate updates of the columns of ``F`` for
+
+    ``min_F  tr(Fᵀ F G) − 2 tr(Fᵀ Z) + Σ_r penalty_r ‖f_r‖``  (optionally ``F ≥ 0``):
+    ``f_r = z₊/G_rr · max(0, 1 − penalty_r / (2‖z₊‖))`` with ``z = Z_r − Σ_{s≠r} f_s G_sr``.
+    """
+    F = F.copy()
+    R = F.shape[1]
+    for _ in range(sweeps):
+        for r in range(R):
+            g = G[r, r]
+            if g <= _TINY:
+                F[:, r] = 0.0
+                continue
+            z = Z[:, r] - F @ G[:, r] + F[:, r] * g
+            if nonneg:
+                np.maximum(z, 0.0, out=z)
+            nz = math.sqrt(float(z @ z))
+            shrink = max(0.0, 1.0 - penalty[r] / (2.0 * nz)) if nz > 0 else 0.0
+            F[:, r] = z * (shrink / g)
+    return F
+
+
+def _rank_one(t: np.ndarray, n_iter: int = 10) -> list[np.ndarray]:
+    """Best rank-one approximation of a small tensor by power iterations; first factor scaled."""
+    if t.ndim == 1:
+        return [t.copy()]
+    vecs = []
+    for k in range(1, t.ndim):
+        unf = np.moveaxis(t, k, 0).reshape(t.shape[k], -1)
+        u = np.linalg.svd(unf, full_matrices=False)[0][:, 0]
+        vecs.append(u)
+    for _ in range(n_iter if t.ndim > 2 else 1):
+        first = t
+        for v in reversed(vecs):
+            first = first @ v
+        if t.ndim == 2:
+            break
+        for k in range(1, t.ndim):
+            x = t
+            for j in range(t.ndim - 1, 0, -1):
+                if j != k:
+                    x = np.tensordot(x, vecs[j - 1], axes=([j], [0]))
+            # x now has axes (0, k): contract mode 0 with `first`
+            v = first @ x
+            n = np.linalg.norm(v)
+            vecs[k - 1] = v / n if n > 0 else vecs[k - 1]
+    first = t
+    for v in reversed(vecs):
+        first = first @ v
+    return [first, *vecs]
+
+
+# ------------------------------------------------------------------------------ the estimator
+class CMTF:
+    """Joint factorization of the input and layer blocks with one shared sample factor.
+
+    Parameters
+    ----------
+    rank : number of components R (1 ≤ R ≤ N).
+    nonneg : constrain every factor (and so every loading and pattern) to be ≥ 0.
+    l1 : ACMTF penalty β on the component strengths σ (blocks are unit-norm by default, so β is
+        relative to a block's norm). 0 gives plain CMTF.
+    weighting : ``"unit"`` (each block scaled to unit Frobenius norm), ``"none"``, or a dict of
+        per-block relative weights on top of unit norm.
+    center : subtract each block's per-feature mean over samples first (not with ``nonneg``).
+    tensor_blocks : names of blocks fitted with a CP model on their natural shape; ``None``
+        means the first block (the input) when it has ≥ 2 feature axes, all others as matrices.
+    init : ``"svd"`` (randomized SVD of the weighted concatenation) or ``"random"``.
+    n_init : number of starts (the first from ``init``, the rest random); each runs
+        ``screen_iter`` iterations and the best is continued to convergence.
+    max_iter, tol : iteration cap and relative loss change at which the fit stops.
+    inner_sweeps : coordinate sweeps per block update when an exact solve does not apply.
+    random_state : seed; the same seed gives the same result.
+    device : ``"cpu"`` or a torch device (``"cuda"``) for the data products.
+    backend : ``"numpy"`` or ``"torch"`` for the data products; default numpy on the CPU and
+        torch on any other device.
+    memory_budget : blocks up to this many bytes are read into memory once; larger on-disk
+        blocks are streamed chunk by chunk on every pass.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        *,
+        nonneg: bool = False,
+        l1: float = 1e-3,
+        weighting: str | dict[str, float] = "unit",
+        center: bool = False,
+        tensor_blocks: Sequence[str] | None = None,
+        init: str = "svd",
+        n_init: int = 3,
+        screen_iter: int = 20,
+        max_iter: int = 500,
+        tol: float = 1e-7,
+        inner_sweeps: int = 3,
+        random_state: int | None = 0,
+        device: str = "cpu",
+        backend: str | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        progress: bool = False,
+    ) -> None:
+        self.rank = rank
+        self.nonneg = nonneg
+        self.l1 = l1
+        self.weighting = weighting
+        self.center = center
+        self.tensor_blocks = tensor_blocks
+        self.init = init
+        self.n_init = n_init
+        self.screen_iter = screen_iter
+        self.max_iter = max_iter
+        self.tol = tol
+        self.inner_sweeps = inner_sweeps
+        self.random_state = random_state
+        self.device = device
+        self.backend = backend
+        self.memory_budget = memory_budget
+        self.progress = progress
+
+    # ------------------------------------------------------------------------- public API
+    def fit(self, blocks: Any, y: Any = None) -> CMTF:
+        """Fit to ``blocks``: a mapping name → array ``(N, …)`` (input first) or an
+        activation store. Sets ``result_`` (a :class:`CMTFResult`), ``A_``, ``flow_``, ``fit_``.
+        """
+        names, arrays = _as_named_arrays(blocks)
+        self._validate(names, arrays)
+        data = [
+            Block(
+                n,
+                a,
+                center=self.center,
+                chunk_rows=_chunk_rows(a),
+                device=self.device,
+                backend=self.backend,
+                memory_budget=self.memory_budget,
+            )
+            for n, a in zip(names, arrays, strict=True)
+        ]
+        scales = block_weights(data, self.weighting)
+        for b, s in zip(data, scales, strict=True):
+            b.scale = s
+        models = self._block_models(names, [b.shape for b in data])
+        rng = np.random.default_rng(self.random_state)
+
+        starts = [self.init] + ["random"] * (self.n_init - 1)
+        best: tuple[float, _State, list[float], list[float]] | None = None
+        for k, how in enumerate(starts):
+            state = self._initial_state(data, models, how, rng)
+            iters = self.max_iter if len(starts) == 1 else min(self.screen_iter, self.max_iter)
+            state, hist, blk = self._als(data, models, state, iters, label=f"start {k + 1}")
+            if best is None or hist[-1] < best[0]:
+                best = (hist[-1], state, hist, blk)
+        assert best is not None
+        _, state, hist, blk = best
+        if len(starts) > 1 and len(hist) < self.max_iter and not self._converged(hist):
+            state, more, blk = self._als(
+                data, models, state, self.max_iter - len(hist), label="refine"
+            )
+            hist = hist + more
+        self.result_ = self._result(data, models, state, hist, blk, scales)
+        self.A_ = self.result_.A
+        self.flow_ = self.result_.flow
+        self.fit_ = self.result_.fit
+        self.n_iter_ = len(hist)
+        return self
+
+    def fit_transform(self, blocks: Any, y: Any = None) -> np.ndarray:
+        """Fit and return the shared sample factor ``A`` (N, R)."""
+        return self.fit(blocks).A_
+
+    # ------------------------------------------------------------------------- validation
+    def _validate(self, names: list[str], arrays: list[Any]) -> None:
+        n = check_blocks(names, [tuple(a.shape) for a in arrays])
+        if not isinstance(self.rank, (int, np.integer)) or self.rank <= 0:
+            raise FactorlensError(f"rank must be a positive integer, got {self.rank!r}")
+        total = sum(int(np.prod(a.shape[1:])) for a in arrays)
+        limit = min(n, total)
+        if self.rank > limit:
+            raise FactorlensError(
+                f"rank {self.rank} is larger than the data allows (at most {limit}: "
+                f"{n} samples, {total} features in all blocks); choose --rank <= {limit}"
+            )
+        if self.nonneg and self.center:
+            raise FactorlensError(
+                "nonneg and center cannot be combined (centred data is signed); drop one"
+            )
+        if self.l1 < 0:
+            raise FactorlensError(f"l1 must be >= 0, got {self.l1}")
+        if self.init not in ("svd", "random"):
+            raise FactorlensError(f"init must be 'svd' or 'random', got {self.init!r}")
+        if self.n_init < 1:
+            raise FactorlensError(f"n_init must be >= 1, got {self.n_init}")
+
+    def _block_models(self, names: list[str], shapes: list[tuple[int, ...]]) -> list[str]:
+        wanted = (
+            ([names[0]] if self.tensor_blocks is None and len(shapes[0]) >= 3 else [])
+            if self.tensor_blocks is None
+            else list(self.tensor_blocks)
+        )
+        for w in wanted:
+            if w not in names:
+                raise FactorlensError(f"tensor block {w!r} is not among the blocks: {names}")
+            if len(shapes[names.index(w)]) < 3:
+                raise FactorlensError(
+                    f"block {w!r} has shape {shapes[names.index(w)]}; a CP model needs at least "
+                    "two feature axes (N×C×H×W or N×H×W)"
+                )
+        return ["cp" if n in wanted else "matrix" for n in names]
+
+    # ------------------------------------------------------------------------- the algorithm
+    @property
+    def _exact(self) -> bool:
+        return not self.nonneg and self.l1 == 0
+
+    def _initial_state(
+        self, data: list[Block], models: list[str], how: str, rng: np.random.Generator
+    ) -> _State:
+        R, N = self.rank, data[0].n_rows
+        if how == "svd":
+            A, T = _randomized_svd_factor(data, R, rng)
+            if self.nonneg:
+                A = np.abs(A)
+                A /= np.maximum(np.linalg.norm(A, axis=0), _TINY)
+                T = [b.right(A) for b in data]
+        else:
+            A = rng.random((N, R)) if self.nonneg else rng.standard_normal((N, R))
+            A /= np.maximum(np.linalg.norm(A, axis=0), _TINY)
+            T = [b.right(A) for b in data]
+        G = A.T @ A
+        F = []
+        for b, model, Tb in zip(data, models, T, strict=True):
+            V = _solve_ls(Tb, G)
+            if self.nonneg:
+                V = np.abs(V)
+            if model == "matrix":
+                F.append([V])
+                continue
+            dims = b.shape[1:]
+            parts = [np.empty((d, R)) for d in dims]
+            for r in range(R):
+                ones = _rank_one(V[:, r].reshape(dims))
+                for k, v in enumerate(ones):
+                    parts[k][:, r] = np.abs(v) if self.nonneg else v
+            F.append(_normalise_modes(parts))
+        return _State(A=A, F=F)
+
+    def _update_block(self, Tb: np.ndarray, AtA: np.ndarray, Fb: list[np.ndarray], dims) -> None:
+        """Update the non-shared factors of one block in place from ``Tb = Ỹ_bᵀ A``."""
+        sweeps = self.inner_sweeps
+        if len(Fb) == 1:
+            if self._exact:
+                Fb[0] = _solve_ls(Tb, AtA)
+            else:
+                pen = np.full(AtA.shape[0], self.l1)
+                Fb[0] = _column_updates(Tb, AtA, Fb[0], pen, self.nonneg, sweeps)
+            return
+        T = Tb.reshape(*dims, -1)
+        for k in range(len(Fb)):
+            Z = _mttkrp(T, Fb, k)
+            G = AtA * _gram(Fb, skip=k)
+            if self._exact:
+                Fb[k] = _solve_ls(Z, G)
+            else:
+                pen = self.l1 * np.prod(
+                    [np.linalg.norm(f, axis=0) for j, f in enumerate(Fb) if j != k], axis=0
+                )
+                Fb[k] = _column_updates(Z, G, Fb[k], pen, self.nonneg, sweeps)
+            if k > 0:
+                n = np.linalg.norm(Fb[k], axis=0)
+                ok = n > _TINY
+                Fb[k][:, ok] /= n[ok]
+                Fb[0][:, ok] *= n[ok]
+
+    def _update_A(self, A: np.ndarray, M: np.ndarray, G: np.ndarray, F) -> np.ndarray:
+        if self._exact:
+            A = _solve_ls(M, G)
+            n = np.linalg.norm(A, axis=0)
+            ok = n > _TINY
+            A[:, ok] /= n[ok]
+            for Fb in F:
+                Fb[0][:, ok] *= n[ok]
+            return A
+        A = A.copy()
+        for _ in range(self.inner_sweeps):
+            for r in range(A.shape[1]):
+                z = M[:, r] - A @ G[:, r] + A[:, r] * G[r, r]
+                if self.nonneg:
+                    np.maximum(z, 0.0, out=z)
+                nz = math.sqrt(float(z @ z))
+                if nz > _TINY:
+                    A[:, r] = z / nz
+        return A
+
+    def _loss(self, data, state, T) -> tuple[float, list[float]]:
+        AtA = state.A.T @ state.A
+        per_block = []
+        for b, Fb, Tb in zip(data, state.F, T, strict=True):
+            K = _khatri_rao(Fb)
+            res = b.norm_sq - 2.0 * float(np.sum(Tb * K)) + float(np.sum(AtA * _gram(Fb)))
+            per_block.append(max(res, 0.0))
+        penalty = self.l1 * sum(float(np.linalg.norm(Fb[0], axis=0).sum()) for Fb in state.F)
+        return sum(per_block) + penalty, per_block
+
+    def _converged(self, hist: list[float]) -> bool:
+        if len(hist) < 2:
+            return False
+        prev, cur = hist[-2], hist[-1]
+        return abs(prev - cur) <= self.tol * max(abs(prev), _TINY)
+
+    def _als(self, data, models, state: _State, iters: int, label: str):
+        """Run up to ``iters`` ALS iterations; return state, loss history, per-block losses."""
+        dims = [b.shape[1:] for b in data]
+        A, F = state.A, [list(f) for f in state.F]
+        state = _State(A, F)
+        T = [b.right(A) for b in data]
+        hist: list[float] = []
+        loss, blk = self._loss(data, state, T)
+        hist.append(loss)
+        bar = _progress(iters, f"CMTF {label}") if self.progress else None
+        for _ in range(iters - 1):
+            AtA = A.T @ A
+            for Tb, Fb, d in zip(T, F, dims, strict=True):
+                self._update_block(Tb, AtA, Fb, d)
+            K = [_khatri_rao(Fb) for Fb in F]
+            M = sum(b.left(Kb) for b, Kb in zip(data, K, strict=True))
+            G = sum(Kb.T @ Kb for Kb in K)
+            A = self._update_A(A, M, G, F)
+            state = _State(A, F)
+            T = [b.right(A) for b in data]
+            loss, blk = self._loss(data, state, T)
+            hist.append(loss)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.5g}")
+            if self._converged(hist):
+                break
+        if bar is not None:
+            bar.close()
+        return state, hist, blk
+
+    # ------------------------------------------------------------------------- the result
+    def _result(self, data, models, state, hist, blk, scales) -> CMTFResult:
+        A = state.A.copy()
+        R = A.shape[1]
+        names = [b.name for b in data]
+        strength = {}
+        unit: dict[str, list[np.ndarray]] = {}
+        for b, Fb in zip(data, state.F, strict=True):
+            sigma = np.linalg.norm(Fb[0], axis=0)
+            f0 = Fb[0] / np.where(sigma > _TINY, sigma, 1.0)
+            unit[b.name] = [f0] + [f.copy() for f in Fb[1:]]
+            norm = math.sqrt(b.norm_sq)
+            strength[b.name] = sigma / norm if norm > 0 else np.zeros(R)
+        # signs: A's columns sum to >= 0; in each block every mode but the last points to its
+        # largest entry, the last mode carries the sign.
+        flip = np.where(A.sum(axis=0) < 0, -1.0, 1.0)
+        A *= flip
+        for facs in unit.values():
+            facs[-1] *= flip
+            for k in range(len(facs) - 1):
+                idx = np.abs(facs[k]).argmax(axis=0)
+                s = np.where(facs[k][idx, np.arange(R)] < 0, -1.0, 1.0)
+                facs[k] *= s
+                facs[-1] *= s
+        order = np.argsort(-sum(strength.values()), kind="stable")
+        A = A[:, order]
+        unit = {n: [f[:, order] for f in fs] for n, fs in unit.items()}
+        strength = {n: s[order] for n, s in strength.items()}
+        fit = {}
+        degenerate = []
+        for b, loss_b in zip(data, blk, strict=True):
+            if b.norm_sq > 0:
+                fit[b.name] = float(min(1.0, max(0.0, 1.0 - loss_b / b.norm_sq)))
+            else:
+                fit[b.name] = 0.0
+                degenerate.append(b.name)
+        options = {
+            "rank": R,
+            "nonneg": self.nonneg,
+            "l1": self.l1,
+            "weighting": self.weighting,
+            "center": self.center,
+            "init": self.init,
+            "n_init": self.n_init,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "random_state": self.random_state,
+            "n_iter": len(hist),
+            "converged": self._converged(hist),
+            "block_norms": {b.name: math.sqrt(b.sumsq) for b in data},
+            "block_scales": dict(zip(names, scales, strict=True)),
+            "degenerate_blocks": degenerate,
+        }
+        means = {b.name: b.mean.reshape(b.shape[1:]) for b in data if self.center}
+        return CMTFResult(
+            A=A,
+            block_names=names,
+            block_shapes=[b.shape for b in data],
+            block_models=models,
+            factors=unit,
+            weights=strength,
+            fit=fit,
+            loss_history=hist,
+            options=options,
+            means=means,
+        )
+
+
+def cmtf(blocks: Any, rank: int, **kwargs: Any) -> CMTFResult:
+    """Functional form: ``CMTF(rank, **kwargs).fit(blocks).result_``."""
+    return CMTF(rank, **kwargs).fit(blocks).result_
+
+
+# ------------------------------------------------------------------------------ helpers
+def _normalise_modes(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """Make every mode but the first unit-norm, pushing the norms into the first."""
+    for k in range(1, len(parts)):
+        n = np.linalg.norm(parts[k], axis=0)
+        ok = n > _TINY
+        parts[k][:, ok] /= n[ok]
+        parts[0][:, ok] *= n[ok]
+    return parts
+
+
+def _randomized_svd_factor(
+    data: list[Block], R: int, rng: np.random.Generator, oversample: int = 10, power: int = 2
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Top-R left singular vectors of ``[Ỹ_1 | Ỹ_2 | …]`` (Halko et al. 2011) using only the
+    blocks' row-chunk products; also returns ``Ỹ_bᵀ A`` per block (no extra pass)."""
+    N = data[0].n_rows
+    total = sum(b.width for b in data)
+    k = min(R + oversample, N, total)
+    Y = sum(b.left(rng.standard_normal((b.width, k))) for b in data)
+    for _ in range(power):
+        Q = np.linalg.qr(Y)[0]
+        Z = [b.right(Q) for b in data]
+        Y = sum(b.left(Zb) for b, Zb in zip(data, Z, strict=True))
+    Q = np.linalg.qr(Y)[0]
+    Z = [b.right(Q) for b in data]
+    S = sum(Zb.T @ Zb for Zb in Z)
+    evals, U = np.linalg.eigh(S)
+    U = U[:, np.argsort(evals)[::-1][:R]]
+    return Q @ U, [Zb @ U for Zb in Z]
+
+
+def _as_named_arrays(blocks: Any) -> tuple[list[str], list[Any]]:
+    if hasattr(blocks, "names") and hasattr(blocks, "block"):
+        names = list(blocks.names)
+        return names, [blocks.block(n) for n in names]
+    if isinstance(blocks, Mapping):
+        return list(blocks.keys()), list(blocks.values())
+    raise FactorlensError(
+        "blocks must be a mapping name → array (input first) or an activation store, "
+        f"got {type(blocks).__name__}"
+    )
+
+
+def _chunk_rows(array: Any) -> int | None:
+    chunks = getattr(array, "chunks", None)
+    if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int):
+        return int(chunks[0])
+    return None
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)

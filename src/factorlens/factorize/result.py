@@ -1,0 +1,219 @@
+"""The result of a joint factorization: factors, per-block component weights, fit, history.
+
+Saved as two files in a directory: ``result.json`` (small, human-readable summary: rank,
+blocks with shapes and fit, the flow map, options, loss history) and ``factors.npz``
+(the factor matrices).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factorlens.errors import FactorlensError
+
+RESULT_JSON = "result.json"
+FACTORS_NPZ = "factors.npz"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CMTFResult:
+    """A fitted coupled matrix–tensor factorization.
+
+    Attributes
+    ----------
+    A : (N, R) shared sample factor, unit-norm columns.
+    block_names : names, input first then layers in network order.
+    block_shapes : full shapes including N.
+    block_models : ``"cp"`` or ``"matrix"`` per block.
+    factors : per block, the non-shared factors with unit-norm columns
+        (cp: one (I_k, R) matrix per non-sample mode; matrix: one (P, R) matrix, P = prod(shape[1:])).
+    weights : per block, (R,) strength of each component = ‖component in block‖ / ‖block‖
+        (both after the block's centring), so values are comparable across blocks.
+    fit : per block, 1 − ‖Y − model‖² / ‖Y‖² clipped to [0, 1].
+    loss_history : the objective after every ALS iteration of the kept run.
+    options : the settings the engine ran with (for provenance).
+    meta : free-form description (model, data, layers) filled in by the pipeline.
+    """
+
+    A: np.ndarray
+    block_names: list[str]
+    block_shapes: list[tuple[int, ...]]
+    block_models: list[str]
+    factors: dict[str, list[np.ndarray]]
+    weights: dict[str, np.ndarray]
+    fit: dict[str, float]
+    loss_history: list[float] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    means: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[1])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def flow(self) -> np.ndarray:
+        """(R, n_blocks) strength of each component in each block, input first."""
+        return np.stack([self.weights[name] for name in self.block_names], axis=1)
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_history[-1]) if self.loss_history else math.nan
+
+    def _index(self, name: str) -> int:
+        if name not in self.block_names:
+            raise FactorlensError(
+                f"no block named {name!r}; blocks are: {', '.join(self.block_names)}"
+            )
+        return self.block_names.index(name)
+
+    def component_map(self, name: str, r: int) -> np.ndarray:
+        """Component ``r`` in block ``name`` as an array of shape ``block_shape[1:]``.
+
+        For a cp block the outer product of its factor columns, for a matrix block the column
+        ``V[:, r]`` reshaped; both unit norm, signed as fitted.
+        """
+        i = self._index(name)
+        shape = self.block_shapes[i][1:]
+        facs = self.factors[name]
+        if self.block_models[i] == "cp":
+            out = facs[0][:, r]
+            for f in facs[1:]:
+                out = np.multiply.outer(out, f[:, r])
+            return out.reshape(shape)
+        return facs[0][:, r].reshape(shape)
+
+    def to_cptensor(self, name: str | None = None):
+        """Return block ``name`` (default: the first, the input) as a TensorLy ``CPTensor``.
+
+        The weights are the component strengths times the block norm, so ``cp_to_tensor`` gives
+        the model of the (centred) block in the units of the data.
+        """
+        import tensorly as tl
+        from tensorly.cp_tensor import CPTensor
+
+        name = name or self.block_names[0]
+        i = self._index(name)
+        if self.block_models[i] != "cp":
+            raise FactorlensError(
+                f"block {name!r} was fitted as a matrix, not a CP tensor; "
+                f"fit it with tensor_blocks including {name!r}"
+            )
+        norm = float(self.options.get("block_norms", {}).get(name, 1.0))
+        w = tl.tensor(self.weights[name] * norm)
+        return CPTensor((w, [tl.tensor(self.A)] + [tl.tensor(f) for f in self.factors[name]]))
+
+    # ---------------------------------------------------------------- persistence
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able summary written to ``result.json``."""
+        return {
+            "format": "factorlens-result",
+            "format_version": FORMAT_VERSION,
+            "rank": self.rank,
+            "n_samples": self.n_samples,
+            "blocks": [
+                {
+                    "name": n,
+                    "shape": list(s),
+                    "model": m,
+                    "fit": float(self.fit[n]),
+                }
+                for n, s, m in zip(
+                    self.block_names, self.block_shapes, self.block_models, strict=True
+                )
+            ],
+            "flow": self.flow.tolist(),
+            "loss": self.loss,
+            "loss_history": [float(v) for v in self.loss_history],
+            "options": _jsonable(self.options),
+            "meta": _jsonable(self.meta),
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``result.json`` and ``factors.npz`` into ``directory`` (created if needed)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"A": self.A}
+        for name in self.block_names:
+            i = self.block_names.index(name)
+            for k, f in enumerate(self.factors[name]):
+                arrays[f"factor/{i}/{k}"] = f
+            arrays[f"weights/{i}"] = self.weights[name]
+            if name in self.means:
+                arrays[f"mean/{i}"] = self.means[name]
+        tmp = d / (FACTORS_NPZ + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(d / FACTORS_NPZ)
+        tmpj = d / (RESULT_JSON + ".tmp")
+        tmpj.write_text(json.dumps(self.summary(), indent=1))
+        tmpj.replace(d / RESULT_JSON)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CMTFResult:
+        """Read a result written by :meth:`save`."""
+        d = Path(directory)
+        jpath, npath = d / RESULT_JSON, d / FACTORS_NPZ
+        if not jpath.is_file() or not npath.is_file():
+            raise FactorlensError(
+                f"{d} holds no factorlens result (need {RESULT_JSON} and {FACTORS_NPZ}); "
+                "run `factorlens analyze` or `factorlens demo` first"
+            )
+        try:
+            summary = json.loads(jpath.read_text())
+            npz = np.load(npath)
+            arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise FactorlensError(f"cannot read the result in {d}: {exc}") from exc
+        if summary.get("format") != "factorlens-result":
+            raise FactorlensError(f"{jpath} is not a factorlens result file")
+        names = [b["name"] for b in summary["blocks"]]
+        factors, weights, means = {}, {}, {}
+        for i, name in enumerate(names):
+            k, facs = 0, []
+            while f"factor/{i}/{k}" in arrays:
+                facs.append(arrays[f"factor/{i}/{k}"])
+                k += 1
+            factors[name] = facs
+            weights[name] = arrays[f"weights/{i}"]
+            if f"mean/{i}" in arrays:
+                means[name] = arrays[f"mean/{i}"]
+        return cls(
+            A=arrays["A"],
+            block_names=names,
+            block_shapes=[tuple(b["shape"]) for b in summary["blocks"]],
+            block_models=[b["model"] for b in summary["blocks"]],
+            factors=factors,
+            weights=weights,
+            fit={b["name"]: float(b["fit"]) for b in summary["blocks"]},
+            loss_history=list(summary.get("loss_history", [])),
+            options=summary.get("options", {}),
+            meta=summary.get("meta", {}),
+            means=means,
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples inside ``obj`` to plain JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,254 @@
+"""The joint factorization engine: planted-factor recovery, exact references, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorly as tl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tensorly.decomposition import coupled_matrix_tensor_3d_factorization
+
+from factorlens.errors import FactorlensError
+from factorlens.factorize import CMTF, CMTFResult, cmtf, factor_match_score
+from factorlens.factorize.blocks import Block
+from planted import planted_blocks
+
+
+def _recovery(result: CMTFResult, truth: dict) -> dict[str, float]:
+    scores = {"A": factor_match_score([truth["A"]], [result.A])}
+    for name in ("input", "layer1", "layer2"):
+        fitted = result.factors[name]
+        if name == "layer2":  # the planted zero column has no direction: compare the others
+            keep = [0, 1]
+            true_a = truth["A"][:, keep]
+            score, perm = factor_match_score([true_a], [result.A], return_permutation=True)
+            V = truth[name][0][:, keep]
+            scores[name] = factor_match_score([V], [fitted[0][:, perm]])
+        else:
+            scores[name] = factor_match_score([truth["A"], *truth[name]], [result.A, *fitted])
+    return scores
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_planted_factors_are_recovered(nonneg: bool) -> None:
+    blocks, truth = planted_blocks(nonneg=nonneg, noise=0.05)
+    result = cmtf(blocks, 3, nonneg=nonneg, random_state=0)
+    scores = _recovery(result, truth)
+    assert min(scores.values()) >= 0.99, scores
+    for name in blocks:
+        assert result.fit[name] > 0.99  # 5 % noise leaves 1 - 0.05² of the energy
+    if nonneg:
+        assert result.A.min() >= 0
+        assert all(f.min() >= 0 for fs in result.factors.values() for f in fs)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_component_absent_from_a_block_gets_near_zero_weight(nonneg: bool) -> None:
+    blocks, truth = planted_blocks(nonneg=nonneg, noise=0.05, missing=("layer2", 2))
+    result = cmtf(blocks, 3, nonneg=nonneg, random_state=0)
+    # find the fitted component that matches planted component 2 through the sample factor
+    _, perm = factor_match_score([truth["A"]], [result.A], return_permutation=True)
+    absent = perm[2]
+    w = result.weights["layer2"]
+    assert w[absent] < 0.02 * w.max(), w
+    others = [r for r in range(3) if r != absent]
+    assert w[others].min() > 0.2
+    assert result.weights["layer1"][absent] > 0.2
+
+
+def test_l1_penalty_sets_absent_component_to_exact_zero() -> None:
+    blocks, _ = planted_blocks(noise=0.01, missing=("layer2", 2))
+    result = cmtf(blocks, 3, l1=0.05, random_state=0)
+    assert np.sum(result.weights["layer2"] == 0.0) == 1
+    assert np.all(result.weights["layer1"] > 0)
+
+
+def test_colour_input_is_fitted_as_four_way_cp() -> None:
+    blocks, truth = planted_blocks(colour=True, noise=0.05, missing=None)
+    result = cmtf(blocks, 3, random_state=0)
+    assert result.block_models == ["cp", "matrix", "matrix"]
+    assert [f.shape for f in result.factors["input"]] == [(3, 3), (12, 3), (10, 3)]
+    assert (
+        factor_match_score([truth["A"], *truth["input"]], [result.A, *result.factors["input"]])
+        >= 0.99
+    )
+
+
+def test_all_matrix_unconstrained_equals_truncated_svd_of_weighted_concatenation() -> None:
+    rng = np.random.default_rng(3)
+    N, R = 120, 4
+    A = rng.standard_normal((N, R)) * np.array([5.0, 4.0, 3.0, 2.0])
+    blocks = {
+        "x": (A @ rng.standard_normal((R, 40)) + 0.3 * rng.standard_normal((N, 40))),
+        "y": (A @ rng.standard_normal((R, 25)) + 0.3 * rng.standard_normal((N, 25))),
+    }
+    result = cmtf(blocks, R, l1=0.0, tol=1e-12, max_iter=3000, n_init=1)
+    cat = np.concatenate([b / np.linalg.norm(b) for b in blocks.values()], axis=1)
+    U, s, _ = np.linalg.svd(cat, full_matrices=False)
+    assert result.loss == pytest.approx(float((s[R:] ** 2).sum()), rel=1e-6)
+    # same column space: all principal angles ~ 0
+    cosines = np.linalg.svd(U[:, :R].T @ np.linalg.qr(result.A)[0], compute_uv=False)
+    assert cosines.min() > 1 - 1e-6
+    # the model reproduces the rank-R SVD reconstruction
+    recon = U[:, :R] * s[:R] @ np.linalg.svd(cat, full_matrices=False)[2][:R]
+    ours = np.concatenate(
+        [
+            result.A * result.weights[n] @ result.factors[n][0].T
+            for n in blocks  # weights are relative to the unit-norm blocks
+        ],
+        axis=1,
+    )
+    assert np.allclose(ours, recon, atol=1e-6)
+
+
+def test_loss_no_worse_than_tensorly_cmtf_on_the_same_data() -> None:
+    blocks, _ = planted_blocks(N=200, noise=0.1, missing=None, seed=4)
+    scaled = {k: v.astype(np.float64) / np.linalg.norm(v) for k, v in blocks.items()}
+    matrix = np.concatenate([scaled["layer1"], scaled["layer2"]], axis=1)
+    cp, mp, _ = coupled_matrix_tensor_3d_factorization(scaled["input"], matrix, 3)
+    tl_loss = (
+        np.linalg.norm(scaled["input"] - tl.cp_to_tensor(cp)) ** 2
+        + np.linalg.norm(matrix - tl.cp_to_tensor(mp)) ** 2
+    )
+    ours = cmtf({"input": scaled["input"], "layers": matrix}, 3, l1=0.0, weighting="none")
+    assert ours.loss <= tl_loss * (1 + 1e-6)
+
+
+def test_loss_formula_matches_explicit_reconstruction() -> None:
+    blocks, _ = planted_blocks(N=80, noise=0.2, missing=None, seed=5)
+    for nonneg in (False, True):
+        model = CMTF(3, nonneg=nonneg, l1=0.0, n_init=1, max_iter=30).fit(blocks)
+        res = model.result_
+        explicit = 0.0
+        for name, Y in blocks.items():
+            norm = np.linalg.norm(Y.astype(np.float64))
+            comps = sum(
+                res.weights[name][r] * np.multiply.outer(res.A[:, r], res.component_map(name, r))
+                for r in range(3)
+            )
+            explicit += np.linalg.norm(Y / norm - comps) ** 2
+        assert res.loss == pytest.approx(explicit, rel=1e-5, abs=1e-9)
+
+
+def test_loss_never_increases() -> None:
+    blocks, _ = planted_blocks(N=100, noise=0.3, seed=6)
+    blocks = {k: v.astype(np.float64) for k, v in blocks.items()}  # float64: exact to round-off
+    for nonneg in (False, True):
+        hist = CMTF(4, nonneg=nonneg, n_init=1, max_iter=60, tol=0).fit(blocks).result_.loss_history
+        assert np.all(np.diff(hist) <= 1e-12 * hist[0])
+
+
+def test_same_seed_same_result_and_sorted_components() -> None:
+    blocks, _ = planted_blocks(N=100, noise=0.2, seed=7)
+    a = cmtf(blocks, 3, random_state=11)
+    b = cmtf(blocks, 3, random_state=11)
+    np.testing.assert_array_equal(a.A, b.A)
+    total = a.flow.sum(axis=1)
+    assert np.all(np.diff(total) <= 1e-12)
+    assert np.all(a.A.sum(axis=0) >= 0)
+
+
+def test_centering_equals_fitting_centred_data() -> None:
+    blocks, _ = planted_blocks(N=90, noise=0.1, seed=8, missing=None)
+    shifted = {k: v + 3.0 for k, v in blocks.items()}
+    centred = {k: v - v.mean(axis=0, keepdims=True) for k, v in shifted.items()}
+    a = cmtf(shifted, 3, center=True, l1=0.0, n_init=1, random_state=0)
+    b = cmtf(centred, 3, center=False, l1=0.0, n_init=1, random_state=0)
+    assert a.loss == pytest.approx(b.loss, rel=1e-4)
+    assert np.allclose(a.means["layer1"], shifted["layer1"].mean(axis=0), atol=1e-5)
+
+
+class _ChunkedArray:
+    """A stand-in for an on-disk chunked array: only slices are readable."""
+
+    def __init__(self, data: np.ndarray, chunk: int) -> None:
+        self._data, self.shape, self.dtype = data, data.shape, data.dtype
+        self.chunks = (chunk, *data.shape[1:])
+        self.reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return self._data[key]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    width=st.integers(1, 7),
+    chunk=st.integers(1, 50),
+    k=st.integers(1, 4),
+    center=st.booleans(),
+    backend=st.sampled_from(["numpy", "torch"]),
+)
+def test_block_products_match_dense_algebra(n, width, chunk, k, center, backend) -> None:
+    rng = np.random.default_rng(n * 100 + width)
+    Y = rng.standard_normal((n, 2, width)).astype(np.float32)
+    arr = _ChunkedArray(Y, chunk)
+    block = Block("b", arr, center=center, chunk_rows=chunk, memory_budget=0, backend=backend)
+    block.scale = 0.5
+    dense = Y.reshape(n, -1).astype(np.float64)
+    if center:
+        dense = dense - dense.mean(axis=0)
+    dense *= 0.5
+    K = rng.standard_normal((2 * width, k))
+    A = rng.standard_normal((n, k))
+    np.testing.assert_allclose(block.left(K), dense @ K, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(block.right(A), dense.T @ A, rtol=1e-4, atol=1e-4)
+    assert block.norm_sq == pytest.approx(float((dense**2).sum()), rel=1e-4, abs=1e-6)
+
+
+def test_chunked_and_torch_fits_equal_the_in_memory_fit() -> None:
+    blocks, _ = planted_blocks(N=150, noise=0.1, seed=9)
+    ref = cmtf(blocks, 3, random_state=0, n_init=1)
+    chunked = {k: _ChunkedArray(v, 37) for k, v in blocks.items()}
+    got = cmtf(chunked, 3, random_state=0, n_init=1, memory_budget=0)
+    assert all(c.reads > 10 for c in chunked.values())  # streamed chunk by chunk on every pass
+    np.testing.assert_allclose(got.A, ref.A, atol=1e-4)
+    torch_res = cmtf(blocks, 3, random_state=0, n_init=1, backend="torch")
+    np.testing.assert_allclose(torch_res.A, ref.A, atol=1e-4)
+    assert torch_res.loss == pytest.approx(ref.loss, rel=1e-4)
+
+
+def test_save_load_round_trip_and_tensorly_interop(tmp_path) -> None:
+    blocks, _ = planted_blocks(N=60, noise=0.05, seed=10)
+    res = cmtf(blocks, 3, random_state=0)
+    res.meta = {"model": "planted", "layers": ["layer1", "layer2"]}
+    res.save(tmp_path)
+    back = CMTFResult.load(tmp_path)
+    np.testing.assert_array_equal(back.A, res.A)
+    for n in res.block_names:
+        for f, g in zip(res.factors[n], back.factors[n], strict=True):
+            np.testing.assert_array_equal(f, g)
+        np.testing.assert_array_equal(res.weights[n], back.weights[n])
+    assert back.fit == res.fit and back.meta == res.meta and back.rank == 3
+    cp = back.to_cptensor("input")
+    model = tl.cp_to_tensor(cp)
+    X = blocks["input"].astype(np.float64)
+    assert np.linalg.norm(X - model) / np.linalg.norm(X) < 0.06
+
+
+@pytest.mark.parametrize(
+    ("rank", "message"),
+    [(0, "positive integer"), (-2, "positive integer"), (10_000, "larger than")],
+)
+def test_bad_rank_is_refused(rank: int, message: str) -> None:
+    blocks, _ = planted_blocks(N=40)
+    with pytest.raises(FactorlensError, match=message):
+        cmtf(blocks, rank)
+
+
+def test_bad_blocks_are_refused() -> None:
+    blocks, _ = planted_blocks(N=40)
+    with pytest.raises(FactorlensError, match="different sample counts"):
+        cmtf({**blocks, "layer1": blocks["layer1"][:30]}, 2)
+    with pytest.raises(FactorlensError, match="no samples"):
+        cmtf({k: v[:0] for k, v in blocks.items()}, 2)
+    bad = blocks["layer1"].copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(FactorlensError, match="'layer1' holds 1 NaN"):
+        cmtf({**blocks, "layer1": bad}, 2)
+    with pytest.raises(FactorlensError, match="no blocks"):
+        cmtf({}, 2)
+    with pytest.raises(FactorlensError, match="cannot be combined"):
+        cmtf(blocks, 2, nonneg=True, center=True)
