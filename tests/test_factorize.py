@@ -22,7 +22,7 @@ def _recovery(result: CMTFResult, truth: dict) -> dict[str, float]:
         if name == "layer2":  # the planted zero column has no direction: compare the others
             keep = [0, 1]
             true_a = truth["A"][:, keep]
-            score, perm = factor_match_score([true_a], [result.A], return_permutation=True)
+            _, perm = factor_match_score([true_a], [result.A], return_permutation=True)
             V = truth[name][0][:, keep]
             scores[name] = factor_match_score([V], [fitted[0][:, perm]])
         else:
