@@ -51,11 +51,10 @@ class Block:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         shape = tuple(int(s) for s in data.shape)
-        if len(shape) < 2:
-            raise FactorlensError(
-                f"block {name!r} has shape {shape}; every block needs a sample axis and at least "
-                "one feature axis (N, ...)"
-            )
+        if len(shape) == 0:
+            raise FactorlensError(f"block {name!r} is a scalar; every block needs a sample axis")
+        if len(shape) == 1:  # one number per sample: a one-column matrix
+            shape = (shape[0], 1)
         self.name = name
         self.shape = shape
         self.n_rows = shape[0]

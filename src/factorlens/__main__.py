@@ -1,0 +1,7 @@
+"""``python -m factorlens`` runs the CLI."""
+
+import sys
+
+from factorlens.cli import main
+
+sys.exit(main())

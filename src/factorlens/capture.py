@@ -1,0 +1,547 @@
+"""Capture a model's inputs and layer outputs into an activation store.
+
+:func:`capture` runs the model in eval mode without gradients over batches, with forward
+hooks on the chosen layers (always removed afterwards), and writes the input and every chosen
+layer's output batch by batch into a store (see :mod:`factorlens.store`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from factorlens.errors import FactorlensError, close_matches
+from factorlens.store import ActivationStore, MemoryStore, ZarrStore
+
+#: leaf module types whose output is a new representation (captured by default).
+REPRESENTATION_TYPES: tuple[type[nn.Module], ...] = (
+    # convolutions and linear maps
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Bilinear,
+    # activations
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.LogSigmoid,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GLU,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Softshrink,
+    nn.Hardshrink,
+    nn.Tanhshrink,
+    nn.Threshold,
+    nn.Softmax,
+    nn.Softmin,
+    nn.LogSoftmax,
+    nn.Softmax2d,
+    # pooling
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.FractionalMaxPool2d,
+    nn.FractionalMaxPool3d,
+)
+
+NONFINITE_POLICIES = ("raise", "zero")
+_GLOB_CHARS = set("*?[")
+
+
+def _module_names(model: nn.Module) -> list[str]:
+    """Names of all submodules in ``named_modules()`` order, without the root ``""``."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Leaf modules whose output is a new representation, in ``named_modules()`` order.
+
+    Convolutions, linear layers, activations and pooling count; dropout, normalization,
+    flatten, identity and containers do not.
+    """
+    return [
+        name
+        for name, module in model.named_modules()
+        if name
+        and next(iter(module.children()), None) is None
+        and isinstance(module, REPRESENTATION_TYPES)
+    ]
+
+
+def _split_names(layers: str | Sequence[str]) -> list[str]:
+    if isinstance(layers, str):
+        return [part.strip() for part in layers.split(",") if part.strip()]
+    out = []
+    for item in layers:
+        if not isinstance(item, str):
+            raise FactorlensError(
+                f"layer names must be strings, got {item!r} ({type(item).__name__})"
+            )
+        out.append(item.strip())
+    return out
+
+
+def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -> list[str]:
+    """Resolve ``layers`` to module names, in network (``named_modules``) order, de-duplicated.
+
+    ``None`` gives :func:`default_layers`; otherwise exact names as in ``named_modules()`` or
+    fnmatch globs (``"features.*"``), as a list or a comma-separated string.
+    """
+    names = _module_names(model)
+    if layers is None:
+        chosen = default_layers(model)
+        if not chosen:
+            raise FactorlensError(
+                f"{type(model).__name__} has no convolution, linear, activation or pooling "
+                "submodules to capture by default; name the layers to capture (--layers)"
+            )
+        return chosen
+    wanted = _split_names(layers)
+    if not wanted:
+        raise FactorlensError(
+            "no layer names given; pass names as in model.named_modules() or globs like "
+            "'features.*', or leave layers out for the default layers"
+        )
+    picked: set[str] = set()
+    for item in wanted:
+        if item == "":
+            raise FactorlensError(
+                "the root module ('') cannot be captured as a layer; name one of its submodules"
+            )
+        if _GLOB_CHARS & set(item):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, item)]
+            if not hits:
+                raise FactorlensError(
+                    f"layer pattern {item!r} matches no module{close_matches(item, names)}; "
+                    "list module names with model.named_modules()"
+                )
+            picked.update(hits)
+        elif item in names:
+            picked.add(item)
+        else:
+            raise FactorlensError(
+                f"unknown layer {item!r}{close_matches(item, names)}; "
+                "use names as in model.named_modules() or a glob like 'features.*'"
+            )
+    return [n for n in names if n in picked]
+
+
+# --------------------------------------------------------------------------- helpers
+def _one_line(text: object, limit: int = 400) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.empty(0, device=device).device
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise FactorlensError(
+            f"device {str(device)!r} is not usable here ({_one_line(exc, 160)}); use device='cpu'"
+        ) from None
+
+
+def _unpack_data(data: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Return ``(images, labels or None, data meta)`` from an array, tensor or ImageData."""
+    extra: dict[str, Any] = {}
+    labels = None
+    if hasattr(data, "images"):
+        labels = getattr(data, "labels", None)
+        for attr, key in (("description", "data"), ("class_names", "class_names")):
+            value = getattr(data, attr, None)
+            if value is not None:
+                extra[key] = list(value) if isinstance(value, tuple) else value
+        data = data.images
+    if isinstance(data, np.ndarray | torch.Tensor):
+        images = data
+    else:
+        raise FactorlensError(
+            f"data must be a numpy array, a torch tensor or an ImageData with .images, got "
+            f"{type(data).__name__}; convert it with numpy.asarray first"
+        )
+    if images.ndim < 2:
+        raise FactorlensError(
+            f"data has shape {tuple(images.shape)}; it needs a sample axis and at least one "
+            "feature axis, (N, C, H, W) or (N, D)"
+        )
+    if images.shape[0] == 0:
+        raise FactorlensError("data holds no samples (N = 0); give at least one input")
+    return images, labels, extra
+
+
+def _batch_tensor(images: Any, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of the data as a fresh float32 CPU tensor (a copy)."""
+    if isinstance(images, torch.Tensor):
+        return images[start:stop].detach().to(device="cpu", dtype=torch.float32, copy=True)
+    return torch.from_numpy(np.array(images[start:stop], dtype=np.float32, copy=True))
+
+
+def _input_rows(batch: torch.Tensor) -> np.ndarray:
+    """The input block rows: the batch as given, with a channel axis of size 1 squeezed."""
+    arr = batch.numpy().copy()
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    return arr
+
+
+def _check_finite(name: str, arr: np.ndarray, policy: str, start: int, counts: dict) -> np.ndarray:
+    bad = ~np.isfinite(arr)
+    n_bad = int(bad.sum())
+    if n_bad:
+        if policy == "raise":
+            what = "the input data" if name == "input" else f"layer {name!r}"
+            raise FactorlensError(
+                f"{what} produced {n_bad} non-finite values (NaN/Inf) in the batch starting at "
+                f'sample {start}; pass nonfinite="zero" (CLI: --nonfinite zero) to replace '
+                "them with 0"
+            )
+        arr[bad] = 0.0
+        counts[name] = counts.get(name, 0) + n_bad
+    return arr
+
+
+def _select_output(name: str, out: Any, select: Mapping[str, Any]) -> Any:
+    """Pick the element ``select[name]`` of a tuple/list/dict output."""
+    if name not in select:
+        return out
+    key = select[name]
+    try:
+        if isinstance(out, Mapping):
+            if key not in out and isinstance(key, int | np.integer):
+                key = list(out.keys())[int(key)]
+            return out[key]
+        if isinstance(out, list | tuple):
+            if isinstance(key, str) and key.lstrip("-").isdigit():
+                key = int(key)
+            if not isinstance(key, int | np.integer):
+                raise TypeError(f"{type(out).__name__} output needs an integer index")
+            return out[int(key)]
+    except (KeyError, IndexError, TypeError) as exc:
+        keys = list(out.keys()) if isinstance(out, Mapping) else f"0..{len(out) - 1}"
+        raise FactorlensError(
+            f"select={{{name!r}: {key!r}}} does not fit the {type(out).__name__} output of "
+            f"layer {name!r} ({_one_line(exc, 80)}); choose one of {keys}"
+        ) from None
+    return out
+
+
+def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np.ndarray:
+    """A layer's (selected) output as a float32 ndarray copy ``(batch_n, ...)``."""
+    out = _select_output(name, out, select)
+    if isinstance(out, list | tuple | Mapping):
+        kind = type(out).__name__
+        example = next(iter(out.keys()), 0) if isinstance(out, Mapping) else 0
+        raise FactorlensError(
+            f"layer {name!r} returns a {kind}, not a tensor; pick one element with "
+            f"select={{{name!r}: {example!r}}} (CLI: --select {name}={example})"
+        )
+    if not isinstance(out, torch.Tensor):
+        raise FactorlensError(
+            f"layer {name!r} returns {type(out).__name__}, not a tensor; choose another layer"
+        )
+    if out.ndim == 0 or out.shape[0] != batch_n:
+        raise FactorlensError(
+            f"layer {name!r} output has shape {tuple(out.shape)} whose first axis is not the "
+            f"batch of {batch_n} samples; choose another layer"
+        )
+    # copy now: later in-place operations (ReLU(inplace=True)) must not change what we keep
+    return out.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
+
+
+def _make_store(store: Any, overwrite: bool) -> tuple[ActivationStore, bool]:
+    """Return ``(store, created_here)``."""
+    if store is None:
+        return MemoryStore(), True
+    if isinstance(store, str | os.PathLike):
+        return ZarrStore.create(store, overwrite=overwrite), True
+    if isinstance(store, ActivationStore):
+        if store.closed or len(store):
+            raise FactorlensError(
+                "capture needs a new, empty store; create a fresh MemoryStore or ZarrStore"
+            )
+        return store, False
+    raise FactorlensError(
+        f"store must be None, a directory path or an ActivationStore, got {type(store).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------- capture
+def capture(
+    model: nn.Module,
+    data: Any,
+    layers: Sequence[str] | str | None = None,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    labels: Any = None,
+    store: ActivationStore | str | os.PathLike[str] | None = None,
+    select: Mapping[str, int | str] | None = None,
+    nonfinite: str = "raise",
+    progress: bool = True,
+    meta: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> ActivationStore:
+    """Run ``model`` over ``data`` and store the input and the chosen layers' outputs.
+
+    Parameters
+    ----------
+    model : the network; run in eval mode without gradients (its modes are restored after).
+    data : inputs ``(N, C, H, W)`` (float32 in [0, 1]) or ``(N, D)`` as numpy/torch, or an
+        object with ``.images`` (and ``.labels``, ``.description``, ``.class_names``).
+    layers : module names / globs / comma-separated string (see :func:`select_layers`).
+    batch_size : samples per forward pass.
+    device : where the model runs (the model is moved there and back if needed).
+    preprocess : applied to each ``(B, C, H, W)`` batch before the model (not to the stored
+        input block, which keeps the data as given, ``N×H×W`` for one channel).
+    labels : ``(N,)`` integer labels (default: ``data.labels`` when present).
+    store : None (a :class:`MemoryStore`), a directory path (a new :class:`ZarrStore`,
+        refused if it exists unless ``overwrite``), or an empty store object.
+    select : ``{layer: index or key}`` for layers that return a tuple/list/dict.
+    nonfinite : ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0
+        (counts per block in ``meta["nonfinite"]``).
+    progress : show a progress bar on stderr when there is more than one batch.
+    meta : extra JSON-able metadata (model / data description, class names).
+    overwrite : let a path ``store`` replace an existing factorlens store there.
+
+    Returns the closed (complete, read-only) store. On any error a store that capture created
+    on disk is removed again.
+    """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise FactorlensError(f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise FactorlensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise FactorlensError(f"batch_size must be a positive integer, got {batch_size}")
+    images, data_labels, data_meta = _unpack_data(data)
+    n = int(images.shape[0])
+    if labels is None:
+        labels = data_labels
+    if labels is not None:
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if labels.shape != (n,):
+            raise FactorlensError(
+                f"labels have shape {labels.shape} but the data has {n} samples; give one "
+                "label per sample"
+            )
+    chosen = select_layers(model, layers)
+    if "input" in chosen:
+        raise FactorlensError(
+            "a layer named 'input' clashes with the input block; capture its parent or "
+            "rename the module"
+        )
+    select = dict(select or {})
+    for key in select:
+        if key not in chosen:
+            raise FactorlensError(
+                f"select names layer {key!r}, which is not captured{close_matches(key, chosen)}; "
+                "add it to the layers or fix the name"
+            )
+    dev = _resolve_device(device)
+    modules = dict(model.named_modules())
+
+    the_store, created = _make_store(store, overwrite)
+    try:
+        counts = _run_capture(
+            model,
+            images,
+            chosen,
+            modules,
+            the_store,
+            batch_size=batch_size,
+            device=dev,
+            preprocess=preprocess,
+            select=select,
+            nonfinite=nonfinite,
+            progress=progress,
+        )
+        if labels is not None:
+            the_store.set_labels(labels)
+        info = {
+            "layers": chosen,
+            "modules": {name: type(modules[name]).__name__ for name in chosen},
+            "shapes": {name: list(the_store.shape(name)) for name in the_store.names},
+            "batch_size": batch_size,
+            "n_samples": n,
+            "device": str(dev),
+            "select": select,
+        }
+        full_meta = {"model": type(model).__name__, **data_meta, **dict(meta or {})}
+        full_meta.update(info)
+        full_meta["nonfinite_policy"] = nonfinite
+        full_meta["nonfinite"] = {name: counts.get(name, 0) for name in the_store.names}
+        the_store.set_meta(full_meta)
+        the_store.close()
+    except BaseException:
+        if created and isinstance(the_store, ZarrStore):
+            the_store.discard()
+        raise
+    return the_store
+
+
+def _run_capture(
+    model: nn.Module,
+    images: Any,
+    chosen: list[str],
+    modules: dict[str, nn.Module],
+    store: ActivationStore,
+    *,
+    batch_size: int,
+    device: torch.device,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
+    select: dict[str, Any],
+    nonfinite: str,
+    progress: bool,
+) -> dict[str, int]:
+    """The batch loop of :func:`capture`; returns the non-finite counts replaced per block.
+
+    Hooks are always removed and the model's modes and device restored.
+    """
+    from tqdm import tqdm
+
+    n = int(images.shape[0])
+    n_batches = -(-n // batch_size)
+    outputs: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    state = {"batch_n": 0}
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if name in outputs:
+                raise FactorlensError(
+                    f"layer {name!r} ran more than once in one forward pass (the module is "
+                    "reused); capture a module that runs once per forward"
+                )
+            outputs[name] = _as_rows(name, output, select, state["batch_n"])
+
+        return hook
+
+    modes = {m: m.training for m in model.modules()}
+    tensors = [*model.parameters(), *model.buffers()]
+    devices = {t.device for t in tensors}
+    moved_from = next(iter(devices)) if len(devices) == 1 and device not in devices else None
+    handles = []
+    bar = None
+    try:
+        if moved_from is not None:
+            model.to(device)
+        model.eval()
+        handles = [modules[name].register_forward_hook(make_hook(name)) for name in chosen]
+        bar = tqdm(
+            total=n_batches,
+            desc="capture",
+            unit="batch",
+            file=sys.stderr,
+            leave=False,
+            disable=not (progress and n_batches > 1),
+        )
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                batch = _batch_tensor(images, start, stop)
+                rows_in = _check_finite("input", _input_rows(batch), nonfinite, start, counts)
+                x = _apply_preprocess(preprocess, batch).to(device)
+                outputs.clear()
+                state["batch_n"] = stop - start
+                try:
+                    model(x)
+                except FactorlensError:
+                    raise
+                except Exception as exc:
+                    raise FactorlensError(
+                        f"the model failed on an input batch of shape {tuple(x.shape)} "
+                        f"({x.dtype}): {type(exc).__name__}: {_one_line(exc)}; check that the "
+                        "data shape, channels and preprocessing match what the model expects"
+                    ) from exc
+                missing = [name for name in chosen if name not in outputs]
+                if missing:
+                    raise FactorlensError(
+                        f"layer(s) {', '.join(map(repr, missing))} did not run in the forward "
+                        "pass; choose layers that the model's forward() uses"
+                    )
+                if start == 0:
+                    store.create_block("input", rows_in.shape[1:], "input", "input", n_samples=n)
+                    for name in chosen:
+                        store.create_block(
+                            name,
+                            outputs[name].shape[1:],
+                            "layer",
+                            type(modules[name]).__name__,
+                            n_samples=n,
+                        )
+                store.append("input", rows_in)
+                for name in chosen:
+                    rows = _check_finite(name, outputs[name], nonfinite, start, counts)
+                    store.append(name, rows)
+                outputs.clear()
+                bar.update(1)
+    finally:
+        for handle in handles:
+            handle.remove()
+        if bar is not None:
+            bar.close()
+        for module, mode in modes.items():
+            module.training = mode
+        if moved_from is not None:
+            model.to(moved_from)
+    return counts
+
+
+def _apply_preprocess(
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None, batch: torch.Tensor
+) -> torch.Tensor:
+    if preprocess is None:
+        return batch
+    try:
+        out = preprocess(batch)
+    except FactorlensError:
+        raise
+    except Exception as exc:
+        raise FactorlensError(
+            f"preprocess failed on a batch of shape {tuple(batch.shape)}: "
+            f"{type(exc).__name__}: {_one_line(exc)}; fix the preprocess function or the data"
+        ) from exc
+    if not isinstance(out, torch.Tensor):
+        try:
+            out = torch.as_tensor(np.asarray(out, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise FactorlensError(
+                f"preprocess returned {type(out).__name__}, not a tensor; return a torch tensor"
+            ) from exc
+    return out

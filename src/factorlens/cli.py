@@ -1,0 +1,267 @@
+"""Command-line front end: ``factorlens demo | analyze | report``.
+
+A thin door onto :mod:`factorlens.pipeline`. User errors print ``error: <message>`` on one line
+and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from factorlens import __version__
+from factorlens.errors import FactorlensError
+
+EPILOG = """examples:
+  factorlens demo --out factorlens-demo
+  factorlens analyze --model mymodel.py:Net --weights net.pt --data mnist:/data/mnist \\
+      --layers 'features.*,classifier.1' --rank 10 --n-samples 2000 --out results/net
+  factorlens report results/net --out results/net-report
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _add_engine_options(p: argparse.ArgumentParser, default_rank: int) -> None:
+    g = p.add_argument_group("factorization")
+    g.add_argument(
+        "--rank",
+        type=_int,
+        default=default_rank,
+        help=f"number of components R (default {default_rank})",
+    )
+    g.add_argument(
+        "--nonneg",
+        action="store_true",
+        help="nonnegative factors (pixels and ReLU outputs are >= 0; easier to read)",
+    )
+    g.add_argument(
+        "--l1",
+        type=float,
+        default=1e-3,
+        help="ACMTF penalty on component strengths: drives a component's weight in a block "
+        "that does not hold it to zero (default 1e-3; 0 = plain CMTF)",
+    )
+    g.add_argument(
+        "--weighting",
+        choices=["unit", "none"],
+        default="unit",
+        help="block weighting: 'unit' scales every block to unit Frobenius norm so each counts "
+        "equally (default); 'none' lets the largest layer dominate",
+    )
+    g.add_argument("--center", action="store_true", help="centre every block (not with --nonneg)")
+    g.add_argument(
+        "--tensor-layers",
+        default="",
+        help="comma-separated layers to fit with a CP model on their N×C×H×W shape "
+        "(channel and spatial factors) instead of a flattened matrix",
+    )
+    g.add_argument(
+        "--n-init",
+        type=_positive_int,
+        default=3,
+        help="starts (SVD-based, then random); the best is kept (default 3)",
+    )
+    g.add_argument(
+        "--max-iter", type=_positive_int, default=500, help="ALS iteration cap (default 500)"
+    )
+    g.add_argument(
+        "--tol",
+        type=float,
+        default=1e-7,
+        help="stop when the loss changes by less than this fraction (default 1e-7)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for sub-sampling and initialisation (default 0)",
+    )
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing result in --out (and an existing --store)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="factorlens",
+        description="Look inside a trained PyTorch network: jointly factorize its test inputs "
+        "and the outputs of its layers into one shared low-dimensional space, and see how each "
+        "input pattern travels through the hidden layers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"factorlens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a small CNN on scikit-learn's digits and analyse it (no download)",
+        description="Train a small CNN on scikit-learn's bundled digits (seconds on 2 cores), "
+        "capture the input and every layer on held-out digits, factorize and write the report.",
+    )
+    demo.add_argument(
+        "--out", default="factorlens-demo", help="output directory (default ./factorlens-demo)"
+    )
+    _add_engine_options(demo, default_rank=10)
+    _add_common(demo)
+
+    ana = sub.add_parser(
+        "analyze",
+        help="analyse your own model on your data",
+        description="Capture the input and the chosen layers of a model on test inputs, "
+        "factorize them jointly and write result.json, factors.npz, inputs.npz and index.html.",
+        epilog="data SPEC: digits | mnist:DIR[:train] | npz:FILE | folder:DIR\n"
+        "model preprocessing: images enter as float32 in [0, 1]; --normalize applies "
+        "(x - mean) / std per channel;\na model file may define "
+        "factorlens_preprocess(x) -> x to add its own step (see the README).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = ana.add_argument_group("model and data")
+    g.add_argument("--model", help="FILE.py:Class — the model class (built with no arguments)")
+    g.add_argument("--weights", help="checkpoint (state dict, or a dict holding one)")
+    g.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a checkpoint that is a pickled full model (runs its code)",
+    )
+    g.add_argument("--data", help="test inputs SPEC (see below)")
+    g.add_argument(
+        "--n-samples",
+        type=_positive_int,
+        help="use a random subset of this many inputs (default: all)",
+    )
+    g.add_argument(
+        "--normalize",
+        metavar="MEAN,STD",
+        help="per-channel normalization the model was trained with, e.g. 0.1307,0.3081",
+    )
+    g.add_argument(
+        "--layers",
+        help="comma-separated layer names or globs as in named_modules() "
+        "(default: every conv, linear, activation and pooling layer)",
+    )
+    g.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="LAYER=INDEX",
+        help="for a layer whose output is a tuple or dict, the element to use",
+    )
+    g.add_argument(
+        "--nonfinite",
+        choices=["raise", "zero"],
+        default="raise",
+        help="NaN/Inf in an activation: stop with an error (default) or set to 0",
+    )
+    g.add_argument("--batch-size", type=_positive_int, default=256, help="default 256")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    g.add_argument(
+        "--store",
+        help="write the activations to this on-disk (zarr) store; given "
+        "without --model, analyse an existing store instead of capturing",
+    )
+    ana.add_argument("--out", required=True, help="output directory")
+    _add_engine_options(ana, default_rank=10)
+    _add_common(ana)
+
+    rep = sub.add_parser(
+        "report",
+        help="(re)write the HTML report of a saved result",
+        description="Write index.html and figures/ for a result directory written by "
+        "`analyze` or `demo`.",
+    )
+    rep.add_argument("result", help="result directory")
+    rep.add_argument("--out", help="where to write the report (default: the result directory)")
+    rep.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    rep.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return parser
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict:
+    tensor = [t.strip() for t in args.tensor_layers.split(",") if t.strip()]
+    return {
+        "nonneg": args.nonneg,
+        "l1": args.l1,
+        "weighting": args.weighting,
+        "center": args.center,
+        "tensor_layers": tensor,
+        "n_init": args.n_init,
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+        "random_state": args.seed,
+    }
+
+
+def _print_summary(result, out: Path, seconds: float) -> None:
+    print(
+        f"factorized {result.n_samples} inputs into R = {result.rank} components in {seconds:.1f} s"
+    )
+    width = max(len(n) for n in result.block_names)
+    for name, shape in zip(result.block_names, result.block_shapes, strict=True):
+        shape_text = "×".join(str(s) for s in shape)
+        print(f"  {name:<{width}}  {shape_text:<18} fit {100 * result.fit[name]:5.1f} %")
+    print(f"report: {(out / 'index.html').resolve()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _run(args)
+    except FactorlensError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from factorlens import commands
+
+    start = time.perf_counter()
+    if args.command == "demo":
+        result, out = commands.run_demo(args, _engine_kwargs(args))
+    elif args.command == "analyze":
+        result, out = commands.run_analyze(args, _engine_kwargs(args))
+    else:
+        out = commands.run_report(args)
+        print(f"report: {(out / 'index.html').resolve()}")
+        return 0
+    _print_summary(result, out, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

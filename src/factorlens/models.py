@@ -1,0 +1,212 @@
+"""Small reference CNNs used by the demo, the tests and the benchmarks, and a minimal trainer.
+
+Both networks take images ``(N, 1, H, W)`` in the units their trainer used (the demo feeds
+[0, 1] pixels directly) and return class logits ``(N, 10)``. Layers are grouped in two
+``nn.Sequential`` blocks, ``features`` and ``classifier``, so layer names read
+``features.0`` (first conv), ``classifier.3`` (last linear), …
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from factorlens.errors import FactorlensError
+
+__all__ = ["DigitsCNN", "MnistCNN", "accuracy", "torch_threads", "train_classifier"]
+
+
+class DigitsCNN(nn.Module):
+    """CNN for scikit-learn's 8×8 digits: input (N, 1, 8, 8), output logits (N, 10).
+
+    features:   0 Conv(1→16, 3×3, pad 1), 1 ReLU, 2 Conv(16→32, 3×3, pad 1), 3 ReLU, 4 MaxPool(2)
+    classifier: 0 Flatten, 1 Linear(512→64), 2 ReLU, 3 Linear(64→10)
+    """
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 64),
+            nn.ReLU(),
+            nn.Linear(64, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 8, 8) -> (N, n_classes) logits."""
+        return self.classifier(self.features(x))
+
+
+class MnistCNN(nn.Module):
+    """Classic two-conv CNN for MNIST: input (N, 1, 28, 28), output logits (N, 10).
+
+    features:   0 Conv(1→16, 5×5, pad 2), 1 ReLU, 2 MaxPool(2)  -> 16×14×14
+                3 Conv(16→32, 5×5, pad 2), 4 ReLU, 5 MaxPool(2) -> 32×7×7
+    classifier: 0 Flatten, 1 Linear(1568→128), 2 ReLU, 3 Linear(128→10)
+    """
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 128),
+            nn.ReLU(),
+            nn.Linear(128, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 28, 28) -> (N, n_classes) logits."""
+        return self.classifier(self.features(x))
+
+
+def _as_tensors(
+    images: np.ndarray, labels: np.ndarray | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x = np.asarray(images)
+    if x.ndim < 2:
+        raise FactorlensError(f"images must have shape (N, ...), got {x.shape}")
+    xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+    if labels is None:
+        return xt, None
+    y = np.asarray(labels)
+    if y.shape != (x.shape[0],):
+        raise FactorlensError(
+            f"labels have shape {y.shape} but there are {x.shape[0]} images; give one label each"
+        )
+    return xt, torch.as_tensor(y.astype(np.int64), device=device)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily run torch CPU ops on ``n`` intra-op threads (None: leave the setting alone).
+
+    One thread is as fast for the tiny reference CNNs and does not stall when another process
+    keeps a core busy (multi-threaded tiny ops then wait on each other).
+    """
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise FactorlensError(f"the number of threads must be >= 1, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def train_classifier(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+    num_threads: int | None = None,
+) -> nn.Module:
+    """Train ``model`` with Adam and cross-entropy on images (N, C, H, W) float32, labels (N,).
+
+    Deterministic for a ``seed`` (shuffling uses its own ``torch.Generator``). Trains on the
+    model's device, prints one line per epoch to stderr when ``progress``; ``num_threads`` limits
+    torch's CPU threads while training (None: unchanged). Returns the model in eval mode.
+    """
+    with torch_threads(num_threads):
+        return _train(model, images, labels, epochs, batch_size, lr, seed, progress)
+
+
+def _train(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: bool,
+) -> nn.Module:
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise FactorlensError(
+            f"need epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})"
+        )
+    device = _model_device(model)
+    x, y = _as_tensors(images, labels, device)
+    assert y is not None
+    n = x.shape[0]
+    if n == 0:
+        raise FactorlensError("no training images; give at least one")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen).to(device)
+        total, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            logits = model(x[idx])
+            loss = loss_fn(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * idx.numel()
+            correct += int((logits.detach().argmax(1) == y[idx]).sum())
+        if progress:
+            print(
+                f"epoch {epoch + 1}/{epochs}: loss {total / n:.4f}, train accuracy {correct / n:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 512
+) -> float:
+    """Fraction of images (N, C, H, W) whose argmax logit equals the label (N,); in [0, 1]."""
+    device = _model_device(model)
+    x, y = _as_tensors(images, labels, device)
+    assert y is not None
+    if x.shape[0] == 0:
+        raise FactorlensError("no images to score; give at least one")
+    was_training = model.training
+    model.eval()
+    try:
+        correct = 0
+        for start in range(0, x.shape[0], batch_size):
+            pred = model(x[start : start + batch_size]).argmax(1)
+            correct += int((pred == y[start : start + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / x.shape[0]

@@ -1,0 +1,647 @@
+"""The activation store: named blocks of activations with their natural shapes.
+
+A store holds one block per captured tensor, every block with one row per sample:
+
+* ``"input"`` (kind ``"input"``): the inputs as loaded, ``N×H×W`` / ``N×C×H×W`` / ``N×D``;
+* one block per captured layer (kind ``"layer"``) with the layer's output shape ``N×…``.
+
+All blocks are float32. A store also keeps optional integer labels ``(N,)`` and a JSON-able
+``meta`` dict (model and data description, class names, layer list, capture settings).
+
+Two back ends share the :class:`ActivationStore` API:
+
+* :class:`MemoryStore` keeps numpy arrays in RAM;
+* :class:`ZarrStore` writes a zarr v3 directory, chunked along the sample axis and written
+  chunk by chunk, so writing never holds more than one batch plus one chunk per block.
+  Only :meth:`ZarrStore.close` marks it complete; :func:`open_store` reopens a complete store
+  read-only (no model needed) and refuses an incomplete one.
+
+On-disk layout (format version 1)::
+
+    PATH/zarr.json         group; attributes: factorlens_store (format), complete, n_samples,
+                           blocks ([{name, shape, kind, module, array, chunk_rows}]), meta,
+                           has_labels
+    PATH/b000/ …           one float32 array per block, chunks (chunk_rows, *sample_shape)
+    PATH/labels/           int64 (N,), only when labels were given
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factorlens.errors import FactorlensError, close_matches
+
+#: the on-disk format version written by this module.
+FORMAT_VERSION = 1
+#: the attribute that identifies a factorlens store.
+STORE_KEY = "factorlens_store"
+#: target size of one on-disk chunk (bytes).
+CHUNK_BYTES = 16 * 1024**2
+#: block kinds.
+KINDS = ("input", "layer")
+
+
+@dataclass
+class _Spec:
+    """Book-keeping for one block."""
+
+    name: str
+    sample_shape: tuple[int, ...]
+    kind: str
+    module: str
+    n_rows: int = 0
+    expected: int | None = None
+    chunk_rows: int | None = None
+    key: str = ""
+
+
+def default_chunk_rows(sample_shape: Sequence[int], chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows per chunk so one float32 chunk is about ``chunk_bytes`` (at least 1 row)."""
+    row_bytes = 4 * math.prod(int(s) for s in sample_shape)
+    if row_bytes <= 0:
+        return 1024
+    return max(1, chunk_bytes // row_bytes)
+
+
+def _jsonable(obj: Any, where: str = "meta") -> Any:
+    """Return ``obj`` as plain JSON types (numpy scalars/arrays, tuples and paths converted)."""
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise FactorlensError(
+        f"{where} has a value of type {type(obj).__name__} that cannot be saved as JSON; "
+        "pass plain str/int/float/bool/list/dict values"
+    )
+
+
+class ActivationStore(ABC):
+    """Named float32 blocks ``(N, ...)`` plus labels and metadata (see module docstring).
+
+    Writing: :meth:`create_block`, :meth:`append`, :meth:`set_labels`, :meth:`set_meta`,
+    :meth:`close`. Reading: :attr:`names`, :meth:`block`, :meth:`info`, :attr:`labels`,
+    :attr:`meta`, :attr:`n_samples`, :meth:`iter_rows`, :meth:`to_memory`.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, _Spec] = {}
+        self._labels: np.ndarray | None = None
+        self._meta: dict[str, Any] = {}
+        self._closed = False
+        self._readonly = False
+
+    # ------------------------------------------------------------ reading
+    @property
+    def names(self) -> list[str]:
+        """Block names: input blocks first, then layers in creation (network) order."""
+        inputs = [n for n, s in self._specs.items() if s.kind == "input"]
+        layers = [n for n, s in self._specs.items() if s.kind != "input"]
+        return inputs + layers
+
+    @property
+    def closed(self) -> bool:
+        """True once the store is finalized (then it is read-only)."""
+        return self._closed
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Integer labels ``(N,)`` int64, or None."""
+        return self._labels
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The metadata dict (JSON-able)."""
+        return self._meta
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples N (rows of the first block while writing; 0 without blocks)."""
+        names = self.names
+        return self._specs[names[0]].n_rows if names else 0
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def _spec(self, name: str) -> _Spec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(self.names) or "none"
+            raise FactorlensError(
+                f"no block named {name!r} in the store{close_matches(name, self.names)}; "
+                f"blocks are: {known}"
+            ) from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Full shape ``(N, ...)`` of block ``name``."""
+        spec = self._spec(name)
+        return (spec.n_rows, *spec.sample_shape)
+
+    def info(self, name: str) -> dict[str, Any]:
+        """``{"name", "shape", "kind", "module", "chunk_rows"}`` of block ``name``."""
+        spec = self._spec(name)
+        return {
+            "name": spec.name,
+            "shape": (spec.n_rows, *spec.sample_shape),
+            "kind": spec.kind,
+            "module": spec.module,
+            "chunk_rows": spec.chunk_rows,
+        }
+
+    @abstractmethod
+    def block(self, name: str) -> Any:
+        """Array-like ``(N, ...)`` with ``.shape``, ``.dtype``; ``[i:j]`` gives float32 ndarray."""
+
+    def iter_rows(
+        self, name: str, chunk_rows: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, rows)`` with ``rows`` float32 ``(≤chunk_rows, ...)``, in order.
+
+        ``chunk_rows`` defaults to the block's on-disk chunk (or the whole block in memory).
+        """
+        spec = self._spec(name)
+        step = int(chunk_rows or spec.chunk_rows or max(spec.n_rows, 1))
+        if step < 1:
+            raise FactorlensError(f"chunk_rows must be a positive integer, got {chunk_rows}")
+        arr = self.block(name)
+        for start in range(0, spec.n_rows, step):
+            yield start, np.asarray(arr[start : start + step], dtype=np.float32)
+
+    def to_memory(self) -> MemoryStore:
+        """A closed :class:`MemoryStore` with the same blocks, labels and meta."""
+        if not self._closed:
+            raise FactorlensError("the store is still being written; call close() first")
+        mem = MemoryStore()
+        for name in self.names:
+            spec = self._specs[name]
+            mem.create_block(name, spec.sample_shape, spec.kind, spec.module, n_samples=spec.n_rows)
+            for _, rows in self.iter_rows(name):
+                mem.append(name, rows)
+        mem.set_labels(self._labels)
+        mem.set_meta(self._meta)
+        mem.close()
+        return mem
+
+    # ------------------------------------------------------------ writing
+    def _check_writable(self) -> None:
+        if self._readonly or self._closed:
+            raise FactorlensError(
+                "the store is closed and read-only; create a new store to write activations"
+            )
+
+    def create_block(
+        self,
+        name: str,
+        sample_shape: Sequence[int],
+        kind: str = "layer",
+        module: str = "",
+        n_samples: int | None = None,
+    ) -> None:
+        """Declare block ``name`` with per-sample shape ``sample_shape`` (rows come later).
+
+        ``kind`` is ``"input"`` or ``"layer"``; ``module`` the layer's type (``"Conv2d"``);
+        ``n_samples`` (optional) the final number of rows, checked at :meth:`close`.
+        """
+        self._check_writable()
+        if not isinstance(name, str) or not name:
+            raise FactorlensError(f"block name must be a non-empty string, got {name!r}")
+        if name in self._specs:
+            raise FactorlensError(f"block {name!r} already exists in the store; use another name")
+        if kind not in KINDS:
+            raise FactorlensError(f"block kind must be 'input' or 'layer', got {kind!r}")
+        shape = tuple(int(s) for s in sample_shape)
+        if any(s < 0 for s in shape):
+            raise FactorlensError(f"block {name!r} has a negative dimension in shape {shape}")
+        if n_samples is not None and int(n_samples) < 0:
+            raise FactorlensError(f"n_samples must be >= 0, got {n_samples}")
+        spec = _Spec(
+            name=name,
+            sample_shape=shape,
+            kind=kind,
+            module=str(module),
+            expected=None if n_samples is None else int(n_samples),
+            key=f"b{len(self._specs):03d}",
+        )
+        self._specs[name] = spec
+        self._create(spec)
+
+    def append(self, name: str, batch: Any) -> None:
+        """Append rows ``batch`` of shape ``(n, *sample_shape)`` to block ``name`` (as float32)."""
+        self._check_writable()
+        spec = self._spec(name)
+        arr = np.asarray(batch, dtype=np.float32)
+        if arr.ndim == 0 or tuple(arr.shape[1:]) != spec.sample_shape:
+            raise FactorlensError(
+                f"batch for block {name!r} has shape {tuple(arr.shape)} but the block holds "
+                f"rows of shape {spec.sample_shape}; every batch must have shape "
+                f"(n, {', '.join(map(str, spec.sample_shape))})"
+            )
+        n = int(arr.shape[0])
+        if spec.expected is not None and spec.n_rows + n > spec.expected:
+            raise FactorlensError(
+                f"block {name!r} was declared with n_samples={spec.expected} but now gets "
+                f"{spec.n_rows + n} rows; declare the right n_samples or pass None"
+            )
+        if n == 0:
+            return
+        self._append(spec, arr)
+        spec.n_rows += n
+
+    def set_labels(self, labels: Any) -> None:
+        """Set the integer labels ``(N,)`` (stored as int64), or None to drop them."""
+        self._check_writable()
+        if labels is None:
+            self._labels = None
+            return
+        arr = np.asarray(labels)
+        if arr.ndim != 1:
+            raise FactorlensError(
+                f"labels must be a 1-D array with one integer per sample, got shape {arr.shape}"
+            )
+        if not np.issubdtype(arr.dtype, np.integer):
+            if arr.size and (
+                not np.issubdtype(arr.dtype, np.number)
+                or not np.all(np.isfinite(arr))
+                or not np.all(arr == np.round(arr))
+            ):
+                raise FactorlensError(
+                    f"labels must be integers, got dtype {arr.dtype}; map class names to "
+                    "integer ids first"
+                )
+        self._labels = arr.astype(np.int64)
+
+    def set_meta(self, meta: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        """Merge ``meta`` and keyword values into :attr:`meta` (values must be JSON-able)."""
+        self._check_writable()
+        update = dict(meta or {})
+        update.update(kwargs)
+        self._meta.update(_jsonable(update))
+
+    def close(self) -> None:
+        """Finalize: check every block has the same number of rows, flush, mark complete.
+
+        Idempotent; afterwards the store is read-only.
+        """
+        if self._closed:
+            return
+        if self._readonly:
+            self._closed = True
+            return
+        counts = {name: self._specs[name].n_rows for name in self.names}
+        if len(set(counts.values())) > 1:
+            listing = ", ".join(f"{k}={v}" for k, v in counts.items())
+            raise FactorlensError(
+                f"blocks with different sample counts ({listing}); every block needs exactly "
+                "one row per sample"
+            )
+        for spec in self._specs.values():
+            if spec.expected is not None and spec.n_rows != spec.expected:
+                raise FactorlensError(
+                    f"block {spec.name!r} has {spec.n_rows} rows but was declared with "
+                    f"n_samples={spec.expected}; append every sample before close()"
+                )
+        n = next(iter(counts.values()), None)
+        if self._labels is not None and n is not None and len(self._labels) != n:
+            raise FactorlensError(
+                f"{len(self._labels)} labels for {n} samples; give exactly one label per sample"
+            )
+        self._finalize()
+        self._closed = True
+
+    # ----------------------------------------------------- back-end hooks
+    @abstractmethod
+    def _create(self, spec: _Spec) -> None:
+        """Back end: allocate block ``spec``."""
+
+    @abstractmethod
+    def _append(self, spec: _Spec, arr: np.ndarray) -> None:
+        """Back end: append float32 rows ``arr`` to block ``spec``."""
+
+    @abstractmethod
+    def _finalize(self) -> None:
+        """Back end: flush everything and mark the store complete."""
+
+    def __repr__(self) -> str:
+        blocks = ", ".join(f"{n}{self.shape(n)}" for n in self.names)
+        state = "closed" if self._closed else "open"
+        return f"{type(self).__name__}({state}; {blocks})"
+
+
+class MemoryStore(ActivationStore):
+    """An activation store in RAM (numpy arrays).
+
+    Without ``n_samples`` batches are kept in a list and concatenated lazily on first read;
+    with ``n_samples`` given to :meth:`create_block` the block is preallocated.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: dict[str, list[np.ndarray]] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def _create(self, spec: _Spec) -> None:
+        if spec.expected is not None:
+            self._arrays[spec.name] = np.empty((spec.expected, *spec.sample_shape), np.float32)
+        else:
+            self._parts[spec.name] = []
+
+    def _append(self, spec: _Spec, arr: np.ndarray) -> None:
+        if spec.expected is not None:
+            self._arrays[spec.name][spec.n_rows : spec.n_rows + len(arr)] = arr
+        else:
+            self._parts[spec.name].append(np.array(arr, dtype=np.float32, copy=True))
+
+    def block(self, name: str) -> np.ndarray:
+        """The block as a float32 ndarray ``(N, ...)`` (read-only once the store is closed)."""
+        spec = self._spec(name)
+        if spec.expected is not None:
+            arr = self._arrays[name][: spec.n_rows]
+        else:
+            parts = self._parts[name]
+            if len(parts) != 1:
+                empty = np.empty((0, *spec.sample_shape), np.float32)
+                parts[:] = [np.concatenate(parts, axis=0) if parts else empty]
+            arr = parts[0]
+        if self._closed:
+            arr = arr.view()
+            arr.flags.writeable = False
+        return arr
+
+    def _finalize(self) -> None:
+        for name in self._parts:
+            self.block(name)  # concatenate once
+
+    def to_memory(self) -> MemoryStore:
+        """This store itself (it is already in memory)."""
+        if not self._closed:
+            raise FactorlensError("the store is still being written; call close() first")
+        return self
+
+
+class ZarrStore(ActivationStore):
+    """An activation store in a zarr v3 directory, chunked along the sample axis.
+
+    Create with :meth:`ZarrStore.create` (writing) or :func:`open_store` (reading). Rows are
+    buffered per block until a full chunk of ``chunk_rows`` samples is ready, then that chunk
+    is written; :meth:`close` writes the remainders, the labels, the metadata and finally the
+    completion marker (``complete: true``).
+    """
+
+    def __init__(self, path: Path, group: Any, *, chunk_rows: int | None, readonly: bool) -> None:
+        super().__init__()
+        self.path = path
+        self._group = group
+        self._chunk_rows = chunk_rows
+        self._readonly = readonly
+        self._arrays: dict[str, Any] = {}
+        self._buffers: dict[str, list[np.ndarray]] = {}
+        self._written: dict[str, int] = {}
+        self._created_dir = False
+
+    # ------------------------------------------------------------- create
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike[str], overwrite: bool = False, chunk_rows: int | None = None
+    ) -> ZarrStore:
+        """Start a new store at directory ``path``.
+
+        An existing non-empty ``path`` is refused unless ``overwrite=True`` (and even then only
+        when it is a factorlens store, never an unrelated directory or file). ``chunk_rows``
+        fixes the rows per chunk for every block; by default each block gets about 16 MiB.
+        """
+        import zarr
+
+        p = Path(path)
+        if chunk_rows is not None and int(chunk_rows) < 1:
+            raise FactorlensError(f"chunk_rows must be a positive integer, got {chunk_rows}")
+        existed = p.exists()
+        if existed:
+            if not p.is_dir():
+                raise FactorlensError(
+                    f"{p} exists and is a file, not a store directory; choose another path"
+                )
+            if any(p.iterdir()):
+                if not overwrite:
+                    raise FactorlensError(
+                        f"{p} already exists and is not empty; pass --overwrite "
+                        "(overwrite=True) to replace it or choose another path"
+                    )
+                if _read_root_attrs(p).get(STORE_KEY) is None:
+                    raise FactorlensError(
+                        f"{p} is not a factorlens store, so it is not overwritten even with "
+                        "--overwrite; choose another path"
+                    )
+                shutil.rmtree(p)
+                existed = False
+        try:
+            group = zarr.open_group(str(p), mode="w", zarr_format=3)
+            group.attrs.update(
+                {STORE_KEY: FORMAT_VERSION, "complete": False, "blocks": [], "meta": {}}
+            )
+        except OSError as exc:
+            raise FactorlensError(
+                f"cannot create a store at {p}: {exc}; choose another path"
+            ) from exc
+        store = cls(
+            p, group, chunk_rows=None if chunk_rows is None else int(chunk_rows), readonly=False
+        )
+        store._created_dir = not existed
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> ZarrStore:
+        """Reopen a complete store read-only (same as :func:`open_store`)."""
+        import zarr
+
+        p = Path(path)
+        if not p.exists():
+            raise FactorlensError(f"no activation store at {p}; check the path or run the capture")
+        attrs = _read_root_attrs(p)
+        if attrs.get(STORE_KEY) is None:
+            raise FactorlensError(
+                f"{p} is not a factorlens activation store; pass the directory written by capture"
+            )
+        if int(attrs[STORE_KEY]) > FORMAT_VERSION:
+            raise FactorlensError(
+                f"{p} was written by a newer factorlens (store format {attrs[STORE_KEY]}); "
+                "upgrade factorlens"
+            )
+        if attrs.get("complete") is not True:
+            raise FactorlensError(
+                f"incomplete store at {p}: capture was interrupted; rerun the capture"
+            )
+        group = zarr.open_group(str(p), mode="r", zarr_format=3)
+        store = cls(p, group, chunk_rows=None, readonly=True)
+        n = int(attrs.get("n_samples", 0))
+        for rec in attrs.get("blocks", []):
+            shape = tuple(int(s) for s in rec["shape"])
+            store._specs[rec["name"]] = _Spec(
+                name=rec["name"],
+                sample_shape=shape[1:],
+                kind=rec["kind"],
+                module=rec.get("module", ""),
+                n_rows=n,
+                expected=n,
+                chunk_rows=rec.get("chunk_rows"),
+                key=rec["array"],
+            )
+        if attrs.get("has_labels"):
+            store._labels = np.asarray(group["labels"][:], dtype=np.int64)
+        store._meta = dict(attrs.get("meta", {}))
+        store._closed = True
+        return store
+
+    # ------------------------------------------------------------ back end
+    def _records(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": s.name,
+                "shape": [s.n_rows, *s.sample_shape],
+                "kind": s.kind,
+                "module": s.module,
+                "array": s.key,
+                "chunk_rows": s.chunk_rows,
+            }
+            for s in (self._specs[n] for n in self.names)
+        ]
+
+    def _create(self, spec: _Spec) -> None:
+        chunk_rows = self._chunk_rows or default_chunk_rows(spec.sample_shape)
+        if self._chunk_rows is None and spec.expected:
+            chunk_rows = min(chunk_rows, spec.expected)  # no chunk larger than the block
+        spec.chunk_rows = chunk_rows
+        n0 = spec.expected if spec.expected is not None else 0
+        chunks = (spec.chunk_rows, *(max(1, s) for s in spec.sample_shape))
+        self._arrays[spec.name] = self._group.create_array(
+            spec.key,
+            shape=(n0, *spec.sample_shape),
+            chunks=chunks,
+            dtype="float32",
+            fill_value=0.0,
+        )
+        self._buffers[spec.name] = []
+        self._written[spec.name] = 0
+        self._group.attrs["blocks"] = self._records()
+
+    def _append(self, spec: _Spec, arr: np.ndarray) -> None:
+        # copy: the caller may reuse its buffer after append() returns
+        self._buffers[spec.name].append(np.array(arr, dtype=np.float32, copy=True))
+        buffered = spec.n_rows + len(arr) - self._written[spec.name]
+        if buffered >= (spec.chunk_rows or 1):
+            self._flush(spec, final=False)
+
+    def _flush(self, spec: _Spec, *, final: bool) -> None:
+        """Write the buffered rows of ``spec``: whole chunks only, or everything if ``final``."""
+        parts = self._buffers[spec.name]
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        step = spec.chunk_rows or 1
+        k = len(data) if final else (len(data) // step) * step
+        if k == 0:
+            self._buffers[spec.name] = [data]
+            return
+        arr = self._arrays[spec.name]
+        start = self._written[spec.name]
+        if arr.shape[0] < start + k:
+            arr.resize((start + k, *spec.sample_shape))
+        arr[start : start + k] = data[:k]
+        self._written[spec.name] = start + k
+        self._buffers[spec.name] = [data[k:]] if k < len(data) else []
+
+    def _finalize(self) -> None:
+        n = self.n_samples
+        for name in self.names:
+            spec = self._specs[name]
+            self._flush(spec, final=True)
+            arr = self._arrays[name]
+            if arr.shape[0] != spec.n_rows:
+                arr.resize((spec.n_rows, *spec.sample_shape))
+        if self._labels is not None:
+            lab = self._group.create_array(
+                "labels", shape=self._labels.shape, dtype="int64", fill_value=0
+            )
+            if len(self._labels):
+                lab[:] = self._labels
+        self._group.attrs.update(
+            {
+                "blocks": self._records(),
+                "meta": self._meta,
+                "n_samples": n,
+                "has_labels": self._labels is not None,
+            }
+        )
+        # the completion marker goes last: a store without it is never read as complete
+        self._group.attrs["complete"] = True
+        import zarr
+
+        self._group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+        self._arrays = {}
+        self._buffers = {}
+        self._readonly = True
+
+    def block(self, name: str) -> Any:
+        """The block as a read-only zarr array ``(N, ...)``; ``[i:j]`` gives float32 ndarray."""
+        spec = self._spec(name)
+        if not self._closed:
+            raise FactorlensError(
+                f"block {name!r} cannot be read while the store is being written; call close() first"
+            )
+        if name not in self._arrays:
+            self._arrays[name] = self._group[spec.key]
+        return self._arrays[name]
+
+    def discard(self) -> None:
+        """Delete what this store wrote on disk (used when a capture fails)."""
+        if self._created_dir:
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.path.is_dir():
+            for child in self.path.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        self._buffers = {}
+        self._arrays = {}
+        self._readonly = True
+
+
+def _read_root_attrs(path: Path) -> dict[str, Any]:
+    """The attributes of the zarr group at ``path`` ({} when it is not a zarr v3 group)."""
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return {}
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        return {}
+    attrs = doc.get("attributes", {})
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def open_store(path: str | os.PathLike[str]) -> ZarrStore:
+    """Reopen the complete store at ``path`` read-only; refuses incomplete or foreign paths."""
+    return ZarrStore.open(path)

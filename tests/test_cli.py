@@ -1,0 +1,257 @@
+"""The CLI end to end on small data, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import factorlens
+from factorlens.cli import main
+
+MODEL_FILE = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(),
+                                        nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> dict[str, Path]:
+    """A model file, its weights and a small npz data set, all under tmp_path."""
+    model_py = tmp_path / "tiny.py"
+    model_py.write_text(MODEL_FILE)
+    ns: dict = {}
+    exec(compile(MODEL_FILE, str(model_py), "exec"), ns)
+    torch.manual_seed(0)
+    net = ns["TinyNet"]()
+    weights = tmp_path / "tiny.pt"
+    torch.save({"state_dict": net.state_dict(), "epoch": 3}, weights)
+    rng = np.random.default_rng(0)
+    images = (rng.random((60, 8, 8)) * 255).astype(np.uint8)
+    data = tmp_path / "data.npz"
+    np.savez(data, images=images, labels=rng.integers(0, 3, 60))
+    return {"model": model_py, "weights": weights, "data": data, "root": tmp_path}
+
+
+def _analyze_args(p: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "analyze",
+        "--model", f"{p['model']}:TinyNet",
+        "--weights", str(p["weights"]),
+        "--data", f"npz:{p['data']}",
+        "--rank", "3",
+        "--out", str(out),
+        "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_analyze_writes_result_factors_inputs_and_report(project, capsys) -> None:
+    out = project["root"] / "out"
+    assert main(_analyze_args(project, out, "--layers", "features.*,classifier.3")) == 0
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["rank"] == 3
+    names = [b["name"] for b in summary["blocks"]]
+    assert names == ["input", "features.0", "features.1", "features.2", "classifier.3"]
+    assert summary["blocks"][0]["shape"] == [60, 8, 8]
+    assert all(0.0 <= b["fit"] <= 1.0 for b in summary["blocks"])
+    assert len(summary["flow"]) == 3 and all(len(row) == len(names) for row in summary["flow"])
+    html = (out / "index.html").read_text()
+    assert "features.0" in html and "https://" not in html
+    result = factorlens.load(out)
+    assert result.A.shape == (60, 3)
+    np.testing.assert_allclose(result.flow, np.array(summary["flow"]))
+    images, labels, _ = factorlens.load_inputs(out)
+    assert images.shape == (60, 8, 8) and labels.shape == (60,)
+    assert "report:" in capsys.readouterr().out
+
+
+def test_analyze_with_store_then_reanalyse_the_store_without_the_model(project) -> None:
+    out, store = project["root"] / "out", project["root"] / "acts.zarr"
+    assert main(_analyze_args(project, out, "--store", str(store), "--n-samples", "40")) == 0
+    reopened = factorlens.open_store(store)
+    assert reopened.n_samples == 40 and reopened.names[0] == "input"
+    again = project["root"] / "again"
+    args = ["analyze", "--store", str(store), "--rank", "3", "--out", str(again), "--quiet"]
+    assert main(args) == 0
+    a, b = factorlens.load(out), factorlens.load(again)
+    np.testing.assert_allclose(a.A, b.A, atol=1e-6)
+
+
+def test_report_command_rewrites_the_report(project) -> None:
+    out = project["root"] / "out"
+    assert main(_analyze_args(project, out)) == 0
+    (out / "index.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "index.html").is_file()
+    other = project["root"] / "elsewhere"
+    assert main(["report", str(out), "--out", str(other)]) == 0
+    assert (other / "index.html").is_file() and not (other / "result.json").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--rank", "4", "--n-init", "1", "--quiet"]) == 0
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["rank"] == 4 and summary["blocks"][0]["name"] == "input"
+    assert (out / "index.html").stat().st_size > 10_000
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_existing_result_is_not_overwritten_without_asking(project, capsys) -> None:
+    out = project["root"] / "out"
+    assert main(_analyze_args(project, out)) == 0
+    before = (out / "result.json").read_bytes()
+    capsys.readouterr()
+    assert main(_analyze_args(project, out, "--rank", "2")) == 2
+    assert "--overwrite" in _error(capsys)
+    assert (out / "result.json").read_bytes() == before
+    assert main(_analyze_args(project, out, "--rank", "2", "--overwrite")) == 0
+    assert json.loads((out / "result.json").read_text())["rank"] == 2
+
+
+def test_a_failure_leaves_no_output_that_looks_complete(project, monkeypatch, capsys) -> None:
+    import factorlens.report
+
+    def boom(*args, **kwargs):
+        raise factorlens.FactorlensError("report failed on purpose")
+
+    monkeypatch.setattr(factorlens.report, "write_report", boom)
+    out = project["root"] / "out"
+    assert main(_analyze_args(project, out)) == 2
+    assert "on purpose" in _error(capsys)
+    assert not (out / "result.json").exists()
+    assert not any(p.name.startswith(".out.staging") for p in project["root"].iterdir())
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("--layers", "features.O"), "features.0"),  # suggests the close match
+        (("--rank", "0"), "positive"),
+        (("--rank", "500"), "larger than the number of inputs"),
+        (("--data", "npz:/nonexistent/x.npz"), "/nonexistent/x.npz"),
+        (("--weights", "/nonexistent/w.pt"), "/nonexistent/w.pt"),
+        (("--data", "bogus:thing"), "digits"),
+    ],
+)
+def test_bad_input_gets_a_one_line_error(project, capsys, change, expected) -> None:
+    out = project["root"] / "out"
+    args = _analyze_args(project, out)
+    flag, value = change
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    assert main(args) == 2
+    assert expected in _error(capsys)
+    assert not out.exists()
+
+
+def test_truncated_checkpoint_and_shape_mismatch(project, capsys) -> None:
+    out = project["root"] / "out"
+    bad = project["root"] / "bad.pt"
+    bad.write_bytes(project["weights"].read_bytes()[:100])
+    args = _analyze_args(project, out)
+    args[args.index("--weights") + 1] = str(bad)
+    assert main(args) == 2
+    assert "bad.pt" in _error(capsys)
+    args = _analyze_args(project, out)
+    args[args.index("--model") + 1] = f"{project['model']}:Broken"
+    del args[args.index("--weights") : args.index("--weights") + 2]
+    assert main(args) == 2
+    err = _error(capsys)
+    assert "(8, 8)" in err or "8, 8" in err or "1, 8, 8" in err
+    assert not out.exists()
+
+
+def test_output_path_under_a_file_is_refused(project, capsys) -> None:
+    assert main(_analyze_args(project, project["data"] / "out")) == 2
+    assert "is a file" in _error(capsys)
+
+
+def test_nan_activation_names_the_layer(project, capsys, tmp_path) -> None:
+    nan_model = tmp_path / "nanmodel.py"
+    nan_model.write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Log(nn.Module):\n"
+        "    def forward(self, x):\n        return torch.log(x - 0.5)\n\n\n"
+        "class NanNet(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.flat = nn.Flatten()\n        self.bad = Log()\n"
+        "    def forward(self, x):\n        return self.bad(self.flat(x))\n"
+    )
+    out = tmp_path / "out"
+    args = ["analyze", "--model", f"{nan_model}:NanNet", "--data", f"npz:{project['data']}",
+            "--layers", "bad", "--rank", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    err = _error(capsys)
+    assert "bad" in err and "--nonfinite" in err
+    assert main([*args, "--nonfinite", "zero"]) == 0
+
+
+def test_debug_shows_the_traceback(project) -> None:
+    with pytest.raises(factorlens.FactorlensError):
+        main([*_analyze_args(project, project["root"] / "o", "--rank", "0"), "--debug"])
+
+
+def test_help_lists_every_command(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("demo", "analyze", "report"):
+        assert command in text
+
+
+def test_tuple_output_needs_select(tmp_path, capsys) -> None:
+    model_py = tmp_path / "pair.py"
+    model_py.write_text(
+        "from torch import nn\n\n\nclass Pair(nn.Module):\n    def forward(self, x):\n"
+        "        return x, x * 2\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.flat = nn.Flatten()\n        self.pair = Pair()\n"
+        "    def forward(self, x):\n        return self.pair(self.flat(x))[1]\n"
+    )
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.random.default_rng(0).random((20, 4, 4)).astype(np.float32))
+    base = ["analyze", "--model", f"{model_py}:Net", "--data", f"npz:{data}", "--layers", "pair",
+            "--rank", "2", "--quiet"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    err = _error(capsys)
+    assert "'pair'" in err and "tuple" in err and "--select" in err
+    assert main([*base, "--select", "pair=1", "--out", str(tmp_path / "b")]) == 0
+
+
+def test_module_is_runnable_as_python_m(project) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "factorlens", "--version"], capture_output=True, text=True
+    )
+    assert run.returncode == 0 and "factorlens" in run.stdout
