@@ -219,13 +219,22 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _print_summary(result, out: Path, seconds: float) -> None:
+    opts = result.options
+    state = "converged" if opts.get("converged") else "stopped at --max-iter"
     print(
-        f"factorized {result.n_samples} inputs into R = {result.rank} components in {seconds:.1f} s"
+        f"joint factorization of {result.n_samples} inputs, R = {result.rank}: "
+        f"{opts.get('n_iter')} iterations, {state}; {seconds:.1f} s in all"
     )
     width = max(len(n) for n in result.block_names)
+    print(f"  {'block':<{width}}  {'shape':<18} {'fit':>7}  strongest component")
     for name, shape in zip(result.block_names, result.block_shapes, strict=True):
         shape_text = "×".join(str(s) for s in shape)
-        print(f"  {name:<{width}}  {shape_text:<18} fit {100 * result.fit[name]:5.1f} %")
+        w = result.weights[name]
+        top = int(w.argmax())
+        print(
+            f"  {name:<{width}}  {shape_text:<18} {100 * result.fit[name]:6.1f}%  "
+            f"C{top + 1} ({w[top]:.2f})"
+        )
     print(f"report: {(out / 'index.html').resolve()}")
 
 

@@ -166,7 +166,8 @@ class CMTF:
     center : subtract each block's per-feature mean over samples first (not with ``nonneg``).
     tensor_blocks : names of blocks fitted with a CP model on their natural shape; ``None``
         means the first block (the input) when it has ≥ 2 feature axes, all others as matrices.
-    init : ``"svd"`` (randomized SVD of the weighted concatenation) or ``"random"``.
+    init : ``"svd"`` (randomized SVD of the weighted concatenation), ``"random"``, or an
+        ``(N, R)`` array used as the starting sample factor (a warm start).
     n_init : number of starts (the first from ``init``, the rest random); each runs
         ``screen_iter`` iterations and the best is continued to convergence.
     max_iter, tol : iteration cap and relative loss change at which the fit stops.
@@ -227,6 +228,13 @@ class CMTF:
         """Fit to ``blocks``: a mapping name → array ``(N, …)`` (input first) or an
         activation store. Sets ``result_`` (a :class:`CMTFResult`), ``A_``, ``flow_``, ``fit_``.
         """
+        return self.fit_blocks(self.prepare(blocks))
+
+    def prepare(self, blocks: Any) -> list[Block]:
+        """Validate ``blocks`` and wrap them for the engine (one pass for their statistics).
+
+        The prepared list can be fitted many times (:meth:`fit_blocks`), e.g. across ranks.
+        """
         names, arrays = _as_named_arrays(blocks)
         self._validate(names, arrays)
         data = [
@@ -241,9 +249,15 @@ class CMTF:
             )
             for n, a in zip(names, arrays, strict=True)
         ]
-        scales = block_weights(data, self.weighting)
-        for b, s in zip(data, scales, strict=True):
+        for b, s in zip(data, block_weights(data, self.weighting), strict=True):
             b.scale = s
+        return data
+
+    def fit_blocks(self, data: list[Block]) -> CMTF:
+        """Fit to blocks returned by :meth:`prepare` (same weighting and centring)."""
+        names = [b.name for b in data]
+        self._validate_rank(data[0].n_rows, sum(b.width for b in data))
+        scales = [b.scale for b in data]
         models = self._block_models(names, [b.shape for b in data])
         rng = np.random.default_rng(self.random_state)
 
@@ -274,25 +288,34 @@ class CMTF:
         return self.fit(blocks).A_
 
     # ------------------------------------------------------------------------- validation
-    def _validate(self, names: list[str], arrays: list[Any]) -> None:
-        n = check_blocks(names, [tuple(a.shape) for a in arrays])
+    def _validate_rank(self, n: int, total: int) -> None:
         if not isinstance(self.rank, (int, np.integer)) or self.rank <= 0:
             raise FactorlensError(f"rank must be a positive integer, got {self.rank!r}")
-        total = sum(int(np.prod(a.shape[1:])) for a in arrays)
         limit = min(n, total)
         if self.rank > limit:
             raise FactorlensError(
                 f"rank {self.rank} is larger than the data allows (at most {limit}: "
                 f"{n} samples, {total} features in all blocks); choose --rank <= {limit}"
             )
+        if isinstance(self.init, np.ndarray) and self.init.shape != (n, self.rank):
+            raise FactorlensError(
+                f"an initial sample factor must have shape ({n}, {self.rank}), "
+                f"got {self.init.shape}"
+            )
+
+    def _validate(self, names: list[str], arrays: list[Any]) -> None:
+        n = check_blocks(names, [tuple(a.shape) for a in arrays])
+        self._validate_rank(n, sum(int(np.prod(a.shape[1:])) for a in arrays))
         if self.nonneg and self.center:
             raise FactorlensError(
                 "nonneg and center cannot be combined (centred data is signed); drop one"
             )
         if self.l1 < 0:
             raise FactorlensError(f"l1 must be >= 0, got {self.l1}")
-        if self.init not in ("svd", "random"):
-            raise FactorlensError(f"init must be 'svd' or 'random', got {self.init!r}")
+        if not isinstance(self.init, np.ndarray) and self.init not in ("svd", "random"):
+            raise FactorlensError(
+                f"init must be 'svd', 'random' or an (N, R) array, got {self.init!r}"
+            )
         if self.n_init < 1:
             raise FactorlensError(f"n_init must be >= 1, got {self.n_init}")
 
@@ -321,7 +344,13 @@ class CMTF:
         self, data: list[Block], models: list[str], how: str, rng: np.random.Generator
     ) -> _State:
         R, N = self.rank, data[0].n_rows
-        if how == "svd":
+        if isinstance(how, np.ndarray):  # a given sample factor (warm start)
+            A = np.array(how, dtype=np.float64)
+            if self.nonneg:
+                A = np.abs(A)
+            A /= np.maximum(np.linalg.norm(A, axis=0), _TINY)
+            T = [b.right(A) for b in data]
+        elif how == "svd":
             A, T = _randomized_svd_factor(data, R, rng)
             if self.nonneg:
                 A = np.abs(A)
@@ -461,18 +490,21 @@ class CMTF:
         bar = _progress(iters, f"CMTF {label}") if self.progress else None
         for _ in range(iters - 1):
             plain = self._step(data, dims, state, T)
-            accepted = False
             if self.extrapolate and previous is not None:
                 trial = self._extrapolate(plain, previous, beta)
-                T_trial = [b.right(trial.A) for b in data]
+                # one pass gives Ỹᵀ[A_plain, A_trial]: the GEMM reads each block once for both
+                both = [b.right(np.hstack([plain.A, trial.A])) for b in data]
+                R = plain.A.shape[1]
+                T_trial = [t[:, R:] for t in both]
                 loss_trial, blk_trial = self._loss(data, trial, T_trial)
                 if loss_trial < loss:
                     state, T, loss, blk = trial, T_trial, loss_trial, blk_trial
                     beta, beta_max = min(beta_max, beta * 1.05), min(1.0, beta_max * 1.01)
-                    accepted = True
                 else:
                     beta_max, beta = beta, beta / 1.5
-            if not accepted:
+                    state, T = plain, [t[:, :R] for t in both]
+                    loss, blk = self._loss(data, state, T)
+            else:
                 state = plain
                 T = [b.right(state.A) for b in data]
                 loss, blk = self._loss(data, state, T)
@@ -529,7 +561,7 @@ class CMTF:
             "l1": self.l1,
             "weighting": self.weighting,
             "center": self.center,
-            "init": self.init,
+            "init": self.init if isinstance(self.init, str) else "given",
             "n_init": self.n_init,
             "max_iter": self.max_iter,
             "tol": self.tol,
