@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -62,22 +63,36 @@ def make_result(
     )
 
 
+#: the page's own script elements: (id, type); no other script may appear
+OWN_SCRIPTS = [("report-boot", None), ("report-data", "application/json"), ("report-js", None)]
+
+
 class _Refs(HTMLParser):
-    """Collects every src/href attribute value and every element id."""
+    """Collects every src/href attribute value, every element id and every script's id/type."""
 
     def __init__(self) -> None:
         super().__init__()
         self.refs: list[str] = []
         self.ids: list[str] = []
         self.tags: list[str] = []
+        self.scripts: list[tuple[str | None, str | None]] = []
+        self.handlers: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
+        a = dict(attrs)
+        if tag == "script":
+            self.scripts.append((a.get("id"), a.get("type")))
         for key, value in attrs:
-            if key in ("src", "href", "action", "poster", "srcset") and value is not None:
+            if (
+                key in ("src", "href", "action", "poster", "srcset", "xlink:href")
+                and value is not None
+            ):
                 self.refs.append(value)
             if key == "id" and value is not None:
                 self.ids.append(value)
+            if key.startswith("on"):
+                self.handlers.append(key)
 
 
 def _parse(text: str) -> _Refs:
@@ -89,7 +104,10 @@ def _parse(text: str) -> _Refs:
 def _check_offline(text: str) -> _Refs:
     assert "http://" not in text and "https://" not in text
     assert "url(" not in text and "@import" not in text  # nothing fetched from CSS
+    assert "fetch(" not in text and "XMLHttpRequest" not in text and "import(" not in text
     p = _parse(text)
+    assert p.scripts == OWN_SCRIPTS  # only the page's own inline scripts, none with src
+    assert not p.handlers  # no inline event handler attributes
     for ref in p.refs:
         assert ref.startswith("data:image/png;base64,") or ref.startswith("#"), ref
     for ref in p.refs:
@@ -123,12 +141,15 @@ def test_report_page_and_figures(tmp_path: Path) -> None:
 
     for sid in ("overview", "flow", "components"):
         assert sid in p.ids
-    comp_ids = [i for i in p.ids if i.startswith("component-")]
+    comp_ids = [i for i in p.ids if re.fullmatch(r"component-\d+", i)]
     assert comp_ids == [f"component-{r + 1}" for r in range(R)]
     assert text.count('class="component"') == R
-    # flow-table rows link to their component sections
+    # one card per block in every component, each a link target of its flow-map cell
     for r in range(R):
         assert f'href="#component-{r + 1}"' in text
+        for j in range(len(res.block_names)):
+            assert f"component-{r + 1}-block-{j}" in p.ids
+            assert f'href="#component-{r + 1}-block-{j}"' in text
 
     for name in res.block_names:
         assert f">{name}<" in text
@@ -145,16 +166,20 @@ def test_report_page_and_figures(tmp_path: Path) -> None:
     assert "zero" in text or "one" in text or "two" in text
 
     uris = re.findall(r'src="(data:image/png;base64,[^"]+)"', text)
-    # fit + flow + per component: pattern, strength, mean, mean diff, 5 thumbnails
-    assert len(uris) >= 2 + R * (4 + 5)
-    assert text.count('class="thumb"') == R * 5
+    # fit + per component: pattern, mean, mean diff, 5 top and 5 bottom thumbnails
+    assert len(uris) >= 1 + R * (3 + 5 + 5)
+    assert text.count('class="thumb"') == R * (5 + 5)
+    # inline SVG charts per component: strength, loadings histogram, class make-up, 2 layers
+    assert text.count("<svg ") == R * 5
 
     pngs = _check_pngs(tmp_path / "rep")
     names = {p.name for p in pngs}
     assert {"overview_fit.png", "flow.png"} <= names
     for r in range(R):
-        for part in ("pattern", "strength", "mean", "top"):
+        for part in ("pattern", "strength", "mean", "top", "bottom", "loadings"):
             assert f"component-{r + 1}_{part}.png" in names
+        assert f"component-{r + 1}_block-1-conv1_units.png" in names
+        assert f"component-{r + 1}_block-2-fc_units.png" in names
 
 
 def test_thumbnails_are_top_loadings(tmp_path: Path) -> None:
@@ -163,8 +188,12 @@ def test_thumbnails_are_top_loadings(tmp_path: Path) -> None:
     text = write_report(tmp_path, res, images, top_k=4).read_text()
     for r in range(R):
         sec = text.split(f'<section id="component-{r + 1}"')[1].split("</section>")[0]
-        shown = [int(m) for m in re.findall(r'alt="test input (\d+),', sec)]
+        top = sec.split('<div class="thumbs top">')[1].split("</div>")[0]
+        shown = [int(m) for m in re.findall(r'alt="test input (\d+),', top)]
         assert shown == list(np.argsort(-res.A[:, r], kind="stable")[:4])
+        bottom = sec.split('<div class="thumbs bottom">')[1].split("</div>")[0]
+        shown = [int(m) for m in re.findall(r'alt="test input (\d+),', bottom)]
+        assert shown == list(np.argsort(res.A[:, r], kind="stable")[:4])
 
 
 def test_escaping(tmp_path: Path) -> None:
@@ -182,14 +211,21 @@ def test_escaping(tmp_path: Path) -> None:
         title="<i>title</i>",
     )
     text = path.read_text()
-    assert "<script" not in text.lower()
+    # the only script elements are the page's own three; the evil name never opens one
+    assert text.lower().count("<script") == len(OWN_SCRIPTS)
+    assert "<script>alert" not in text.lower() and "alert(1)</script>" not in text
     assert "<b>bold" not in text and "<i>title" not in text and "<img src=x" not in text
     assert html.escape(evil) in text
     assert "a&amp;&lt;&gt;b" in text
     assert "&lt;i&gt;title&lt;/i&gt;" in text
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in text
     p = _check_offline(text)
-    assert "script" not in p.tags and "b" not in p.tags and "i" not in p.tags
+    assert "b" not in p.tags and "i" not in p.tags
+    # inside the inline JSON too: no "</" at all, and it parses back to the exact names
+    data_text = text.split('<script type="application/json" id="report-data">')[1]
+    data_text = data_text.split("</script>")[0]
+    assert "</" not in data_text and "<" not in data_text
+    assert json.loads(data_text)["blocks"] == res.block_names
     _check_pngs(tmp_path)  # mathtext-looking layer names do not break the charts
 
 
@@ -222,7 +258,7 @@ def test_vector_input(tmp_path: Path) -> None:
     text = path.read_text()
     _check_offline(text)
     assert text.count('class="component"') == R
-    assert text.count('class="thumb"') == R * 6
+    assert text.count('class="thumb"') == R * 2 * 6
     names = {p.name for p in _check_pngs(tmp_path)}
     assert "component-1_pattern_strip.png" in names and "component-1_pattern.png" in names
 

@@ -4,10 +4,13 @@ Two kinds of figure, both returned as PNG bytes (the caller writes them and embe
 
 * pixel images (input patterns, test inputs, means) are coloured with NumPy and encoded with
   Pillow — fast enough for thousands of thumbnails;
-* charts (block fits, the flow heatmap, per-component strengths, 1-D patterns) are drawn with
-  matplotlib's Agg canvas on ``matplotlib.figure.Figure`` objects that never enter pyplot's
+* charts (block fits, the flow heatmap, rank evidence, per-component strengths, loading
+  histograms, a layer's top channels / units, 1-D patterns, checkpoint comparisons) are drawn
+  with matplotlib's Agg canvas on ``matplotlib.figure.Figure`` objects that never enter pyplot's
   global figure registry (so nothing needs closing and the user's backend is left alone).
-  Charts drawn once per component reuse one figure and only update its data.
+  Charts drawn once per component (or per component and layer) reuse one figure laid out once;
+  most are blitted: the static background is drawn once and each render redraws only the
+  artists that change, so hundreds of them stay fast.
 
 Display conventions: a test input is scaled to its own min..max (grey, or RGB for 3 channels);
 a pattern (a signed, unit-norm component) uses the diverging ``RdBu_r`` map centred at 0 and
@@ -24,6 +27,10 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
 from PIL import Image
 
 DPI = 90
@@ -37,6 +44,10 @@ MAX_TILED_CHANNELS = 4  # patterns with C != 3 channels: one tile per channel up
 _PNG_META = {"Software": None}  # keep PNGs free of the default "https://matplotlib.org" text
 _DIVERGING = colormaps["RdBu_r"]
 _SHADE = colormaps["Blues"]
+_SEQUENTIAL = colormaps["magma_r"]
+POS_COLOUR = "#c0392b"  # positive weights / loadings (red, as in RdBu_r)
+NEG_COLOUR = "#2f6db5"  # negative ones (blue)
+BAR_COLOUR = "#3182bd"  # strengths (>= 0)
 
 
 # --------------------------------------------------------------------------- selection
@@ -49,6 +60,17 @@ def top_indices(loadings: np.ndarray, k: int) -> np.ndarray:
     k = max(0, min(int(k), x.size))
     # -x: NaN stays NaN and argsort puts it last; "stable" keeps ties in index order
     return np.argsort(-x, kind="stable")[:k].astype(np.int64)
+
+
+def bottom_indices(loadings: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` smallest entries of ``loadings`` (N,), smallest first.
+
+    Returns ``min(k, N)`` int64 indices; ties keep the lower index first, NaNs come last.
+    """
+    x = np.asarray(loadings, dtype=np.float64).ravel()
+    k = max(0, min(int(k), x.size))
+    # argsort puts NaN last; "stable" keeps ties in index order
+    return np.argsort(x, kind="stable")[:k].astype(np.int64)
 
 
 # --------------------------------------------------------------------------- pixel images
@@ -103,6 +125,21 @@ def _diverging(x: np.ndarray, vmax: float) -> np.ndarray:
     """(…) values -> (…, 3) uint8 through RdBu_r with 0 at the centre and ±vmax at the ends."""
     t = 0.5 + 0.5 * x / vmax
     return _u8(_DIVERGING(np.clip(t, 0.0, 1.0))[..., :3])
+
+
+def magnitude_to_pixels(x: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """Non-negative values (…) -> (…, 3) uint8 through a sequential map, 0 light, vmax dark."""
+    x = _finite(x)
+    vmax = float(np.max(np.abs(x))) if vmax is None and x.size else (vmax or 0.0)
+    vmax = vmax if vmax > 0 else 1.0
+    return _u8(_SEQUENTIAL(np.clip(np.abs(x) / vmax, 0.0, 1.0))[..., :3])
+
+
+def signed_to_pixels(x: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """Signed values (…) -> (…, 3) uint8 through RdBu_r centred at 0 (±vmax, default max|x|)."""
+    x = _finite(x)
+    vmax = float(np.max(np.abs(x))) if vmax is None and x.size else (vmax or 0.0)
+    return _diverging(x, vmax if vmax > 0 else 1.0)
 
 
 def pattern_to_pixels(x: np.ndarray, kind: str) -> tuple[np.ndarray, float, bool]:
@@ -226,6 +263,14 @@ def _save(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _save_fixed(fig: Figure) -> bytes:
+    """PNG of a figure whose layout was fixed once (``tight_layout`` at construction): one
+    draw per save instead of the two that ``bbox_inches="tight"`` costs."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata=_PNG_META)
+    return buf.getvalue()
+
+
 def fit_chart(names: Sequence[str], fits: Sequence[float]) -> bytes:
     """Horizontal bars: fit (%) of each block, blocks top to bottom in network order."""
     n = len(names)
@@ -250,14 +295,16 @@ def flow_heatmap(flow: np.ndarray, names: Sequence[str]) -> bytes:
     flow = _finite(flow)
     r, b = flow.shape
     vmax = float(flow.max()) if flow.size and flow.max() > 0 else 1.0
-    fig = _figure(1.7 + 0.8 * b, 0.9 + 0.24 * r)
+    fig = _figure(1.7 + 0.8 * b, 0.9 + (0.24 if r <= 40 else 0.1) * r)
     ax = fig.add_subplot()
     im = ax.imshow(flow, aspect="auto", cmap=_SHADE, vmin=0.0, vmax=vmax, interpolation="nearest")
     ax.set_xticks(np.arange(b), [label(s, 20) for s in names], rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(np.arange(r), [f"C{i + 1}" for i in range(r)], fontsize=7 if r > 12 else 8)
+    step = 1 if r <= 40 else 5
+    ticks = np.arange(0, r, step)
+    ax.set_yticks(ticks, [f"C{i + 1}" for i in ticks], fontsize=7 if r > 12 else 8)
     ax.set_xlabel("block (network order)", fontsize=8)
     ax.set_ylabel("component", fontsize=8)
-    if r * b <= 400:
+    if r <= 30 and r * b <= 400:
         for i in range(r):
             for j in range(b):
                 v = flow[i, j]
@@ -276,7 +323,28 @@ def flow_heatmap(flow: np.ndarray, names: Sequence[str]) -> bytes:
     return _save(fig)
 
 
-class StrengthChart:
+class _Blitted:
+    """A chart drawn in full once; each render restores that background and draws only the
+    artists that change (``animated=True``) — a few ms instead of a full Agg draw."""
+
+    fig: Figure
+
+    def _freeze(self) -> None:
+        self.fig.set_layout_engine(None)
+        canvas = self.fig.canvas
+        canvas.draw()
+        self._background = canvas.copy_from_bbox(self.fig.bbox)
+
+    def _png(self, artists: Sequence) -> bytes:
+        canvas = self.fig.canvas
+        canvas.restore_region(self._background)
+        for a in artists:
+            self.fig.draw_artist(a)
+        rgba = np.asarray(canvas.buffer_rgba())
+        return png(np.ascontiguousarray(rgba[..., :3]))
+
+
+class StrengthChart(_Blitted):
     """Bar chart of one component's strength in each block; one figure reused for every row.
 
     All rows share the y scale [0, 1.15·vmax] so bar heights compare across components.
@@ -287,24 +355,31 @@ class StrengthChart:
         self.fig = _figure(1.3 + 0.42 * b, 2.1)
         ax = self.fig.add_subplot()
         x = np.arange(b)
-        self.bars = ax.bar(x, np.zeros(b), color="#3182bd", width=0.7)
+        self.bars = list(ax.bar(x, np.zeros(b), color=BAR_COLOUR, width=0.7))
         self.texts = [ax.text(i, 0.0, "", ha="center", va="bottom", fontsize=6.5) for i in x]
         ax.set_xticks(x, [label(s, 18) for s in names], rotation=30, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylabel("strength", fontsize=8)
-        ax.set_ylim(0.0, 1.15 * vmax if vmax > 0 else 1.0)
+        self.top = 1.15 * vmax if vmax > 0 else 1.0
+        ax.set_ylim(0.0, self.top)
         ax.spines[["top", "right"]].set_visible(False)
+        self.title = ax.set_title("C000 strength per block", fontsize=8)
+        self.fig.tight_layout(pad=0.3)  # the labels never change: lay out once
+        for a in (*self.bars, *self.texts, self.title):
+            a.set_animated(True)
         self.ax = ax
+        self._freeze()
 
     def render(self, values: np.ndarray, title: str) -> bytes:
         """PNG of the bars for ``values`` (B,)."""
         values = _finite(values)
         for bar, text, v in zip(self.bars, self.texts, values, strict=True):
-            bar.set_height(max(v, 0.0))
-            text.set_y(max(v, 0.0))
+            h = min(max(v, 0.0), self.top)
+            bar.set_height(h)
+            text.set_y(h)
             text.set_text(f"{v:.2f}")
-        self.ax.set_title(label(title, 40), fontsize=8)
-        return _save(self.fig)
+        self.title.set_text(label(title, 40))
+        return self._png([*self.bars, *self.texts, self.title])
 
 
 class LinePlot:
@@ -325,6 +400,10 @@ class LinePlot:
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.spines[["top", "right"]].set_visible(False)
+        ax.set_ylim(-0.55555, 0.55555)  # tick labels about as wide as any later ones
+        ax.set_title("W" * 30, fontsize=8)
+        self.fig.tight_layout(pad=0.3)
+        self.fig.set_layout_engine(None)  # laid out once: one draw per save
         self.ax = ax
 
     def render(self, y: np.ndarray, ref: np.ndarray | None = None, title: str = "") -> bytes:
@@ -341,4 +420,214 @@ class LinePlot:
         pad = 0.08 * (hi - lo) if hi > lo else 1.0
         self.ax.set_ylim(lo - pad, hi + pad)
         self.ax.set_title(label(title, 50), fontsize=8)
-        return _save(self.fig)
+        return _save_fixed(self.fig)
+
+
+class HBarChart(_Blitted):
+    """Horizontal bars, one row per item (top row first), reused for every component.
+
+    Used for a layer's top channels (strengths >= 0) and top units (signed weights: red > 0,
+    blue < 0). Rows and the x range (``vmax``: the same for every component of a layer, so
+    bars compare) are fixed; labels, values and the title change per render.
+    """
+
+    def __init__(
+        self, rows: int, xlabel: str, *, signed: bool, vmax: float = 1.0, label_chars: int = 10
+    ) -> None:
+        self.rows = max(1, int(rows))
+        self.signed = signed
+        self.vmax = 1.05 * vmax if vmax > 0 else 1.0
+        self.fig = _figure(3.6, 0.75 + 0.2 * self.rows)
+        ax = self.fig.add_subplot()
+        y = np.arange(self.rows)
+        self.bars = list(ax.barh(y, np.zeros(self.rows), color=BAR_COLOUR, height=0.7))
+        ax.set_ylim(self.rows - 0.5, -0.5)
+        ax.set_yticks(y, ["W" * label_chars] * self.rows, fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_xlim(-self.vmax if signed else 0.0, self.vmax)
+        if signed:
+            ax.axvline(0.0, color="#444444", lw=0.6)
+        ax.spines[["top", "right"]].set_visible(False)
+        self.title = ax.set_title("W" * 30, fontsize=8)
+        self.fig.tight_layout(pad=0.3)  # room for the longest labels, then draw them per render
+        ax.set_yticks(y, [""] * self.rows)
+        to_label = blended_transform_factory(ax.transAxes, ax.transData)
+        self.labels = [
+            ax.text(-0.03, yi, "", transform=to_label, ha="right", va="center", fontsize=7)
+            for yi in y
+        ]
+        for a in (*self.bars, *self.labels, self.title):
+            a.set_animated(True)
+        self.ax = ax
+        self._freeze()
+
+    def render(self, values: np.ndarray, labels: Sequence[str], title: str = "") -> bytes:
+        """PNG of ``values`` (at most ``rows``) labelled ``labels``, first value on top."""
+        v = _finite(values).ravel()[: self.rows]
+        n = v.size
+        for i, bar in enumerate(self.bars):
+            w = float(np.clip(v[i], -self.vmax, self.vmax)) if i < n else 0.0
+            bar.set_width(w)
+            bar.set_color(NEG_COLOUR if w < 0 else (POS_COLOUR if self.signed else BAR_COLOUR))
+            self.labels[i].set_text(label(labels[i], 18) if i < n and i < len(labels) else "")
+        self.title.set_text(label(title, 50))
+        return self._png([*self.bars, *self.labels, self.title])
+
+
+class LoadingHistogram(_Blitted):
+    """Histogram of one component's loadings (a column of A), with the top-k / bottom-k
+    thresholds marked; one figure reused for every component.
+
+    Each component gets its own range: the axes are fixed to [0, 1] and every render maps its
+    bins there and writes its own axis labels (min, 0, max; the busiest bin's count), so only
+    the changing artists are redrawn.
+    """
+
+    def __init__(self) -> None:
+        self.fig = _figure(3.6, 1.9)
+        ax = self.fig.add_subplot()
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(0.0, 1.12)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("loading", fontsize=8, labelpad=11)
+        ax.set_ylabel("inputs", fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+        handles = [
+            Line2D([], [], color=POS_COLOUR, lw=1.0, ls="--", label="top-k threshold"),
+            Line2D([], [], color=NEG_COLOUR, lw=1.0, ls="--", label="bottom-k threshold"),
+        ]
+        ax.legend(handles=handles, fontsize=6, frameon=False, loc="upper right")
+        self.title = ax.set_title("W" * 30, fontsize=8)
+        self.fig.tight_layout(pad=0.3)
+        self.stairs = ax.stairs(np.zeros(1), np.array([0.0, 1.0]), fill=True, color=BAR_COLOUR)
+        self.zero = ax.axvline(0.0, color="#444444", lw=0.6)
+        self.top = ax.axvline(0.0, color=POS_COLOUR, lw=1.0, ls="--")
+        self.bottom = ax.axvline(0.0, color=NEG_COLOUR, lw=1.0, ls="--")
+        below = blended_transform_factory(ax.transData, ax.transAxes)
+        self.ticks = [
+            ax.text(x, -0.03, "", transform=below, ha=ha, va="top", fontsize=7)
+            for x, ha in ((0.0, "left"), (0.5, "center"), (1.0, "right"))
+        ]
+        self.peak = ax.text(0.01, 1.0, "", transform=ax.transAxes, va="top", fontsize=6.5)
+        self.artists = [
+            self.stairs,
+            self.zero,
+            self.top,
+            self.bottom,
+            *self.ticks,
+            self.peak,
+            self.title,
+        ]
+        for a in self.artists:
+            a.set_animated(True)
+        self.ax = ax
+        self._freeze()
+
+    def render(
+        self, counts: np.ndarray, edges: np.ndarray, top: float, bottom: float, title: str = ""
+    ) -> bytes:
+        counts = _finite(counts)
+        edges = _finite(edges)
+        lo, hi = float(edges[0]), float(edges[-1])
+        span = hi - lo if hi > lo else 1.0
+
+        def x(v: float) -> float:
+            return float(np.clip((v - lo) / span, 0.0, 1.0))
+
+        peak = float(counts.max()) if counts.size else 0.0
+        self.stairs.set_data(counts / max(peak, 1.0), (edges - lo) / span)
+        self.top.set_xdata([x(top)] * 2)
+        self.bottom.set_xdata([x(bottom)] * 2)
+        self.zero.set_xdata([x(0.0)] * 2)
+        self.zero.set_visible(lo < 0 < hi)
+        self.ticks[0].set_text(f"{lo:.3g}")
+        self.ticks[2].set_text(f"{hi:.3g}")
+        middle = lo < 0 < hi and 0.15 < x(0.0) < 0.85
+        self.ticks[1].set_position((x(0.0), -0.03))
+        self.ticks[1].set_text("0" if middle else "")
+        self.peak.set_text(f"busiest bin: {int(peak)}")
+        self.title.set_text(label(title, 50))
+        return self._png(self.artists)
+
+
+def rank_scan_chart(
+    ranks: Sequence[float], criteria: dict[str, Sequence[float]], chosen: float | None
+) -> bytes:
+    """One panel per criterion (its value against the rank R), the chosen rank marked."""
+    names = list(criteria)
+    n = max(1, len(names))
+    fig = _figure(4.6, 0.5 + 1.45 * n)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    x = np.asarray(ranks, dtype=np.float64)
+    for ax, name in zip(axes, names, strict=False):
+        y = np.asarray(criteria[name], dtype=np.float64)
+        ax.plot(x, y, marker="o", ms=3.5, lw=1.2, color=BAR_COLOUR)
+        if chosen is not None:
+            ax.axvline(float(chosen), color=POS_COLOUR, lw=1.0, ls="--")
+            hit = np.flatnonzero(x == float(chosen))
+            if hit.size and np.isfinite(y[hit[0]]):
+                ax.plot([x[hit[0]]], [y[hit[0]]], marker="o", ms=7, mfc="none", color=POS_COLOUR)
+        ax.set_ylabel(label(name, 22), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[-1].set_xlabel("rank R", fontsize=8)
+    if len(x) <= 30:
+        axes[-1].set_xticks(x)
+    if chosen is not None:
+        axes[0].set_title(f"chosen rank R = {label(chosen)}", fontsize=8)
+    return _save(fig)
+
+
+def checkpoint_chart(
+    labels: Sequence[str], ranks: Sequence[int], scores: Sequence[float] | None
+) -> bytes:
+    """Rank (and, when given, the quality score) of each checkpoint, in the order given."""
+    n = 2 if scores is not None else 1
+    fig = _figure(1.8 + 0.5 * len(labels), 0.9 + 1.3 * n)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    x = np.arange(len(labels))
+    axes[0].plot(x, np.asarray(ranks, dtype=float), marker="o", ms=4, color=BAR_COLOUR)
+    axes[0].set_ylabel("rank R", fontsize=8)
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    if scores is not None:
+        axes[1].plot(x, np.asarray(scores, dtype=float), marker="o", ms=4, color=POS_COLOUR)
+        axes[1].set_ylabel("score", fontsize=8)
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[-1].set_xticks(x, [label(t, 16) for t in labels], rotation=30, ha="right", fontsize=7)
+    axes[-1].set_xlabel("checkpoint", fontsize=8)
+    return _save(fig)
+
+
+def congruence_chart(
+    mats: Sequence[np.ndarray], titles: Sequence[str], matches: Sequence[np.ndarray]
+) -> bytes:
+    """|congruence| heatmaps of consecutive checkpoints' sample factors, matched pairs boxed.
+
+    ``mats[i]`` is (R_prev, R_next); ``matches[i][k]`` the previous component matched to next
+    component k (-1: none).
+    """
+    n = len(mats)
+    fig = _figure(0.6 + 3.0 * n, 3.2)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, m, t, match in zip(axes, mats, titles, matches, strict=True):
+        c = np.abs(_finite(m))
+        im = ax.imshow(c, cmap=_SHADE, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        for k, j in enumerate(np.asarray(match)):
+            if j >= 0:
+                ax.add_patch(Rectangle((k - 0.5, j - 0.5), 1, 1, fill=False, ec=POS_COLOUR, lw=1.0))
+        rp, rn = c.shape
+        ax.set_xlabel("component (later)", fontsize=7)
+        ax.set_ylabel("component (earlier)", fontsize=7)
+        sx = 1 if rn <= 20 else 5
+        sy = 1 if rp <= 20 else 5
+        ax.set_xticks(np.arange(0, rn, sx), [str(i + 1) for i in range(0, rn, sx)], fontsize=6)
+        ax.set_yticks(np.arange(0, rp, sy), [str(i + 1) for i in range(0, rp, sy)], fontsize=6)
+        ax.set_title(label(t, 44), fontsize=7)
+    cb = fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.02)
+    cb.ax.tick_params(labelsize=7)
+    cb.set_label("|congruence| of A columns", fontsize=7)
+    return _save(fig)

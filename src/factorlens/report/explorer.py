@@ -1,0 +1,191 @@
+"""What the component view shows, computed from a result (numbers only; no drawing).
+
+* :func:`block_view` — how a block's component is read: ``"conv"`` for ``C×H×W`` (or ``C×L``)
+  samples — a spatial map and the channels that carry it (:func:`conv_view`) — ``"dense"`` for
+  ``d`` features — the units with the largest weights (:func:`unit_view`) — and ``"units"`` for
+  any other shape (flattened, entries named by their multi-index).
+* :func:`loading_histogram` — the distribution of one column of the sample factor ``A``.
+* :func:`class_makeup` — which classes the top-loading inputs belong to (for reading only; the
+  factorization never sees labels).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from factorlens.report.figures import top_indices
+
+
+def block_view(sample_shape: Sequence[int]) -> str:
+    """``"dense"`` for (d,), ``"conv"`` for (C, L) or (C, H, W), ``"units"`` otherwise."""
+    n = len(tuple(sample_shape))
+    if n == 1:
+        return "dense"
+    if n in (2, 3):
+        return "conv"
+    return "units"
+
+
+@dataclass
+class ConvView:
+    """A conv-like component ``m`` (C, *spatial), signed, usually unit norm.
+
+    ``abs_map = Σ_c |m[c]|`` (where the component lives), ``signed_map = Σ_c m[c]``,
+    ``channel_strength[c] = ‖m[c]‖`` (Σ_c strength² = ‖m‖², so strength² is the share of the
+    component carried by channel c), ``top_channels`` strongest first.
+    """
+
+    abs_map: np.ndarray
+    signed_map: np.ndarray
+    channel_strength: np.ndarray
+    top_channels: np.ndarray
+
+    @property
+    def channel_share(self) -> np.ndarray:
+        """Share of the component's energy in each channel (sums to 1 unless all zero)."""
+        e = self.channel_strength**2
+        total = float(e.sum())
+        return e / total if total > 0 else e
+
+
+def conv_view(component: np.ndarray, n_top: int = 8) -> ConvView:
+    """Spatial maps and channel strengths of a (C, H, W) or (C, L) component."""
+    m = np.nan_to_num(np.asarray(component, dtype=np.float64))
+    if m.ndim < 2:
+        raise ValueError(f"a conv component needs a channel axis, got shape {m.shape}")
+    axes = tuple(range(1, m.ndim))
+    strength = np.sqrt((m * m).sum(axis=axes))
+    return ConvView(
+        abs_map=np.abs(m).sum(axis=0),
+        signed_map=m.sum(axis=0),
+        channel_strength=strength,
+        top_channels=top_indices(strength, n_top),
+    )
+
+
+@dataclass
+class UnitView:
+    """The entries of a component with the largest |weight|, strongest first."""
+
+    indices: np.ndarray  # flat indices into the component
+    values: np.ndarray  # their signed weights
+    labels: list[str]  # "unit 12", a class name, or "(c, h, w)" for other shapes
+
+
+def unit_view(
+    component: np.ndarray, n_top: int = 12, unit_names: Sequence[str] | None = None
+) -> UnitView:
+    """Top ``n_top`` entries of ``component`` by |weight| (ties: lower index first)."""
+    m = np.nan_to_num(np.asarray(component, dtype=np.float64))
+    flat = m.ravel()
+    idx = top_indices(np.abs(flat), n_top)
+    labels = []
+    for i in idx:
+        if m.ndim == 1:
+            if unit_names is not None and int(i) < len(unit_names):
+                name = str(unit_names[int(i)])
+                labels.append(f"class {name}" if name == str(int(i)) else f"{name} ({int(i)})")
+            else:
+                labels.append(f"unit {int(i)}")
+        else:
+            labels.append("(" + ", ".join(str(int(j)) for j in np.unravel_index(i, m.shape)) + ")")
+    return UnitView(indices=idx, values=flat[idx], labels=labels)
+
+
+def loading_histogram(loadings: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts (bins,), edges (bins + 1,))`` of the finite loadings (constant: a ±0.5 span)."""
+    x = np.asarray(loadings, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return np.zeros(bins, dtype=np.int64), np.linspace(-0.5, 0.5, bins + 1)
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo <= 1e-12 * max(abs(lo), abs(hi), 1.0):
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(x, bins=bins, range=(lo, hi))
+    return counts, edges
+
+
+def label_text(label: object, class_names: Sequence[str] | None) -> str:
+    """A label as text: its class name when it is an in-range integer and names are known."""
+    lab = label.item() if isinstance(label, np.generic) else label
+    if class_names is not None and isinstance(lab, (int, np.integer)) and not isinstance(lab, bool):
+        if 0 <= int(lab) < len(class_names):
+            return str(class_names[int(lab)])
+    return str(lab)
+
+
+@dataclass
+class ClassShare:
+    name: str
+    count: int  # among the selected inputs
+    share: float  # count / number selected
+    base: float  # share of this class among all inputs
+
+
+def class_makeup(
+    labels: np.ndarray, indices: np.ndarray, class_names: Sequence[str] | None = None
+) -> list[ClassShare]:
+    """Classes of the inputs ``indices`` (most frequent first, ties by name), with base rates."""
+    labels = np.asarray(labels).ravel()
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    if idx.size == 0:
+        return []
+    everyone = Counter(label_text(v, class_names) for v in labels)
+    chosen = Counter(label_text(v, class_names) for v in labels[idx])
+    n_all, n_sel = labels.size, idx.size
+    order = sorted(chosen.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [ClassShare(name, c, c / n_sel, everyone[name] / n_all) for name, c in order]
+
+
+@dataclass
+class RankScan:
+    """Rank evidence from ``result.meta["rank_scan"]``: criteria values per tried rank."""
+
+    ranks: list[float]
+    criteria: dict[str, list[float]]
+    chosen: float | None
+
+
+def rank_scan(meta: dict | None) -> RankScan | None:
+    """Parse ``meta["rank_scan"]`` = ``{"ranks": [..], "criteria": {name: [..]}, "chosen": R}``.
+
+    Returns None when absent; raises ValueError (one line) when present but malformed.
+    Missing or non-numeric criterion values become NaN.
+    """
+    scan = (meta or {}).get("rank_scan")
+    if scan is None:
+        return None
+    if not isinstance(scan, dict):
+        raise ValueError("rank_scan is not a mapping")
+    ranks = scan.get("ranks")
+    criteria = scan.get("criteria")
+    if not isinstance(ranks, (list, tuple)) or not ranks:
+        raise ValueError("rank_scan has no list of ranks")
+    try:
+        r = [float(x) for x in ranks]
+    except (TypeError, ValueError):
+        raise ValueError("rank_scan ranks are not numbers") from None
+    if not isinstance(criteria, dict) or not criteria:
+        raise ValueError("rank_scan has no criteria")
+    out: dict[str, list[float]] = {}
+    for name, values in criteria.items():
+        if not isinstance(values, (list, tuple)) or len(values) != len(r):
+            raise ValueError(
+                f"rank_scan criterion {str(name)!r} does not have one value per rank ({len(r)})"
+            )
+        out[str(name)] = [_number(v) for v in values]
+    chosen = scan.get("chosen")
+    c = _number(chosen) if chosen is not None else None
+    return RankScan(ranks=r, criteria=out, chosen=None if c is None or c != c else c)
+
+
+def _number(value: object) -> float:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+    return x

@@ -1,0 +1,300 @@
+"""The report in a real browser (headless Chromium through Playwright), opened from disk.
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``, or ``FACTORLENS_CHROMIUM``) and the
+``playwright`` Python client (its own browser downloads are not used). Without them the tests
+skip with the reason — except under CI (``CI`` set), where they fail, so CI cannot silently
+skip them. Screenshots go to ``test-artifacts/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from factorlens.factorize.result import CMTFResult
+from factorlens.pipeline import save_inputs
+from factorlens.report import write_report
+from factorlens.report.trajectory import write_trajectory_report
+
+CHROMIUM = os.environ.get("FACTORLENS_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+R = 6
+EVIL = ["<script>alert(1)</script>", '"><img src=x onerror=alert(2)>']
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python client is not installed (pip install playwright)"
+    if not Path(CHROMIUM).is_file():
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FACTORLENS_CHROMIUM)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    reason = _missing()
+    if reason is not None:
+        if _in_ci():
+            pytest.fail(f"browser test cannot run under CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+# --------------------------------------------------------------------------- pages to open
+def _unit(m: np.ndarray) -> np.ndarray:
+    return m / np.linalg.norm(m, axis=0)
+
+
+def _digits(n: int = 240) -> tuple[np.ndarray, np.ndarray]:
+    d = load_digits()
+    return (d.images[:n] / 16.0).astype(np.float32), d.target[:n]
+
+
+def _result(names: list[str], *, seed: int = 0, A: np.ndarray | None = None, **meta) -> CMTFResult:
+    """input 8×8 (cp), conv 4×8×8, relu 4×8×8, fc 16, out 10 — random unit factors."""
+    rng = np.random.default_rng(seed)
+    n = 240
+    shapes = [(n, 8, 8), (n, 4, 8, 8), (n, 4, 8, 8), (n, 16), (n, 10)]
+    factors = {names[0]: [_unit(rng.standard_normal((8, R))) for _ in range(2)]}
+    for name, s in zip(names[1:], shapes[1:], strict=True):
+        factors[name] = [_unit(rng.standard_normal((int(np.prod(s[1:])), R)))]
+    return CMTFResult(
+        A=_unit(rng.standard_normal((n, R))) if A is None else A,
+        block_names=names,
+        block_shapes=shapes,
+        block_models=["cp"] + ["matrix"] * 4,
+        factors=factors,
+        weights={nm: np.sort(rng.uniform(0.05, 0.9, R))[::-1].copy() for nm in names},
+        fit={nm: 0.8 for nm in names},
+        loss_history=[1.0, 0.4],
+        meta={"model": "browser-test net", "modules": {names[1]: "Conv2d"}, **meta},
+    )
+
+
+NAMES = ["input", "features.0", "features.1", "classifier.1", "classifier.3"]
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("browser")
+    images, labels = _digits()
+    classes = [str(i) for i in range(10)]
+    scan = {"ranks": [2, 4, 6, 8], "criteria": {"fit": [0.5, 0.7, 0.8, 0.82]}, "chosen": 6}
+    main = write_report(
+        root / "main", _result(NAMES, rank_scan=scan), images, labels, classes, top_k=6
+    )
+    evil = write_report(
+        root / "evil",
+        _result(["input", "features.0", EVIL[0], EVIL[1], "out"]),
+        images,
+        labels,
+        ["<b>zero</b>", *classes[1:]],
+        title=EVIL[0],
+    )
+    # two checkpoints: the second's components are the first's, permuted, plus noise
+    first = _result(NAMES, seed=1, checkpoint="epoch 1")
+    rng = np.random.default_rng(2)
+    A2 = _unit(first.A[:, [1, 0, 3, 2, 5, 4]] + 0.02 * rng.standard_normal(first.A.shape))
+    second = _result(NAMES, seed=2, A=A2, checkpoint="epoch <2>", quality_score=0.9)
+    dirs = []
+    for name, res in (("ep1", first), ("ep2", second)):
+        res.save(root / name)
+        save_inputs(root / name, images, labels, classes)
+        dirs.append(root / name)
+    traj = write_trajectory_report(root / "traj", dirs, title="checkpoints") / "index.html"
+    return {"main": main, "evil": evil, "traj": traj}
+
+
+class _Watch:
+    """Everything that must not happen on the page: console errors, uncaught exceptions,
+    failed or external requests, dialogs (an injected alert would open one)."""
+
+    def __init__(self, page) -> None:
+        self.problems: list[str] = []
+        page.on(
+            "console",
+            lambda m: (
+                self.problems.append(f"console {m.type}: {m.text}")
+                if m.type in ("error", "warning")
+                else None
+            ),
+        )
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url}"))
+        page.on(
+            "request",
+            lambda r: (
+                self.problems.append(f"external request: {r.url}")
+                if not r.url.startswith(("file://", "data:"))
+                else None
+            ),
+        )
+
+        def dialog(d) -> None:
+            self.problems.append(f"dialog: {d.message}")
+            d.dismiss()
+
+        page.on("dialog", dialog)
+
+    def check(self) -> None:
+        assert not self.problems, self.problems
+
+
+def _open(browser, path: Path, *, js: bool = True):
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, java_script_enabled=js)
+    page = context.new_page()
+    watch = _Watch(page)
+    page.goto(path.as_uri())
+    if js:
+        page.wait_for_selector('body[data-ready="1"]', state="attached", timeout=10_000)
+    return context, page, watch
+
+
+def _shown(page) -> list[str]:
+    """Ids of the component sections that are actually displayed."""
+    return page.eval_on_selector_all(
+        "section.component", "els => els.filter(e => e.offsetParent !== null).map(e => e.id)"
+    )
+
+
+def _pattern_src(page) -> str:
+    return page.get_attribute("section.component.current .card.input img", "src")
+
+
+def _screenshot(target, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    target.screenshot(path=str(ARTIFACTS / name))
+    assert (ARTIFACTS / name).stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- tests
+def test_explore_components_and_flow_map(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["main"])
+    try:
+        assert _shown(page) == ["component-1"]
+        assert page.text_content("#component-status") == f"C1 of {R}"
+        assert page.is_visible("#overview") and page.is_visible("#rank-evidence")
+        # every image of the visible component decoded (data: URIs work from file://)
+        broken = page.eval_on_selector_all(
+            "section.component.current img", "els => els.filter(i => !i.naturalWidth).length"
+        )
+        assert broken == 0
+        _screenshot(page.locator("#flow"), "flow-map.png")
+
+        # a flow-map cell opens that component at that layer
+        before = (_pattern_src(page), page.text_content("section.component.current h3"))
+        page.click('#flow a[href="#component-4-block-2"]')
+        assert _shown(page) == ["component-4"]
+        after = (_pattern_src(page), page.text_content("section.component.current h3"))
+        assert after[0] != before[0] and after[1] != before[1]
+        assert page.get_attribute("#component-4-block-2", "class").split()[-1] == "focus"
+        assert page.text_content("#component-status") == f"C4 of {R} · at {NAMES[2]}"
+        assert "current" in (page.get_attribute('#flow tr[data-r="3"]', "class") or "")
+        box = page.locator("#component-4-block-2").bounding_box()
+        assert box is not None and 0 <= box["y"] < 900  # scrolled into view
+        assert page.evaluate("location.hash") == "#component-4-block-2"
+        _screenshot(page, "component-view.png")
+
+        # arrow keys step through the components, and stop at the ends
+        page.keyboard.press("ArrowRight")
+        assert _shown(page) == ["component-5"]
+        assert page.evaluate("location.hash") == "#component-5"
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("ArrowLeft")
+        assert _shown(page) == ["component-3"]
+        assert page.input_value("#component-select") == "2"
+        page.select_option("#component-select", "0")
+        assert _shown(page) == ["component-1"]
+        page.keyboard.press("ArrowLeft")  # the selector gave focus back: keys work again
+        assert _shown(page) == ["component-1"]
+        page.click("#component-next")
+        assert _shown(page) == ["component-2"]
+        page.select_option("#component-select", str(R - 1))
+        assert _shown(page) == [f"component-{R}"]
+        page.keyboard.press("ArrowRight")
+        assert _shown(page) == [f"component-{R}"]
+
+        # the strength bars inside a component link to its layer cards
+        page.click(f'section.component.current svg a[href="#component-{R}-block-4"]')
+        assert page.get_attribute(f"#component-{R}-block-4", "class").split()[-1] == "focus"
+        # a row header of the flow map opens the component
+        page.click('#flow a[href="#component-2"]')
+        assert _shown(page) == ["component-2"]
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_user_strings_render_as_text(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["evil"])
+    try:
+        assert page.title() == EVIL[0]
+        blocks = page.inner_text("#overview table.blocks")
+        assert EVIL[0] in blocks and EVIL[1] in blocks
+        data = page.evaluate("JSON.parse(document.getElementById('report-data').textContent)")
+        assert data["blocks"][2:4] == EVIL
+        assert page.locator("img[src='x']").count() == 0
+        assert page.locator("script").count() == 3
+        page.click('#flow a[href="#component-1-block-3"]')
+        assert page.text_content("#component-status") == f"C1 of {R} · at {EVIL[1]}"
+        assert "<b>zero</b>" in page.inner_text("#overview")  # a class name, shown as text
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_page_reads_without_javascript(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["main"], js=False)
+    try:
+        assert len(_shown(page)) == R  # every component, one after the other
+        assert page.is_visible("#flow table.flow") and page.is_visible("#overview")
+        assert not page.is_visible("#component-nav")  # the explorer toolbar needs the script
+        page.click('#flow a[href="#component-3-block-1"]')  # plain anchors still work
+        assert page.evaluate("location.hash") == "#component-3-block-1"
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_checkpoints_view(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["traj"])
+    try:
+        assert page.is_visible("#trajectory")
+        head = page.inner_text("#trajectory table.tracks thead")
+        assert "epoch 1" in head and "epoch <2>" in head
+        rows = page.locator("#trajectory table.tracks tbody tr")
+        assert rows.count() == R  # the permutation was found: no track broke
+        first = page.inner_text("#trajectory table.tracks tbody tr >> nth=0")
+        assert "C1" in first and "C2" in first  # epoch 1's C1 is epoch 2's C2
+        _screenshot(page.locator("#trajectory"), "checkpoints.png")
+        page.click('#trajectory a[href="#component-3"]')
+        assert _shown(page) == ["component-3"]
+        watch.check()
+    finally:
+        context.close()
