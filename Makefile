@@ -5,11 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= factorlens-demo
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean browser
+
+# The browser test (tests/test_browser.py) drives Debian's Chromium through Playwright's Python
+# client; Playwright's own browser download is never used.
+CHROMIUM := /usr/bin/chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -25,7 +28,12 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-test: lint
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "warning: could not install chromium; the browser test will skip outside CI"
+
+test: lint browser
 	$(BIN)/pytest
 
 bench: $(STAMP)
