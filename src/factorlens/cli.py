@@ -1,4 +1,4 @@
-"""Command-line front end: ``factorlens demo | analyze | report``.
+"""Command-line front end: ``factorlens demo | analyze | report | zoo``.
 
 A thin door onto :mod:`factorlens.pipeline`. User errors print ``error: <message>`` on one line
 and exit with status 2; ``--debug`` shows the traceback instead.
@@ -20,6 +20,7 @@ EPILOG = """examples:
   factorlens analyze --model mymodel.py:Net --weights net.pt --data mnist:/data/mnist \\
       --layers 'features.*,classifier.1' --rank 10 --n-samples 2000 --out results/net
   factorlens report results/net --out results/net-report
+  factorlens report results/epoch01 results/epoch05 results/epoch20 --out results/training
 """
 
 
@@ -194,12 +195,40 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="(re)write the HTML report of a saved result",
         description="Write index.html and figures/ for a result directory written by "
-        "`analyze` or `demo`.",
+        "`analyze` or `demo`. Give several (checkpoints of one model, same layers and test "
+        "inputs, in training order) to add a view of how components appear across them; "
+        "the first is the main one.",
     )
-    rep.add_argument("result", help="result directory")
+    rep.add_argument("results", nargs="+", metavar="RESULT", help="result directory (or several)")
     rep.add_argument("--out", help="where to write the report (default: the result directory)")
     rep.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     rep.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+    zoo = sub.add_parser(
+        "zoo",
+        help="train a model zoo: checkpoints of known test accuracy",
+        description="Train one architecture, seeded and reproducibly, into checkpoints of known "
+        "test accuracy: 'steps' (one run saved from initialisation to convergence), 'noise' "
+        "(0-100 % random training labels) and 'data' (smaller training sets). Writes "
+        "<out>/<kind>/<name>.pt and <out>/zoo.json.",
+    )
+    zoo.add_argument(
+        "--data", required=True, help="digits, or mnist:DIR (holding train-10k.npz and t10k files)"
+    )
+    zoo.add_argument("--out", required=True, help="output directory")
+    zoo.add_argument(
+        "--arch",
+        choices=["mnistcnn", "bngap", "resnet", "digitscnn"],
+        help="architecture (default: mnistcnn for MNIST, digitscnn for digits)",
+    )
+    zoo.add_argument(
+        "--kinds", default="steps,noise,data", help="comma-separated (default steps,noise,data)"
+    )
+    zoo.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    zoo.add_argument("--quick", action="store_true", help="a tiny zoo (for tests)")
+    zoo.add_argument("--overwrite", action="store_true", help="replace an existing zoo in --out")
+    zoo.add_argument("--quiet", action="store_true", help="no progress lines")
+    zoo.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
 
 
@@ -264,6 +293,8 @@ def _run(args: argparse.Namespace) -> int:
         result, out = commands.run_demo(args, _engine_kwargs(args))
     elif args.command == "analyze":
         result, out = commands.run_analyze(args, _engine_kwargs(args))
+    elif args.command == "zoo":
+        return commands.run_zoo(args)
     else:
         out = commands.run_report(args)
         print(f"report: {(out / 'index.html').resolve()}")

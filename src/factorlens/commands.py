@@ -137,12 +137,43 @@ def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
 
 
 def run_report(args: argparse.Namespace) -> Path:
-    """Rewrite the report of a saved result, in place or into another directory."""
-    source = Path(args.result)
+    """Rewrite the report of a saved result, in place or into another directory.
+
+    Several results (checkpoints): the report of the first plus the checkpoints view.
+    """
+    sources = [Path(p) for p in args.results]
+    source = sources[0]
     result = load(source)
     images, labels, class_names = load_inputs(source)
     out = Path(args.out) if args.out else source
     if out.resolve() != source.resolve():
         out = check_output_dir(out, args.overwrite)
     title = f"factorlens — {result.meta.get('model_name', 'model')}"
+    if len(sources) > 1:
+        from factorlens.report.trajectory import write_trajectory_report
+
+        return write_trajectory_report(out, sources, title=title)
     return write_report_files(out, result, images, labels, class_names, title=title)
+
+
+def run_zoo(args: argparse.Namespace) -> int:
+    """Train a model zoo into --out and print its checkpoints with their test accuracy."""
+    from factorlens.zoo import build_zoo, load_zoo
+
+    target = build_zoo(
+        args.data,
+        Path(args.out),
+        arch=args.arch,
+        kinds=args.kinds,
+        seed=args.seed,
+        quick=args.quick,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    entries = load_zoo(target)
+    width = max(len("checkpoint"), *(len(e["checkpoint"]) for e in entries))
+    print(f"{'checkpoint':<{width}}  {'kind':<5}  test accuracy")
+    for e in entries:
+        print(f"{e['checkpoint']:<{width}}  {e['kind']:<5}  {e['test_accuracy']:.4f}")
+    print(f"zoo: {target.resolve()}")
+    return 0

@@ -18,7 +18,16 @@ from torch import nn
 
 from factorlens.errors import FactorlensError
 
-__all__ = ["DigitsCNN", "MnistCNN", "accuracy", "torch_threads", "train_classifier"]
+__all__ = [
+    "BNGapCNN",
+    "DigitsCNN",
+    "MnistCNN",
+    "ResidualBlock",
+    "SmallResNet",
+    "accuracy",
+    "torch_threads",
+    "train_classifier",
+]
 
 
 class DigitsCNN(nn.Module):
@@ -76,6 +85,104 @@ class MnistCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, 28, 28) -> (N, n_classes) logits."""
+        return self.classifier(self.features(x))
+
+
+class BNGapCNN(nn.Module):
+    """Three conv+BatchNorm+ReLU stages, global average pooling and a linear head.
+
+    Takes (N, 1, H, W) for any H, W >= 8 (8×8 digits, 28×28 MNIST); output logits (N, 10).
+
+    features:   0 Conv(1→16, 3×3, pad 1), 1 BN, 2 ReLU                  -> 16×H×W
+                3 Conv(16→32, 3×3, stride 2, pad 1), 4 BN, 5 ReLU       -> 32×⌈H/2⌉×⌈W/2⌉
+                6 Conv(32→64, 3×3, stride 2, pad 1), 7 BN, 8 ReLU       -> 64×⌈H/4⌉×⌈W/4⌉
+    classifier: 0 AdaptiveAvgPool(1), 1 Flatten, 2 Linear(64→10)
+    """
+
+    def __init__(self, n_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        )
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) -> (N, n_classes) logits."""
+        return self.classifier(self.features(x))
+
+
+class ResidualBlock(nn.Module):
+    """Basic residual block: conv1, bn1, relu1, conv2, bn2, + shortcut, relu (the block output).
+
+    The shortcut is the identity, or a strided 1×1 conv + BN when the shape changes. Every ReLU is
+    its own module, so a forward hook on ``relu`` sees the block's output after the addition.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False
+        )
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        else:
+            self.shortcut = nn.Identity()
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, H, W) -> (N, C_out, ⌈H/stride⌉, ⌈W/stride⌉)."""
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A stem conv and two residual blocks, global average pooling and a linear head.
+
+    Takes (N, 1, H, W) for any H, W >= 8 (8×8 digits, 28×28 MNIST); output logits (N, 10).
+
+    features:   0 Conv(1→16, 3×3, pad 1), 1 BN, 2 ReLU                  -> 16×H×W
+                3 ResidualBlock(16→32, stride 2)                        -> 32×⌈H/2⌉×⌈W/2⌉
+                4 ResidualBlock(32→64, stride 2)                        -> 64×⌈H/4⌉×⌈W/4⌉
+    classifier: 0 AdaptiveAvgPool(1), 1 Flatten, 2 Linear(64→10)
+    """
+
+    def __init__(self, n_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            ResidualBlock(16, 32, stride=2),
+            ResidualBlock(32, 64, stride=2),
+        )
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) -> (N, n_classes) logits."""
         return self.classifier(self.features(x))
 
 

@@ -1,0 +1,250 @@
+"""Label-free baselines for scoring how well a network was trained.
+
+* :func:`rankme` — RankMe (Garrido, Balestriero, Najman & LeCun 2023): the exponential of the
+  entropy of the normalized singular values of the embeddings; higher = better. Applied to the
+  penultimate-layer embeddings (the input of the last ``nn.Linear``) by :func:`rankme_score`.
+* :func:`weightwatcher_alpha` — the mean power-law exponent α of the layer weight spectra
+  (Martin, Peng & Mahoney 2021), from the ``weightwatcher`` package; data-free; lower = better.
+* :func:`effective_rank` — Roy & Vetterli (2007); :func:`layer_effective_ranks` applies it to
+  every chosen layer's flattened, centred outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from factorlens.capture import capture, select_layers
+from factorlens.errors import FactorlensError
+
+__all__ = [
+    "RANKME_EPS",
+    "effective_rank",
+    "layer_effective_ranks",
+    "penultimate_embeddings",
+    "rankme",
+    "rankme_score",
+    "singular_values",
+    "weightwatcher_alpha",
+]
+
+#: the small constant RankMe adds to every normalized singular value (Garrido et al. 2023).
+RANKME_EPS = 1e-7
+
+
+def _as_matrix(matrix: Any, what: str) -> np.ndarray:
+    if isinstance(matrix, torch.Tensor):
+        matrix = matrix.detach().cpu().numpy()
+    arr = np.asarray(matrix, dtype=np.float64)
+    if arr.ndim < 2:
+        raise FactorlensError(f"{what} must be a matrix (N, D), got shape {arr.shape}")
+    if arr.size == 0:
+        raise FactorlensError(
+            f"{what} is empty (shape {arr.shape}); give at least one row and column"
+        )
+    if not np.isfinite(arr).all():
+        raise FactorlensError(f"{what} contains NaN/Inf values; give finite values")
+    return arr.reshape(arr.shape[0], -1)
+
+
+def singular_values(matrix: Any) -> np.ndarray:
+    """Singular values of an (N, D) matrix (more axes are flattened into D), float64, descending.
+
+    Computed from the smaller Gram matrix, so a tall or wide matrix costs min(N, D)³.
+    """
+    a = _as_matrix(matrix, "the matrix")
+    gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
+    evals = np.linalg.eigvalsh(gram)[::-1]
+    return np.sqrt(np.clip(evals, 0.0, None))
+
+
+def _spectral_entropy_rank(sigma: np.ndarray, eps: float) -> float:
+    total = float(sigma.sum())
+    if total <= 0.0 or not math.isfinite(total):
+        return 0.0 if eps == 0.0 else 1.0
+    p = sigma / total + eps
+    p = p[p > 0]
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def effective_rank(matrix: Any) -> float:
+    """Roy & Vetterli's effective rank: ``exp(H(p))`` with ``p_k = σ_k / Σσ`` (0·log 0 = 0).
+
+    Between 1 and min(N, D) for a non-zero matrix (k for a k×k identity); 0 for the zero matrix.
+    The matrix is used as given (no centring).
+    """
+    return _spectral_entropy_rank(singular_values(matrix), 0.0)
+
+
+def rankme(embeddings: Any, eps: float = RANKME_EPS) -> float:
+    """RankMe of embeddings (N, D): ``exp(-Σ p_k log p_k)`` with ``p_k = σ_k / Σσ + eps``.
+
+    Higher = more dimensions used; ~1 for a rank-one matrix, ~min(N, D) for a well spread one.
+    The embeddings are used as given (no centring), as in Garrido et al. (2023).
+    """
+    return _spectral_entropy_rank(singular_values(embeddings), float(eps))
+
+
+# --------------------------------------------------------------------------------------------
+# model-based
+
+
+def _batches(images: Any, batch_size: int):
+    x = images.images if hasattr(images, "images") else images
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise FactorlensError(f"images must have shape (N, ...) with N >= 1, got {x.shape}")
+    for start in range(0, x.shape[0], batch_size):
+        yield torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise FactorlensError(
+            f"{type(model).__name__} has no nn.Linear layer; RankMe needs the input of the "
+            "classifier's last linear layer"
+        )
+    return found[-1]
+
+
+@torch.no_grad()
+def penultimate_embeddings(
+    model: nn.Module,
+    images: Any,
+    *,
+    batch_size: int = 256,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> np.ndarray:
+    """The input of the model's last ``nn.Linear`` (in ``named_modules`` order) for every image,
+    flattened to (N, D) float64. The model runs in eval mode; its mode is restored after."""
+    _, head = _last_linear(model)
+    rows: list[np.ndarray] = []
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        rows.append(args[0].detach().to("cpu", torch.float64).reshape(args[0].shape[0], -1).numpy())
+
+    handle = head.register_forward_pre_hook(hook)
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()
+    try:
+        for batch in _batches(images, batch_size):
+            x = preprocess(batch) if preprocess is not None else batch
+            model(x.to(device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return np.concatenate(rows, axis=0)
+
+
+def rankme_score(model: nn.Module, images: Any, **kwargs: Any) -> float:
+    """RankMe of the penultimate-layer embeddings of ``images``; higher = better."""
+    return rankme(penultimate_embeddings(model, images, **kwargs))
+
+
+def layer_effective_ranks(
+    model: nn.Module,
+    images: Any,
+    layers: Sequence[str] | str | None = None,
+    *,
+    batch_size: int = 256,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Effective rank of each layer's outputs (flattened to N × features, each feature centred).
+
+    ``layers`` as in :func:`factorlens.capture.select_layers` (None: every conv, linear,
+    activation and pooling layer). Returns ``{layer: effective rank}`` in network order.
+    """
+    chosen = select_layers(model, layers)
+    store = capture(
+        model,
+        images,
+        chosen,
+        batch_size=batch_size,
+        preprocess=preprocess,
+        progress=False,
+        nonfinite="zero",
+    )
+    out: dict[str, float] = {}
+    for name in chosen:
+        block = np.asarray(store.block(name)[:], dtype=np.float64)
+        block = block.reshape(block.shape[0], -1)
+        out[name] = effective_rank(block - block.mean(axis=0, keepdims=True))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# WeightWatcher
+
+_WW_LOGGERS = ("weightwatcher", "RMT_Util", "powerlaw")
+
+
+@contextlib.contextmanager
+def _quiet_weightwatcher():
+    """Silence weightwatcher: its import calls logging.basicConfig (which would configure the
+    root logger of the whole program), it logs warnings and prints to stdout while fitting."""
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+    # basicConfig does nothing when the root logger already has a handler
+    added = not root.handlers
+    if added:
+        root.addHandler(guard)
+    levels = {name: logging.getLogger(name).level for name in _WW_LOGGERS}
+    for name in _WW_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    sink = io.StringIO()
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+            np.errstate(all="ignore"),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if added:
+            root.removeHandler(guard)
+        for name in _WW_LOGGERS:
+            # keep weightwatcher quiet for later calls; restore the others
+            logging.getLogger(name).setLevel(
+                logging.CRITICAL if name == "weightwatcher" else levels[name]
+            )
+
+
+def weightwatcher_alpha(model: nn.Module) -> float:
+    """WeightWatcher's mean power-law exponent α over the model's layers (lower = better).
+
+    Layers WeightWatcher cannot fit (α NaN/Inf) are left out of the mean; NaN when none is finite
+    (or WeightWatcher finds no layer to analyse). Needs the ``weightwatcher`` package.
+    """
+    with _quiet_weightwatcher():
+        try:
+            import weightwatcher
+        except ImportError:
+            raise FactorlensError(
+                "the WeightWatcher baseline needs the weightwatcher package; install it with "
+                "pip install weightwatcher"
+            ) from None
+        was_training = model.training
+        try:
+            details = weightwatcher.WeightWatcher(model=model).analyze()
+        finally:
+            model.train(was_training)
+    if details is None or len(details) == 0 or "alpha" not in details:
+        return float("nan")
+    alphas = np.asarray(details["alpha"], dtype=np.float64)
+    finite = alphas[np.isfinite(alphas)]
+    return float(finite.mean()) if finite.size else float("nan")

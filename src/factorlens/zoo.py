@@ -1,0 +1,608 @@
+"""Model zoos: checkpoints of one architecture with known test accuracy, for judging label-free
+training-quality scores.
+
+:func:`build_zoo` trains, seeded and reproducibly, up to three kinds of checkpoints:
+
+* ``steps`` — one run from initialisation to convergence, saved at step 0 and at roughly
+  log-spaced steps (MNIST: up to 470 steps ≈ 3 epochs of 10,000 images; digits: 300 steps ≈ 15
+  epochs of 1,300 images, as the demo trains);
+* ``noise`` — 0, 20, 40, 60, 80, 100 % of the training labels replaced by uniformly random labels
+  (fixed seed; a random label equals the true one 1 time in 10), each trained as many steps as the
+  ``steps`` run;
+* ``data`` — nested random subsets of the training set (MNIST 30 … 10,000 images, digits 20 …
+  1,300), each trained as many steps.
+
+All runs start from the same seeded initialisation and draw their mini-batches from the same
+seeded generator, so a checkpoint is reproducible bit for bit (training runs on one CPU thread).
+Runs with identical settings (the last ``steps`` checkpoint, 0 % noise and the full data set)
+are trained once and saved under each kind.
+
+Data: ``mnist:DIR`` trains on ``DIR/train-10k.npz`` (else the first 10,000 images of the IDX train
+split, shuffled by the seed) and measures accuracy on the 10,000 MNIST test images; ``digits``
+trains on the first 1,300 of scikit-learn's digits shuffled by the seed and measures accuracy on
+the other 497, exactly as :mod:`factorlens.demo` splits them.
+
+Layout of a zoo directory::
+
+    zoo.json                 list of checkpoint entries (see ENTRY_FIELDS), written last
+    steps/step-000000.pt ... torch.save(model.state_dict(), path)
+    noise/noise-020.pt ...
+    data/n-01000.pt ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from factorlens.data import ImageData, load_data
+from factorlens.errors import FactorlensError, close_matches
+from factorlens.models import (
+    BNGapCNN,
+    DigitsCNN,
+    MnistCNN,
+    SmallResNet,
+    accuracy,
+    torch_threads,
+)
+
+__all__ = [
+    "ARCHS",
+    "ENTRY_FIELDS",
+    "KINDS",
+    "ZOO_JSON",
+    "ZooPlan",
+    "build_zoo",
+    "default_arch",
+    "load_zoo",
+    "parse_kinds",
+    "zoo_model",
+    "zoo_plan",
+    "zoo_test_data",
+]
+
+ZOO_JSON = "zoo.json"
+KINDS = ("steps", "noise", "data")
+
+#: CLI name -> model class (each built with no arguments, input (N, 1, H, W), 10 classes).
+ARCHS: dict[str, type[nn.Module]] = {
+    "mnistcnn": MnistCNN,
+    "digitscnn": DigitsCNN,
+    "bngap": BNGapCNN,
+    "resnet": SmallResNet,
+}
+#: the only input size an architecture accepts (None: any H, W >= 8).
+_FIXED_SIZE: dict[str, tuple[int, int] | None] = {
+    "mnistcnn": (28, 28),
+    "digitscnn": (8, 8),
+    "bngap": None,
+    "resnet": None,
+}
+
+ENTRY_FIELDS = (
+    "checkpoint",  # path relative to the zoo directory, "<kind>/<name>.pt"
+    "kind",  # "steps" | "noise" | "data"
+    "arch",  # a key of ARCHS
+    "model",  # informational: "factorlens.models:<Class>"
+    "dataset",  # the data SPEC the zoo was built from ("digits", "mnist:/abs/dir")
+    "test_accuracy",  # in [0, 1], on the held-out test images
+    "steps",  # optimizer steps taken
+    "label_noise",  # fraction of training labels replaced by uniform random labels
+    "n_train",  # training images used
+    "seed",
+)
+
+N_CLASSES = 10
+DIGITS_TRAIN = 1300  # matches factorlens.demo.N_TRAIN
+MNIST_TRAIN = 10_000
+
+
+@dataclass(frozen=True)
+class ZooPlan:
+    """What a zoo trains: the ``steps`` schedule (its last entry is every run's length), the label
+    noise fractions, the training-set sizes, and the optimizer settings (Adam, cross-entropy)."""
+
+    step_schedule: tuple[int, ...]
+    noise_levels: tuple[float, ...]
+    n_trains: tuple[int, ...]
+    batch_size: int
+    lr: float
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of every run (the last checkpoint of the ``steps`` schedule)."""
+        return self.step_schedule[-1]
+
+
+_PLANS = {
+    ("mnist", False): ZooPlan(
+        step_schedule=(0, 5, 10, 20, 40, 70, 120, 200, 300, 470),
+        noise_levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        n_trains=(30, 100, 300, 1000, 3000, 10_000),
+        batch_size=64,
+        lr=1e-3,
+    ),
+    ("mnist", True): ZooPlan(
+        step_schedule=(0, 10, 30),
+        noise_levels=(0.0, 1.0),
+        n_trains=(300, 10_000),
+        batch_size=64,
+        lr=1e-3,
+    ),
+    ("digits", False): ZooPlan(
+        step_schedule=(0, 5, 10, 20, 40, 70, 120, 200, 300),
+        noise_levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        n_trains=(20, 50, 100, 300, 650, 1300),
+        batch_size=64,
+        lr=2e-3,
+    ),
+    ("digits", True): ZooPlan(
+        step_schedule=(0, 10, 40),
+        noise_levels=(0.0, 1.0),
+        n_trains=(100, 1300),
+        batch_size=64,
+        lr=2e-3,
+    ),
+}
+
+
+def zoo_plan(dataset: str, quick: bool = False) -> ZooPlan:
+    """The plan for ``dataset`` ("mnist" or "digits"); ``quick`` gives a tiny zoo for tests."""
+    try:
+        return _PLANS[(dataset, bool(quick))]
+    except KeyError:
+        raise FactorlensError(f"no zoo plan for dataset {dataset!r}; use mnist or digits") from None
+
+
+def default_arch(data: str) -> str:
+    """The paper-style architecture for a data SPEC: mnistcnn for mnist:DIR, digitscnn for digits."""
+    return "digitscnn" if data.strip().lower() == "digits" else "mnistcnn"
+
+
+def parse_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
+    """``"steps,noise"`` or a sequence -> a tuple of known kinds in canonical order, no repeats."""
+    items = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
+    items = [k for k in items if k]
+    if not items:
+        raise FactorlensError(
+            f"no zoo kinds given; use a comma-separated subset of {','.join(KINDS)}"
+        )
+    for k in items:
+        if k not in KINDS:
+            raise FactorlensError(
+                f"unknown zoo kind {k!r}{close_matches(k, list(KINDS))}; use a comma-separated "
+                f"subset of {','.join(KINDS)}"
+            )
+    return tuple(k for k in KINDS if k in items)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class _Split:
+    dataset: str  # "mnist" | "digits"
+    spec: str  # the normalised data SPEC recorded in zoo.json
+    x_train: np.ndarray  # (n, 1, H, W) float32 in [0, 1], already in the seeded random order
+    y_train: np.ndarray  # (n,) int64
+    test: ImageData  # labelled held-out images
+
+
+def _parse_data(data: str) -> tuple[str, Path | None]:
+    if not isinstance(data, str) or not data.strip():
+        raise FactorlensError("empty --data; use digits or mnist:DIR")
+    text = data.strip()
+    if text.lower() == "digits":
+        return "digits", None
+    scheme, sep, rest = text.partition(":")
+    if scheme.lower() != "mnist" or not sep or not rest:
+        raise FactorlensError(
+            f"zoos are built from digits or mnist:DIR, got {data!r}; use --data digits or "
+            "--data mnist:DIR (the folder holding train-10k.npz and the t10k IDX files)"
+        )
+    _head, colon, tail = rest.rpartition(":")
+    if colon and tail.lower() in ("train", "test"):
+        raise FactorlensError(
+            f"give the MNIST folder without a split ({data!r}); the zoo trains on the training "
+            "images and measures accuracy on the test split itself: --data mnist:DIR"
+        )
+    directory = Path(rest).expanduser()
+    if not directory.is_dir():
+        raise FactorlensError(f"MNIST folder {directory} does not exist; check --data mnist:DIR")
+    return "mnist", directory.resolve()
+
+
+def _digits_split(seed: int) -> _Split:
+    digits = load_data("digits")
+    assert digits.labels is not None
+    order = np.random.default_rng(seed).permutation(digits.n_samples)
+    train_idx, test_idx = order[:DIGITS_TRAIN], np.sort(order[DIGITS_TRAIN:])
+    test = ImageData(
+        images=np.ascontiguousarray(digits.images[test_idx]),
+        labels=digits.labels[test_idx].copy(),
+        class_names=digits.class_names,
+        description=(
+            f"scikit-learn digits, {len(test_idx)} held-out images not used in training "
+            f"(seed {seed}; 1×8×8, 10 classes)"
+        ),
+    )
+    return _Split(
+        "digits",
+        "digits",
+        np.ascontiguousarray(digits.images[train_idx]),
+        digits.labels[train_idx].copy(),
+        test,
+    )
+
+
+def _mnist_test(directory: Path) -> ImageData:
+    test = load_data(f"mnist:{directory}")
+    if test.labels is None:
+        raise FactorlensError(
+            f"{directory} has no MNIST test labels (t10k-labels-idx1-ubyte[.gz]); the zoo needs "
+            "them to measure test accuracy"
+        )
+    return test
+
+
+def _mnist_split(directory: Path, seed: int) -> _Split:
+    npz = directory / "train-10k.npz"
+    if npz.is_file():
+        train = load_data(f"npz:{npz}")
+    else:
+        try:
+            train = load_data(f"mnist:{directory}:train")
+        except FactorlensError as exc:
+            raise FactorlensError(
+                f"no MNIST training images in {directory}: put train-10k.npz or the "
+                f"train-images-idx3-ubyte[.gz] and train-labels files there ({exc})"
+            ) from None
+    if train.labels is None:
+        raise FactorlensError(f"the MNIST training images in {directory} have no labels")
+    if train.images.shape[1:] != (1, 28, 28):
+        raise FactorlensError(
+            f"the MNIST training images in {directory} have shape {train.images.shape[1:]}, "
+            "expected 1×28×28"
+        )
+    order = np.random.default_rng(seed).permutation(train.n_samples)[:MNIST_TRAIN]
+    return _Split(
+        "mnist",
+        f"mnist:{directory}",
+        np.ascontiguousarray(train.images[order]),
+        train.labels[order].copy(),
+        _mnist_test(directory),
+    )
+
+
+def _noisy_labels(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Replace ``round(fraction * n)`` labels, chosen by the seed, with uniform random classes.
+
+    The chosen positions and the random labels are fixed by the seed, so the noisy sets are
+    nested: 40 % noise replaces the 20 % set's labels and 20 % more.
+    """
+    rng = np.random.default_rng([seed, 1])
+    n = labels.shape[0]
+    where = rng.permutation(n)
+    random_labels = rng.integers(0, N_CLASSES, n)
+    k = round(fraction * n)
+    out = labels.copy()
+    out[where[:k]] = random_labels[where[:k]]
+    return out
+
+
+def zoo_test_data(entry: dict[str, Any], data: str | None = None) -> ImageData:
+    """The labelled held-out test images of a zoo entry (the images its accuracy was measured on).
+
+    ``data`` overrides the entry's ``dataset`` SPEC (e.g. ``mnist:DIR`` when MNIST moved).
+    """
+    spec = data if data is not None else entry.get("dataset")
+    if not isinstance(spec, str):
+        raise FactorlensError("zoo entry has no 'dataset'; pass the data SPEC explicitly")
+    dataset, directory = _parse_data(spec)
+    if dataset == "digits":
+        return _digits_split(int(entry.get("seed", 0))).test
+    assert directory is not None
+    return _mnist_test(directory)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _train_steps(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    save_at: Sequence[int] = (),
+    on_save: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """Adam + cross-entropy for exactly ``steps`` mini-batches (epochs reshuffled by a generator
+    seeded with ``seed``); calls ``on_save(step, model)`` (model in eval mode) at ``save_at``."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+    n = xt.shape[0]
+    if n == 0:
+        raise FactorlensError("no training images; give at least one")
+    wanted = set(save_at)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def save(step: int) -> None:
+        if on_save is not None and step in wanted:
+            model.eval()
+            on_save(step, model)
+
+    save(0)
+    order = torch.empty(0, dtype=torch.int64)
+    pos = 0
+    for step in range(1, steps + 1):
+        if pos >= order.numel():
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos : pos + batch_size]
+        pos += batch_size
+        model.train()
+        loss = loss_fn(model(xt[idx]), yt[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        save(step)
+    return model.eval()
+
+
+def _new_model(arch: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return ARCHS[arch]()
+
+
+def _check_arch(arch: str, split: _Split) -> None:
+    if arch not in ARCHS:
+        raise FactorlensError(
+            f"unknown architecture {arch!r}{close_matches(arch, list(ARCHS))}; use one of "
+            f"{', '.join(ARCHS)}"
+        )
+    size = tuple(split.test.images.shape[2:])
+    fixed = _FIXED_SIZE[arch]
+    if fixed is not None and size != fixed:
+        fits = [a for a, s in _FIXED_SIZE.items() if s is None or s == size]
+        raise FactorlensError(
+            f"--arch {arch} needs {fixed[0]}×{fixed[1]} images but {split.spec} has "
+            f"{size[0]}×{size[1]}; use --arch {' or '.join(fits)}"
+        )
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FactorlensError(f"--out {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            what = "a zoo" if (out / ZOO_JSON).exists() else "other files"
+            raise FactorlensError(
+                f"--out {out} already holds {what}; pass --overwrite to replace it or choose "
+                "another --out"
+            )
+        # replace only what a zoo writes
+        (out / ZOO_JSON).unlink(missing_ok=True)
+        for kind in KINDS:
+            folder = out / kind
+            if folder.is_dir():
+                for f in folder.glob("*.pt"):
+                    f.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FactorlensError(
+            f"cannot create --out {out} ({exc.strerror}); choose another --out"
+        ) from None
+
+
+def build_zoo(
+    data: str,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    kinds: str | Sequence[str] = KINDS,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Train a zoo of ``arch`` on ``data`` ("digits" or "mnist:DIR") into ``out``; return the path
+    of its ``zoo.json``.
+
+    ``arch`` is a key of :data:`ARCHS` (default: :func:`default_arch`); ``kinds`` a subset of
+    ``steps``, ``noise``, ``data``; ``quick`` trains a tiny zoo (a few checkpoints, tens of steps)
+    for tests. An existing non-empty ``out`` is refused unless ``overwrite`` (which replaces only
+    zoo files). Training runs on one CPU thread; progress lines go to stderr.
+    """
+    dataset, directory = _parse_data(data)
+    kinds_t = parse_kinds(kinds)
+    arch = arch or default_arch(data)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise FactorlensError(f"the seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    if arch not in ARCHS:
+        raise FactorlensError(
+            f"unknown architecture {arch!r}{close_matches(arch, list(ARCHS))}; use one of "
+            f"{', '.join(ARCHS)}"
+        )
+    out = Path(out)
+    plan = zoo_plan(dataset, quick)
+    split = _digits_split(seed) if directory is None else _mnist_split(directory, seed)
+    _check_arch(arch, split)
+    _prepare_out(out, overwrite)
+    assert split.test.labels is not None
+    test_x, test_y = split.test.images, split.test.labels
+    n_full = split.x_train.shape[0]
+
+    def log(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    entries: list[dict[str, Any]] = []
+    # (label_noise, n_train) -> (final state dict, test accuracy): identical runs train once
+    finished: dict[tuple[float, int], tuple[dict[str, torch.Tensor], float]] = {}
+    t_start = time.perf_counter()
+
+    def record(kind: str, name: str, state, acc: float, steps: int, noise: float, n: int) -> None:
+        rel = Path(kind) / f"{name}.pt"
+        (out / kind).mkdir(exist_ok=True)
+        torch.save(state, out / rel)
+        entries.append(
+            {
+                "checkpoint": rel.as_posix(),
+                "kind": kind,
+                "arch": arch,
+                "model": f"factorlens.models:{ARCHS[arch].__name__}",
+                "dataset": split.spec,
+                "test_accuracy": float(acc),
+                "steps": int(steps),
+                "label_noise": float(noise),
+                "n_train": int(n),
+                "seed": seed,
+                "batch_size": plan.batch_size,
+                "lr": plan.lr,
+                "n_test": int(test_x.shape[0]),
+            }
+        )
+        log(
+            f"  {rel.as_posix():<24} test accuracy {acc:.4f}  "
+            f"({time.perf_counter() - t_start:.0f} s)"
+        )
+
+    def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def run(noise: float, n: int, save_at=(), on_save=None) -> tuple[dict, float]:
+        key = (noise, n)
+        if key in finished and not save_at:
+            return finished[key]
+        labels = split.y_train[:n] if noise == 0 else _noisy_labels(split.y_train, noise, seed)[:n]
+        model = _new_model(arch, seed)
+        _train_steps(
+            model,
+            split.x_train[:n],
+            labels,
+            steps=plan.total_steps,
+            batch_size=plan.batch_size,
+            lr=plan.lr,
+            seed=seed,
+            save_at=save_at,
+            on_save=on_save,
+        )
+        result = (state_of(model), accuracy(model, test_x, test_y))
+        finished[key] = result
+        return result
+
+    log(
+        f"building a {'quick ' if quick else ''}{arch} zoo on {split.spec} "
+        f"({n_full} training, {test_x.shape[0]} test images): {', '.join(kinds_t)}"
+    )
+    with torch_threads(1):
+        if "steps" in kinds_t:
+
+            def on_save(step: int, model: nn.Module) -> None:
+                acc = accuracy(model, test_x, test_y)
+                record("steps", f"step-{step:06d}", state_of(model), acc, step, 0.0, n_full)
+
+            run(0.0, n_full, save_at=plan.step_schedule, on_save=on_save)
+        if "noise" in kinds_t:
+            for noise in plan.noise_levels:
+                state, acc = run(noise, n_full)
+                pct = round(100 * noise)
+                record("noise", f"noise-{pct:03d}", state, acc, plan.total_steps, noise, n_full)
+        if "data" in kinds_t:
+            for n in plan.n_trains:
+                n_used = min(n, n_full)
+                state, acc = run(0.0, n_used)
+                record("data", f"n-{n_used:05d}", state, acc, plan.total_steps, 0.0, n_used)
+
+    target = out / ZOO_JSON
+    tmp = out / (ZOO_JSON + ".tmp")
+    tmp.write_text(json.dumps(entries, indent=1) + "\n")
+    os.replace(tmp, target)
+    log(f"zoo of {len(entries)} checkpoints in {time.perf_counter() - t_start:.1f} s: {target}")
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# reading a zoo
+
+
+def load_zoo(path: str | Path) -> list[dict[str, Any]]:
+    """The entries of a zoo (its folder or its zoo.json), each with ``"path"``: the checkpoint's
+    absolute path."""
+    path = Path(path)
+    target = path / ZOO_JSON if path.is_dir() else path
+    if not target.is_file():
+        raise FactorlensError(
+            f"{path} is not a zoo (no {ZOO_JSON}); build one with: factorlens zoo --data ... "
+            "--out DIR"
+        )
+    try:
+        entries = json.loads(target.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FactorlensError(f"cannot read {target} ({exc}); rebuild the zoo") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise FactorlensError(f"{target} is not a list of checkpoint entries; rebuild the zoo")
+    root = target.parent.resolve()
+    out = []
+    for e in entries:
+        missing = [f for f in ENTRY_FIELDS if f not in e]
+        if missing:
+            raise FactorlensError(
+                f"an entry of {target} lacks {', '.join(missing)}; rebuild the zoo"
+            )
+        out.append({**e, "path": str(root / e["checkpoint"])})
+    return out
+
+
+def zoo_model(entry: dict[str, Any], root: str | Path | None = None) -> nn.Module:
+    """Build the entry's architecture and load its checkpoint; the model is returned in eval mode.
+
+    The checkpoint is ``entry["path"]`` (set by :func:`load_zoo`), else ``root / checkpoint``.
+    """
+    arch = entry.get("arch")
+    cls = ARCHS.get(arch) if isinstance(arch, str) else None
+    if cls is None:
+        raise FactorlensError(
+            f"zoo entry has unknown architecture {arch!r}; known: {', '.join(ARCHS)}"
+        )
+    if "path" in entry:
+        path = Path(entry["path"])
+    elif root is not None:
+        path = Path(root) / entry["checkpoint"]
+    else:
+        raise FactorlensError("zoo entry has no 'path'; read the zoo with load_zoo or pass root")
+    if not path.is_file():
+        raise FactorlensError(f"zoo checkpoint {path} does not exist; rebuild the zoo")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FactorlensError(
+            f"cannot read zoo checkpoint {path} ({type(exc).__name__}); rebuild the zoo"
+        ) from None
+    model = cls()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise FactorlensError(f"checkpoint {path} does not fit {cls.__name__} ({msg})") from None
+    return model.eval()

@@ -1,0 +1,257 @@
+"""Model zoos: the new architectures, build_zoo on quick digits and a tiny MNIST folder, reading a
+zoo back, and the `factorlens zoo` command."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from factorlens.cli import main
+from factorlens.errors import FactorlensError
+from factorlens.models import BNGapCNN, SmallResNet, accuracy
+from factorlens.zoo import (
+    ENTRY_FIELDS,
+    build_zoo,
+    load_zoo,
+    parse_kinds,
+    zoo_model,
+    zoo_plan,
+    zoo_test_data,
+)
+
+
+@pytest.fixture(scope="module")
+def digits_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("zoo") / "digits-digitscnn"
+    build_zoo("digits", out, quick=True, progress=False)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# architectures
+
+
+@pytest.mark.parametrize("cls", [BNGapCNN, SmallResNet])
+@pytest.mark.parametrize("size", [(8, 8), (28, 28), (9, 13)])
+def test_new_architectures_take_any_size(cls: type[nn.Module], size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = cls().eval()
+    assert model(torch.rand(3, 1, *size)).shape == (3, 10)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert linears == ["classifier.2"]
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_resnet_block_output_is_its_own_relu() -> None:
+    model = SmallResNet().eval()
+    seen = {}
+    block = model.features[3]
+    handle = block.relu.register_forward_hook(lambda m, i, o: seen.setdefault("relu", o))
+    try:
+        with torch.no_grad():
+            out = block(torch.rand(2, 16, 8, 8))
+    finally:
+        handle.remove()
+    assert torch.equal(seen["relu"], out)
+    assert out.shape == (2, 32, 4, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# build_zoo on digits
+
+
+def test_quick_digits_zoo_entries(digits_zoo: Path) -> None:
+    raw = json.loads((digits_zoo / "zoo.json").read_text())
+    assert isinstance(raw, list)
+    plan = zoo_plan("digits", quick=True)
+    expected = len(plan.step_schedule) + len(plan.noise_levels) + len(plan.n_trains)
+    assert len(raw) == expected
+    for e in raw:
+        assert set(ENTRY_FIELDS) <= set(e)
+        assert e["arch"] == "digitscnn"
+        assert e["model"] == "factorlens.models:DigitsCNN"
+        assert e["dataset"] == "digits"
+        assert e["seed"] == 0
+        assert 0.0 <= e["test_accuracy"] <= 1.0
+        assert e["checkpoint"] == f"{e['kind']}/{Path(e['checkpoint']).name}"
+        assert (digits_zoo / e["checkpoint"]).is_file()
+    steps = [e for e in raw if e["kind"] == "steps"]
+    assert [e["steps"] for e in steps] == list(plan.step_schedule)
+    assert steps[0]["steps"] == 0 and steps[0]["checkpoint"] == "steps/step-000000.pt"
+    assert sorted({e["label_noise"] for e in raw if e["kind"] == "noise"}) == [0.0, 1.0]
+    assert [e["n_train"] for e in raw if e["kind"] == "data"] == list(plan.n_trains)
+    # training helps: the last step beats the initialisation by far
+    assert steps[-1]["test_accuracy"] > 0.6 > steps[0]["test_accuracy"]
+
+
+def test_full_label_noise_gives_chance_accuracy(digits_zoo: Path) -> None:
+    noise = {
+        e["label_noise"]: e["test_accuracy"] for e in load_zoo(digits_zoo) if e["kind"] == "noise"
+    }
+    assert noise[1.0] < 0.25
+    assert noise[0.0] > 0.6
+
+
+def test_zoo_model_reproduces_recorded_accuracy(digits_zoo: Path) -> None:
+    entries = load_zoo(digits_zoo)
+    test = zoo_test_data(entries[0])
+    assert test.n_samples == 1797 - 1300
+    for e in entries[:3]:
+        model = zoo_model(e)
+        assert not model.training
+        assert Path(e["path"]).is_absolute()
+        assert accuracy(model, test.images, test.labels) == pytest.approx(e["test_accuracy"])
+    # by relative checkpoint and root
+    bare = {k: v for k, v in entries[0].items() if k != "path"}
+    model = zoo_model(bare, root=digits_zoo)
+    assert accuracy(model, test.images, test.labels) == pytest.approx(entries[0]["test_accuracy"])
+
+
+def test_zoo_is_reproducible(digits_zoo: Path, tmp_path: Path) -> None:
+    build_zoo("digits", tmp_path / "again", kinds="steps", quick=True, progress=False)
+    last = "steps/step-000040.pt"
+    a = torch.load(digits_zoo / last, weights_only=True)
+    b = torch.load(tmp_path / "again" / last, weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the same settings trained under another kind are the same weights too
+    c = torch.load(digits_zoo / "noise/noise-000.pt", weights_only=True)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_other_arch_and_seed(tmp_path: Path) -> None:
+    path = build_zoo(
+        "digits", tmp_path / "z", arch="bngap", kinds=["steps"], seed=3, quick=True, progress=False
+    )
+    entries = load_zoo(path)
+    assert {e["arch"] for e in entries} == {"bngap"}
+    assert {e["seed"] for e in entries} == {3}
+    assert isinstance(zoo_model(entries[-1]), BNGapCNN)
+    # seed 3 holds out other digits than seed 0
+    assert not np.array_equal(
+        zoo_test_data(entries[0]).images, zoo_test_data({**entries[0], "seed": 0}).images
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST folder (a tiny fake one in the real layout)
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def test_mnist_folder_zoo(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    np.savez(
+        mnist / "train-10k.npz",
+        images=rng.integers(0, 256, (120, 28, 28), dtype=np.uint8),
+        labels=rng.integers(0, 10, 120),
+    )
+    (mnist / "t10k-images-idx3-ubyte").write_bytes(_idx(rng.integers(0, 256, (40, 28, 28))))
+    (mnist / "t10k-labels-idx1-ubyte").write_bytes(_idx(rng.integers(0, 10, 40)))
+    path = build_zoo(
+        f"mnist:{mnist}", tmp_path / "z", kinds="steps,data", quick=True, progress=False
+    )
+    entries = load_zoo(path)
+    assert {e["dataset"] for e in entries} == {f"mnist:{mnist.resolve()}"}
+    assert {e["arch"] for e in entries} == {"mnistcnn"}
+    assert {e["n_test"] for e in entries} == {40}
+    # the data sizes are capped at the 120 training images there are
+    assert [e["n_train"] for e in entries if e["kind"] == "data"] == [120, 120]
+    assert zoo_test_data(entries[0]).n_samples == 40
+
+    with pytest.raises(FactorlensError, match="needs 28×28"):
+        build_zoo("digits", tmp_path / "bad", arch="mnistcnn", quick=True, progress=False)
+    with pytest.raises(FactorlensError, match="without a split"):
+        build_zoo(f"mnist:{mnist}:test", tmp_path / "bad", quick=True, progress=False)
+    with pytest.raises(FactorlensError, match="does not exist"):
+        build_zoo(f"mnist:{tmp_path / 'nope'}", tmp_path / "bad", quick=True, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_input_errors(tmp_path: Path) -> None:
+    assert parse_kinds("data, steps") == ("steps", "data")
+    with pytest.raises(FactorlensError, match="unknown zoo kind 'stpes'"):
+        parse_kinds("stpes")
+    with pytest.raises(FactorlensError, match="no zoo kinds"):
+        parse_kinds(" , ")
+    with pytest.raises(FactorlensError, match="digits or mnist:DIR"):
+        build_zoo("npz:x.npz", tmp_path / "z", progress=False)
+    with pytest.raises(FactorlensError, match="unknown architecture 'resnt'"):
+        build_zoo("digits", tmp_path / "z", arch="resnt", progress=False)
+    with pytest.raises(FactorlensError, match="seed"):
+        build_zoo("digits", tmp_path / "z", seed=-1, progress=False)
+    with pytest.raises(FactorlensError, match="not a zoo"):
+        load_zoo(tmp_path)
+    (tmp_path / "zoo.json").write_text('[{"checkpoint": "a.pt"}]')
+    with pytest.raises(FactorlensError, match="lacks"):
+        load_zoo(tmp_path)
+    with pytest.raises(FactorlensError, match="does not exist"):
+        zoo_model({"arch": "digitscnn", "checkpoint": "a.pt"}, root=tmp_path)
+    with pytest.raises(FactorlensError, match="unknown architecture"):
+        zoo_model({"arch": "vgg", "checkpoint": "a.pt"}, root=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_zoo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "zoo"
+    args = ["zoo", "--data", "digits", "--out", str(out), "--quick", "--kinds", "steps,noise"]
+    assert main([*args, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed
+    assert "steps/step-000000.pt" in printed and "noise/noise-100.pt" in printed
+    entries = load_zoo(out)
+    assert {e["kind"] for e in entries} == {"steps", "noise"}
+
+    # an existing zoo is refused without --overwrite, and left alone
+    before = (out / "zoo.json").read_text()
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "zoo.json").read_text() == before
+
+    # --overwrite replaces it; progress lines go to stderr
+    assert (
+        main(
+            [
+                "zoo",
+                "--data",
+                "digits",
+                "--out",
+                str(out),
+                "--quick",
+                "--kinds",
+                "steps",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "building a quick digitscnn zoo" in captured.err
+    assert {e["kind"] for e in load_zoo(out)} == {"steps"}
+    assert not list((out / "noise").glob("*.pt"))
+
+
+def test_cli_zoo_refuses_other_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["zoo", "--data", "digits", "--out", str(tmp_path), "--quick", "--quiet"]) == 2
+    assert "already holds other files" in capsys.readouterr().err
+    assert (
+        main(["zoo", "--data", "digits", "--out", str(tmp_path / "x"), "--arch", "mnistcnn"]) == 2
+    )
+    assert "needs 28×28" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
