@@ -180,6 +180,44 @@ def factorize_store(
     return result
 
 
+def capture_for_analysis(
+    model: Any,
+    data: Any,
+    *,
+    out: str | Path,
+    layers: list[str] | str | None = None,
+    preprocess: Callable | None = None,
+    store: str | Path | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    select: dict[str, Any] | None = None,
+    nonfinite: str = "raise",
+    overwrite: bool = False,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> Any:
+    """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store."""
+    from factorlens.capture import capture
+
+    check_output_dir(out, overwrite)
+    if store is not None:
+        _check_store_path(Path(store), overwrite)
+    return capture(
+        model,
+        data,
+        layers,
+        batch_size=batch_size,
+        device=device,
+        preprocess=preprocess,
+        store=store,
+        select=select,
+        nonfinite=nonfinite,
+        progress=progress,
+        meta=meta,
+        overwrite=overwrite,
+    )
+
+
 def analyze(
     model: Any,
     data: Any,
@@ -205,21 +243,18 @@ def analyze(
     ``weighting``, ``center``, ``tensor_blocks``, ``n_init``, ``max_iter``, ``tol``,
     ``random_state``). Returns the fitted :class:`CMTFResult`.
     """
-    from factorlens.capture import capture
-
-    out = check_output_dir(out, overwrite)
-    if store is not None:
-        _check_store_path(Path(store), overwrite)
-    acts = capture(
+    acts = capture_for_analysis(
         model,
         data,
-        layers,
-        batch_size=batch_size,
-        device=device,
+        out=out,
+        layers=layers,
         preprocess=preprocess,
         store=store,
+        batch_size=batch_size,
+        device=device,
         select=select,
         nonfinite=nonfinite,
+        overwrite=overwrite,
         progress=progress,
         meta=meta,
     )
@@ -244,11 +279,16 @@ def analyze_store(
     progress: bool = True,
     report: bool = True,
     device: str = "cpu",
+    extra_meta: dict[str, Any] | None = None,
     **engine: Any,
 ) -> CMTFResult:
-    """Factorize an activation store (in memory or reopened from disk) and write ``out``."""
+    """Factorize an activation store (in memory or reopened from disk) and write ``out``.
+
+    ``extra_meta`` is merged into the result's metadata (e.g. the rank scan's evidence).
+    """
     out = check_output_dir(out, overwrite)
     result = factorize_store(acts, rank, progress=progress, device=device, **engine)
+    result.meta.update(extra_meta or {})
     meta = acts.meta or {}
     write_outputs(
         out,

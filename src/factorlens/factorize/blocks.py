@@ -111,18 +111,30 @@ class Block:
             yield rows, chunk
 
     def _compute_stats(self) -> None:
+        """Column sums and the sum of squares in float64, over sub-chunks of ≤ 16 MiB so no
+        float64 copy of a whole block is made (on a GPU the work stays on the device)."""
         total = np.zeros(self.width)
         sumsq = 0.0
-        for _, y in self.chunks():
-            y64 = _to_numpy(y).astype(np.float64, copy=False)
-            if not np.isfinite(y64).all():
-                bad = int((~np.isfinite(y64)).sum())
-                raise FactorlensError(
-                    f"block {self.name!r} holds {bad} NaN or Inf values; recapture with "
-                    "--nonfinite zero or remove the offending inputs"
-                )
-            total += y64.sum(axis=0)
-            sumsq += float(np.einsum("ij,ij->", y64, y64))
+        bad = 0
+        step = max(1, (16 * 1024**2) // (8 * self.width))
+        for _, chunk in self.chunks():
+            for start in range(0, chunk.shape[0], step):
+                y = chunk[start : start + step]
+                if self._torch:
+                    y64 = y.double()
+                    bad += int((~torch_isfinite(y64)).sum())
+                    total += y64.sum(dim=0).cpu().numpy()
+                    sumsq += float((y64 * y64).sum())
+                else:
+                    y64 = y.astype(np.float64)
+                    bad += int(y64.size - np.isfinite(y64).sum())
+                    total += y64.sum(axis=0)
+                    sumsq += float(np.einsum("ij,ij->", y64, y64))
+        if bad:
+            raise FactorlensError(
+                f"block {self.name!r} holds {bad} NaN or Inf values; recapture with "
+                "--nonfinite zero or remove the offending inputs"
+            )
         if self.center:
             self.mean = total / self.n_rows
             sumsq -= self.n_rows * float(self.mean @ self.mean)
@@ -161,6 +173,12 @@ class Block:
 
             return torch.as_tensor(M, dtype=self._dtype_torch, device=self.device)
         return np.ascontiguousarray(M, dtype=self._dtype)
+
+
+def torch_isfinite(x: Any) -> Any:
+    import torch
+
+    return torch.isfinite(x)
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -1,0 +1,64 @@
+"""Rank evidence and the rank rule on planted data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from factorlens.errors import FactorlensError
+from factorlens.factorize import CMTF
+from factorlens.rank import bi_cross_validation, core_consistency, estimate_rank
+from factorlens.rank.scan import choose_rank
+from planted import planted_blocks
+
+
+def test_scan_finds_the_planted_rank() -> None:
+    blocks, _ = planted_blocks(N=240, R=3, noise=0.05, missing=None, seed=1)
+    scan = estimate_rank(blocks, 6, random_state=0)
+    assert scan.ranks == [1, 2, 3, 4, 5, 6]
+    assert scan.chosen == 3, scan.table()
+    c = scan.criteria
+    assert np.all(np.diff(c["fit"]) >= -1e-6)  # more components never fit worse
+    assert c["fit"][2] > 0.99  # 5 % noise
+    assert c["stability"][2] > 0.95  # the planted components reappear on other samples
+    assert c["corcondia"][2] > 90  # the input keeps its CP structure at the true rank
+    assert c["bicv"][2] < c["bicv"][1]
+    assert set(scan.block_fit) == set(blocks)
+    d = scan.to_dict()
+    assert d["chosen"] == 3 and len(d["criteria"]["bicv"]) == 6
+    assert "*" in scan.table().splitlines()[3]
+
+
+def test_max_rank_is_clipped_and_said() -> None:
+    blocks, _ = planted_blocks(N=12, R=2, noise=0.05, missing=None, seed=2)
+    scan = estimate_rank(blocks, 50)
+    assert scan.ranks[-1] == 6
+    assert any("clipped" in n for n in scan.notes)
+    with pytest.raises(FactorlensError, match="positive integer"):
+        estimate_rank(blocks, 0)
+
+
+def test_core_consistency_is_100_for_an_exact_cp_model() -> None:
+    blocks, _ = planted_blocks(N=150, R=3, noise=0.0, missing=None, seed=3)
+    model = CMTF(3, l1=0.0, n_init=1, tol=1e-12, max_iter=1000)
+    data = model.prepare(blocks)
+    model.fit_blocks(data)
+    assert core_consistency(model.result_, data[0]) == pytest.approx(100.0, abs=1e-3)
+    assert math.isnan(core_consistency(model.result_, data[1]))  # a matrix block
+
+
+def test_bi_cross_validation_is_minimal_at_the_true_rank_of_a_matrix() -> None:
+    rng = np.random.default_rng(4)
+    Z = rng.standard_normal((200, 3)) @ rng.standard_normal((3, 60)) * 3
+    Z += rng.standard_normal(Z.shape) * 0.5
+    model = CMTF(1)
+    errors = bi_cross_validation(model.prepare({"z": Z}), 8, seed=0)
+    assert int(np.argmin(errors)) + 1 == 3
+
+
+def test_rule() -> None:
+    # stability dips at 2, bicv stops improving after 4
+    assert choose_rank([1, 0.6, 0.9, 0.95, 0.9, 0.5], [5, 4, 3, 2, 2.5, 1], 0.8) == 4
+    assert choose_rank([1, 0.1, 0.1], [3, 2, 1], 0.8) == 1
