@@ -95,7 +95,7 @@ def _our_scorer(baselines_only: bool):
 
 
 def score_checkpoint(
-    entry: dict[str, Any], data: ImageData, score_model, seed: int
+    entry: dict[str, Any], data: ImageData, score_model, seed: int, scan: bool = False
 ) -> tuple[dict[str, float], dict[str, float], int | None]:
     """All scores of one checkpoint (raw, not sign-adjusted), seconds per method, our rank."""
     model = zoo_model(entry)
@@ -104,9 +104,10 @@ def score_checkpoint(
     rank = None
     if score_model is not None:
         t0 = time.perf_counter()
-        res = score_model(model, data, layers=None, n_samples=None, seed=seed)
+        res = score_model(model, data, layers=None, n_samples=None, seed=seed, scan=scan)
         seconds["ours"] = time.perf_counter() - t0
-        scores["ours"], rank = float(res.score), int(res.rank)
+        scores["ours"] = float(res.score)
+        rank = int(res.rank) if scan else None
     t0 = time.perf_counter()
     scores["rankme"] = rankme_score(model, data.images)
     seconds["rankme"] = time.perf_counter() - t0
@@ -152,7 +153,9 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "nan" if not math.isfinite(x) else format(x, spec)
 
 
-def run_zoo(zoo: Path, methods: list[str], score_model, n_samples: int, seed: int) -> dict:
+def run_zoo(
+    zoo: Path, methods: list[str], score_model, n_samples: int, seed: int, scan: bool = False
+) -> dict:
     entries = load_zoo(zoo)
     if not entries:
         raise FactorlensError(f"zoo {zoo} has no checkpoints")
@@ -164,7 +167,7 @@ def run_zoo(zoo: Path, methods: list[str], score_model, n_samples: int, seed: in
         if key not in cache:
             cache[key] = zoo_test_data(e).subset(n_samples, seed=seed)
         data = cache[key]
-        scores, seconds, rank = score_checkpoint(e, data, score_model, seed)
+        scores, seconds, rank = score_checkpoint(e, data, score_model, seed, scan)
         row = {k: e[k] for k in ("checkpoint", "kind", "test_accuracy", "steps")}
         row.update(label_noise=e["label_noise"], n_train=e["n_train"], rank=rank)
         row.update(scores=scores, seconds=seconds)
@@ -276,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         "--baselines-only", action="store_true", help="compute only the baselines, not ours"
     )
     parser.add_argument("--json", type=Path, help="also write every score and table here")
+    parser.add_argument(
+        "--rank",
+        action="store_true",
+        help="also run the joint rank scan for every checkpoint (slow: minutes per MNIST "
+        "checkpoint; the score does not need it)",
+    )
     args = parser.parse_args(argv)
     if args.n_samples < 1:
         parser.error("--n-samples must be >= 1")
@@ -290,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         with torch_threads(1), threadpool_limits(limits=1):
             for zoo in zoos:
                 print(f"zoo {zoo}", flush=True)
-                results.append(run_zoo(Path(zoo), methods, score_model, args.n_samples, args.seed))
+                results.append(
+                    run_zoo(Path(zoo), methods, score_model, args.n_samples, args.seed, args.rank)
+                )
     except FactorlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

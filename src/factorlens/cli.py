@@ -24,6 +24,14 @@ EPILOG = """examples:
 """
 
 
+DATA_EPILOG = (
+    "data SPEC: digits | mnist:DIR[:train] | npz:FILE | folder:DIR\n"
+    "model preprocessing: images enter as float32 in [0, 1]; --normalize applies "
+    "(x - mean) / std per channel;\na model file may define "
+    "factorlens_preprocess(x) -> x to add its own step (see the README)."
+)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -41,14 +49,15 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def _add_engine_options(p: argparse.ArgumentParser, default_rank: int) -> None:
+def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) -> None:
     g = p.add_argument_group("factorization")
-    g.add_argument(
-        "--rank",
-        type=_int,
-        default=default_rank,
-        help=f"number of components R (default {default_rank})",
-    )
+    if default_rank is not None:
+        g.add_argument(
+            "--rank",
+            type=_int,
+            default=default_rank,
+            help=f"number of components R (default {default_rank})",
+        )
     g.add_argument(
         "--nonneg",
         action="store_true",
@@ -108,50 +117,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="factorlens",
-        description="Look inside a trained PyTorch network: jointly factorize its test inputs "
-        "and the outputs of its layers into one shared low-dimensional space, and see how each "
-        "input pattern travels through the hidden layers.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -> None:
+    """The options that say which model runs on which inputs (analyze, rank, quality)."""
+    g = p.add_argument_group("model and data")
+    g.add_argument(
+        "--model",
+        required=not store,
+        help="FILE.py:Class — the model class (built with no arguments)",
     )
-    parser.add_argument("--version", action="version", version=f"factorlens {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    demo = sub.add_parser(
-        "demo",
-        help="train a small CNN on scikit-learn's digits and analyse it (no download)",
-        description="Train a small CNN on scikit-learn's bundled digits (seconds on 2 cores), "
-        "capture the input and every layer on held-out digits, factorize and write the report.",
-    )
-    demo.add_argument(
-        "--out", default="factorlens-demo", help="output directory (default ./factorlens-demo)"
-    )
-    _add_engine_options(demo, default_rank=10)
-    _add_common(demo)
-
-    ana = sub.add_parser(
-        "analyze",
-        help="analyse your own model on your data",
-        description="Capture the input and the chosen layers of a model on test inputs, "
-        "factorize them jointly and write result.json, factors.npz, inputs.npz and index.html.",
-        epilog="data SPEC: digits | mnist:DIR[:train] | npz:FILE | folder:DIR\n"
-        "model preprocessing: images enter as float32 in [0, 1]; --normalize applies "
-        "(x - mean) / std per channel;\na model file may define "
-        "factorlens_preprocess(x) -> x to add its own step (see the README).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    g = ana.add_argument_group("model and data")
-    g.add_argument("--model", help="FILE.py:Class — the model class (built with no arguments)")
-    g.add_argument("--weights", help="checkpoint (state dict, or a dict holding one)")
+    if weights:
+        g.add_argument("--weights", help="checkpoint (state dict, or a dict holding one)")
     g.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow a checkpoint that is a pickled full model (runs its code)",
     )
-    g.add_argument("--data", help="test inputs SPEC (see below)")
+    g.add_argument("--data", required=not store, help="test inputs SPEC (see below)")
     g.add_argument(
         "--n-samples",
         type=_positive_int,
@@ -182,14 +163,95 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--batch-size", type=_positive_int, default=256, help="default 256")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    g.add_argument(
-        "--store",
-        help="write the activations to this on-disk (zarr) store; given "
-        "without --model, analyse an existing store instead of capturing",
+    if store:
+        g.add_argument(
+            "--store",
+            help="write the activations to this on-disk (zarr) store; given "
+            "without --model, analyse an existing store instead of capturing",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="factorlens",
+        description="Look inside a trained PyTorch network: jointly factorize its test inputs "
+        "and the outputs of its layers into one shared low-dimensional space, and see how each "
+        "input pattern travels through the hidden layers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"factorlens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a small CNN on scikit-learn's digits and analyse it (no download)",
+        description="Train a small CNN on scikit-learn's bundled digits (seconds on 2 cores), "
+        "capture the input and every layer on held-out digits, factorize and write the report.",
+    )
+    demo.add_argument(
+        "--out", default="factorlens-demo", help="output directory (default ./factorlens-demo)"
+    )
+    _add_engine_options(demo, default_rank=10)
+    _add_common(demo)
+
+    ana = sub.add_parser(
+        "analyze",
+        help="analyse your own model on your data",
+        description="Capture the input and the chosen layers of a model on test inputs, "
+        "factorize them jointly and write result.json, factors.npz, inputs.npz and index.html.",
+        epilog=DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_data(ana, weights=True, store=True)
     ana.add_argument("--out", required=True, help="output directory")
     _add_engine_options(ana, default_rank=10)
     _add_common(ana)
+
+    rnk = sub.add_parser(
+        "rank",
+        help="estimate the rank of the joint factorization, then analyse at that rank",
+        description="Scan R = 1..--max-rank: joint and per-block fit, core consistency of the "
+        "input's CP part, bi-cross-validation error and split-half stability; pick the rank "
+        "by the stated rule (the largest R with split-half stability >= 0.8 whose R-th "
+        "component lowers the bi-cross-validation error) and write the analysis at that rank, "
+        "with the evidence in the report.",
+        epilog=DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_data(rnk, weights=True, store=True)
+    rnk.add_argument("--max-rank", type=_positive_int, default=10, help="default 10")
+    rnk.add_argument("--out", required=True, help="output directory")
+    _add_engine_options(rnk, default_rank=None)
+    _add_common(rnk)
+
+    qua = sub.add_parser(
+        "quality",
+        help="score checkpoints' training quality without labels",
+        description="Analyse every checkpoint on the same unlabelled inputs and print its "
+        "estimated joint rank and its score (higher = better trained): the effective rank "
+        "of its predicted class probabilities divided by the number of classes. Labels are "
+        "never read for the score; test accuracy is shown for reference when the data has "
+        "labels.",
+        epilog=DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    qua.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints to score")
+    _add_model_data(qua, weights=False, store=False)
+    qua.add_argument(
+        "--max-rank",
+        type=_positive_int,
+        default=10,
+        help="largest R of the joint rank scan (default 10)",
+    )
+    qua.add_argument(
+        "--no-rank",
+        action="store_true",
+        help="skip the joint rank scan (the score does not need it)",
+    )
+    qua.add_argument("--seed", type=int, default=0, help="seed of --n-samples and the scan")
+    qua.add_argument("--json", help="also write the scores to this JSON file")
+    _add_common(qua)
 
     rep = sub.add_parser(
         "report",
@@ -293,6 +355,10 @@ def _run(args: argparse.Namespace) -> int:
         result, out = commands.run_demo(args, _engine_kwargs(args))
     elif args.command == "analyze":
         result, out = commands.run_analyze(args, _engine_kwargs(args))
+    elif args.command == "rank":
+        result, out = commands.run_rank(args, _engine_kwargs(args))
+    elif args.command == "quality":
+        return commands.run_quality(args)
     elif args.command == "zoo":
         return commands.run_zoo(args)
     else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from factorlens.factorize import CMTFResult
 from factorlens.pipeline import (
     analyze,
     analyze_store,
+    capture_for_analysis,
     check_output_dir,
     load,
     load_inputs,
@@ -68,59 +71,64 @@ def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     return result, out
 
 
-def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
-    """Analyse the user's model on the user's data (or an existing store)."""
+def _inputs(args: argparse.Namespace):
+    """The data (sub-sampled), the device and the preprocessing the options ask for."""
     from factorlens.data import load_data, make_preprocess, parse_normalize
-    from factorlens.modelio import build_model, find_preprocess_hook, resolve_device
+    from factorlens.modelio import find_preprocess_hook, resolve_device
 
-    out = check_output_dir(args.out, args.overwrite)
-    _check_rank(args.rank)
-    progress = not args.quiet
-    if args.model is None:
-        if not args.store:
-            raise FactorlensError(
-                "give --model FILE.py:Class and --data SPEC (or --store PATH of an existing store)"
-            )
-        extra = [f for f in ("data", "weights", "layers", "normalize") if getattr(args, f)]
-        if extra:
-            raise FactorlensError(
-                "--store without --model analyses an existing store; drop "
-                + ", ".join(f"--{f}" for f in extra)
-            )
-        from factorlens.store import open_store
-
-        acts = open_store(args.store)
-        _check_rank(args.rank, acts.n_samples)
-        result = analyze_store(
-            acts,
-            out=out,
-            rank=args.rank,
-            overwrite=args.overwrite,
-            progress=progress,
-            device=args.device,
-            **engine,
-        )
-        return result, out
-    if not args.data:
-        raise FactorlensError("--data SPEC is required with --model (e.g. --data mnist:DIR)")
     device = str(resolve_device(args.device))
     data = load_data(args.data).subset(args.n_samples, seed=args.seed)
-    _check_rank(args.rank, data.n_samples)
-    model = build_model(args.model, args.weights, trust_pickle=args.trust_pickle, device=device)
     normalize = parse_normalize(args.normalize) if args.normalize else None
     preprocess = make_preprocess(normalize, find_preprocess_hook(args.model))
-    meta = {
+    return data, device, preprocess
+
+
+def _meta(args: argparse.Namespace, model: Any, data: Any, weights: str | None) -> dict:
+    return {
         "model_name": type(model).__name__,
-        "model": args.model + (f" with weights {args.weights}" if args.weights else ""),
+        "model": args.model + (f" with weights {weights}" if weights else ""),
         "data": data.description,
         "class_names": data.class_names,
         "normalize": args.normalize,
     }
-    result = analyze(
+
+
+def _existing_store(args: argparse.Namespace):
+    """``--store PATH`` without ``--model``: reopen that store (nothing else may be given)."""
+    if not args.store:
+        raise FactorlensError(
+            "give --model FILE.py:Class and --data SPEC (or --store PATH of an existing store)"
+        )
+    extra = [f for f in ("data", "weights", "layers", "normalize") if getattr(args, f)]
+    if extra:
+        raise FactorlensError(
+            "--store without --model analyses an existing store; drop "
+            + ", ".join(f"--{f}" for f in extra)
+        )
+    from factorlens.store import open_store
+
+    return open_store(args.store)
+
+
+def _captured(args: argparse.Namespace, out: Path, rank: int | None):
+    """The activation store for ``analyze``/``rank``: reopened, or captured from the model."""
+    if args.model is None:
+        acts = _existing_store(args)
+        if rank is not None:
+            _check_rank(rank, acts.n_samples)
+        return acts
+    if not args.data:
+        raise FactorlensError("--data SPEC is required with --model (e.g. --data mnist:DIR)")
+    from factorlens.modelio import build_model
+
+    data, device, preprocess = _inputs(args)
+    if rank is not None:
+        _check_rank(rank, data.n_samples)
+    model = build_model(args.model, args.weights, trust_pickle=args.trust_pickle, device=device)
+    return capture_for_analysis(
         model,
         data,
         out=out,
-        rank=args.rank,
         layers=args.layers,
         preprocess=preprocess,
         store=args.store,
@@ -129,11 +137,106 @@ def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
         select=parse_select(args.select),
         nonfinite=args.nonfinite,
         overwrite=args.overwrite,
-        progress=progress,
-        meta=meta,
+        progress=not args.quiet,
+        meta=_meta(args, model, data, args.weights),
+    )
+
+
+def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
+    """Analyse the user's model on the user's data (or an existing store)."""
+    out = check_output_dir(args.out, args.overwrite)
+    _check_rank(args.rank)
+    acts = _captured(args, out, args.rank)
+    result = analyze_store(
+        acts,
+        out=out,
+        rank=args.rank,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        device=args.device,
         **engine,
     )
     return result, out
+
+
+def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
+    """Scan the rank, print the evidence, write the analysis at the chosen rank."""
+    from factorlens.rank import estimate_rank
+
+    out = check_output_dir(args.out, args.overwrite)
+    acts = _captured(args, out, None)
+    scan_opts = {k: engine[k] for k in ("nonneg", "weighting", "center") if k in engine}
+    scan = estimate_rank(
+        acts, args.max_rank, random_state=args.seed, progress=not args.quiet, **scan_opts
+    )
+    for note in scan.notes:
+        print(f"note: {note}")
+    print(scan.table())
+    print(f"chosen rank: {scan.chosen} ({scan.rule})")
+    result = analyze_store(
+        acts,
+        out=out,
+        rank=scan.chosen,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        device=args.device,
+        extra_meta={"rank_scan": scan.to_dict()},
+        **engine,
+    )
+    return result, out
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    """Score every checkpoint on the same unlabelled inputs; print a table, write JSON."""
+    from factorlens.modelio import build_model
+    from factorlens.quality import assess
+
+    json_path = Path(args.json) if args.json else None
+    if json_path is not None and json_path.exists() and not args.overwrite:
+        raise FactorlensError(
+            f"{json_path} already exists; pass --overwrite to replace it or choose another --json"
+        )
+    data, device, preprocess = _inputs(args)
+    reports = []
+    for ckpt in args.checkpoints:
+        model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
+        reports.append(
+            assess(
+                model,
+                data,
+                layers=args.layers,
+                max_rank=args.max_rank,
+                preprocess=preprocess,
+                batch_size=args.batch_size,
+                device=device,
+                seed=args.seed,
+                checkpoint=ckpt,
+                scan=not args.no_rank,
+            )
+        )
+        if not args.quiet:
+            print(f"scored {ckpt}", file=sys.stderr)
+    width = max(len("checkpoint"), *(len(r.checkpoint or "") for r in reports))
+    with_acc = data.labels is not None
+    head = f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}"
+    print(head + ("  accuracy (labels, for reference only)" if with_acc else ""))
+    for r in reports:
+        line = f"{r.checkpoint:<{width}}  {r.rank:>4}  {r.score:6.3f}"
+        if with_acc and r.accuracy is not None:
+            line += f"  {r.accuracy:.4f}"
+        if r.degenerate:
+            line += f"  degenerate: {', '.join(r.degenerate)}"
+        print(line)
+    if len(reports) > 1 and with_acc:
+        from scipy.stats import spearmanr
+
+        rho = spearmanr([r.score for r in reports], [r.accuracy for r in reports])[0]
+        print(f"Spearman(score, accuracy) = {rho:.3f}")
+    if json_path is not None:
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+        tmp.replace(json_path)
+    return 0
 
 
 def run_report(args: argparse.Namespace) -> Path:
