@@ -91,7 +91,10 @@ def test_quality_command_end_to_end(checkpoints, tmp_path, capsys) -> None:
     text = capsys.readouterr().out
     assert "Spearman(score, accuracy)" in text and "accuracy" in text.splitlines()[0]
     rows = json.loads(out.read_text())
-    assert [r["checkpoint"] for r in rows] == [str(checkpoints["init"]), str(checkpoints["trained"])]
+    assert [r["checkpoint"] for r in rows] == [
+        str(checkpoints["init"]),
+        str(checkpoints["trained"]),
+    ]
     assert all(isinstance(r["rank"], int) and isinstance(r["score"], float) for r in rows)
     assert rows[1]["score"] > rows[0]["score"]
     assert main(args) == 2  # the JSON exists: refused without --overwrite
