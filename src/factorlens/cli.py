@@ -21,6 +21,11 @@ EPILOG = """examples:
       --layers 'features.*,classifier.1' --rank 10 --n-samples 2000 --out results/net
   factorlens report results/net --out results/net-report
   factorlens report results/epoch01 results/epoch05 results/epoch20 --out results/training
+  factorlens rank --model mymodel.py:Net --weights net.pt --data mnist:/data/mnist \
+      --max-rank 12 --n-samples 2000 --out results/net-rank
+  factorlens quality --model mymodel.py:Net --data mnist:/data/mnist --n-samples 1000 \
+      ckpt/epoch01.pt ckpt/epoch05.pt ckpt/epoch20.pt --json quality.json
+  factorlens zoo --data digits --arch digitscnn --out zoo/digits
 """
 
 
