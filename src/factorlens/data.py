@@ -91,6 +91,30 @@ class ImageData:
         )
 
 
+def digits_split(seed: int, n_train: int = 1300) -> tuple[np.ndarray, np.ndarray, ImageData]:
+    """scikit-learn's digits shuffled with ``seed``: the first ``n_train`` for training
+    (images (n, 1, 8, 8) in [0, 1] in the shuffled order, labels (n,)) and the rest held out
+    as a labelled ``ImageData`` in their original order. The demo and the digits zoos use it."""
+    digits = load_data("digits")
+    assert digits.labels is not None
+    order = np.random.default_rng(seed).permutation(digits.n_samples)
+    train_idx, test_idx = order[:n_train], np.sort(order[n_train:])
+    held_out = ImageData(
+        images=np.ascontiguousarray(digits.images[test_idx]),
+        labels=digits.labels[test_idx].copy(),
+        class_names=digits.class_names,
+        description=(
+            f"scikit-learn digits, {len(test_idx)} held-out images not used in training "
+            f"(seed {seed}; 1×8×8, 10 classes)"
+        ),
+    )
+    return (
+        np.ascontiguousarray(digits.images[train_idx]),
+        digits.labels[train_idx].copy(),
+        held_out,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # SPEC parsing
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from factorlens.data import ImageData, load_data
+from factorlens.data import ImageData, digits_split, load_data
 from factorlens.errors import FactorlensError, close_matches
 from factorlens.models import (
     BNGapCNN,
@@ -103,7 +103,7 @@ ENTRY_FIELDS = (
 )
 
 N_CLASSES = 10
-DIGITS_TRAIN = 1300  # matches factorlens.demo.N_TRAIN
+DIGITS_TRAIN = 1300  # the same split as factorlens.demo (data.digits_split)
 MNIST_TRAIN = 10_000
 
 
@@ -224,26 +224,8 @@ def _parse_data(data: str) -> tuple[str, Path | None]:
 
 
 def _digits_split(seed: int) -> _Split:
-    digits = load_data("digits")
-    assert digits.labels is not None
-    order = np.random.default_rng(seed).permutation(digits.n_samples)
-    train_idx, test_idx = order[:DIGITS_TRAIN], np.sort(order[DIGITS_TRAIN:])
-    test = ImageData(
-        images=np.ascontiguousarray(digits.images[test_idx]),
-        labels=digits.labels[test_idx].copy(),
-        class_names=digits.class_names,
-        description=(
-            f"scikit-learn digits, {len(test_idx)} held-out images not used in training "
-            f"(seed {seed}; 1×8×8, 10 classes)"
-        ),
-    )
-    return _Split(
-        "digits",
-        "digits",
-        np.ascontiguousarray(digits.images[train_idx]),
-        digits.labels[train_idx].copy(),
-        test,
-    )
+    x_train, y_train, test = digits_split(seed, DIGITS_TRAIN)
+    return _Split("digits", "digits", x_train, y_train, test)
 
 
 def _mnist_test(directory: Path) -> ImageData:
