@@ -74,13 +74,20 @@ def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
 def _inputs(args: argparse.Namespace):
     """The data (sub-sampled), the device and the preprocessing the options ask for."""
     from factorlens.data import load_data, make_preprocess, parse_normalize
-    from factorlens.modelio import find_preprocess_hook, resolve_device
+    from factorlens.modelio import find_preprocess_hook
 
-    device = str(resolve_device(args.device))
+    device = _device(args)
     data = load_data(args.data).subset(args.n_samples, seed=args.seed)
     normalize = parse_normalize(args.normalize) if args.normalize else None
     preprocess = make_preprocess(normalize, find_preprocess_hook(args.model))
     return data, device, preprocess
+
+
+def _device(args: argparse.Namespace) -> str:
+    """``--device`` checked (a one-line error when CUDA is asked for but absent)."""
+    from factorlens.modelio import resolve_device
+
+    return str(resolve_device(args.device))
 
 
 def _meta(args: argparse.Namespace, model: Any, data: Any, weights: str | None) -> dict:
@@ -153,7 +160,7 @@ def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
         rank=args.rank,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        device=args.device,
+        device=_device(args),
         **engine,
     )
     return result, out
@@ -179,7 +186,7 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
         rank=scan.chosen,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        device=args.device,
+        device=_device(args),
         extra_meta={"rank_scan": scan.to_dict()},
         **engine,
     )
