@@ -25,16 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorly as tl
-import torch
 from tensorly.decomposition import coupled_matrix_tensor_3d_factorization
 
-from factorlens.capture import capture
-from factorlens.data import load_data
 from factorlens.factorize import CMTF
-from factorlens.models import MnistCNN, accuracy, train_classifier
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-LAYERS = ["features.2", "features.5", "classifier.2", "classifier.3"]
+from mnist_blocks import LAYERS, SHARED, trained_mnist_store
 
 
 def explicit_loss(X: np.ndarray, M: np.ndarray, A, tensor_factors, V, weights=None) -> float:
@@ -53,23 +47,8 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    if not (args.mnist / "train-10k.npz").is_file():
-        print(f"MNIST data not found in {args.mnist}; see ../shared/data/README.md")
-        return 1
-    torch.manual_seed(0)
-    train = np.load(args.mnist / "train-10k.npz")
-    x_train = (train["images"][:, None] / 255.0).astype(np.float32)
-    t0 = time.perf_counter()
-    model = train_classifier(MnistCNN(), x_train, train["labels"], epochs=args.epochs, seed=0)
-    test = load_data(f"mnist:{args.mnist}")
-    acc = accuracy(model, test.images, test.labels)
-    print(f"trained MnistCNN in {time.perf_counter() - t0:.1f} s: test accuracy {acc:.4f}")
-
-    data = test.subset(args.n, seed=0)
-    store = capture(model, data, LAYERS, progress=False)
+    store = trained_mnist_store(args.mnist, args.n, args.epochs)
     blocks = {n: np.asarray(store.block(n)[:], dtype=np.float64) for n in store.names}
-    for n, b in blocks.items():
-        print(f"  block {n:<13} {'×'.join(map(str, b.shape))}")
     scaled = {n: b / np.linalg.norm(b) for n, b in blocks.items()}
     X = scaled["input"]
     M = np.concatenate([scaled[n].reshape(args.n, -1) for n in LAYERS], axis=1)
