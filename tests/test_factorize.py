@@ -139,6 +139,22 @@ def test_loss_never_increases() -> None:
         assert np.all(np.diff(hist) <= 1e-12 * hist[0])
 
 
+def test_loss_never_increases_beyond_float32_round_off() -> None:
+    blocks, _ = planted_blocks(N=300, noise=0.05, seed=6)  # float32, as captured
+    for nonneg in (False, True):
+        hist = CMTF(3, nonneg=nonneg, n_init=1, max_iter=150).fit(blocks).result_.loss_history
+        total = float(len(blocks))  # unit-norm blocks
+        assert np.all(np.diff(hist) <= 1e-6 * total)
+
+
+def test_centring_a_large_offset_converges_like_centred_data() -> None:
+    blocks, _ = planted_blocks(N=200, noise=0.05, seed=12, missing=None)
+    shifted = {k: (v + 300.0).astype(np.float32) for k, v in blocks.items()}
+    model = CMTF(3, center=True, l1=0.0, n_init=1, max_iter=500).fit(shifted)
+    assert model.result_.options["converged"]
+    assert model.n_iter_ < 300
+
+
 def test_same_seed_same_result_and_sorted_components() -> None:
     blocks, _ = planted_blocks(N=100, noise=0.2, seed=7)
     a = cmtf(blocks, 3, random_state=11)

@@ -42,6 +42,7 @@ def test_max_rank_is_clipped_and_said() -> None:
 
 def test_core_consistency_is_100_for_an_exact_cp_model() -> None:
     blocks, _ = planted_blocks(N=150, R=3, noise=0.0, missing=None, seed=3)
+    blocks = {k: v.astype(np.float64) for k, v in blocks.items()}  # exact model, exact data
     model = CMTF(3, l1=0.0, n_init=1, tol=1e-12, max_iter=1000)
     data = model.prepare(blocks)
     model.fit_blocks(data)

@@ -7,8 +7,9 @@ The ALS engine never touches a block's entries directly. It only asks, for every
 * ``right(A)`` = ``Ỹᵀ A``  — ``(P, k)`` from ``A (N, k)``, a sum over row chunks.
 
 Both are plain GEMMs on each chunk, so the same engine runs on arrays in memory (one chunk),
-on chunked arrays on disk (zarr: one chunk at a time) and on torch tensors on a GPU. Centring
-is applied lazily (``μ`` is folded into the products), so no centred copy is ever made.
+on chunked arrays on disk (zarr: one chunk at a time) and on torch tensors on a GPU. With
+centring, an in-memory block is centred once into a copy and chunks read from disk are centred
+as they are read.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Block:
 
             self._dtype_torch = torch.float64 if self._dtype == np.float64 else torch.float32
         self.mean = np.zeros(self.width)
+        self._centred = False  # set once the data are centred (after the statistics pass)
         self.sumsq = 0.0  # ‖Y − 1μᵀ‖² before scaling
         self._compute_stats()
 
@@ -104,6 +106,8 @@ class Block:
                 return
             chunk = np.asarray(self._data[start:stop], dtype=np.float32)
             chunk = chunk.reshape(stop - start, self.width)
+            if self._centred:
+                chunk = (chunk - self.mean).astype(np.float32)
             if self._torch:
                 import torch
 
@@ -138,7 +142,29 @@ class Block:
         if self.center:
             self.mean = total / self.n_rows
             sumsq -= self.n_rows * float(self.mean @ self.mean)
+            self._centre_data()
         self.sumsq = max(sumsq, 0.0)
+
+    def _centre_data(self) -> None:
+        """Subtract the column means from the data itself (an in-memory block gets a centred
+        copy, made once; chunks read from disk are centred as they are read). Folding the
+        mean into the products instead loses most float32 digits when the mean is large."""
+        if self.in_memory:
+            if self._torch:
+                self._data = self._data - self._cast(self.mean)
+            else:
+                centred = np.empty(self._data.shape, dtype=self._dtype)
+                step = max(1, (16 * 1024**2) // (8 * self.width))
+                for start in range(0, self.n_rows, step):
+                    rows = slice(start, start + step)
+                    centred[rows] = self._data[rows].astype(np.float64) - self.mean
+                self._data = centred
+        self._centred = True
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype the products run in (float32 or float64)."""
+        return self._dtype
 
     @property
     def norm_sq(self) -> float:
@@ -152,8 +178,6 @@ class Block:
         Kc = self._cast(K)
         for rows, y in self.chunks():
             out[rows] = _to_numpy(y @ Kc)
-        if self.center:
-            out -= self.mean @ K
         out *= self.scale
         return out
 
@@ -162,8 +186,6 @@ class Block:
         out = np.zeros((self.width, A.shape[1]))
         for rows, y in self.chunks():
             out += _to_numpy(y.T @ self._cast(A[rows]))
-        if self.center:
-            out -= np.outer(self.mean, A.sum(axis=0))
         out *= self.scale
         return out
 

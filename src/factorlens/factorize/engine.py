@@ -14,7 +14,8 @@ Model (Acar et al. 2011, 2014), with one shared sample factor ``A`` (``N×R``, u
 
 Every update is exact for its block of variables (a small ``R×R`` least-squares solve, or
 column-wise coordinate updates when nonnegativity or the penalty make the solve inexact), so the
-objective never increases. The data are touched only through ``Ỹ_bᵀ A`` and ``Ỹ_b K_b``
+objective never increases (with float32 data: up to the round-off of the float32 products,
+about 1e-7 of the data norm). The data are touched only through ``Ỹ_bᵀ A`` and ``Ỹ_b K_b``
 (:mod:`factorlens.factorize.blocks`), two GEMMs per block per iteration; the loss uses
 ``‖Ỹ − AKᵀ‖² = ‖Ỹ‖² − 2⟨ỸᵀA, K⟩ + ⟨AᵀA, KᵀK⟩`` and never reconstructs a block.
 """
@@ -50,7 +51,7 @@ class _State:
 
 
 # ------------------------------------------------------------------------ small linear algebra
-def _khatri_rao(factors: Sequence[np.ndarray]) -> np.ndarray:
+def khatri_rao(factors: Sequence[np.ndarray]) -> np.ndarray:
     """Row-major Khatri–Rao product: rows ordered like ``shape[1:]`` flattened in C order."""
     out = factors[0]
     for f in factors[1:]:
@@ -275,7 +276,7 @@ class CMTF:
             state, more, blk = self._als(
                 data, models, state, self.max_iter - len(hist), label="refine"
             )
-            hist = hist + more
+            hist = hist + more[1:]  # more[0] is the loss the refine started from
         self.result_ = self._result(data, models, state, hist, blk, scales)
         self.A_ = self.result_.A
         self.flow_ = self.result_.flow
@@ -429,13 +430,16 @@ class CMTF:
         AtA = state.A.T @ state.A
         per_block = []
         for b, Fb, Tb in zip(data, state.F, T, strict=True):
-            K = _khatri_rao(Fb)
+            K = khatri_rao(Fb)
             res = b.norm_sq - 2.0 * float(np.sum(Tb * K)) + float(np.sum(AtA * _gram(Fb)))
             per_block.append(max(res, 0.0))
         penalty = self.l1 * sum(float(np.linalg.norm(Fb[0], axis=0).sum()) for Fb in state.F)
         return sum(per_block) + penalty, per_block
 
     def _converged(self, hist: list[float]) -> bool:
+        """Relative loss change ≤ ``tol``. With float32 blocks the loss carries round-off of
+        about 1e-7 of the data norm, so a tiny ``tol`` may run to ``max_iter``; the factors
+        are then as good as the data products allow."""
         if len(hist) < 2:
             return False
         prev, cur = hist[-2], hist[-1]
@@ -447,7 +451,7 @@ class CMTF:
         AtA = A.T @ A
         for Tb, Fb, d in zip(T, F, dims, strict=True):
             self._update_block(Tb, AtA, Fb, d)
-        K = [_khatri_rao(Fb) for Fb in F]
+        K = [khatri_rao(Fb) for Fb in F]
         M = sum(b.left(Kb) for b, Kb in zip(data, K, strict=True))
         G = sum(Kb.T @ Kb for Kb in K)
         return _State(self._update_A(A, M, G, F), F)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from factorlens.factorize.blocks import Block
+from factorlens.factorize.engine import khatri_rao
 from factorlens.factorize.result import CMTFResult
 
 
@@ -47,13 +48,7 @@ def joint_signature(result: CMTFResult) -> np.ndarray:
     for a CP block, times the component's strength), so two fits of the same structure on
     different samples have signatures with congruence near 1.
     """
-    parts = []
-    for name in result.block_names:
-        facs = result.factors[name]
-        K = facs[0]
-        for f in facs[1:]:
-            K = (K[:, None, :] * f[None, :, :]).reshape(-1, K.shape[1])
-        parts.append(K * result.weights[name])
+    parts = [khatri_rao(result.factors[n]) * result.weights[n] for n in result.block_names]
     return np.concatenate(parts, axis=0)
 
 
@@ -102,6 +97,4 @@ def _dense(block: Block) -> np.ndarray:
     out = np.empty((block.n_rows, block.width))
     for rows, y in block.chunks():
         out[rows] = np.asarray(y if isinstance(y, np.ndarray) else y.cpu().numpy(), np.float64)
-    if block.center:
-        out -= block.mean
-    return out * block.scale
+    return out * block.scale  # chunks() already yields centred rows when centring

@@ -84,8 +84,8 @@ def estimate_rank(
     *,
     stability_threshold: float = 0.8,
     random_state: int = 0,
-    max_iter: int = 150,
-    tol: float = 1e-6,
+    max_iter: int = 100,
+    tol: float = 1e-5,
     keep_results: bool = False,
     progress: bool = False,
     **engine: Any,
@@ -113,6 +113,8 @@ def estimate_rank(
         )
         max_rank = limit
     opts = {"l1": 0.0, **engine, "n_init": 1, "max_iter": max_iter, "tol": tol}
+    if opts.get("tensor_blocks") is None:
+        opts.pop("tensor_blocks", None)
     opts["random_state"] = random_state
     full = CMTF(1, **opts).prepare(blocks)
     rng = np.random.default_rng(random_state)
