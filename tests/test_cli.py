@@ -101,6 +101,40 @@ def test_analyze_with_store_then_reanalyse_the_store_without_the_model(project) 
     np.testing.assert_allclose(a.A, b.A, atol=1e-6)
 
 
+def test_store_reuse_refuses_capture_options(project, capsys) -> None:
+    out, store = project["root"] / "out", project["root"] / "acts.zarr"
+    assert main(_analyze_args(project, out, "--store", str(store))) == 0
+    args = ["analyze", "--store", str(store), "--n-samples", "10", "--batch-size", "7",
+            "--rank", "2", "--out", str(project["root"] / "again"), "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    err = _error(capsys)
+    assert "--n-samples" in err and "--batch-size" in err
+
+
+def test_store_overwrite_keeps_the_old_store_when_the_capture_fails(project, capsys) -> None:
+    store = project["root"] / "acts.zarr"
+    assert main(_analyze_args(project, project["root"] / "a", "--store", str(store))) == 0
+    before = sorted(p.name for p in store.rglob("*"))
+    bad = _analyze_args(project, project["root"] / "b", "--store", str(store), "--overwrite")
+    bad[bad.index("--model") + 1] = f"{project['model']}:Broken"  # fails in its forward pass
+    del bad[bad.index("--weights") : bad.index("--weights") + 2]
+    assert main(bad) == 2
+    assert "shape" in _error(capsys)
+    assert sorted(p.name for p in store.rglob("*")) == before
+    assert factorlens.open_store(store).n_samples == 60
+
+
+def test_store_inside_out_or_a_file_is_refused(project, capsys) -> None:
+    out = project["root"] / "out"
+    assert main(_analyze_args(project, out, "--store", str(out / "acts.zarr"))) == 2
+    assert "inside --out" in _error(capsys)
+    assert not out.exists()
+    afile = project["root"] / "afile"
+    afile.write_text("x")
+    assert main(_analyze_args(project, out, "--store", str(afile))) == 2
+    assert "is a file" in _error(capsys)
+
+
 def test_report_command_rewrites_the_report(project) -> None:
     out = project["root"] / "out"
     assert main(_analyze_args(project, out)) == 0

@@ -50,11 +50,15 @@ def test_prediction_rank_score_bounds() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(2, 40), k=st.integers(2, 12), seed=st.integers(0, 10_000))
-def test_score_lies_between_one_over_k_and_one(n: int, k: int, seed: int) -> None:
-    logits = np.random.default_rng(seed).standard_normal((n, k)) * 3
-    score, _ = prediction_rank_score(logits)
-    assert 1 / k - 1e-9 <= score <= 1 + 1e-9
+@given(k=st.integers(2, 12), m=st.integers(1, 12), reps=st.integers(1, 20), seed=st.integers(0, 99))
+def test_confident_answers_spread_over_m_classes_score_m_over_k(k, m, reps, seed) -> None:
+    m = min(m, k)
+    classes = np.random.default_rng(seed).permutation(k)[:m]
+    logits = np.full((m * reps, k), -60.0)
+    logits[np.arange(m * reps), np.repeat(classes, reps)] = 60.0  # one confident answer each
+    score, er = prediction_rank_score(logits)
+    assert er == pytest.approx(m, rel=1e-6)
+    assert score == pytest.approx(m / k, rel=1e-6)
 
 
 def test_trained_scores_higher_than_untrained_without_labels(checkpoints) -> None:
@@ -68,7 +72,7 @@ def test_trained_scores_higher_than_untrained_without_labels(checkpoints) -> Non
     assert reports["trained"].score > reports["init"].score + 0.2
     assert reports["trained"].accuracy is None  # no labels, no accuracy
     for r in reports.values():
-        assert 1 <= r.rank <= 3 and r.rank_scan["chosen"] == r.rank
+        assert r.rank_scan["chosen"] == r.rank and len(r.rank_scan["criteria"]["bicv"]) == 3
 
 
 def test_degenerate_checkpoint_is_reported_not_fatal() -> None:
@@ -103,6 +107,14 @@ def test_quality_command_end_to_end(checkpoints, tmp_path, capsys) -> None:
               "--no-rank", "--quiet", str(checkpoints["trained"])]  # fmt: skip
     assert main(single) == 0
     assert "Spearman" not in capsys.readouterr().out  # one checkpoint: no correlation
+
+
+def test_quality_json_into_a_missing_folder_is_refused_before_scoring(checkpoints, capsys):
+    args = ["quality", "--model", MODEL, "--data", "digits", "--json", "/nonexistent/q.json",
+            "--quiet", str(checkpoints["trained"])]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "/nonexistent" in err and "\n" not in err.strip()
 
 
 def test_quality_names_mismatching_keys(checkpoints, capsys) -> None:

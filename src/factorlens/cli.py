@@ -1,4 +1,4 @@
-"""Command-line front end: ``factorlens demo | analyze | report | zoo``.
+"""Command-line front end: ``factorlens demo | analyze | rank | quality | report | zoo``.
 
 A thin door onto :mod:`factorlens.pipeline`. User errors print ``error: <message>`` on one line
 and exit with status 2; ``--debug`` shows the traceback instead.
@@ -112,12 +112,11 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
     )
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing result in --out (and an existing --store)",
-    )
+def _add_common(
+    p: argparse.ArgumentParser,
+    overwrite_help: str = "replace an existing result in --out (and an existing --store)",
+) -> None:
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
@@ -198,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="factorlens-demo", help="output directory (default ./factorlens-demo)"
     )
     _add_engine_options(demo, default_rank=10)
-    _add_common(demo)
+    _add_common(demo, overwrite_help="replace an existing result in --out")
 
     ana = sub.add_parser(
         "analyze",
@@ -256,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qua.add_argument("--seed", type=int, default=0, help="seed of --n-samples and the scan")
     qua.add_argument("--json", help="also write the scores to this JSON file")
-    _add_common(qua)
+    _add_common(qua, overwrite_help="replace an existing --json file")
 
     rep = sub.add_parser(
         "report",
@@ -346,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user named could not be read or written
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

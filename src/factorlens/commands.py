@@ -17,6 +17,7 @@ from factorlens.pipeline import (
     check_output_dir,
     load,
     load_inputs,
+    tensor_blocks_for,
     write_report_files,
 )
 
@@ -106,7 +107,18 @@ def _existing_store(args: argparse.Namespace):
         raise FactorlensError(
             "give --model FILE.py:Class and --data SPEC (or --store PATH of an existing store)"
         )
-    extra = [f for f in ("data", "weights", "layers", "normalize") if getattr(args, f)]
+    given = {
+        "--data": args.data,
+        "--weights": args.weights,
+        "--layers": args.layers,
+        "--normalize": args.normalize,
+        "--n-samples": args.n_samples,
+        "--select": args.select,
+        "--trust-pickle": args.trust_pickle,
+        "--batch-size": args.batch_size != 256,
+        "--nonfinite": args.nonfinite != "raise",
+    }
+    extra = [flag for flag, value in given.items() if value]
     if extra:
         raise FactorlensError(
             "--store without --model analyses an existing store; drop "
@@ -172,7 +184,10 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
 
     out = check_output_dir(args.out, args.overwrite)
     acts = _captured(args, out, None)
-    scan_opts = {k: engine[k] for k in ("nonneg", "weighting", "center") if k in engine}
+    # the scan fits the same model as the analysis (constraints, penalty, weighting, CP
+    # blocks); its own iteration cap and tolerance keep twenty ranks affordable
+    scan_opts = {k: engine[k] for k in ("nonneg", "l1", "weighting", "center")}
+    scan_opts["tensor_blocks"] = tensor_blocks_for(acts, engine.get("tensor_layers"))
     scan = estimate_rank(
         acts, args.max_rank, random_state=args.seed, progress=not args.quiet, **scan_opts
     )
@@ -199,10 +214,16 @@ def run_quality(args: argparse.Namespace) -> int:
     from factorlens.quality import assess
 
     json_path = Path(args.json) if args.json else None
-    if json_path is not None and json_path.exists() and not args.overwrite:
-        raise FactorlensError(
-            f"{json_path} already exists; pass --overwrite to replace it or choose another --json"
-        )
+    if json_path is not None:
+        if json_path.exists() and not args.overwrite:
+            raise FactorlensError(
+                f"{json_path} already exists; pass --overwrite to replace it or choose another "
+                "--json"
+            )
+        if not json_path.parent.is_dir():
+            raise FactorlensError(
+                f"cannot write {json_path}: folder {json_path.parent} does not exist"
+            )
     data, device, preprocess = _inputs(args)
     reports = []
     for ckpt in args.checkpoints:

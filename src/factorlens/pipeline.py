@@ -160,6 +160,16 @@ def input_images(store: Any) -> np.ndarray:
     return np.asarray(store.block(store.names[0])[:], dtype=np.float32)
 
 
+def tensor_blocks_for(store: Any, tensor_layers: list[str] | None) -> list[str] | None:
+    """The engine's ``tensor_blocks`` for ``--tensor-layers``: the input (when it has two or
+    more feature axes) plus those layers; ``None`` (the engine's default) when none given."""
+    if not tensor_layers:
+        return None
+    first = store.names[0]
+    base = [first] if len(store.block(first).shape) >= 3 else []
+    return base + [t for t in tensor_layers if t != first]
+
+
 def factorize_store(
     store: Any, rank: int, *, tensor_layers: list[str] | None = None, **engine: Any
 ) -> CMTFResult:
@@ -168,10 +178,7 @@ def factorize_store(
     ``tensor_layers`` names layers to fit with a CP model on their natural shape, on top of the
     input (which gets a CP model whenever it has two or more feature axes).
     """
-    if tensor_layers:
-        first = store.names[0]
-        base = [first] if len(store.block(first).shape) >= 3 else []
-        engine["tensor_blocks"] = base + [t for t in tensor_layers if t != first]
+    engine["tensor_blocks"] = tensor_blocks_for(store, tensor_layers)
     model = CMTF(rank, **engine).fit(store)
     result = model.result_
     meta = dict(getattr(store, "meta", {}) or {})
@@ -198,24 +205,41 @@ def capture_for_analysis(
 ) -> Any:
     """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store."""
     from factorlens.capture import capture
+    from factorlens.store import open_store
 
-    check_output_dir(out, overwrite)
+    out = check_output_dir(out, overwrite)
+    target = None
     if store is not None:
-        _check_store_path(Path(store), overwrite)
-    return capture(
-        model,
-        data,
-        layers,
-        batch_size=batch_size,
-        device=device,
-        preprocess=preprocess,
-        store=store,
-        select=select,
-        nonfinite=nonfinite,
-        progress=progress,
-        meta=meta,
-        overwrite=overwrite,
-    )
+        target = Path(store)
+        _check_store_path(target, overwrite, out)
+    # an existing store being replaced is kept until the new capture has succeeded
+    staging = target is not None and target.exists()
+    where = target.with_name(f".{target.name}.staging") if staging else target
+    if staging and where.exists():
+        shutil.rmtree(where)
+    try:
+        acts = capture(
+            model,
+            data,
+            layers,
+            batch_size=batch_size,
+            device=device,
+            preprocess=preprocess,
+            store=where,
+            select=select,
+            nonfinite=nonfinite,
+            progress=progress,
+            meta=meta,
+        )
+    except BaseException:
+        if staging and where.exists():
+            shutil.rmtree(where, ignore_errors=True)
+        raise
+    if staging:
+        shutil.rmtree(target)
+        where.replace(target)
+        acts = open_store(target)
+    return acts
 
 
 def analyze(
@@ -303,9 +327,29 @@ def analyze_store(
     return result
 
 
-def _check_store_path(path: Path, overwrite: bool) -> None:
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FactorlensError(
-            f"store path {path} already exists; pass --overwrite to replace it or choose another "
-            "--store (to analyse an existing store, give --store without --model)"
-        )
+def _check_store_path(path: Path, overwrite: bool, out: Path | None = None) -> None:
+    """Refuse a ``--store`` that is a file, lies inside ``--out``, or exists without
+    ``overwrite`` (then only a factorlens store is replaced)."""
+    if path.exists() and not path.is_dir():
+        raise FactorlensError(f"store path {path} is a file; choose another --store")
+    if out is not None:
+        o, p = out.resolve(), path.resolve()
+        if p == o or o in p.parents:
+            raise FactorlensError(
+                f"--store {path} lies inside --out {out}; put the store somewhere else"
+            )
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise FactorlensError(
+                f"store path {path} already exists; pass --overwrite to replace it or choose "
+                "another --store (to analyse an existing store, give --store without --model)"
+            )
+        from factorlens.store import open_store
+
+        try:
+            open_store(path)
+        except FactorlensError:
+            raise FactorlensError(
+                f"--store {path} holds something that is not a complete factorlens store; "
+                "it is not replaced even with --overwrite: choose another --store"
+            ) from None

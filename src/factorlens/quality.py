@@ -20,12 +20,12 @@ the README for the table and where it fails.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from factorlens.baselines import effective_rank
 from factorlens.errors import FactorlensError
 
 
@@ -66,16 +66,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def effective_rank_of(matrix: np.ndarray) -> float:
-    """Roy & Vetterli's effective rank of a matrix: ``exp(H(σ / Σσ))``, 0 for a zero matrix."""
-    s = np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
-    total = s.sum()
-    if total <= 0:
-        return 0.0
-    p = s[s > 0] / total
-    return float(math.exp(-(p * np.log(p)).sum()))
-
-
 def prediction_rank_score(outputs: np.ndarray) -> tuple[float, float]:
     """``(score, prediction_rank)`` from the last layer's outputs ``(N, K)``."""
     out = np.asarray(outputs)
@@ -86,7 +76,7 @@ def prediction_rank_score(outputs: np.ndarray) -> tuple[float, float]:
         )
     if not np.isfinite(out).all():
         raise FactorlensError("the last layer's output holds NaN or Inf; the checkpoint is broken")
-    er = effective_rank_of(softmax(out))
+    er = effective_rank(softmax(out))
     return er / out.shape[1], er
 
 
@@ -174,10 +164,16 @@ def _model_outputs(model, data, preprocess, batch_size: int, device: str) -> np.
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                x = torch.as_tensor(np.asarray(images[start : start + batch_size]))
+                x = torch.as_tensor(np.asarray(images[start : start + batch_size], np.float32))
                 if preprocess is not None:
                     x = preprocess(x)
-                y = model(x.to(device))
+                try:
+                    y = model(x.to(device))
+                except Exception as exc:
+                    raise FactorlensError(
+                        f"the model failed on inputs of shape {tuple(x.shape)}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    ) from exc
                 if not isinstance(y, torch.Tensor):
                     raise FactorlensError(
                         f"the model returned {type(y).__name__}, not a tensor of class scores"
