@@ -321,11 +321,10 @@ class CMTF:
             raise FactorlensError(f"n_init must be >= 1, got {self.n_init}")
 
     def _block_models(self, names: list[str], shapes: list[tuple[int, ...]]) -> list[str]:
-        wanted = (
-            ([names[0]] if self.tensor_blocks is None and len(shapes[0]) >= 3 else [])
-            if self.tensor_blocks is None
-            else list(self.tensor_blocks)
-        )
+        if self.tensor_blocks is not None:
+            wanted = list(self.tensor_blocks)
+        else:  # default: the input as a CP tensor when it has two or more feature axes
+            wanted = [names[0]] if len(shapes[0]) >= 3 else []
         for w in wanted:
             if w not in names:
                 raise FactorlensError(f"tensor block {w!r} is not among the blocks: {names}")
@@ -491,7 +490,7 @@ class CMTF:
         hist: list[float] = [loss]
         beta, beta_max = 0.5, 1.0
         previous: _State | None = None  # the last plain ALS iterate x_{k−1}
-        bar = _progress(iters, f"CMTF {label}") if self.progress else None
+        bar = progress_bar(iters, f"CMTF {label}") if self.progress else None
         for _ in range(iters - 1):
             plain = self._step(data, dims, state, T)
             if self.extrapolate and previous is not None:
@@ -648,7 +647,7 @@ def _chunk_rows(array: Any) -> int | None:
     return None
 
 
-def _progress(total: int, desc: str):
+def progress_bar(total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False)

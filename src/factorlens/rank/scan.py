@@ -25,7 +25,7 @@ import numpy as np
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, factor_match_score
-from factorlens.factorize.engine import _as_named_arrays
+from factorlens.factorize.engine import _as_named_arrays, progress_bar
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
 
 RULE = (
@@ -130,7 +130,7 @@ def estimate_rank(
     block_fit: dict[str, list[float]] = {nm: [] for nm in names}
     results: dict[int, CMTFResult] = {}
     previous: list[CMTFResult | None] = [None, None, None]
-    bar = _progress(max_rank) if progress else None
+    bar = progress_bar(max_rank, "rank scan") if progress else None
     for R in range(1, max_rank + 1):
         fitted = []
         for k, data in enumerate((full, *halves)):
@@ -190,9 +190,3 @@ def _warm_start(prev: CMTFResult | None, n: int, rng: np.random.Generator):
     new -= Q @ (Q.T @ new)
     new /= np.linalg.norm(new)
     return np.column_stack([A, new])
-
-
-def _progress(total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="rank scan", leave=False)
