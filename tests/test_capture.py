@@ -231,6 +231,38 @@ def test_capture_torch_tensor_and_matrix_data():
     np.testing.assert_allclose(store.block("3"), expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", ["memory", "zarr"])
+def test_model_output_recorded_in_the_same_pass(tmp_path, backend):
+    model = _cnn()
+    images = _images(11)
+    store = None if backend == "memory" else tmp_path / "acts"
+    result = capture(
+        model, images, "features.3", batch_size=4, preprocess=_preprocess, store=store,
+        progress=False, output="scores",
+    )  # fmt: skip
+    assert result.names == ["input", "features.3", "scores"]
+    assert result.info("scores")["kind"] == "output"
+    with torch.no_grad():
+        expected = model.eval()(_preprocess(torch.as_tensor(images))).numpy()
+    np.testing.assert_allclose(result.block("scores")[:], expected, rtol=1e-5, atol=1e-6)
+    if backend == "zarr":
+        assert open_store(tmp_path / "acts").names == result.names
+    for clash in ("input", "features.3"):
+        with pytest.raises(FactorlensError, match="clashes"):
+            capture(model, images, "features.3", output=clash, progress=False)
+
+
+def test_tuple_model_output_takes_select():
+    model = nn.Sequential(nn.Linear(5, 5), Split())
+    x = torch.rand(4, 5)
+    with pytest.raises(FactorlensError, match=r"'out'.*select=\{'out': 0\}"):
+        capture(model, x, layers="0", output="out", progress=False)
+    store = capture(model, x, layers="0", output="out", select={"out": 1}, progress=False)
+    with torch.no_grad():
+        expected = model(x)[1].numpy()
+    np.testing.assert_allclose(store.block("out"), expected, rtol=1e-6)
+
+
 def test_colour_input_keeps_channels():
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
     images = _images(5, channels=3)

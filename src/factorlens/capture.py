@@ -316,6 +316,7 @@ def capture(
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    output: str | None = None,
 ) -> ActivationStore:
     """Run ``model`` over ``data`` and store the input and the chosen layers' outputs.
 
@@ -338,6 +339,8 @@ def capture(
     progress : show a progress bar on stderr when there is more than one batch.
     meta : extra JSON-able metadata (model / data description, class names).
     overwrite : let a path ``store`` replace an existing factorlens store there.
+    output : also store what the model itself returns (``(N, K)`` class scores, say) as a
+        block of this name and kind ``"output"`` — the same forward pass, not a second one.
 
     Returns the closed (complete, read-only) store. On any error a store that capture created
     on disk is removed again.
@@ -366,9 +369,14 @@ def capture(
             "a layer named 'input' clashes with the input block; capture its parent or "
             "rename the module"
         )
+    if output is not None and output in ("input", *chosen):
+        raise FactorlensError(
+            f"output block name {output!r} clashes with the input or a captured layer; "
+            "choose another name"
+        )
     select = dict(select or {})
     for key in select:
-        if key not in chosen:
+        if key not in chosen and key != output:
             raise FactorlensError(
                 f"select names layer {key!r}, which is not captured{close_matches(key, chosen)}; "
                 "add it to the layers or fix the name"
@@ -390,6 +398,7 @@ def capture(
             select=select,
             nonfinite=nonfinite,
             progress=progress,
+            output=output,
         )
         if labels is not None:
             the_store.set_labels(labels)
@@ -428,6 +437,7 @@ def _run_capture(
     select: dict[str, Any],
     nonfinite: str,
     progress: bool,
+    output: str | None = None,
 ) -> dict[str, int]:
     """The batch loop of :func:`capture`; returns the non-finite counts replaced per block.
 
@@ -480,7 +490,7 @@ def _run_capture(
                 outputs.clear()
                 state["batch_n"] = stop - start
                 try:
-                    model(x)
+                    returned = model(x)
                 except FactorlensError:
                     raise
                 except Exception as exc:
@@ -495,8 +505,18 @@ def _run_capture(
                         f"layer(s) {', '.join(map(repr, missing))} did not run in the forward "
                         "pass; choose layers that the model's forward() uses"
                     )
+                if output is not None:
+                    outputs[output] = _as_rows(output, returned, select, stop - start)
                 if start == 0:
                     store.create_block("input", rows_in.shape[1:], "input", "input", n_samples=n)
+                    if output is not None:
+                        store.create_block(
+                            output,
+                            outputs[output].shape[1:],
+                            "output",
+                            type(model).__name__,
+                            n_samples=n,
+                        )
                     for name in chosen:
                         store.create_block(
                             name,
@@ -506,7 +526,7 @@ def _run_capture(
                             n_samples=n,
                         )
                 store.append("input", rows_in)
-                for name in chosen:
+                for name in ([output] if output is not None else []) + chosen:
                     rows = _check_finite(name, outputs[name], nonfinite, start, counts)
                     store.append(name, rows)
                 outputs.clear()

@@ -3,7 +3,8 @@
 A store holds one block per captured tensor, every block with one row per sample:
 
 * ``"input"`` (kind ``"input"``): the inputs as loaded, ``N×H×W`` / ``N×C×H×W`` / ``N×D``;
-* one block per captured layer (kind ``"layer"``) with the layer's output shape ``N×…``.
+* one block per captured layer (kind ``"layer"``) with the layer's output shape ``N×…``;
+* optionally the model's own output (kind ``"output"``), e.g. class scores ``N×K``.
 
 All blocks are float32. A store also keeps optional integer labels ``(N,)`` and a JSON-able
 ``meta`` dict (model and data description, class names, layer list, capture settings).
@@ -48,7 +49,7 @@ STORE_KEY = "factorlens_store"
 #: target size of one on-disk chunk (bytes).
 CHUNK_BYTES = 16 * 1024**2
 #: block kinds.
-KINDS = ("input", "layer")
+KINDS = ("input", "layer", "output")
 
 
 @dataclass
@@ -111,10 +112,9 @@ class ActivationStore(ABC):
     # ------------------------------------------------------------ reading
     @property
     def names(self) -> list[str]:
-        """Block names: input blocks first, then layers in creation (network) order."""
-        inputs = [n for n, s in self._specs.items() if s.kind == "input"]
-        layers = [n for n, s in self._specs.items() if s.kind != "input"]
-        return inputs + layers
+        """Block names: input blocks first, then layers in creation (network) order, then the
+        model's output."""
+        return [n for kind in KINDS for n, s in self._specs.items() if s.kind == kind]
 
     @property
     def closed(self) -> bool:
@@ -220,7 +220,7 @@ class ActivationStore(ABC):
     ) -> None:
         """Declare block ``name`` with per-sample shape ``sample_shape`` (rows come later).
 
-        ``kind`` is ``"input"`` or ``"layer"``; ``module`` the layer's type (``"Conv2d"``);
+        ``kind`` is ``"input"``, ``"layer"`` or ``"output"``; ``module`` the layer's type (``"Conv2d"``);
         ``n_samples`` (optional) the final number of rows, checked at :meth:`close`.
         """
         self._check_writable()
@@ -229,7 +229,7 @@ class ActivationStore(ABC):
         if name in self._specs:
             raise FactorlensError(f"block {name!r} already exists in the store; use another name")
         if kind not in KINDS:
-            raise FactorlensError(f"block kind must be 'input' or 'layer', got {kind!r}")
+            raise FactorlensError(f"block kind must be one of {', '.join(KINDS)}, got {kind!r}")
         shape = tuple(int(s) for s in sample_shape)
         if any(s < 0 for s in shape):
             raise FactorlensError(f"block {name!r} has a negative dimension in shape {shape}")
