@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=CACHE, help="where --build puts zoos")
     parser.add_argument("--mnist", type=Path, default=SHARED, help="MNIST folder for --build")
     parser.add_argument(
-        "--n-samples", type=int, default=1000, help="held-out inputs used for scoring"
+        "--n-samples", type=int, default=2000, help="held-out inputs used for scoring"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the input subset")
     parser.add_argument(

@@ -16,7 +16,16 @@ from factorlens.cli import main
 from factorlens.data import load_data
 from factorlens.errors import FactorlensError
 from factorlens.models import DigitsCNN, MnistCNN, train_classifier
-from factorlens.quality import assess, prediction_rank_score
+from factorlens.quality import (
+    N_NEIGHBOURS,
+    OUTPUT_BLOCK,
+    assess,
+    input_embedding,
+    input_neighbours,
+    neighbour_agreement,
+    prediction_rank,
+    quality_score,
+)
 
 MODEL = f"{Path(factorlens.models.__file__)}:DigitsCNN"
 
@@ -37,28 +46,80 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {"init": root / "init.pt", "trained": root / "trained.pt", "other": root / "other.pt"}
 
 
-def test_prediction_rank_score_bounds() -> None:
+def planted_clusters(n_clusters: int = 5, per: int = 40, seed: int = 0):
+    """Inputs ``(n, 30)`` in well-separated Gaussian clusters, with their cluster ids."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, 30)) * 6.0
+    ids = np.repeat(np.arange(n_clusters), per)
+    return centres[ids] + rng.normal(size=(ids.size, 30)), ids
+
+
+def one_hot_logits(classes: np.ndarray, k: int) -> np.ndarray:
+    return np.eye(k)[classes] * 40.0
+
+
+def test_prediction_rank_bounds() -> None:
     k = 5
-    confident = np.eye(k)[np.arange(200) % k] * 50.0  # one-hot, balanced: rank k
-    score, er = prediction_rank_score(confident)
-    assert score == pytest.approx(1.0, abs=1e-6) and er == pytest.approx(k, abs=1e-5)
+    assert prediction_rank(one_hot_logits(np.arange(200) % k, k)) == pytest.approx(k, abs=1e-5)
     same = np.tile(np.arange(k, dtype=float), (200, 1))  # every input gets the same answer
-    score, er = prediction_rank_score(same)
-    assert er == pytest.approx(1.0) and score == pytest.approx(1 / k)
+    assert prediction_rank(same) == pytest.approx(1.0)
     with pytest.raises(FactorlensError, match="class"):
-        prediction_rank_score(np.ones((10, 1)))
+        prediction_rank(np.ones((10, 1)))
+    with pytest.raises(FactorlensError, match="NaN"):
+        prediction_rank(np.full((10, 3), np.nan))
 
 
-@settings(max_examples=30, deadline=None)
-@given(k=st.integers(2, 12), m=st.integers(1, 12), reps=st.integers(1, 20), seed=st.integers(0, 99))
-def test_confident_answers_spread_over_m_classes_score_m_over_k(k, m, reps, seed) -> None:
-    m = min(m, k)
-    classes = np.random.default_rng(seed).permutation(k)[:m]
-    logits = np.full((m * reps, k), -60.0)
-    logits[np.arange(m * reps), np.repeat(classes, reps)] = 60.0  # one confident answer each
-    score, er = prediction_rank_score(logits)
-    assert er == pytest.approx(m, rel=1e-6)
-    assert score == pytest.approx(m / k, rel=1e-6)
+def test_answers_that_follow_the_input_clusters_score_one_and_random_ones_zero() -> None:
+    x, ids = planted_clusters()
+    nb = input_neighbours(x)
+    assert nb.shape == (x.shape[0], N_NEIGHBOURS)
+    score, agreement, er = quality_score(one_hot_logits(ids, 5), nb)
+    assert agreement == pytest.approx(1.0) and score == pytest.approx(1.0, abs=1e-4)
+    shuffled = np.random.default_rng(1).permutation(ids)  # same answers, ignoring the inputs
+    score, agreement, er = quality_score(one_hot_logits(shuffled, 5), nb)
+    assert abs(agreement) < 0.1 and er == pytest.approx(5.0, abs=1e-3)
+    coarse = ids % 2  # consistent but only two answers for five clusters
+    score, agreement, _ = quality_score(one_hot_logits(coarse, 5), nb)
+    assert agreement == pytest.approx(1.0) and score == pytest.approx(np.sqrt(2 / 5), abs=0.05)
+    score, agreement, er = quality_score(np.zeros((x.shape[0], 5)), nb)
+    assert score == 0.0 and agreement == 0.0 and er == pytest.approx(1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(2, 8), seed=st.integers(0, 999), flip=st.floats(0.0, 1.0))
+def test_agreement_ignores_class_names_and_is_at_most_one(k, seed, flip) -> None:
+    x, ids = planted_clusters(n_clusters=k, per=15, seed=seed)
+    rng = np.random.default_rng(seed)
+    pred = np.where(rng.random(ids.size) < flip, rng.integers(0, k, ids.size), ids)
+    nb = input_neighbours(x)
+    kappa = neighbour_agreement(pred, nb, k)
+    assert kappa <= 1.0 + 1e-12
+    assert neighbour_agreement(rng.permutation(k)[pred], nb, k) == pytest.approx(kappa)
+    score, _, _ = quality_score(one_hot_logits(pred, k), nb)
+    assert score <= 1.0 + 1e-9
+
+
+def test_input_neighbours_exclude_the_input_itself_even_with_duplicates() -> None:
+    x, _ = planted_clusters(per=6)
+    x = np.vstack([x, x[:4], x[:4]])  # three copies of four inputs
+    nb = input_neighbours(x, k=3)
+    assert nb.shape == (x.shape[0], 3)
+    assert not (nb == np.arange(x.shape[0])[:, None]).any()
+    assert input_neighbours(x[:3], k=10).shape == (3, 2)  # k clipped to N - 1
+
+
+def test_identical_inputs_have_no_neighbourhoods() -> None:
+    with pytest.raises(FactorlensError, match="identical"):
+        input_neighbours(np.ones((20, 4)))
+    with pytest.raises(FactorlensError, match="at least 2"):
+        input_neighbours(np.ones((1, 4)))
+
+
+def test_large_inputs_use_a_truncated_embedding() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 400))  # rank 5 in 400 dimensions
+    emb = input_embedding(x + 1e-3 * rng.normal(size=x.shape))
+    assert emb.shape[0] == 300 and emb.shape[1] <= 5
 
 
 def test_trained_scores_higher_than_untrained_without_labels(checkpoints) -> None:
@@ -71,6 +132,12 @@ def test_trained_scores_higher_than_untrained_without_labels(checkpoints) -> Non
         reports[name] = assess(model, data_no_labels, max_rank=3, checkpoint=name)
     assert reports["trained"].score > reports["init"].score + 0.2
     assert reports["trained"].accuracy is None  # no labels, no accuracy
+    model = DigitsCNN().eval()  # the score from an independent forward pass matches
+    model.load_state_dict(torch.load(checkpoints["trained"], weights_only=True))
+    with torch.no_grad():
+        logits = model(torch.as_tensor(data.images)).numpy()
+    expected, _, _ = quality_score(logits, input_neighbours(data.images))
+    assert reports["trained"].score == pytest.approx(expected, abs=1e-6)  # batched float32
     for r in reports.values():
         assert r.rank_scan["chosen"] == r.rank and len(r.rank_scan["criteria"]["bicv"]) == 3
 
@@ -82,8 +149,12 @@ def test_degenerate_checkpoint_is_reported_not_fatal() -> None:
             p.zero_()
     data = load_data("digits").subset(60, seed=0)
     report = assess(model, data, max_rank=2)
-    assert report.score == pytest.approx(1 / 10)  # every input gets the same answer
-    assert "features.0" in report.degenerate and "classifier.3" in report.degenerate
+    assert report.score == 0.0 and report.prediction_rank == pytest.approx(1.0)  # one answer
+    assert (
+        OUTPUT_BLOCK in report.degenerate
+        and "features.0" in report.degenerate
+        and "classifier.3" in report.degenerate
+    )
 
 
 def test_quality_command_end_to_end(checkpoints, tmp_path, capsys) -> None:

@@ -208,10 +208,14 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     return result, out
 
 
+#: below this many inputs `quality` notes that the score's neighbourhoods are sparse
+RECOMMENDED_QUALITY_INPUTS = 2000
+
+
 def run_quality(args: argparse.Namespace) -> int:
     """Score every checkpoint on the same unlabelled inputs; print a table, write JSON."""
     from factorlens.modelio import build_model
-    from factorlens.quality import assess
+    from factorlens.quality import assess, input_neighbours
 
     json_path = Path(args.json) if args.json else None
     if json_path is not None:
@@ -225,6 +229,7 @@ def run_quality(args: argparse.Namespace) -> int:
                 f"cannot write {json_path}: folder {json_path.parent} does not exist"
             )
     data, device, preprocess = _inputs(args)
+    neighbours = input_neighbours(data.images)  # the same inputs for every checkpoint
     reports = []
     for ckpt in args.checkpoints:
         model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
@@ -240,16 +245,20 @@ def run_quality(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 checkpoint=ckpt,
                 scan=not args.no_rank,
+                neighbours=neighbours,
             )
         )
         if not args.quiet:
             print(f"scored {ckpt}", file=sys.stderr)
     width = max(len("checkpoint"), *(len(r.checkpoint or "") for r in reports))
     with_acc = data.labels is not None
-    head = f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}"
+    head = f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}  {'agreement':>9}  {'pred.rank':>9}"
     print(head + ("  accuracy (labels, for reference only)" if with_acc else ""))
     for r in reports:
-        line = f"{r.checkpoint:<{width}}  {r.rank:>4}  {r.score:6.3f}"
+        line = (
+            f"{r.checkpoint:<{width}}  {r.rank:>4}  {r.score:6.3f}  {r.agreement:9.3f}  "
+            f"{r.prediction_rank:9.2f}"
+        )
         if with_acc and r.accuracy is not None:
             line += f"  {r.accuracy:.4f}"
         if r.degenerate:
@@ -260,6 +269,12 @@ def run_quality(args: argparse.Namespace) -> int:
 
         rho = spearmanr([r.score for r in reports], [r.accuracy for r in reports])[0]
         print(f"Spearman(score, accuracy) = {rho:.3f}")
+    if data.n_samples < RECOMMENDED_QUALITY_INPUTS:
+        print(
+            f"note: scoring on {data.n_samples} inputs; the score separates close checkpoints "
+            f"better with more (>= {RECOMMENDED_QUALITY_INPUTS} recommended)",
+            file=sys.stderr,
+        )
     if json_path is not None:
         tmp = json_path.with_name(json_path.name + ".tmp")
         tmp.write_text(json.dumps([r.to_dict() for r in reports], indent=1))

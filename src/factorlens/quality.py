@@ -1,21 +1,32 @@
 """Training quality without labels: a score per checkpoint, with the joint rank beside it.
 
-**Score (fixed recipe, higher = better trained)**: the *prediction rank* — the effective rank
-(Roy & Vetterli 2007: ``exp`` of the entropy of the normalised singular values) of the
-``N×K`` matrix of the network's predicted class probabilities (softmax of the last layer's
-output) on the unlabelled test inputs, divided by ``K``. It lies in ``[1/K, 1]``: a network
-that answers almost the same for every input (untrained, or one that learnt noise) has
-predictions of rank ≈ 1; a well-trained one sorts the inputs into K confident, distinct
-answers, rank ≈ K. It reads no label and no training data.
+**Score (fixed recipe, higher = better trained)**::
+
+    score = agreement × sqrt(prediction_rank / K)
+
+* ``agreement`` — do the network's answers respect the structure of its own inputs? The input
+  block is embedded in its leading principal components (the truncated SVD of the centred
+  inputs that keeps 90 % of their energy) and every input's 10 nearest neighbours there are
+  found. ``agreement`` is Cohen's κ between each input's predicted class and its neighbours'
+  predicted classes: the observed share of agreeing pairs, corrected by the share expected by
+  chance from the predicted class frequencies, ``(p_agree − p_chance) / (1 − p_chance)``. It
+  is 0 for answers that ignore the inputs' neighbourhoods (or never vary) and 1 when
+  neighbours always get the same answer. A net that learnt from too few or wrong labels cuts
+  through the inputs' natural clusters and agrees less.
+* ``prediction_rank`` — the effective rank (Roy & Vetterli 2007) of the ``N×K`` predicted
+  class probabilities (softmax of the model's output), in ``[1, K]``: ≈ 1 when every input
+  gets the same answer, ≈ K when the inputs are sorted into K confident, distinct answers. It
+  keeps a coarse but consistent answer (two classes for ten digits) from scoring high.
+
+The score reads no label and no training data; it lies in ``[-1, 1]`` and is ≈ 0 for an
+untrained network. Neighbourhoods get denser, and the score resolves close checkpoints
+better, with more inputs: use a few thousand (see the README for measurements).
 
 **Rank**: the rank of the joint factorization of the input and the chosen layers, chosen by
 :func:`factorlens.rank.estimate_rank` (split-half stability and bi-cross-validation), reported
-beside the score as the factorization's own evidence.
-
-Measured on the zoos (benchmarks/bench_quality.py): the plain effective rank of the joint
-data, the joint CMTF's per-block fits and strength spectra do *not* track accuracy across
-training steps, label noise and training-set size; the prediction rank does on most zoos. See
-the README for the table and where it fails.
+beside the score as the factorization's own evidence. On the zoos (benchmarks/bench_quality.py)
+the joint rank, the joint CMTF's per-block fits and strength spectra do *not* track accuracy
+across training steps, label noise and training-set size; the score does.
 """
 
 from __future__ import annotations
@@ -28,6 +39,15 @@ import numpy as np
 from factorlens.baselines import effective_rank
 from factorlens.errors import FactorlensError
 
+#: neighbours per input for the agreement
+N_NEIGHBOURS = 10
+#: share of the centred inputs' energy kept by the principal-component embedding
+INPUT_ENERGY = 0.9
+#: at most this many principal components (found by randomized SVD above it)
+MAX_COMPONENTS = 128
+#: the name under which assess() captures the model's own output
+OUTPUT_BLOCK = "model output"
+
 
 @dataclass
 class QualityReport:
@@ -36,7 +56,9 @@ class QualityReport:
     score: float
     rank: int
     prediction_rank: float
+    agreement: float
     n_outputs: int
+    n_inputs: int
     checkpoint: str | None = None
     accuracy: float | None = None
     degenerate: list[str] = field(default_factory=list)
@@ -47,8 +69,10 @@ class QualityReport:
             "checkpoint": self.checkpoint,
             "rank": int(self.rank),
             "score": float(self.score),
+            "agreement": float(self.agreement),
             "prediction_rank": float(self.prediction_rank),
             "n_outputs": int(self.n_outputs),
+            "n_inputs": int(self.n_inputs),
             "degenerate_blocks": self.degenerate,
         }
         if self.accuracy is not None:
@@ -66,18 +90,87 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def prediction_rank_score(outputs: np.ndarray) -> tuple[float, float]:
-    """``(score, prediction_rank)`` from the last layer's outputs ``(N, K)``."""
+def _check_outputs(outputs: Any) -> np.ndarray:
     out = np.asarray(outputs)
     if out.ndim != 2 or out.shape[1] < 2:
         raise FactorlensError(
-            f"the last layer's output has shape {out.shape}; the quality score needs class "
-            "scores (N, K) with K >= 2 — choose a classifier whose last layer gives them"
+            f"the model's output has shape {out.shape}; the quality score needs class "
+            "scores (N, K) with K >= 2 — choose a classifier whose output gives them"
         )
     if not np.isfinite(out).all():
-        raise FactorlensError("the last layer's output holds NaN or Inf; the checkpoint is broken")
-    er = effective_rank(softmax(out))
-    return er / out.shape[1], er
+        raise FactorlensError("the model's output holds NaN or Inf; the checkpoint is broken")
+    return out
+
+
+def prediction_rank(outputs: np.ndarray) -> float:
+    """Effective rank of the softmax of the model's outputs ``(N, K)``, in ``[1, K]``."""
+    return effective_rank(softmax(_check_outputs(outputs)))
+
+
+def input_embedding(inputs: Any, energy: float = INPUT_ENERGY) -> np.ndarray:
+    """``(N, r)`` principal-component scores of the centred inputs ``(N, ...)``, with ``r`` the
+    fewest components that keep ``energy`` of their squared norm (at most MAX_COMPONENTS)."""
+    x = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+    if x.shape[0] < 2:
+        raise FactorlensError("the quality score needs at least 2 inputs; give more samples")
+    x = x - x.mean(axis=0)
+    total = float(np.einsum("ij,ij->", x, x))
+    if total == 0.0:
+        raise FactorlensError(
+            "every input is identical, so they have no neighbourhoods to agree with; give "
+            "varied inputs"
+        )
+    if min(x.shape) <= MAX_COMPONENTS:
+        u, s, _ = np.linalg.svd(x, full_matrices=False)
+    else:
+        from sklearn.utils.extmath import randomized_svd
+
+        u, s, _ = randomized_svd(x, MAX_COMPONENTS, random_state=0)
+    kept = np.cumsum(s**2) / total
+    r = min(int(np.searchsorted(kept, energy)) + 1, s.size)
+    return u[:, :r] * s[:r]
+
+
+def input_neighbours(inputs: Any, k: int = N_NEIGHBOURS) -> np.ndarray:
+    """``(N, k')`` indices of each input's nearest neighbours (itself excluded) in its
+    principal-component embedding; ``k' = min(k, N − 1)``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    emb = input_embedding(inputs)
+    k = min(int(k), emb.shape[0] - 1)
+    found = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb, return_distance=False)
+    is_self = found == np.arange(emb.shape[0])[:, None]
+    # an input with exact duplicates may not be listed first, or at all: then drop the farthest
+    is_self[~is_self.any(axis=1), -1] = True
+    return found[~is_self].reshape(emb.shape[0], k)
+
+
+def neighbour_agreement(predicted: np.ndarray, neighbours: np.ndarray, n_classes: int) -> float:
+    """Cohen's κ between each input's predicted class ``(N,)`` and its ``neighbours``' ``(N, k)``
+    predicted classes, chance taken from the predicted class frequencies. 0 when every input
+    gets the same class."""
+    pred = np.asarray(predicted)
+    observed = float(np.mean(pred[neighbours] == pred[:, None]))
+    freq = np.bincount(pred, minlength=n_classes) / pred.size
+    chance = float(freq @ freq)
+    if chance >= 1.0:
+        return 0.0
+    return (observed - chance) / (1.0 - chance)
+
+
+def quality_score(outputs: np.ndarray, neighbours: np.ndarray) -> tuple[float, float, float]:
+    """``(score, agreement, prediction_rank)`` from the model's outputs ``(N, K)`` and the
+    inputs' neighbour indices ``(N, k)`` (:func:`input_neighbours`)."""
+    out = _check_outputs(outputs)
+    if neighbours.shape[0] != out.shape[0]:
+        raise FactorlensError(
+            f"neighbours are given for {neighbours.shape[0]} inputs but the model answered "
+            f"{out.shape[0]}; compute them from the same inputs"
+        )
+    k = out.shape[1]
+    er = prediction_rank(out)
+    agreement = neighbour_agreement(out.argmax(axis=1), neighbours, k)
+    return agreement * float(np.sqrt(er / k)), agreement, er
 
 
 def assess(
@@ -92,11 +185,14 @@ def assess(
     seed: int = 0,
     checkpoint: str | None = None,
     scan: bool = True,
+    neighbours: np.ndarray | None = None,
 ) -> QualityReport:
     """Capture ``model`` on ``data`` (``ImageData`` or array), score it and scan its joint rank.
 
-    The model's own output (the last module's output) gives the score; the input plus
-    ``layers`` (default: every representation layer) give the joint rank.
+    One forward pass over the inputs records the input, ``layers`` (default: every
+    representation layer) and the model's own output. The output and the input give the score;
+    the input plus the layers give the joint rank. ``neighbours`` — :func:`input_neighbours` of
+    the same inputs — saves recomputing them when several checkpoints share the inputs.
     """
     from factorlens.capture import capture, select_layers
     from factorlens.rank import estimate_rank
@@ -110,28 +206,37 @@ def assess(
         device=device,
         preprocess=preprocess,
         progress=False,
+        output=OUTPUT_BLOCK,
     )
-    outputs = _model_outputs(model, data, preprocess, batch_size, device)
-    score, er = prediction_rank_score(outputs)
+    outputs = np.asarray(store.block(OUTPUT_BLOCK)[:])
+    outputs = outputs.reshape(outputs.shape[0], -1)
+    inputs = np.asarray(store.block("input")[:], dtype=np.float32)
+    if neighbours is None:
+        neighbours = input_neighbours(inputs)
+    score, agreement, er = quality_score(outputs, neighbours)
+    degenerate = [OUTPUT_BLOCK] if float(np.ptp(outputs)) == 0.0 else []
     labels = getattr(data, "labels", None)
     accuracy = float(np.mean(outputs.argmax(axis=1) == labels)) if labels is not None else None
     blocks = {}
-    degenerate = []
     for name in store.names:
-        arr = np.asarray(store.block(name)[:], dtype=np.float32)
+        if name == OUTPUT_BLOCK:
+            continue
+        arr = inputs if name == "input" else np.asarray(store.block(name)[:], dtype=np.float32)
         if float(np.ptp(arr)) == 0.0:
             degenerate.append(name)
         else:
             blocks[name] = arr
     rank, evidence = 0, None
-    if scan and len(blocks) >= 1 and store.names[0] in blocks:
+    if scan and "input" in blocks:
         result = estimate_rank(blocks, max_rank, random_state=seed)
         rank, evidence = result.chosen, result.to_dict()
     return QualityReport(
         score=score,
         rank=rank,
         prediction_rank=er,
+        agreement=agreement,
         n_outputs=int(outputs.shape[1]),
+        n_inputs=int(outputs.shape[0]),
         checkpoint=checkpoint,
         accuracy=accuracy,
         degenerate=degenerate,
@@ -152,33 +257,3 @@ def score_model(
     if n_samples is not None and hasattr(data, "subset"):
         data = data.subset(n_samples, seed=seed)
     return assess(model, data, layers=layers, seed=seed, **kwargs)
-
-
-def _model_outputs(model, data, preprocess, batch_size: int, device: str) -> np.ndarray:
-    import torch
-
-    images = getattr(data, "images", data)
-    was_training = model.training
-    model.eval()
-    outs = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                x = torch.as_tensor(np.asarray(images[start : start + batch_size], np.float32))
-                if preprocess is not None:
-                    x = preprocess(x)
-                try:
-                    y = model(x.to(device))
-                except Exception as exc:
-                    raise FactorlensError(
-                        f"the model failed on inputs of shape {tuple(x.shape)}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    ) from exc
-                if not isinstance(y, torch.Tensor):
-                    raise FactorlensError(
-                        f"the model returned {type(y).__name__}, not a tensor of class scores"
-                    )
-                outs.append(y.detach().float().cpu().reshape(y.shape[0], -1).numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(outs, axis=0)
