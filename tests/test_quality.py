@@ -180,6 +180,30 @@ def test_quality_command_end_to_end(checkpoints, tmp_path, capsys) -> None:
     assert "Spearman" not in capsys.readouterr().out  # one checkpoint: no correlation
 
 
+def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, capsys):
+    out = tmp_path / "q"
+    args = ["quality", "--model", MODEL, "--data", "digits", "--n-samples", "150",
+            "--max-rank", "2", "--layers", "features.4,classifier.3", "--out", str(out),
+            "--quiet", str(checkpoints["init"]), str(checkpoints["trained"])]  # fmt: skip
+    assert main(args) == 0
+    assert "report:" in capsys.readouterr().out
+    rows = json.loads((out / "quality.json").read_text())
+    dirs = sorted((out / "checkpoints").iterdir())
+    assert [d.name for d in dirs] == ["01-init", "02-trained"]
+    for row, d in zip(rows, dirs, strict=True):
+        summary = json.loads((d / "result.json").read_text())
+        assert summary["rank"] == row["rank"] >= 1
+        assert summary["meta"]["quality_score"] == pytest.approx(row["score"])
+        assert summary["meta"]["checkpoint"] == row["checkpoint"]
+        assert [b["name"] for b in summary["blocks"]] == ["input", "features.4", "classifier.3"]
+    html = (out / "index.html").read_text()
+    assert 'id="trajectory"' in html and f"{rows[1]['score']:.4g}" in html
+    assert main(args) == 2  # not over an existing result without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args[:-2], "--no-rank", "--overwrite", *args[-2:]]) == 2
+    assert "--no-rank" in capsys.readouterr().err
+
+
 def test_quality_json_into_a_missing_folder_is_refused_before_scoring(checkpoints, capsys):
     args = ["quality", "--model", MODEL, "--data", "digits", "--json", "/nonexistent/q.json",
             "--quiet", str(checkpoints["trained"])]  # fmt: skip

@@ -233,10 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         "quality",
         help="score checkpoints' training quality without labels",
         description="Analyse every checkpoint on the same unlabelled inputs and print its "
-        "estimated joint rank and its score (higher = better trained): the effective rank "
-        "of its predicted class probabilities divided by the number of classes. Labels are "
-        "never read for the score; test accuracy is shown for reference when the data has "
-        "labels.",
+        "estimated joint rank and its score (higher = better trained): how far its predicted "
+        "classes agree between inputs that are neighbours in the inputs' own principal "
+        "components (Cohen's kappa), times the square root of the effective rank of its "
+        "predicted class probabilities over the number of classes. Labels are never read "
+        "for the score; test accuracy is shown for reference when the data has labels. "
+        "With --out, also write each checkpoint's analysis at its estimated rank and a "
+        "report with the trajectory of rank and score across the checkpoints.",
         epilog=DATA_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -255,7 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qua.add_argument("--seed", type=int, default=0, help="seed of --n-samples and the scan")
     qua.add_argument("--json", help="also write the scores to this JSON file")
-    _add_common(qua, overwrite_help="replace an existing --json file")
+    qua.add_argument(
+        "--out",
+        help="also write DIR/quality.json, DIR/checkpoints/<n>-<name>/ (each checkpoint's "
+        "analysis at its estimated rank) and DIR/index.html (the trajectory report)",
+    )
+    _add_common(qua, overwrite_help="replace an existing --json file or --out results")
 
     rep = sub.add_parser(
         "report",

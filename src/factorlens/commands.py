@@ -212,10 +212,15 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
 RECOMMENDED_QUALITY_INPUTS = 2000
 
 
+#: what ``quality --out DIR`` writes into DIR
+QUALITY_JSON = "quality.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
 def run_quality(args: argparse.Namespace) -> int:
-    """Score every checkpoint on the same unlabelled inputs; print a table, write JSON."""
-    from factorlens.modelio import build_model
-    from factorlens.quality import assess, input_neighbours
+    """Score every checkpoint on the same unlabelled inputs; print a table, write JSON and,
+    with ``--out``, every checkpoint's analysis at its chosen rank plus the trajectory report."""
+    from factorlens.pipeline import FIGURES_DIR, REPORT_HTML, publish
 
     json_path = Path(args.json) if args.json else None
     if json_path is not None:
@@ -228,30 +233,97 @@ def run_quality(args: argparse.Namespace) -> int:
             raise FactorlensError(
                 f"cannot write {json_path}: folder {json_path.parent} does not exist"
             )
+    out = check_output_dir(args.out, args.overwrite) if args.out else None
+    if out is not None and args.no_rank:
+        raise FactorlensError(
+            "--out writes each checkpoint's analysis at its estimated rank; drop --no-rank"
+        )
+    reports = []
+    if out is None:
+        _score_checkpoints(args, reports, None)
+    else:
+        publish(
+            out,
+            lambda stage: _score_checkpoints(args, reports, stage),
+            (QUALITY_JSON, CHECKPOINTS_DIR, REPORT_HTML, FIGURES_DIR),
+        )
+    _print_quality_table(reports, with_acc=reports[0].accuracy is not None)
+    if json_path is not None:
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+        tmp.replace(json_path)
+    if out is not None:
+        print(f"report: {(out / REPORT_HTML).resolve()}")
+    return 0
+
+
+def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | None) -> None:
+    """Capture and score each checkpoint (appending to ``reports``); with a ``stage`` folder
+    also write its analysis at the chosen rank, the trajectory report and quality.json."""
+    from factorlens.capture import capture, select_layers
+    from factorlens.modelio import build_model
+    from factorlens.quality import OUTPUT_BLOCK, assess_store, input_neighbours
+    from factorlens.report.html import safe_name
+    from factorlens.store import StoreView
+
     data, device, preprocess = _inputs(args)
     neighbours = input_neighbours(data.images)  # the same inputs for every checkpoint
-    reports = []
-    for ckpt in args.checkpoints:
+    analyses = []
+    for i, ckpt in enumerate(args.checkpoints):
         model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
-        reports.append(
-            assess(
-                model,
-                data,
-                layers=args.layers,
-                max_rank=args.max_rank,
-                preprocess=preprocess,
-                batch_size=args.batch_size,
-                device=device,
-                seed=args.seed,
-                checkpoint=ckpt,
-                scan=not args.no_rank,
-                neighbours=neighbours,
-            )
+        store = capture(
+            model,
+            data,
+            select_layers(model, args.layers),
+            batch_size=args.batch_size,
+            device=device,
+            preprocess=preprocess,
+            select=parse_select(args.select),
+            nonfinite=args.nonfinite,
+            progress=False,
+            meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
+            output=OUTPUT_BLOCK,
         )
+        report = assess_store(
+            store,
+            max_rank=args.max_rank,
+            seed=args.seed,
+            checkpoint=ckpt,
+            scan=not args.no_rank,
+            neighbours=neighbours,
+        )
+        reports.append(report)
+        if stage is not None and report.rank >= 1:
+            target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
+            analyze_store(
+                StoreView(store, [OUTPUT_BLOCK, *report.degenerate]),
+                out=target,
+                rank=report.rank,
+                progress=False,
+                device=device,
+                extra_meta={
+                    "rank_scan": report.rank_scan,
+                    "quality_score": report.score,
+                    "quality": {k: v for k, v in report.to_dict().items() if k != "rank_scan"},
+                },
+            )
+            analyses.append(target)
         if not args.quiet:
             print(f"scored {ckpt}", file=sys.stderr)
+    if stage is None:
+        return
+    if not analyses:
+        raise FactorlensError("no checkpoint could be analysed (every input block is constant)")
+    from factorlens.report.trajectory import write_trajectory_report
+
+    title = f"factorlens quality — {type(model).__name__}"
+    write_trajectory_report(stage, analyses, title=title)
+    (stage / QUALITY_JSON).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+
+
+def _print_quality_table(reports: list, with_acc: bool) -> None:
+    """The quality table on stdout (and Spearman with accuracy when there are labels)."""
     width = max(len("checkpoint"), *(len(r.checkpoint or "") for r in reports))
-    with_acc = data.labels is not None
     head = f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}  {'agreement':>9}  {'pred.rank':>9}"
     print(head + ("  accuracy (labels, for reference only)" if with_acc else ""))
     for r in reports:
@@ -269,17 +341,13 @@ def run_quality(args: argparse.Namespace) -> int:
 
         rho = spearmanr([r.score for r in reports], [r.accuracy for r in reports])[0]
         print(f"Spearman(score, accuracy) = {rho:.3f}")
-    if data.n_samples < RECOMMENDED_QUALITY_INPUTS:
+    n_inputs = reports[0].n_inputs
+    if n_inputs < RECOMMENDED_QUALITY_INPUTS:
         print(
-            f"note: scoring on {data.n_samples} inputs; the score separates close checkpoints "
+            f"note: scored on {n_inputs} inputs; the score separates close checkpoints "
             f"better with more (>= {RECOMMENDED_QUALITY_INPUTS} recommended)",
             file=sys.stderr,
         )
-    if json_path is not None:
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps([r.to_dict() for r in reports], indent=1))
-        tmp.replace(json_path)
-    return 0
 
 
 def run_report(args: argparse.Namespace) -> Path:

@@ -106,7 +106,7 @@ def write_outputs(
             _report(stage, result, images, labels, class_names, title)
         result.save(stage)
 
-    return _publish(out, produce, OUTPUT_NAMES)
+    return publish(out, produce, OUTPUT_NAMES)
 
 
 def write_report_files(
@@ -119,7 +119,7 @@ def write_report_files(
     title: str = "factorlens report",
 ) -> Path:
     """Write only ``index.html`` and ``figures/`` into ``out`` (staged, then moved)."""
-    return _publish(
+    return publish(
         Path(out),
         lambda stage: _report(stage, result, images, labels, class_names, title),
         (REPORT_HTML, FIGURES_DIR),
@@ -132,7 +132,7 @@ def _report(stage: Path, result, images, labels, class_names, title: str) -> Non
     write_report(stage, result, images, labels, class_names, title=title)
 
 
-def _publish(out: Path, produce: Callable[[Path], None], names: tuple[str, ...]) -> Path:
+def publish(out: Path, produce: Callable[[Path], None], names: tuple[str, ...]) -> Path:
     """Run ``produce(stage)`` in a staging folder beside ``out``; on success replace the
     entries ``names`` of ``out`` with the staged ones (``result.json`` moved last)."""
     out.parent.mkdir(parents=True, exist_ok=True)

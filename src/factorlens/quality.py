@@ -190,24 +190,52 @@ def assess(
     """Capture ``model`` on ``data`` (``ImageData`` or array), score it and scan its joint rank.
 
     One forward pass over the inputs records the input, ``layers`` (default: every
-    representation layer) and the model's own output. The output and the input give the score;
-    the input plus the layers give the joint rank. ``neighbours`` — :func:`input_neighbours` of
-    the same inputs — saves recomputing them when several checkpoints share the inputs.
+    representation layer) and the model's own output; then :func:`assess_store`.
     """
     from factorlens.capture import capture, select_layers
-    from factorlens.rank import estimate_rank
 
-    chosen = select_layers(model, layers)
     store = capture(
         model,
         data,
-        chosen,
+        select_layers(model, layers),
         batch_size=batch_size,
         device=device,
         preprocess=preprocess,
         progress=False,
         output=OUTPUT_BLOCK,
     )
+    return assess_store(
+        store,
+        max_rank=max_rank,
+        seed=seed,
+        checkpoint=checkpoint,
+        scan=scan,
+        neighbours=neighbours,
+    )
+
+
+def assess_store(
+    store: Any,
+    *,
+    max_rank: int = 10,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    scan: bool = True,
+    neighbours: np.ndarray | None = None,
+) -> QualityReport:
+    """Score a store captured with ``output=OUTPUT_BLOCK`` and scan the joint rank of its
+    input and layers (the output block left out).
+
+    The output and the input give the score. ``neighbours`` — :func:`input_neighbours` of the
+    same inputs — saves recomputing them when several checkpoints share the inputs. Accuracy
+    (for reference) comes from the store's labels, when it has them.
+    """
+    from factorlens.rank import estimate_rank
+
+    if OUTPUT_BLOCK not in store.names:
+        raise FactorlensError(
+            f"the store has no {OUTPUT_BLOCK!r} block; capture it with output={OUTPUT_BLOCK!r}"
+        )
     outputs = np.asarray(store.block(OUTPUT_BLOCK)[:])
     outputs = outputs.reshape(outputs.shape[0], -1)
     inputs = np.asarray(store.block("input")[:], dtype=np.float32)
@@ -215,7 +243,7 @@ def assess(
         neighbours = input_neighbours(inputs)
     score, agreement, er = quality_score(outputs, neighbours)
     degenerate = [OUTPUT_BLOCK] if float(np.ptp(outputs)) == 0.0 else []
-    labels = getattr(data, "labels", None)
+    labels = store.labels
     accuracy = float(np.mean(outputs.argmax(axis=1) == labels)) if labels is not None else None
     blocks = {}
     for name in store.names:

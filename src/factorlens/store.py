@@ -645,3 +645,41 @@ def _read_root_attrs(path: Path) -> dict[str, Any]:
 def open_store(path: str | os.PathLike[str]) -> ZarrStore:
     """Reopen the complete store at ``path`` read-only; refuses incomplete or foreign paths."""
     return ZarrStore.open(path)
+
+
+class StoreView(ActivationStore):
+    """A read-only view of a complete store that leaves some of its blocks out (the model's
+    output before a factorization, say). Nothing is copied: reads go to the underlying store."""
+
+    def __init__(self, base: ActivationStore, drop: Sequence[str]) -> None:
+        super().__init__()
+        if not base.closed:
+            raise FactorlensError("the store is still being written; call close() first")
+        dropped = set(drop)
+        for name in dropped:
+            base.info(name)  # an unknown name is an error, with suggestions
+        self._base = base
+        self._specs = {n: base._specs[n] for n in base.names if n not in dropped}
+        self._labels = base.labels
+        meta = dict(base.meta)
+        for key in ("shapes", "nonfinite"):
+            if isinstance(meta.get(key), Mapping):
+                meta[key] = {k: v for k, v in meta[key].items() if k not in dropped}
+        self._meta = meta
+        self._closed = True
+        self._readonly = True
+
+    def block(self, name: str) -> Any:
+        """The underlying store's block ``name`` (which this view must show)."""
+        self._spec(name)
+        return self._base.block(name)
+
+    # a view is closed and read-only, so ActivationStore's writers refuse before these run
+    def _create(self, spec: _Spec) -> None:
+        raise FactorlensError("a store view is read-only")
+
+    def _append(self, spec: _Spec, arr: np.ndarray) -> None:
+        raise FactorlensError("a store view is read-only")
+
+    def _finalize(self) -> None:
+        raise FactorlensError("a store view is read-only")

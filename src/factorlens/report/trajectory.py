@@ -321,13 +321,13 @@ def write_trajectory_report(
 ) -> Path:
     """Write the report of ``sources[0]`` with the checkpoints view over all ``sources`` into
     ``out`` (``index.html`` and ``figures/``, staged then moved like ``write_report_files``)."""
-    from factorlens.pipeline import FIGURES_DIR, REPORT_HTML, _publish, load_inputs
+    from factorlens.pipeline import FIGURES_DIR, REPORT_HTML, load_inputs, publish
 
     cps = load_checkpoints(sources)
     traj = build_trajectory(cps)
     images, labels, class_names = load_inputs(sources[0])
     main = cps[0].result
-    return _publish(
+    return publish(
         Path(out),
         lambda stage: write_report(
             stage, main, images, labels, class_names, title=title, trajectory=traj
