@@ -280,3 +280,30 @@ def test_zarr_chunk_boundaries(batches, chunk_rows, declare):
         got = [rows for _, rows in again.iter_rows("x", chunk_rows)]
         if n:
             np.testing.assert_array_equal(np.concatenate(got), full)
+
+
+def test_store_view_leaves_blocks_out_without_copying(tmp_path):
+    from factorlens.store import StoreView
+
+    for store in (MemoryStore(), ZarrStore.create(tmp_path / "s")):
+        store.create_block("input", (3,), "input")
+        store.create_block("a", (2,))
+        store.create_block("out", (2,), "output")
+        for name, width in (("input", 3), ("a", 2), ("out", 2)):
+            store.append(name, np.arange(4 * width, dtype=np.float32).reshape(4, width))
+        store.set_labels(np.arange(4))
+        store.set_meta({"shapes": {"input": [4, 3], "a": [4, 2], "out": [4, 2]}})
+        with pytest.raises(FactorlensError, match="close"):
+            StoreView(store, ["out"])
+        store.close()
+        view = StoreView(store, ["out"])
+        assert store.names == ["input", "a", "out"] and view.names == ["input", "a"]
+        assert view.n_samples == 4 and view.meta["shapes"] == {"input": [4, 3], "a": [4, 2]}
+        np.testing.assert_array_equal(view.block("a")[:], store.block("a")[:])
+        np.testing.assert_array_equal(view.labels, np.arange(4))
+        with pytest.raises(FactorlensError, match="no block named 'out'"):
+            view.block("out")
+        with pytest.raises(FactorlensError, match="no block named 'b'"):
+            StoreView(store, ["b"])
+        with pytest.raises(FactorlensError):
+            view.append("a", np.zeros((1, 2), np.float32))
