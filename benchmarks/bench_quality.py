@@ -49,12 +49,16 @@ from factorlens.zoo import build_zoo, load_zoo, zoo_model, zoo_test_data
 HERE = Path(__file__).resolve().parent
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 CACHE = HERE / ".cache" / "zoos"
-#: (dataset, arch) of the zoos --build makes, as <dataset>-<arch> under the cache directory
+#: (dataset, arch, seed) of the zoos --build makes, as <dataset>-<arch>[-s<seed>] under the
+#: cache directory. The last two (other architectures, another seed) were built and scored
+#: only after the score's recipe was fixed: held out from its design.
 DEFAULT_ZOOS = (
-    ("digits", "digitscnn"),
-    ("digits", "bngap"),
-    ("mnist", "mnistcnn"),
-    ("mnist", "resnet"),
+    ("digits", "digitscnn", 0),
+    ("digits", "bngap", 0),
+    ("mnist", "mnistcnn", 0),
+    ("mnist", "resnet", 0),
+    ("digits", "resnet", 1),
+    ("mnist", "bngap", 1),
 )
 BASELINES = ("rankme", "ww_alpha", "erank_mean")
 #: +1: higher = better as computed; -1: lower = better (negated before correlating)
@@ -67,16 +71,16 @@ def build_default_zoos(cache: Path, mnist: Path, quick: bool = False) -> list[Pa
     if not have_mnist:
         print(f"note: MNIST not found in {mnist}; building only the digits zoos", file=sys.stderr)
     dirs = []
-    for dataset, arch in DEFAULT_ZOOS:
+    for dataset, arch, seed in DEFAULT_ZOOS:
         if dataset == "mnist" and not have_mnist:
             continue
-        out = cache / f"{dataset}-{arch}"
+        out = cache / (f"{dataset}-{arch}" + (f"-s{seed}" if seed else ""))
         if (out / "zoo.json").is_file():
             print(f"reusing zoo {out}", file=sys.stderr)
         else:
             data = "digits" if dataset == "digits" else f"mnist:{mnist}"
             t0 = time.perf_counter()
-            build_zoo(data, out, arch=arch, quick=quick, overwrite=True)
+            build_zoo(data, out, arch=arch, seed=seed, quick=quick, overwrite=True)
             print(f"built zoo {out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         dirs.append(out)
     return dirs

@@ -31,6 +31,15 @@ def test_scan_finds_the_planted_rank() -> None:
     assert "*" in scan.table().splitlines()[3]
 
 
+def test_parallel_chains_give_the_sequential_scan() -> None:
+    blocks, _ = planted_blocks(N=160, R=3, noise=0.05, missing=None, seed=3)
+    one = estimate_rank(blocks, 5, random_state=4, n_jobs=1)
+    three = estimate_rank(blocks, 5, random_state=4, n_jobs=3)
+    assert one.chosen == three.chosen == 3
+    for name, values in one.criteria.items():
+        np.testing.assert_allclose(three.criteria[name], values, rtol=1e-4, atol=1e-4)
+
+
 def test_max_rank_is_clipped_and_said() -> None:
     blocks, _ = planted_blocks(N=12, R=2, noise=0.05, missing=None, seed=2)
     scan = estimate_rank(blocks, 50)

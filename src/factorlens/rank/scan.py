@@ -18,10 +18,13 @@ fitting noise); 1 when no R > 1 qualifies.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, factor_match_score
@@ -88,6 +91,7 @@ def estimate_rank(
     tol: float = 1e-5,
     keep_results: bool = False,
     progress: bool = False,
+    n_jobs: int | None = None,
     **engine: Any,
 ) -> RankScan:
     """Scan R = 1..``max_rank`` on ``blocks`` (mapping or activation store) and choose a rank.
@@ -95,7 +99,9 @@ def estimate_rank(
     ``engine`` options (``nonneg``, ``l1``, ``weighting``, ``center``, ``tensor_blocks``) go
     to :class:`~factorlens.factorize.CMTF`; the scan itself uses one warm-started start per R.
     ``max_rank`` larger than the data allows (half the samples, for the split halves, or the
-    total feature count) is clipped, and the clipping is recorded in ``notes``.
+    total feature count) is clipped, and the clipping is recorded in ``notes``. The three
+    warm-start chains (all inputs and each half) run in ``n_jobs`` threads (default: up to 3,
+    one per core), each with one BLAS thread.
     """
     if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise FactorlensError(f"max_rank must be a positive integer, got {max_rank!r}")
@@ -129,15 +135,25 @@ def estimate_rank(
     criteria: dict[str, list[float]] = {"fit": [], "corcondia": [], "bicv": [], "stability": []}
     block_fit: dict[str, list[float]] = {nm: [] for nm in names}
     results: dict[int, CMTFResult] = {}
-    previous: list[CMTFResult | None] = [None, None, None]
-    bar = progress_bar(max_rank, "rank scan") if progress else None
+    bar = progress_bar(3 * max_rank, "rank scan") if progress else None
+    seeds = np.random.SeedSequence(random_state).spawn(3)
+    jobs = [(data, seeds[k]) for k, data in enumerate((full, *halves))]
+    n_jobs = min(3, os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
+
+    def chain(job) -> list[CMTFResult]:
+        return _fit_chain(job[0], max_rank, opts, np.random.default_rng(job[1]), bar)
+
+    if n_jobs > 1:
+        # the three chains (all inputs, each half) are independent: run them side by side,
+        # one BLAS thread each, instead of one chain at a time on every core
+        with ThreadPoolExecutor(n_jobs) as pool, threadpool_limits(limits=1):
+            chains = list(pool.map(chain, jobs))
+    else:
+        chains = [chain(job) for job in jobs]
+    if bar is not None:
+        bar.close()
     for R in range(1, max_rank + 1):
-        fitted = []
-        for k, data in enumerate((full, *halves)):
-            init = _warm_start(previous[k], data[0].n_rows, rng)
-            model = CMTF(R, **{**opts, "init": init}).fit_blocks(data)
-            fitted.append(model.result_)
-        previous = fitted
+        fitted = [c[R - 1] for c in chains]
         res = fitted[0]
         total_sq = sum(b.norm_sq for b in full)
         loss = sum((1.0 - res.fit[b.name]) * b.norm_sq for b in full)
@@ -154,10 +170,6 @@ def estimate_rank(
             block_fit[nm].append(res.fit[nm])
         if keep_results:
             results[R] = res
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     chosen = choose_rank(criteria["stability"], criteria["bicv"], stability_threshold)
     return RankScan(
         ranks=list(range(1, max_rank + 1)),
@@ -178,6 +190,21 @@ def choose_rank(stability: list[float], bicv: list[float], threshold: float) -> 
         if stability[i] >= threshold and bicv[i] < bicv[i - 1]:
             chosen = i + 1
     return chosen
+
+
+def _fit_chain(
+    data: list, max_rank: int, opts: dict[str, Any], rng: np.random.Generator, bar: Any
+) -> list[CMTFResult]:
+    """Fits at R = 1..max_rank on prepared blocks, each warm-started from the one before."""
+    fitted: list[CMTFResult] = []
+    previous = None
+    for R in range(1, max_rank + 1):
+        init = _warm_start(previous, data[0].n_rows, rng)
+        previous = CMTF(R, **{**opts, "init": init}).fit_blocks(data).result_
+        fitted.append(previous)
+        if bar is not None:
+            bar.update(1)
+    return fitted
 
 
 def _warm_start(prev: CMTFResult | None, n: int, rng: np.random.Generator):

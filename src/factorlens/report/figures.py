@@ -590,6 +590,7 @@ def checkpoint_chart(
     x = np.arange(len(labels))
     axes[0].plot(x, np.asarray(ranks, dtype=float), marker="o", ms=4, color=BAR_COLOUR)
     axes[0].set_ylabel("rank R", fontsize=8)
+    axes[0].set_ylim(min(ranks) - 0.5, max(ranks) + 0.5)  # integer ticks even when all equal
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     if scores is not None:
         axes[1].plot(x, np.asarray(scores, dtype=float), marker="o", ms=4, color=POS_COLOUR)
@@ -626,7 +627,7 @@ def congruence_chart(
         sy = 1 if rp <= 20 else 5
         ax.set_xticks(np.arange(0, rn, sx), [str(i + 1) for i in range(0, rn, sx)], fontsize=6)
         ax.set_yticks(np.arange(0, rp, sy), [str(i + 1) for i in range(0, rp, sy)], fontsize=6)
-        ax.set_title(label(t, 44), fontsize=7)
+        ax.set_title("\n".join(label(part, 32) for part in t.split("\n")), fontsize=7)
     cb = fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.02)
     cb.ax.tick_params(labelsize=7)
     cb.set_label("|congruence| of A columns", fontsize=7)

@@ -250,7 +250,7 @@ def render_trajectory(traj: Trajectory, sample_shape: Sequence[int], figs: _Figu
             "trajectory_congruence.png",
             F.congruence_chart(
                 [lk.congruence for lk in traj.links],
-                [f"{a} → {b}" for a, b in itertools.pairwise(traj.labels)],
+                [f"{a} →\n{b}" for a, b in itertools.pairwise(traj.labels)],
                 [lk.match for lk in traj.links],
             ),
         )
