@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import factorlens
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF
 from factorlens.rank import bi_cross_validation, core_consistency, estimate_rank
@@ -16,7 +17,7 @@ from planted import planted_blocks
 
 def test_scan_finds_the_planted_rank() -> None:
     blocks, _ = planted_blocks(N=240, R=3, noise=0.05, missing=None, seed=1)
-    scan = estimate_rank(blocks, 6, random_state=0)
+    scan = factorlens.estimate_rank(blocks, 6, random_state=0)  # the public name
     assert scan.ranks == [1, 2, 3, 4, 5, 6]
     assert scan.chosen == 3, scan.table()
     c = scan.criteria

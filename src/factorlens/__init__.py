@@ -2,7 +2,7 @@
 
 The data flow, one module per stage::
 
-    load_data → capture → store → factorize (CMTF) → report
+    load_data → capture → store → factorize (CMTF) → rank / quality → report
 
 Quick use::
 
@@ -12,6 +12,8 @@ Quick use::
     result.flow                                        # (R, n_blocks) component strengths
     factorlens.analyze(model, data, out="results")    # everything, with the HTML report
     result = factorlens.load("results")
+    scan = factorlens.estimate_rank(store, max_rank=10)   # evidence per R, scan.chosen
+    factorlens.score_model(model, data).score           # label-free training quality
 """
 
 from factorlens.capture import capture, default_layers, select_layers
@@ -19,7 +21,9 @@ from factorlens.data import ImageData, load_data
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, cmtf, congruence, factor_match_score
 from factorlens.pipeline import analyze, analyze_store, load, load_inputs
-from factorlens.store import MemoryStore, ZarrStore, open_store
+from factorlens.quality import QualityReport, assess, score_model
+from factorlens.rank import RankScan, estimate_rank
+from factorlens.store import MemoryStore, StoreView, ZarrStore, open_store
 
 __version__ = "0.1.0"
 
@@ -29,18 +33,24 @@ __all__ = [
     "FactorlensError",
     "ImageData",
     "MemoryStore",
+    "QualityReport",
+    "RankScan",
+    "StoreView",
     "ZarrStore",
     "__version__",
     "analyze",
     "analyze_store",
+    "assess",
     "capture",
     "cmtf",
     "congruence",
     "default_layers",
+    "estimate_rank",
     "factor_match_score",
     "load",
     "load_data",
     "load_inputs",
     "open_store",
+    "score_model",
     "select_layers",
 ]
