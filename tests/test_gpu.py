@@ -35,3 +35,16 @@ def test_capture_on_cuda_matches_cpu() -> None:
     for name in a.names:
         np.testing.assert_allclose(b.block(name)[:], a.block(name)[:], atol=1e-4)
     assert next(model.parameters()).device.type == "cpu"  # the model is handed back as it was
+
+
+def test_quality_on_cuda_matches_cpu() -> None:
+    from factorlens.quality import assess
+
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    images = np.random.default_rng(1).random((120, 1, 8, 8)).astype(np.float32)
+    cpu = assess(model, images, max_rank=2, batch_size=50)
+    gpu = assess(model, images, max_rank=2, batch_size=50, device="cuda")
+    assert gpu.score == pytest.approx(cpu.score, abs=1e-4)
+    assert gpu.prediction_rank == pytest.approx(cpu.prediction_rank, rel=1e-4)
+    assert gpu.n_inputs == 120 and gpu.rank == cpu.rank
