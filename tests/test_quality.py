@@ -178,6 +178,10 @@ def test_quality_command_end_to_end(checkpoints, tmp_path, capsys) -> None:
               "--no-rank", "--quiet", str(checkpoints["trained"])]  # fmt: skip
     assert main(single) == 0
     assert "Spearman" not in capsys.readouterr().out  # one checkpoint: no correlation
+    tiny = ["quality", "--model", MODEL, "--data", "digits", "--n-samples", "6", "--max-rank",
+            "50", "--layers", "classifier.3", "--quiet", str(checkpoints["trained"])]  # fmt: skip
+    assert main(tiny) == 0
+    assert "max rank 50 clipped to 3" in capsys.readouterr().out
 
 
 def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, capsys):

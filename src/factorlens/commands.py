@@ -341,6 +341,9 @@ def _print_quality_table(reports: list, with_acc: bool) -> None:
 
         rho = spearmanr([r.score for r in reports], [r.accuracy for r in reports])[0]
         print(f"Spearman(score, accuracy) = {rho:.3f}")
+    notes = {n for r in reports for n in (r.rank_scan or {}).get("notes", [])}
+    for note in sorted(notes):
+        print(f"note: rank scan: {note}")
     n_inputs = reports[0].n_inputs
     if n_inputs < RECOMMENDED_QUALITY_INPUTS:
         print(
