@@ -138,7 +138,7 @@ def estimate_rank(
     bar = progress_bar(3 * max_rank, "rank scan") if progress else None
     seeds = np.random.SeedSequence(random_state).spawn(3)
     jobs = [(data, seeds[k]) for k, data in enumerate((full, *halves))]
-    n_jobs = min(3, os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
+    n_jobs = min(3, _usable_cpus()) if n_jobs is None else max(1, int(n_jobs))
 
     def chain(job) -> list[CMTFResult]:
         return _fit_chain(job[0], max_rank, opts, np.random.default_rng(job[1]), bar)
@@ -190,6 +190,13 @@ def choose_rank(stability: list[float], bicv: list[float], threshold: float) -> 
         if stability[i] >= threshold and bicv[i] < bicv[i - 1]:
             chosen = i + 1
     return chosen
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _fit_chain(
