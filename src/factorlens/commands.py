@@ -260,6 +260,8 @@ def run_quality(args: argparse.Namespace) -> int:
 def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | None) -> None:
     """Capture and score each checkpoint (appending to ``reports``); with a ``stage`` folder
     also write its analysis at the chosen rank, the trajectory report and quality.json."""
+    from tqdm import tqdm
+
     from factorlens.capture import capture, select_layers
     from factorlens.modelio import build_model
     from factorlens.quality import OUTPUT_BLOCK, assess_store, input_neighbours
@@ -269,7 +271,9 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
     data, device, preprocess = _inputs(args)
     neighbours = input_neighbours(data.images)  # the same inputs for every checkpoint
     analyses = []
-    for i, ckpt in enumerate(args.checkpoints):
+    bar = tqdm(args.checkpoints, desc="quality", unit="checkpoint", leave=False, disable=args.quiet)
+    for i, ckpt in enumerate(bar):
+        bar.set_postfix_str(Path(ckpt).name)
         model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
         store = capture(
             model,
@@ -291,6 +295,7 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
             checkpoint=ckpt,
             scan=not args.no_rank,
             neighbours=neighbours,
+            progress=not args.quiet,
         )
         reports.append(report)
         if stage is not None and report.rank >= 1:
@@ -308,8 +313,7 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
                 },
             )
             analyses.append(target)
-        if not args.quiet:
-            print(f"scored {ckpt}", file=sys.stderr)
+    bar.close()
     if stage is None:
         return
     if not analyses:

@@ -224,6 +224,7 @@ def assess_store(
     checkpoint: str | None = None,
     scan: bool = True,
     neighbours: np.ndarray | None = None,
+    progress: bool = False,
 ) -> QualityReport:
     """Score a store captured with ``output=OUTPUT_BLOCK`` and scan the joint rank of its
     input and layers (the output block left out).
@@ -258,7 +259,7 @@ def assess_store(
             blocks[name] = arr
     rank, evidence = 0, None
     if scan and "input" in blocks:
-        result = estimate_rank(blocks, max_rank, random_state=seed)
+        result = estimate_rank(blocks, max_rank, random_state=seed, progress=progress)
         rank, evidence = result.chosen, result.to_dict()
     return QualityReport(
         score=score,
