@@ -250,6 +250,11 @@ def test_model_output_recorded_in_the_same_pass(tmp_path, backend):
     for clash in ("input", "features.3"):
         with pytest.raises(FactorlensError, match="clashes"):
             capture(model, images, "features.3", output=clash, progress=False)
+    only = capture(model, images, [], preprocess=_preprocess, output="scores", progress=False)
+    assert only.names == ["input", "scores"]  # no layer: the input and the output alone
+    np.testing.assert_allclose(only.block("scores")[:], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(FactorlensError, match="no layer names"):
+        capture(model, images, [], progress=False)
 
 
 def test_tuple_model_output_takes_select():

@@ -325,7 +325,8 @@ def capture(
     model : the network; run in eval mode without gradients (its modes are restored after).
     data : inputs ``(N, C, H, W)`` (float32 in [0, 1]) or ``(N, D)`` as numpy/torch, or an
         object with ``.images`` (and ``.labels``, ``.description``, ``.class_names``).
-    layers : module names / globs / comma-separated string (see :func:`select_layers`).
+    layers : module names / globs / comma-separated string (see :func:`select_layers`); an
+        empty list records no layer, only the input and (with ``output``) the model's output.
     batch_size : samples per forward pass.
     device : where the model runs (the model is moved there and back if needed).
     preprocess : applied to each ``(B, C, H, W)`` batch before the model (not to the stored
@@ -363,7 +364,10 @@ def capture(
                 f"labels have shape {labels.shape} but the data has {n} samples; give one "
                 "label per sample"
             )
-    chosen = select_layers(model, layers)
+    if output is not None and isinstance(layers, list | tuple) and not layers:
+        chosen: list[str] = []  # only the input and the model's output
+    else:
+        chosen = select_layers(model, layers)
     if "input" in chosen:
         raise FactorlensError(
             "a layer named 'input' clashes with the input block; capture its parent or "

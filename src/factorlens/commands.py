@@ -278,7 +278,7 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
         store = capture(
             model,
             data,
-            select_layers(model, args.layers),
+            select_layers(model, args.layers) if not args.no_rank else [],  # score: no layers
             batch_size=args.batch_size,
             device=device,
             preprocess=preprocess,

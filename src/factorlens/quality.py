@@ -199,7 +199,7 @@ def assess(
     store = capture(
         model,
         data,
-        select_layers(model, layers),
+        select_layers(model, layers) if scan else [],  # the score needs no layer
         batch_size=batch_size,
         device=device,
         preprocess=preprocess,
