@@ -298,7 +298,7 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
             progress=not args.quiet,
         )
         reports.append(report)
-        if stage is not None and report.rank >= 1:
+        if stage is not None:  # the scan ran (no --no-rank with --out): rank >= 1
             target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
             analyze_store(
                 StoreView(store, [OUTPUT_BLOCK, *report.degenerate]),
@@ -316,8 +316,6 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
     bar.close()
     if stage is None:
         return
-    if not analyses:
-        raise FactorlensError("no checkpoint could be analysed (every input block is constant)")
     from factorlens.report.trajectory import write_trajectory_report
 
     title = f"factorlens quality — {type(model).__name__}"
