@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     qua.add_argument("--json", help="also write the scores to this JSON file")
     qua.add_argument(
         "--out",
+        metavar="DIR",
         help="also write DIR/quality.json, DIR/checkpoints/<n>-<name>/ (each checkpoint's "
         "analysis at its estimated rank) and DIR/index.html (the trajectory report)",
     )
