@@ -202,6 +202,7 @@ def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, c
         assert [b["name"] for b in summary["blocks"]] == ["input", "features.4", "classifier.3"]
     html = (out / "index.html").read_text()
     assert 'id="trajectory"' in html and f"{rows[1]['score']:.4g}" in html
+    assert "test accuracy (labels, for reference)" in html and f"{rows[1]['accuracy']:.4f}" in html
     assert main(args) == 2  # not over an existing result without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main([*args[:-2], "--no-rank", "--overwrite", *args[-2:]]) == 2

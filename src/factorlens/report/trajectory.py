@@ -49,6 +49,15 @@ class Checkpoint:
             return float(s)
         return format_value(s, 60)
 
+    @property
+    def accuracy(self) -> float | None:
+        """Test accuracy that ``factorlens quality`` recorded (labels, reference only), or None."""
+        quality = (self.result.meta or {}).get("quality")
+        acc = quality.get("accuracy") if isinstance(quality, dict) else None
+        if isinstance(acc, (int, float)) and not isinstance(acc, bool) and np.isfinite(acc):
+            return float(acc)
+        return None
+
 
 @dataclass
 class Link:
@@ -222,8 +231,13 @@ def render_trajectory(traj: Trajectory, sample_shape: Sequence[int], figs: _Figu
             [float(s) for s in scores] if numeric else None,  # type: ignore[arg-type]
         ),
     )
+    with_acc = any(c.accuracy is not None for c in cps)
     rows = []
     for i, c in enumerate(cps):
+        acc = c.accuracy
+        acc_cell = (
+            f'<td class="num">{"—" if acc is None else f"{acc:.4f}"}</td>' if with_acc else ""
+        )
         fits = [float(v) for v in c.result.fit.values()]
         mean_fit = f"{100 * float(np.mean(fits)):.1f}%" if fits else "n/a"
         score = (
@@ -241,9 +255,10 @@ def render_trajectory(traj: Trajectory, sample_shape: Sequence[int], figs: _Figu
         rows.append(
             f'<tr><td class="num">{i + 1}</td><td class="name">{esc(c.label)}</td>'
             f'<td class="name">{src}</td><td class="num">{c.result.rank}</td>'
-            f'<td class="num">{score}</td><td class="num">{mean_fit}</td>'
+            f'<td class="num">{score}</td>{acc_cell}<td class="num">{mean_fit}</td>'
             f'<td class="num">{agree}</td></tr>'
         )
+    acc_head = "<th>test accuracy (labels, for reference)</th>" if with_acc else ""
     cong = ""
     if traj.links:
         src = figs.put(
@@ -301,7 +316,7 @@ def render_trajectory(traj: Trajectory, sample_shape: Sequence[int], figs: _Figu
 by the congruence of their loadings (columns of the sample factor A, signs ignored).</p>
 <div class="row">
 <table class="checkpoints"><thead><tr><th>#</th><th>checkpoint</th><th>directory</th>
-<th>rank</th><th>score</th><th>mean fit</th><th>mean |congruence| with the previous</th></tr>
+<th>rank</th><th>score</th>{acc_head}<th>mean fit</th><th>mean |congruence| with the previous</th></tr>
 </thead><tbody>{"".join(rows)}</tbody></table>
 <figure><img src="{chart}" alt="rank and score of each checkpoint"></figure>
 </div>
