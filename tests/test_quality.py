@@ -99,6 +99,20 @@ def test_agreement_ignores_class_names_and_is_at_most_one(k, seed, flip) -> None
     assert score <= 1.0 + 1e-9
 
 
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(12, 60), d=st.integers(2, 9), k=st.integers(1, 8), seed=st.integers(0, 999))
+def test_input_neighbours_are_the_nearest_in_the_embedding(n, d, k, seed) -> None:
+    x = np.random.default_rng(seed).normal(size=(n, d))
+    emb = input_embedding(x)
+    nb = input_neighbours(x, k=k)
+    dist = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    kth = np.sort(dist, axis=1)[:, k - 1]
+    got = np.take_along_axis(dist, nb, axis=1)
+    assert nb.shape == (n, k) and np.all(got <= kth[:, None] * (1 + 1e-9) + 1e-12)
+    assert all(len(set(row)) == k for row in nb)  # k different neighbours
+
+
 def test_input_neighbours_exclude_the_input_itself_even_with_duplicates() -> None:
     x, _ = planted_clusters(per=6)
     x = np.vstack([x, x[:4], x[:4]])  # three copies of four inputs
