@@ -25,6 +25,7 @@ from factorlens.quality import (
     neighbour_agreement,
     prediction_rank,
     quality_score,
+    score_spread,
 )
 
 MODEL = f"{Path(factorlens.models.__file__)}:DigitsCNN"
@@ -111,6 +112,21 @@ def test_input_neighbours_are_the_nearest_in_the_embedding(n, d, k, seed) -> Non
     got = np.take_along_axis(dist, nb, axis=1)
     assert nb.shape == (n, k) and np.all(got <= kth[:, None] * (1 + 1e-9) + 1e-12)
     assert all(len(set(row)) == k for row in nb)  # k different neighbours
+
+
+def test_score_spread_shrinks_with_more_inputs() -> None:
+    spreads = []
+    for per in (40, 320):
+        x, ids = planted_clusters(per=per, seed=5)
+        rng = np.random.default_rng(6)
+        noisy = np.where(rng.random(ids.size) < 0.3, rng.integers(0, 5, ids.size), ids)
+        nb = input_neighbours(x)
+        sd = score_spread(one_hot_logits(noisy, 5), nb, seed=1)
+        assert sd == score_spread(one_hot_logits(noisy, 5), nb, seed=1)  # seeded
+        spreads.append(sd)
+    assert 0 < spreads[1] < 0.6 * spreads[0]  # 8x the inputs: about 1/sqrt(8) the spread
+    x, ids = planted_clusters()
+    assert score_spread(one_hot_logits(ids, 5), input_neighbours(x)) < 1e-3  # always agree
 
 
 def test_input_neighbours_exclude_the_input_itself_even_with_duplicates() -> None:

@@ -326,12 +326,15 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
 def _print_quality_table(reports: list, with_acc: bool) -> None:
     """The quality table on stdout (and Spearman with accuracy when there are labels)."""
     width = max(len("checkpoint"), *(len(r.checkpoint or "") for r in reports))
-    head = f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}  {'agreement':>9}  {'pred.rank':>9}"
+    head = (
+        f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}  {'± sd':>6}  {'agreement':>9}  "
+        f"{'pred.rank':>9}"
+    )
     print(head + ("  accuracy (labels, for reference only)" if with_acc else ""))
     for r in reports:
         line = (
-            f"{r.checkpoint:<{width}}  {r.rank:>4}  {r.score:6.3f}  {r.agreement:9.3f}  "
-            f"{r.prediction_rank:9.2f}"
+            f"{r.checkpoint:<{width}}  {r.rank:>4}  {r.score:6.3f}  {r.score_sd:6.3f}  "
+            f"{r.agreement:9.3f}  {r.prediction_rank:9.2f}"
         )
         if with_acc and r.accuracy is not None:
             line += f"  {r.accuracy:.4f}"

@@ -21,7 +21,10 @@
 The score reads no label and no training data; it lies in ``[-1, 1]`` (0 when every input
 gets the same answer). In the benchmark, untrained checkpoints score 0–0.13 and the fully
 trained ones with test accuracy ≥ 0.96 score 0.81–0.88: compare checkpoints scored on the same
-inputs, not scores across data sets. Neighbourhoods get denser, and the score resolves close checkpoints
+inputs, not scores across data sets.
+
+**Spread**: ``score_sd`` is the bootstrap standard deviation of the score over resamples of the
+inputs (:func:`score_spread`); checkpoints whose scores differ by less are not told apart. Neighbourhoods get denser, and the score resolves close checkpoints
 better, with more inputs: use a few thousand (see the README for measurements).
 
 **Rank**: the rank of the joint factorization of the input and the chosen layers, chosen by
@@ -47,6 +50,8 @@ N_NEIGHBOURS = 10
 INPUT_ENERGY = 0.9
 #: at most this many principal components (found by randomized SVD above it)
 MAX_COMPONENTS = 128
+#: bootstrap resamples of the inputs for the score's spread
+N_BOOTSTRAP = 200
 #: the name under which assess() captures the model's own output
 OUTPUT_BLOCK = "model output"
 
@@ -59,6 +64,7 @@ class QualityReport:
     rank: int
     prediction_rank: float
     agreement: float
+    score_sd: float
     n_outputs: int
     n_inputs: int
     checkpoint: str | None = None
@@ -71,6 +77,7 @@ class QualityReport:
             "checkpoint": self.checkpoint,
             "rank": int(self.rank),
             "score": float(self.score),
+            "score_sd": float(self.score_sd),
             "agreement": float(self.agreement),
             "prediction_rank": float(self.prediction_rank),
             "n_outputs": int(self.n_outputs),
@@ -152,8 +159,12 @@ def neighbour_agreement(predicted: np.ndarray, neighbours: np.ndarray, n_classes
     predicted classes, chance taken from the predicted class frequencies. 0 when every input
     gets the same class."""
     pred = np.asarray(predicted)
-    observed = float(np.mean(pred[neighbours] == pred[:, None]))
-    freq = np.bincount(pred, minlength=n_classes) / pred.size
+    return _kappa(float(np.mean(pred[neighbours] == pred[:, None])), pred, n_classes)
+
+
+def _kappa(observed: float, predicted: np.ndarray, n_classes: int) -> float:
+    """κ of an observed agreement share, chance from the classes ``predicted`` ``(N,)``."""
+    freq = np.bincount(predicted, minlength=n_classes) / predicted.size
     chance = float(freq @ freq)
     if chance >= 1.0:
         return 0.0
@@ -173,6 +184,26 @@ def quality_score(outputs: np.ndarray, neighbours: np.ndarray) -> tuple[float, f
     er = prediction_rank(out)
     agreement = neighbour_agreement(out.argmax(axis=1), neighbours, k)
     return agreement * float(np.sqrt(er / k)), agreement, er
+
+
+def score_spread(
+    outputs: np.ndarray, neighbours: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0
+) -> float:
+    """Bootstrap standard deviation of the score over ``n_boot`` resamples of the inputs (each
+    keeps its neighbour list): how far the score moves on another draw of similar inputs.
+    Scores of two checkpoints on the same inputs that differ by less are not told apart."""
+    out = _check_outputs(outputs)
+    probs = softmax(out)
+    k = out.shape[1]
+    pred = out.argmax(axis=1)
+    same = np.mean(pred[neighbours] == pred[:, None], axis=1)  # (N,) agreeing share per input
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(int(n_boot)):
+        rows = rng.integers(0, pred.size, pred.size)
+        kappa = _kappa(float(same[rows].mean()), pred[rows], k)
+        scores.append(kappa * float(np.sqrt(effective_rank(probs[rows]) / k)))
+    return float(np.std(scores, ddof=1))
 
 
 def assess(
@@ -245,6 +276,7 @@ def assess_store(
     if neighbours is None:
         neighbours = input_neighbours(inputs)
     score, agreement, er = quality_score(outputs, neighbours)
+    spread = score_spread(outputs, neighbours, seed=seed)
     degenerate = [OUTPUT_BLOCK] if float(np.ptp(outputs)) == 0.0 else []
     labels = store.labels
     accuracy = float(np.mean(outputs.argmax(axis=1) == labels)) if labels is not None else None
@@ -266,6 +298,7 @@ def assess_store(
         rank=rank,
         prediction_rank=er,
         agreement=agreement,
+        score_sd=spread,
         n_outputs=int(outputs.shape[1]),
         n_inputs=int(outputs.shape[0]),
         checkpoint=checkpoint,
