@@ -70,6 +70,18 @@ def test_prediction_rank_bounds() -> None:
         prediction_rank(np.full((10, 3), np.nan))
 
 
+def test_outputs_that_are_already_probabilities_are_not_softmaxed_again() -> None:
+    x, ids = planted_clusters()
+    logits = one_hot_logits(ids, 5) / 10.0 + np.random.default_rng(0).normal(size=(ids.size, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    log_probs = np.log(probs)
+    expected = prediction_rank(logits)
+    assert prediction_rank(probs) == pytest.approx(expected)  # a model ending in softmax
+    assert prediction_rank(log_probs) == pytest.approx(expected)  # ... or in log_softmax
+    nb = input_neighbours(x)
+    assert quality_score(probs, nb) == pytest.approx(quality_score(logits, nb))
+
+
 def test_answers_that_follow_the_input_clusters_score_one_and_random_ones_zero() -> None:
     x, ids = planted_clusters()
     nb = input_neighbours(x)

@@ -14,7 +14,8 @@
   neighbours always get the same answer. A net that learnt from too few or wrong labels cuts
   through the inputs' natural clusters and agrees less.
 * ``prediction_rank`` — the effective rank (Roy & Vetterli 2007) of the ``N×K`` predicted
-  class probabilities (softmax of the model's output), in ``[1, K]``: ≈ 1 when every input
+  class probabilities (the softmax of the model's output, or the output itself when it already
+  is probabilities), in ``[1, K]``: ≈ 1 when every input
   gets the same answer, ≈ K when the inputs are sorted into K confident, distinct answers. It
   keeps a coarse but consistent answer (two classes for ten digits) from scoring high.
 
@@ -111,9 +112,19 @@ def _check_outputs(outputs: Any) -> np.ndarray:
     return out
 
 
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """``(N, K)`` class probabilities from a model's outputs: the outputs themselves when every
+    row already is a probability vector (a model ending in softmax), else their softmax (logits
+    or log-probabilities)."""
+    out = np.asarray(_check_outputs(outputs), dtype=np.float64)
+    if out.min() >= 0.0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
+        return out
+    return softmax(out)
+
+
 def prediction_rank(outputs: np.ndarray) -> float:
-    """Effective rank of the softmax of the model's outputs ``(N, K)``, in ``[1, K]``."""
-    return effective_rank(softmax(_check_outputs(outputs)))
+    """Effective rank of the model's class probabilities ``(N, K)``, in ``[1, K]``."""
+    return effective_rank(class_probabilities(outputs))
 
 
 def input_embedding(inputs: Any, energy: float = INPUT_ENERGY) -> np.ndarray:
@@ -193,7 +204,7 @@ def score_spread(
     keeps its neighbour list): how far the score moves on another draw of similar inputs.
     Scores of two checkpoints on the same inputs that differ by less are not told apart."""
     out = _check_outputs(outputs)
-    probs = softmax(out)
+    probs = class_probabilities(out)
     k = out.shape[1]
     pred = out.argmax(axis=1)
     same = np.mean(pred[neighbours] == pred[:, None], axis=1)  # (N,) agreeing share per input
