@@ -6,11 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import factorlens
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF
 from factorlens.rank import bi_cross_validation, core_consistency, estimate_rank
+from factorlens.rank.criteria import top_singular
 from factorlens.rank.scan import choose_rank
 from planted import planted_blocks
 
@@ -67,6 +70,22 @@ def test_bi_cross_validation_is_minimal_at_the_true_rank_of_a_matrix() -> None:
     model = CMTF(1)
     errors = bi_cross_validation(model.prepare({"z": Z}), 8, seed=0)
     assert int(np.argmin(errors)) + 1 == 3
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 40), p=st.integers(2, 40), k=st.integers(1, 12), seed=st.integers(0, 99))
+def test_top_singular_matches_the_full_svd(n, p, k, seed) -> None:
+    rng = np.random.default_rng(seed)
+    m = rng.normal(size=(n, p)) * np.logspace(0, -2, p)  # decaying columns: distinct values
+    U, s, Vt = top_singular(m, k)
+    U0, s0, Vt0 = np.linalg.svd(m, full_matrices=False)
+    kk = min(k, n, p)
+    assert U.shape == (n, kk) and s.shape == (kk,) and Vt.shape == (kk, p)
+    np.testing.assert_allclose(s, s0[:kk], rtol=1e-6, atol=1e-9 * s0[0])
+    good = s0[:kk] > 1e-4 * s0[0]  # directions are defined where values are not tiny
+    approx = (U[:, good] * s[good]) @ Vt[good]
+    np.testing.assert_allclose(approx, (U0[:, :kk][:, good] * s0[:kk][good]) @ Vt0[:kk][good],
+                               atol=1e-6 * s0[0])  # fmt: skip
 
 
 def test_rule() -> None:
