@@ -15,18 +15,18 @@
   through the inputs' natural clusters and agrees less.
 * ``prediction_rank`` — the effective rank (Roy & Vetterli 2007) of the ``N×K`` predicted
   class probabilities (the softmax of the model's output, or the output itself when it already
-  is probabilities), in ``[1, K]``: ≈ 1 when every input
-  gets the same answer, ≈ K when the inputs are sorted into K confident, distinct answers. It
-  keeps a coarse but consistent answer (two classes for ten digits) from scoring high.
+  is probabilities), in ``[1, K]``: ≈ 1 when every input gets the same answer, ≈ K when the
+  inputs are sorted into K confident, distinct answers. It keeps a coarse but consistent answer
+  (two classes for ten digits) from scoring high.
 
 The score reads no label and no training data; it lies in ``[-1, 1]`` (0 when every input
 gets the same answer). In the benchmark, untrained checkpoints score 0–0.13 and the fully
 trained ones with test accuracy ≥ 0.96 score 0.81–0.88: compare checkpoints scored on the same
-inputs, not scores across data sets.
+inputs, not scores across data sets. Neighbourhoods get denser, and the score resolves close
+checkpoints better, with more inputs: use a few thousand (see the README for measurements).
 
 **Spread**: ``score_sd`` is the bootstrap standard deviation of the score over resamples of the
-inputs (:func:`score_spread`); checkpoints whose scores differ by less are not told apart. Neighbourhoods get denser, and the score resolves close checkpoints
-better, with more inputs: use a few thousand (see the README for measurements).
+inputs (:func:`score_spread`); checkpoints whose scores differ by less are not told apart.
 
 **Rank**: the rank of the joint factorization of the input and the chosen layers, chosen by
 :func:`factorlens.rank.estimate_rank` (split-half stability and bi-cross-validation), reported
