@@ -262,9 +262,13 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
     also write its analysis at the chosen rank, the trajectory report and quality.json."""
     from tqdm import tqdm
 
-    from factorlens.capture import capture, select_layers
     from factorlens.modelio import build_model
-    from factorlens.quality import OUTPUT_BLOCK, assess_store, input_neighbours
+    from factorlens.quality import (
+        OUTPUT_BLOCK,
+        assess_store,
+        capture_for_score,
+        input_neighbours,
+    )
     from factorlens.report.html import safe_name
     from factorlens.store import StoreView
 
@@ -275,18 +279,17 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
     for i, ckpt in enumerate(bar):
         bar.set_postfix_str(Path(ckpt).name)
         model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
-        store = capture(
+        store = capture_for_score(
             model,
             data,
-            select_layers(model, args.layers) if not args.no_rank else [],  # score: no layers
+            layers=args.layers,
+            scan=not args.no_rank,
             batch_size=args.batch_size,
             device=device,
             preprocess=preprocess,
             select=parse_select(args.select),
             nonfinite=args.nonfinite,
-            progress=False,
             meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
-            output=OUTPUT_BLOCK,
         )
         report = assess_store(
             store,

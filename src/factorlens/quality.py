@@ -217,6 +217,18 @@ def score_spread(
     return float(np.std(scores, ddof=1))
 
 
+def capture_for_score(
+    model: Any, data: Any, *, layers: list[str] | str | None = None, scan: bool = True, **options
+) -> Any:
+    """One forward pass that records the input, the model's output (block ``OUTPUT_BLOCK``)
+    and, when ``scan`` (the joint rank is scanned), ``layers`` (default: every representation
+    layer); ``options`` go to :func:`factorlens.capture.capture`."""
+    from factorlens.capture import capture, select_layers
+
+    chosen = select_layers(model, layers) if scan else []  # the score needs no layer
+    return capture(model, data, chosen, progress=False, output=OUTPUT_BLOCK, **options)
+
+
 def assess(
     model: Any,
     data: Any,
@@ -236,17 +248,14 @@ def assess(
     One forward pass over the inputs records the input, ``layers`` (default: every
     representation layer) and the model's own output; then :func:`assess_store`.
     """
-    from factorlens.capture import capture, select_layers
-
-    store = capture(
+    store = capture_for_score(
         model,
         data,
-        select_layers(model, layers) if scan else [],  # the score needs no layer
+        layers=layers,
+        scan=scan,
         batch_size=batch_size,
         device=device,
         preprocess=preprocess,
-        progress=False,
-        output=OUTPUT_BLOCK,
     )
     return assess_store(
         store,

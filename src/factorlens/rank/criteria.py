@@ -80,8 +80,8 @@ def bi_cross_validation(
             C_ = Z[np.ix_(rows_out, ~cols_out)]
             D_ = Z[np.ix_(rows_out, cols_out)]
             U, s, Vt = top_singular(A_, max_rank)
-            keep = s > s[0] * 1e-6 if s.size else s > 0  # s from a Gram matrix: ~1e-8 resolution
-            k = int(np.count_nonzero(keep))
+            # s from a Gram matrix resolves about 1e-8 of s[0]: skip directions below 1e-6
+            k = int(np.count_nonzero(s > s[0] * 1e-6)) if s.size else 0
             # (A_k)⁺ = V_k diag(1/s) U_kᵀ, so the rank-r prediction is Σ_{t<r} left_t right_tᵀ;
             # its error ‖D − P_r‖² = ‖D‖² − 2 Σ_t ⟨D, left_t right_tᵀ⟩ + Σ_{t,u} (LᵀL ∘ RRᵀ)_tu
             # comes from k×k matrices, without forming P_r
