@@ -185,7 +185,7 @@ def test_input_errors(tmp_path: Path) -> None:
         parse_kinds("stpes")
     with pytest.raises(FactorlensError, match="no zoo kinds"):
         parse_kinds(" , ")
-    with pytest.raises(FactorlensError, match="digits or mnist:DIR"):
+    with pytest.raises(FactorlensError, match="digits, glyphs, shapes or mnist:DIR"):
         build_zoo("npz:x.npz", tmp_path / "z", progress=False)
     with pytest.raises(FactorlensError, match="unknown architecture 'resnt'"):
         build_zoo("digits", tmp_path / "z", arch="resnt", progress=False)

@@ -284,20 +284,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model zoo: checkpoints of known test accuracy",
         description="Train one architecture, seeded and reproducibly, into checkpoints of known "
         "test accuracy: 'steps' (one run saved from initialisation to convergence), 'noise' "
-        "(0-100 % random training labels) and 'data' (smaller training sets). Writes "
+        "(0-100 % random training labels), 'data' (smaller training sets) and 'width' (other "
+        "widths, same budget). Writes "
         "<out>/<kind>/<name>.pt and <out>/zoo.json.",
     )
     zoo.add_argument(
-        "--data", required=True, help="digits, or mnist:DIR (holding train-10k.npz and t10k files)"
+        "--data",
+        required=True,
+        help="digits, glyphs or shapes (synthetic, made in code), or mnist:DIR (holding "
+        "train-10k.npz and t10k files)",
     )
     zoo.add_argument("--out", required=True, help="output directory")
     zoo.add_argument(
         "--arch",
         choices=["mnistcnn", "bngap", "resnet", "digitscnn"],
-        help="architecture (default: mnistcnn for MNIST, digitscnn for digits)",
+        help="architecture (default: mnistcnn for MNIST, digitscnn for digits, bngap for "
+        "glyphs and shapes)",
     )
     zoo.add_argument(
-        "--kinds", default="steps,noise,data", help="comma-separated (default steps,noise,data)"
+        "--kinds",
+        default="steps,noise,data",
+        help="comma-separated subset of steps,noise,data,width (default steps,noise,data; "
+        "width: the architecture at widths 4, 8, 16, 32, same budget)",
     )
     zoo.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
     zoo.add_argument("--quick", action="store_true", help="a tiny zoo (for tests)")

@@ -1,8 +1,9 @@
 """Small reference CNNs used by the demo, the tests and the benchmarks, and a minimal trainer.
 
-Both networks take images ``(N, 1, H, W)`` in the units their trainer used (the demo feeds
-[0, 1] pixels directly) and return class logits ``(N, 10)``. Layers are grouped in two
-``nn.Sequential`` blocks, ``features`` and ``classifier``, so layer names read
+The networks take images ``(N, C, H, W)`` in the units their trainer used (the demo feeds
+[0, 1] pixels directly) and return class logits ``(N, 10)``. ``width`` is the first conv's
+channel count (default 16, as each class documents; later stages scale with it), for width
+sweeps at a fixed budget. Layers are grouped in two ``nn.Sequential`` blocks, ``features`` and ``classifier``, so layer names read
 ``features.0`` (first conv), ``classifier.3`` (last linear), …
 """
 
@@ -30,6 +31,13 @@ __all__ = [
 ]
 
 
+def _check_width(width: int) -> int:
+    """The base channel count of a reference CNN (its first conv's output channels)."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise FactorlensError(f"the width must be a positive integer, got {width!r}")
+    return width
+
+
 class DigitsCNN(nn.Module):
     """CNN for scikit-learn's 8×8 digits: input (N, 1, 8, 8), output logits (N, 10).
 
@@ -37,18 +45,19 @@ class DigitsCNN(nn.Module):
     classifier: 0 Flatten, 1 Linear(512→64), 2 ReLU, 3 Linear(64→10)
     """
 
-    def __init__(self, n_classes: int = 10) -> None:
+    def __init__(self, n_classes: int = 10, width: int = 16) -> None:
         super().__init__()
+        w = _check_width(width)
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.Conv2d(1, w, kernel_size=3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.Conv2d(w, 2 * w, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(32 * 4 * 4, 64),
+            nn.Linear(2 * w * 4 * 4, 64),
             nn.ReLU(),
             nn.Linear(64, n_classes),
         )
@@ -66,19 +75,20 @@ class MnistCNN(nn.Module):
     classifier: 0 Flatten, 1 Linear(1568→128), 2 ReLU, 3 Linear(128→10)
     """
 
-    def __init__(self, n_classes: int = 10) -> None:
+    def __init__(self, n_classes: int = 10, width: int = 16) -> None:
         super().__init__()
+        w = _check_width(width)
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=5, padding=2),
+            nn.Conv2d(1, w, kernel_size=5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=5, padding=2),
+            nn.Conv2d(w, 2 * w, kernel_size=5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(32 * 7 * 7, 128),
+            nn.Linear(2 * w * 7 * 7, 128),
             nn.ReLU(),
             nn.Linear(128, n_classes),
         )
@@ -91,7 +101,8 @@ class MnistCNN(nn.Module):
 class BNGapCNN(nn.Module):
     """Three conv+BatchNorm+ReLU stages, global average pooling and a linear head.
 
-    Takes (N, 1, H, W) for any H, W >= 8 (8×8 digits, 28×28 MNIST); output logits (N, 10).
+    Takes (N, in_channels, H, W) for any H, W >= 8 (digits, MNIST, glyphs, shapes); output
+    logits (N, 10). Channel counts below are for the default ``width=16``.
 
     features:   0 Conv(1→16, 3×3, pad 1), 1 BN, 2 ReLU                  -> 16×H×W
                 3 Conv(16→32, 3×3, stride 2, pad 1), 4 BN, 5 ReLU       -> 32×⌈H/2⌉×⌈W/2⌉
@@ -99,23 +110,24 @@ class BNGapCNN(nn.Module):
     classifier: 0 AdaptiveAvgPool(1), 1 Flatten, 2 Linear(64→10)
     """
 
-    def __init__(self, n_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(self, n_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         super().__init__()
+        w = _check_width(width)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(16),
+            nn.Conv2d(in_channels, w, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(w),
             nn.ReLU(),
-            nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(32),
+            nn.Conv2d(w, 2 * w, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * w),
             nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(2 * w, 4 * w, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(4 * w),
             nn.ReLU(),
         )
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            nn.Linear(64, n_classes),
+            nn.Linear(4 * w, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +170,8 @@ class ResidualBlock(nn.Module):
 class SmallResNet(nn.Module):
     """A stem conv and two residual blocks, global average pooling and a linear head.
 
-    Takes (N, 1, H, W) for any H, W >= 8 (8×8 digits, 28×28 MNIST); output logits (N, 10).
+    Takes (N, in_channels, H, W) for any H, W >= 8 (digits, MNIST, glyphs, shapes); output
+    logits (N, 10). Channel counts below are for the default ``width=16``.
 
     features:   0 Conv(1→16, 3×3, pad 1), 1 BN, 2 ReLU                  -> 16×H×W
                 3 ResidualBlock(16→32, stride 2)                        -> 32×⌈H/2⌉×⌈W/2⌉
@@ -166,19 +179,20 @@ class SmallResNet(nn.Module):
     classifier: 0 AdaptiveAvgPool(1), 1 Flatten, 2 Linear(64→10)
     """
 
-    def __init__(self, n_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(self, n_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         super().__init__()
+        w = _check_width(width)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(16),
+            nn.Conv2d(in_channels, w, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(w),
             nn.ReLU(),
-            ResidualBlock(16, 32, stride=2),
-            ResidualBlock(32, 64, stride=2),
+            ResidualBlock(w, 2 * w, stride=2),
+            ResidualBlock(2 * w, 4 * w, stride=2),
         )
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            nn.Linear(64, n_classes),
+            nn.Linear(4 * w, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ across training steps, label noise and training-set size; the score does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,9 +58,20 @@ N_BOOTSTRAP = 200
 OUTPUT_BLOCK = "model output"
 
 
+#: the scoring modes: one checkpoint on its own, or several checkpoints together
+MODES = ("single", "consensus")
+#: fewest checkpoints the consensus mode takes (with two, neither can outvote the other)
+MIN_CONSENSUS = 3
+
+
 @dataclass
 class QualityReport:
-    """One checkpoint's label-free assessment."""
+    """One checkpoint's label-free assessment.
+
+    ``score`` and ``score_sd`` are those of ``mode``: ``"single"`` (``single_score``, from this
+    checkpoint alone) or ``"consensus"`` (``estimated_accuracy``, from its agreement with the
+    other checkpoints scored on the same inputs, :func:`score_together`).
+    """
 
     score: float
     rank: int
@@ -72,19 +84,30 @@ class QualityReport:
     accuracy: float | None = None
     degenerate: list[str] = field(default_factory=list)
     rank_scan: dict[str, Any] | None = None
+    mode: str = "single"
+    single_score: float | None = None
+    single_score_sd: float | None = None
+    estimated_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
             "checkpoint": self.checkpoint,
             "rank": int(self.rank),
+            "mode": self.mode,
             "score": float(self.score),
             "score_sd": float(self.score_sd),
+            "single_score": float(self.score if self.single_score is None else self.single_score),
+            "single_score_sd": float(
+                self.score_sd if self.single_score_sd is None else self.single_score_sd
+            ),
             "agreement": float(self.agreement),
             "prediction_rank": float(self.prediction_rank),
             "n_outputs": int(self.n_outputs),
             "n_inputs": int(self.n_inputs),
             "degenerate_blocks": self.degenerate,
         }
+        if self.estimated_accuracy is not None:
+            out["estimated_accuracy"] = float(self.estimated_accuracy)
         if self.accuracy is not None:
             out["accuracy"] = float(self.accuracy)
         if self.rank_scan is not None:
@@ -341,3 +364,73 @@ def score_model(
     if n_samples is not None and hasattr(data, "subset"):
         data = data.subset(n_samples, seed=seed)
     return assess(model, data, layers=layers, seed=seed, **kwargs)
+
+
+def model_outputs(store: Any) -> np.ndarray:
+    """The ``(N, K)`` model outputs of a store captured with ``output=OUTPUT_BLOCK``."""
+    if OUTPUT_BLOCK not in store.names:
+        raise FactorlensError(
+            f"the store has no {OUTPUT_BLOCK!r} block; capture it with output={OUTPUT_BLOCK!r}"
+        )
+    outputs = np.asarray(store.block(OUTPUT_BLOCK)[:])
+    return outputs.reshape(outputs.shape[0], -1)
+
+
+def resolve_mode(mode: str, n_checkpoints: int) -> str:
+    """``"auto"`` -> ``"consensus"`` for at least MIN_CONSENSUS checkpoints, else ``"single"``;
+    an explicit mode is checked against the number of checkpoints."""
+    if mode == "auto":
+        return "consensus" if n_checkpoints >= MIN_CONSENSUS else "single"
+    if mode not in MODES:
+        raise FactorlensError(f"unknown quality mode {mode!r}; use auto, single or consensus")
+    if mode == "consensus" and n_checkpoints < MIN_CONSENSUS:
+        raise FactorlensError(
+            f"the consensus mode scores checkpoints against each other and needs at least "
+            f"{MIN_CONSENSUS}, got {n_checkpoints}; give more checkpoints or use mode single"
+        )
+    return mode
+
+
+def score_together(
+    reports: Sequence[QualityReport], outputs: Sequence[np.ndarray], mode: str = "auto"
+) -> list[QualityReport]:
+    """Score checkpoints that answered the same inputs in ``mode`` (auto, single, consensus).
+
+    ``reports[i]`` (from :func:`assess_store`) and ``outputs[i]`` ``(N, K)`` belong to one
+    checkpoint. In the consensus mode every report's ``score`` becomes its estimated accuracy
+    under a one-coin Dawid–Skene model of all the checkpoints' predicted classes
+    (:func:`factorlens.consensus.consensus_accuracy`), ``score_sd`` its bootstrap spread over
+    the inputs; the single-checkpoint score stays in ``single_score``. Returns new reports.
+    """
+    from dataclasses import replace
+
+    from factorlens.consensus import consensus_accuracy
+
+    if len(reports) != len(outputs):
+        raise FactorlensError(f"{len(reports)} reports but {len(outputs)} outputs; give one each")
+    chosen = resolve_mode(mode, len(reports))
+    singles = [
+        replace(r, mode="single", single_score=r.score, single_score_sd=r.score_sd) for r in reports
+    ]
+    if chosen == "single":
+        return singles
+    checked = [_check_outputs(o) for o in outputs]
+    shapes = {o.shape for o in checked}
+    if len(shapes) != 1:
+        raise FactorlensError(
+            f"the checkpoints' outputs have different shapes {sorted(shapes)}; score "
+            "checkpoints of one task on the same inputs together"
+        )
+    k = checked[0].shape[1]
+    fit = consensus_accuracy(np.stack([o.argmax(axis=1) for o in checked]), k)
+    sd = fit.spread()
+    return [
+        replace(
+            r,
+            mode="consensus",
+            score=float(a),
+            score_sd=float(e),
+            estimated_accuracy=float(a),
+        )
+        for r, a, e in zip(singles, fit.accuracy, sd, strict=True)
+    ]

@@ -10,14 +10,18 @@ training-quality scores.
   (fixed seed; a random label equals the true one 1 time in 10), each trained as many steps as the
   ``steps`` run;
 * ``data`` — nested random subsets of the training set (MNIST 30 … 10,000 images, digits 20 …
-  1,300), each trained as many steps.
+  1,300), each trained as many steps;
+* ``width`` — the architecture at other widths (first conv 4, 8, 32 channels beside the default
+  16), each trained as many steps on the full data: a capacity sweep at a fixed budget.
 
 All runs start from the same seeded initialisation and draw their mini-batches from the same
 seeded generator, so a checkpoint is reproducible bit for bit (training runs on one CPU thread).
 Runs with identical settings (the last ``steps`` checkpoint, 0 % noise and the full data set)
 are trained once and saved under each kind.
 
-Data: ``mnist:DIR`` trains on ``DIR/train-10k.npz`` (else the first 10,000 images of the IDX train
+Data: ``glyphs`` and ``shapes`` (:mod:`factorlens.synthetic`, made in code) train on 10,000
+images drawn from the seed and measure accuracy on the domain's fixed 2,000 test images;
+``mnist:DIR`` trains on ``DIR/train-10k.npz`` (else the first 10,000 images of the IDX train
 split, shuffled by the seed) and measures accuracy on the 10,000 MNIST test images; ``digits``
 trains on the first 1,300 of scikit-learn's digits shuffled by the seed and measures accuracy on
 the other 497, exactly as :mod:`factorlens.demo` splits them.
@@ -28,6 +32,7 @@ Layout of a zoo directory::
     steps/step-000000.pt ... torch.save(model.state_dict(), path)
     noise/noise-020.pt ...
     data/n-01000.pt ...
+    width/width-04.pt ...
 """
 
 from __future__ import annotations
@@ -72,7 +77,13 @@ __all__ = [
 ]
 
 ZOO_JSON = "zoo.json"
-KINDS = ("steps", "noise", "data")
+KINDS = ("steps", "noise", "data", "width")
+#: the kinds a zoo builds when none are given
+DEFAULT_KINDS = ("steps", "noise", "data")
+#: the architecture's default width (first conv channels), the reference of the width sweep
+BASE_WIDTH = 16
+#: synthetic domains a zoo can train on (factorlens.synthetic)
+SYNTHETIC = ("glyphs", "shapes")
 
 #: CLI name -> model class (each built with no arguments, input (N, 1, H, W), 10 classes).
 ARCHS: dict[str, type[nn.Module]] = {
@@ -88,10 +99,12 @@ _FIXED_SIZE: dict[str, tuple[int, int] | None] = {
     "bngap": None,
     "resnet": None,
 }
+#: architectures that take colour (``in_channels``); the others are grayscale only
+_ANY_CHANNELS = ("bngap", "resnet")
 
 ENTRY_FIELDS = (
     "checkpoint",  # path relative to the zoo directory, "<kind>/<name>.pt"
-    "kind",  # "steps" | "noise" | "data"
+    "kind",  # "steps" | "noise" | "data" | "width"
     "arch",  # a key of ARCHS
     "model",  # informational: "factorlens.models:<Class>"
     "dataset",  # the data SPEC the zoo was built from ("digits", "mnist:/abs/dir")
@@ -110,13 +123,15 @@ MNIST_TRAIN = 10_000
 @dataclass(frozen=True)
 class ZooPlan:
     """What a zoo trains: the ``steps`` schedule (its last entry is every run's length), the label
-    noise fractions, the training-set sizes, and the optimizer settings (Adam, cross-entropy)."""
+    noise fractions, the training-set sizes, the widths of the ``width`` sweep, and the optimizer
+    settings (Adam, cross-entropy)."""
 
     step_schedule: tuple[int, ...]
     noise_levels: tuple[float, ...]
     n_trains: tuple[int, ...]
     batch_size: int
     lr: float
+    widths: tuple[int, ...] = (4, 8, 16, 32)
 
     @property
     def total_steps(self) -> int:
@@ -153,23 +168,53 @@ _PLANS = {
         batch_size=64,
         lr=2e-3,
     ),
+    ("glyphs", False): ZooPlan(
+        step_schedule=(0, 10, 30, 60, 120, 250, 500, 900, 1500, 2500),
+        noise_levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        n_trains=(100, 300, 1000, 3000, 10_000),
+        batch_size=64,
+        lr=2e-3,
+    ),
+    ("shapes", False): ZooPlan(
+        step_schedule=(0, 10, 30, 60, 120, 250, 500, 900, 1500, 2500),
+        noise_levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        n_trains=(100, 300, 1000, 3000, 10_000),
+        batch_size=64,
+        lr=2e-3,
+    ),
 }
+for _name in SYNTHETIC:  # quick synthetic zoos for tests: a few checkpoints, tens of steps
+    _PLANS[(_name, True)] = ZooPlan(
+        step_schedule=(0, 10, 30),
+        noise_levels=(0.0, 1.0),
+        n_trains=(100, 300),
+        batch_size=32,
+        lr=2e-3,
+        widths=(4, 16),
+    )
 
 
 def zoo_plan(dataset: str, quick: bool = False) -> ZooPlan:
-    """The plan for ``dataset`` ("mnist" or "digits"); ``quick`` gives a tiny zoo for tests."""
+    """The plan for ``dataset`` (mnist, digits, glyphs, shapes); ``quick`` gives a tiny zoo for
+    tests."""
     try:
         return _PLANS[(dataset, bool(quick))]
     except KeyError:
-        raise FactorlensError(f"no zoo plan for dataset {dataset!r}; use mnist or digits") from None
+        raise FactorlensError(
+            f"no zoo plan for dataset {dataset!r}; use mnist, digits, glyphs or shapes"
+        ) from None
 
 
 def default_arch(data: str) -> str:
-    """The paper-style architecture for a data SPEC: mnistcnn for mnist:DIR, digitscnn for digits."""
-    return "digitscnn" if data.strip().lower() == "digits" else "mnistcnn"
+    """The architecture for a data SPEC: mnistcnn for mnist:DIR (the paper's set-up), digitscnn
+    for digits, bngap for the synthetic domains."""
+    name = data.strip().lower()
+    if name in SYNTHETIC:
+        return "bngap"
+    return "digitscnn" if name == "digits" else "mnistcnn"
 
 
-def parse_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
+def parse_kinds(kinds: str | Sequence[str] = DEFAULT_KINDS) -> tuple[str, ...]:
     """``"steps,noise"`` or a sequence -> a tuple of known kinds in canonical order, no repeats."""
     items = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
     items = [k for k in items if k]
@@ -192,7 +237,7 @@ def parse_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
 
 @dataclass
 class _Split:
-    dataset: str  # "mnist" | "digits"
+    dataset: str  # "mnist" | "digits" | "glyphs" | "shapes"
     spec: str  # the normalised data SPEC recorded in zoo.json
     x_train: np.ndarray  # (n, 1, H, W) float32 in [0, 1], already in the seeded random order
     y_train: np.ndarray  # (n,) int64
@@ -201,15 +246,16 @@ class _Split:
 
 def _parse_data(data: str) -> tuple[str, Path | None]:
     if not isinstance(data, str) or not data.strip():
-        raise FactorlensError("empty --data; use digits or mnist:DIR")
+        raise FactorlensError("empty --data; use digits, glyphs, shapes or mnist:DIR")
     text = data.strip()
-    if text.lower() == "digits":
-        return "digits", None
+    if text.lower() in ("digits", *SYNTHETIC):
+        return text.lower(), None
     scheme, sep, rest = text.partition(":")
     if scheme.lower() != "mnist" or not sep or not rest:
         raise FactorlensError(
-            f"zoos are built from digits or mnist:DIR, got {data!r}; use --data digits or "
-            "--data mnist:DIR (the folder holding train-10k.npz and the t10k IDX files)"
+            f"zoos are built from digits, glyphs, shapes or mnist:DIR, got {data!r}; use "
+            "--data digits, glyphs, shapes or mnist:DIR (the folder holding train-10k.npz and "
+            "the t10k IDX files)"
         )
     _head, colon, tail = rest.rpartition(":")
     if colon and tail.lower() in ("train", "test"):
@@ -226,6 +272,30 @@ def _parse_data(data: str) -> tuple[str, Path | None]:
 def _digits_split(seed: int) -> _Split:
     x_train, y_train, test = digits_split(seed, DIGITS_TRAIN)
     return _Split("digits", "digits", x_train, y_train, test)
+
+
+def _synthetic_split(domain: str, seed: int) -> _Split:
+    from factorlens.synthetic import DOMAINS, N_TEST, synthetic_split
+
+    x_train, y_train, x_test, y_test = synthetic_split(domain, seed)
+    c, h, w, names = DOMAINS[domain]
+    test = ImageData(
+        images=np.array(x_test),
+        labels=np.array(y_test),
+        class_names=list(names),
+        description=f"{domain} (factorlens.synthetic), the fixed {N_TEST} test images ({c}×{h}×{w}, 10 classes)",
+    )
+    return _Split(domain, domain, np.array(x_train), np.array(y_train), test)
+
+
+def _split(dataset: str, directory: Path | None, seed: int) -> _Split:
+    """The training images and the labelled test images of a zoo's data."""
+    if dataset == "digits":
+        return _digits_split(seed)
+    if dataset in SYNTHETIC:
+        return _synthetic_split(dataset, seed)
+    assert directory is not None
+    return _mnist_split(directory, seed)
 
 
 def _mnist_test(directory: Path) -> ImageData:
@@ -292,9 +362,8 @@ def zoo_test_data(entry: dict[str, Any], data: str | None = None) -> ImageData:
     if not isinstance(spec, str):
         raise FactorlensError("zoo entry has no 'dataset'; pass the data SPEC explicitly")
     dataset, directory = _parse_data(spec)
-    if dataset == "digits":
-        return _digits_split(int(entry.get("seed", 0))).test
-    assert directory is not None
+    if directory is None:
+        return _split(dataset, None, int(entry.get("seed", 0))).test
     return _mnist_test(directory)
 
 
@@ -349,9 +418,20 @@ def _train_steps(
     return model.eval()
 
 
-def _new_model(arch: str, seed: int) -> nn.Module:
+def arch_kwargs(arch: str, in_channels: int = 1, width: int = BASE_WIDTH) -> dict[str, int]:
+    """The constructor arguments of ``ARCHS[arch]`` for an input with ``in_channels`` channels
+    at ``width`` (only what differs from the class's defaults, so old zoos read unchanged)."""
+    kwargs: dict[str, int] = {}
+    if in_channels != 1:
+        kwargs["in_channels"] = int(in_channels)
+    if width != BASE_WIDTH:
+        kwargs["width"] = int(width)
+    return kwargs
+
+
+def _new_model(arch: str, seed: int, **kwargs: int) -> nn.Module:
     torch.manual_seed(seed)
-    return ARCHS[arch]()
+    return ARCHS[arch](**kwargs)
 
 
 def _check_arch(arch: str, split: _Split) -> None:
@@ -359,6 +439,12 @@ def _check_arch(arch: str, split: _Split) -> None:
         raise FactorlensError(
             f"unknown architecture {arch!r}{close_matches(arch, list(ARCHS))}; use one of "
             f"{', '.join(ARCHS)}"
+        )
+    channels = int(split.test.images.shape[1])
+    if channels != 1 and arch not in _ANY_CHANNELS:
+        raise FactorlensError(
+            f"--arch {arch} takes grayscale images but {split.spec} has {channels} channels; "
+            f"use --arch {' or '.join(_ANY_CHANNELS)}"
         )
     size = tuple(split.test.images.shape[2:])
     fixed = _FIXED_SIZE[arch]
@@ -400,7 +486,7 @@ def build_zoo(
     out: str | Path,
     *,
     arch: str | None = None,
-    kinds: str | Sequence[str] = KINDS,
+    kinds: str | Sequence[str] = DEFAULT_KINDS,
     seed: int = 0,
     quick: bool = False,
     progress: bool = True,
@@ -410,7 +496,7 @@ def build_zoo(
     of its ``zoo.json``.
 
     ``arch`` is a key of :data:`ARCHS` (default: :func:`default_arch`); ``kinds`` a subset of
-    ``steps``, ``noise``, ``data``; ``quick`` trains a tiny zoo (a few checkpoints, tens of steps)
+    ``steps``, ``noise``, ``data``, ``width`` (default the first three); ``quick`` trains a tiny zoo (a few checkpoints, tens of steps)
     for tests. An existing non-empty ``out`` is refused unless ``overwrite`` (which replaces only
     zoo files). Training runs on one CPU thread; progress lines go to stderr.
     """
@@ -427,8 +513,9 @@ def build_zoo(
         )
     out = Path(out)
     plan = zoo_plan(dataset, quick)
-    split = _digits_split(seed) if directory is None else _mnist_split(directory, seed)
+    split = _split(dataset, directory, seed)
     _check_arch(arch, split)
+    in_channels = int(split.test.images.shape[1])
     _prepare_out(out, overwrite)
     assert split.test.labels is not None
     test_x, test_y = split.test.images, split.test.labels
@@ -439,11 +526,20 @@ def build_zoo(
             print(msg, file=sys.stderr, flush=True)
 
     entries: list[dict[str, Any]] = []
-    # (label_noise, n_train) -> (final state dict, test accuracy): identical runs train once
-    finished: dict[tuple[float, int], tuple[dict[str, torch.Tensor], float]] = {}
+    # (label_noise, n_train, width) -> (final state dict, test accuracy): identical runs train once
+    finished: dict[tuple[float, int, int], tuple[dict[str, torch.Tensor], float]] = {}
     t_start = time.perf_counter()
 
-    def record(kind: str, name: str, state, acc: float, steps: int, noise: float, n: int) -> None:
+    def record(
+        kind: str,
+        name: str,
+        state,
+        acc: float,
+        steps: int,
+        noise: float,
+        n: int,
+        width: int = BASE_WIDTH,
+    ) -> None:
         rel = Path(kind) / f"{name}.pt"
         (out / kind).mkdir(exist_ok=True)
         torch.save(state, out / rel)
@@ -452,6 +548,8 @@ def build_zoo(
                 "checkpoint": rel.as_posix(),
                 "kind": kind,
                 "arch": arch,
+                "arch_kwargs": arch_kwargs(arch, in_channels, width),
+                "width": int(width),
                 "model": f"factorlens.models:{ARCHS[arch].__name__}",
                 "dataset": split.spec,
                 "test_accuracy": float(acc),
@@ -472,12 +570,14 @@ def build_zoo(
     def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def run(noise: float, n: int, save_at=(), on_save=None) -> tuple[dict, float]:
-        key = (noise, n)
+    def run(
+        noise: float, n: int, width: int = BASE_WIDTH, save_at=(), on_save=None
+    ) -> tuple[dict, float]:
+        key = (noise, n, width)
         if key in finished and not save_at:
             return finished[key]
         labels = split.y_train[:n] if noise == 0 else _noisy_labels(split.y_train, noise, seed)[:n]
-        model = _new_model(arch, seed)
+        model = _new_model(arch, seed, **arch_kwargs(arch, in_channels, width))
         _train_steps(
             model,
             split.x_train[:n],
@@ -515,6 +615,11 @@ def build_zoo(
                 n_used = min(n, n_full)
                 state, acc = run(0.0, n_used)
                 record("data", f"n-{n_used:05d}", state, acc, plan.total_steps, 0.0, n_used)
+        if "width" in kinds_t:
+            for width in plan.widths:
+                state, acc = run(0.0, n_full, width)
+                steps, n = plan.total_steps, n_full
+                record("width", f"width-{width:02d}", state, acc, steps, 0.0, n, width)
 
     target = out / ZOO_JSON
     tmp = out / (ZOO_JSON + ".tmp")
@@ -581,7 +686,15 @@ def zoo_model(entry: dict[str, Any], root: str | Path | None = None) -> nn.Modul
         raise FactorlensError(
             f"cannot read zoo checkpoint {path} ({type(exc).__name__}); rebuild the zoo"
         ) from None
-    model = cls()
+    kwargs = entry.get("arch_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise FactorlensError(f"zoo entry {entry.get('checkpoint')!r} has bad arch_kwargs")
+    try:
+        model = cls(**kwargs)
+    except (TypeError, FactorlensError) as exc:
+        raise FactorlensError(
+            f"zoo entry {entry.get('checkpoint')!r}: cannot build {cls.__name__} ({exc})"
+        ) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

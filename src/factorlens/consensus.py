@@ -1,0 +1,134 @@
+"""Label-free accuracy of several checkpoints scored on the same inputs, from their agreement.
+
+The checkpoints' predicted classes ``(M, N)`` are treated as M annotators labelling the same N
+inputs, and a Dawid–Skene model (Dawid & Skene 1979) in its one-coin form is fitted by EM:
+every checkpoint ``m`` gives the true class with probability ``p_m`` and otherwise one of the
+``K − 1`` others uniformly; the true classes are hidden. EM alternates
+
+* E-step: the posterior of each input's class, ``q[n, k] ∝ π_k Π_m (p_m if pred_m[n] = k
+  else (1 − p_m) / (K − 1))``;
+* M-step: ``p_m = mean_n q[n, pred_m[n]]`` (how often checkpoint m says what the weighted
+  consensus believes) and the class prior ``π = mean_n q[n]``,
+
+starting from the plain majority vote. ``p_m`` is the **estimated accuracy** of checkpoint m:
+a checkpoint that agrees with the reliable majority gains weight in the consensus, one that
+answers at random or always the same class loses it (its ``p_m`` falls towards ``1 / K`` or
+the share of its one class). No label is read.
+
+Assumptions, and where it fails: the checkpoints' errors are treated as independent given the
+true class. Checkpoints that share systematic mistakes (one run at neighbouring steps, the same
+hard inputs) pull the consensus towards those mistakes, and a set dominated by bad checkpoints
+that agree with one another makes their answer the consensus. Class names count: a checkpoint
+that renames the classes disagrees with the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from factorlens.errors import FactorlensError
+
+__all__ = ["ConsensusFit", "consensus_accuracy"]
+
+#: EM iterations at most, and the change in every p_m below which it stops
+N_ITER = 200
+TOL = 1e-9
+_EPS = 1e-6
+
+
+@dataclass
+class ConsensusFit:
+    """A one-coin Dawid–Skene fit to ``M`` checkpoints' predictions on ``N`` inputs.
+
+    Attributes
+    ----------
+    accuracy : (M,) estimated accuracy ``p_m`` of each checkpoint, in [0, 1].
+    posterior : (N, K) posterior class probabilities of each input under the consensus.
+    prior : (K,) estimated class frequencies.
+    agreement : (M, N) ``posterior[n, pred_m[n]]``: the per-input terms whose mean is
+        ``accuracy`` (for bootstrap spreads).
+    n_iter : EM iterations run; ``converged`` whether the last change was below TOL.
+    """
+
+    accuracy: np.ndarray
+    posterior: np.ndarray
+    prior: np.ndarray
+    agreement: np.ndarray
+    n_iter: int
+    converged: bool
+
+    def spread(self, n_boot: int = 200, random_state: int = 0) -> np.ndarray:
+        """(M,) bootstrap standard deviation of each ``accuracy`` over resamples of the inputs
+        (the consensus kept fixed): estimates closer than a few of these are not told apart."""
+        rng = np.random.default_rng(random_state)
+        n = self.agreement.shape[1]
+        draws = np.empty((int(n_boot), self.agreement.shape[0]))
+        for b in range(int(n_boot)):
+            draws[b] = self.agreement[:, rng.integers(0, n, n)].mean(axis=1)
+        return draws.std(axis=0, ddof=1)
+
+
+def _check_predictions(predictions: np.ndarray, n_classes: int) -> np.ndarray:
+    pred = np.asarray(predictions)
+    if pred.ndim != 2 or pred.shape[0] < 2 or pred.shape[1] < 1:
+        raise FactorlensError(
+            f"predictions have shape {pred.shape}; the consensus needs (M, N) predicted classes "
+            "of at least 2 checkpoints on the same N >= 1 inputs"
+        )
+    if not np.issubdtype(pred.dtype, np.integer):
+        raise FactorlensError("predictions must be integer class indices (the argmax of outputs)")
+    if n_classes < 2:
+        raise FactorlensError(f"the consensus needs K >= 2 classes, got {n_classes}")
+    if pred.min() < 0 or pred.max() >= n_classes:
+        raise FactorlensError(
+            f"predicted classes lie in [{pred.min()}, {pred.max()}], outside 0..{n_classes - 1}"
+        )
+    return pred.astype(np.int64)
+
+
+def consensus_accuracy(
+    predictions: np.ndarray, n_classes: int, *, n_iter: int = N_ITER, tol: float = TOL
+) -> ConsensusFit:
+    """Fit the one-coin Dawid–Skene model to predicted classes ``(M, N)`` with ``n_classes``
+    classes; see the module docstring. Deterministic (no random start)."""
+    pred = _check_predictions(predictions, int(n_classes))
+    m, n = pred.shape
+    k = int(n_classes)
+    rows = np.arange(n)
+    post = np.zeros((n, k))
+    for mm in range(m):  # start: the plain majority vote, as soft labels
+        np.add.at(post, (rows, pred[mm]), 1.0)
+    post /= post.sum(axis=1, keepdims=True)
+    acc = np.full(m, np.nan)
+    converged = False
+    it = 0
+    for it in range(1, int(n_iter) + 1):
+        agree = post[rows[None, :], pred]  # (M, N)
+        new_acc = np.clip(agree.mean(axis=1), _EPS, 1.0 - _EPS)
+        prior = np.clip(post.mean(axis=0), _EPS, None)
+        # E-step in logs: every checkpoint adds log((1-p)/(K-1)) to every class and the
+        # difference log(p) - log((1-p)/(K-1)) to the class it predicted
+        log_post = np.tile(np.log(prior), (n, 1))
+        log_post += np.log((1.0 - new_acc) / (k - 1)).sum()
+        gain = np.log(new_acc) - np.log((1.0 - new_acc) / (k - 1))
+        for mm in range(m):
+            log_post[rows, pred[mm]] += gain[mm]
+        log_post -= log_post.max(axis=1, keepdims=True)
+        post = np.exp(log_post)
+        post /= post.sum(axis=1, keepdims=True)
+        change = np.inf if np.isnan(acc).any() else float(np.max(np.abs(new_acc - acc)))
+        acc = new_acc
+        if change < tol:
+            converged = True
+            break
+    agree = post[rows[None, :], pred]
+    return ConsensusFit(
+        accuracy=agree.mean(axis=1),
+        posterior=post,
+        prior=post.mean(axis=0),
+        agreement=agree,
+        n_iter=it,
+        converged=converged,
+    )
