@@ -45,7 +45,7 @@ def test_a_constant_answer_gets_the_share_of_its_class() -> None:
 def test_bad_predictions_are_refused() -> None:
     with pytest.raises(FactorlensError, match="at least 2 checkpoints"):
         consensus_accuracy(np.zeros((1, 5), dtype=int), 3)
-    with pytest.raises(FactorlensError, match="outside 0..2"):
+    with pytest.raises(FactorlensError, match=r"outside 0\.\.2"):
         consensus_accuracy(np.array([[0, 3], [1, 2]]), 3)
     with pytest.raises(FactorlensError, match="integer class indices"):
         consensus_accuracy(np.zeros((2, 5)), 3)

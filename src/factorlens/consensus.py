@@ -103,8 +103,9 @@ def consensus_accuracy(
     post /= post.sum(axis=1, keepdims=True)
     acc = np.full(m, np.nan)
     converged = False
-    it = 0
-    for it in range(1, int(n_iter) + 1):
+    n_done = 0
+    while n_done < int(n_iter):
+        n_done += 1
         agree = post[rows[None, :], pred]  # (M, N)
         new_acc = np.clip(agree.mean(axis=1), _EPS, 1.0 - _EPS)
         prior = np.clip(post.mean(axis=0), _EPS, None)
@@ -129,6 +130,6 @@ def consensus_accuracy(
         posterior=post,
         prior=post.mean(axis=0),
         agreement=agree,
-        n_iter=it,
+        n_iter=n_done,
         converged=converged,
     )
