@@ -3,26 +3,30 @@
 For every checkpoint of every zoo (built with ``factorlens zoo``) this computes, in the same run
 and on the same unlabeled held-out inputs (``--n-samples`` of them, a seeded random subset):
 
-* ``ours``       — ``factorlens.quality.score_model(model, data).score`` (its ``.rank`` is shown);
+* ``single``     — ``factorlens.quality`` on one checkpoint alone: stability × √(pred. rank / K);
+* ``consensus``  — ``factorlens.quality.score_together`` over the zoo's distinct checkpoints:
+  each one's estimated accuracy in their Dawid–Skene consensus (the default of ``quality``
+  with several checkpoints);
 * ``rankme``     — RankMe of the penultimate-layer embeddings (Garrido et al. 2023);
 * ``ww_alpha``   — WeightWatcher's mean layer α (Martin, Peng & Mahoney 2021; data-free);
 * ``erank_mean`` — the mean over the default layers of the effective rank of each layer's
-  centred outputs (Roy & Vetterli 2007).
+  centred outputs (Roy & Vetterli 2007);
+* ``joint_rank`` — with ``--rank``: the joint factorization's rank chosen by the rank scan
+  (minutes per checkpoint, so off by default).
 
 Every score is sign-adjusted so that higher = better before correlating: ``-ww_alpha`` for
 WeightWatcher (lower α = better), the others as they are. The directions are fixed here, before
-looking at any accuracy. Per zoo, Spearman's ρ and Kendall's τ between each score and the test
-accuracy are computed over all of the zoo's checkpoints (checkpoints trained with identical
-settings under two kinds — the last ``steps`` checkpoint, 0 % noise, the full data set — count
-once), and per kind. The last line is
+looking at any accuracy. Per zoo, over its distinct checkpoints (checkpoints trained with
+identical settings under several kinds count once): Spearman's ρ, Kendall's τ and the share of
+checkpoint pairs whose accuracies differ by at least 2 points that the score orders correctly.
+The last line is
 
-    spearman=<ours> kendall=<ours> best_baseline=<name>:<spearman>
-
-with every number the mean over the zoos.
+    spearman=<worst zoo, consensus> kendall=<worst zoo> pairs=<worst zoo>
+    single=<worst zoo ρ of single> best_baseline=<name>:<its worst zoo ρ>
 
 Run: ``.venv/bin/python benchmarks/bench_quality.py --zoo DIR [DIR ...]`` or ``--build`` (build
 the default zoos into benchmarks/.cache/zoos first, reusing finished ones); ``--baselines-only``
-skips our score. Runs on one torch thread and one BLAS thread.
+skips our scores. Runs on one torch thread and one BLAS thread.
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ from factorlens.errors import FactorlensError
 from factorlens.models import torch_threads
 from factorlens.zoo import build_zoo, load_zoo, zoo_model, zoo_test_data
 
+try:  # the benchmark also runs against an older factorlens, baselines only
+    from factorlens.quality import score_checkpoints, score_model
+except ImportError:  # pragma: no cover
+    score_checkpoints = score_model = None
+
 HERE = Path(__file__).resolve().parent
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 CACHE = HERE / ".cache" / "zoos"
@@ -68,9 +77,19 @@ DEFAULT_ZOOS = (
 HELD_OUT = {"digits-resnet-s1", "mnist-bngap-s1", "glyphs-resnet-s1", "shapes-bngap-s1"}
 #: every zoo trains all four kinds of checkpoint
 ZOO_KINDS = "steps,noise,data,width"
+OURS = ("consensus", "single")
 BASELINES = ("rankme", "ww_alpha", "erank_mean")
 #: +1: higher = better as computed; -1: lower = better (negated before correlating)
-SIGN = {"ours": 1.0, "rankme": 1.0, "ww_alpha": -1.0, "erank_mean": 1.0}
+SIGN = {
+    "consensus": 1.0,
+    "single": 1.0,
+    "joint_rank": 1.0,
+    "rankme": 1.0,
+    "ww_alpha": -1.0,
+    "erank_mean": 1.0,
+}
+#: accuracy gap (absolute) of the pairs whose order is checked
+PAIR_GAP = 0.02
 
 
 def zoo_dir(cache: Path, dataset: str, arch: str, seed: int) -> Path:
@@ -114,32 +133,20 @@ def build_default_zoos(cache: Path, mnist: Path, quick: bool = False, jobs: int 
     return dirs
 
 
-def _our_scorer(baselines_only: bool):
-    if baselines_only:
-        return None
-    try:
-        from factorlens.quality import score_model
-    except ImportError as exc:
-        raise SystemExit(
-            f"factorlens.quality is not importable ({exc}); run with --baselines-only"
-        ) from None
-    return score_model
-
-
 def score_checkpoint(
-    entry: dict[str, Any], data: ImageData, score_model, seed: int, scan: bool = False
-) -> tuple[dict[str, float], dict[str, float], int | None]:
-    """All scores of one checkpoint (raw, not sign-adjusted), seconds per method, our rank."""
+    entry: dict[str, Any], data: ImageData, ours: bool, seed: int, scan: bool = False
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One checkpoint's own scores (raw, not sign-adjusted) and seconds per method: the
+    baselines, and with ``ours`` the single-checkpoint score (and with ``scan`` the joint
+    rank)."""
     model = zoo_model(entry)
     scores: dict[str, float] = {}
     seconds: dict[str, float] = {}
-    rank = None
-    if score_model is not None:
+    if ours and scan:
         t0 = time.perf_counter()
-        res = score_model(model, data, layers=None, n_samples=None, seed=seed, scan=scan)
-        seconds["ours"] = time.perf_counter() - t0
-        scores["ours"] = float(res.score)
-        rank = int(res.rank) if scan else None
+        res = score_model(model, data, layers=None, n_samples=None, seed=seed, scan=True)
+        seconds["joint_rank"] = time.perf_counter() - t0
+        scores["joint_rank"] = float(res.rank)
     t0 = time.perf_counter()
     scores["rankme"] = rankme_score(model, data.images)
     seconds["rankme"] = time.perf_counter() - t0
@@ -150,7 +157,24 @@ def score_checkpoint(
     ranks = layer_effective_ranks(model, data.images)
     scores["erank_mean"] = float(np.mean(list(ranks.values())))
     seconds["erank_mean"] = time.perf_counter() - t0
-    return scores, seconds, rank
+    return scores, seconds
+
+
+def pair_accuracy(acc: list[float], score: list[float], gap: float = PAIR_GAP) -> float:
+    """Share of pairs whose accuracies differ by >= ``gap`` that a higher-is-better score
+    orders the same way (ties count half); NaN without such pairs or with a non-finite
+    score."""
+    a = np.asarray(acc, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    if not np.isfinite(s).all():
+        return math.nan
+    da = a[:, None] - a[None, :]
+    ds = s[:, None] - s[None, :]
+    upper = np.triu(np.abs(da) >= gap, k=1)
+    if not upper.any():
+        return math.nan
+    agree = np.where(ds == 0, 0.5, (np.sign(da) == np.sign(ds)).astype(float))
+    return float(agree[upper].mean())
 
 
 def correlations(acc: list[float], score: list[float]) -> tuple[float, float, int]:
@@ -172,7 +196,7 @@ def correlations(acc: list[float], score: list[float]) -> tuple[float, float, in
 def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen, out = set(), []
     for r in rows:
-        key = (r["steps"], r["label_noise"], r["n_train"])
+        key = (r["steps"], r["label_noise"], r["n_train"], r.get("width"))
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -185,34 +209,49 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "nan" if not math.isfinite(x) else format(x, spec)
 
 
-def run_zoo(
-    zoo: Path, methods: list[str], score_model, n_samples: int, seed: int, scan: bool = False
-) -> dict:
+def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool = False) -> dict:
     entries = load_zoo(zoo)
     if not entries:
         raise FactorlensError(f"zoo {zoo} has no checkpoints")
-    cache: dict[tuple[str, int], ImageData] = {}
+    ours = "single" in methods
+    data = zoo_test_data(entries[0]).subset(n_samples, seed=seed)
     rows = []
     t_zoo = time.perf_counter()
     for e in entries:
-        key = (e["dataset"], int(e["seed"]))
-        if key not in cache:
-            cache[key] = zoo_test_data(e).subset(n_samples, seed=seed)
-        data = cache[key]
-        scores, seconds, rank = score_checkpoint(e, data, score_model, seed, scan)
+        scores, seconds = score_checkpoint(e, data, ours, seed, scan)
         row = {k: e[k] for k in ("checkpoint", "kind", "test_accuracy", "steps")}
-        row.update(label_noise=e["label_noise"], n_train=e["n_train"], rank=rank)
-        row.update(scores=scores, seconds=seconds)
+        row.update(label_noise=e["label_noise"], n_train=e["n_train"], width=e.get("width"))
+        row.update(scores=scores, seconds=seconds, entry=e)
         rows.append(row)
-        parts = " ".join(f"{m}={_fmt(scores.get(m), '.4g')}" for m in methods)
-        rank_text = f" rank={rank}" if rank is not None else ""
-        print(
-            f"  {zoo.name}/{e['checkpoint']:<22} acc={e['test_accuracy']:.4f} {parts}{rank_text}",
-            flush=True,
+    distinct = _dedupe(rows)
+    if ours:  # both our modes over the distinct checkpoints: a duplicate would vote twice
+        t0 = time.perf_counter()
+        reports = score_checkpoints(
+            [zoo_model(r["entry"]) for r in distinct],
+            data,
+            mode="consensus",
+            names=[r["checkpoint"] for r in distinct],
+            seed=seed,
         )
-    n_used = next(iter(cache.values())).n_samples
-    groups = {"all": _dedupe(rows)}
-    for kind in ("steps", "noise", "data"):
+        elapsed = time.perf_counter() - t0
+        by_key = {}
+        for r, rep in zip(distinct, reports, strict=True):
+            by_key[(r["steps"], r["label_noise"], r["n_train"], r["width"])] = rep
+        for r in rows:
+            rep = by_key[(r["steps"], r["label_noise"], r["n_train"], r["width"])]
+            r["scores"].update(
+                consensus=rep.score,
+                consensus_sd=rep.score_sd,
+                single=rep.single_score,
+                single_sd=rep.single_score_sd,
+            )
+            r["seconds"]["consensus"] = r["seconds"]["single"] = elapsed / len(distinct)
+    for r in rows:
+        del r["entry"]
+        parts = " ".join(f"{m}={_fmt(r['scores'].get(m), '.4g')}" for m in methods)
+        print(f"  {zoo.name}/{r['checkpoint']:<22} acc={r['test_accuracy']:.4f} {parts}")
+    groups = {"all": distinct}
+    for kind in ("steps", "noise", "data", "width"):
         if any(r["kind"] == kind for r in rows):
             groups[kind] = [r for r in rows if r["kind"] == kind]
     corr: dict[str, dict[str, dict[str, float]]] = {}
@@ -222,14 +261,17 @@ def run_zoo(
         for m in methods:
             adjusted = [SIGN[m] * r["scores"][m] for r in members]
             rho, tau, n = correlations(acc, adjusted)
-            corr[group][m] = {"spearman": rho, "kendall": tau, "n": n}
-    totals = {m: float(sum(r["seconds"][m] for r in rows)) for m in methods}
+            pairs = pair_accuracy(acc, adjusted)
+            corr[group][m] = {"spearman": rho, "kendall": tau, "pairs": pairs, "n": n}
+    totals = {m: float(sum(r["seconds"].get(m, 0.0) for r in rows)) for m in methods}
     accs = [r["test_accuracy"] for r in rows]
     return {
         "zoo": str(zoo),
         "name": zoo.name,
+        "held_out": zoo.name in HELD_OUT,
         "n_checkpoints": len(rows),
-        "n_inputs": n_used,
+        "n_distinct": len(distinct),
+        "n_inputs": data.n_samples,
         "accuracy_range": [min(accs), max(accs)],
         "rows": rows,
         "correlations": corr,
@@ -238,49 +280,43 @@ def run_zoo(
     }
 
 
+def _cell(c: dict[str, float]) -> str:
+    return f"{_fmt(c['spearman'])}/{_fmt(c['kendall'])}/{_fmt(c['pairs'], '.2f')}"
+
+
 def print_tables(results: list[dict], methods: list[str]) -> dict[str, dict[str, float]]:
-    """Print zoo × method tables; return the per-method means over zoos (group 'all')."""
+    """Print zoo × method tables; return each method's worst zoo (group 'all') per measure."""
     print()
     print(
-        "Spearman ρ / Kendall τ between score (sign-adjusted: higher = better; WeightWatcher as "
-        "-alpha) and test accuracy, per zoo over all its checkpoints; 'mean' = mean over zoos"
+        "Spearman ρ / Kendall τ / share of pairs >= 2 accuracy points apart ordered right, "
+        "between score (sign-adjusted: higher = better; WeightWatcher as -alpha) and test "
+        "accuracy, per zoo over its distinct checkpoints; * = held out from the recipe's design"
     )
-    width = max(len("mean over zoos"), *(len(r["name"]) for r in results))
-    head = "  ".join(f"{m:>17}" for m in methods)
+    width = max(len("worst zoo"), *(len(r["name"]) + 2 for r in results))
+    head = "  ".join(f"{m:>20}" for m in methods)
     print(f"{'zoo':<{width}}  {'n':>3}  {head}")
-    print(f"{'':<{width}}  {'':>3}  " + "  ".join(f"{'spearman kendall':>17}" for _ in methods))
     for r in results:
-        cells = "  ".join(
-            f"{_fmt(r['correlations']['all'][m]['spearman']):>8} "
-            f"{_fmt(r['correlations']['all'][m]['kendall']):>8}"
-            for m in methods
-        )
-        print(f"{r['name']:<{width}}  {len(_dedupe(r['rows'])):>3}  {cells}")
-    means: dict[str, dict[str, float]] = {}
+        cells = "  ".join(f"{_cell(r['correlations']['all'][m]):>20}" for m in methods)
+        name = r["name"] + (" *" if r["held_out"] else "")
+        print(f"{name:<{width}}  {r['n_distinct']:>3}  {cells}")
+    worst: dict[str, dict[str, float]] = {}
     for m in methods:
-        vals = {
-            k: [r["correlations"]["all"][m][k] for r in results] for k in ("spearman", "kendall")
-        }
-        means[m] = {
-            k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for k, v in vals.items()
-        }
-    cells = "  ".join(
-        f"{_fmt(means[m]['spearman']):>8} {_fmt(means[m]['kendall']):>8}" for m in methods
-    )
-    print(f"{'mean over zoos':<{width}}  {'':>3}  {cells}")
+        worst[m] = {}
+        for k in ("spearman", "kendall", "pairs"):
+            v = np.array([r["correlations"]["all"][m][k] for r in results], dtype=float)
+            worst[m][k] = float(np.nanmin(v)) if np.isfinite(v).any() else math.nan
+    cells = "  ".join(f"{_cell(worst[m]):>20}" for m in methods)
+    print(f"{'worst zoo':<{width}}  {'':>3}  {cells}")
 
     print()
-    print("per kind (Spearman ρ / Kendall τ within one kind of one zoo)")
+    print("per kind (Spearman ρ / Kendall τ / pairs within one kind of one zoo)")
     print(f"{'zoo':<{width}}  {'kind':<5}  {'n':>3}  {head}")
     for r in results:
         for group, by_method in r["correlations"].items():
             if group == "all":
                 continue
             n = by_method[methods[0]]["n"]
-            cells = "  ".join(
-                f"{_fmt(by_method[m]['spearman']):>8} {_fmt(by_method[m]['kendall']):>8}"
-                for m in methods
-            )
+            cells = "  ".join(f"{_cell(by_method[m]):>20}" for m in methods)
             print(f"{r['name']:<{width}}  {group:<5}  {n:>3}  {cells}")
 
     print()
@@ -291,7 +327,7 @@ def print_tables(results: list[dict], methods: list[str]) -> dict[str, dict[str,
             for r in results
         )
     )
-    return means
+    return worst
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_samples < 1:
         parser.error("--n-samples must be >= 1")
 
-    score_model = _our_scorer(args.baselines_only)
-    methods = (["ours"] if score_model is not None else []) + list(BASELINES)
+    if not args.baselines_only and score_checkpoints is None:
+        raise SystemExit("factorlens.quality is not importable; run with --baselines-only")
+    ours = not args.baselines_only
+    methods = (list(OURS) if ours else []) + list(BASELINES) + (["joint_rank"] * args.rank)
     try:
         zoos = (
             build_default_zoos(args.cache, args.mnist, jobs=args.jobs) if args.build else args.zoo
@@ -341,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch_threads(1), threadpool_limits(limits=1):
             for zoo in zoos:
                 print(f"zoo {zoo}", flush=True)
-                results.append(
-                    run_zoo(Path(zoo), methods, score_model, args.n_samples, args.seed, args.rank)
-                )
+                results.append(run_zoo(Path(zoo), methods, args.n_samples, args.seed, args.rank))
     except FactorlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -354,17 +390,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['name']}: {r['n_checkpoints']} checkpoints, test accuracy {lo:.3f}-{hi:.3f}, "
             f"{r['n_inputs']} inputs scored, {r['wall_seconds']:.0f} s"
         )
-    means = print_tables(results, methods)
+    worst = print_tables(results, methods)
     if args.json:
-        args.json.write_text(json.dumps({"zoos": results, "means": means}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"zoos": results, "worst": worst}, indent=1) + "\n")
     best = max(
         BASELINES,
-        key=lambda m: -math.inf if math.isnan(means[m]["spearman"]) else means[m]["spearman"],
+        key=lambda m: -math.inf if math.isnan(worst[m]["spearman"]) else worst[m]["spearman"],
     )
-    ours = means.get("ours", {"spearman": math.nan, "kendall": math.nan})
+    top = worst.get("consensus", {"spearman": math.nan, "kendall": math.nan, "pairs": math.nan})
+    single = worst.get("single", {"spearman": math.nan})["spearman"]
     print(
-        f"spearman={_fmt(ours['spearman'])} kendall={_fmt(ours['kendall'])} "
-        f"best_baseline={best}:{_fmt(means[best]['spearman'])}"
+        f"spearman={_fmt(top['spearman'])} kendall={_fmt(top['kendall'])} "
+        f"pairs={_fmt(top['pairs'])} single={_fmt(single)} "
+        f"best_baseline={best}:{_fmt(worst[best]['spearman'])}"
     )
     return 0
 

@@ -147,8 +147,8 @@ def test_weightwatcher_alpha_is_quiet_and_finite(capsys: pytest.CaptureFixture[s
     assert logging.getLogger().handlers == root_handlers
 
 
-def test_bench_quality_baselines_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The quality benchmark end to end on a quick digits zoo, baselines only."""
+def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The quality benchmark end to end on a quick digits zoo: both our modes and baselines."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
     spec = importlib.util.spec_from_file_location("bench_quality_under_test", path)
     assert spec is not None and spec.loader is not None
@@ -157,21 +157,26 @@ def test_bench_quality_baselines_only(tmp_path: Path, capsys: pytest.CaptureFixt
     zoo = tmp_path / "digits-digitscnn"
     build_zoo("digits", zoo, kinds="steps,noise", quick=True, progress=False)
     report = tmp_path / "scores.json"
-    argv = ["--zoo", str(zoo), "--baselines-only", "--n-samples", "200", "--json", str(report)]
+    argv = ["--zoo", str(zoo), "--n-samples", "200", "--json", str(report)]
     assert bench.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
+    number = r"(-?\d\.\d{3}|nan)"
     assert re.fullmatch(
-        r"spearman=nan kendall=nan best_baseline=(rankme|ww_alpha|erank_mean):-?\d\.\d{3}",
+        rf"spearman={number} kendall={number} pairs={number} single={number} "
+        rf"best_baseline=(rankme|ww_alpha|erank_mean):{number}",
         lines[-1],
-    )
-    assert any("mean over zoos" in line for line in lines)
+    ), lines[-1]
+    assert any(line.startswith("worst zoo") for line in lines)
     saved = json.loads(report.read_text())
     (result,) = saved["zoos"]
     assert result["n_inputs"] == 200 and result["n_checkpoints"] == 5
     # the last steps checkpoint and 0 % noise are one model: counted once over the whole zoo
-    assert result["correlations"]["all"]["rankme"]["n"] == 4
+    assert result["n_distinct"] == 4 and result["correlations"]["all"]["rankme"]["n"] == 4
     for row in result["rows"]:
-        assert set(row["scores"]) == {"rankme", "ww_alpha", "erank_mean"}
+        assert {"consensus", "single", "rankme", "ww_alpha", "erank_mean"} <= set(row["scores"])
+        assert 0.0 <= row["scores"]["consensus"] <= 1.0
+    assert bench.pair_accuracy([0.1, 0.5, 0.51, 0.9], [1.0, 2.0, 1.5, 3.0]) == 1.0
+    assert bench.pair_accuracy([0.1, 0.5, 0.9], [3.0, 2.0, 1.0]) == 0.0
     # correlations are taken against higher = better scores (WeightWatcher negated)
     assert bench.correlations([0.1, 0.5, 0.9], [-3.0, -2.0, -1.0])[:2] == (1.0, 1.0)
     assert math.isnan(bench.correlations([0.1, 0.5], [1.0, 2.0])[0])

@@ -70,7 +70,7 @@ def _report(score: float) -> QualityReport:
         score=score,
         rank=0,
         prediction_rank=1.0,
-        agreement=0.0,
+        stability=0.0,
         score_sd=0.01,
         n_outputs=10,
         n_inputs=3000,
@@ -78,16 +78,16 @@ def _report(score: float) -> QualityReport:
 
 
 def test_score_together_switches_mode_by_the_number_of_checkpoints() -> None:
-    preds, _ = _annotators([0.95, 0.7, 0.3])
+    preds, _ = _annotators([0.95, 0.7, 0.3, 0.6, 0.5])
     outputs = [np.eye(10)[p] for p in preds]
-    reports = [_report(s) for s in (0.1, 0.2, 0.3)]
+    reports = [_report(s) for s in (0.1, 0.2, 0.3, 0.4, 0.5)]
     together = score_together(reports, outputs)
-    assert [r.mode for r in together] == ["consensus"] * 3
-    assert [r.single_score for r in together] == [0.1, 0.2, 0.3]
-    assert together[0].score > together[1].score > together[2].score
+    assert [r.mode for r in together] == ["consensus"] * 5
+    assert [r.single_score for r in together] == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert together[0].score > together[1].score > together[3].score > together[2].score
     assert together[0].to_dict()["estimated_accuracy"] == together[0].score
     alone = score_together(reports, outputs, mode="single")
-    assert [r.score for r in alone] == [0.1, 0.2, 0.3]
-    assert resolve_mode("auto", 2) == "single"
+    assert [r.score for r in alone] == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert resolve_mode("auto", 4) == "single" and resolve_mode("auto", 5) == "consensus"
     with pytest.raises(FactorlensError, match="needs at least 3, got 2"):
         resolve_mode("consensus", 2)

@@ -17,14 +17,13 @@ from factorlens.data import load_data
 from factorlens.errors import FactorlensError
 from factorlens.models import DigitsCNN, MnistCNN, train_classifier
 from factorlens.quality import (
-    N_NEIGHBOURS,
     OUTPUT_BLOCK,
+    answer_agreement,
     assess,
-    input_embedding,
-    input_neighbours,
-    neighbour_agreement,
+    perturbations,
     prediction_rank,
     quality_score,
+    score_checkpoints,
     score_spread,
 )
 
@@ -33,26 +32,26 @@ MODEL = f"{Path(factorlens.models.__file__)}:DigitsCNN"
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """An untrained and a trained DigitsCNN, and one of another architecture."""
+    """An untrained, a briefly trained and a trained DigitsCNN, and one of another
+    architecture."""
     root = tmp_path_factory.mktemp("ckpts")
     digits = load_data("digits")
     torch.manual_seed(0)
     init = DigitsCNN()
     torch.save(init.state_dict(), root / "init.pt")
+    brief = train_classifier(DigitsCNN(), digits.images[:60], digits.labels[:60], epochs=2, seed=0)
+    torch.save(brief.state_dict(), root / "brief.pt")
     trained = train_classifier(
         DigitsCNN(), digits.images[:1000], digits.labels[:1000], epochs=4, seed=0
     )
     torch.save(trained.state_dict(), root / "trained.pt")
     torch.save(MnistCNN().state_dict(), root / "other.pt")
-    return {"init": root / "init.pt", "trained": root / "trained.pt", "other": root / "other.pt"}
-
-
-def planted_clusters(n_clusters: int = 5, per: int = 40, seed: int = 0):
-    """Inputs ``(n, 30)`` in well-separated Gaussian clusters, with their cluster ids."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_clusters, 30)) * 6.0
-    ids = np.repeat(np.arange(n_clusters), per)
-    return centres[ids] + rng.normal(size=(ids.size, 30)), ids
+    return {
+        "init": root / "init.pt",
+        "brief": root / "brief.pt",
+        "trained": root / "trained.pt",
+        "other": root / "other.pt",
+    }
 
 
 def one_hot_logits(classes: np.ndarray, k: int) -> np.ndarray:
@@ -71,97 +70,95 @@ def test_prediction_rank_bounds() -> None:
 
 
 def test_outputs_that_are_already_probabilities_are_not_softmaxed_again() -> None:
-    x, ids = planted_clusters()
-    logits = one_hot_logits(ids, 5) / 10.0 + np.random.default_rng(0).normal(size=(ids.size, 5))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 5, 200)
+    logits = one_hot_logits(ids, 5) / 10.0 + rng.normal(size=(ids.size, 5))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    log_probs = np.log(probs)
     expected = prediction_rank(logits)
     assert prediction_rank(probs) == pytest.approx(expected)  # a model ending in softmax
-    assert prediction_rank(log_probs) == pytest.approx(expected)  # ... or in log_softmax
-    nb = input_neighbours(x)
-    assert quality_score(probs, nb) == pytest.approx(quality_score(logits, nb))
+    assert prediction_rank(np.log(probs)) == pytest.approx(expected)  # ... or in log_softmax
+    moved = [logits + 0.1 * rng.normal(size=logits.shape)]
+    assert quality_score(probs, [np.exp(moved[0])]) == pytest.approx(quality_score(logits, moved))
 
 
-def test_answers_that_follow_the_input_clusters_score_one_and_random_ones_zero() -> None:
-    x, ids = planted_clusters()
-    nb = input_neighbours(x)
-    assert nb.shape == (x.shape[0], N_NEIGHBOURS)
-    score, agreement, er = quality_score(one_hot_logits(ids, 5), nb)
-    assert agreement == pytest.approx(1.0) and score == pytest.approx(1.0, abs=1e-4)
-    shuffled = np.random.default_rng(1).permutation(ids)  # same answers, ignoring the inputs
-    score, agreement, er = quality_score(one_hot_logits(shuffled, 5), nb)
-    assert abs(agreement) < 0.1 and er == pytest.approx(5.0, abs=1e-3)
-    coarse = ids % 2  # consistent but only two answers for five clusters
-    score, agreement, _ = quality_score(one_hot_logits(coarse, 5), nb)
-    assert agreement == pytest.approx(1.0) and score == pytest.approx(np.sqrt(2 / 5), abs=0.05)
-    score, agreement, er = quality_score(np.zeros((x.shape[0], 5)), nb)
-    assert score == 0.0 and agreement == 0.0 and er == pytest.approx(1.0)
+def test_stable_answers_score_one_and_brittle_or_constant_ones_zero() -> None:
+    ids = np.arange(300) % 5
+    clean = one_hot_logits(ids, 5)
+    score, stability, er = quality_score(clean, [clean, clean])
+    assert stability == pytest.approx(1.0) and score == pytest.approx(1.0, abs=1e-4)
+    rng = np.random.default_rng(1)
+    brittle = one_hot_logits(rng.permutation(ids), 5)  # perturbed answers unrelated to clean
+    score, stability, er = quality_score(clean, [brittle])
+    assert abs(stability) < 0.1 and er == pytest.approx(5.0, abs=1e-3)
+    coarse = one_hot_logits(ids % 2, 5)  # stable but only two answers for five classes
+    score, stability, _ = quality_score(coarse, [coarse])
+    assert stability == pytest.approx(1.0) and score == pytest.approx(np.sqrt(2 / 5), abs=0.05)
+    constant = np.zeros((300, 5))
+    score, stability, er = quality_score(constant, [constant])
+    assert score == 0.0 and stability == 0.0 and er == pytest.approx(1.0)
+    with pytest.raises(FactorlensError, match="perturbed copy have shape"):
+        quality_score(clean, [clean[:10]])
 
 
 @settings(max_examples=25, deadline=None)
 @given(k=st.integers(2, 8), seed=st.integers(0, 999), flip=st.floats(0.0, 1.0))
 def test_agreement_ignores_class_names_and_is_at_most_one(k, seed, flip) -> None:
-    x, ids = planted_clusters(n_clusters=k, per=15, seed=seed)
     rng = np.random.default_rng(seed)
-    pred = np.where(rng.random(ids.size) < flip, rng.integers(0, k, ids.size), ids)
-    nb = input_neighbours(x)
-    kappa = neighbour_agreement(pred, nb, k)
+    a = rng.integers(0, k, 120)
+    b = np.where(rng.random(a.size) < flip, rng.integers(0, k, a.size), a)
+    kappa = answer_agreement(a, b, k)
     assert kappa <= 1.0 + 1e-12
-    assert neighbour_agreement(rng.permutation(k)[pred], nb, k) == pytest.approx(kappa)
-    score, _, _ = quality_score(one_hot_logits(pred, k), nb)
+    names = rng.permutation(k)
+    assert answer_agreement(names[a], names[b], k) == pytest.approx(kappa)
+    score, _, _ = quality_score(one_hot_logits(a, k), [one_hot_logits(b, k)])
     assert score <= 1.0 + 1e-9
 
 
 @settings(max_examples=20, deadline=None)
-@given(n=st.integers(12, 60), d=st.integers(2, 9), k=st.integers(1, 8), seed=st.integers(0, 999))
-def test_input_neighbours_are_the_nearest_in_the_embedding(n, d, k, seed) -> None:
-    x = np.random.default_rng(seed).normal(size=(n, d))
-    emb = input_embedding(x)
-    nb = input_neighbours(x, k=k)
-    dist = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(dist, np.inf)
-    kth = np.sort(dist, axis=1)[:, k - 1]
-    got = np.take_along_axis(dist, nb, axis=1)
-    assert nb.shape == (n, k) and np.all(got <= kth[:, None] * (1 + 1e-9) + 1e-12)
-    assert all(len(set(row)) == k for row in nb)  # k different neighbours
+@given(
+    n=st.integers(2, 30),
+    c=st.sampled_from([1, 3]),
+    side=st.integers(3, 40),
+    seed=st.integers(0, 999),
+)
+def test_perturbations_move_images_by_the_stated_step(n, c, side, seed) -> None:
+    x = np.random.default_rng(seed).random((n, c, side, side), dtype=np.float32)
+    moved, noisy = perturbations(x, random_state=seed)
+    assert moved.shape == noisy.shape == x.shape and moved.dtype == np.float32
+    assert 0.0 <= noisy.min() and noisy.max() <= 1.0 and not np.array_equal(noisy, x)
+    step = max(1, round(side / 14))
+    for i in range(n):  # each image is the original moved by `step` in one of four ways
+        shifts = [
+            np.array_equal(moved[i, :, step:], x[i, :, :-step]),
+            np.array_equal(moved[i, :, :-step], x[i, :, step:]),
+            np.array_equal(moved[i, :, :, step:], x[i, :, :, :-step]),
+            np.array_equal(moved[i, :, :, :-step], x[i, :, :, step:]),
+        ]
+        assert any(shifts)
+    again = perturbations(x, random_state=seed)
+    assert np.array_equal(again[0], moved) and np.array_equal(again[1], noisy)
+    assert len(perturbations(x.reshape(n, -1))) == 1  # non-image data: noise only
 
 
 def test_score_spread_shrinks_with_more_inputs() -> None:
     spreads = []
-    for per in (40, 320):
-        x, ids = planted_clusters(per=per, seed=5)
+    for n in (200, 1600):
         rng = np.random.default_rng(6)
-        noisy = np.where(rng.random(ids.size) < 0.3, rng.integers(0, 5, ids.size), ids)
-        nb = input_neighbours(x)
-        sd = score_spread(one_hot_logits(noisy, 5), nb, seed=1)
-        assert sd == score_spread(one_hot_logits(noisy, 5), nb, seed=1)  # seeded
+        ids = rng.integers(0, 5, n)
+        flipped = np.where(rng.random(n) < 0.3, rng.integers(0, 5, n), ids)
+        clean, moved = one_hot_logits(ids, 5), [one_hot_logits(flipped, 5)]
+        sd = score_spread(clean, moved, random_state=1)
+        assert sd == score_spread(clean, moved, random_state=1)  # seeded
         spreads.append(sd)
     assert 0 < spreads[1] < 0.6 * spreads[0]  # 8x the inputs: about 1/sqrt(8) the spread
-    x, ids = planted_clusters()
-    assert score_spread(one_hot_logits(ids, 5), input_neighbours(x)) < 1e-3  # always agree
+    stable = one_hot_logits(np.arange(300) % 5, 5)
+    assert score_spread(stable, [stable]) < 1e-3
 
 
-def test_input_neighbours_exclude_the_input_itself_even_with_duplicates() -> None:
-    x, _ = planted_clusters(per=6)
-    x = np.vstack([x, x[:4], x[:4]])  # three copies of four inputs
-    nb = input_neighbours(x, k=3)
-    assert nb.shape == (x.shape[0], 3)
-    assert not (nb == np.arange(x.shape[0])[:, None]).any()
-    assert input_neighbours(x[:3], k=10).shape == (3, 2)  # k clipped to N - 1
-
-
-def test_identical_inputs_have_no_neighbourhoods() -> None:
-    with pytest.raises(FactorlensError, match="identical"):
-        input_neighbours(np.ones((20, 4)))
-    with pytest.raises(FactorlensError, match="at least 2"):
-        input_neighbours(np.ones((1, 4)))
-
-
-def test_large_inputs_use_a_truncated_embedding() -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 400))  # rank 5 in 400 dimensions
-    emb = input_embedding(x + 1e-3 * rng.normal(size=x.shape))
-    assert emb.shape[0] == 300 and emb.shape[1] <= 5
+def _load(path: Path) -> DigitsCNN:
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
 
 
 def test_trained_scores_higher_than_untrained_without_labels(checkpoints) -> None:
@@ -169,19 +166,35 @@ def test_trained_scores_higher_than_untrained_without_labels(checkpoints) -> Non
     data_no_labels = type(data)(data.images, None, None, "no labels")
     reports = {}
     for name in ("init", "trained"):
-        model = DigitsCNN()
-        model.load_state_dict(torch.load(checkpoints[name], weights_only=True))
-        reports[name] = assess(model, data_no_labels, max_rank=3, checkpoint=name)
+        reports[name] = assess(
+            _load(checkpoints[name]), data_no_labels, max_rank=3, checkpoint=name
+        )
     assert reports["trained"].score > reports["init"].score + 0.2
     assert reports["trained"].accuracy is None  # no labels, no accuracy
-    model = DigitsCNN().eval()  # the score from an independent forward pass matches
-    model.load_state_dict(torch.load(checkpoints["trained"], weights_only=True))
+    model = _load(checkpoints["trained"])  # the score from independent forward passes matches
     with torch.no_grad():
-        logits = model(torch.as_tensor(data.images)).numpy()
-    expected, _, _ = quality_score(logits, input_neighbours(data.images))
+        logits = [
+            model(torch.as_tensor(c)).numpy() for c in (data.images, *perturbations(data.images))
+        ]
+    expected, _, _ = quality_score(logits[0], logits[1:])
     assert reports["trained"].score == pytest.approx(expected, abs=1e-6)  # batched float32
     for r in reports.values():
         assert r.rank_scan["chosen"] == r.rank and len(r.rank_scan["criteria"]["bicv"]) == 3
+
+
+def test_consensus_orders_checkpoints_by_accuracy(checkpoints) -> None:
+    data = load_data("digits").subset(400, seed=2)
+    names = ["init", "brief", "trained"]
+    models = [_load(checkpoints[n]) for n in names]
+    reports = score_checkpoints(models, data, names=names, mode="consensus")
+    assert [r.mode for r in reports] == ["consensus"] * 3
+    scores = [r.score for r in reports]
+    accs = [r.accuracy for r in reports]
+    assert accs[0] < accs[1] < accs[2] and scores[0] < scores[1] < scores[2]
+    assert abs(scores[2] - accs[2]) < 0.1  # an estimate of the accuracy itself
+    alone = score_checkpoints(models, data)  # auto: three checkpoints are scored alone
+    assert [r.mode for r in alone] == ["single"] * 3
+    assert [r.score for r in alone] == pytest.approx([r.single_score for r in reports])
 
 
 def test_degenerate_checkpoint_is_reported_not_fatal() -> None:
@@ -207,6 +220,7 @@ def test_quality_command_end_to_end(checkpoints, tmp_path, capsys) -> None:
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "Spearman(score, accuracy)" in text and "accuracy" in text.splitlines()[0]
+    assert "each checkpoint on its own" in text  # two checkpoints: the single mode
     rows = json.loads(out.read_text())
     assert [r["checkpoint"] for r in rows] == [
         str(checkpoints["init"]),
@@ -216,6 +230,18 @@ def test_quality_command_end_to_end(checkpoints, tmp_path, capsys) -> None:
     assert rows[1]["score"] > rows[0]["score"]
     assert main(args) == 2  # the JSON exists: refused without --overwrite
     assert "--overwrite" in capsys.readouterr().err
+    three = ["quality", "--model", MODEL, "--data", "digits", "--n-samples", "300", "--no-rank",
+             "--mode", "consensus",
+             "--json", str(tmp_path / "three.json"), "--quiet", str(checkpoints["init"]),
+             str(checkpoints["brief"]), str(checkpoints["trained"])]  # fmt: skip
+    assert main(three) == 0
+    assert "estimated accuracy in the consensus of all 3" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "three.json").read_text())
+    assert [r["mode"] for r in rows] == ["consensus"] * 3
+    assert rows[0]["score"] < 0.05  # the untrained one, which says two classes
+    assert all(r["estimated_accuracy"] == r["score"] and "single_score" in r for r in rows)
+    assert main([*three[:-3], str(checkpoints["init"])]) == 2
+    assert "needs at least 3, got 1" in capsys.readouterr().err
     single = ["quality", "--model", MODEL, "--data", "digits", "--n-samples", "100",
               "--no-rank", "--quiet", str(checkpoints["trained"])]  # fmt: skip
     assert main(single) == 0

@@ -232,14 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     qua = sub.add_parser(
         "quality",
         help="score checkpoints' training quality without labels",
-        description="Analyse every checkpoint on the same unlabelled inputs and print its "
-        "estimated joint rank and its score (higher = better trained): how far its predicted "
-        "classes agree between inputs that are neighbours in the inputs' own principal "
-        "components (Cohen's kappa), times the square root of the effective rank of its "
-        "predicted class probabilities over the number of classes. Labels are never read "
-        "for the score; test accuracy is shown for reference when the data has labels. "
-        "With --out, also write each checkpoint's analysis at its estimated rank and a "
-        "report with the trajectory of rank and score across the checkpoints.",
+        description="Score every checkpoint on the same unlabelled inputs (higher = better "
+        "trained) and print its estimated joint rank. With 5 or more checkpoints the default "
+        "score (mode consensus) is each checkpoint's estimated accuracy: how often it gives "
+        "the class that the reliability-weighted consensus of all of them believes "
+        "(Dawid-Skene). On its own (mode single) a checkpoint scores its stability - Cohen's "
+        "kappa between its answers on the inputs and on slightly moved or noisy copies - "
+        "times the square root of the effective rank of its predicted class probabilities "
+        "over the number of classes. Labels are never read for either score; test accuracy "
+        "is shown for reference when the data has labels. With --out, also write each "
+        "checkpoint's analysis at its estimated rank and a report with the trajectory of "
+        "rank and score across the checkpoints.",
         epilog=DATA_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -256,7 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the joint rank scan (the score does not need it)",
     )
-    qua.add_argument("--seed", type=int, default=0, help="seed of --n-samples and the scan")
+    qua.add_argument(
+        "--mode",
+        choices=["auto", "consensus", "single"],
+        default="auto",
+        help="consensus: score the checkpoints against each other (needs >= 3, and is "
+        "unreliable when most of few checkpoints are poor); single: each on its own; auto "
+        "(default): consensus from 5 checkpoints on",
+    )
+    qua.add_argument(
+        "--seed", type=int, default=0, help="seed of --n-samples, the perturbations and the scan"
+    )
     qua.add_argument("--json", help="also write the scores to this JSON file")
     qua.add_argument(
         "--out",

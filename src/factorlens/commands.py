@@ -208,7 +208,7 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     return result, out
 
 
-#: below this many inputs `quality` notes that the score's neighbourhoods are sparse
+#: below this many inputs `quality` notes that the scores' spreads are wide
 RECOMMENDED_QUALITY_INPUTS = 2000
 
 
@@ -221,7 +221,9 @@ def run_quality(args: argparse.Namespace) -> int:
     """Score every checkpoint on the same unlabelled inputs; print a table, write JSON and,
     with ``--out``, every checkpoint's analysis at its chosen rank plus the trajectory report."""
     from factorlens.pipeline import FIGURES_DIR, REPORT_HTML, publish
+    from factorlens.quality import resolve_mode
 
+    resolve_mode(args.mode, len(args.checkpoints))  # a mode that cannot run: before any work
     json_path = Path(args.json) if args.json else None
     if json_path is not None:
         if json_path.exists() and not args.overwrite:
@@ -267,14 +269,19 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
         OUTPUT_BLOCK,
         assess_store,
         capture_for_score,
-        input_neighbours,
+        model_outputs,
+        perturbations,
+        perturbed_outputs,
+        resolve_mode,
+        score_together,
     )
     from factorlens.report.html import safe_name
     from factorlens.store import StoreView
 
+    mode = resolve_mode(args.mode, len(args.checkpoints))
     data, device, preprocess = _inputs(args)
-    neighbours = input_neighbours(data.images)  # the same inputs for every checkpoint
-    analyses = []
+    copies = perturbations(data.images, args.seed)  # the same copies for every checkpoint
+    analyses, outputs, single = [], [], []
     bar = tqdm(args.checkpoints, desc="quality", unit="checkpoint", leave=False, disable=args.quiet)
     for i, ckpt in enumerate(bar):
         bar.set_postfix_str(Path(ckpt).name)
@@ -291,16 +298,18 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
             nonfinite=args.nonfinite,
             meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
         )
+        options = {"batch_size": args.batch_size, "device": device, "preprocess": preprocess}
         report = assess_store(
             store,
+            perturbed_outputs(model, copies, **options),
             max_rank=args.max_rank,
             seed=args.seed,
             checkpoint=ckpt,
             scan=not args.no_rank,
-            neighbours=neighbours,
             progress=not args.quiet,
         )
-        reports.append(report)
+        single.append(report)
+        outputs.append(model_outputs(store))
         if stage is not None:  # the scan ran (no --no-rank with --out): rank >= 1
             target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
             analyze_store(
@@ -317,8 +326,11 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
             )
             analyses.append(target)
     bar.close()
+    reports.extend(score_together(single, outputs, mode))
     if stage is None:
         return
+    for target, report in zip(analyses, reports, strict=True):  # the scores of the mode
+        _record_quality(target / "result.json", report)
     from factorlens.report.trajectory import write_trajectory_report
 
     title = f"factorlens quality — {type(model).__name__}"
@@ -326,18 +338,26 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
     (stage / QUALITY_JSON).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
 
 
+def _record_quality(result_json: Path, report) -> None:
+    """Write a checkpoint's final scores into the meta of its (staged) analysis."""
+    summary = json.loads(result_json.read_text())
+    quality = {k: v for k, v in report.to_dict().items() if k != "rank_scan"}
+    summary["meta"].update(quality_score=report.score, quality=quality)
+    result_json.write_text(json.dumps(summary, indent=1))
+
+
 def _print_quality_table(reports: list, with_acc: bool) -> None:
     """The quality table on stdout (and Spearman with accuracy when there are labels)."""
     width = max(len("checkpoint"), *(len(r.checkpoint or "") for r in reports))
     head = (
-        f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}  {'± sd':>6}  {'agreement':>9}  "
-        f"{'pred.rank':>9}"
+        f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}  {'± sd':>6}  {'single':>6}  "
+        f"{'stability':>9}  {'pred.rank':>9}"
     )
     print(head + ("  accuracy (labels, for reference only)" if with_acc else ""))
     for r in reports:
         line = (
             f"{r.checkpoint:<{width}}  {r.rank:>4}  {r.score:6.3f}  {r.score_sd:6.3f}  "
-            f"{r.agreement:9.3f}  {r.prediction_rank:9.2f}"
+            f"{r.single_score:6.3f}  {r.stability:9.3f}  {r.prediction_rank:9.2f}"
         )
         if with_acc and r.accuracy is not None:
             line += f"  {r.accuracy:.4f}"
@@ -349,6 +369,14 @@ def _print_quality_table(reports: list, with_acc: bool) -> None:
 
         rho = spearmanr([r.score for r in reports], [r.accuracy for r in reports])[0]
         print(f"Spearman(score, accuracy) = {rho:.3f}")
+    if reports[0].mode == "consensus":
+        print(
+            "score: each checkpoint's estimated accuracy in the consensus of all "
+            f"{len(reports)} (Dawid-Skene); single: its own score (stability × "
+            "sqrt(pred.rank / K))"
+        )
+    else:
+        print("score: each checkpoint on its own (stability × sqrt(pred.rank / K))")
     notes = {n for r in reports for n in (r.rank_scan or {}).get("notes", [])}
     for note in sorted(notes):
         print(f"note: rank scan: {note}")

@@ -5,15 +5,24 @@ inputs, and a Dawid–Skene model (Dawid & Skene 1979) in its one-coin form is f
 every checkpoint ``m`` gives the true class with probability ``p_m`` and otherwise one of the
 ``K − 1`` others uniformly; the true classes are hidden. EM alternates
 
-* E-step: the posterior of each input's class, ``q[n, k] ∝ π_k Π_m (p_m if pred_m[n] = k
-  else (1 − p_m) / (K − 1))``;
+* E-step: the posterior of each input's class, ``q[n, k] ∝ Π_m (p_m if pred_m[n] = k
+  else (1 − p_m) / (K − 1))`` (a uniform prior over the K classes);
 * M-step: ``p_m = mean_n q[n, pred_m[n]]`` (how often checkpoint m says what the weighted
-  consensus believes) and the class prior ``π = mean_n q[n]``,
+  consensus believes), at most ``Σ_k min(f_mk, 1/K)`` with ``f_mk`` the share of inputs it
+  puts in class k (with balanced classes no checkpoint can be right more often),
 
 starting from the plain majority vote. ``p_m`` is the **estimated accuracy** of checkpoint m:
 a checkpoint that agrees with the reliable majority gains weight in the consensus, one that
 answers at random or always the same class loses it (its ``p_m`` falls towards ``1 / K`` or
 the share of its one class). No label is read.
+
+Why the class prior is held uniform and each ``p_m`` has a ceiling: with few checkpoints that
+mostly disagree, the plain model has a degenerate fixed point in which the checkpoint with
+the least varied answers (an untrained one that says one or two classes) is "always right"
+and the others always wrong (seen with 3 DigitsCNN checkpoints: the untrained one got 1.00,
+the trained one 0.00). Balanced classes rule that out: a checkpoint that says two classes can
+be right on at most 2/K of the inputs. The cost: a test set whose classes are far from
+balanced is pulled towards balance, and its checkpoints' estimates are capped too low.
 
 Assumptions, and where it fails: the checkpoints' errors are treated as independent given the
 true class. Checkpoints that share systematic mistakes (one run at neighbouring steps, the same
@@ -46,7 +55,7 @@ class ConsensusFit:
     ----------
     accuracy : (M,) estimated accuracy ``p_m`` of each checkpoint, in [0, 1].
     posterior : (N, K) posterior class probabilities of each input under the consensus.
-    prior : (K,) estimated class frequencies.
+    prior : (K,) the consensus' class frequencies (mean posterior).
     agreement : (M, N) ``posterior[n, pred_m[n]]``: the per-input terms whose mean is
         ``accuracy`` (for bootstrap spreads).
     n_iter : EM iterations run; ``converged`` whether the last change was below TOL.
@@ -97,6 +106,10 @@ def consensus_accuracy(
     m, n = pred.shape
     k = int(n_classes)
     rows = np.arange(n)
+    # with balanced classes a checkpoint is right at most on the share of inputs that its
+    # answers can cover: sum_k min(its share of answers k, 1/K)
+    share = np.stack([np.bincount(p, minlength=k) / n for p in pred])
+    ceiling = np.clip(np.minimum(share, 1.0 / k).sum(axis=1), _EPS, 1.0 - _EPS)
     post = np.zeros((n, k))
     for mm in range(m):  # start: the plain majority vote, as soft labels
         np.add.at(post, (rows, pred[mm]), 1.0)
@@ -107,12 +120,10 @@ def consensus_accuracy(
     while n_done < int(n_iter):
         n_done += 1
         agree = post[rows[None, :], pred]  # (M, N)
-        new_acc = np.clip(agree.mean(axis=1), _EPS, 1.0 - _EPS)
-        prior = np.clip(post.mean(axis=0), _EPS, None)
-        # E-step in logs: every checkpoint adds log((1-p)/(K-1)) to every class and the
-        # difference log(p) - log((1-p)/(K-1)) to the class it predicted
-        log_post = np.tile(np.log(prior), (n, 1))
-        log_post += np.log((1.0 - new_acc) / (k - 1)).sum()
+        new_acc = np.clip(agree.mean(axis=1), _EPS, ceiling)
+        # E-step in logs: every checkpoint adds log((1-p)/(K-1)) to every class (a constant,
+        # left out) and the difference log(p) - log((1-p)/(K-1)) to the class it predicted
+        log_post = np.zeros((n, k))
         gain = np.log(new_acc) - np.log((1.0 - new_acc) / (k - 1))
         for mm in range(m):
             log_post[rows, pred[mm]] += gain[mm]

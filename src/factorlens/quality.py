@@ -1,38 +1,41 @@
 """Training quality without labels: a score per checkpoint, with the joint rank beside it.
 
-**Score (fixed recipe, higher = better trained)**::
+Two modes (:func:`score_together` picks one; ``auto`` = consensus from 5 checkpoints on):
 
-    score = agreement × sqrt(prediction_rank / K)
+**consensus** — several checkpoints scored on the same inputs (the usual question, "which of
+my checkpoints is best?"). Their predicted classes are pooled in a one-coin Dawid–Skene model
+(:mod:`factorlens.consensus`) and each checkpoint's score is its **estimated accuracy**: how
+often it gives the class that the reliability-weighted consensus believes.
 
-* ``agreement`` — do the network's answers respect the structure of its own inputs? The input
-  block is embedded in its leading principal components (the truncated SVD of the centred
-  inputs that keeps 90 % of their energy) and every input's 10 nearest neighbours there are
-  found. ``agreement`` is Cohen's κ between each input's predicted class and its neighbours'
-  predicted classes: the observed share of agreeing pairs, corrected by the share expected by
-  chance from the predicted class frequencies, ``(p_agree − p_chance) / (1 − p_chance)``. It
-  is 0 for answers that ignore the inputs' neighbourhoods (or never vary) and 1 when
-  neighbours always get the same answer. A net that learnt from too few or wrong labels cuts
-  through the inputs' natural clusters and agrees less.
+**single** — one checkpoint on its own (fixed recipe, higher = better trained)::
+
+    score = stability × sqrt(prediction_rank / K)
+
+* ``stability`` — do the answers survive changes of the input that should not change them?
+  Every input is perturbed twice (:func:`perturbations`): moved by about 1/14 of the image side
+  (1 px on 8×8, 2 px on 28×28 and 32×32; edges replicated) in a random direction, and with
+  Gaussian noise of sd 0.05 added (clipped to [0, 1]); non-image inputs get the noise only.
+  ``stability`` is the mean over the perturbations of Cohen's κ between the predicted classes of
+  the clean and the perturbed inputs: the share of unchanged answers corrected by the share
+  expected by chance from the two class frequencies. A network that learnt the task keeps its
+  answers; one that fits too few or wrong labels, or has barely started, has brittle answers.
 * ``prediction_rank`` — the effective rank (Roy & Vetterli 2007) of the ``N×K`` predicted
   class probabilities (the softmax of the model's output, or the output itself when it already
   is probabilities), in ``[1, K]``: ≈ 1 when every input gets the same answer, ≈ K when the
-  inputs are sorted into K confident, distinct answers. It keeps a coarse but consistent answer
-  (two classes for ten digits) from scoring high.
+  inputs are sorted into K confident, distinct answers. It keeps a network that answers one
+  class whatever the input (perfectly stable) from scoring high.
 
-The score reads no label and no training data; it lies in ``[-1, 1]`` (0 when every input
-gets the same answer). In the benchmark, untrained checkpoints score 0–0.13 and the fully
-trained ones with test accuracy ≥ 0.96 score 0.81–0.88: compare checkpoints scored on the same
-inputs, not scores across data sets. Neighbourhoods get denser, and the score resolves close
-checkpoints better, with more inputs: use a few thousand (see the README for measurements).
+Neither mode reads a label or training data, and neither comes from the joint factorization
+(the earlier score, agreement between input-space neighbours, failed on every domain where
+pixel similarity is not class similarity: see benchmarks/RESULTS.md). The single score lies in
+``[-1, 1]``; compare checkpoints scored on the same inputs, not scores across data sets.
 
 **Spread**: ``score_sd`` is the bootstrap standard deviation of the score over resamples of the
-inputs (:func:`score_spread`); checkpoints whose scores differ by less are not told apart.
+inputs; checkpoints whose scores differ by less are not told apart.
 
 **Rank**: the rank of the joint factorization of the input and the chosen layers, chosen by
-:func:`factorlens.rank.estimate_rank` (split-half stability and bi-cross-validation), reported
-beside the score as the factorization's own evidence. On the zoos (benchmarks/bench_quality.py)
-the joint rank, the joint CMTF's per-block fits and strength spectra do *not* track accuracy
-across training steps, label noise and training-set size; the score does.
+:func:`factorlens.rank.estimate_rank`, reported beside the score as the factorization's own
+evidence. On the zoos (benchmarks/bench_quality.py) it does *not* track accuracy.
 """
 
 from __future__ import annotations
@@ -46,12 +49,10 @@ import numpy as np
 from factorlens.baselines import effective_rank
 from factorlens.errors import FactorlensError
 
-#: neighbours per input for the agreement
-N_NEIGHBOURS = 10
-#: share of the centred inputs' energy kept by the principal-component embedding
-INPUT_ENERGY = 0.9
-#: at most this many principal components (found by randomized SVD above it)
-MAX_COMPONENTS = 128
+#: shift of the moved copy, as a fraction of the image side (at least 1 pixel)
+SHIFT_FRACTION = 1 / 14
+#: standard deviation of the noise added to the noisy copy (pixels in [0, 1])
+NOISE_SD = 0.05
 #: bootstrap resamples of the inputs for the score's spread
 N_BOOTSTRAP = 200
 #: the name under which assess() captures the model's own output
@@ -62,6 +63,10 @@ OUTPUT_BLOCK = "model output"
 MODES = ("single", "consensus")
 #: fewest checkpoints the consensus mode takes (with two, neither can outvote the other)
 MIN_CONSENSUS = 3
+#: fewest checkpoints for which ``auto`` picks the consensus: with 3 of which 2 are poor and
+#: disagree, the consensus is not identifiable (seen: a 0.18-accuracy checkpoint estimated
+#: above a 0.81 one); the single score is safer there
+AUTO_CONSENSUS = 5
 
 
 @dataclass
@@ -76,7 +81,7 @@ class QualityReport:
     score: float
     rank: int
     prediction_rank: float
-    agreement: float
+    stability: float
     score_sd: float
     n_outputs: int
     n_inputs: int
@@ -100,7 +105,7 @@ class QualityReport:
             "single_score_sd": float(
                 self.score_sd if self.single_score_sd is None else self.single_score_sd
             ),
-            "agreement": float(self.agreement),
+            "stability": float(self.stability),
             "prediction_rank": float(self.prediction_rank),
             "n_outputs": int(self.n_outputs),
             "n_inputs": int(self.n_inputs),
@@ -150,93 +155,92 @@ def prediction_rank(outputs: np.ndarray) -> float:
     return effective_rank(class_probabilities(outputs))
 
 
-def input_embedding(inputs: Any, energy: float = INPUT_ENERGY) -> np.ndarray:
-    """``(N, r)`` principal-component scores of the centred inputs ``(N, ...)``, with ``r`` the
-    fewest components that keep ``energy`` of their squared norm (at most MAX_COMPONENTS)."""
-    x = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+def perturbations(inputs: Any, random_state: int = 0) -> list[np.ndarray]:
+    """The perturbed copies of ``inputs`` that the stability compares against: images
+    ``(N, C, H, W)`` give ``[moved, noisy]``, any other shape ``[noisy]``; float32 in [0, 1].
+
+    ``moved``: every image translated by ``max(1, round(SHIFT_FRACTION × side))`` pixels
+    up, down, left or right (drawn per image), the edge pixels replicated into the gap.
+    ``noisy``: Gaussian noise of sd NOISE_SD added, clipped to [0, 1]. Seeded: the same
+    ``random_state`` gives the same copies.
+    """
+    x = np.asarray(inputs, dtype=np.float32)
     if x.shape[0] < 2:
         raise FactorlensError("the quality score needs at least 2 inputs; give more samples")
-    x = x - x.mean(axis=0)
-    total = float(np.einsum("ij,ij->", x, x))
-    if total == 0.0:
-        raise FactorlensError(
-            "every input is identical, so they have no neighbourhoods to agree with; give "
-            "varied inputs"
-        )
-    if min(x.shape) <= MAX_COMPONENTS:
-        u, s, _ = np.linalg.svd(x, full_matrices=False)
-    else:
-        from sklearn.utils.extmath import randomized_svd
-
-        u, s, _ = randomized_svd(x, MAX_COMPONENTS, random_state=0)
-    kept = np.cumsum(s**2) / total
-    r = min(int(np.searchsorted(kept, energy)) + 1, s.size)
-    return u[:, :r] * s[:r]
+    rng = np.random.default_rng(random_state)
+    noisy = np.clip(x + rng.normal(0.0, NOISE_SD, size=x.shape).astype(np.float32), 0.0, 1.0)
+    if x.ndim != 4:
+        return [noisy]
+    h, w = x.shape[2:]
+    step = max(1, round(SHIFT_FRACTION * min(h, w)))
+    padded = np.pad(x, ((0, 0), (0, 0), (step, step), (step, step)), mode="edge")
+    direction = rng.integers(0, 4, size=x.shape[0])
+    moved = np.empty_like(x)
+    for d, (dy, dx) in enumerate(((step, 0), (-step, 0), (0, step), (0, -step))):
+        rows = direction == d
+        moved[rows] = padded[rows, :, step - dy : step - dy + h, step - dx : step - dx + w]
+    return [moved, noisy]
 
 
-def input_neighbours(inputs: Any, k: int = N_NEIGHBOURS) -> np.ndarray:
-    """``(N, k')`` indices of each input's nearest neighbours (itself excluded) in its
-    principal-component embedding; ``k' = min(k, N − 1)``."""
-    from sklearn.neighbors import NearestNeighbors
-
-    emb = input_embedding(inputs)
-    k = min(int(k), emb.shape[0] - 1)
-    found = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb, return_distance=False)
-    is_self = found == np.arange(emb.shape[0])[:, None]
-    # an input with exact duplicates may not be listed first, or at all: then drop the farthest
-    is_self[~is_self.any(axis=1), -1] = True
-    return found[~is_self].reshape(emb.shape[0], k)
-
-
-def neighbour_agreement(predicted: np.ndarray, neighbours: np.ndarray, n_classes: int) -> float:
-    """Cohen's κ between each input's predicted class ``(N,)`` and its ``neighbours``' ``(N, k)``
-    predicted classes, chance taken from the predicted class frequencies. 0 when every input
-    gets the same class."""
-    pred = np.asarray(predicted)
-    return _kappa(float(np.mean(pred[neighbours] == pred[:, None])), pred, n_classes)
-
-
-def _kappa(observed: float, predicted: np.ndarray, n_classes: int) -> float:
-    """κ of an observed agreement share, chance from the classes ``predicted`` ``(N,)``."""
-    freq = np.bincount(predicted, minlength=n_classes) / predicted.size
-    chance = float(freq @ freq)
+def answer_agreement(predicted: np.ndarray, other: np.ndarray, n_classes: int) -> float:
+    """Cohen's κ between two answers ``(N,)`` to the same inputs: the share that agree,
+    corrected by the share expected from the two class frequencies. 0 when either answer is
+    always the same class."""
+    a, b = np.asarray(predicted), np.asarray(other)
+    fa = np.bincount(a, minlength=n_classes) / a.size
+    fb = np.bincount(b, minlength=n_classes) / b.size
+    chance = float(fa @ fb)
     if chance >= 1.0:
         return 0.0
-    return (observed - chance) / (1.0 - chance)
+    return (float(np.mean(a == b)) - chance) / (1.0 - chance)
 
 
-def quality_score(outputs: np.ndarray, neighbours: np.ndarray) -> tuple[float, float, float]:
-    """``(score, agreement, prediction_rank)`` from the model's outputs ``(N, K)`` and the
-    inputs' neighbour indices ``(N, k)`` (:func:`input_neighbours`)."""
+def _check_perturbed(outputs: np.ndarray, perturbed: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if not perturbed:
+        raise FactorlensError("give the model's outputs on at least one perturbed copy")
+    checked = [_check_outputs(p) for p in perturbed]
+    for p in checked:
+        if p.shape != outputs.shape:
+            raise FactorlensError(
+                f"the outputs on a perturbed copy have shape {p.shape} but those on the inputs "
+                f"{outputs.shape}; run the model on perturbations() of the same inputs"
+            )
+    return checked
+
+
+def quality_score(
+    outputs: np.ndarray, perturbed: Sequence[np.ndarray]
+) -> tuple[float, float, float]:
+    """``(score, stability, prediction_rank)`` of one checkpoint from its outputs ``(N, K)``
+    on the inputs and on each of their :func:`perturbations` (same shape)."""
     out = _check_outputs(outputs)
-    if neighbours.shape[0] != out.shape[0]:
-        raise FactorlensError(
-            f"neighbours are given for {neighbours.shape[0]} inputs but the model answered "
-            f"{out.shape[0]}; compute them from the same inputs"
-        )
+    others = _check_perturbed(out, perturbed)
     k = out.shape[1]
+    pred = out.argmax(axis=1)
+    stab = float(np.mean([answer_agreement(pred, p.argmax(axis=1), k) for p in others]))
     er = prediction_rank(out)
-    agreement = neighbour_agreement(out.argmax(axis=1), neighbours, k)
-    return agreement * float(np.sqrt(er / k)), agreement, er
+    return stab * float(np.sqrt(er / k)), stab, er
 
 
 def score_spread(
-    outputs: np.ndarray, neighbours: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0
+    outputs: np.ndarray,
+    perturbed: Sequence[np.ndarray],
+    n_boot: int = N_BOOTSTRAP,
+    random_state: int = 0,
 ) -> float:
-    """Bootstrap standard deviation of the score over ``n_boot`` resamples of the inputs (each
-    keeps its neighbour list): how far the score moves on another draw of similar inputs.
-    Scores of two checkpoints on the same inputs that differ by less are not told apart."""
+    """Bootstrap standard deviation of the single-checkpoint score over ``n_boot`` resamples
+    of the inputs: how far it moves on another draw of similar inputs."""
     out = _check_outputs(outputs)
+    others = [p.argmax(axis=1) for p in _check_perturbed(out, perturbed)]
     probs = class_probabilities(out)
     k = out.shape[1]
     pred = out.argmax(axis=1)
-    same = np.mean(pred[neighbours] == pred[:, None], axis=1)  # (N,) agreeing share per input
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     scores = []
     for _ in range(int(n_boot)):
         rows = rng.integers(0, pred.size, pred.size)
-        kappa = _kappa(float(same[rows].mean()), pred[rows], k)
-        scores.append(kappa * float(np.sqrt(effective_rank(probs[rows]) / k)))
+        stab = np.mean([answer_agreement(pred[rows], o[rows], k) for o in others])
+        scores.append(stab * float(np.sqrt(effective_rank(probs[rows]) / k)))
     return float(np.std(scores, ddof=1))
 
 
@@ -252,6 +256,18 @@ def capture_for_score(
     return capture(model, data, chosen, progress=False, output=OUTPUT_BLOCK, **options)
 
 
+def perturbed_outputs(model: Any, copies: Sequence[np.ndarray], **options: Any) -> list[np.ndarray]:
+    """The model's outputs ``(N, K)`` on each perturbed copy of the inputs
+    (:func:`perturbations`); ``options`` (batch_size, device, preprocess) go to
+    :func:`factorlens.capture.capture`."""
+    from factorlens.capture import capture
+
+    return [
+        model_outputs(capture(model, c, [], progress=False, output=OUTPUT_BLOCK, **options))
+        for c in copies
+    ]
+
+
 def assess(
     model: Any,
     data: Any,
@@ -264,74 +280,58 @@ def assess(
     seed: int = 0,
     checkpoint: str | None = None,
     scan: bool = True,
-    neighbours: np.ndarray | None = None,
 ) -> QualityReport:
-    """Capture ``model`` on ``data`` (``ImageData`` or array), score it and scan its joint rank.
+    """Capture ``model`` on ``data`` (``ImageData`` or array), score it on its own and scan its
+    joint rank.
 
     One forward pass over the inputs records the input, ``layers`` (default: every
-    representation layer) and the model's own output; then :func:`assess_store`.
+    representation layer) and the model's own output, one more per perturbed copy records
+    the output; then :func:`assess_store`. ``seed`` draws the perturbations and the scan.
     """
-    store = capture_for_score(
-        model,
-        data,
-        layers=layers,
-        scan=scan,
-        batch_size=batch_size,
-        device=device,
-        preprocess=preprocess,
-    )
+    options = {"batch_size": batch_size, "device": device, "preprocess": preprocess}
+    store = capture_for_score(model, data, layers=layers, scan=scan, **options)
+    images = np.asarray(getattr(data, "images", data), dtype=np.float32)
+    perturbed = perturbed_outputs(model, perturbations(images, seed), **options)
     return assess_store(
-        store,
-        max_rank=max_rank,
-        seed=seed,
-        checkpoint=checkpoint,
-        scan=scan,
-        neighbours=neighbours,
+        store, perturbed, max_rank=max_rank, seed=seed, checkpoint=checkpoint, scan=scan
     )
 
 
 def assess_store(
     store: Any,
+    perturbed: Sequence[np.ndarray],
     *,
     max_rank: int = 10,
     seed: int = 0,
     checkpoint: str | None = None,
     scan: bool = True,
-    neighbours: np.ndarray | None = None,
     progress: bool = False,
 ) -> QualityReport:
     """Score a store captured with ``output=OUTPUT_BLOCK`` and scan the joint rank of its
     input and layers (the output block left out).
 
-    The output and the input give the score. ``neighbours`` — :func:`input_neighbours` of the
-    same inputs — saves recomputing them when several checkpoints share the inputs. Accuracy
-    (for reference) comes from the store's labels, when it has them.
+    ``perturbed`` — the model's outputs on each of :func:`perturbations` of the store's
+    inputs (:func:`perturbed_outputs`) — and the output give the single-checkpoint score.
+    Accuracy (for reference) comes from the store's labels, when it has them.
     """
     from factorlens.rank import estimate_rank
 
-    if OUTPUT_BLOCK not in store.names:
-        raise FactorlensError(
-            f"the store has no {OUTPUT_BLOCK!r} block; capture it with output={OUTPUT_BLOCK!r}"
-        )
-    outputs = np.asarray(store.block(OUTPUT_BLOCK)[:])
-    outputs = outputs.reshape(outputs.shape[0], -1)
-    inputs = np.asarray(store.block("input")[:], dtype=np.float32)
-    if neighbours is None:
-        neighbours = input_neighbours(inputs)
-    score, agreement, er = quality_score(outputs, neighbours)
-    spread = score_spread(outputs, neighbours, seed=seed)
+    outputs = model_outputs(store)
+    score, stability, er = quality_score(outputs, perturbed)
+    spread = score_spread(outputs, perturbed, random_state=seed)
     degenerate = [OUTPUT_BLOCK] if float(np.ptp(outputs)) == 0.0 else []
     labels = store.labels
     accuracy = float(np.mean(outputs.argmax(axis=1) == labels)) if labels is not None else None
     blocks = {}
-    for name in store.names:
-        if name == OUTPUT_BLOCK:
-            continue
-        arr = inputs if name == "input" else np.asarray(store.block(name)[:], dtype=np.float32)
-        if float(np.ptp(arr)) == 0.0:
-            degenerate.append(name)
-        else:
-            blocks[name] = arr
+    if scan:
+        for name in store.names:
+            if name == OUTPUT_BLOCK:
+                continue
+            arr = np.asarray(store.block(name)[:], dtype=np.float32)
+            if float(np.ptp(arr)) == 0.0:
+                degenerate.append(name)
+            else:
+                blocks[name] = arr
     rank, evidence = 0, None
     if scan and "input" in blocks:
         result = estimate_rank(blocks, max_rank, random_state=seed, progress=progress)
@@ -340,7 +340,7 @@ def assess_store(
         score=score,
         rank=rank,
         prediction_rank=er,
-        agreement=agreement,
+        stability=stability,
         score_sd=spread,
         n_outputs=int(outputs.shape[1]),
         n_inputs=int(outputs.shape[0]),
@@ -349,6 +349,31 @@ def assess_store(
         degenerate=degenerate,
         rank_scan=evidence,
     )
+
+
+def score_checkpoints(
+    models: Sequence[Any],
+    data: Any,
+    *,
+    mode: str = "auto",
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> list[QualityReport]:
+    """Score several checkpoints (built models) on the same ``data`` in ``mode`` (auto: the
+    consensus from AUTO_CONSENSUS checkpoints on, else each on its own); no rank scan.
+    ``options`` (batch_size, device, preprocess) go to the capture."""
+    chosen = resolve_mode(mode, len(models))
+    images = np.asarray(getattr(data, "images", data), dtype=np.float32)
+    copies = perturbations(images, seed)
+    reports, outputs = [], []
+    for i, model in enumerate(models):
+        store = capture_for_score(model, data, scan=False, **options)
+        perturbed = perturbed_outputs(model, copies, **options)
+        name = None if names is None else names[i]
+        reports.append(assess_store(store, perturbed, seed=seed, checkpoint=name, scan=False))
+        outputs.append(model_outputs(store))
+    return score_together(reports, outputs, chosen)
 
 
 def score_model(
@@ -377,10 +402,10 @@ def model_outputs(store: Any) -> np.ndarray:
 
 
 def resolve_mode(mode: str, n_checkpoints: int) -> str:
-    """``"auto"`` -> ``"consensus"`` for at least MIN_CONSENSUS checkpoints, else ``"single"``;
-    an explicit mode is checked against the number of checkpoints."""
+    """``"auto"`` -> ``"consensus"`` for at least AUTO_CONSENSUS checkpoints, else
+    ``"single"``; an explicit mode is checked against the number of checkpoints."""
     if mode == "auto":
-        return "consensus" if n_checkpoints >= MIN_CONSENSUS else "single"
+        return "consensus" if n_checkpoints >= AUTO_CONSENSUS else "single"
     if mode not in MODES:
         raise FactorlensError(f"unknown quality mode {mode!r}; use auto, single or consensus")
     if mode == "consensus" and n_checkpoints < MIN_CONSENSUS:
