@@ -73,3 +73,13 @@ def test_colour_zoo_with_a_width_sweep(tmp_path: Path) -> None:
 def test_grayscale_only_architectures_refuse_colour(tmp_path: Path) -> None:
     with pytest.raises(FactorlensError, match="takes grayscale images but shapes has 3"):
         build_zoo("shapes", tmp_path / "z", arch="mnistcnn", quick=True, progress=False)
+
+
+def test_the_test_sets_load_as_data_specs() -> None:
+    from factorlens.data import load_data
+
+    data = load_data("shapes")
+    assert data.images.shape == (2000, 3, 32, 32) and data.class_names[0] == "disc"
+    assert np.array_equal(data.images, synthetic_split("shapes")[2])
+    with pytest.raises(FactorlensError, match="takes no argument"):
+        load_data("glyphs:x")

@@ -30,7 +30,7 @@ EPILOG = """examples:
 
 
 DATA_EPILOG = (
-    "data SPEC: digits | mnist:DIR[:train] | npz:FILE | folder:DIR\n"
+    "data SPEC: digits | glyphs | shapes | mnist:DIR[:train] | npz:FILE | folder:DIR\n"
     "model preprocessing: images enter as float32 in [0, 1]; --normalize applies "
     "(x - mean) / std per channel;\na model file may define "
     "factorlens_preprocess(x) -> x to add its own step (see the README)."

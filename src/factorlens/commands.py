@@ -356,7 +356,8 @@ def _print_quality_table(reports: list, with_acc: bool) -> None:
     print(head + ("  accuracy (labels, for reference only)" if with_acc else ""))
     for r in reports:
         line = (
-            f"{r.checkpoint:<{width}}  {r.rank:>4}  {r.score:6.3f}  {r.score_sd:6.3f}  "
+            f"{r.checkpoint:<{width}}  {r.rank if r.rank_scan else '-':>4}  {r.score:6.3f}  "
+            f"{r.score_sd:6.3f}  "
             f"{r.single_score:6.3f}  {r.stability:9.3f}  {r.prediction_rank:9.2f}"
         )
         if with_acc and r.accuracy is not None:

@@ -3,6 +3,8 @@
 Accepted SPEC forms:
 
 * ``digits`` — scikit-learn's bundled 8×8 digits (1797 images, 1×8×8, labels 0–9).
+* ``glyphs`` / ``shapes`` — the fixed 2,000-image test sets of the procedural domains of
+  :mod:`factorlens.synthetic` (1×28×28 letters, 3×32×32 coloured shapes; 10 classes).
 * ``mnist:DIR`` / ``mnist:DIR:train`` / ``mnist:DIR:test`` — the MNIST IDX files as distributed
   (``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]`` for the default test split,
   ``train-…`` for ``:train``); the label file is optional.
@@ -41,7 +43,7 @@ __all__ = [
     "parse_normalize",
 ]
 
-SPEC_FORMS = "digits, mnist:DIR, mnist:DIR:train, npz:FILE.npz, folder:DIR"
+SPEC_FORMS = "digits, glyphs, shapes, mnist:DIR, mnist:DIR:train, npz:FILE.npz, folder:DIR"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 _IDX_UINT8 = 0x08
@@ -130,6 +132,10 @@ def load_data(spec: str) -> ImageData:
         if sep and rest:
             raise FactorlensError(f"'digits' takes no argument, got {spec!r}; use just: digits")
         return _load_digits()
+    if scheme_l in ("glyphs", "shapes"):
+        if sep and rest:
+            raise FactorlensError(f"{scheme_l!r} takes no argument, got {spec!r}; use: {scheme_l}")
+        return _load_synthetic(scheme_l)
     if not sep or scheme_l not in ("mnist", "npz", "folder"):
         hint = ""
         if not sep and Path(spec).suffix.lower() == ".npz":
@@ -202,6 +208,20 @@ def _finish(
 
 # --------------------------------------------------------------------------------------------
 # digits
+
+
+def _load_synthetic(domain: str) -> ImageData:
+    from factorlens.synthetic import DOMAINS, N_TEST, synthetic_split
+
+    _x, _y, images, labels = synthetic_split(domain)
+    c, h, w, names = DOMAINS[domain]
+    return _finish(
+        np.array(images),
+        np.array(labels),
+        list(names),
+        f"{domain} (factorlens.synthetic), the fixed {N_TEST} test images ({c}×{h}×{w}, 10 classes)",
+        domain,
+    )
 
 
 def _load_digits() -> ImageData:

@@ -275,17 +275,10 @@ def _digits_split(seed: int) -> _Split:
 
 
 def _synthetic_split(domain: str, seed: int) -> _Split:
-    from factorlens.synthetic import DOMAINS, N_TEST, synthetic_split
+    from factorlens.synthetic import synthetic_split
 
-    x_train, y_train, x_test, y_test = synthetic_split(domain, seed)
-    c, h, w, names = DOMAINS[domain]
-    test = ImageData(
-        images=np.array(x_test),
-        labels=np.array(y_test),
-        class_names=list(names),
-        description=f"{domain} (factorlens.synthetic), the fixed {N_TEST} test images ({c}×{h}×{w}, 10 classes)",
-    )
-    return _Split(domain, domain, np.array(x_train), np.array(y_train), test)
+    x_train, y_train, _x, _y = synthetic_split(domain, seed)
+    return _Split(domain, domain, np.array(x_train), np.array(y_train), load_data(domain))
 
 
 def _split(dataset: str, directory: Path | None, seed: int) -> _Split:
