@@ -21,7 +21,7 @@ from factorlens.data import ImageData, load_data
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, cmtf, congruence, factor_match_score
 from factorlens.pipeline import analyze, analyze_store, load, load_inputs
-from factorlens.quality import QualityReport, assess, score_model
+from factorlens.quality import QualityReport, assess, score_checkpoints, score_model
 from factorlens.rank import RankScan, estimate_rank
 from factorlens.store import MemoryStore, StoreView, ZarrStore, open_store
 
@@ -51,6 +51,7 @@ __all__ = [
     "load_data",
     "load_inputs",
     "open_store",
+    "score_checkpoints",
     "score_model",
     "select_layers",
 ]
