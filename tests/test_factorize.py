@@ -62,6 +62,25 @@ def test_l1_penalty_sets_absent_component_to_exact_zero() -> None:
     result = cmtf(blocks, 3, l1=0.05, random_state=0)
     assert np.sum(result.weights["layer2"] == 0.0) == 1
     assert np.all(result.weights["layer1"] > 0)
+    # the documented contract: every non-shared factor column has unit norm, also when absent
+    for facs in result.factors.values():
+        for f in facs:
+            np.testing.assert_allclose(np.linalg.norm(f, axis=0), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [1, 6])
+def test_a_component_switched_off_in_a_cp_block_comes_back(seed: int) -> None:
+    # start from the true loadings with the third replaced by noise: the penalty switches that
+    # component off in the input's CP block at once; once the layers have pulled its loadings
+    # into place it must return (it used to stay at zero, with zeroed mode columns, for good)
+    blocks, truth = planted_blocks(N=200, R=3, noise=0.05, seed=seed, missing=None)
+    A0 = truth["A"].copy()
+    A0[:, 2] = np.random.default_rng(seed).standard_normal(200)
+    result = cmtf(blocks, 3, l1=0.05, init=A0, n_init=1, max_iter=300)
+    assert result.weights["input"].min() > 0.2
+    assert factor_match_score([result.A], [truth["A"]]) > 0.99
+    for f in result.factors["input"]:
+        np.testing.assert_allclose(np.linalg.norm(f, axis=0), 1.0, atol=1e-9)
 
 
 def test_colour_input_is_fitted_as_four_way_cp() -> None:

@@ -63,6 +63,26 @@ def test_core_consistency_is_100_for_an_exact_cp_model() -> None:
     assert math.isnan(core_consistency(model.result_, data[1]))  # a matrix block
 
 
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+@pytest.mark.parametrize("normalised", [False, True])
+def test_core_consistency_equals_tlviz(rank: int, normalised: bool) -> None:
+    tlviz = pytest.importorskip("tlviz.model_evaluation", reason="tlviz (bench extra) absent")
+    blocks, _ = planted_blocks(N=200, R=3, noise=0.1, missing=None, seed=1)
+    blocks = {k: v.astype(np.float64) for k, v in blocks.items()}
+    model = CMTF(rank, l1=0.0)
+    data = model.prepare(blocks)
+    result = model.fit_blocks(data).result_
+    X = blocks["input"] * data[0].scale  # the block as fitted
+    sigma = result.weights["input"] * np.sqrt(data[0].norm_sq)
+    ref = tlviz.core_consistency((sigma, [result.A, *result.factors["input"]]), X, normalised)
+    ours = core_consistency(result, data[0], normalised=normalised)
+    assert ours == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    if rank <= 3:
+        assert ours > 99  # the planted CP structure
+    elif not normalised:
+        assert ours < 0  # Bro & Kiers: an over-factored CP model is flagged, not hidden
+
+
 def test_bi_cross_validation_is_minimal_at_the_true_rank_of_a_matrix() -> None:
     rng = np.random.default_rng(4)
     Z = rng.standard_normal((200, 3)) @ rng.standard_normal((3, 60)) * 3

@@ -104,6 +104,10 @@ def _column_updates(
 
     ``min_F  tr(Fᵀ F G) − 2 tr(Fᵀ Z) + Σ_r penalty_r ‖f_r‖``  (optionally ``F ≥ 0``):
     ``f_r = z₊/G_rr · max(0, 1 − penalty_r / (2‖z₊‖))`` with ``z = Z_r − Σ_{s≠r} f_s G_sr``.
+
+    A column with ``G_rr = 0`` does not enter the objective (another mode of its component is
+    zero) and is left as it is: zeroing it too would make a component that the penalty switched
+    off in one mode unable ever to come back.
     """
     F = F.copy()
     R = F.shape[1]
@@ -111,7 +115,6 @@ def _column_updates(
         for r in range(R):
             g = G[r, r]
             if g <= _TINY:
-                F[:, r] = 0.0
                 continue
             z = Z[:, r] - F @ G[:, r] + F[:, r] * g
             if nonneg:
@@ -407,13 +410,14 @@ class CMTF:
 
     def _update_A(self, A: np.ndarray, M: np.ndarray, G: np.ndarray, F) -> np.ndarray:
         if self._exact:
-            A = _solve_ls(M, G)
-            n = np.linalg.norm(A, axis=0)
+            new = _solve_ls(M, G)
+            n = np.linalg.norm(new, axis=0)
             ok = n > _TINY
-            A[:, ok] /= n[ok]
+            new[:, ok] /= n[ok]
+            new[:, ~ok] = A[:, ~ok]  # a component absent from every block keeps its loadings
             for Fb in F:
                 Fb[0][:, ok] *= n[ok]
-            return A
+            return new
         A = A.copy()
         for _ in range(self.inner_sweeps):
             for r in range(A.shape[1]):
@@ -532,6 +536,8 @@ class CMTF:
         for b, Fb in zip(data, state.F, strict=True):
             sigma = np.linalg.norm(Fb[0], axis=0)
             f0 = Fb[0] / np.where(sigma > _TINY, sigma, 1.0)
+            if np.any(sigma <= _TINY):
+                f0 = _absent_directions(b, A, Fb, f0, sigma <= _TINY)
             unit[b.name] = [f0] + [f.copy() for f in Fb[1:]]
             norm = math.sqrt(b.norm_sq)
             strength[b.name] = sigma / norm if norm > 0 else np.zeros(R)
@@ -605,6 +611,30 @@ def _normalise_modes(parts: list[np.ndarray]) -> list[np.ndarray]:
         parts[k][:, ok] /= n[ok]
         parts[0][:, ok] *= n[ok]
     return parts
+
+
+def _absent_directions(
+    block: Block, A: np.ndarray, Fb: list[np.ndarray], f0: np.ndarray, absent: np.ndarray
+) -> np.ndarray:
+    """Unit-norm first-mode columns for the components with no strength in ``block``.
+
+    Their direction is undefined by the fit; it is set to the least-squares direction the
+    component would take if it were present (``Ỹᵀ a_r``, contracted with the other modes of a
+    CP block), or the first basis vector when even that is zero, so every column of
+    ``factors`` keeps unit norm."""
+    f0 = f0.copy()
+    idx = np.flatnonzero(absent)
+    T = block.right(A[:, idx])  # (P_b, m)
+    if len(Fb) > 1:
+        T = _mttkrp(T.reshape(*block.shape[1:], -1), [f[:, idx] for f in Fb], 0)
+    for j, r in enumerate(idx):
+        n = float(np.linalg.norm(T[:, j]))
+        if n > _TINY:
+            f0[:, r] = T[:, j] / n
+        else:
+            f0[:, r] = 0.0
+            f0[0, r] = 1.0
+    return f0
 
 
 def _randomized_svd_factor(

@@ -13,16 +13,18 @@ from factorlens.factorize.engine import khatri_rao
 from factorlens.factorize.result import CMTFResult
 
 
-def core_consistency(result: CMTFResult, block: Block) -> float:
+def core_consistency(result: CMTFResult, block: Block, *, normalised: bool = False) -> float:
     """CORCONDIA (Bro & Kiers 2003) of the CP part for ``block``, in percent (≤ 100).
 
-    The least-squares Tucker core of the (scaled) block with the fitted unit-norm factors,
-    ``G = Ỹ ×₁ A⁺ ×₂ B⁺ ×₃ C⁺ …``, is compared with the superdiagonal core ``Λ = diag(σ)`` that a
-    CP model implies: ``100 · (1 − ‖G − Λ‖² / ‖Λ‖²)``. Dividing by ``‖Λ‖²`` rather than R keeps
-    the measure finite when the joint model gives a component (almost) no strength in this
-    block. Near 100: CP structure; low or negative: more components than the block supports.
-    Values are clipped below at −100 (over-factored CP models give arbitrarily negative ones).
-    ``nan`` when the block was fitted as a matrix or carries no component at all.
+    The component strengths ``σ`` are absorbed into the sample factor and the least-squares
+    Tucker core of the (scaled) block with these factors, ``G = Ỹ ×₁ (A diag σ)⁺ ×₂ B⁺ ×₃ C⁺ …``,
+    is compared with the superdiagonal identity ``I`` that a CP model implies:
+    ``100 · (1 − ‖G − I‖² / R)`` — the definition of Bro & Kiers and of
+    ``tlviz.model_evaluation.core_consistency``. ``normalised`` divides by ``‖G‖²`` instead of
+    ``R`` (the N-way toolbox's variant, rarely below 0). Near 100: CP structure; low or
+    negative (unbounded below): more components than the block supports. A component with no
+    strength in this block counts as fully inconsistent (its row of ``G`` is zero). ``nan``
+    when the block was fitted as a matrix or carries no component at all.
     """
     i = result.block_names.index(block.name)
     if result.block_models[i] != "cp":
@@ -31,14 +33,14 @@ def core_consistency(result: CMTFResult, block: Block) -> float:
     if not np.any(sigma > 0):
         return float("nan")
     R = result.rank
-    # mode 1 with the pseudo-inverse of the sample factor: (Ỹᵀ (A⁺)ᵀ)ᵀ, one data pass
-    G = block.right(np.linalg.pinv(result.A).T).T.reshape((R, *block.shape[1:]))
+    # mode 1 with the pseudo-inverse of the weighted sample factor: (Ỹᵀ (A_σ⁺)ᵀ)ᵀ, one pass
+    G = block.right(np.linalg.pinv(result.A * sigma).T).T.reshape((R, *block.shape[1:]))
     for k, f in enumerate(result.factors[block.name], start=1):
         G = np.moveaxis(np.tensordot(G, np.linalg.pinv(f), axes=([k], [1])), -1, k)
     ideal = np.zeros((R,) * G.ndim)
-    ideal[(np.arange(R),) * G.ndim] = sigma
-    value = 100.0 * (1.0 - np.sum((G - ideal) ** 2) / np.sum(sigma**2))
-    return float(max(value, -100.0))
+    ideal[(np.arange(R),) * G.ndim] = 1.0
+    denom = float(np.sum(G**2)) if normalised else float(R)
+    return float(100.0 * (1.0 - np.sum((G - ideal) ** 2) / denom))
 
 
 def joint_signature(result: CMTFResult) -> np.ndarray:
