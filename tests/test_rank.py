@@ -27,6 +27,9 @@ def test_scan_finds_the_planted_rank() -> None:
     assert np.all(np.diff(c["fit"]) >= -1e-6)  # more components never fit worse
     assert c["fit"][2] > 0.99  # 5 % noise
     assert c["stability"][2] > 0.95  # the planted components reappear on other samples
+    assert c["stability"][3] < 0.8  # one spurious component is enough to fail the test
+    assert len(scan.split_stability) == 3 and scan.plausible[0] <= 3 <= scan.plausible[1]
+    assert "chosen rank: 3" in scan.summary()
     assert c["corcondia"][2] > 90  # the input keeps its CP structure at the true rank
     assert c["bicv"][2] < c["bicv"][1]
     assert set(scan.block_fit) == set(blocks)

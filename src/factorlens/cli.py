@@ -217,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate the rank of the joint factorization, then analyse at that rank",
         description="Scan R = 1..--max-rank: joint and per-block fit, core consistency of the "
         "input's CP part, bi-cross-validation error and split-half stability; pick the rank "
-        "by the stated rule (the largest R with split-half stability >= 0.8 whose R-th "
-        "component lowers the bi-cross-validation error) and write the analysis at that rank, "
-        "with the evidence in the report.",
+        "by the stated rule (the largest R at which every component, the worst included, "
+        "matches across split halves with congruence >= 0.8, median of 3 splits, and whose "
+        "R-th component lowers the bi-cross-validation error), print the range of ranks the "
+        "splits support one at a time, and write the analysis at the chosen rank, with the "
+        "evidence in the report.",
         epilog=DATA_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -194,7 +194,7 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     for note in scan.notes:
         print(f"note: {note}")
     print(scan.table())
-    print(f"chosen rank: {scan.chosen} ({scan.rule})")
+    print(scan.summary())
     result = analyze_store(
         acts,
         out=out,

@@ -21,6 +21,35 @@ def congruence(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return (X / nx).T @ (Y / ny)
 
 
+def matched_congruences(
+    factors_a: Sequence[np.ndarray],
+    factors_b: Sequence[np.ndarray],
+    *,
+    absolute: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-component match of two factorizations with the same modes: ``(scores, perm)``.
+
+    ``scores[r]`` (shape ``(R1,)``) is the product over modes of the congruences between
+    component ``r`` of ``a`` and its partner ``perm[r]`` in ``b``; the one-to-one matching
+    maximises the total (Hungarian algorithm). Their mean is the factor match score, their
+    minimum the match of the worst component (one spurious component shows there, not in
+    the mean).
+    """
+    if len(factors_a) != len(factors_b):
+        raise FactorlensError("the factorizations have different numbers of modes")
+    R1 = factors_a[0].shape[1]
+    R2 = factors_b[0].shape[1]
+    if R2 < R1:
+        raise FactorlensError(f"cannot match {R1} components to only {R2}")
+    C = np.ones((R1, R2))
+    for fa, fb in zip(factors_a, factors_b, strict=True):
+        c = congruence(fa, fb)
+        C *= np.abs(c) if absolute else c
+    rows, cols = linear_sum_assignment(-C)
+    order = np.argsort(rows)
+    return C[rows, cols][order], cols[order]
+
+
 def factor_match_score(
     factors_a: Sequence[np.ndarray],
     factors_b: Sequence[np.ndarray],
@@ -37,18 +66,8 @@ def factor_match_score(
     Weights are not compared. Returns the score, and optionally ``perm`` with
     ``b[:, perm[r]]`` matched to ``a[:, r]``.
     """
-    if len(factors_a) != len(factors_b):
-        raise FactorlensError("the factorizations have different numbers of modes")
-    R1 = factors_a[0].shape[1]
-    R2 = factors_b[0].shape[1]
-    if R2 < R1:
-        raise FactorlensError(f"cannot match {R1} components to only {R2}")
-    C = np.ones((R1, R2))
-    for fa, fb in zip(factors_a, factors_b, strict=True):
-        c = congruence(fa, fb)
-        C *= np.abs(c) if absolute else c
-    rows, cols = linear_sum_assignment(-C)
-    score = float(C[rows, cols].mean())
+    scores, perm = matched_congruences(factors_a, factors_b, absolute=absolute)
+    score = float(scores.mean())
     if return_permutation:
-        return score, cols[np.argsort(rows)]
+        return score, perm
     return score

@@ -148,6 +148,8 @@ class RankScan:
     ranks: list[float]
     criteria: dict[str, list[float]]
     chosen: float | None
+    rule: str | None = None
+    plausible: tuple[float, float] | None = None
 
 
 def rank_scan(meta: dict | None) -> RankScan | None:
@@ -180,7 +182,20 @@ def rank_scan(meta: dict | None) -> RankScan | None:
         out[str(name)] = [_number(v) for v in values]
     chosen = scan.get("chosen")
     c = _number(chosen) if chosen is not None else None
-    return RankScan(ranks=r, criteria=out, chosen=None if c is None or c != c else c)
+    rule = scan.get("rule")
+    span = scan.get("plausible")
+    plausible = None
+    if isinstance(span, (list, tuple)) and len(span) == 2:
+        low, high = (_number(v) for v in span)
+        if low == low and high == high:  # both numbers (NaN is not equal to itself)
+            plausible = (low, high)
+    return RankScan(
+        ranks=r,
+        criteria=out,
+        chosen=None if c is None or c != c else c,
+        rule=str(rule) if isinstance(rule, str) else None,
+        plausible=plausible,
+    )
 
 
 def _number(value: object) -> float:

@@ -275,10 +275,20 @@ def _rank_evidence(result: CMTFResult, figs: _Figures) -> str:
         cells = "".join(f'<td class="num">{format_value(scan.criteria[n][i])}</td>' for n in names)
         body.append(f'<tr{cls}><td class="num">{format_value(r)}</td>{cells}</tr>')
     chosen = format_value(scan.chosen) if scan.chosen is not None else "not recorded"
+    how = f" Rule: {esc(scan.rule)}." if scan.rule else ""
+    if scan.plausible is not None:
+        low, high = (format_value(v) for v in scan.plausible)
+        how += f" The splits one at a time support ranks {esc(low)} to {esc(high)}."
     return f"""
 <h3 id="rank-evidence">Rank evidence</h3>
 <p class="note">Each criterion computed for every tried rank R; the chosen rank ({esc(chosen)}) is
-marked (dashed line, highlighted row).</p>
+marked (dashed line, highlighted row).{how}</p>
+<p class="note"><b>fit</b>: share of the (weighted) data the joint model explains.
+<b>corcondia</b>: core consistency of the input's CP part (Bro &amp; Kiers; 100 = CP structure,
+low or negative = more components than the input supports). <b>bicv</b>: bi-cross-validation
+error of held-out data (Owen &amp; Perry; it falls while components predict new data).
+<b>stability</b>: how well the worst component reappears when the inputs are split in two
+halves fitted separately (congruence of the matched components, median over splits).</p>
 <div class="row">
 <figure><img src="{src}" alt="rank evidence: criteria against the rank R"></figure>
 <table class="scan"><thead><tr><th>R</th>{head}</tr></thead><tbody>{"".join(body)}</tbody>
