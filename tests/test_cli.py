@@ -289,3 +289,13 @@ def test_module_is_runnable_as_python_m(project) -> None:
         [sys.executable, "-m", "factorlens", "--version"], capture_output=True, text=True
     )
     assert run.returncode == 0 and "factorlens" in run.stdout
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.1", "lots"])
+def test_a_penalty_that_is_not_a_finite_number_or_auto_is_refused(project, capsys, value) -> None:
+    out = project["root"] / "pen"
+    with pytest.raises(SystemExit) as stop:
+        main([*_analyze_args(project, out, "--rank", "2"), "--l1", value])
+    assert stop.value.code == 2
+    assert "expected 'auto' or" in capsys.readouterr().err
+    assert not out.exists()  # refused before any work

@@ -287,3 +287,51 @@ def test_bad_blocks_are_refused() -> None:
         cmtf({}, 2)
     with pytest.raises(FactorlensError, match="cannot be combined"):
         cmtf(blocks, 2, nonneg=True, center=True)
+
+
+def test_noise_threshold_sits_just_above_the_noise() -> None:
+    from factorlens.factorize.penalty import noise_threshold
+
+    rng = np.random.default_rng(0)
+    E = rng.standard_normal((300, 120))
+    S = rng.standard_normal((300, 3)) @ rng.standard_normal((3, 120)) * 3
+    top_noise = np.linalg.svd(E, compute_uv=False)[0]
+    for X in (E, S + E):
+        tau = noise_threshold(Block("x", X), rank=3)
+        assert top_noise < tau < 1.3 * top_noise  # above every pure-noise direction
+    # a block sampled down to 64 rows and columns gives about the same floor
+    big = Block("x", S + E)
+    assert noise_threshold(big, 3, max_side=64) == pytest.approx(noise_threshold(big, 3), rel=0.2)
+    # ten columns at rank 10: no spectrum beyond the fit, so no penalty rather than a guess
+    assert noise_threshold(Block("x", rng.standard_normal((200, 10))), rank=10) == 0.0
+
+
+@pytest.mark.parametrize("noise", [0.1, 0.25])
+def test_auto_penalty_separates_shared_and_unshared_components(noise: float) -> None:
+    from planted import acar_blocks
+
+    blocks, A_true, support = acar_blocks(3, noise)
+    result = cmtf(blocks, 5)  # the default penalty: l1="auto"
+    assert result.options["l1"] == "auto"
+    score, perm = factor_match_score([A_true], [result.A], return_permutation=True)
+    assert score > 0.95
+    np.testing.assert_array_equal(result.presence()[perm], support)
+    # absent means exactly zero, and the floor that decided it is recorded per block
+    assert np.all(result.flow[perm][~support] == 0.0)
+    assert set(result.options["absent_below"]) == {"tensor", "matrix"}
+    assert result.spare_components() == []
+
+
+def test_one_component_too_many_is_flagged() -> None:
+    from planted import acar_blocks
+
+    blocks, _, _ = acar_blocks(0, 0.25)
+    notes = cmtf(blocks, 6).spare_components()
+    assert notes and "try one component fewer" in notes[0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, "big"])
+def test_bad_penalty_is_refused(bad) -> None:
+    blocks, _ = planted_blocks(N=40)
+    with pytest.raises(FactorlensError, match="l1 must be"):
+        cmtf(blocks, 2, l1=bad)

@@ -7,6 +7,7 @@ and exit with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +36,21 @@ DATA_EPILOG = (
     "(x - mean) / std per channel;\na model file may define "
     "factorlens_preprocess(x) -> x to add its own step (see the README)."
 )
+
+
+def _penalty(text: str) -> float | str:
+    """``--l1``: 'auto' or a finite number >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a number >= 0, got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -70,10 +86,13 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
     )
     g.add_argument(
         "--l1",
-        type=float,
-        default=1e-3,
-        help="ACMTF penalty on component strengths: drives a component's weight in a block "
-        "that does not hold it to zero (default 1e-3; 0 = plain CMTF)",
+        type=_penalty,
+        default="auto",
+        help="ACMTF penalty on component strengths, which sets a component's strength in a "
+        "block that does not hold it to exactly zero. 'auto' (default): per block from its "
+        "noise floor (Gavish-Donoho threshold of its singular values), then the remaining "
+        "strengths refitted without shrinkage; a number: one penalty for every block "
+        "(0 = plain CMTF)",
     )
     g.add_argument(
         "--weighting",

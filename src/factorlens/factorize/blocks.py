@@ -63,6 +63,7 @@ class Block:
         self.center = center
         self.device = device
         self.scale = 1.0
+        self._noise_floor_unscaled: dict[int, float] = {}  # penalty.noise_threshold's cache
         nbytes = self.n_rows * self.width * 4
         in_memory = isinstance(data, np.ndarray) or nbytes <= memory_budget
         self.in_memory = in_memory

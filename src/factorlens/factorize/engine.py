@@ -163,8 +163,12 @@ class CMTF:
     ----------
     rank : number of components R (1 ≤ R ≤ N).
     nonneg : constrain every factor (and so every loading and pattern) to be ≥ 0.
-    l1 : ACMTF penalty β on the component strengths σ (blocks are unit-norm by default, so β is
-        relative to a block's norm). 0 gives plain CMTF.
+    l1 : ACMTF penalty β on the component strengths σ. A number is one β for every block
+        (blocks are unit-norm by default, so β is relative to a block's norm; 0 gives plain
+        CMTF). ``"auto"`` sets each block's β from its noise floor
+        (:mod:`factorlens.factorize.penalty`: a component weaker than the block's
+        Gavish–Donoho threshold is set to exactly zero there), then refits the strengths
+        without the penalty on the components that remain (no shrinkage bias in the flow map).
     weighting : ``"unit"`` (each block scaled to unit Frobenius norm), ``"none"``, or a dict of
         per-block relative weights on top of unit norm.
     center : subtract each block's per-feature mean over samples first (not with ``nonneg``).
@@ -191,7 +195,7 @@ class CMTF:
         rank: int,
         *,
         nonneg: bool = False,
-        l1: float = 1e-3,
+        l1: float | str = "auto",
         weighting: str | dict[str, float] = "unit",
         center: bool = False,
         tensor_blocks: Sequence[str] | None = None,
@@ -264,6 +268,7 @@ class CMTF:
         scales = [b.scale for b in data]
         models = self._block_models(names, [b.shape for b in data])
         rng = np.random.default_rng(self.random_state)
+        self._pen = self._penalties(data, rng)
 
         starts = [self.init] + ["random"] * (self.n_init - 1)
         best: tuple[float, _State, list[float], list[float]] | None = None
@@ -280,6 +285,16 @@ class CMTF:
                 data, models, state, self.max_iter - len(hist), label="refine"
             )
             hist = hist + more[1:]  # more[0] is the loss the refine started from
+        if self.l1 == "auto" and not _degenerate_pair(state):
+            # relaxed lasso: the penalty chose which strengths are zero; refit the others
+            # without it (zeros held by an infinite penalty), so strengths are not shrunk.
+            # Skipped when two live components share their loadings: without the penalty
+            # their strengths would diverge in opposite directions (a degenerate pair).
+            chosen = self._pen
+            self._pen = [np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in state.F]
+            state, more, blk = self._als(data, models, state, self.max_iter, label="debias")
+            hist = hist + more[1:]
+            self._pen = chosen
         self.result_ = self._result(data, models, state, hist, blk, scales)
         self.A_ = self.result_.A
         self.flow_ = self.result_.flow
@@ -314,8 +329,11 @@ class CMTF:
             raise FactorlensError(
                 "nonneg and center cannot be combined (centred data is signed); drop one"
             )
-        if self.l1 < 0:
-            raise FactorlensError(f"l1 must be >= 0, got {self.l1}")
+        if isinstance(self.l1, str):
+            if self.l1 != "auto":
+                raise FactorlensError(f"l1 must be a number >= 0 or 'auto', got {self.l1!r}")
+        elif not (isinstance(self.l1, (int, float)) and math.isfinite(self.l1) and self.l1 >= 0):
+            raise FactorlensError(f"l1 must be a finite number >= 0 or 'auto', got {self.l1!r}")
         if not isinstance(self.init, np.ndarray) and self.init not in ("svd", "random"):
             raise FactorlensError(
                 f"init must be 'svd', 'random' or an (N, R) array, got {self.init!r}"
@@ -341,7 +359,17 @@ class CMTF:
     # ------------------------------------------------------------------------- the algorithm
     @property
     def _exact(self) -> bool:
-        return not self.nonneg and self.l1 == 0
+        return not self.nonneg and all(not np.any(p) for p in self._pen)
+
+    def _penalties(self, data: list[Block], rng: np.random.Generator) -> list[np.ndarray]:
+        """Per block, the penalty on each component's strength, ``(R,)``: ``l1`` everywhere,
+        or with ``"auto"`` twice the block's noise floor (the column update subtracts half)."""
+        from factorlens.factorize.penalty import noise_threshold
+
+        R = self.rank
+        if self.l1 == "auto":
+            return [np.full(R, 2.0 * noise_threshold(b, R, rng)) for b in data]
+        return [np.full(R, float(self.l1)) for _ in data]
 
     def _initial_state(
         self, data: list[Block], models: list[str], how: str, rng: np.random.Generator
@@ -381,14 +409,16 @@ class CMTF:
             F.append(_normalise_modes(parts))
         return _State(A=A, F=F)
 
-    def _update_block(self, Tb: np.ndarray, AtA: np.ndarray, Fb: list[np.ndarray], dims) -> None:
-        """Update the non-shared factors of one block in place from ``Tb = Ỹ_bᵀ A``."""
+    def _update_block(
+        self, Tb: np.ndarray, AtA: np.ndarray, Fb: list[np.ndarray], dims, pen: np.ndarray
+    ) -> None:
+        """Update the non-shared factors of one block in place from ``Tb = Ỹ_bᵀ A``;
+        ``pen`` (R,) is the block's penalty on each component's strength."""
         sweeps = self.inner_sweeps
         if len(Fb) == 1:
             if self._exact:
                 Fb[0] = _solve_ls(Tb, AtA)
             else:
-                pen = np.full(AtA.shape[0], self.l1)
                 Fb[0] = _column_updates(Tb, AtA, Fb[0], pen, self.nonneg, sweeps)
             return
         T = Tb.reshape(*dims, -1)
@@ -398,10 +428,12 @@ class CMTF:
             if self._exact:
                 Fb[k] = _solve_ls(Z, G)
             else:
-                pen = self.l1 * np.prod(
+                others = np.prod(
                     [np.linalg.norm(f, axis=0) for j, f in enumerate(Fb) if j != k], axis=0
                 )
-                Fb[k] = _column_updates(Z, G, Fb[k], pen, self.nonneg, sweeps)
+                # an infinite penalty (a strength held at zero) stays infinite: no inf · 0
+                pen_k = np.where(np.isinf(pen), np.inf, np.where(np.isinf(pen), 0.0, pen) * others)
+                Fb[k] = _column_updates(Z, G, Fb[k], pen_k, self.nonneg, sweeps)
             if k > 0:
                 n = np.linalg.norm(Fb[k], axis=0)
                 ok = n > _TINY
@@ -436,7 +468,11 @@ class CMTF:
             K = khatri_rao(Fb)
             res = b.norm_sq - 2.0 * float(np.sum(Tb * K)) + float(np.sum(AtA * _gram(Fb)))
             per_block.append(max(res, 0.0))
-        penalty = self.l1 * sum(float(np.linalg.norm(Fb[0], axis=0).sum()) for Fb in state.F)
+        penalty = 0.0
+        for Fb, pen in zip(state.F, self._pen, strict=True):
+            sigma = np.linalg.norm(Fb[0], axis=0)
+            live = sigma > 0  # an infinite penalty holds a zero strength: it adds nothing
+            penalty += float(np.sum(pen[live] * sigma[live]))
         return sum(per_block) + penalty, per_block
 
     def _converged(self, hist: list[float]) -> bool:
@@ -452,8 +488,8 @@ class CMTF:
         """One ALS sweep from ``state``: every block's factors from ``T = Ỹᵀ A``, then ``A``."""
         A, F = state.A, [list(f) for f in state.F]
         AtA = A.T @ A
-        for Tb, Fb, d in zip(T, F, dims, strict=True):
-            self._update_block(Tb, AtA, Fb, d)
+        for Tb, Fb, d, pen in zip(T, F, dims, self._pen, strict=True):
+            self._update_block(Tb, AtA, Fb, d, pen)
         K = [khatri_rao(Fb) for Fb in F]
         M = sum(b.left(Kb) for b, Kb in zip(data, K, strict=True))
         G = sum(Kb.T @ Kb for Kb in K)
@@ -568,6 +604,12 @@ class CMTF:
             "rank": R,
             "nonneg": self.nonneg,
             "l1": self.l1,
+            # a strength below this (relative to the block's norm) is set to exactly zero:
+            # the component is absent from the block
+            "absent_below": {
+                b.name: float(pen[0] / 2.0 / math.sqrt(b.norm_sq)) if b.norm_sq > 0 else 0.0
+                for b, pen in zip(data, self._pen, strict=True)
+            },
             "weighting": self.weighting,
             "center": self.center,
             "init": self.init if isinstance(self.init, str) else "given",
@@ -611,6 +653,17 @@ def _normalise_modes(parts: list[np.ndarray]) -> list[np.ndarray]:
         parts[k][:, ok] /= n[ok]
         parts[0][:, ok] *= n[ok]
     return parts
+
+
+def _degenerate_pair(state: _State, threshold: float = 0.9) -> bool:
+    """Whether two components live in the same block have sample loadings with
+    |congruence| ≥ ``threshold`` (``A``'s columns are unit-norm during the fit)."""
+    cos = np.abs(state.A.T @ state.A) - np.eye(state.A.shape[1])
+    for Fb in state.F:
+        live = np.linalg.norm(Fb[0], axis=0) > 0
+        if np.any(cos[np.ix_(live, live)] >= threshold):
+            return True
+    return False
 
 
 def _absent_directions(

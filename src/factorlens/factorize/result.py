@@ -71,6 +71,78 @@ class CMTFResult:
     def loss(self) -> float:
         return float(self.loss_history[-1]) if self.loss_history else math.nan
 
+    def presence(self) -> np.ndarray:
+        """``(R, n_blocks)`` bool: component ``r`` is present in a block when its strength
+        exceeds the block's ``absent_below`` threshold (the noise floor with ``l1="auto"``,
+        ``l1/2`` with a fixed penalty; results without one: strength > 0)."""
+        floor = (self.options or {}).get("absent_below") or {}
+        cut = np.array([float(floor.get(n, 0.0)) for n in self.block_names])
+        return self.flow > cut[None, :]
+
+    def spare_components(self, split_congruence: float = 0.8) -> list[str]:
+        """Signs that the model has more components than the data hold, one line each:
+
+        * a component with zero strength in every block (the penalty switched it off: the
+          data need fewer than R components);
+        * two components whose sample loadings agree (|congruence| ≥ ``split_congruence``)
+          and which live in disjoint blocks: one shared component split in two, each half
+          fitting the noise of its own blocks (the flow map would show two unshared
+          patterns where the data hold one shared pattern);
+        * two components that duplicate or cancel each other in a block (a degenerate
+          pair).
+        """
+        present = self.presence()  # (R, n_blocks)
+        notes = [
+            f"C{r + 1} has no strength in any block (the data hold fewer than {self.rank} "
+            "components)"
+            for r in np.flatnonzero(~present.any(axis=1))
+        ]
+        norms = np.linalg.norm(self.A, axis=0)
+        unit = self.A / np.where(norms > 0, norms, 1.0)
+        cos = np.abs(unit.T @ unit)
+        for r in range(self.rank):
+            for q in range(r + 1, self.rank):
+                live = present[r].any() and present[q].any()
+                if not live or cos[r, q] < split_congruence:
+                    continue
+                if not np.any(present[r] & present[q]):
+                    notes.append(
+                        f"C{r + 1} and C{q + 1} have the same loadings (congruence "
+                        f"{cos[r, q]:.2f}) in disjoint blocks: probably one shared component "
+                        "split in two; try one component fewer"
+                    )
+        for r, q, name, value in self._degenerate_pairs(present):
+            how = "duplicate" if value > 0 else "cancel"
+            notes.append(
+                f"C{r + 1} and C{q + 1} {how} each other in {name} (congruence over all "
+                f"modes {value:+.2f}): a degenerate pair, two components doing the work of "
+                "one; try one component fewer"
+            )
+        return notes
+
+    def _degenerate_pairs(
+        self, present: np.ndarray, threshold: float = 0.8
+    ) -> list[tuple[int, int, str, float]]:
+        """Pairs of components present in the same block whose signed congruences over
+        all modes (sample loadings times the block's non-shared factor) multiply to at least
+        ``threshold`` in absolute value: the same rank-one term twice (sharing one
+        component's strength), or the two-factor degeneracy of CP models (Kruskal et al.
+        1989), whose strengths grow without bound in opposite directions."""
+        from factorlens.factorize.compare import congruence
+        from factorlens.factorize.engine import khatri_rao
+
+        cos_a = congruence(self.A, self.A)
+        out = []
+        for b, name in enumerate(self.block_names):
+            k = khatri_rao(self.factors[name])
+            triple = cos_a * congruence(k, k)
+            for r in range(self.rank):
+                for q in range(r + 1, self.rank):
+                    both = present[r, b] and present[q, b]
+                    if both and abs(triple[r, q]) >= threshold:
+                        out.append((r, q, name, float(triple[r, q])))
+        return out
+
     def _index(self, name: str) -> int:
         if name not in self.block_names:
             raise FactorlensError(

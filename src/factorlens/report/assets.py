@@ -26,6 +26,7 @@ h4{font-size:14px;margin:12px 0 6px}h4 small{font-weight:normal;color:var(--mute
 a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
 a.up{float:right;font-size:12px;font-weight:normal}
 .note{color:var(--muted);font-size:12px;margin:4px 0}
+.note.warn{color:inherit;border-left:3px solid #b35806;padding:2px 8px}
 .name{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
 dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}
 dl.meta dt{font-weight:600}dl.meta dd{margin:0;word-break:break-word}

@@ -283,11 +283,11 @@ def _rank_evidence(result: CMTFResult, figs: _Figures) -> str:
 <h3 id="rank-evidence">Rank evidence</h3>
 <p class="note">Each criterion computed for every tried rank R; the chosen rank ({esc(chosen)}) is
 marked (dashed line, highlighted row).{how}</p>
-<p class="note"><b>fit</b>: share of the (weighted) data the joint model explains.
-<b>corcondia</b>: core consistency of the input's CP part (Bro &amp; Kiers; 100 = CP structure,
-low or negative = more components than the input supports). <b>bicv</b>: bi-cross-validation
+<p class="note"><strong>fit</strong>: share of the (weighted) data the joint model explains.
+<strong>corcondia</strong>: core consistency of the input's CP part (Bro &amp; Kiers; 100 = CP structure,
+low or negative = more components than the input supports). <strong>bicv</strong>: bi-cross-validation
 error of held-out data (Owen &amp; Perry; it falls while components predict new data).
-<b>stability</b>: how well the worst component reappears when the inputs are split in two
+<strong>stability</strong>: how well the worst component reappears when the inputs are split in two
 halves fitted separately (congruence of the matched components, median over splits).</p>
 <div class="row">
 <figure><img src="{src}" alt="rank evidence: criteria against the rank R"></figure>
@@ -374,17 +374,29 @@ def _flow(result: CMTFResult, flow: np.ndarray, figs: _Figures) -> str:
     names = result.block_names
     vmax = float(np.nanmax(np.abs(flow))) if flow.size else 0.0
     figs.put("flow.png", F.flow_heatmap(flow, names))
-    head = "".join(f'<th class="name" scope="col">{esc(n)}</th>' for n in names)
+    floor = (result.options or {}).get("absent_below") or {}
+    cut = [float(floor.get(n, 0.0)) if isinstance(floor, dict) else 0.0 for n in names]
+    head = "".join(
+        f'<th class="name" scope="col">{esc(n)}'
+        + (f'<br><small title="noise floor">&gt; {c:.3f}</small>' if c > 0 else "")
+        + "</th>"
+        for n, c in zip(names, cut, strict=True)
+    )
     body = []
     for r in range(flow.shape[0]):
         cells = []
         for j, name in enumerate(names):
             v = flow[r, j]
-            bg, fg = F.shade(v, vmax)
-            tip = esc(f"C{r + 1} in {name}: {v:.3f}")
+            absent = not v > cut[j]
+            bg, fg = F.shade(0.0 if absent else v, vmax)
+            label = "absent" if absent else f"{v:.3f}"
+            tip = esc(
+                f"C{r + 1} in {name}: {v:.3f}"
+                + (f" (at or below the block's floor {cut[j]:.3f}: absent)" if absent else "")
+            )
             cells.append(
                 f'<td class="cell" style="background:{bg};color:{fg}">'
-                f'<a href="#component-{r + 1}-block-{j}" title="{tip}">{v:.3f}</a></td>'
+                f'<a href="#component-{r + 1}-block-{j}" title="{tip}">{label}</a></td>'
             )
         body.append(
             f'<tr data-r="{r}"><th scope="row"><a href="#component-{r + 1}">C{r + 1}</a></th>'
@@ -397,11 +409,26 @@ def _flow(result: CMTFResult, flow: np.ndarray, figs: _Figures) -> str:
 input, then the layers in network order): how much of that block the component accounts for,
 comparable across blocks. Follow a row to see where an input pattern travels through the
 network; click a cell to open that component at that layer (darker = stronger; the PNG version
-is <code>{FIGURES_DIR}/flow.png</code>).</p>
+is <code>{FIGURES_DIR}/flow.png</code>). A strength at or below its block's floor (under the
+block's name: the block's noise floor with <code>--l1 auto</code>, half the penalty with a
+fixed one) is set to zero by the fit and shown as <em>absent</em>: that block does not hold the
+component.</p>{_spare_notes(result)}
 <div class="flowwrap"><table class="flow {_flow_size(flow.shape[0])}">
 <thead><tr><th scope="col">component</th>{head}<th scope="col">total</th></tr></thead>
 <tbody>{"".join(body)}</tbody></table></div>
 </section>"""
+
+
+def _spare_notes(result: CMTFResult) -> str:
+    """The model's signs of too many components, as a warning list (empty when none)."""
+    try:
+        notes = result.spare_components()
+    except (ValueError, TypeError, KeyError):  # a hand-edited result without the fields
+        return ""
+    if not notes:
+        return ""
+    items = "".join(f"<li>{esc(n)}</li>" for n in notes)
+    return f'<div class="note warn"><p>Signs of more components than the data hold:</p><ul>{items}</ul></div>'
 
 
 # --------------------------------------------------------------------------- components
