@@ -381,6 +381,11 @@ def _print_summary(result, out: Path, seconds: float) -> None:
             f"  {name:<{width}}  {shape_text:<18} {100 * result.fit[name]:6.1f}%  "
             f"C{top + 1} ({w[top]:.2f})"
         )
+    absent = int((~result.presence()).sum())
+    if absent:
+        print(f"  {absent} component-block strengths are at or below their block's floor: absent")
+    for note in result.spare_components():
+        print(f"note: {note}")
     print(f"report: {(out / 'index.html').resolve()}")
 
 
