@@ -180,6 +180,8 @@ class CMTF:
         ``screen_iter`` iterations and the best is continued to convergence.
     max_iter, tol : iteration cap and relative loss change at which the fit stops.
     inner_sweeps : coordinate sweeps per block update when an exact solve does not apply.
+    refit : with ``l1="auto"``, refit the strengths that the penalty kept without it (undone
+        when that makes two components cancel each other).
     extrapolate : accelerate ALS with extrapolated steps that are kept only when they lower the
         loss (typically several times fewer iterations; the loss still never increases).
     random_state : seed; the same seed gives the same result.
@@ -205,6 +207,7 @@ class CMTF:
         max_iter: int = 500,
         tol: float = 1e-7,
         inner_sweeps: int = 3,
+        refit: bool = True,
         extrapolate: bool = True,
         random_state: int | None = 0,
         device: str = "cpu",
@@ -224,6 +227,7 @@ class CMTF:
         self.max_iter = max_iter
         self.tol = tol
         self.inner_sweeps = inner_sweeps
+        self.refit = refit
         self.extrapolate = extrapolate
         self.random_state = random_state
         self.device = device
@@ -285,15 +289,17 @@ class CMTF:
                 data, models, state, self.max_iter - len(hist), label="refine"
             )
             hist = hist + more[1:]  # more[0] is the loss the refine started from
-        if self.l1 == "auto" and not _degenerate_pair(state):
+        if self.l1 == "auto" and self.refit and not _degenerate_pair(state):
             # relaxed lasso: the penalty chose which strengths are zero; refit the others
             # without it (zeros held by an infinite penalty), so strengths are not shrunk.
-            # Skipped when two live components share their loadings: without the penalty
-            # their strengths would diverge in opposite directions (a degenerate pair).
+            # Skipped when two live components share their loadings, and undone when the
+            # refit makes two components cancel: without the penalty such strengths diverge
+            # in opposite directions (a degenerate pair), which the penalty prevents.
             chosen = self._pen
             self._pen = [np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in state.F]
-            state, more, blk = self._als(data, models, state, self.max_iter, label="debias")
-            hist = hist + more[1:]
+            refit, more, refit_blk = self._als(data, models, state, self.max_iter, label="refit")
+            if not _cancelling_pair(refit):
+                state, blk, hist = refit, refit_blk, hist + more[1:]
             self._pen = chosen
         self.result_ = self._result(data, models, state, hist, blk, scales)
         self.A_ = self.result_.A
@@ -617,6 +623,7 @@ class CMTF:
             "max_iter": self.max_iter,
             "tol": self.tol,
             "extrapolate": self.extrapolate,
+            "refit": self.refit,
             "random_state": self.random_state,
             "n_iter": len(hist),
             "converged": self._converged(hist),
@@ -664,6 +671,27 @@ def _degenerate_pair(state: _State, threshold: float = 0.9) -> bool:
         if np.any(cos[np.ix_(live, live)] >= threshold):
             return True
     return False
+
+
+def _cancelling_pair(state: _State, threshold: float = -0.8) -> bool:
+    """Whether two components live in the same block nearly cancel there: the product of
+    their signed congruences over all modes (loadings times the block's non-shared factor,
+    strengths positive) is at most ``threshold`` — the two-factor degeneracy."""
+    cos_a = _cosines(state.A)
+    for Fb in state.F:
+        live = np.linalg.norm(Fb[0], axis=0) > 0
+        triple = cos_a * _cosines(khatri_rao(Fb))
+        np.fill_diagonal(triple, 0.0)
+        if np.any(triple[np.ix_(live, live)] <= threshold):
+            return True
+    return False
+
+
+def _cosines(M: np.ndarray) -> np.ndarray:
+    """Cosines between the columns of ``M`` (zero columns give 0)."""
+    n = np.linalg.norm(M, axis=0)
+    U = M / np.where(n > 0, n, 1.0)
+    return U.T @ U
 
 
 def _absent_directions(

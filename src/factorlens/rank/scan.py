@@ -85,7 +85,7 @@ class RankScan:
         lines = [head]
         for i, r in enumerate(self.ranks):
             mark = "*" if r == self.chosen else " "
-            vals = "  ".join(f"{self.criteria[n][i]:>10.4f}" for n in names)
+            vals = "  ".join(f"{self.criteria[n][i]:>10.4g}" for n in names)
             lines.append(f"{mark}{r:>3}  {vals}")
         return "\n".join(lines)
 
@@ -143,7 +143,9 @@ def estimate_rank(
             f"{total} features)"
         )
         max_rank = limit
-    opts = {**engine, "n_init": 1, "max_iter": max_iter, "tol": tol}
+    # the scan judges the penalized model: the unpenalized refit of l1="auto" would double
+    # every fit's cost and change neither stability nor bi-CV much
+    opts = {**engine, "n_init": 1, "max_iter": max_iter, "tol": tol, "refit": False}
     if opts.get("tensor_blocks") is None:
         opts.pop("tensor_blocks", None)
     opts["random_state"] = random_state
