@@ -335,3 +335,14 @@ def test_bad_penalty_is_refused(bad) -> None:
     blocks, _ = planted_blocks(N=40)
     with pytest.raises(FactorlensError, match="l1 must be"):
         cmtf(blocks, 2, l1=bad)
+
+
+def test_presence_and_its_floor_survive_save_and_load(tmp_path) -> None:
+    from planted import acar_blocks
+
+    blocks, _, support = acar_blocks(1, 0.1)
+    result = cmtf(blocks, 5)
+    back = CMTFResult.load(result.save(tmp_path / "r"))
+    np.testing.assert_array_equal(back.presence(), result.presence())
+    assert back.options["absent_below"] == pytest.approx(result.options["absent_below"])
+    assert int((~result.presence()).sum()) == int((~support).sum())  # one absence per block

@@ -180,8 +180,11 @@ class CMTF:
         ``screen_iter`` iterations and the best is continued to convergence.
     max_iter, tol : iteration cap and relative loss change at which the fit stops.
     inner_sweeps : coordinate sweeps per block update when an exact solve does not apply.
-    refit : with ``l1="auto"``, refit the strengths that the penalty kept without it (undone
-        when that makes two components cancel each other).
+    refit : with ``l1="auto"``, refit the strengths that the penalty kept without it:
+        ``"guarded"`` (default) undoes the refit when it makes two components cancel each
+        other (degenerate strengths are no picture to show); ``"always"`` keeps it (the rank
+        scan: a degenerate fit there is evidence of too many components, which its
+        split halves then show); ``"never"`` keeps the penalized fit.
     extrapolate : accelerate ALS with extrapolated steps that are kept only when they lower the
         loss (typically several times fewer iterations; the loss still never increases).
     random_state : seed; the same seed gives the same result.
@@ -207,7 +210,7 @@ class CMTF:
         max_iter: int = 500,
         tol: float = 1e-7,
         inner_sweeps: int = 3,
-        refit: bool = True,
+        refit: str = "guarded",
         extrapolate: bool = True,
         random_state: int | None = 0,
         device: str = "cpu",
@@ -289,7 +292,7 @@ class CMTF:
                 data, models, state, self.max_iter - len(hist), label="refine"
             )
             hist = hist + more[1:]  # more[0] is the loss the refine started from
-        if self.l1 == "auto" and self.refit and not _degenerate_pair(state):
+        if self.l1 == "auto" and self.refit != "never" and not _degenerate_pair(state):
             # relaxed lasso: the penalty chose which strengths are zero; refit the others
             # without it (zeros held by an infinite penalty), so strengths are not shrunk.
             # Skipped when two live components share their loadings, and undone when the
@@ -298,7 +301,7 @@ class CMTF:
             chosen = self._pen
             self._pen = [np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in state.F]
             refit, more, refit_blk = self._als(data, models, state, self.max_iter, label="refit")
-            if not _cancelling_pair(refit):
+            if self.refit == "always" or not _cancelling_pair(refit):
                 state, blk, hist = refit, refit_blk, hist + more[1:]
             self._pen = chosen
         self.result_ = self._result(data, models, state, hist, blk, scales)
@@ -343,6 +346,10 @@ class CMTF:
         if not isinstance(self.init, np.ndarray) and self.init not in ("svd", "random"):
             raise FactorlensError(
                 f"init must be 'svd', 'random' or an (N, R) array, got {self.init!r}"
+            )
+        if self.refit not in ("guarded", "always", "never"):
+            raise FactorlensError(
+                f"refit must be 'guarded', 'always' or 'never', got {self.refit!r}"
             )
         if self.n_init < 1:
             raise FactorlensError(f"n_init must be >= 1, got {self.n_init}")
