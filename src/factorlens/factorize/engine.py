@@ -168,7 +168,8 @@ class CMTF:
         CMTF). ``"auto"`` sets each block's β from its noise floor
         (:mod:`factorlens.factorize.penalty`: a component weaker than the block's
         Gavish–Donoho threshold is set to exactly zero there), then refits the strengths
-        without the penalty on the components that remain (no shrinkage bias in the flow map).
+        without the penalty on the components that remain (see ``refit``; where the refit
+        is skipped or undone the strengths stay shrunk by the block's floor).
     weighting : ``"unit"`` (each block scaled to unit Frobenius norm), ``"none"``, or a dict of
         per-block relative weights on top of unit norm.
     center : subtract each block's per-feature mean over samples first (not with ``nonneg``).
