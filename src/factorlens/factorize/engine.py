@@ -2,14 +2,15 @@
 
 Model (Acar et al. 2011, 2014), with one shared sample factor ``A`` (``N×R``, unit-norm columns)::
 
-    min  Σ_b ‖Ỹ_b − A diag(σ_b) K_bᵀ‖²  +  β Σ_b Σ_r σ_br
+    min  Σ_b ‖Ỹ_b − A diag(σ_b) K_bᵀ‖²  +  Σ_b β_b Σ_r σ_br
 
 * ``Ỹ_b`` is block ``b`` flattened to ``N×P_b``, optionally centred, scaled by ``s_b`` (the block
   weighting; default: unit Frobenius norm per block, so every block counts equally).
 * ``K_b`` is the non-shared factor with unit-norm columns: ``V_b`` (``P_b×R``) for a matrix block,
   the Khatri–Rao product of the mode factors for a CP block (``N×H×W`` → ``[B, C]``).
-* ``σ_br ≥ 0`` is component ``r``'s strength in block ``b``; the L1 penalty ``β`` (ACMTF) drives
-  the strength of a component that a block does not hold to exactly zero. The table ``σ`` is the
+* ``σ_br ≥ 0`` is component ``r``'s strength in block ``b``; the L1 penalty ``β_b`` (ACMTF; by
+  default set per block from its noise floor, :mod:`factorlens.factorize.penalty`) drives the
+  strength of a component that a block does not hold to exactly zero. The table ``σ`` is the
   flow map.
 
 Every update is exact for its block of variables (a small ``R×R`` least-squares solve, or
