@@ -378,7 +378,7 @@ def _flow(result: CMTFResult, flow: np.ndarray, figs: _Figures) -> str:
     cut = [float(floor.get(n, 0.0)) if isinstance(floor, dict) else 0.0 for n in names]
     head = "".join(
         f'<th class="name" scope="col">{esc(n)}'
-        + (f'<br><small title="noise floor">&gt; {c:.3f}</small>' if c > 0 else "")
+        + (f'<br><small title="noise floor">&gt; {c:.2g}</small>' if c > 0 else "")
         + "</th>"
         for n, c in zip(names, cut, strict=True)
     )
