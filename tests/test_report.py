@@ -363,3 +363,17 @@ def test_top_indices_nan_last() -> None:
     x = np.array([0.1, np.nan, 0.5, -np.inf, 0.3])
     assert top_indices(x, 4).tolist() == [2, 4, 0, 3]
     assert top_indices(x, 0).tolist() == []
+
+
+def test_flow_map_marks_strengths_at_the_floor_absent(tmp_path: Path) -> None:
+    res = make_result()
+    res.weights["fc"][R - 1] = 0.0  # the weakest component, set to zero in fc by the penalty
+    res.weights["conv1"][R - 1] = 0.01  # above zero but below conv1's floor
+    res.options["absent_below"] = {"input": 0.0, "conv1": 0.02, "fc": 0.02}
+    images = np.random.default_rng(2).uniform(0, 1, (N, 8, 8))
+    text = write_report(tmp_path, res, images, top_k=3).read_text()
+    flow = text.split('<section id="flow">')[1].split("</section>")[0]
+    row = flow.split(f'<tr data-r="{R - 1}">')[1].split("</tr>")[0]
+    assert row.count(">absent</a>") == 2  # conv1 and fc; the input keeps its number
+    assert flow.count('title="noise floor">&gt; 0.02<') == 2
+    assert "absent" not in flow.split(f'<tr data-r="{R - 2}">')[1].split("</tr>")[0]
