@@ -124,7 +124,7 @@ def estimate_rank(
     split) run in ``n_jobs`` threads (default: one per core, at most 3), each with one BLAS
     thread. ``max_iter``/``tol`` are tighter than a quick scan needs for the fit alone: with
     loosely converged fits the halves disagreed by chance, and the chosen rank of the README
-    example moved with the seed (5 of 10 seeds agreed at ``100``/``1e-5``, 10 of 10 here).
+    example moved with the seed (8 of 10 seeds agreed at ``100``/``1e-5``, 10 of 10 here).
     """
     if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise FactorlensError(f"max_rank must be a positive integer, got {max_rank!r}")
