@@ -172,6 +172,23 @@ class Block:
         """‖Ỹ‖² (after centring and scaling)."""
         return self.scale**2 * self.sumsq
 
+    def dense(self, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
+        """``Ỹ[rows][:, cols]`` — scaled, centred as fitted — as a float64 array, read chunk by
+        chunk (``None``: all rows / all columns; ``rows`` sorted sample indices)."""
+        parts = []
+        for span, y in self.chunks():
+            y = y if isinstance(y, np.ndarray) else y.cpu().numpy()
+            take = np.arange(span.start, span.stop)
+            if rows is not None:
+                take = take[np.isin(take, rows)]
+            if take.size == 0:
+                continue
+            piece = y[take - span.start]
+            if cols is not None:
+                piece = piece[:, cols]
+            parts.append(np.asarray(piece, dtype=np.float64))
+        return np.concatenate(parts, axis=0) * self.scale
+
     # --------------------------------------------------------------- products
     def left(self, K: np.ndarray) -> np.ndarray:
         """``Ỹ K`` for ``K (P, k)``; returns ``(N, k)`` float64."""

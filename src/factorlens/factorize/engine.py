@@ -686,21 +686,17 @@ def _cancelling_pair(state: _State, threshold: float = -0.8) -> bool:
     """Whether two components live in the same block nearly cancel there: the product of
     their signed congruences over all modes (loadings times the block's non-shared factor,
     strengths positive) is at most ``threshold`` — the two-factor degeneracy."""
-    cos_a = _cosines(state.A)
+    from factorlens.factorize.compare import congruence  # scipy: only when a refit ran
+
+    cos_a = congruence(state.A, state.A)
     for Fb in state.F:
         live = np.linalg.norm(Fb[0], axis=0) > 0
-        triple = cos_a * _cosines(khatri_rao(Fb))
+        K = khatri_rao(Fb)
+        triple = cos_a * congruence(K, K)
         np.fill_diagonal(triple, 0.0)
         if np.any(triple[np.ix_(live, live)] <= threshold):
             return True
     return False
-
-
-def _cosines(M: np.ndarray) -> np.ndarray:
-    """Cosines between the columns of ``M`` (zero columns give 0)."""
-    n = np.linalg.norm(M, axis=0)
-    U = M / np.where(n > 0, n, 1.0)
-    return U.T @ U
 
 
 def _absent_directions(

@@ -86,7 +86,7 @@ def noise_threshold(
     if block.norm_sq > 0 and min(N, P) - rank >= MIN_TAIL:
         rows = np.sort(rng.choice(N, max_side, replace=False)) if N > max_side else None
         cols = np.sort(rng.choice(P, max_side, replace=False)) if P > max_side else None
-        sub = _submatrix(block, rows, cols)
+        sub = block.dense(rows, cols)
         m, n = sorted(sub.shape)
         gram = sub @ sub.T if sub.shape[0] <= sub.shape[1] else sub.T @ sub
         s = np.sort(np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)))
@@ -100,21 +100,3 @@ def noise_threshold(
     if block.scale > 0:
         cache[rank] = tau / block.scale
     return tau
-
-
-def _submatrix(block: Block, rows: np.ndarray | None, cols: np.ndarray | None) -> np.ndarray:
-    """``Ỹ[rows][:, cols]`` (scaled, centred as fitted) as float64, read chunk by chunk."""
-    parts = []
-    for span, y in block.chunks():
-        y = np.asarray(y if isinstance(y, np.ndarray) else y.cpu().numpy())
-        take = np.arange(span.start, span.stop)
-        if rows is not None:
-            take = take[np.isin(take, rows)]
-        local = take - span.start if not block.in_memory else take
-        if local.size == 0:
-            continue
-        piece = y[local]
-        if cols is not None:
-            piece = piece[:, cols]
-        parts.append(np.asarray(piece, dtype=np.float64))
-    return np.concatenate(parts, axis=0) * block.scale

@@ -97,9 +97,9 @@ class CMTFResult:
             "components)"
             for r in np.flatnonzero(~present.any(axis=1))
         ]
-        norms = np.linalg.norm(self.A, axis=0)
-        unit = self.A / np.where(norms > 0, norms, 1.0)
-        cos = np.abs(unit.T @ unit)
+        from factorlens.factorize.compare import congruence
+
+        cos = np.abs(congruence(self.A, self.A))
         for r in range(self.rank):
             for q in range(r + 1, self.rank):
                 live = present[r].any() and present[q].any()

@@ -67,7 +67,7 @@ def bi_cross_validation(
     truncated SVD is the exact fit.
     """
     rng = np.random.default_rng(seed)
-    Z = np.concatenate([_dense(b) for b in data], axis=1)
+    Z = np.concatenate([b.dense() for b in data], axis=1)
     N, P = Z.shape
     row_fold = rng.permutation(N) % folds
     col_fold = rng.permutation(P) % folds
@@ -119,11 +119,3 @@ def top_singular(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np
         Vt = basis.T
         U = (matrix @ basis) / safe
     return U, s, Vt
-
-
-def _dense(block: Block) -> np.ndarray:
-    """The scaled (and centred) block as a dense (N, P) float64 matrix."""
-    out = np.empty((block.n_rows, block.width))
-    for rows, y in block.chunks():
-        out[rows] = np.asarray(y if isinstance(y, np.ndarray) else y.cpu().numpy(), np.float64)
-    return out * block.scale  # chunks() already yields centred rows when centring
