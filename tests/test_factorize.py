@@ -346,3 +346,13 @@ def test_presence_and_its_floor_survive_save_and_load(tmp_path) -> None:
     np.testing.assert_array_equal(back.presence(), result.presence())
     assert back.options["absent_below"] == pytest.approx(result.options["absent_below"])
     assert int((~result.presence()).sum()) == int((~support).sum())  # one absence per block
+
+
+def test_penalized_strengths_are_present_when_above_zero() -> None:
+    # a fixed penalty already subtracted its floor from every strength: what is left above 0
+    # is present, and the floor is only recorded for display
+    blocks, _ = planted_blocks(noise=0.01, missing=("layer2", 2))
+    result = cmtf(blocks, 3, l1=0.05, random_state=0)
+    assert result.options["noise_floor"]["layer1"] == pytest.approx(0.025)
+    assert set(result.options["absent_below"].values()) == {0.0}
+    np.testing.assert_array_equal(result.presence(), result.flow > 0)

@@ -21,6 +21,14 @@ def congruence(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return (X / nx).T @ (Y / ny)
 
 
+def pair_congruences(A: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Signed congruence of every pair of components over both their modes, ``(R, R)``:
+    ``cos(a_r, a_q) · cos(k_r, k_q)`` for sample loadings ``A (N, R)`` and a block's
+    non-shared factor ``K (P, R)``. Near +1: the same rank-one term twice; near −1: two
+    terms that cancel (the two-factor degeneracy)."""
+    return congruence(A, A) * congruence(K, K)
+
+
 def matched_congruences(
     factors_a: Sequence[np.ndarray],
     factors_b: Sequence[np.ndarray],

@@ -278,6 +278,7 @@ class CMTF:
         models = self._block_models(names, [b.shape for b in data])
         rng = np.random.default_rng(self.random_state)
         self._pen = self._penalties(data, rng)
+        self._refitted = False  # strengths unshrunk: refitted without the penalty
 
         starts = [self.init] + ["random"] * (self.n_init - 1)
         best: tuple[float, _State, list[float], list[float]] | None = None
@@ -305,6 +306,7 @@ class CMTF:
             refit, more, refit_blk = self._als(data, models, state, self.max_iter, label="refit")
             if self.refit == "always" or not _cancelling_pair(refit):
                 state, blk, hist = refit, refit_blk, hist + more[1:]
+                self._refitted = True
             self._pen = chosen
         self.result_ = self._result(data, models, state, hist, blk, scales)
         self.A_ = self.result_.A
@@ -615,16 +617,21 @@ class CMTF:
             else:
                 fit[b.name] = 0.0
                 degenerate.append(b.name)
+        floors = {
+            b.name: float(pen[0] / 2.0 / math.sqrt(b.norm_sq)) if b.norm_sq > 0 else 0.0
+            for b, pen in zip(data, self._pen, strict=True)
+        }
         options = {
             "rank": R,
             "nonneg": self.nonneg,
             "l1": self.l1,
-            # a strength below this (relative to the block's norm) is set to exactly zero:
-            # the component is absent from the block
-            "absent_below": {
-                b.name: float(pen[0] / 2.0 / math.sqrt(b.norm_sq)) if b.norm_sq > 0 else 0.0
-                for b, pen in zip(data, self._pen, strict=True)
-            },
+            # the penalty sets a strength to exactly zero where the block's data give it no
+            # more than this (relative to the block's norm): the block's floor
+            "noise_floor": floors,
+            # a reported strength at or below this means absent: the floor when the strengths
+            # were refitted without the penalty, 0 when they are the penalized (shrunk) ones,
+            # which the penalty already zeroed below the floor
+            "absent_below": floors if self._refitted else dict.fromkeys(floors, 0.0),
             "weighting": self.weighting,
             "center": self.center,
             "init": self.init if isinstance(self.init, str) else "given",
@@ -686,13 +693,11 @@ def _cancelling_pair(state: _State, threshold: float = -0.8) -> bool:
     """Whether two components live in the same block nearly cancel there: the product of
     their signed congruences over all modes (loadings times the block's non-shared factor,
     strengths positive) is at most ``threshold`` — the two-factor degeneracy."""
-    from factorlens.factorize.compare import congruence  # scipy: only when a refit ran
+    from factorlens.factorize.compare import pair_congruences  # scipy: only after a refit
 
-    cos_a = congruence(state.A, state.A)
     for Fb in state.F:
         live = np.linalg.norm(Fb[0], axis=0) > 0
-        K = khatri_rao(Fb)
-        triple = cos_a * congruence(K, K)
+        triple = pair_congruences(state.A, khatri_rao(Fb))
         np.fill_diagonal(triple, 0.0)
         if np.any(triple[np.ix_(live, live)] <= threshold):
             return True

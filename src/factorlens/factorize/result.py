@@ -73,8 +73,10 @@ class CMTFResult:
 
     def presence(self) -> np.ndarray:
         """``(R, n_blocks)`` bool: component ``r`` is present in a block when its strength
-        exceeds the block's ``absent_below`` threshold (the noise floor with ``l1="auto"``,
-        ``l1/2`` with a fixed penalty; results without one: strength > 0)."""
+        exceeds the block's ``absent_below`` threshold: the block's noise floor where the
+        strengths were refitted without the penalty (``l1="auto"``), 0 where they are the
+        penalized ones (a fixed ``l1``, or a refit that was skipped or undone: the penalty
+        already set every strength below the floor to zero); results without one: > 0."""
         floor = (self.options or {}).get("absent_below") or {}
         cut = np.array([float(floor.get(n, 0.0)) for n in self.block_names])
         return self.flow > cut[None, :]
@@ -128,14 +130,12 @@ class CMTFResult:
         ``threshold`` in absolute value: the same rank-one term twice (sharing one
         component's strength), or the two-factor degeneracy of CP models (Kruskal et al.
         1989), whose strengths grow without bound in opposite directions."""
-        from factorlens.factorize.compare import congruence
+        from factorlens.factorize.compare import pair_congruences
         from factorlens.factorize.engine import khatri_rao
 
-        cos_a = congruence(self.A, self.A)
         out = []
         for b, name in enumerate(self.block_names):
-            k = khatri_rao(self.factors[name])
-            triple = cos_a * congruence(k, k)
+            triple = pair_congruences(self.A, khatri_rao(self.factors[name]))
             for r in range(self.rank):
                 for q in range(r + 1, self.rank):
                     both = present[r, b] and present[q, b]

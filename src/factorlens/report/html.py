@@ -374,8 +374,15 @@ def _flow(result: CMTFResult, flow: np.ndarray, figs: _Figures) -> str:
     names = result.block_names
     vmax = float(np.nanmax(np.abs(flow))) if flow.size else 0.0
     figs.put("flow.png", F.flow_heatmap(flow, names))
-    floor = (result.options or {}).get("absent_below") or {}
+    opts = result.options or {}
+    floor = opts.get("noise_floor") or opts.get("absent_below") or {}
     cut = [float(floor.get(n, 0.0)) if isinstance(floor, dict) else 0.0 for n in names]
+    try:
+        present = result.presence()
+    except (TypeError, ValueError, AttributeError):  # a hand-edited result: show every number
+        present = np.ones(flow.shape, dtype=bool)
+    if present.shape != flow.shape:
+        present = np.ones(flow.shape, dtype=bool)
     head = "".join(
         f'<th class="name" scope="col">{esc(n)}'
         + (f'<br><small title="noise floor">&gt; {c:.2g}</small>' if c > 0 else "")
@@ -387,12 +394,12 @@ def _flow(result: CMTFResult, flow: np.ndarray, figs: _Figures) -> str:
         cells = []
         for j, name in enumerate(names):
             v = flow[r, j]
-            absent = not v > cut[j]
+            absent = not present[r, j]
             bg, fg = F.shade(0.0 if absent else v, vmax)
             label = "absent" if absent else f"{v:.3f}"
             tip = esc(
                 f"C{r + 1} in {name}: {v:.3f}"
-                + (f" (at or below the block's floor {cut[j]:.3f}: absent)" if absent else "")
+                + (f" (not above the block's floor {cut[j]:.3g}: absent)" if absent else "")
             )
             cells.append(
                 f'<td class="cell" style="background:{bg};color:{fg}">'
