@@ -405,22 +405,264 @@ def test_empty_and_bad_data():
         capture(_cnn(), _images(2), batch_size=0, progress=False)
 
 
-def test_reused_and_unused_modules():
-    class Reuse(nn.Module):
+def test_unused_modules():
+    class Unused(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.lin = nn.Linear(3, 3)
-            self.act = nn.ReLU()
             self.unused = nn.Tanh()
 
         def forward(self, x):
-            return self.act(self.lin(self.act(x)))
+            return self.lin(x)
 
-    x = torch.rand(4, 3)
-    with pytest.raises(FactorlensError, match="more than once"):
-        capture(Reuse(), x, layers="act", progress=False)
     with pytest.raises(FactorlensError, match="did not run"):
-        capture(Reuse(), x, layers="lin,unused", progress=False)
+        capture(Unused(), torch.rand(4, 3), layers="lin,unused", progress=False)
+
+
+# ----------------------------------------------------------------------- modules called twice
+class Reuse(nn.Module):
+    """One ReLU called before and after a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.lin(self.act(x)))
+
+
+@pytest.mark.parametrize("backend", ["memory", "zarr"])
+def test_every_call_of_a_reused_module_is_a_block(tmp_path, backend):
+    torch.manual_seed(0)
+    model = Reuse()
+    x = torch.randn(5, 3)
+    store = None if backend == "memory" else tmp_path / "acts"
+    result = capture(model, x, batch_size=2, store=store, progress=False)
+    assert result.names == ["input", "act", "lin", "act#2"]  # call order
+    with torch.no_grad():
+        first = torch.relu(x)
+        lin = model.lin(first)
+    np.testing.assert_allclose(result.block("act")[:], first.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(result.block("lin")[:], lin.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(result.block("act#2")[:], torch.relu(lin).numpy(), rtol=1e-6)
+    assert result.info("act#2")["module"] == "ReLU"
+    meta = (open_store(tmp_path / "acts") if backend == "zarr" else result).meta
+    assert meta["layers"] == ["act", "lin", "act#2"]
+    assert meta["modules"] == {"act": "ReLU", "lin": "Linear", "act#2": "ReLU"}
+    assert meta["shapes"]["act#2"] == [5, 3]
+    # an explicit choice of the module gives every call of it
+    only = capture(model, x, layers="act", progress=False)
+    assert only.names == ["input", "act", "act#2"]
+    assert only.meta["layers"] == ["act", "act#2"]
+
+
+def test_select_applies_to_every_call():
+    class SplitTwice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.split = Split()
+
+        def forward(self, x):
+            a, b = self.split(x)
+            c, d = self.split(torch.cat([b, a], 1))
+            return c.sum(1) + d.sum(1)
+
+    x = torch.rand(4, 5)
+    store = capture(SplitTwice(), x, layers="split", select={"split": 1}, progress=False)
+    assert store.names == ["input", "split", "split#2"]
+    np.testing.assert_allclose(store.block("split"), x[:, 2:].numpy())
+    np.testing.assert_allclose(store.block("split#2"), x[:, [4, 0, 1]].numpy())
+
+
+def test_call_count_changing_between_batches_is_refused():
+    class Varies(nn.Module):
+        """Calls its Tanh once per sample in the batch."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            for _ in range(len(x)):
+                x = self.act(x)
+            return x
+
+    model = Varies()
+    with pytest.raises(FactorlensError) as err:
+        capture(model, torch.rand(5, 3), batch_size=2, progress=False)
+    msg = str(err.value)
+    assert "'act' ran 1 time(s) in the batch starting at sample 4 but 2 time(s)" in msg
+    assert "same number of times for every batch" in msg and "\n" not in msg
+    assert _all_hooks_removed(model)
+    assert capture(model, torch.rand(4, 3), batch_size=2, progress=False).names == [
+        "input",
+        "act",
+        "act#2",
+    ]
+
+
+def test_call_name_in_layers_says_to_name_the_module():
+    with pytest.raises(FactorlensError) as err:
+        select_layers(Reuse(), "act#2")
+    msg = str(err.value)
+    assert "unknown layer 'act#2'" in msg and "name#2 for the second call" in msg
+    assert "('act')" in msg and "\n" not in msg
+    with pytest.raises(FactorlensError, match="name#2 for the second call"):
+        select_layers(Reuse(), "a*#2")
+    with pytest.raises(FactorlensError) as err:
+        select_layers(Reuse(), "acts")
+    assert "#" not in str(err.value)
+    with pytest.raises(FactorlensError, match="clashes with a captured call of layer 'act'"):
+        capture(Reuse(), torch.rand(2, 3), output="act#2", progress=False)
+
+
+# ----------------------------------------------------------------------- a torchvision-style ResNet-18
+def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """As in torchvision: one inplace ReLU module, called twice."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(c_in, c_out, stride)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(c_out, c_out)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet18(nn.Module):
+    """torchvision's resnet18 layout (layers [2, 2, 2, 2]) for 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        widths = (64, 128, 256, 512)
+        c_in = 64
+        for i, width in enumerate(widths, start=1):
+            stride = 1 if i == 1 else 2
+            layer = nn.Sequential(BasicBlock(c_in, width, stride), BasicBlock(width, width))
+            setattr(self, f"layer{i}", layer)
+            c_in = width
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _resnet() -> ResNet18:
+    torch.manual_seed(0)
+    model = ResNet18()
+    with torch.no_grad():  # non-trivial BatchNorm statistics and affine maps
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _block_by_hand(block: BasicBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two ReLU outputs of a BasicBlock, without inplace operations."""
+    first = torch.relu(block.bn1(block.conv1(x)))
+    identity = x if block.downsample is None else block.downsample(x)
+    return first, torch.relu(block.bn2(block.conv2(first)) + identity)
+
+
+def test_resnet18_default_capture_has_every_relu_call():
+    model = _resnet()
+    images = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    store = capture(model, images, batch_size=2, output="scores", progress=False)
+    names = store.names
+    assert names[:5] == ["input", "conv1", "relu", "maxpool", "layer1.0.conv1"]
+    assert names[-3:] == ["avgpool", "fc", "scores"]
+    for layer in ("layer1", "layer2", "layer3", "layer4"):
+        for j in (0, 1):
+            b = f"{layer}.{j}"
+            assert {f"{b}.relu", f"{b}.relu#2"} <= set(names)
+            # execution order: conv1, relu, conv2, (downsample), relu#2
+            assert (
+                names.index(f"{b}.conv1")
+                < names.index(f"{b}.relu")
+                < names.index(f"{b}.conv2")
+                < names.index(f"{b}.relu#2")
+            )
+    assert names.index("layer2.0.conv2") < names.index("layer2.0.downsample.0")
+    assert names.index("layer2.0.downsample.0") < names.index("layer2.0.relu#2")
+    assert "relu#2" not in names  # the stem ReLU runs once
+    assert store.meta["layers"] == names[1:-1]
+    assert store.meta["modules"]["layer1.0.relu#2"] == "ReLU"
+    assert store.meta["shapes"]["layer4.1.relu#2"] == [4, 512, 1, 1]
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        stem = torch.relu(model.bn1(model.conv1(x)))
+        pooled = model.maxpool(stem)
+        l1_first, l1_second = _block_by_hand(model.layer1[0], pooled)
+        l1_out = torch.tensor(store.block("layer1.1.relu#2")[:])
+        l2_first, l2_second = _block_by_hand(model.layer2[0], l1_out)
+        scores = model(x.clone())
+    close = {"rtol": 1e-4, "atol": 1e-5}
+    np.testing.assert_allclose(store.block("relu")[:], stem.numpy(), **close)
+    np.testing.assert_allclose(store.block("maxpool")[:], pooled.numpy(), **close)
+    np.testing.assert_allclose(store.block("layer1.0.relu")[:], l1_first.numpy(), **close)
+    np.testing.assert_allclose(store.block("layer1.0.relu#2")[:], l1_second.numpy(), **close)
+    np.testing.assert_allclose(store.block("layer2.0.relu")[:], l2_first.numpy(), **close)
+    np.testing.assert_allclose(store.block("layer2.0.relu#2")[:], l2_second.numpy(), **close)
+    np.testing.assert_allclose(store.block("scores")[:], scores.numpy(), **close)
+    assert not np.allclose(store.block("layer1.0.relu")[:], store.block("layer1.0.relu#2")[:])
+
+
+def test_resnet18_explicit_layer_gives_both_calls_and_inplace_is_harmless():
+    model = _resnet()
+    images = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    layers = "layer1.0.bn1,layer1.0.relu,layer1.0.bn2"
+    store = capture(model, images, layers, batch_size=2, progress=False)
+    assert store.names == [
+        "input",
+        "layer1.0.bn1",
+        "layer1.0.relu",
+        "layer1.0.bn2",
+        "layer1.0.relu#2",
+    ]
+    assert store.meta["layers"] == store.names[1:]
+    with torch.no_grad():
+        block = model.layer1[0]
+        x = model.maxpool(torch.relu(model.bn1(model.conv1(torch.from_numpy(images)))))
+        bn1 = block.bn1(block.conv1(x))
+        bn2 = block.bn2(block.conv2(torch.relu(bn1)))
+    close = {"rtol": 1e-4, "atol": 1e-5}
+    # the inplace ReLU and `out += identity` ran on these tensors after the hooks copied them
+    assert (store.block("layer1.0.bn1")[:] < 0).any()
+    np.testing.assert_allclose(store.block("layer1.0.bn1")[:], bn1.numpy(), **close)
+    np.testing.assert_allclose(store.block("layer1.0.bn2")[:], bn2.numpy(), **close)
+    np.testing.assert_allclose(store.block("layer1.0.relu")[:], torch.relu(bn1).numpy(), **close)
+    np.testing.assert_allclose(
+        store.block("layer1.0.relu#2")[:], torch.relu(bn2 + x).numpy(), **close
+    )
 
 
 # ----------------------------------------------------------------------- model state

@@ -3,11 +3,16 @@
 :func:`capture` runs the model in eval mode without gradients over batches, with forward
 hooks on the chosen layers (always removed afterwards), and writes the input and every chosen
 layer's output batch by batch into a store (see :mod:`factorlens.store`).
+
+A module that runs more than once per forward pass (one ``ReLU`` used twice in a ResNet block)
+gives one block per call, in the order the calls happen: ``layer1.0.relu`` for the first,
+``layer1.0.relu#2`` for the second. Every batch must make the same number of calls.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -120,7 +125,8 @@ def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -
     """Resolve ``layers`` to module names, in network (``named_modules``) order, de-duplicated.
 
     ``None`` gives :func:`default_layers`; otherwise exact names as in ``named_modules()`` or
-    fnmatch globs (``"features.*"``), as a list or a comma-separated string.
+    fnmatch globs (``"features.*"``), as a list or a comma-separated string. Names select
+    modules; :func:`capture` stores every call of a selected module (``name#2`` the second).
     """
     names = _module_names(model)
     if layers is None:
@@ -148,7 +154,7 @@ def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -
             if not hits:
                 raise FactorlensError(
                     f"layer pattern {item!r} matches no module{close_matches(item, names)}; "
-                    "list module names with model.named_modules()"
+                    f"list module names with model.named_modules(){_call_hint(item)}"
                 )
             picked.update(hits)
         elif item in names:
@@ -157,8 +163,19 @@ def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -
             raise FactorlensError(
                 f"unknown layer {item!r}{close_matches(item, names)}; "
                 "use names as in model.named_modules() or a glob like 'features.*'"
+                f"{_call_hint(item)}"
             )
     return [n for n in names if n in picked]
+
+
+def _call_hint(item: str) -> str:
+    """For a name with ``#``: say that naming the module captures each of its calls."""
+    if "#" not in item:
+        return ""
+    return (
+        f"; every call of a module is captured (name#2 for the second call), so name the "
+        f"module itself ({item.split('#', 1)[0]!r})"
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -283,12 +300,14 @@ def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np
     return out.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
 
 
-def _make_store(store: Any, overwrite: bool) -> tuple[ActivationStore, bool]:
+def _make_store(
+    store: Any, overwrite: bool, fingerprint: dict[str, Any]
+) -> tuple[ActivationStore, bool]:
     """Return ``(store, created_here)``."""
     if store is None:
         return MemoryStore(), True
     if isinstance(store, str | os.PathLike):
-        return ZarrStore.create(store, overwrite=overwrite), True
+        return ZarrStore.create(store, overwrite=overwrite, fingerprint=fingerprint), True
     if isinstance(store, ActivationStore):
         if store.closed or len(store):
             raise FactorlensError(
@@ -298,6 +317,28 @@ def _make_store(store: Any, overwrite: bool) -> tuple[ActivationStore, bool]:
     raise FactorlensError(
         f"store must be None, a directory path or an ActivationStore, got {type(store).__name__}"
     )
+
+
+def _sha256(arrays: Sequence[Any]) -> str:
+    """SHA-256 over the dtypes, shapes and bytes of numpy arrays / torch tensors."""
+    digest = hashlib.sha256()
+    for arr in arrays:
+        if isinstance(arr, torch.Tensor):
+            arr = arr.detach().cpu().numpy()
+        arr = np.ascontiguousarray(arr)
+        digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+        digest.update(memoryview(arr).cast("B"))
+    return digest.hexdigest()
+
+
+def _fingerprint(model: nn.Module, images: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two captures the same: the settings, the inputs and the weights (hashed)."""
+    state = model.state_dict()
+    return {
+        **settings,
+        "inputs_sha256": _sha256([images]),
+        "weights_sha256": _sha256([state[k] for k in sorted(state)]),
+    }
 
 
 # --------------------------------------------------------------------------- capture
@@ -317,6 +358,7 @@ def capture(
     meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     output: str | None = None,
+    resume: bool = False,
 ) -> ActivationStore:
     """Run ``model`` over ``data`` and store the input and the chosen layers' outputs.
 
@@ -327,6 +369,8 @@ def capture(
         object with ``.images`` (and ``.labels``, ``.description``, ``.class_names``).
     layers : module names / globs / comma-separated string (see :func:`select_layers`); an
         empty list records no layer, only the input and (with ``output``) the model's output.
+        Every call of a chosen module is its own block (``name``, ``name#2``, ...), in call
+        order.
     batch_size : samples per forward pass.
     device : where the model runs (the model is moved there and back if needed).
     preprocess : applied to each ``(B, C, H, W)`` batch before the model (not to the stored
@@ -334,7 +378,8 @@ def capture(
     labels : ``(N,)`` integer labels (default: ``data.labels`` when present).
     store : None (a :class:`MemoryStore`), a directory path (a new :class:`ZarrStore`,
         refused if it exists unless ``overwrite``), or an empty store object.
-    select : ``{layer: index or key}`` for layers that return a tuple/list/dict.
+    select : ``{layer: index or key}`` for layers that return a tuple/list/dict (applies to
+        every call of the layer).
     nonfinite : ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0
         (counts per block in ``meta["nonfinite"]``).
     progress : show a progress bar on stderr when there is more than one batch.
@@ -342,9 +387,14 @@ def capture(
     overwrite : let a path ``store`` replace an existing factorlens store there.
     output : also store what the model itself returns (``(N, K)`` class scores, say) as a
         block of this name and kind ``"output"`` — the same forward pass, not a second one.
+    resume : continue the interrupted capture in the store directory ``store`` from its last
+        batch whose rows are all on disk; the model, weights, data and settings must be the
+        ones it started with (checked), and the store ends bit-identical to an uninterrupted
+        capture.
 
-    Returns the closed (complete, read-only) store. On any error a store that capture created
-    on disk is removed again.
+    Returns the closed (complete, read-only) store. On an error a store that capture created
+    on disk is removed again; on an interruption (``KeyboardInterrupt``, ``SystemExit``) it
+    is kept, for ``resume``.
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise FactorlensError(f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")
@@ -388,9 +438,27 @@ def capture(
     dev = _resolve_device(device)
     modules = dict(model.named_modules())
 
-    the_store, created = _make_store(store, overwrite)
+    settings = {
+        "n_samples": n,
+        "batch_size": batch_size,
+        "layers": chosen,
+        "select": select,
+        "nonfinite": nonfinite,
+        "output": output,
+        "meta": dict(meta or {}),
+    }
+    on_disk = isinstance(store, str | os.PathLike)
+    fingerprint = _fingerprint(model, images, settings) if on_disk else {}
+    start_row, counts = 0, {}
+    if resume:
+        if not on_disk:
+            raise FactorlensError("resume needs the store's directory path (store=PATH)")
+        the_store, start_row, counts = ZarrStore.resume(store, fingerprint)
+        created = False
+    else:
+        the_store, created = _make_store(store, overwrite, fingerprint)
     try:
-        counts = _run_capture(
+        counts, blocks = _run_capture(
             model,
             images,
             chosen,
@@ -403,12 +471,14 @@ def capture(
             nonfinite=nonfinite,
             progress=progress,
             output=output,
+            start_row=start_row,
+            counts=counts,
         )
         if labels is not None:
             the_store.set_labels(labels)
         info = {
-            "layers": chosen,
-            "modules": {name: type(modules[name]).__name__ for name in chosen},
+            "layers": list(blocks),
+            "modules": {block: type(modules[name]).__name__ for block, name in blocks.items()},
             "shapes": {name: list(the_store.shape(name)) for name in the_store.names},
             "batch_size": batch_size,
             "n_samples": n,
@@ -421,6 +491,8 @@ def capture(
         full_meta["nonfinite"] = {name: counts.get(name, 0) for name in the_store.names}
         the_store.set_meta(full_meta)
         the_store.close()
+    except (KeyboardInterrupt, SystemExit):
+        raise  # interrupted: what is on disk stays, to be resumed
     except BaseException:
         if created and isinstance(the_store, ZarrStore):
             the_store.discard()
@@ -442,27 +514,38 @@ def _run_capture(
     nonfinite: str,
     progress: bool,
     output: str | None = None,
-) -> dict[str, int]:
-    """The batch loop of :func:`capture`; returns the non-finite counts replaced per block.
+    start_row: int = 0,
+    counts: dict[str, int] | None = None,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """The batch loop of :func:`capture`, from sample ``start_row`` (a batch boundary; the
+    store then already holds the rows before it, and ``counts`` their non-finite counts).
 
+    Returns the non-finite counts replaced per block and ``{block: module name}`` for the
+    layer blocks in call order (the k-th call of module ``m`` is block ``m#k``, k >= 2).
     Hooks are always removed and the model's modes and device restored.
     """
     from tqdm import tqdm
 
     n = int(images.shape[0])
     n_batches = -(-n // batch_size)
-    outputs: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    outputs: dict[str, np.ndarray] = {}  # block -> rows of this batch, in call order
+    blocks: dict[str, str] = {}  # block -> module name
+    calls: dict[str, int] = {}  # module name -> calls in this batch
+    first_calls: dict[str, int] = {}
+    counts = dict(counts or {})
     state = {"batch_n": 0}
 
     def make_hook(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if name in outputs:
+        def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
+            k = calls[name] = calls.get(name, 0) + 1
+            block = name if k == 1 else f"{name}#{k}"
+            if block in outputs:
                 raise FactorlensError(
-                    f"layer {name!r} ran more than once in one forward pass (the module is "
-                    "reused); capture a module that runs once per forward"
+                    f"two captured calls would both be block {block!r} (a module name with "
+                    "'#'); capture only one of those modules"
                 )
-            outputs[name] = _as_rows(name, output, select, state["batch_n"])
+            outputs[block] = _as_rows(name, out, select, state["batch_n"])
+            blocks[block] = name
 
         return hook
 
@@ -479,6 +562,7 @@ def _run_capture(
         handles = [modules[name].register_forward_hook(make_hook(name)) for name in chosen]
         bar = tqdm(
             total=n_batches,
+            initial=start_row // batch_size,
             desc="capture",
             unit="batch",
             file=sys.stderr,
@@ -486,12 +570,13 @@ def _run_capture(
             disable=not (progress and n_batches > 1),
         )
         with torch.no_grad():
-            for start in range(0, n, batch_size):
+            for start in range(start_row, n, batch_size):
                 stop = min(start + batch_size, n)
                 batch = _batch_tensor(images, start, stop)
                 rows_in = _check_finite("input", _input_rows(batch), nonfinite, start, counts)
                 x = _apply_preprocess(preprocess, batch).to(device)
                 outputs.clear()
+                calls.clear()
                 state["batch_n"] = stop - start
                 try:
                     returned = model(x)
@@ -503,36 +588,45 @@ def _run_capture(
                         f"({x.dtype}): {type(exc).__name__}: {_one_line(exc)}; check that the "
                         "data shape, channels and preprocessing match what the model expects"
                     ) from exc
-                missing = [name for name in chosen if name not in outputs]
+                missing = [name for name in chosen if name not in calls]
                 if missing:
                     raise FactorlensError(
                         f"layer(s) {', '.join(map(repr, missing))} did not run in the forward "
                         "pass; choose layers that the model's forward() uses"
                     )
+                model_rows = {}  # the model's own output block, if any
                 if output is not None:
-                    outputs[output] = _as_rows(output, returned, select, stop - start)
-                if start == 0:
+                    model_rows[output] = _as_rows(output, returned, select, stop - start)
+                if start == start_row:
+                    first_calls = dict(calls)
+                if len(store) == 0:
+                    if output in outputs:
+                        raise FactorlensError(
+                            f"output block name {output!r} clashes with a captured call of "
+                            f"layer {blocks[output]!r}; choose another name"
+                        )
                     store.create_block("input", rows_in.shape[1:], "input", "input", n_samples=n)
-                    if output is not None:
-                        store.create_block(
-                            output,
-                            outputs[output].shape[1:],
-                            "output",
-                            type(model).__name__,
-                            n_samples=n,
-                        )
-                    for name in chosen:
-                        store.create_block(
-                            name,
-                            outputs[name].shape[1:],
-                            "layer",
-                            type(modules[name]).__name__,
-                            n_samples=n,
-                        )
+                    for block, rows in model_rows.items():
+                        kind = type(model).__name__
+                        store.create_block(block, rows.shape[1:], "output", kind, n_samples=n)
+                    for block, rows in outputs.items():
+                        module = type(modules[blocks[block]]).__name__
+                        store.create_block(block, rows.shape[1:], "layer", module, n_samples=n)
+                elif start == start_row:  # resumed: the blocks must be the ones on disk
+                    _check_resumed_blocks(store, [*model_rows, *outputs])
+                elif calls != first_calls:
+                    name = next(m for m in chosen if calls[m] != first_calls[m])
+                    raise FactorlensError(
+                        f"layer {name!r} ran {calls[name]} time(s) in the batch starting at "
+                        f"sample {start} but {first_calls[name]} time(s) in the first batch; "
+                        "every call is its own block, so capture a module that runs the same "
+                        "number of times for every batch"
+                    )
                 store.append("input", rows_in)
-                for name in ([output] if output is not None else []) + chosen:
-                    rows = _check_finite(name, outputs[name], nonfinite, start, counts)
-                    store.append(name, rows)
+                for block, rows in [*model_rows.items(), *outputs.items()]:
+                    store.append(block, _check_finite(block, rows, nonfinite, start, counts))
+                if isinstance(store, ZarrStore):
+                    store.mark_batch(stop, counts)
                 outputs.clear()
                 bar.update(1)
     finally:
@@ -544,7 +638,17 @@ def _run_capture(
             module.training = mode
         if moved_from is not None:
             model.to(moved_from)
-    return counts
+    return counts, blocks
+
+
+def _check_resumed_blocks(store: ActivationStore, names: list[str]) -> None:
+    """A resumed capture must produce exactly the blocks the interrupted one created."""
+    have = [n for n in store.names if n != "input"]
+    if sorted(have) != sorted(names):
+        raise FactorlensError(
+            f"the resumed capture makes blocks {names} but the store holds {have}; resume with "
+            "the same model and layers, or pass --overwrite to start again"
+        )
 
 
 def _apply_preprocess(
@@ -568,4 +672,11 @@ def _apply_preprocess(
             raise FactorlensError(
                 f"preprocess returned {type(out).__name__}, not a tensor; return a torch tensor"
             ) from exc
+    if out.ndim == 0 or out.shape[0] != batch.shape[0]:
+        rows = f"{out.shape[0]} rows" if out.ndim else "a 0-d tensor"
+        raise FactorlensError(
+            f"the preprocess hook returned {rows} for a batch of {batch.shape[0]} inputs "
+            f"(shape {tuple(out.shape)} from {tuple(batch.shape)}); factorlens_preprocess must "
+            "return one row per input: transform the batch, never drop or add samples"
+        )
     return out
