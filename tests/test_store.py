@@ -209,7 +209,7 @@ def test_incomplete_store_refused(tmp_path):
     store = ZarrStore.create(path, chunk_rows=2)
     store.create_block("fc", (3,), "layer", "Linear")
     store.append("fc", np.ones((5, 3)))  # two chunks written, no completion marker
-    with pytest.raises(FactorlensError, match=r"incomplete store.*rerun the capture"):
+    with pytest.raises(FactorlensError, match=r"incomplete store.*--resume to continue it"):
         open_store(path)
     with pytest.raises(FactorlensError, match="close"):
         store.block("fc")

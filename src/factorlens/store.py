@@ -22,8 +22,14 @@ On-disk layout (format version 1)::
     PATH/zarr.json         group; attributes: factorlens_store (format), complete, n_samples,
                            blocks ([{name, shape, kind, module, array, chunk_rows}]), meta,
                            has_labels
-    PATH/b000/ …           one float32 array per block, chunks (chunk_rows, *sample_shape)
+    PATH/b000/ …           one float32 array per block, chunks (chunk_rows, *sample_shape),
+                           each chunk zstd-compressed with a crc32c checksum
     PATH/labels/           int64 (N,), only when labels were given
+    PATH/capture-progress.json   while capturing only: the rows written so far (for resuming)
+
+Damage is an error, never zeros: :func:`open_store` refuses a store with a chunk file missing,
+and reading a chunk whose checksum fails raises :class:`FactorlensError` naming the block.
+An interrupted capture can be continued with :meth:`ZarrStore.resume`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +57,8 @@ STORE_KEY = "factorlens_store"
 CHUNK_BYTES = 16 * 1024**2
 #: block kinds.
 KINDS = ("input", "layer", "output")
+#: the file an unfinished store keeps its resume point in
+PROGRESS_JSON = "capture-progress.json"
 
 
 @dataclass
@@ -408,6 +417,9 @@ class ZarrStore(ActivationStore):
     completion marker (``complete: true``).
     """
 
+    #: seconds between writes of every block's buffered rows while capturing (resume points)
+    sync_seconds: float = 30.0
+
     def __init__(self, path: Path, group: Any, *, chunk_rows: int | None, readonly: bool) -> None:
         super().__init__()
         self.path = path
@@ -418,17 +430,26 @@ class ZarrStore(ActivationStore):
         self._buffers: dict[str, list[np.ndarray]] = {}
         self._written: dict[str, int] = {}
         self._created_dir = False
+        self._marks: list[tuple[int, dict[str, int]]] = []
+        self._resume_row = 0
+        self._synced = time.monotonic()
 
     # ------------------------------------------------------------- create
     @classmethod
     def create(
-        cls, path: str | os.PathLike[str], overwrite: bool = False, chunk_rows: int | None = None
+        cls,
+        path: str | os.PathLike[str],
+        overwrite: bool = False,
+        chunk_rows: int | None = None,
+        fingerprint: Mapping[str, Any] | None = None,
     ) -> ZarrStore:
         """Start a new store at directory ``path``.
 
         An existing non-empty ``path`` is refused unless ``overwrite=True`` (and even then only
         when it is a factorlens store, never an unrelated directory or file). ``chunk_rows``
         fixes the rows per chunk for every block; by default each block gets about 16 MiB.
+        ``fingerprint`` (JSON-able capture settings) is kept so that :meth:`resume` can check
+        it continues the same capture.
         """
         import zarr
 
@@ -457,7 +478,13 @@ class ZarrStore(ActivationStore):
         try:
             group = zarr.open_group(str(p), mode="w", zarr_format=3)
             group.attrs.update(
-                {STORE_KEY: FORMAT_VERSION, "complete": False, "blocks": [], "meta": {}}
+                {
+                    STORE_KEY: FORMAT_VERSION,
+                    "complete": False,
+                    "blocks": [],
+                    "meta": {},
+                    "capture": _jsonable(dict(fingerprint or {})),
+                }
             )
         except OSError as exc:
             raise FactorlensError(
@@ -489,11 +516,14 @@ class ZarrStore(ActivationStore):
             )
         if attrs.get("complete") is not True:
             raise FactorlensError(
-                f"incomplete store at {p}: capture was interrupted; rerun the capture"
+                f"incomplete store at {p}: its capture was interrupted; rerun the same capture "
+                "with --resume to continue it, or with --overwrite to start again"
             )
         group = zarr.open_group(str(p), mode="r", zarr_format=3)
         store = cls(p, group, chunk_rows=None, readonly=True)
         n = int(attrs.get("n_samples", 0))
+        for rec in attrs.get("blocks", []):
+            _check_chunks(p, rec["name"], group, rec["array"])
         for rec in attrs.get("blocks", []):
             shape = tuple(int(s) for s in rec["shape"])
             store._specs[rec["name"]] = _Spec(
@@ -507,6 +537,7 @@ class ZarrStore(ActivationStore):
                 key=rec["array"],
             )
         if attrs.get("has_labels"):
+            _check_chunks(p, "labels", group, "labels")
             store._labels = np.asarray(group["labels"][:], dtype=np.int64)
         store._meta = dict(attrs.get("meta", {}))
         store._closed = True
@@ -522,6 +553,7 @@ class ZarrStore(ActivationStore):
                 "module": s.module,
                 "array": s.key,
                 "chunk_rows": s.chunk_rows,
+                "expected": s.expected,
             }
             for s in (self._specs[n] for n in self.names)
         ]
@@ -533,12 +565,15 @@ class ZarrStore(ActivationStore):
         spec.chunk_rows = chunk_rows
         n0 = spec.expected if spec.expected is not None else 0
         chunks = (spec.chunk_rows, *(max(1, s) for s in spec.sample_shape))
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
         self._arrays[spec.name] = self._group.create_array(
             spec.key,
             shape=(n0, *spec.sample_shape),
             chunks=chunks,
             dtype="float32",
             fill_value=0.0,
+            compressors=[ZstdCodec(level=0), Crc32cCodec()],
         )
         self._buffers[spec.name] = []
         self._written[spec.name] = 0
@@ -558,17 +593,109 @@ class ZarrStore(ActivationStore):
             return
         data = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         step = spec.chunk_rows or 1
-        k = len(data) if final else (len(data) // step) * step
+        start = self._written[spec.name]
+        # up to the last chunk boundary (after a partial write, the next one realigns)
+        k = len(data) if final else max(0, ((start + len(data)) // step) * step - start)
         if k == 0:
             self._buffers[spec.name] = [data]
             return
         arr = self._arrays[spec.name]
-        start = self._written[spec.name]
         if arr.shape[0] < start + k:
             arr.resize((start + k, *spec.sample_shape))
         arr[start : start + k] = data[:k]
         self._written[spec.name] = start + k
         self._buffers[spec.name] = [data[k:]] if k < len(data) else []
+
+    # ------------------------------------------------------------ resuming
+    def mark_batch(self, stop: int, counts: Mapping[str, int]) -> None:
+        """Record that every block holds rows ``[0, stop)`` (a batch boundary), with the
+        capture's non-finite ``counts`` so far; the latest boundary whose rows are all on disk
+        becomes the resume point (``capture-progress.json``, replaced atomically).
+
+        Every :attr:`sync_seconds` the buffered rows of every block are written out too (a
+        partial chunk is rewritten when it fills), so a block whose chunk holds many rows
+        does not hold the resume point back.
+        """
+        self._marks.append((int(stop), dict(counts)))
+        now = time.monotonic()
+        if now - self._synced >= self.sync_seconds:
+            for spec in self._specs.values():
+                self._flush(spec, final=True)
+            self._synced = now
+        durable = min(self._written.values(), default=0)
+        ready = [m for m in self._marks if m[0] <= durable]
+        if not ready or ready[-1][0] <= self._resume_row:
+            return
+        row, at = ready[-1]
+        self._marks = [m for m in self._marks if m[0] > row]
+        self._resume_row = row
+        tmp = self.path / f"{PROGRESS_JSON}.tmp"
+        tmp.write_text(json.dumps({"rows": row, "nonfinite": at}))
+        os.replace(tmp, self.path / PROGRESS_JSON)
+
+    @classmethod
+    def resume(
+        cls, path: str | os.PathLike[str], fingerprint: Mapping[str, Any]
+    ) -> tuple[ZarrStore, int, dict[str, int]]:
+        """Reopen the interrupted capture at ``path`` for writing: ``(store, rows, counts)``,
+        where every block holds its first ``rows`` samples (a batch boundary) and ``counts``
+        are the non-finite values replaced in them. ``fingerprint`` (the capture's settings)
+        must equal the one the capture started with."""
+        import zarr
+
+        p = Path(path)
+        state = store_state(p)
+        if state is None:
+            raise FactorlensError(
+                f"no interrupted capture at {p} to resume; run the capture without --resume"
+            )
+        if state == "complete":
+            raise FactorlensError(
+                f"the capture at {p} is already complete; drop --resume to use it"
+            )
+        attrs = _read_root_attrs(p)
+        before = attrs.get("capture") or {}
+        want = _jsonable(dict(fingerprint))
+        if before != want:
+            keys = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
+            raise FactorlensError(
+                f"the interrupted capture at {p} was started with other settings (differs in "
+                f"{', '.join(keys)}); resume with the same model, weights, data and options, "
+                "or pass --overwrite to start again"
+            )
+        try:
+            progress = json.loads((p / PROGRESS_JSON).read_text())
+            rows, counts = int(progress["rows"]), dict(progress["nonfinite"])
+        except FileNotFoundError:
+            rows, counts = 0, {}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise FactorlensError(
+                f"{p / PROGRESS_JSON} is damaged; pass --overwrite to start the capture again"
+            ) from None
+        for debris in p.rglob("*.partial"):  # zarr's temporary file of a chunk being written
+            debris.unlink()
+        group = zarr.open_group(str(p), mode="r+", zarr_format=3)
+        store = cls(p, group, chunk_rows=None, readonly=False)
+        for rec in attrs.get("blocks", []):
+            shape = tuple(int(s) for s in rec["shape"])
+            spec = _Spec(
+                name=rec["name"],
+                sample_shape=shape[1:],
+                kind=rec["kind"],
+                module=rec.get("module", ""),
+                n_rows=rows,
+                expected=rec.get("expected"),
+                chunk_rows=rec.get("chunk_rows"),
+                key=rec["array"],
+            )
+            store._specs[spec.name] = spec
+            arr = group[spec.key]
+            first = (rows // (spec.chunk_rows or 1)) * (spec.chunk_rows or 1)
+            store._arrays[spec.name] = arr
+            store._written[spec.name] = first
+            store._buffers[spec.name] = [np.asarray(arr[first:rows], dtype=np.float32)]
+        store._resume_row = rows
+        return store, rows, counts
 
     def _finalize(self) -> None:
         n = self.n_samples
@@ -594,6 +721,7 @@ class ZarrStore(ActivationStore):
         )
         # the completion marker goes last: a store without it is never read as complete
         self._group.attrs["complete"] = True
+        (self.path / PROGRESS_JSON).unlink(missing_ok=True)
         import zarr
 
         self._group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
@@ -609,7 +737,7 @@ class ZarrStore(ActivationStore):
                 f"block {name!r} cannot be read while the store is being written; call close() first"
             )
         if name not in self._arrays:
-            self._arrays[name] = self._group[spec.key]
+            self._arrays[name] = _CheckedArray(self._group[spec.key], name, self.path)
         return self._arrays[name]
 
     def discard(self) -> None:
@@ -640,6 +768,67 @@ def _read_root_attrs(path: Path) -> dict[str, Any]:
         return {}
     attrs = doc.get("attributes", {})
     return attrs if isinstance(attrs, dict) else {}
+
+
+def store_state(path: Path) -> str | None:
+    """``"complete"`` or ``"incomplete"`` for a factorlens store at ``path``, else None."""
+    attrs = _read_root_attrs(Path(path))
+    if attrs.get(STORE_KEY) is None:
+        return None
+    return "complete" if attrs.get("complete") is True else "incomplete"
+
+
+def _check_chunks(path: Path, name: str, group: Any, key: str) -> None:
+    """Refuse a block whose chunk files are not all there (zarr would read zeros)."""
+    try:
+        arr = group[key]
+        have, want = arr.nchunks_initialized, arr.nchunks
+    except (KeyError, OSError, ValueError) as exc:
+        raise FactorlensError(
+            f"store {path} is damaged: block {name!r} cannot be read ({exc}); capture it "
+            "again (--overwrite)"
+        ) from None
+    if have < want:
+        raise FactorlensError(
+            f"store {path} is damaged: block {name!r} is missing {want - have} of its {want} "
+            "chunk files; capture it again (--overwrite)"
+        )
+
+
+class _CheckedArray:
+    """A zarr array whose reads turn a failed chunk checksum into a one-line error."""
+
+    def __init__(self, array: Any, name: str, path: Path) -> None:
+        self._array = array
+        self._name = name
+        self._path = path
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+        self.chunks = tuple(array.chunks)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return self._array[index]
+        except ValueError as exc:
+            if "checksum" not in str(exc).lower():
+                raise
+            raise FactorlensError(
+                f"store {self._path} is damaged: a chunk of block {self._name!r} fails its "
+                "checksum; capture it again (--overwrite)"
+            ) from None
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        raise FactorlensError(
+            f"block {self._name!r} of store {self._path} is read-only; write a new store"
+        )
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 def open_store(path: str | os.PathLike[str]) -> ZarrStore:

@@ -1,0 +1,87 @@
+"""Stores that say when they are damaged, and interrupted captures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from harness import analyze_args
+
+from factorlens.errors import FactorlensError
+from factorlens.store import PROGRESS_JSON, ZarrStore, open_store
+
+
+def _store(tmp_path: Path) -> Path:
+    path = tmp_path / "acts"
+    store = ZarrStore.create(path, chunk_rows=4)
+    store.create_block("input", (3,), "input", "input", n_samples=10)
+    store.create_block("fc", (2,), "layer", "Linear", n_samples=10)
+    rng = np.random.default_rng(0)
+    store.append("input", rng.random((10, 3)))
+    store.append("fc", rng.random((10, 2)))
+    store.set_labels(np.arange(10) % 3)
+    store.close()
+    return path
+
+
+def _chunk_files(path: Path, key: str) -> list[Path]:
+    return sorted(p for p in (path / key / "c").rglob("*") if p.is_file())
+
+
+def test_a_missing_chunk_file_names_the_block(tmp_path: Path) -> None:
+    path = _store(tmp_path)
+    _chunk_files(path, "b001")[1].unlink()
+    with pytest.raises(FactorlensError, match=r"block 'fc' is missing 1 of its 3 chunk files"):
+        open_store(path)
+
+
+def test_a_missing_labels_chunk_is_an_error(tmp_path: Path) -> None:
+    path = _store(tmp_path)
+    _chunk_files(path, "labels")[0].unlink()
+    with pytest.raises(FactorlensError, match=r"block 'labels' is missing"):
+        open_store(path)
+
+
+def test_a_corrupt_chunk_fails_its_checksum_with_the_block_named(tmp_path: Path) -> None:
+    path = _store(tmp_path)
+    chunk = _chunk_files(path, "b000")[2]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    store = open_store(path)
+    np.testing.assert_array_equal(store.block("fc")[:].shape, (10, 2))  # other blocks read
+    with pytest.raises(FactorlensError, match=r"block 'input' fails its checksum"):
+        store.block("input")[:]
+
+
+def test_analyze_of_a_damaged_store_is_a_one_line_error(cli, project) -> None:
+    store = project["root"] / "acts"
+    cli.ok(analyze_args(project, project["root"] / "first", "--store", store))
+    chunks = sorted(p for p in (store / "b001" / "c").rglob("*") if p.is_file())
+    chunks[0].unlink()
+    args = ["analyze", "--store", store, "--rank", "2", "--out", project["root"] / "again"]
+    cli.fails(args, "damaged", "missing", "chunk")
+    assert not (project["root"] / "again").exists()
+
+
+def test_a_half_written_store_offers_resume_and_overwrite_replaces_it(cli, project) -> None:
+    store = project["root"] / "acts"
+    half = ZarrStore.create(store, chunk_rows=2)
+    half.create_block("input", (8, 8), "input", "input", n_samples=60)
+    half.append("input", np.zeros((4, 8, 8)))  # killed here: no completion marker
+    out = project["root"] / "out"
+    cli.fails(analyze_args(project, out, "--store", store), "interrupted capture", "--resume")
+    cli.ok(analyze_args(project, out, "--store", store, "--overwrite"))
+    assert open_store(store).n_samples == 60
+    assert not (store / PROGRESS_JSON).exists()
+
+
+def test_a_foreign_folder_as_store_is_never_replaced(cli, project) -> None:
+    store = project["root"] / "mine"
+    store.mkdir()
+    (store / "thesis.tex").write_text("...")
+    cli.fails(
+        analyze_args(project, project["root"] / "out", "--store", store, "--overwrite"),
+        "not a factorlens store",
+    )
