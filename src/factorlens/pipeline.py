@@ -8,14 +8,16 @@ Output directory layout (the contract for notebooks and for ``factorlens report`
     DIR/index.html    the self-contained report, DIR/figures/*.png its figures
 
 Everything is first written to a staging folder beside ``DIR`` and moved into place only when
-complete, so a failure never leaves output that looks complete.
+complete, so a failure never leaves output that looks complete; ``overwrite`` replaces only
+files factorlens wrote (see :mod:`factorlens.output`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,38 +27,12 @@ import numpy as np
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
+from factorlens.output import check_not_nested, check_output_dir, clean_stale, publish
 
 INPUTS_NPZ = "inputs.npz"
 REPORT_HTML = "index.html"
 FIGURES_DIR = "figures"
 OUTPUT_NAMES = (RESULT_JSON, FACTORS_NPZ, INPUTS_NPZ, REPORT_HTML, FIGURES_DIR)
-
-
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an output directory we may not write to, before any costly work.
-
-    A directory that exists and is not empty is refused unless ``overwrite``; then only
-    factorlens's own files in it are replaced.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FactorlensError(
-            f"output path {out} exists and is not a directory; choose another --out"
-        )
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "a factorlens result" if (out / RESULT_JSON).exists() else "other files"
-        raise FactorlensError(
-            f"output directory {out} already holds {what}; pass --overwrite to replace it "
-            "or choose another --out"
-        )
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise FactorlensError(f"cannot create output directory {out}: {probe} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise FactorlensError(f"output directory {out} is not writable; choose another --out")
-    return out
 
 
 def save_inputs(directory: Path, images: np.ndarray, labels, class_names) -> None:
@@ -74,10 +50,21 @@ def load_inputs(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, l
     path = Path(directory) / INPUTS_NPZ
     if not path.is_file():
         raise FactorlensError(f"{path} is missing; rerun `factorlens analyze` to recreate it")
-    with np.load(path) as npz:
-        images = npz["images"]
-        labels = npz["labels"] if "labels" in npz.files else None
-        names = [str(c) for c in npz["class_names"]] if "class_names" in npz.files else None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images = np.asarray(npz["images"], dtype=np.float32)
+            labels = npz["labels"] if "labels" in npz.files else None
+            names = [str(c) for c in npz["class_names"]] if "class_names" in npz.files else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise FactorlensError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}); rerun `factorlens analyze` to "
+            "recreate it"
+        ) from None
+    if images.ndim < 2 or (labels is not None and labels.shape != (len(images),)):
+        raise FactorlensError(
+            f"{path} does not match a result (images {images.shape}, labels "
+            f"{None if labels is None else labels.shape}); rerun `factorlens analyze`"
+        )
     return images, labels, names
 
 
@@ -98,7 +85,7 @@ def write_outputs(
     title: str = "factorlens report",
 ) -> Path:
     """Write result files and the report into ``out`` atomically (staged, then moved)."""
-    out = check_output_dir(out, overwrite)
+    out = check_output_dir(out, overwrite, OUTPUT_NAMES)
 
     def produce(stage: Path) -> None:
         save_inputs(stage, images, labels, class_names)
@@ -106,7 +93,7 @@ def write_outputs(
             _report(stage, result, images, labels, class_names, title)
         result.save(stage)
 
-    return publish(out, produce, OUTPUT_NAMES)
+    return publish(out, produce, OUTPUT_NAMES, overwrite=overwrite)
 
 
 def write_report_files(
@@ -117,12 +104,15 @@ def write_report_files(
     class_names: list[str] | None,
     *,
     title: str = "factorlens report",
+    overwrite: bool = False,
 ) -> Path:
-    """Write only ``index.html`` and ``figures/`` into ``out`` (staged, then moved)."""
+    """Write only ``index.html`` and ``figures/`` into ``out`` (staged, then moved; with
+    ``overwrite`` the report factorlens wrote there before is replaced)."""
     return publish(
         Path(out),
         lambda stage: _report(stage, result, images, labels, class_names, title),
         (REPORT_HTML, FIGURES_DIR),
+        overwrite=overwrite,
     )
 
 
@@ -130,29 +120,6 @@ def _report(stage: Path, result, images, labels, class_names, title: str) -> Non
     from factorlens.report import write_report
 
     write_report(stage, result, images, labels, class_names, title=title)
-
-
-def publish(out: Path, produce: Callable[[Path], None], names: tuple[str, ...]) -> Path:
-    """Run ``produce(stage)`` in a staging folder beside ``out``; on success replace the
-    entries ``names`` of ``out`` with the staged ones (``result.json`` moved last)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        produce(stage)
-        out.mkdir(exist_ok=True)
-        ordered = sorted(names, key=lambda n: n == RESULT_JSON)
-        for name in ordered:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        for name in ordered:
-            if (stage / name).exists():
-                (stage / name).replace(out / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out
 
 
 def input_images(store: Any) -> np.ndarray:
@@ -202,8 +169,13 @@ def capture_for_analysis(
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> Any:
-    """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store."""
+    """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store.
+
+    ``resume`` continues the interrupted capture in ``store`` (see :func:`capture`); a new
+    capture into a new ``store`` that is interrupted can be resumed that way.
+    """
     from factorlens.capture import capture
     from factorlens.store import open_store
 
@@ -211,12 +183,16 @@ def capture_for_analysis(
     target = None
     if store is not None:
         target = Path(store)
-        _check_store_path(target, overwrite, out)
+        _check_store_path(target, overwrite, out, resume)
+    elif resume:
+        raise FactorlensError("--resume continues a capture into --store; give --store PATH")
     # an existing store being replaced is kept until the new capture has succeeded
-    staging = target is not None and target.exists()
-    where = target.with_name(f".{target.name}.staging") if staging else target
-    if staging and where.exists():
-        shutil.rmtree(where)
+    staging = target is not None and target.exists() and not resume
+    if staging:
+        clean_stale(target)
+        where = target.with_name(f".{target.name}.staging-{os.getpid()}-capture")
+    else:
+        where = target
     try:
         acts = capture(
             model,
@@ -230,7 +206,18 @@ def capture_for_analysis(
             nonfinite=nonfinite,
             progress=progress,
             meta=meta,
+            resume=resume,
         )
+    except (KeyboardInterrupt, SystemExit):
+        if staging:
+            shutil.rmtree(where, ignore_errors=True)
+        elif target is not None and target.exists():
+            print(
+                f"note: the capture into {target} was interrupted; rerun the same command with "
+                "--resume to continue it",
+                file=sys.stderr,
+            )
+        raise
     except BaseException:
         if staging and where.exists():
             shutil.rmtree(where, ignore_errors=True)
@@ -327,29 +314,38 @@ def analyze_store(
     return result
 
 
-def _check_store_path(path: Path, overwrite: bool, out: Path | None = None) -> None:
-    """Refuse a ``--store`` that is a file, lies inside ``--out``, or exists without
-    ``overwrite`` (then only a factorlens store is replaced)."""
+def _check_store_path(
+    path: Path, overwrite: bool, out: Path | None = None, resume: bool = False
+) -> None:
+    """Refuse a ``--store`` that is a file, is nested with ``--out`` (either way), or exists
+    without ``overwrite`` (then only a factorlens store, complete or not, is replaced); with
+    ``resume`` it must hold an interrupted capture."""
+    from factorlens.store import store_state
+
     if path.exists() and not path.is_dir():
         raise FactorlensError(f"store path {path} is a file; choose another --store")
     if out is not None:
-        o, p = out.resolve(), path.resolve()
-        if p == o or o in p.parents:
-            raise FactorlensError(
-                f"--store {path} lies inside --out {out}; put the store somewhere else"
-            )
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise FactorlensError(
-                f"store path {path} already exists; pass --overwrite to replace it or choose "
-                "another --store (to analyse an existing store, give --store without --model)"
-            )
-        from factorlens.store import open_store
-
-        try:
-            open_store(path)
-        except FactorlensError:
-            raise FactorlensError(
-                f"--store {path} holds something that is not a complete factorlens store; "
-                "it is not replaced even with --overwrite: choose another --store"
-            ) from None
+        check_not_nested(out, path)
+    if resume:
+        if overwrite:
+            raise FactorlensError("--resume continues a capture, --overwrite restarts it: give one")
+        return  # ZarrStore.resume checks what is there
+    if not (path.exists() and any(path.iterdir())):
+        return
+    state = store_state(path)
+    if state is None:
+        raise FactorlensError(
+            f"--store {path} holds something that is not a factorlens store; it is not "
+            "replaced even with --overwrite: choose another --store"
+        )
+    if overwrite:
+        return
+    if state == "incomplete":
+        raise FactorlensError(
+            f"--store {path} holds an interrupted capture; pass --resume to continue it or "
+            "--overwrite to start it again"
+        )
+    raise FactorlensError(
+        f"store path {path} already exists; pass --overwrite to replace it or choose "
+        "another --store (to analyse an existing store, give --store without --model)"
+    )

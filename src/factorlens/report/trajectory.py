@@ -332,10 +332,15 @@ a pattern that appeared. Main-result components link to their view above.</p>
 
 
 def write_trajectory_report(
-    out: str | Path, sources: Sequence[str | Path], *, title: str = "factorlens report"
+    out: str | Path,
+    sources: Sequence[str | Path],
+    *,
+    title: str = "factorlens report",
+    overwrite: bool = False,
 ) -> Path:
     """Write the report of ``sources[0]`` with the checkpoints view over all ``sources`` into
-    ``out`` (``index.html`` and ``figures/``, staged then moved like ``write_report_files``)."""
+    ``out`` (``index.html`` and ``figures/``, staged then moved like ``write_report_files``;
+    ``overwrite`` replaces a report factorlens wrote there)."""
     from factorlens.pipeline import FIGURES_DIR, REPORT_HTML, load_inputs, publish
 
     cps = load_checkpoints(sources)
@@ -348,4 +353,5 @@ def write_trajectory_report(
             stage, main, images, labels, class_names, title=title, trajectory=traj
         ),
         (REPORT_HTML, FIGURES_DIR),
+        overwrite=overwrite,
     )

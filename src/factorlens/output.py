@@ -1,0 +1,305 @@
+"""Writing results without ever losing a user's file.
+
+Every result folder (``analyze``, ``rank``, ``demo``, ``quality --out``, ``report --out``) is
+produced in a staging folder beside it and moved into place file by file only when complete.
+The folder keeps a manifest, ``DIR/.factorlens-files.json``, of the files factorlens wrote
+there, and ``overwrite`` replaces or removes those files only:
+
+* a file that the new result would replace but no manifest lists (the user's own
+  ``index.html``, say) stops the run before anything is moved;
+* files the manifest does not list (a user's notes in ``figures/``) are never touched;
+* the move happens under a lock file beside the folder, ``.DIR.lock``, holding the owner's pid,
+  and re-checks the folder then: a result that appeared while this run was working is not
+  replaced without ``overwrite``;
+* staging folders (``.DIR.staging-<pid>-*``) and locks left by a process that no longer runs
+  are removed by the next run that writes ``DIR``, with a note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from factorlens.errors import FactorlensError
+
+#: the manifest of the files factorlens wrote into a result folder (relative POSIX paths)
+MANIFEST = ".factorlens-files.json"
+#: files a result folder written before manifests existed is known to hold
+LEGACY_NAMES = ("result.json", "factors.npz", "inputs.npz", "index.html", "quality.json")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+def _staging_pid(name: str, prefix: str) -> int | None:
+    """The pid in a staging folder's name ``<prefix><pid>-<random>`` (None: none there)."""
+    head = name[len(prefix) :].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def clean_stale(out: Path) -> None:
+    """Remove staging folders and locks beside ``out`` whose process is gone (a note each);
+    mention leftovers that name no process."""
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    prefix = f".{out.name}.staging-"
+    for entry in parent.glob(f"{glob_escape(prefix)}*"):
+        pid = _staging_pid(entry.name, prefix)
+        if pid is None:
+            print(f"note: {entry} is left over from an interrupted run; remove it", file=sys.stderr)
+        elif not _alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+            print(f"note: removed {entry}, left by an interrupted run (pid {pid})", file=sys.stderr)
+    lock = _lock_path(out)
+    if lock.is_file() and not _alive(_lock_owner(lock)):
+        lock.unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob special characters escaped (``[*]`` style)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def read_manifest(out: Path) -> set[str] | None:
+    """The files factorlens wrote into ``out`` by its manifest; for a result folder from before
+    manifests (a ``result.json`` or ``quality.json`` of factorlens, no manifest) its known
+    files; None when ``out`` holds no factorlens result."""
+    path = out / MANIFEST
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+            files = doc["files"]
+            if isinstance(files, list) and all(isinstance(f, str) for f in files):
+                return {f for f in files if _inside(f)}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        raise FactorlensError(
+            f"{path} is damaged, so factorlens cannot tell its own files from yours there; "
+            "move the folder's contents you want to keep and delete it, or choose another --out"
+        )
+    if _legacy_result(out):
+        legacy = {n for n in LEGACY_NAMES if (out / n).is_file()}
+        figures = out / "figures"
+        if figures.is_dir():
+            legacy |= {f"figures/{p.name}" for p in figures.glob("*.png") if p.is_file()}
+        return legacy
+    return None
+
+
+def _legacy_result(out: Path) -> bool:
+    for name in ("result.json", "quality.json"):
+        try:
+            doc = json.loads((out / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if (isinstance(doc, dict) and "format_version" in doc) or (
+            name == "quality.json" and isinstance(doc, list)
+        ):
+            return True
+    return False
+
+
+def _inside(rel: str) -> bool:
+    """A manifest entry is a plain relative path inside the folder (nothing like ``../x``)."""
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+
+
+def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()) -> Path:
+    """Refuse an output folder we may not write, before any costly work.
+
+    A folder that exists and is not empty is refused unless ``overwrite``; then only the files
+    of its manifest may be replaced, and a file among ``names`` (the fixed names the result
+    writes) that factorlens did not write is refused now rather than after the work.
+    """
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise FactorlensError(
+            f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
+            "remove the link or choose another --out"
+        )
+    if out.exists() and not out.is_dir():
+        raise FactorlensError(
+            f"output path {out} exists and is not a directory; choose another --out"
+        )
+    if out.is_dir() and any(out.iterdir()):
+        ours = read_manifest(out)
+        if not overwrite:
+            what = "a factorlens result" if ours is not None else "other files"
+            raise FactorlensError(
+                f"output directory {out} already holds {what}; pass --overwrite to replace it "
+                "or choose another --out"
+            )
+        for name in names:  # a folder of ours (figures/) may hold the user's files too
+            target = out / name
+            if target.exists() and not target.is_dir() and name not in (ours or set()):
+                raise FactorlensError(
+                    f"{target} was not written by factorlens, so --overwrite does not "
+                    "replace it; move it away or choose another --out"
+                )
+    probe = out.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FactorlensError(f"cannot create output directory {out}: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FactorlensError(
+            f"cannot write beside {out}: folder {probe} is not writable (results are staged "
+            "next to --out, then moved); choose another --out"
+        )
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise FactorlensError(f"output directory {out} is not writable; choose another --out")
+    return out
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def _lock_owner(lock: Path) -> int:
+    try:
+        return int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold ``.OUT.lock`` (created exclusively, holding our pid) while moving files into
+    ``out``; a lock of a dead process is taken over, one of a live process refused."""
+    lock = _lock_path(out)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if _alive(owner):
+                raise FactorlensError(
+                    f"another factorlens run (pid {owner}) is writing {out} right now; wait "
+                    "for it to finish or choose another --out"
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a process that is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise FactorlensError(f"cannot lock {out} (lock file {lock}); remove it and rerun")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _files_under(root: Path, names: Iterable[str]) -> list[str]:
+    """Relative POSIX paths of the files under ``root/<name>`` for each of ``names``."""
+    found = []
+    for name in names:
+        top = root / name
+        if top.is_file():
+            found.append(name)
+        elif top.is_dir():
+            found += sorted(p.relative_to(root).as_posix() for p in top.rglob("*") if p.is_file())
+    return found
+
+
+def _in_scope(rel: str, names: Iterable[str]) -> bool:
+    return any(rel == n or rel.startswith(n.rstrip("/") + "/") for n in names)
+
+
+def publish(
+    out: Path,
+    produce: Callable[[Path], None],
+    names: tuple[str, ...],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Run ``produce(stage)`` in a staging folder beside ``out``, then move the entries
+    ``names`` it wrote into ``out`` (``result.json`` last) and update the manifest.
+
+    The move runs under the folder's lock and refuses, before moving anything, a target that
+    exists unless ``overwrite`` and the manifest lists it. With ``overwrite``, files of the old
+    manifest under ``names`` that the new result does not write are removed.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
+    try:
+        produce(stage)
+        new = [f for f in _files_under(stage, names) if f != MANIFEST]
+        new.sort(key=lambda f: f == "result.json")
+        with _locked(out):
+            old = (read_manifest(out) if out.is_dir() else None) or set()
+            clash = [f for f in new if (out / f).exists() and not (overwrite and f in old)]
+            if clash:
+                first = out / clash[0]
+                raise FactorlensError(
+                    f"{first} already exists"
+                    + (
+                        " and was not written by factorlens; move it away"
+                        if overwrite
+                        else " (it appeared while this run was working); pass --overwrite"
+                    )
+                    + " or choose another --out. Nothing was replaced"
+                )
+            stale = sorted(f for f in old if _in_scope(f, names) and f not in new)
+            if overwrite:
+                for f in stale:
+                    (out / f).unlink(missing_ok=True)
+                _prune_empty_dirs(out, stale)
+            out.mkdir(exist_ok=True)
+            for f in new:
+                (out / f).parent.mkdir(parents=True, exist_ok=True)
+                (stage / f).replace(out / f)
+            kept = {f for f in old if (out / f).exists()}
+            write_manifest(out, kept | set(new))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _prune_empty_dirs(out: Path, removed: Iterable[str]) -> None:
+    """Remove folders under ``out`` that removing ``removed`` left empty (deepest first)."""
+    dirs = {p for f in removed for p in Path(f).parents if str(p) != "."}
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            (out / d).rmdir()  # only when empty
+
+
+def write_manifest(out: Path, files: Iterable[str]) -> None:
+    """Write ``out``'s manifest atomically (a temporary file renamed over it)."""
+    tmp = out / f"{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"format_version": 1, "files": sorted(files)}, indent=1))
+    tmp.replace(out / MANIFEST)
+
+
+def check_not_nested(out: Path, store: Path) -> None:
+    """Refuse an ``--out`` and a ``--store`` where one lies inside the other (or both are
+    the same folder): an ``--overwrite`` of one would delete the other."""
+    o, s = out.resolve(), store.resolve()
+    if s == o or o in s.parents:
+        raise FactorlensError(
+            f"--store {store} lies inside --out {out}; put the store somewhere else"
+        )
+    if s in o.parents:
+        raise FactorlensError(
+            f"--out {out} lies inside --store {store}; write the result somewhere else"
+        )

@@ -1,0 +1,156 @@
+"""Writes that never lose a user's file: the manifest, nesting, the lock, stale staging."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import analyze_args, snapshot
+
+from factorlens.errors import FactorlensError
+from factorlens.output import MANIFEST, publish, read_manifest
+
+
+def _dead_pid() -> int:
+    """A pid no process has (the largest pid the kernel hands out, plus one)."""
+    limit = Path("/proc/sys/kernel/pid_max")
+    return int(limit.read_text()) + 1 if limit.is_file() else 2**22 + 1
+
+
+def test_overwrite_keeps_a_users_files_in_figures(cli, project) -> None:
+    out = project["root"] / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "mine.png").write_bytes(b"my own figure")
+    (out / "notes.txt").write_text("my notes")
+    cli.ok(analyze_args(project, out, "--overwrite"))
+    assert (out / "figures" / "mine.png").read_bytes() == b"my own figure"
+    assert (out / "notes.txt").read_text() == "my notes"
+    ours = read_manifest(out)
+    assert "result.json" in ours and "figures/mine.png" not in ours and "notes.txt" not in ours
+    # and a second --overwrite still leaves them, while replacing all of ours
+    cli.ok(analyze_args(project, out, "--overwrite", "--rank", "3"))
+    assert (out / "figures" / "mine.png").read_bytes() == b"my own figure"
+    assert json.loads((out / "result.json").read_text())["rank"] == 3
+
+
+def test_overwrite_refuses_a_users_file_with_a_name_we_write(cli, project) -> None:
+    out = project["root"] / "out"
+    out.mkdir()
+    (out / "index.html").write_text("<p>my page</p>")
+    cli.fails(analyze_args(project, out, "--overwrite"), "index.html", "not written by factorlens")
+
+
+def test_overwrite_removes_only_files_of_the_old_result(cli, project) -> None:
+    out = project["root"] / "out"
+    cli.ok(analyze_args(project, out))
+    old = read_manifest(out)
+    stray = sorted(f for f in old if f.startswith("figures/"))[0]
+    (out / "figures" / "extra-of-mine.txt").write_text("keep")
+    cli.ok(analyze_args(project, out, "--overwrite"))
+    assert (out / "figures" / "extra-of-mine.txt").read_text() == "keep"
+    assert (out / stray).is_file()  # rewritten by the new result
+
+
+def test_store_inside_out_and_out_inside_store_are_refused(cli, project) -> None:
+    out = project["root"] / "out"
+    cli.fails(analyze_args(project, out, "--store", out / "acts"), "lies inside --out")
+    store = project["root"] / "acts"
+    cli.ok(analyze_args(project, project["root"] / "first", "--store", store))
+    cli.fails(
+        analyze_args(project, store / "result", "--store", store, "--overwrite"),
+        "lies inside --store",
+    )
+    cli.fails(analyze_args(project, store, "--store", store, "--overwrite"), "--store")
+
+
+def test_a_result_that_appears_while_working_is_not_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    def produce(stage: Path) -> None:
+        (stage / "result.json").write_text("{}")
+        # meanwhile another run publishes into the same folder
+        publish(out, lambda s: (s / "result.json").write_text('{"other": 1}'), ("result.json",))
+
+    with pytest.raises(FactorlensError, match="appeared while this run was working"):
+        publish(out, produce, ("result.json",))
+    assert json.loads((out / "result.json").read_text()) == {"other": 1}
+    assert not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_two_concurrent_runs_into_one_new_out(project) -> None:
+    out = project["root"] / "out"
+    args = [sys.executable, "-m", "factorlens", *analyze_args(project, out)]
+    procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    err = next(e for rc, e in results if rc == 2)
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1, err
+    assert "--overwrite" in err
+    json.loads((out / "result.json").read_text())  # the one result is whole
+    assert not list(project["root"].glob(".out.*"))
+
+
+def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    lock = tmp_path / ".out.lock"
+    lock.write_text(str(os.getppid()))  # a process that runs
+    with pytest.raises(FactorlensError, match=r"another factorlens run \(pid"):
+        publish(out, lambda s: (s / "a.txt").write_text("a"), ("a.txt",))
+    lock.write_text(str(_dead_pid()))
+    publish(out, lambda s: (s / "a.txt").write_text("a"), ("a.txt",))
+    assert (out / "a.txt").read_text() == "a" and not lock.exists()
+
+
+def test_stale_staging_of_a_dead_process_is_removed_with_a_note(cli, project) -> None:
+    out = project["root"] / "out"
+    stale = project["root"] / f".out.staging-{_dead_pid()}-x1y2"
+    stale.mkdir()
+    (stale / "result.json").write_text("{}")
+    legacy = project["root"] / ".out.staging-abcd"
+    legacy.mkdir()
+    res = cli.ok(analyze_args(project, out))
+    assert not stale.exists()
+    assert "removed" in res.err and "interrupted run" in res.err
+    assert legacy.is_dir() and f"{legacy} is left over" in res.err
+
+
+def test_a_dangling_symlink_out_says_so(cli, project) -> None:
+    out = project["root"] / "out"
+    out.symlink_to(project["root"] / "gone")
+    cli.fails(analyze_args(project, out), "symbolic link", "does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_a_read_only_parent_of_out_fails_before_the_work(cli, project) -> None:
+    parent = project["root"] / "ro"
+    (parent / "out").mkdir(parents=True)
+    parent.chmod(0o555)
+    try:
+        cli.fails(analyze_args(project, parent / "out", "--overwrite"), "not writable")
+    finally:
+        parent.chmod(0o755)
+
+
+def test_a_damaged_manifest_refuses_overwrite(cli, project) -> None:
+    out = project["root"] / "out"
+    cli.ok(analyze_args(project, out))
+    (out / MANIFEST).write_text("{not json")
+    cli.fails(analyze_args(project, out, "--overwrite"), "damaged", MANIFEST)
+
+
+def test_report_in_place_rewrites_only_the_report(cli, project) -> None:
+    out = project["root"] / "out"
+    cli.ok(analyze_args(project, out))
+    (out / "figures" / "mine.txt").write_text("keep")
+    before = snapshot(out)
+    cli.ok(["report", out])
+    after = snapshot(out)
+    assert after["figures/mine.txt"] == before["figures/mine.txt"]
+    assert after["result.json"] == before["result.json"]
+    assert after["factors.npz"] == before["factors.npz"]
