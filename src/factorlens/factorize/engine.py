@@ -39,6 +39,7 @@ from factorlens.factorize.blocks import (
     check_blocks,
 )
 from factorlens.factorize.result import CMTFResult
+from factorlens.interrupt import check as check_cancelled
 
 _TINY = 1e-300
 
@@ -548,35 +549,38 @@ class CMTF:
         beta, beta_max = 0.5, 1.0
         previous: _State | None = None  # the last plain ALS iterate x_{k−1}
         bar = progress_bar(iters, f"CMTF {label}") if self.progress else None
-        for _ in range(iters - 1):
-            plain = self._step(data, dims, state, T)
-            if self.extrapolate and previous is not None:
-                trial = self._extrapolate(plain, previous, beta)
-                # one pass gives Ỹᵀ[A_plain, A_trial]: the GEMM reads each block once for both
-                both = [b.right(np.hstack([plain.A, trial.A])) for b in data]
-                R = plain.A.shape[1]
-                T_trial = [t[:, R:] for t in both]
-                loss_trial, blk_trial = self._loss(data, trial, T_trial)
-                if loss_trial < loss:
-                    state, T, loss, blk = trial, T_trial, loss_trial, blk_trial
-                    beta, beta_max = min(beta_max, beta * 1.05), min(1.0, beta_max * 1.01)
+        try:
+            for _ in range(iters - 1):
+                check_cancelled()
+                plain = self._step(data, dims, state, T)
+                if self.extrapolate and previous is not None:
+                    trial = self._extrapolate(plain, previous, beta)
+                    # one pass gives Ỹᵀ[A_plain, A_trial]: the GEMM reads each block once for both
+                    both = [b.right(np.hstack([plain.A, trial.A])) for b in data]
+                    R = plain.A.shape[1]
+                    T_trial = [t[:, R:] for t in both]
+                    loss_trial, blk_trial = self._loss(data, trial, T_trial)
+                    if loss_trial < loss:
+                        state, T, loss, blk = trial, T_trial, loss_trial, blk_trial
+                        beta, beta_max = min(beta_max, beta * 1.05), min(1.0, beta_max * 1.01)
+                    else:
+                        beta_max, beta = beta, beta / 1.5
+                        state, T = plain, [t[:, :R] for t in both]
+                        loss, blk = self._loss(data, state, T)
                 else:
-                    beta_max, beta = beta, beta / 1.5
-                    state, T = plain, [t[:, :R] for t in both]
+                    state = plain
+                    T = [b.right(state.A) for b in data]
                     loss, blk = self._loss(data, state, T)
-            else:
-                state = plain
-                T = [b.right(state.A) for b in data]
-                loss, blk = self._loss(data, state, T)
-            previous = plain
-            hist.append(loss)
+                previous = plain
+                hist.append(loss)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.5g}")
+                if self._converged(hist):
+                    break
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.5g}")
-            if self._converged(hist):
-                break
-        if bar is not None:
-            bar.close()
+                bar.close()
         return state, hist, blk
 
     # ------------------------------------------------------------------------- the result

@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, matched_congruences
 from factorlens.factorize.engine import _as_named_arrays, khatri_rao, progress_bar
+from factorlens.interrupt import CANCEL
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
 
 RULE = (
@@ -178,15 +179,25 @@ def estimate_rank(
     def chain(job) -> list[CMTFResult]:
         return _fit_chain(job[0], max_rank, opts, np.random.default_rng(job[1]), bar)
 
-    if n_jobs > 1:
-        # the chains (all inputs, each half) are independent: run them side by side, one
-        # BLAS thread each, instead of one chain at a time on every core
-        with ThreadPoolExecutor(n_jobs) as pool, threadpool_limits(limits=1):
-            chains = list(pool.map(chain, jobs))
-    else:
-        chains = [chain(job) for job in jobs]
-    if bar is not None:
-        bar.close()
+    try:
+        if n_jobs > 1:
+            # the chains (all inputs, each half) are independent: run them side by side, one
+            # BLAS thread each, instead of one chain at a time on every core
+            with ThreadPoolExecutor(n_jobs) as pool, threadpool_limits(limits=1):
+                CANCEL.clear()
+                futures = [pool.submit(chain, job) for job in jobs]
+                try:
+                    chains = [f.result() for f in futures]
+                except BaseException:  # Ctrl-C in the main thread: stop the chains at once
+                    CANCEL.set()
+                    for f in futures:
+                        f.cancel()
+                    raise
+        else:
+            chains = [chain(job) for job in jobs]
+    finally:
+        if bar is not None:
+            bar.close()  # before any message, which would otherwise share its line
     split_stability = [[] for _ in range(n_splits)]
     for R in range(1, max_rank + 1):
         fitted = [c[R - 1] for c in chains]

@@ -1,0 +1,34 @@
+"""Cooperative cancellation for work that runs in worker threads.
+
+Python delivers Ctrl-C (``KeyboardInterrupt``) to the main thread only. Work that the main
+thread hands to a thread pool (the rank scan's chains) would run on to its end, so the main
+thread sets :data:`CANCEL` when it is interrupted, and long loops call :func:`check` once per
+iteration, which stops them within one iteration.
+"""
+
+from __future__ import annotations
+
+import threading
+
+#: set by the main thread when it is interrupted; cleared when the pool has stopped
+CANCEL = threading.Event()
+
+
+class Cancelled(KeyboardInterrupt):
+    """Raised in a worker thread that saw :data:`CANCEL`."""
+
+
+def check() -> None:
+    """Raise :class:`Cancelled` when the work has been cancelled."""
+    if CANCEL.is_set():
+        raise Cancelled("cancelled")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that staging folders are cleaned up on the way
+    out (exit status 143)."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: raise :class:`Terminated` in the main thread."""
+    raise Terminated("terminated")

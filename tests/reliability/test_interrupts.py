@@ -1,0 +1,228 @@
+"""Interruptions: Ctrl-C and SIGTERM end a run at once, cleanly; a killed capture resumes to a
+bit-identical store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from harness import snapshot
+
+from factorlens.store import PROGRESS_JSON, open_store
+
+#: a model with one wide layer (64 channels at 32×32: 256 KiB a row, so 64 rows a 16 MiB
+#: chunk) that sleeps in every forward, so a capture of 640 inputs spans several chunks and
+#: lasts long enough to be killed in the middle
+SLOW_MODEL = """
+import time
+import torch
+from torch import nn
+
+
+class Wide(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 64, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(256, 3)
+
+    def forward(self, x):
+        time.sleep(0.15)
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+"""
+
+
+def _cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "factorlens", *map(str, args)]
+
+
+def _one_error(err: str) -> str:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.fixture
+def slow(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "wide.py").write_text(SLOW_MODEL)
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "data.npz", images=rng.random((640, 32, 32)).astype(np.float32))
+    return {"root": tmp_path, "model": tmp_path / "wide.py", "data": tmp_path / "data.npz"}
+
+
+def _capture_args(slow: dict[str, Path], store: Path, out: Path) -> list[str]:
+    return _cmd(
+        "analyze", "--model", f"{slow['model']}:Wide", "--data", f"npz:{slow['data']}",
+        "--layers", "conv,fc", "--batch-size", "32", "--store", store, "--rank", "2",
+        "--n-init", "1", "--max-iter", "20", "--l1", "0", "--out", out, "--quiet",
+    )  # fmt: skip
+
+
+def _chunks(store: Path, key: str = "b001") -> int:
+    return sum(1 for f in (store / key / "c").rglob("*") if f.is_file())
+
+
+def _wait_until(ready, proc: subprocess.Popen, limit: float = 120) -> None:
+    """Until ``ready()`` holds, while ``proc`` still runs."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        assert proc.poll() is None, "the capture ended before it could be interrupted"
+        if ready():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the capture made no progress")
+
+
+def _progress(store: Path) -> int:
+    try:
+        return json.loads((store / PROGRESS_JSON).read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_killed_capture_resumes_to_a_bit_identical_store(slow, sig) -> None:
+    store, out = slow["root"] / "acts", slow["root"] / "out"
+    proc = subprocess.Popen(_capture_args(slow, store, out), stderr=subprocess.PIPE, text=True)
+    _wait_until(lambda: _chunks(store) >= 2, proc)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    if sig == signal.SIGINT:
+        assert rc == 130 and "interrupted" in _one_error(err) and "--resume" in err
+    assert not out.exists()
+    again = subprocess.run(
+        [*_capture_args(slow, store, out), "--resume"], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    whole = slow["root"] / "whole"
+    plain = subprocess.run(
+        _capture_args(slow, whole, slow["root"] / "out2"), capture_output=True, text=True
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert snapshot(store) == snapshot(whole)  # every file, byte for byte
+    resumed = open_store(store)
+    assert resumed.n_samples == 640 and resumed.shape("conv") == (640, 64, 32, 32)
+
+
+#: the capture through the API, writing resume points after every batch
+API_CAPTURE = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from wide import Wide
+from factorlens.capture import capture
+from factorlens.store import ZarrStore
+
+ZarrStore.sync_seconds = 0.0
+images = np.load(sys.argv[2])["images"][:, None]
+capture(Wide(), images, "conv,fc", batch_size=32, store=sys.argv[3], progress=False,
+        nonfinite="zero", resume=len(sys.argv) > 4)
+"""
+
+
+@pytest.mark.slow
+def test_a_capture_killed_midway_resumes_from_the_middle(slow) -> None:
+    script = slow["root"] / "cap.py"
+    script.write_text(API_CAPTURE)
+    base = [sys.executable, script, slow["root"], slow["data"]]
+    store = slow["root"] / "acts"
+    proc = subprocess.Popen([*base, store])
+    _wait_until(lambda: _progress(store) >= 256, proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    start = _progress(store)
+    assert 256 <= start < 640 and start % 32 == 0
+    subprocess.run([*base, store, "--resume"], check=True)
+    whole = slow["root"] / "whole"
+    subprocess.run([*base, whole], check=True)
+    assert snapshot(store) == snapshot(whole)
+
+
+def test_resume_refuses_other_settings_and_a_complete_store(slow, tmp_path) -> None:
+    store, out = slow["root"] / "acts", slow["root"] / "out"
+    proc = subprocess.Popen(_capture_args(slow, store, out), stderr=subprocess.PIPE, text=True)
+    _wait_until(lambda: _chunks(store) >= 1, proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    other = [a if a != "32" else "16" for a in _capture_args(slow, store, out)]
+    res = subprocess.run([*other, "--resume"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "other settings" in _one_error(res.stderr) and "batch_size" in res.stderr
+    fresh = slow["root"] / "fresh"
+    res = subprocess.run(
+        [*_capture_args(slow, fresh, slow["root"] / "o3"), "--resume"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "no interrupted capture" in _one_error(res.stderr)
+
+
+def test_ctrl_c_stops_a_rank_scan_at_once_and_keeps_the_previous_result(tmp_path) -> None:
+    from factorlens.capture import capture
+    from factorlens.models import DigitsCNN
+
+    rng = np.random.default_rng(0)
+    store = tmp_path / "acts"
+    capture(
+        DigitsCNN(), rng.random((1500, 1, 8, 8)).astype(np.float32), store=store, progress=False
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.json").write_text('{"previous": true}')
+    (out / ".factorlens-files.json").write_text('{"files": ["result.json"]}')
+    before = snapshot(out)
+    args = _cmd("rank", "--store", store, "--max-rank", "20", "--out", out, "--overwrite")
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "rank scan" not in seen:  # the progress bar of the scan has started
+        char = proc.stderr.read(1)
+        assert char, f"the run ended first: {seen}"
+        seen += char
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=60)
+    latency = time.monotonic() - sent
+    err = seen + proc.stderr.read()
+    assert rc == 130, err
+    assert "interrupted" in _one_error(err.replace("\r", "\n"))
+    assert snapshot(out) == before
+    assert not list(tmp_path.glob(".out.*"))
+    print(f"Ctrl-C latency during the rank scan: {latency:.2f} s")
+
+
+def test_sigterm_leaves_no_staging_behind(tmp_path) -> None:
+    from factorlens.capture import capture
+    from factorlens.models import DigitsCNN
+
+    rng = np.random.default_rng(0)
+    store = tmp_path / "acts"
+    capture(
+        DigitsCNN(), rng.random((1500, 1, 8, 8)).astype(np.float32), store=store, progress=False
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        _cmd("rank", "--store", store, "--max-rank", "20", "--out", out),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = ""
+    while "rank scan" not in seen:
+        char = proc.stderr.read(1)
+        assert char, seen
+        seen += char
+    os.kill(proc.pid, signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    assert rc == 143, seen + proc.stderr.read()
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
