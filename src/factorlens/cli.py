@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +55,12 @@ def _penalty(text: str) -> float | str:
     return value
 
 
+#: seeds reach torch.manual_seed and numpy's SeedSequence: 0 <= seed < 2**32 suits both
+MAX_SEED = 2**32 - 1
+
+
 def _positive_int(text: str) -> int:
+    """A count: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -63,11 +70,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _int(text: str) -> int:
+def _seed(text: str) -> int:
+    """``--seed``: an integer in 0..MAX_SEED."""
     try:
-        return int(text)
+        value: int | None = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    """``--tol``: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"expected a number between 0 and 1 (e.g. 1e-7), got {text!r}"
+        )
+    return value
 
 
 def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) -> None:
@@ -75,7 +99,7 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
     if default_rank is not None:
         g.add_argument(
             "--rank",
-            type=_int,
+            type=_positive_int,
             default=default_rank,
             help=f"number of components R (default {default_rank})",
         )
@@ -119,13 +143,13 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
     )
     g.add_argument(
         "--tol",
-        type=float,
+        type=_tolerance,
         default=1e-7,
         help="stop when the loss changes by less than this fraction (default 1e-7)",
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=0,
         help="random seed for sub-sampling and initialisation (default 0)",
     )
@@ -191,6 +215,12 @@ def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -
             "--store",
             help="write the activations to this on-disk (zarr) store; given "
             "without --model, analyse an existing store instead of capturing",
+        )
+        g.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the interrupted capture in --store (same command otherwise) from "
+            "its last complete batch; the store ends as an uninterrupted capture would",
         )
 
 
@@ -289,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default): consensus from 5 checkpoints on",
     )
     qua.add_argument(
-        "--seed", type=int, default=0, help="seed of --n-samples, the perturbations and the scan"
+        "--seed", type=_seed, default=0, help="seed of --n-samples, the perturbations and the scan"
     )
     qua.add_argument("--json", help="also write the scores to this JSON file")
     qua.add_argument(
@@ -341,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of steps,noise,data,width (default steps,noise,data; "
         "width: the architecture at widths 4, 8, 16, 32, same budget)",
     )
-    zoo.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    zoo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     zoo.add_argument("--quick", action="store_true", help="a tiny zoo (for tests)")
     zoo.add_argument("--overwrite", action="store_true", help="replace an existing zoo in --out")
     zoo.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -395,8 +425,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from factorlens.interrupt import Terminated, raise_terminated
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main else None
     try:
         return _run(args)
+    except Terminated:
+        print("error: terminated (SIGTERM); no result was written", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); no result was written", file=sys.stderr)
+        return 130
     except FactorlensError as exc:
         if getattr(args, "debug", False):
             raise
@@ -407,9 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTFResult
 from factorlens.pipeline import (
+    OUTPUT_NAMES,
     analyze,
     analyze_store,
     capture_for_analysis,
@@ -47,7 +48,7 @@ def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     """Train the digits CNN, analyse it on held-out digits, write the report."""
     from factorlens.demo import train_demo_model
 
-    out = check_output_dir(args.out, args.overwrite)
+    out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
     _check_rank(args.rank)
     model, data, accuracy = train_demo_model(seed=args.seed, progress=not args.quiet)
     print(f"trained the demo CNN on scikit-learn digits: held-out accuracy {100 * accuracy:.1f} %")
@@ -117,12 +118,12 @@ def _existing_store(args: argparse.Namespace):
         "--trust-pickle": args.trust_pickle,
         "--batch-size": args.batch_size != 256,
         "--nonfinite": args.nonfinite != "raise",
+        "--resume": args.resume,
     }
     extra = [flag for flag, value in given.items() if value]
     if extra:
         raise FactorlensError(
-            "--store without --model analyses an existing store; drop "
-            + ", ".join(f"--{f}" for f in extra)
+            "--store without --model analyses an existing store; drop " + ", ".join(extra)
         )
     from factorlens.store import open_store
 
@@ -158,12 +159,13 @@ def _captured(args: argparse.Namespace, out: Path, rank: int | None):
         overwrite=args.overwrite,
         progress=not args.quiet,
         meta=_meta(args, model, data, args.weights),
+        resume=args.resume,
     )
 
 
 def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
     """Analyse the user's model on the user's data (or an existing store)."""
-    out = check_output_dir(args.out, args.overwrite)
+    out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
     _check_rank(args.rank)
     acts = _captured(args, out, args.rank)
     result = analyze_store(
@@ -182,7 +184,7 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     """Scan the rank, print the evidence, write the analysis at the chosen rank."""
     from factorlens.rank import estimate_rank
 
-    out = check_output_dir(args.out, args.overwrite)
+    out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
     acts = _captured(args, out, None)
     # the scan fits the same model as the analysis (constraints, penalty, weighting, CP
     # blocks); its own iteration cap and tolerance keep twenty ranks affordable
@@ -235,7 +237,11 @@ def run_quality(args: argparse.Namespace) -> int:
             raise FactorlensError(
                 f"cannot write {json_path}: folder {json_path.parent} does not exist"
             )
-    out = check_output_dir(args.out, args.overwrite) if args.out else None
+    out = (
+        check_output_dir(args.out, args.overwrite, (QUALITY_JSON, REPORT_HTML))
+        if args.out
+        else None
+    )
     if out is not None and args.no_rank:
         raise FactorlensError(
             "--out writes each checkpoint's analysis at its estimated rank; drop --no-rank"
@@ -248,6 +254,7 @@ def run_quality(args: argparse.Namespace) -> int:
             out,
             lambda stage: _score_checkpoints(args, reports, stage),
             (QUALITY_JSON, CHECKPOINTS_DIR, REPORT_HTML, FIGURES_DIR),
+            overwrite=args.overwrite,
         )
     _print_quality_table(reports, with_acc=reports[0].accuracy is not None)
     if json_path is not None:
@@ -283,49 +290,51 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
     copies = perturbations(data.images, args.seed)  # the same copies for every checkpoint
     analyses, outputs, single = [], [], []
     bar = tqdm(args.checkpoints, desc="quality", unit="checkpoint", leave=False, disable=args.quiet)
-    for i, ckpt in enumerate(bar):
-        bar.set_postfix_str(Path(ckpt).name)
-        model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
-        store = capture_for_score(
-            model,
-            data,
-            layers=args.layers,
-            scan=not args.no_rank,
-            batch_size=args.batch_size,
-            device=device,
-            preprocess=preprocess,
-            select=parse_select(args.select),
-            nonfinite=args.nonfinite,
-            meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
-        )
-        options = {"batch_size": args.batch_size, "device": device, "preprocess": preprocess}
-        report = assess_store(
-            store,
-            perturbed_outputs(model, copies, **options),
-            max_rank=args.max_rank,
-            seed=args.seed,
-            checkpoint=ckpt,
-            scan=not args.no_rank,
-            progress=not args.quiet,
-        )
-        single.append(report)
-        outputs.append(model_outputs(store))
-        if stage is not None:  # the scan ran (no --no-rank with --out): rank >= 1
-            target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
-            analyze_store(
-                StoreView(store, [OUTPUT_BLOCK, *report.degenerate]),
-                out=target,
-                rank=report.rank,
-                progress=False,
+    try:
+        for i, ckpt in enumerate(bar):
+            bar.set_postfix_str(Path(ckpt).name)
+            model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
+            store = capture_for_score(
+                model,
+                data,
+                layers=args.layers,
+                scan=not args.no_rank,
+                batch_size=args.batch_size,
                 device=device,
-                extra_meta={
-                    "rank_scan": report.rank_scan,
-                    "quality_score": report.score,
-                    "quality": {k: v for k, v in report.to_dict().items() if k != "rank_scan"},
-                },
+                preprocess=preprocess,
+                select=parse_select(args.select),
+                nonfinite=args.nonfinite,
+                meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
             )
-            analyses.append(target)
-    bar.close()
+            options = {"batch_size": args.batch_size, "device": device, "preprocess": preprocess}
+            report = assess_store(
+                store,
+                perturbed_outputs(model, copies, **options),
+                max_rank=args.max_rank,
+                seed=args.seed,
+                checkpoint=ckpt,
+                scan=not args.no_rank,
+                progress=not args.quiet,
+            )
+            single.append(report)
+            outputs.append(model_outputs(store))
+            if stage is not None:  # the scan ran (no --no-rank with --out): rank >= 1
+                target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
+                analyze_store(
+                    StoreView(store, [OUTPUT_BLOCK, *report.degenerate]),
+                    out=target,
+                    rank=report.rank,
+                    progress=False,
+                    device=device,
+                    extra_meta={
+                        "rank_scan": report.rank_scan,
+                        "quality_score": report.score,
+                        "quality": {k: v for k, v in report.to_dict().items() if k != "rank_scan"},
+                    },
+                )
+                analyses.append(target)
+    finally:
+        bar.close()  # before any message, which would otherwise share its line
     reports.extend(score_together(single, outputs, mode))
     if stage is None:
         return
@@ -400,14 +409,18 @@ def run_report(args: argparse.Namespace) -> Path:
     result = load(source)
     images, labels, class_names = load_inputs(source)
     out = Path(args.out) if args.out else source
+    # in place, the report factorlens wrote there is replaced (and nothing else)
+    replace = args.overwrite or out.resolve() == source.resolve()
     if out.resolve() != source.resolve():
         out = check_output_dir(out, args.overwrite)
     title = f"factorlens — {result.meta.get('model_name', 'model')}"
     if len(sources) > 1:
         from factorlens.report.trajectory import write_trajectory_report
 
-        return write_trajectory_report(out, sources, title=title)
-    return write_report_files(out, result, images, labels, class_names, title=title)
+        return write_trajectory_report(out, sources, title=title, overwrite=replace)
+    return write_report_files(
+        out, result, images, labels, class_names, title=title, overwrite=replace
+    )
 
 
 def run_zoo(args: argparse.Namespace) -> int:
