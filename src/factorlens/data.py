@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zipfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -169,6 +170,11 @@ def _finish(
     if images.shape[0] == 0:
         raise FactorlensError(
             f"{source} holds no samples (N=0); give data with at least one sample"
+        )
+    if images.size == 0:
+        raise FactorlensError(
+            f"{source} has shape {images.shape}: samples without values; give at least one "
+            "value per sample"
         )
     if not np.isfinite(images).all():
         bad = int(np.count_nonzero(~np.isfinite(images)))
@@ -356,37 +362,49 @@ def _load_mnist(directory: Path, split: str) -> ImageData:
 # npz
 
 
+#: what ``npz:FILE`` must hold, for the error messages
+_NPZ_CONTENTS = (
+    "save it with np.savez(path, images=..., labels=...): images N×H×W or N×C×H×W (uint8, "
+    "or float in [0, 1]) or N×D, optional labels (N integer class indices)"
+)
+
+
 def _load_npz(path: Path) -> ImageData:
     if not path.exists():
         raise FactorlensError(f"npz file {path} does not exist; check the path in npz:FILE")
     if path.is_dir():
         raise FactorlensError(f"{path} is a folder; npz:FILE needs a .npz file (use folder:DIR)")
+    with path.open("rb") as fh:
+        head = fh.read(6)
+    if head == b"\x93NUMPY":
+        raise FactorlensError(
+            f"{path} holds a single array (.npy), not an npz archive; {_NPZ_CONTENTS}"
+        )
+    if not zipfile.is_zipfile(path):
+        what = "an empty file" if not head else "not a (complete) zip file"
+        raise FactorlensError(f"{path} is not an npz archive ({what}); {_NPZ_CONTENTS}")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise FactorlensError(
-                    f"{path} holds a single array, not an .npz archive; save it with "
-                    "np.savez(path, images=..., labels=...)"
-                )
             keys = list(npz.files)
             if "images" not in keys:
                 raise FactorlensError(
                     f"{path} has no array 'images' (it has: {', '.join(keys) or 'nothing'}); "
-                    "save it with np.savez(path, images=..., labels=...)"
+                    f"{_NPZ_CONTENTS}"
                 )
             arr = npz["images"]
             raw_labels = npz["labels"] if "labels" in keys else None
             raw_names = npz["class_names"] if "class_names" in keys else None
     except FactorlensError:
         raise
-    except ValueError as exc:
+    except Exception as exc:  # object arrays, zipfile.BadZipFile (CRC), zlib.error, EOFError, ...
+        if "allow_pickle" in str(exc):
+            raise FactorlensError(
+                f"{path} holds object arrays (pickled Python data), which factorlens never "
+                f"loads; {_NPZ_CONTENTS}"
+            ) from exc
         raise FactorlensError(
-            f"cannot read {path}: {exc}; save arrays with np.savez without object arrays"
-        ) from exc
-    except Exception as exc:  # zipfile.BadZipFile, EOFError, OSError, ...
-        raise FactorlensError(
-            f"{path} is not a readable .npz file ({type(exc).__name__}: {exc}); "
-            "save it with np.savez(path, images=..., labels=...)"
+            f"{path} is a damaged npz archive ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{_NPZ_CONTENTS}"
         ) from exc
 
     src = f"{path} 'images'"
@@ -402,7 +420,9 @@ def _load_npz(path: Path) -> ImageData:
                 f"{path} 'class_names' must be a 1-D array of strings, got dtype {names.dtype} "
                 f"shape {names.shape}"
             )
-        class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
+        class_names = [
+            n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names.tolist()
+        ]
     shape = "×".join(map(str, images.shape[1:]))
     kind = "images" if images.ndim == 4 else "samples"
     return _finish(
@@ -414,7 +434,12 @@ def _load_npz(path: Path) -> ImageData:
     )
 
 
-def _npz_images(arr: np.ndarray, src: str) -> np.ndarray:
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160]
+
+
+def _npz_images(raw: np.ndarray | bytes, src: str) -> np.ndarray:
+    arr = np.asarray(raw)  # a zip member that is not a .npy file comes as bytes
     if arr.dtype.kind not in "uifb":
         raise FactorlensError(f"{src} has dtype {arr.dtype}; give uint8 or float images")
     if arr.ndim == 4 and arr.shape[1] not in (1, 3, 4) and arr.shape[3] in (1, 3, 4):
@@ -428,10 +453,8 @@ def _npz_images(arr: np.ndarray, src: str) -> np.ndarray:
         )
     if arr.dtype == np.uint8:
         out = arr.astype(np.float32) / 255.0
-    elif arr.dtype.kind == "f":
-        out = arr.astype(np.float32)
-    elif arr.dtype.kind == "b":
-        out = arr.astype(np.float32)
+    elif arr.dtype.kind in "fb":
+        out = arr  # _finish checks the range, then casts to float32 (no overflow warning)
     else:
         raise FactorlensError(
             f"{src} has integer dtype {arr.dtype}; give uint8 (0..255) or float images scaled "
@@ -452,7 +475,7 @@ def _npz_labels(raw: np.ndarray, path: Path) -> np.ndarray:
         return labels.astype(np.int64)
     if (
         labels.dtype.kind == "f"
-        and np.isfinite(labels).all()
+        and (np.abs(labels) < 2**62).all()  # finite, and fits int64
         and (labels == np.round(labels)).all()
     ):
         return labels.astype(np.int64)

@@ -26,9 +26,12 @@ import hashlib
 import importlib.util
 import inspect
 import pickle
+import pickletools
 import re
 import sys
 import types
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,8 @@ _PREFIXES = ("module.", "_orig_mod.")
 
 # (resolved path, mtime_ns, size) -> imported module; avoids importing one file twice.
 _MODULE_CACHE: dict[tuple[str, int, int], types.ModuleType] = {}
+# the folders of the model files imported so far (each was first on sys.path while it ran)
+_MODEL_FOLDERS: set[Path] = set()
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,6 +120,28 @@ def _module_classes(module: types.ModuleType) -> list[str]:
     )
 
 
+def _module_root(name: str, module: types.ModuleType) -> Path | None:
+    """The folder that ``import <top-level package of name>`` found ``module`` in."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    origin = Path(file).resolve()
+    depth = name.count(".") + (origin.stem == "__init__")
+    return origin.parents[depth] if depth < len(origin.parents) else None
+
+
+def _forget_other_siblings(folder: Path) -> None:
+    """Drop the cached modules that another model file's folder provided under a name this
+    folder also has a file for, so that the model file's ``import helper`` gets its own."""
+    own = {p.stem for p in folder.glob("*.py")} | {
+        p.parent.name for p in folder.glob("*/__init__.py")
+    }
+    others = _MODEL_FOLDERS - {folder}
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in own and _module_root(name, module) in others:
+            del sys.modules[name]
+
+
 def _import_file(path: Path) -> types.ModuleType:
     if not path.exists():
         raise FactorlensError(
@@ -135,11 +162,11 @@ def _import_file(path: Path) -> types.ModuleType:
         raise FactorlensError(f"cannot import {path}; the model file must be a Python .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    # Let the model file import its sibling modules, as it would when run as a script.
+    # Let the model file import its sibling modules, its own ones first.
     parent = str(resolved.parent)
-    added = parent not in sys.path
-    if added:
-        sys.path.insert(0, parent)
+    sys.path.insert(0, parent)
+    _forget_other_siblings(resolved.parent)
+    _MODEL_FOLDERS.add(resolved.parent)
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
@@ -152,7 +179,7 @@ def _import_file(path: Path) -> types.ModuleType:
             "so that 'python FILE.py' runs"
         ) from exc
     finally:
-        if added and parent in sys.path:
+        if parent in sys.path:
             sys.path.remove(parent)
     _MODULE_CACHE[key] = module
     return module
@@ -220,6 +247,11 @@ def find_preprocess_hook(
 # checkpoint
 
 
+class _MissingGlobal(Exception):
+    """A class or function a trusted pickle names that neither its module nor the model file has;
+    the message is its ``module.name``."""
+
+
 def _user_unpickler_module(fallback: types.ModuleType | None) -> types.ModuleType:
     """A stand-in for the ``pickle`` module whose Unpickler finds classes pickled from the model
     file under another module name (``__main__.Net``, ``model.Net``) in the imported model file."""
@@ -228,13 +260,13 @@ def _user_unpickler_module(fallback: types.ModuleType | None) -> types.ModuleTyp
         def find_class(self, module_name: str, name: str) -> Any:
             try:
                 return super().find_class(module_name, name)
-            except (ImportError, AttributeError):
-                if fallback is not None and hasattr(fallback, name.split(".")[0]):
-                    found: Any = fallback
-                    for part in name.split("."):
-                        found = getattr(found, part)
-                    return found
-                raise
+            except (ImportError, AttributeError) as exc:
+                found: Any = fallback
+                for part in name.split("."):
+                    found = getattr(found, part, None)
+                if found is None:
+                    raise _MissingGlobal(f"{module_name}.{name}") from exc
+                return found
 
     def _load(f: Any, **kwargs: Any) -> Any:
         return _Unpickler(f, **kwargs).load()
@@ -243,6 +275,48 @@ def _user_unpickler_module(fallback: types.ModuleType | None) -> types.ModuleTyp
     mod.Unpickler = _Unpickler  # type: ignore[attr-defined]
     mod.load = _load  # type: ignore[attr-defined]
     return mod
+
+
+#: the pickle opcodes that push a string
+_STRING_OPS = frozenset(
+    "UNICODE SHORT_BINUNICODE BINUNICODE BINUNICODE8 STRING BINSTRING SHORT_BINSTRING".split()
+)
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """``module.name`` of every class or function a pickle names, read without running it
+    (``GLOBAL``, and ``STACK_GLOBAL`` of pickle protocol 4+ from the two strings before it)."""
+    names: list[str] = []
+    memo: dict[int, Any] = {}
+    pushed: list[Any] = [None, None]  # the values pushed last (strings, else None)
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            names.append(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and all(isinstance(v, str) for v in pushed[-2:]):
+            names.append(".".join(pushed[-2:]))
+        if op.name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1]
+        elif op.name.endswith("PUT"):
+            memo[arg] = pushed[-1]
+        elif op.name.endswith("GET"):
+            pushed.append(memo.get(arg))
+        else:
+            pushed.append(arg if op.name in _STRING_OPS else None)
+    return names
+
+
+def _refused_globals(path: Path, message: str) -> list[str] | None:
+    """What a checkpoint that weights-only loading refused pickles beyond tensors (``module.name``
+    each; ``[]`` when nothing is named), or None when the file is damaged rather than pickled."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+            names = _pickle_globals(zf.read(pkl))
+    except Exception:  # the legacy (non-zip) format, or a damaged pickle
+        return re.findall(r"GLOBAL ([\w.]+)", message) or None
+    unpickler = getattr(torch, "_weights_only_unpickler", None)  # private: may go away
+    allowed = getattr(unpickler, "_get_allowed_globals", dict)()
+    return [n for n in dict.fromkeys(names) if n not in allowed]
 
 
 def _short(exc: BaseException) -> str:
@@ -265,7 +339,7 @@ def _unreadable(path: Path, exc: BaseException) -> FactorlensError:
 
 def _load_checkpoint(path: Path, trust_pickle: bool, fallback: types.ModuleType | None) -> Any:
     if not path.exists():
-        raise FactorlensError(f"checkpoint {path} does not exist; check the --weights path")
+        raise FactorlensError(f"checkpoint {path} does not exist; check the checkpoint path")
     if not path.is_file():
         raise FactorlensError(f"checkpoint {path} is not a file; give the .pt/.pth file")
     if path.stat().st_size == 0:
@@ -274,18 +348,21 @@ def _load_checkpoint(path: Path, trust_pickle: bool, fallback: types.ModuleType 
             "torch.save(model.state_dict(), path)"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # protocol >= 4: refused below with a clearer message
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
-        if "Weights only load failed" not in msg or found is None:
+        refused = _refused_globals(path, msg) if "Weights only load failed" in msg else None
+        if refused is None:
             raise _unreadable(path, exc) from exc
-        what = found.group(1)
         if not trust_pickle:
+            more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+            needs = f" ({', '.join(refused[:3])}{more})" if refused else ""
             raise FactorlensError(
-                f"checkpoint {path} is a pickled Python object (it needs {what}), not plain "
-                "weights; pass --trust-pickle only if you trust this file (unpickling can run "
-                "code), or save torch.save(model.state_dict(), path) instead"
+                f"checkpoint {path} holds pickled Python objects{needs} that weights-only "
+                "loading refuses; pass --trust-pickle if you trust this file (unpickling runs "
+                "its code), or save torch.save(model.state_dict(), path) instead"
             ) from None
     except KeyboardInterrupt:
         raise
@@ -301,14 +378,18 @@ def _load_checkpoint(path: Path, trust_pickle: bool, fallback: types.ModuleType 
         )
     except KeyboardInterrupt:
         raise
-    except (ImportError, AttributeError) as exc:
-        msg = " ".join(str(exc).split())
+    except _MissingGlobal as exc:
+        where = f"the model file {fallback.__file__}" if fallback is not None else "the model file"
         raise FactorlensError(
-            f"checkpoint {path} refers to code that cannot be found ({type(exc).__name__}: "
-            f"{msg}); make the model's module importable or save a state dict instead"
+            f"checkpoint {path} needs {exc} to unpickle, which cannot be found; import or define "
+            f"{str(exc).rpartition('.')[2]} in {where}, or save a state dict instead"
         ) from exc
     except Exception as exc:
-        raise _unreadable(path, exc) from exc
+        raise FactorlensError(
+            f"cannot unpickle checkpoint {path} ({type(exc).__name__}: {_short(exc)}): it is "
+            "truncated, or its objects do not fit the code importable now; save it again with "
+            "torch.save(model.state_dict(), path)"
+        ) from exc
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -418,7 +499,7 @@ def build_model(
         ) from exc
     if not isinstance(model, nn.Module):
         raise FactorlensError(
-            f"{name}() returned a {type(model).__name__}, not a torch.nn.Module; point the SPEC "
+            f"{name}() returned an object of type {type(model).__name__}, not a torch.nn.Module; point the SPEC "
             "at an nn.Module subclass or a function returning one"
         )
     if weights is not None:

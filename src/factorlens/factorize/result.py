@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,8 @@ class CMTFResult:
 
     @classmethod
     def load(cls, directory: str | Path) -> CMTFResult:
-        """Read a result written by :meth:`save`."""
+        """Read a result written by :meth:`save`; a damaged or foreign one is refused with a
+        one-line :class:`FactorlensError`."""
         d = Path(directory)
         jpath, npath = d / RESULT_JSON, d / FACTORS_NPZ
         if not jpath.is_file() or not npath.is_file():
@@ -244,36 +246,174 @@ class CMTFResult:
             )
         try:
             summary = json.loads(jpath.read_text())
-            npz = np.load(npath)
-            arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, KeyError) as exc:
-            raise FactorlensError(f"cannot read the result in {d}: {exc}") from exc
-        if summary.get("format") != "factorlens-result":
-            raise FactorlensError(f"{jpath} is not a factorlens result file")
-        names = [b["name"] for b in summary["blocks"]]
-        factors, weights, means = {}, {}, {}
-        for i, name in enumerate(names):
-            k, facs = 0, []
-            while f"factor/{i}/{k}" in arrays:
-                facs.append(arrays[f"factor/{i}/{k}"])
-                k += 1
-            factors[name] = facs
-            weights[name] = arrays[f"weights/{i}"]
-            if f"mean/{i}" in arrays:
-                means[name] = arrays[f"mean/{i}"]
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise FactorlensError(
+                f"{jpath} is not valid JSON ({_one_line(exc)}); {_REWRITE}"
+            ) from exc
+        validate_summary(summary, str(jpath))
+        try:
+            with np.load(npath) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except Exception as exc:  # BadZipFile, zlib.error, EOFError, ValueError, ...
+            raise FactorlensError(
+                f"{FACTORS_NPZ} in {d} is damaged ({type(exc).__name__}: {_one_line(exc)}); "
+                f"{_REWRITE}"
+            ) from exc
+        blocks = summary["blocks"]
+        expected = _array_shapes(summary, arrays)
+        for key, shape in expected.items():
+            found = arrays.get(key)
+            if found is None or found.shape != shape or found.dtype.kind != "f":
+                got = "missing" if found is None else f"{found.dtype} {found.shape}"
+                raise FactorlensError(
+                    f"{FACTORS_NPZ} in {d} does not match {RESULT_JSON}: {key!r} is {got}, "
+                    f"expected float {shape}; {_REWRITE}"
+                )
+        names = [b["name"] for b in blocks]
         return cls(
             A=arrays["A"],
             block_names=names,
-            block_shapes=[tuple(b["shape"]) for b in summary["blocks"]],
-            block_models=[b["model"] for b in summary["blocks"]],
-            factors=factors,
-            weights=weights,
-            fit={b["name"]: float(b["fit"]) for b in summary["blocks"]},
-            loss_history=list(summary.get("loss_history", [])),
-            options=summary.get("options", {}),
-            meta=summary.get("meta", {}),
-            means=means,
+            block_shapes=[tuple(b["shape"]) for b in blocks],
+            block_models=[b["model"] for b in blocks],
+            factors={
+                n: [arrays[k] for k in expected if k.startswith(f"factor/{i}/")]
+                for i, n in enumerate(names)
+            },
+            weights={n: arrays[f"weights/{i}"] for i, n in enumerate(names)},
+            fit={b["name"]: float(b["fit"]) for b in blocks},
+            loss_history=[float(v) for v in summary["loss_history"]],
+            options=summary["options"],
+            meta=summary["meta"],
+            means={n: arrays[f"mean/{i}"] for i, n in enumerate(names) if f"mean/{i}" in arrays},
         )
+
+
+_REWRITE = "rerun `factorlens analyze` to write the result again"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(map(_is_number, value.values()))
+
+
+#: what result.json must hold: field -> (test, what the test wants)
+_SUMMARY_FIELDS: dict[str, tuple[Any, str]] = {
+    "rank": (_is_count, "an integer >= 1"),
+    "n_samples": (_is_count, "an integer >= 1"),
+    "blocks": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list"),
+    "loss_history": (
+        lambda v: isinstance(v, list) and all(map(_is_number, v)),
+        "a list of numbers",
+    ),
+    "options": (lambda v: isinstance(v, dict), "an object"),
+    "meta": (lambda v: isinstance(v, dict), "an object"),
+}
+_BLOCK_FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "shape": (
+        lambda v: isinstance(v, list) and len(v) >= 2 and all(map(_is_count, v)),
+        "[N, …] of positive integers",
+    ),
+    "model": (lambda v: v in ("cp", "matrix"), "'cp' or 'matrix'"),
+    "fit": (_is_number, "a number"),
+}
+#: the JSON names of the types json.loads gives (dict aside)
+_JSON_TYPES = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+#: options holding one number per block (the presence rule and the CP weights read them)
+_PER_BLOCK_OPTIONS = ("absent_below", "noise_floor", "block_norms", "block_scales")
+
+
+def validate_summary(doc: Any, where: str) -> None:
+    """Refuse a ``result.json`` document (``where`` names it) that :meth:`CMTFResult.load`
+    cannot use: not a factorlens result, a newer format, a field missing or of the wrong type."""
+    if not isinstance(doc, dict) or doc.get("format") != "factorlens-result":
+        what = (
+            'no "format": "factorlens-result"'
+            if isinstance(doc, dict)
+            else f"a JSON {_JSON_TYPES.get(type(doc), 'value')}, not an object"
+        )
+        raise FactorlensError(
+            f"{where} is not a factorlens result file ({what}); give a result folder written "
+            "by `factorlens analyze`"
+        )
+    version = doc.get("format_version")
+    if not _is_count(version):
+        raise FactorlensError(
+            f"{where} has no valid format_version (got {_brief(version)}); {_REWRITE}"
+        )
+    if version > FORMAT_VERSION:
+        raise FactorlensError(
+            f"{where} was written by a newer factorlens (format_version {version}, this one "
+            f"reads {FORMAT_VERSION}); upgrade factorlens to read it"
+        )
+    problem = next(_problems(doc), None)
+    if problem is not None:
+        raise FactorlensError(f"{where} is damaged ({problem}); {_REWRITE}")
+
+
+def _problems(doc: dict[str, Any]) -> Iterator[str]:
+    """What is wrong with a result.json document. Only the first is meaningful: each check
+    relies on the ones before it having passed."""
+    yield from _field_problems(doc, _SUMMARY_FIELDS, "")
+    for i, block in enumerate(doc["blocks"]):
+        yield from _field_problems(block, _BLOCK_FIELDS, f"blocks[{i}].")
+    names = [b["name"] for b in doc["blocks"]]
+    if len(set(names)) < len(names):
+        yield "two blocks share a name"
+    for b in doc["blocks"]:
+        if b["shape"][0] != doc["n_samples"]:
+            yield f"block {b['name']} has {b['shape'][0]} rows but n_samples is {doc['n_samples']}"
+    for key in _PER_BLOCK_OPTIONS:
+        if key in doc["options"] and not _number_map(doc["options"][key]):
+            yield f"options.{key} should map block names to numbers"
+
+
+def _field_problems(obj: Any, fields: dict[str, tuple[Any, str]], at: str) -> Iterator[str]:
+    if not isinstance(obj, dict):
+        yield f"{at.rstrip('.')} should be an object, got {_brief(obj)}"
+        return
+    for key, (test, want) in fields.items():
+        if key not in obj:
+            yield f"{at}{key} is missing"
+        elif not test(obj[key]):
+            yield f"{at}{key} should be {want}, got {_brief(obj[key])}"
+
+
+def _brief(value: Any) -> str:
+    return json.dumps(value, default=repr)[:40]
+
+
+def _array_shapes(summary: dict[str, Any], arrays: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The arrays factors.npz must hold for a valid ``summary``, with their shapes (a block's
+    mean only where ``arrays`` has one: only centred blocks have it)."""
+    n, r = summary["n_samples"], summary["rank"]
+    shapes: dict[str, tuple[int, ...]] = {"A": (n, r)}
+    for i, block in enumerate(summary["blocks"]):
+        dims = block["shape"][1:]
+        modes = dims if block["model"] == "cp" else [math.prod(dims)]
+        shapes |= {f"factor/{i}/{k}": (m, r) for k, m in enumerate(modes)}
+        shapes[f"weights/{i}"] = (r,)
+        if f"mean/{i}" in arrays:
+            shapes[f"mean/{i}"] = tuple(dims)
+    return shapes
 
 
 def _jsonable(obj: Any) -> Any:
