@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules: a tiny model file, its weights and an npz data set."""
+"""Fixtures shared by the test modules."""
 
 from __future__ import annotations
 
@@ -8,30 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-MODEL_FILE = """
-import torch
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(),
-                                        nn.Linear(6, 3))
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-class Broken(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.fc(x)
-"""
+from tinyproject import MODEL_FILE
 
 
 @pytest.fixture

@@ -10,19 +10,9 @@ import pytest
 
 import factorlens
 from factorlens.cli import main
+from tinyproject import analyze_args
 
-
-def _analyze_args(p: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "analyze",
-        "--model", f"{p['model']}:TinyNet",
-        "--weights", str(p["weights"]),
-        "--data", f"npz:{p['data']}",
-        "--rank", "3",
-        "--out", str(out),
-        "--quiet",
-        *extra,
-    ]  # fmt: skip
+_analyze_args = analyze_args
 
 
 def test_analyze_writes_result_factors_inputs_and_report(project, capsys) -> None:

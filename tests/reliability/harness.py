@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from factorlens.cli import main
+from tinyproject import analyze_args as shared_analyze_args
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -88,15 +89,5 @@ class CLI:
 
 
 def analyze_args(p: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    """``factorlens analyze`` of the tiny project at rank 2 (quiet)."""
-    return [
-        "analyze",
-        "--model", f"{p['model']}:TinyNet",
-        "--weights", str(p["weights"]),
-        "--data", f"npz:{p['data']}",
-        "--rank", "2",
-        "--n-init", "1",
-        "--out", str(out),
-        "--quiet",
-        *extra,
-    ]  # fmt: skip
+    """``factorlens analyze`` of the tiny project at rank 2, one start (quiet)."""
+    return shared_analyze_args(p, out, "--n-init", "1", *extra, rank=2)

@@ -23,6 +23,17 @@ def _write(path: Path, text: str | bytes) -> Path:
     return path
 
 
+def _analyze_with(*extra: str) -> Setup:
+    """The tiny project's analyze command with ``extra`` options."""
+    return lambda p: analyze_args(p, p["root"] / "out", *extra)
+
+
+def _quality(p: dict[str, Path], *extra: object) -> list[object]:
+    """``factorlens quality --no-rank`` of the tiny model on its data, plus ``extra``."""
+    return ["quality", "--model", f"{p['model']}:TinyNet", "--data", f"npz:{p['data']}",
+            "--no-rank", *extra]  # fmt: skip
+
+
 def _with_model(p: dict[str, Path], source: str, cls: str = "Net") -> list[str]:
     model = _write(p["root"] / "hostile_model.py", source)
     return [
@@ -182,45 +193,43 @@ CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
         ("--rank 500",),
     ),
     "unknown layer": (
-        lambda p: analyze_args(p, p["root"] / "out", "--layers", "featurez.0"),
+        _analyze_with("--layers", "featurez.0"),
         ("featurez.0",),
     ),
     "layer glob matches nothing": (
-        lambda p: analyze_args(p, p["root"] / "out", "--layers", "head.*"),
+        _analyze_with("--layers", "head.*"),
         ("head.*",),
     ),
     "select without =": (
-        lambda p: analyze_args(p, p["root"] / "out", "--select", "fc"),
+        _analyze_with("--select", "fc"),
         ("--select",),
     ),
     "select of a layer not captured": (
-        lambda p: analyze_args(
-            p, p["root"] / "out", "--layers", "features.0", "--select", "classifier.1=0"
-        ),
+        _analyze_with("--layers", "features.0", "--select", "classifier.1=0"),
         ("classifier.1",),
     ),
     "normalize not numbers": (
-        lambda p: analyze_args(p, p["root"] / "out", "--normalize", "a,b"),
+        _analyze_with("--normalize", "a,b"),
         ("--normalize",),
     ),
     "normalize wrong channel count": (
-        lambda p: analyze_args(p, p["root"] / "out", "--normalize", "0.1,0.2,0.3,0.1,0.2,0.3"),
+        _analyze_with("--normalize", "0.1,0.2,0.3,0.1,0.2,0.3"),
         ("channel",),
     ),
     "normalize zero std": (
-        lambda p: analyze_args(p, p["root"] / "out", "--normalize", "0.5,0"),
+        _analyze_with("--normalize", "0.5,0"),
         ("std",),
     ),
     "device cuda without a GPU": (
-        lambda p: analyze_args(p, p["root"] / "out", "--device", "cuda"),
+        _analyze_with("--device", "cuda"),
         ("cuda",),
     ),
     "device nonsense": (
-        lambda p: analyze_args(p, p["root"] / "out", "--device", "tpu9"),
+        _analyze_with("--device", "tpu9"),
         ("tpu9",),
     ),
     "tensor layer unknown": (
-        lambda p: analyze_args(p, p["root"] / "out", "--tensor-layers", "nope"),
+        _analyze_with("--tensor-layers", "nope"),
         ("nope",),
     ),
     # ---- stores
@@ -264,44 +273,15 @@ CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
     "report of a missing folder": (lambda p: ["report", p["root"] / "none"], ("none",)),
     # ---- quality
     "quality consensus with one checkpoint": (
-        lambda p: [
-            "quality",
-            "--model",
-            f"{p['model']}:TinyNet",
-            "--data",
-            f"npz:{p['data']}",
-            "--mode",
-            "consensus",
-            "--no-rank",
-            p["weights"],
-        ],
+        lambda p: _quality(p, "--mode", "consensus", p["weights"]),
         ("consensus",),
     ),
     "quality json into a missing folder": (
-        lambda p: [
-            "quality",
-            "--model",
-            f"{p['model']}:TinyNet",
-            "--data",
-            f"npz:{p['data']}",
-            "--no-rank",
-            "--json",
-            p["root"] / "no" / "q.json",
-            p["weights"],
-        ],
+        lambda p: _quality(p, "--json", p["root"] / "no" / "q.json", p["weights"]),
         ("q.json",),
     ),
     "quality checkpoint missing": (
-        lambda p: [
-            "quality",
-            "--model",
-            f"{p['model']}:TinyNet",
-            "--data",
-            f"npz:{p['data']}",
-            "--no-rank",
-            p["weights"],
-            p["root"] / "gone.pt",
-        ],
+        lambda p: _quality(p, p["weights"], p["root"] / "gone.pt"),
         ("gone.pt",),
     ),
 }

@@ -168,27 +168,32 @@ def test_resume_refuses_other_settings_and_a_complete_store(slow, tmp_path) -> N
     assert res.returncode == 2 and "no interrupted capture" in _one_error(res.stderr)
 
 
-def test_ctrl_c_stops_a_rank_scan_at_once_and_keeps_the_previous_result(tmp_path) -> None:
+def _scan_in_progress(tmp_path: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """A ``rank`` scan of a 1,500-input store running in a subprocess, once its progress bar
+    has started; returns the process and the stderr read so far."""
     from factorlens.capture import capture
     from factorlens.models import DigitsCNN
 
-    rng = np.random.default_rng(0)
+    images = np.random.default_rng(0).random((1500, 1, 8, 8)).astype(np.float32)
     store = tmp_path / "acts"
-    capture(
-        DigitsCNN(), rng.random((1500, 1, 8, 8)).astype(np.float32), store=store, progress=False
-    )
+    capture(DigitsCNN(), images, store=store, progress=False)
+    args = _cmd("rank", "--store", store, "--max-rank", "20", "--out", out, *extra)
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "rank scan" not in seen:
+        char = proc.stderr.read(1)
+        assert char, f"the run ended first: {seen}"
+        seen += char
+    return proc, seen
+
+
+def test_ctrl_c_stops_a_rank_scan_at_once_and_keeps_the_previous_result(tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "result.json").write_text('{"previous": true}')
     (out / ".factorlens-files.json").write_text('{"files": ["result.json"]}')
     before = snapshot(out)
-    args = _cmd("rank", "--store", store, "--max-rank", "20", "--out", out, "--overwrite")
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-    seen = ""
-    while "rank scan" not in seen:  # the progress bar of the scan has started
-        char = proc.stderr.read(1)
-        assert char, f"the run ended first: {seen}"
-        seen += char
+    proc, seen = _scan_in_progress(tmp_path, out, "--overwrite")
     time.sleep(1.0)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -203,25 +208,8 @@ def test_ctrl_c_stops_a_rank_scan_at_once_and_keeps_the_previous_result(tmp_path
 
 
 def test_sigterm_leaves_no_staging_behind(tmp_path) -> None:
-    from factorlens.capture import capture
-    from factorlens.models import DigitsCNN
-
-    rng = np.random.default_rng(0)
-    store = tmp_path / "acts"
-    capture(
-        DigitsCNN(), rng.random((1500, 1, 8, 8)).astype(np.float32), store=store, progress=False
-    )
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        _cmd("rank", "--store", store, "--max-rank", "20", "--out", out),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen = ""
-    while "rank scan" not in seen:
-        char = proc.stderr.read(1)
-        assert char, seen
-        seen += char
+    proc, seen = _scan_in_progress(tmp_path, out)
     os.kill(proc.pid, signal.SIGTERM)
     rc = proc.wait(timeout=60)
     assert rc == 143, seen + proc.stderr.read()
