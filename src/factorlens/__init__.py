@@ -16,14 +16,76 @@ Quick use::
     factorlens.score_model(model, data).score           # label-free training quality
 """
 
-from factorlens.capture import capture, default_layers, select_layers
-from factorlens.data import ImageData, load_data
-from factorlens.errors import FactorlensError
-from factorlens.factorize import CMTF, CMTFResult, cmtf, congruence, factor_match_score
-from factorlens.pipeline import analyze, analyze_store, load, load_inputs
-from factorlens.quality import QualityReport, assess, score_checkpoints, score_model
-from factorlens.rank import RankScan, estimate_rank
-from factorlens.store import MemoryStore, StoreView, ZarrStore, open_store
+import sys
+import types
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+#: public name -> the module that defines it; imported on first use, so that ``import
+#: factorlens`` (and the CLI's start, where Ctrl-C must be honoured) does not load torch
+_EXPORTS = {
+    "capture": "capture",
+    "default_layers": "capture",
+    "select_layers": "capture",
+    "ImageData": "data",
+    "load_data": "data",
+    "FactorlensError": "errors",
+    "CMTF": "factorize",
+    "CMTFResult": "factorize",
+    "cmtf": "factorize",
+    "congruence": "factorize",
+    "factor_match_score": "factorize",
+    "analyze": "pipeline",
+    "analyze_store": "pipeline",
+    "load": "pipeline",
+    "load_inputs": "pipeline",
+    "QualityReport": "quality",
+    "assess": "quality",
+    "score_checkpoints": "quality",
+    "score_model": "quality",
+    "RankScan": "rank",
+    "estimate_rank": "rank",
+    "MemoryStore": "store",
+    "StoreView": "store",
+    "ZarrStore": "store",
+    "open_store": "store",
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
+    from factorlens.capture import capture, default_layers, select_layers
+    from factorlens.data import ImageData, load_data
+    from factorlens.errors import FactorlensError
+    from factorlens.factorize import CMTF, CMTFResult, cmtf, congruence, factor_match_score
+    from factorlens.pipeline import analyze, analyze_store, load, load_inputs
+    from factorlens.quality import QualityReport, assess, score_checkpoints, score_model
+    from factorlens.rank import RankScan, estimate_rank
+    from factorlens.store import MemoryStore, StoreView, ZarrStore, open_store
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        value = getattr(import_module(f"factorlens.{_EXPORTS[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'factorlens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """The package module, keeping ``factorlens.capture`` the function: importing the
+    submodule of the same name would otherwise rebind the attribute to the module."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 

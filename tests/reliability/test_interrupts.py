@@ -214,3 +214,16 @@ def test_sigterm_leaves_no_staging_behind(tmp_path) -> None:
     rc = proc.wait(timeout=60)
     assert rc == 143, seen + proc.stderr.read()
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_the_cli_starts_without_torch_so_an_early_ctrl_c_is_caught() -> None:
+    """Heavy imports happen inside main(), where Ctrl-C is turned into one line; the package
+    still offers every public name, and ``factorlens.capture`` stays the function."""
+    code = (
+        "import sys, factorlens, factorlens.cli\n"
+        "assert 'torch' not in sys.modules, 'torch imported at start'\n"
+        "import factorlens.capture, factorlens.pipeline\n"
+        "assert callable(factorlens.capture) and factorlens.capture.__name__ == 'capture'\n"
+        "assert all(hasattr(factorlens, n) for n in factorlens.__all__)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
