@@ -115,3 +115,45 @@ def test_rule() -> None:
     # stability dips at 2, bicv stops improving after 4
     assert choose_rank([1, 0.6, 0.9, 0.95, 0.9, 0.5], [5, 4, 3, 2, 2.5, 1], 0.8) == 4
     assert choose_rank([1, 0.1, 0.1], [3, 2, 1], 0.8) == 1
+
+
+def test_a_compressed_block_fits_like_the_full_one_with_loadings_in_its_basis() -> None:
+    from factorlens.factorize.compress import compressed
+    from factorlens.factorize.penalty import noise_threshold
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((300, 3))
+    Y = A @ rng.standard_normal((3, 400)) + 0.1 * rng.standard_normal((300, 400))
+    full = CMTF(1).prepare({"layer": Y})[0]
+    small = compressed(full, 5, np.random.default_rng(1))
+    assert small.shape == (300, 15) and small.basis.shape == (400, 15)
+    np.testing.assert_allclose(small.basis.T @ small.basis, np.eye(15), atol=1e-10)
+    assert small.norm_sq == pytest.approx(full.norm_sq)
+    assert noise_threshold(small, 3) == pytest.approx(noise_threshold(full, 3))  # full spectrum
+    on_small = CMTF(3, l1=0, n_init=1, random_state=0).fit_blocks([small]).result_
+    on_full = CMTF(3, l1=0, n_init=1, random_state=0).fit_blocks([full]).result_
+    assert on_small.fit["layer"] == pytest.approx(on_full.fit["layer"], abs=1e-4)
+    # the compressed fit's loss is the full-data loss of its loadings mapped back (B = V B̃)
+    B = small.basis @ on_small.factors["layer"][0]
+    model = (on_small.A * on_small.weights["layer"] * math.sqrt(full.norm_sq)) @ B.T
+    truth = full.dense()
+    full_fit = 1 - np.sum((truth - model) ** 2) / full.norm_sq
+    assert full_fit == pytest.approx(on_small.fit["layer"], abs=1e-8)
+    assert compressed(small, 20, rng) is small  # not narrower: left as it is
+
+
+def test_the_compressed_scan_gives_the_rank_and_evidence_of_the_full_one() -> None:
+    from planted import rank_blocks
+
+    blocks, _ = rank_blocks(N=240, R=4, noise=0.1, seed=5)
+    blocks["wide"] = np.hstack([blocks["layer1"]] * 8)  # 400 columns: compressed to 16
+    fast = estimate_rank(blocks, 6, random_state=0, keep_results=True)
+    slow = estimate_rank(blocks, 6, random_state=0, compress=False)
+    assert fast.chosen == slow.chosen == 4
+    np.testing.assert_allclose(fast.criteria["fit"], slow.criteria["fit"], atol=2e-3)
+    np.testing.assert_allclose(
+        fast.criteria["stability"][:4], slow.criteria["stability"][:4], atol=0.02
+    )
+    res = fast.results[4]
+    assert res.factors["wide"][0].shape == (400, 4)  # mapped back to the full block
+    np.testing.assert_allclose(np.linalg.norm(res.factors["wide"][0], axis=0), 1.0, atol=1e-8)

@@ -63,7 +63,11 @@ class Block:
         self.center = center
         self.device = device
         self.scale = 1.0
-        self._noise_floor_unscaled: dict[int, float] = {}  # penalty.noise_threshold's cache
+        #: (ascending unscaled singular values, sample shape, (N, P)) once
+        #: penalty.block_spectrum ran
+        self.spectrum: tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None = None
+        #: (P, k) orthonormal basis when this block is a compressed copy (see compressed())
+        self.basis: np.ndarray | None = None
         nbytes = self.n_rows * self.width * 4
         in_memory = isinstance(data, np.ndarray) or nbytes <= memory_budget
         self.in_memory = in_memory

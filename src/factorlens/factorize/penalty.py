@@ -75,28 +75,38 @@ def noise_threshold(
     :data:`MIN_TAIL` singular values beyond ``rank`` (a 10-class output at R = 10: nothing
     there to tell noise from signal). Rows and columns beyond ``max_side`` are sampled at
     random (seeded by ``rng``); the per-entry noise level is estimated on the sample and the
-    threshold computed for the full ``N × P`` shape. Cached on the block per ``rank``.
+    threshold computed for the full ``N × P`` shape. The spectrum is computed once per block
+    (:func:`block_spectrum`); each rank then costs a median.
     """
-    cache = block._noise_floor_unscaled
-    if rank in cache:  # the data do not change; only the scale may have
-        return cache[rank] * block.scale
-    rng = rng or np.random.default_rng(0)
-    N, P = block.n_rows, block.width
-    tau = 0.0
-    if block.norm_sq > 0 and min(N, P) - rank >= MIN_TAIL:
+    if block.norm_sq <= 0:
+        return 0.0
+    s, (m, n), (N, P) = block_spectrum(block, rng, max_side)
+    if min(N, P) - rank < MIN_TAIL:
+        return 0.0
+    tail = s[: max(m - rank, 0)]
+    if tail.size < MIN_TAIL:
+        return 0.0
+    position = 0.5 * tail.size / m  # the tail's median, as a quantile of all m
+    q = marchenko_pastur_quantile(round(m / n, 6), round(position, 6))
+    sigma = float(np.median(tail)) / math.sqrt(n * q)
+    m_full, n_full = sorted((N, P))
+    return optimal_threshold_coefficient(m_full / n_full) * math.sqrt(n_full) * sigma * block.scale
+
+
+def block_spectrum(
+    block: Block, rng: np.random.Generator | None = None, max_side: int = MAX_SIDE
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """The singular values (ascending, unscaled) of ``block`` — of a random sample of at most
+    ``max_side`` rows and columns —, the sample's sorted shape ``(m, n)`` and the block's
+    matricized shape ``(N, P)``. Cached on the block (``block.spectrum``), so a block
+    compressed for the rank scan keeps the spectrum and shape of its full data."""
+    if block.spectrum is None:
+        rng = rng or np.random.default_rng(0)
+        N, P = block.n_rows, block.width
         rows = np.sort(rng.choice(N, max_side, replace=False)) if N > max_side else None
         cols = np.sort(rng.choice(P, max_side, replace=False)) if P > max_side else None
-        sub = block.dense(rows, cols)
-        m, n = sorted(sub.shape)
+        sub = block.dense(rows, cols) / (block.scale or 1.0)
         gram = sub @ sub.T if sub.shape[0] <= sub.shape[1] else sub.T @ sub
         s = np.sort(np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)))
-        tail = s[: max(m - rank, 0)]
-        if tail.size >= MIN_TAIL:
-            position = 0.5 * tail.size / m  # the tail's median, as a quantile of all m
-            q = marchenko_pastur_quantile(round(m / n, 6), round(position, 6))
-            sigma = float(np.median(tail)) / math.sqrt(n * q)
-            m_full, n_full = sorted((N, P))
-            tau = optimal_threshold_coefficient(m_full / n_full) * math.sqrt(n_full) * sigma
-    if block.scale > 0:
-        cache[rank] = tau / block.scale
-    return tau
+        block.spectrum = (s, tuple(sorted(sub.shape)), (N, P))
+    return block.spectrum
