@@ -244,3 +244,24 @@ def test_a_penalty_that_is_not_a_finite_number_or_auto_is_refused(project, capsy
     assert stop.value.code == 2
     assert "expected 'auto' or" in capsys.readouterr().err
     assert not out.exists()  # refused before any work
+
+
+def test_analyze_honours_tensor_blocks(project) -> None:
+    """``analyze(..., tensor_blocks=...)`` reaches the engine (it used to be replaced)."""
+    from factorlens.data import load_data
+    from factorlens.errors import FactorlensError
+    from factorlens.modelio import build_model
+
+    model = build_model(f"{project['model']}:TinyNet", str(project["weights"]))
+    data = load_data(f"npz:{project['data']}")
+    out = project["root"] / "api"
+    result = factorlens.analyze(
+        model, data, out=out, rank=2, progress=False, report=False, tensor_blocks=["features.0"]
+    )
+    models = dict(zip(result.block_names, result.block_models, strict=True))
+    assert models["features.0"] == "cp" and models["input"] == "matrix"
+    with pytest.raises(FactorlensError, match="give one of them"):
+        factorlens.analyze(
+            model, data, out=project["root"] / "api2", rank=2, progress=False, report=False,
+            tensor_blocks=["features.0"], tensor_layers=["features.0"],
+        )  # fmt: skip

@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         metavar="DIR",
         help="also write DIR/quality.json, DIR/checkpoints/<n>-<name>/ (each checkpoint's "
-        "analysis at its estimated rank) and DIR/index.html (the trajectory report)",
+        "analysis at its estimated rank) and DIR/index.html (the trajectory report); needs "
+        "the rank scan, so not with --no-rank",
     )
     _add_common(qua, overwrite_help="replace an existing --json file or --out results")
 

@@ -143,9 +143,17 @@ def factorize_store(
     """Fit the joint model to every block of ``store`` and attach its metadata.
 
     ``tensor_layers`` names layers to fit with a CP model on their natural shape, on top of the
-    input (which gets a CP model whenever it has two or more feature axes).
+    input (which gets a CP model whenever it has two or more feature axes). The engine's own
+    ``tensor_blocks`` (the full list of CP blocks, the input included or not) is used as given.
     """
-    engine["tensor_blocks"] = tensor_blocks_for(store, tensor_layers)
+    if engine.get("tensor_blocks") is not None:
+        if tensor_layers:
+            raise FactorlensError(
+                "tensor_blocks (every CP block) and tensor_layers (layers added to the input) "
+                "say the same thing twice; give one of them"
+            )
+    else:
+        engine["tensor_blocks"] = tensor_blocks_for(store, tensor_layers)
     model = CMTF(rank, **engine).fit(store)
     result = model.result_
     meta = dict(getattr(store, "meta", {}) or {})
