@@ -157,3 +157,31 @@ def test_the_compressed_scan_gives_the_rank_and_evidence_of_the_full_one() -> No
     res = fast.results[4]
     assert res.factors["wide"][0].shape == (400, 4)  # mapped back to the full block
     np.testing.assert_allclose(np.linalg.norm(res.factors["wide"][0], axis=0), 1.0, atol=1e-8)
+
+
+def test_a_failed_threaded_scan_does_not_cancel_later_fits(monkeypatch) -> None:
+    import factorlens.rank.scan as scan_module
+
+    blocks, _ = planted_blocks(N=80, R=2, noise=0.05, missing=None, seed=1)
+    real = scan_module._fit_chain
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise FactorlensError("one chain fails")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scan_module, "_fit_chain", failing)
+    with pytest.raises(FactorlensError, match="one chain fails"):
+        estimate_rank(blocks, 3, n_jobs=3)
+    CMTF(2, n_init=1).fit(blocks)  # would raise Cancelled if the flag stayed set
+
+
+def test_a_nonnegative_scan_fits_the_full_blocks() -> None:
+    rng = np.random.default_rng(0)
+    A = rng.random((120, 2))
+    blocks = {"input": A @ rng.random((2, 30)), "wide": A @ rng.random((2, 200))}
+    scan = estimate_rank(blocks, 3, nonneg=True, keep_results=True, n_jobs=1)
+    assert scan.criteria["fit"][1] > 0.95
+    assert (scan.results[2].factors["wide"][0] >= 0).all()

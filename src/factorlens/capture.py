@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from factorlens.errors import FactorlensError, close_matches
+from factorlens.errors import FactorlensError, close_matches, one_line
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
 
 #: leaf module types whose output is a new representation (captured by default).
@@ -179,17 +179,12 @@ def _call_hint(item: str) -> str:
 
 
 # --------------------------------------------------------------------------- helpers
-def _one_line(text: object, limit: int = 400) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _resolve_device(device: str | torch.device) -> torch.device:
     try:
         return torch.empty(0, device=device).device
     except (RuntimeError, ValueError, AssertionError) as exc:
         raise FactorlensError(
-            f"device {str(device)!r} is not usable here ({_one_line(exc, 160)}); use device='cpu'"
+            f"device {str(device)!r} is not usable here ({one_line(exc, 160)}); use device='cpu'"
         ) from None
 
 
@@ -272,7 +267,7 @@ def _select_output(name: str, out: Any, select: Mapping[str, Any]) -> Any:
         keys = list(out.keys()) if isinstance(out, Mapping) else f"0..{len(out) - 1}"
         raise FactorlensError(
             f"select={{{name!r}: {key!r}}} does not fit the {type(out).__name__} output of "
-            f"layer {name!r} ({_one_line(exc, 80)}); choose one of {keys}"
+            f"layer {name!r} ({one_line(exc, 80)}); choose one of {keys}"
         ) from None
     return out
 
@@ -323,11 +318,14 @@ def _sha256(arrays: Sequence[Any]) -> str:
     """SHA-256 over the dtypes, shapes and bytes of numpy arrays / torch tensors."""
     digest = hashlib.sha256()
     for arr in arrays:
-        if isinstance(arr, torch.Tensor):
-            arr = arr.detach().cpu().numpy()
-        arr = np.ascontiguousarray(arr)
-        digest.update(f"{arr.dtype.str}{arr.shape}".encode())
-        digest.update(memoryview(arr).cast("B"))
+        if isinstance(arr, torch.Tensor):  # as raw bytes: numpy has no bfloat16
+            digest.update(f"{arr.dtype}{tuple(arr.shape)}".encode())
+            arr = arr.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        else:
+            arr = np.ascontiguousarray(arr)
+            digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+        if arr.size:  # a zero-size buffer cannot be cast
+            digest.update(memoryview(arr).cast("B"))
     return digest.hexdigest()
 
 
@@ -445,6 +443,7 @@ def capture(
         "select": select,
         "nonfinite": nonfinite,
         "output": output,
+        "device": str(dev),
         "meta": dict(meta or {}),
     }
     on_disk = isinstance(store, str | os.PathLike)
@@ -458,7 +457,7 @@ def capture(
     else:
         the_store, created = _make_store(store, overwrite, fingerprint)
     try:
-        counts, blocks = _run_capture(
+        counts = _run_capture(
             model,
             images,
             chosen,
@@ -476,9 +475,10 @@ def capture(
         )
         if labels is not None:
             the_store.set_labels(labels)
-        info = {
-            "layers": list(blocks),
-            "modules": {block: type(modules[name]).__name__ for block, name in blocks.items()},
+        layer_blocks = [b for b in the_store.names if the_store.info(b)["kind"] == "layer"]
+        info = {  # from the store's blocks: a resumed capture may have run no batch at all
+            "layers": layer_blocks,
+            "modules": {b: the_store.info(b)["module"] for b in layer_blocks},
             "shapes": {name: list(the_store.shape(name)) for name in the_store.names},
             "batch_size": batch_size,
             "n_samples": n,
@@ -516,13 +516,13 @@ def _run_capture(
     output: str | None = None,
     start_row: int = 0,
     counts: dict[str, int] | None = None,
-) -> tuple[dict[str, int], dict[str, str]]:
+) -> dict[str, int]:
     """The batch loop of :func:`capture`, from sample ``start_row`` (a batch boundary; the
     store then already holds the rows before it, and ``counts`` their non-finite counts).
 
-    Returns the non-finite counts replaced per block and ``{block: module name}`` for the
-    layer blocks in call order (the k-th call of module ``m`` is block ``m#k``, k >= 2).
-    Hooks are always removed and the model's modes and device restored.
+    Returns the non-finite counts replaced per block. The k-th call of module ``m`` is block
+    ``m#k`` (k >= 2), blocks in call order. Hooks are always removed and the model's modes and
+    device restored.
     """
     from tqdm import tqdm
 
@@ -585,7 +585,7 @@ def _run_capture(
                 except Exception as exc:
                     raise FactorlensError(
                         f"the model failed on an input batch of shape {tuple(x.shape)} "
-                        f"({x.dtype}): {type(exc).__name__}: {_one_line(exc)}; check that the "
+                        f"({x.dtype}): {type(exc).__name__}: {one_line(exc, 400)}; check that the "
                         "data shape, channels and preprocessing match what the model expects"
                     ) from exc
                 missing = [name for name in chosen if name not in calls]
@@ -638,7 +638,7 @@ def _run_capture(
             module.training = mode
         if moved_from is not None:
             model.to(moved_from)
-    return counts, blocks
+    return counts
 
 
 def _check_resumed_blocks(store: ActivationStore, names: list[str]) -> None:
@@ -663,7 +663,7 @@ def _apply_preprocess(
     except Exception as exc:
         raise FactorlensError(
             f"preprocess failed on a batch of shape {tuple(batch.shape)}: "
-            f"{type(exc).__name__}: {_one_line(exc)}; fix the preprocess function or the data"
+            f"{type(exc).__name__}: {one_line(exc, 400)}; fix the preprocess function or the data"
         ) from exc
     if not isinstance(out, torch.Tensor):
         try:

@@ -12,6 +12,7 @@ from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTFResult
 from factorlens.pipeline import (
     OUTPUT_NAMES,
+    REPORT_HTML,
     analyze,
     analyze_store,
     capture_for_analysis,
@@ -34,10 +35,9 @@ def parse_select(items: list[str]) -> dict[str, Any]:
     return select
 
 
-def _check_rank(rank: int, n_samples: int | None = None) -> None:
-    if rank <= 0:
-        raise FactorlensError(f"--rank must be a positive integer, got {rank}")
-    if n_samples is not None and rank > n_samples:
+def _check_rank(rank: int, n_samples: int) -> None:
+    """``--rank`` (positive: checked by the parser) against the number of inputs."""
+    if rank > n_samples:
         raise FactorlensError(
             f"--rank {rank} is larger than the number of inputs ({n_samples}); "
             f"choose --rank <= {n_samples} or use more inputs"
@@ -49,7 +49,6 @@ def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     from factorlens.demo import train_demo_model
 
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    _check_rank(args.rank)
     model, data, accuracy = train_demo_model(seed=args.seed, progress=not args.quiet)
     print(f"trained the demo CNN on scikit-learn digits: held-out accuracy {100 * accuracy:.1f} %")
     _check_rank(args.rank, data.n_samples)
@@ -166,7 +165,6 @@ def _captured(args: argparse.Namespace, out: Path, rank: int | None):
 def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
     """Analyse the user's model on the user's data (or an existing store)."""
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    _check_rank(args.rank)
     acts = _captured(args, out, args.rank)
     result = analyze_store(
         acts,
@@ -412,7 +410,7 @@ def run_report(args: argparse.Namespace) -> Path:
     # in place, the report factorlens wrote there is replaced (and nothing else)
     replace = args.overwrite or out.resolve() == source.resolve()
     if out.resolve() != source.resolve():
-        out = check_output_dir(out, args.overwrite)
+        out = check_output_dir(out, args.overwrite, (REPORT_HTML,))
     title = f"factorlens — {result.meta.get('model_name', 'model')}"
     if len(sources) > 1:
         from factorlens.report.trajectory import write_trajectory_report

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factorlens.errors import FactorlensError
+from factorlens.errors import FactorlensError, one_line
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -403,7 +403,7 @@ def _load_npz(path: Path) -> ImageData:
                 f"loads; {_NPZ_CONTENTS}"
             ) from exc
         raise FactorlensError(
-            f"{path} is a damaged npz archive ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{path} is a damaged npz archive ({type(exc).__name__}: {one_line(exc)}); "
             f"{_NPZ_CONTENTS}"
         ) from exc
 
@@ -432,10 +432,6 @@ def _load_npz(path: Path) -> ImageData:
         f"npz file {path} ({images.shape[0]} {kind}, {shape})",
         src,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:160]
 
 
 def _npz_images(raw: np.ndarray | bytes, src: str) -> np.ndarray:

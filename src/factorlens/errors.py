@@ -18,3 +18,10 @@ def close_matches(word: str, candidates: list[str], n: int = 3) -> str:
 
     found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(found)}?)" if found else ""
+
+
+def one_line(text: object, limit: int = 160) -> str:
+    """``text`` (an exception, say) on one line, whitespace collapsed, at most ``limit``
+    characters (cut with "...")."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

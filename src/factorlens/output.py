@@ -18,6 +18,7 @@ there, and ``overwrite`` replaces or removes those files only:
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -34,8 +35,24 @@ MANIFEST = ".factorlens-files.json"
 LEGACY_NAMES = ("result.json", "factors.npz", "inputs.npz", "index.html", "quality.json")
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (on this machine)."""
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or "" where the
+    system does not say: with the pid it names one process, even after the pid is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _owner() -> str:
+    """This process as a lock owner: ``"<pid> <start time>"``."""
+    return f"{os.getpid()} {_started(os.getpid())}".strip()
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process ``"<pid> [<start time>]"`` still runs (on this machine)."""
+    pid_text, _, started = owner.partition(" ")
+    pid = int(pid_text) if pid_text.isdigit() else 0
     if pid <= 0:
         return False
     try:
@@ -43,8 +60,8 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # it runs, as another user
-        return True
-    return True
+        pass
+    return not started or _started(pid) in ("", started)
 
 
 def _staging_pid(name: str, prefix: str) -> int | None:
@@ -60,21 +77,14 @@ def clean_stale(out: Path) -> None:
     if not parent.is_dir():
         return
     prefix = f".{out.name}.staging-"
-    for entry in parent.glob(f"{glob_escape(prefix)}*"):
+    for entry in parent.glob(f"{glob.escape(prefix)}*"):
         pid = _staging_pid(entry.name, prefix)
         if pid is None:
             print(f"note: {entry} is left over from an interrupted run; remove it", file=sys.stderr)
-        elif not _alive(pid):
+        elif not _alive(str(pid)):
             shutil.rmtree(entry, ignore_errors=True)
             print(f"note: removed {entry}, left by an interrupted run (pid {pid})", file=sys.stderr)
-    lock = _lock_path(out)
-    if lock.is_file() and not _alive(_lock_owner(lock)):
-        lock.unlink(missing_ok=True)
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob special characters escaped (``[*]`` style)."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+    _remove_if_dead(_lock_path(out))
 
 
 def read_manifest(out: Path) -> set[str] | None:
@@ -129,7 +139,7 @@ def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()
     of its manifest may be replaced, and a file among ``names`` (the fixed names the result
     writes) that factorlens did not write is refused now rather than after the work.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." and ".." have no name to stage or lock beside
     if out.is_symlink() and not out.exists():
         raise FactorlensError(
             f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
@@ -173,35 +183,57 @@ def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
-def _lock_owner(lock: Path) -> int:
+def _lock_owner(lock: Path) -> str:
     try:
-        return int(lock.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
+        return lock.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _remove_if_dead(lock: Path) -> None:
+    """Remove ``lock`` if its owner is gone. It is first renamed to a name of our own, so two
+    runs cannot both remove it, and put back if another run took it over meanwhile."""
+    owner = _lock_owner(lock)
+    if not owner or _alive(owner):
+        return
+    taken = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
+    try:
+        os.rename(lock, taken)
+    except OSError:
+        return  # someone else got there first
+    if _lock_owner(taken) == owner:
+        taken.unlink(missing_ok=True)
+    else:  # a live run's fresh lock: give it back
+        with contextlib.suppress(OSError):
+            os.link(taken, lock)
+        taken.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
-    """Hold ``.OUT.lock`` (created exclusively, holding our pid) while moving files into
-    ``out``; a lock of a dead process is taken over, one of a live process refused."""
+    """Hold ``.OUT.lock`` (our pid and start time, linked into place whole, so it is never
+    seen empty) while moving files into ``out``; a lock of a dead process is taken over, one
+    of a live process refused."""
     lock = _lock_path(out)
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _lock_owner(lock)
-            if _alive(owner):
-                raise FactorlensError(
-                    f"another factorlens run (pid {owner}) is writing {out} right now; wait "
-                    "for it to finish or choose another --out"
-                ) from None
-            lock.unlink(missing_ok=True)  # left by a process that is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
-    else:
-        raise FactorlensError(f"cannot lock {out} (lock file {lock}); remove it and rerun")
+    mine = lock.with_name(f"{lock.name}.{os.getpid()}")
+    mine.write_text(_owner())
+    try:
+        for _ in range(3):
+            try:
+                os.link(mine, lock)  # atomic: fails if the lock exists
+                break
+            except FileExistsError:
+                owner = _lock_owner(lock)
+                if owner and _alive(owner):
+                    raise FactorlensError(
+                        f"another factorlens run (pid {owner.split()[0]}) is writing {out} "
+                        "right now; wait for it to finish or choose another --out"
+                    ) from None
+                _remove_if_dead(lock)
+        else:
+            raise FactorlensError(f"cannot lock {out} (lock file {lock}); remove it and rerun")
+    finally:
+        mine.unlink(missing_ok=True)
     try:
         yield
     finally:
@@ -238,7 +270,7 @@ def publish(
     exists unless ``overwrite`` and the manifest lists it. With ``overwrite``, files of the old
     manifest under ``names`` that the new result does not write are removed.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))

@@ -484,6 +484,7 @@ class ZarrStore(ActivationStore):
                     "blocks": [],
                     "meta": {},
                     "capture": _jsonable(dict(fingerprint or {})),
+                    "every_chunk_written": True,
                 }
             )
         except OSError as exc:
@@ -522,7 +523,9 @@ class ZarrStore(ActivationStore):
         group = zarr.open_group(str(p), mode="r", zarr_format=3)
         store = cls(p, group, chunk_rows=None, readonly=True)
         n = int(attrs.get("n_samples", 0))
-        for rec in attrs.get("blocks", []):
+        # stores from before every chunk got a file (all-zero chunks had none) are not checked
+        checked = bool(attrs.get("every_chunk_written"))
+        for rec in attrs.get("blocks", []) if checked else []:
             _check_chunks(p, rec["name"], group, rec["array"])
         for rec in attrs.get("blocks", []):
             shape = tuple(int(s) for s in rec["shape"])
@@ -537,8 +540,11 @@ class ZarrStore(ActivationStore):
                 key=rec["array"],
             )
         if attrs.get("has_labels"):
-            _check_chunks(p, "labels", group, "labels")
-            store._labels = np.asarray(group["labels"][:], dtype=np.int64)
+            if checked:
+                _check_chunks(p, "labels", group, "labels")
+            store._labels = np.asarray(
+                _CheckedArray(group["labels"], "labels", p)[:], dtype=np.int64
+            )
         store._meta = dict(attrs.get("meta", {}))
         store._closed = True
         return store
@@ -574,6 +580,7 @@ class ZarrStore(ActivationStore):
             dtype="float32",
             fill_value=0.0,
             compressors=[ZstdCodec(level=0), Crc32cCodec()],
+            config={"write_empty_chunks": True},  # every chunk has a file: a missing one is damage
         )
         self._buffers[spec.name] = []
         self._written[spec.name] = 0
@@ -693,7 +700,8 @@ class ZarrStore(ActivationStore):
             first = (rows // (spec.chunk_rows or 1)) * (spec.chunk_rows or 1)
             store._arrays[spec.name] = arr
             store._written[spec.name] = first
-            store._buffers[spec.name] = [np.asarray(arr[first:rows], dtype=np.float32)]
+            rows_back = _CheckedArray(arr, spec.name, p)[first:rows]
+            store._buffers[spec.name] = [np.asarray(rows_back, dtype=np.float32)]
         store._resume_row = rows
         return store, rows, counts
 
@@ -707,7 +715,12 @@ class ZarrStore(ActivationStore):
                 arr.resize((spec.n_rows, *spec.sample_shape))
         if self._labels is not None:
             lab = self._group.create_array(
-                "labels", shape=self._labels.shape, dtype="int64", fill_value=0
+                "labels",
+                shape=self._labels.shape,
+                dtype="int64",
+                fill_value=0,
+                config={"write_empty_chunks": True},
+                overwrite=True,  # a resumed capture may have been interrupted right here
             )
             if len(self._labels):
                 lab[:] = self._labels

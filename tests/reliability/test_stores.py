@@ -85,3 +85,56 @@ def test_a_foreign_folder_as_store_is_never_replaced(cli, project) -> None:
         analyze_args(project, project["root"] / "out", "--store", store, "--overwrite"),
         "not a factorlens store",
     )
+
+
+def test_a_block_with_an_all_zero_chunk_and_zero_labels_is_not_called_damaged(tmp_path) -> None:
+    path = tmp_path / "acts"
+    store = ZarrStore.create(path, chunk_rows=4)
+    store.create_block("fc", (2,), "layer", "Linear", n_samples=10)
+    store.append("fc", np.zeros((10, 2)))  # zarr alone writes no file for an all-zero chunk
+    store.set_labels(np.zeros(10, int))
+    store.close()
+    again = open_store(path)
+    assert again.block("fc")[:].sum() == 0 and again.labels.sum() == 0
+
+
+def test_fingerprints_hash_empty_buffers_and_bfloat16_weights(tmp_path) -> None:
+    import torch
+
+    from factorlens.capture import capture
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).to(torch.bfloat16)
+    model.register_buffer("nothing", torch.empty(0))
+    images = np.random.default_rng(0).random((6, 1, 2, 2)).astype(np.float32)
+
+    def bf16(x):
+        return x.to(torch.bfloat16)
+
+    store = capture(model, images, store=tmp_path / "acts", preprocess=bf16, progress=False)
+    assert store.n_samples == 6
+
+
+def test_resuming_a_capture_stopped_after_its_last_batch(tmp_path, monkeypatch) -> None:
+    import torch
+
+    from factorlens.capture import capture
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU())
+    images = np.random.default_rng(0).random((10, 1, 2, 2)).astype(np.float32)
+    whole = capture(model, images, store=tmp_path / "whole", batch_size=4, progress=False)
+    monkeypatch.setattr(ZarrStore, "sync_seconds", 0.0)  # every batch on disk at once
+    real_close = ZarrStore.close
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ZarrStore, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        capture(model, images, store=tmp_path / "acts", batch_size=4, progress=False)
+    monkeypatch.setattr(ZarrStore, "close", real_close)
+    resumed = capture(
+        model, images, store=tmp_path / "acts", batch_size=4, progress=False, resume=True
+    )
+    assert resumed.meta["layers"] == whole.meta["layers"] == ["1", "2"]
+    for name in whole.names:
+        np.testing.assert_array_equal(resumed.block(name)[:], whole.block(name)[:])

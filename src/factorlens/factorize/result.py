@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from factorlens.errors import FactorlensError
+from factorlens.errors import FactorlensError, one_line
 
 RESULT_JSON = "result.json"
 FACTORS_NPZ = "factors.npz"
@@ -248,7 +248,7 @@ class CMTFResult:
             summary = json.loads(jpath.read_text())
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
             raise FactorlensError(
-                f"{jpath} is not valid JSON ({_one_line(exc)}); {_REWRITE}"
+                f"{jpath} is not valid JSON ({one_line(exc)}); {_REWRITE}"
             ) from exc
         validate_summary(summary, str(jpath))
         try:
@@ -256,7 +256,7 @@ class CMTFResult:
                 arrays = {k: npz[k] for k in npz.files}
         except Exception as exc:  # BadZipFile, zlib.error, EOFError, ValueError, ...
             raise FactorlensError(
-                f"{FACTORS_NPZ} in {d} is damaged ({type(exc).__name__}: {_one_line(exc)}); "
+                f"{FACTORS_NPZ} in {d} is damaged ({type(exc).__name__}: {one_line(exc)}); "
                 f"{_REWRITE}"
             ) from exc
         blocks = summary["blocks"]
@@ -289,10 +289,6 @@ class CMTFResult:
 
 
 _REWRITE = "rerun `factorlens analyze` to write the result again"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:160]
 
 
 def _is_number(value: Any) -> bool:

@@ -174,7 +174,8 @@ def estimate_rank(
     del dense
 
     bicv = bi_cross_validation(full, max_rank, seed=random_state)
-    if compress:  # every fit of the scan on the blocks' leading row spaces (see compress.py)
+    if compress and not opts.get("nonneg"):  # fits on the leading row spaces (compress.py);
+        # not with nonneg: B̃ >= 0 does not make V B̃ >= 0
         models = CMTF(1, **opts)._block_models(names, [b.shape for b in full])
         chains_data = [
             [
@@ -199,6 +200,7 @@ def estimate_rank(
     def chain(job) -> list[CMTFResult]:
         return _fit_chain(job[0], max_rank, opts, np.random.default_rng(job[1]), bar)
 
+    futures: list = []
     try:
         if n_jobs > 1:
             # the chains (all inputs, each half) are independent: run them side by side, one
@@ -216,6 +218,8 @@ def estimate_rank(
         else:
             chains = [chain(job) for job in jobs]
     finally:
+        if not any(f.running() for f in futures):  # the pool has stopped: later fits may run
+            CANCEL.clear()
         if bar is not None:
             bar.close()  # before any message, which would otherwise share its line
     split_stability = [[] for _ in range(n_splits)]
@@ -300,6 +304,8 @@ def _expanded(res: CMTFResult, used: list, full: list) -> CMTFResult:
         if b.basis is not None:
             res.factors[b.name] = [b.basis @ f for f in res.factors[b.name]]
             res.block_shapes[i] = tuple(whole.shape)
+            if b.name in res.means:
+                res.means[b.name] = whole.mean.reshape(whole.shape[1:])
     return res
 
 
