@@ -10,6 +10,7 @@ from typing import Any
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTFResult
+from factorlens.output import atomic_write_text
 from factorlens.pipeline import (
     OUTPUT_NAMES,
     REPORT_HTML,
@@ -256,9 +257,7 @@ def run_quality(args: argparse.Namespace) -> int:
         )
     _print_quality_table(reports, with_acc=reports[0].accuracy is not None)
     if json_path is not None:
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps([r.to_dict() for r in reports], indent=1))
-        tmp.replace(json_path)
+        atomic_write_text(json_path, json.dumps([r.to_dict() for r in reports], indent=1))
     if out is not None:
         print(f"report: {(out / REPORT_HTML).resolve()}")
     return 0

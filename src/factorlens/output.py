@@ -316,11 +316,20 @@ def _prune_empty_dirs(out: Path, removed: Iterable[str]) -> None:
             (out / d).rmdir()  # only when empty
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a reader sees the
+    old content or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_manifest(out: Path, files: Iterable[str]) -> None:
-    """Write ``out``'s manifest atomically (a temporary file renamed over it)."""
-    tmp = out / f"{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"format_version": 1, "files": sorted(files)}, indent=1))
-    tmp.replace(out / MANIFEST)
+    """Write ``out``'s manifest atomically."""
+    atomic_write_text(out / MANIFEST, json.dumps({"format_version": 1, "files": sorted(files)}))
 
 
 def check_not_nested(out: Path, store: Path) -> None:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError, close_matches
+from factorlens.output import atomic_write_text
 
 #: the on-disk format version written by this module.
 FORMAT_VERSION = 1
@@ -636,9 +637,7 @@ class ZarrStore(ActivationStore):
         row, at = ready[-1]
         self._marks = [m for m in self._marks if m[0] > row]
         self._resume_row = row
-        tmp = self.path / f"{PROGRESS_JSON}.tmp"
-        tmp.write_text(json.dumps({"rows": row, "nonfinite": at}))
-        os.replace(tmp, self.path / PROGRESS_JSON)
+        atomic_write_text(self.path / PROGRESS_JSON, json.dumps({"rows": row, "nonfinite": at}))
 
     @classmethod
     def resume(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError, one_line
+from factorlens.output import atomic_write_text
 
 RESULT_JSON = "result.json"
 FACTORS_NPZ = "factors.npz"
@@ -228,9 +229,7 @@ class CMTFResult:
         tmp = d / (FACTORS_NPZ + ".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(d / FACTORS_NPZ)
-        tmpj = d / (RESULT_JSON + ".tmp")
-        tmpj.write_text(json.dumps(self.summary(), indent=1))
-        tmpj.replace(d / RESULT_JSON)
+        atomic_write_text(d / RESULT_JSON, json.dumps(self.summary(), indent=1))
         return d
 
     @classmethod
