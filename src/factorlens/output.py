@@ -84,7 +84,12 @@ def clean_stale(out: Path) -> None:
         elif not _alive(str(pid)):
             shutil.rmtree(entry, ignore_errors=True)
             print(f"note: removed {entry}, left by an interrupted run (pid {pid})", file=sys.stderr)
-    _remove_if_dead(_lock_path(out))
+    lock = _lock_path(out)
+    _remove_if_dead(lock)
+    for entry in parent.glob(f"{glob.escape(lock.name)}.*"):  # a lock's helper files
+        pid = entry.name.rsplit("-", 1)[-1].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(pid):
+            entry.unlink(missing_ok=True)
 
 
 def read_manifest(out: Path) -> set[str] | None:

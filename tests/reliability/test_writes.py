@@ -154,3 +154,11 @@ def test_report_in_place_rewrites_only_the_report(cli, project) -> None:
     assert after["figures/mine.txt"] == before["figures/mine.txt"]
     assert after["result.json"] == before["result.json"]
     assert after["factors.npz"] == before["factors.npz"]
+
+
+def test_helper_files_of_a_dead_lock_holder_are_removed(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    for name in (f".out.lock.{dead}", f".out.lock.stale-{dead}"):
+        (tmp_path / name).write_text(str(dead))
+    publish(tmp_path / "out", lambda s: (s / "a.txt").write_text("a"), ("a.txt",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
