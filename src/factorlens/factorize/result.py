@@ -188,6 +188,12 @@ class CMTFResult:
         w = tl.tensor(self.weights[name] * norm)
         return CPTensor((w, [tl.tensor(self.A)] + [tl.tensor(f) for f in self.factors[name]]))
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: a compact HTML summary (header, blocks, the flow map)."""
+        from factorlens.report.summary import summary_html
+
+        return summary_html(self)
+
     # ---------------------------------------------------------------- persistence
     def summary(self) -> dict[str, Any]:
         """The JSON-able summary written to ``result.json``."""
