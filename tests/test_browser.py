@@ -17,9 +17,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from factorlens.factorize.result import CMTFResult
-from factorlens.pipeline import save_inputs
+from factorlens.pipeline import save_inputs, write_checkpoints_report
 from factorlens.report import write_report
-from factorlens.report.trajectory import write_trajectory_report
 
 CHROMIUM = os.environ.get("FACTORLENS_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -127,8 +126,23 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         res.save(root / name)
         save_inputs(root / name, images, labels, classes)
         dirs.append(root / name)
-    traj = write_trajectory_report(root / "traj", dirs, title="checkpoints") / "index.html"
-    return {"main": main, "evil": evil, "traj": traj}
+    traj = write_checkpoints_report(root / "traj", dirs, title="checkpoints") / "index.html"
+    # a zoo-like set: long absolute paths that share their prefix, two kinds of run
+    zoo = []
+    for k, (name, score, acc) in enumerate(
+        (("step-300", 0.4, 0.62), ("step-900", 0.7, 0.91), ("noise-080", 0.2, 0.35))
+    ):
+        label = f"/home/user/experiments/2026/zoo-cifar/checkpoints/{name}.pt"
+        res = _result(
+            NAMES, seed=3 + k, checkpoint=label, quality_score=score, quality={"accuracy": acc}
+        )
+        d = root / "zoo" / name
+        res.save(d)
+        save_inputs(d, images, labels, classes)
+        write_report(d, res, images, labels, classes)
+        zoo.append(d)
+    ckpts = write_checkpoints_report(root / "zoo-report", zoo, title="zoo") / "index.html"
+    return {"main": main, "evil": evil, "traj": traj, "zoo": ckpts}
 
 
 class _Watch:
@@ -166,8 +180,11 @@ class _Watch:
         assert not self.problems, self.problems
 
 
-def _open(browser, path: Path, *, js: bool = True):
-    context = browser.new_context(viewport={"width": 1360, "height": 900}, java_script_enabled=js)
+def _open(browser, path: Path, *, js: bool = True, size: tuple[int, int] = (1360, 900)):
+    width, height = size
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, java_script_enabled=js
+    )
     page = context.new_page()
     watch = _Watch(page)
     page.goto(path.as_uri())
@@ -295,6 +312,132 @@ def test_checkpoints_view(browser, pages) -> None:
         _screenshot(page.locator("#trajectory"), "checkpoints.png")
         page.click('#trajectory a[href="#component-3"]')
         assert _shown(page) == ["component-3"]
+        watch.check()
+    finally:
+        context.close()
+
+
+def _box(page, selector: str) -> dict:
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None, f"{selector} is not rendered"
+    return box
+
+
+def _in_view(box: dict, height: int) -> bool:
+    return box["y"] >= 0 and box["y"] + box["height"] <= height
+
+
+def test_first_screen_answers_the_questions(browser, pages) -> None:
+    """At 1440×900 the flow map (with a pattern per row) and the first component's pattern and
+    top inputs are on the first screen; the run's details come later."""
+    context, page, watch = _open(browser, pages["main"], size=(1440, 900))
+    try:
+        assert _in_view(_box(page, "#flow table.flow"), 900)
+        assert page.locator("#flow table.flow img.fthumb").count() == R
+        assert _in_view(_box(page, "section.component.current .card.input img"), 900)
+        assert _box(page, "section.component.current .thumbs .thumb")["y"] < 900
+        assert _box(page, "#overview")["y"] > 900  # metadata below the answers
+        _screenshot(page, "demo-1440.png")
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_clicking_a_flow_cell_keeps_the_pattern_visible(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["main"], size=(1440, 900))
+    try:
+        page.click('#flow a[href="#component-3-block-4"]')  # the last layer card
+        card = _box(page, "#component-3-block-4")
+        pattern = _box(page, "#component-3 .card.input img")
+        assert 0 <= card["y"] < 900
+        assert _in_view(pattern, 900), pattern  # sticky above the layer cards
+        assert card["y"] >= pattern["y"] + pattern["height"]  # not hidden under it
+        # browsing the cards from the first one down: the pattern stays while cards remain
+        page.click('#flow a[href="#component-3-block-1"]')
+        page.mouse.wheel(0, 250)
+        page.wait_for_timeout(150)
+        section = _box(page, "#component-3")
+        assert section["y"] < 0 and section["y"] + section["height"] > 900  # scrolled inside
+        assert _in_view(_box(page, "#component-3 .card.input img"), 900)
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_per_input_view_opens_and_closes(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["main"], size=(1440, 900))
+    try:
+        thumb = page.locator("section.component.current .thumbs .thumb a").first
+        href = thumb.get_attribute("href")
+        assert href is not None and href.startswith("#input-")
+        thumb.click()
+        view = page.locator(href)
+        assert view.is_visible()
+        text = view.inner_text()
+        assert "true class" in text and "predicted class" in text
+        assert view.locator("svg.chart a").count() == R  # a loading per component, linked
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(100)
+        assert not view.is_visible()
+        assert _shown(page) == ["component-1"]
+        # from the per-input view, a component's bar opens that component
+        thumb.click()
+        view.locator('svg.chart a[href="#component-2"]').click()
+        assert _shown(page) == ["component-2"] and not view.is_visible()
+        watch.check()
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("name", ["main", "zoo"])
+def test_phone_width_has_no_horizontal_overflow(browser, pages, name) -> None:
+    context, page, watch = _open(browser, pages[name], size=(390, 844))
+    try:
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        # block names never break mid-word: each header cell's name is one line
+        heights = page.eval_on_selector_all(
+            "#flow th.name",
+            "els => els.map(e => e.firstChild.parentElement.getClientRects().length)",
+        )
+        assert heights and all(h == 1 for h in heights)
+        assert (
+            page.evaluate(
+                "getComputedStyle(document.querySelector('section.component.current .chead')).position"
+            )
+            != "sticky"
+        )  # nothing tall sticks on a phone
+        _screenshot(page, f"{name}-390.png")
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_checkpoints_report_reads_right(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["zoo"], size=(1440, 900))
+    try:
+        # short, distinct labels instead of a shared absolute-path prefix
+        labels = page.eval_on_selector_all(
+            "#trajectory table.checkpoints td.name", "els => els.map(e => e.textContent.trim())"
+        )
+        assert labels == ["step-300", "step-900 ★", "noise-080"]  # best score shown in full
+        # each row links to that checkpoint's own report, which exists
+        for href in page.eval_on_selector_all(
+            "#trajectory table.checkpoints td.name a", "els => els.map(e => e.href)"
+        ):
+            assert href.startswith("file://") and Path(href[len("file://") :]).is_file()
+        # score, rank and accuracy on the first screen; lines only within a run
+        assert _in_view(_box(page, "#checkpoints-summary svg.chart"), 900)
+        runs = page.locator("#checkpoints-summary svg.chart path.run")
+        assert runs.count() == 3  # score, accuracy and rank: step-300 → step-900 only
+        ticks = page.eval_on_selector_all(
+            "#checkpoints-summary svg.chart g.axis text.lab",
+            "els => els.map(e => e.textContent)",
+        )
+        assert "rank R" in ticks
+        rank_ticks = [t for t in ticks if t.replace(".", "").isdigit() and "." not in t]
+        assert rank_ticks  # whole numbers only on the rank axis
+        assert page.locator("#checkpoints-summary svg.chart circle[fill='#ffffff']").count() == 3
+        _screenshot(page, "checkpoints-1440.png")
         watch.check()
     finally:
         context.close()

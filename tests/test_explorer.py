@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
 import re
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import markupsafe
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,15 +22,18 @@ from PIL import Image
 from factorlens.cli import main
 from factorlens.errors import FactorlensError
 from factorlens.factorize.result import CMTFResult
-from factorlens.pipeline import save_inputs
+from factorlens.pipeline import load_checkpoints, save_inputs, write_checkpoints_report
 from factorlens.report import bottom_indices, write_report
 from factorlens.report import explorer as X
 from factorlens.report.trajectory import (
     Checkpoint,
     build_trajectory,
     check_compatible,
-    load_checkpoints,
+    main_index,
     match_components,
+    run_keys,
+    runs,
+    short_labels,
 )
 
 N = 60
@@ -71,6 +79,26 @@ def _section(text: str, r: int) -> str:
     return text.split(f'<section id="component-{r + 1}"')[1].split("</section>")[0]
 
 
+def _svg(path: Path) -> ET.Element:
+    """A chart file: parses as XML, with an ``svg`` root in the SVG namespace."""
+    root = ET.parse(path).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg", path.name
+    return root
+
+
+def _thumbs(section: str, which: str) -> str:
+    """The "Top" or "Bottom" thumbnails of a component section."""
+    part = section.split(f"<h4>{which} ")[1]
+    return part.split("<h4>")[0]
+
+
+def _thumb_image(html_part: str) -> Image.Image:
+    """The first test-input thumbnail in ``html_part``, decoded."""
+    uri = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="test input \d+', html_part)
+    assert uri, "no thumbnail"
+    return Image.open(io.BytesIO(base64.b64decode(uri.group(1))))
+
+
 def _card(text: str, r: int, j: int) -> str:
     """The card of component r at block j: its class attribute, then its content."""
     m = re.search(
@@ -110,7 +138,7 @@ def test_bottom_indices_nan_last_and_shown(tmp_path: Path) -> None:
     text = write_report(tmp_path, res, images, top_k=3).read_text()
     for r in range(res.rank):
         sec = _section(text, r)
-        bottom = sec.split('<div class="thumbs bottom">')[1].split("</div>")[0]
+        bottom = _thumbs(sec, "Bottom")
         shown = [int(m) for m in re.findall(r'alt="test input (\d+),', bottom)]
         assert shown == np.argsort(res.A[:, r], kind="stable")[:3].tolist()
         # the loading printed under each is that input's loading
@@ -154,26 +182,34 @@ def test_conv_layer_card_shows_the_planted_channels(tmp_path: Path) -> None:
     text = write_report(tmp_path, res, images, top_k=2).read_text()
     card = _card(text, 1, 1)
     assert "conv" in card.split(">")[0].split()  # the card's class says how it is read
-    order = re.findall(r"<title>channel (\d+): ‖·‖ = ([0-9.]+), ([0-9.]+)% of", card)
+    order = re.findall(
+        r"<title>channel (\d+): ([0-9.]+)% of the component \(‖channel‖ = ([0-9.]+)\)", card
+    )
     assert [int(c) for c, _, _ in order[:2]] == [4, 1]
-    assert [float(s) for _, s, _ in order[:2]] == [0.8, 0.6]
-    assert [float(p) for _, _, p in order[:2]] == [64.0, 36.0]
-    assert "top 6 of 6 by norm" in card
-    assert "ch 4 · 64%" in card and "ch 1 · 36%" in card  # the top channels' own maps
+    assert [float(p) for _, p, _ in order[:2]] == [64.0, 36.0]
+    assert [float(s) for _, _, s in order[:2]] == [0.8, 0.6]
+    assert "(top 6 of 6)" in card
+    # the top channels' own maps, strongest first
+    tiles = re.findall(r"<figcaption>ch (\d+) · (\d+)%</figcaption>", card)
+    assert tiles[:2] == [("4", "64"), ("1", "36")] and len(tiles) == 4
     figs = tmp_path / "figures"
     with Image.open(figs / "component-2_block-1-conv_spatial.png") as im:
         im.verify()
     # the spatial map's PNG: only the planted pixels are coloured (the rest is the zero colour)
     with Image.open(figs / "component-2_block-1-conv_spatial.png") as im:
         pix = np.asarray(im.convert("RGB"))
-    left = pix[:, : pix.shape[1] // 2 - 2]
-    zero = left[0, 0]
-    coloured = np.argwhere((left != zero).any(axis=2))
-    cell = left.shape[0] // 5
+    assert pix.shape[0] % 5 == 0 and pix.shape[1] % 4 == 0  # 5×4 enlarged by a whole factor
+    zero = pix[0, 0]
+    coloured = np.argwhere((pix != zero).any(axis=2))
+    cell = pix.shape[0] // 5
     cells = {(int(y) // cell, int(x) // cell) for y, x in coloured}
     assert cells == {(1, 2), (3, 0)}
-    assert (figs / "component-2_block-1-conv_channels.png").is_file()
-    assert (figs / "component-2_block-1-conv_topchannels.png").is_file()
+    with Image.open(figs / "component-2_block-1-conv_signed.png") as im:
+        im.verify()
+    chart = _svg(figs / "component-2_block-1-conv_channels.svg")
+    ns = "{http://www.w3.org/2000/svg}"
+    labels = [el.text for el in chart.iter(f"{ns}text") if el.get("class") == "lab"]
+    assert labels[:2] == ["ch 4", "ch 1"]
 
 
 def test_cp_conv_layer_channel_strength_is_the_channel_factor(tmp_path: Path) -> None:
@@ -275,12 +311,22 @@ def test_rank_evidence_plot_when_present(tmp_path: Path) -> None:
     text = write_report(tmp_path / "a", res, np.zeros((N, 6, 6)), top_k=2).read_text()
     assert 'id="rank-evidence"' in text and "corcondia &lt;x&gt;" in text
     assert re.search(r'<tr class="chosen"><td class="num">3</td>', text)
-    with Image.open(tmp_path / "a" / "figures" / "rank_scan.png") as im:
-        assert im.format == "PNG" and im.size[1] > 100
+    # one chart per criterion, each marking the chosen rank with a dashed line
+    panels = sorted((tmp_path / "a" / "figures").glob("rank_scan*.svg"))
+    assert [p.name for p in panels] == ["rank_scan_1.svg", "rank_scan_2.svg"]
+    ns = "{http://www.w3.org/2000/svg}"
+    for path in panels:
+        root = _svg(path)
+        assert len([el for el in root.iter(f"{ns}line") if el.get("class") == "chosen"]) == 1
+    labels = [el.text for el in _svg(panels[0]).iter(f"{ns}text")]
+    assert "corcondia <x>" in labels
+    assert len(list(_svg(panels[0]).iter(f"{ns}circle"))) == 4
+    assert len(list(_svg(panels[1]).iter(f"{ns}circle"))) == 3  # the missing value is left out
     # absent: no section; malformed: a note, the report is still written
     res.meta = {}
     text = write_report(tmp_path / "b", res, np.zeros((N, 6, 6)), top_k=2).read_text()
-    assert "rank-evidence" not in text and not (tmp_path / "b" / "figures/rank_scan.png").exists()
+    assert "rank-evidence" not in text
+    assert not list((tmp_path / "b" / "figures").glob("rank_scan*"))
     res.meta = {"rank_scan": {"ranks": [1, 2], "criteria": {"x": [1.0]}, "chosen": 2}}
     text = write_report(tmp_path / "c", res, np.zeros((N, 6, 6)), top_k=2).read_text()
     assert "cannot be shown" in text and "one value per rank" in text
@@ -309,9 +355,12 @@ def test_colour_input_with_conv_layer(tmp_path: Path) -> None:
     text = write_report(tmp_path, res, images, top_k=3).read_text()
     assert text.count('class="component"') == 3
     figs = tmp_path / "figures"
-    for name in ("component-1_pattern.png", "component-1_top.png", "component-1_bottom.png"):
+    for name in ("component-1_pattern.png", "component-1_mean.png", "component-1_mean_diff.png"):
         with Image.open(figs / name) as im:
             assert im.mode == "RGB"
+    sec = _section(text, 0)
+    for which in ("Top", "Bottom"):  # the thumbnails are colour images
+        assert _thumb_image(_thumbs(sec, which)).mode == "RGB"
     assert "shown as colour" in text
 
 
@@ -319,12 +368,17 @@ def test_non_image_input_and_1d_conv_layer(tmp_path: Path) -> None:
     res = build([("input", (20,), "matrix"), ("conv1d", (3, 10), "matrix"), ("fc", (4,), "matrix")])
     images = np.random.default_rng(5).uniform(0, 1, (N, 20))
     text = write_report(tmp_path, res, images, labels=np.arange(N) % 2, top_k=4).read_text()
-    assert 'class="thumbs top strips"' in text and 'class="thumbs bottom strips"' in text
+    sec = _section(text, 0)
+    for which in ("Top", "Bottom"):  # each input is drawn as a strip
+        w, h = _thumb_image(_thumbs(sec, which)).size
+        assert w > 5 * h
     assert "non-image feature vectors, 20" in text
     card = _card(text, 0, 1)
-    assert ("conv" in card.split(">")[0] and "channel 0" in card) or "channel 1" in card
+    assert "conv" in card.split(">")[0].split()
+    assert re.search(r"<title>channel [012]: ", card)
     figs = tmp_path / "figures"
-    assert (figs / "component-1_pattern_strip.png").is_file()
+    with Image.open(figs / "component-1_pattern.png") as im:
+        assert im.size[0] > 5 * im.size[1]  # the pattern too
     with Image.open(figs / "component-1_block-1-conv1d_spatial.png") as im:
         w, h = im.size
         assert w > 5 * h  # a 1-D spatial map is drawn as a strip
@@ -345,10 +399,14 @@ def test_hundred_components_render(tmp_path: Path) -> None:
         assert f'href="#component-{r + 1}-block-1"' in text
         assert f'id="component-{r + 1}-block-1"' in text
     assert seconds < 45, f"R=100 took {seconds:.1f} s"
-    figs = {p.name for p in (tmp_path / "figures").glob("*.png")}
-    assert "component-100_loadings.png" in figs and "component-001_strength.png" in figs
-    with Image.open(tmp_path / "figures" / "flow.png") as im:
-        assert im.size[1] < 1500  # the flow heatmap PNG stays a sensible size
+    figs = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert "component-100_loadings.svg" in figs and "component-001_strength.svg" in figs
+    assert "component-100_pattern.png" in figs and "component-001_pattern.png" in figs
+    _svg(tmp_path / "figures" / "component-100_loadings.svg")
+    # the flow map: one table row per component, without thumbnails at this size
+    flow = text.split('<section id="flow">')[1].split("</section>")[0]
+    assert len(re.findall(r'<tr data-r="\d+">', flow)) == R
+    assert "fthumb" not in flow
 
 
 # --------------------------------------------------------------------------- trajectory
@@ -409,22 +467,32 @@ def test_report_command_with_checkpoints(tmp_path: Path, capsys) -> None:
     for ref in re.findall(r' (?:href|src)="([^"]+)"', text):  # offline, no dangling links
         assert ref.startswith("data:image/png;base64,") or ref[1:] in ids, ref
     traj = text.split('<section id="trajectory">')[1].split("</section>")[0]
-    assert 'href="#trajectory"' in text
-    assert ">ep1<" in traj and "&lt;script&gt;alert(&#x27;ck&#x27;)&lt;/script&gt;" in traj
+    assert 'href="#trajectory"' in text and 'id="checkpoints-summary"' in text
+    assert ">ep1<" in traj and f'title="{markupsafe.escape(evil)}"' in traj
     assert evil not in text and text.lower().count("<script") == 3
     data = text.split('id="report-data">')[1].split("</script>")[0]
     assert json.loads(data)["checkpoints"] == ["ep1", evil]
     assert "0.5" in traj and "0.75" in traj  # the scores
+    # the best-scoring checkpoint (ep2, 0.75) is shown in full, and marked
+    rows = re.findall(r'<tr id="checkpoint-(\d+)"( class="main")?>(.*?)</tr>', traj, re.S)
+    assert [(i, bool(m)) for i, m, _ in rows] == [("1", False), ("2", True)]
+    assert "★" in rows[1][2] and "★" not in rows[0][2]
+    assert "<a " not in rows[0][2]  # neither directory has a report of its own to link to
     # ep1's component k is A[:, [2, 0, 1]][k]; ep2's first three are A's columns
     assert re.findall(r"<tr><th scope=\"row\">T(\d)</th>", traj) == ["1", "2", "3", "4"]
     t1 = traj.split('<th scope="row">T1</th>')[1].split("</tr>")[0]
-    assert 'href="#component-1"' in t1 and "C3 · 1.00" in t1
+    # ep1 C1 -> ep2 C3; the shown checkpoint's component links to its view
+    assert '<a href="#component-3">C3</a> · 1.00' in t1 and "C1 · start" in t1
     t4 = traj.split('<th scope="row">T4</th>')[1].split("</tr>")[0]
-    assert "—" in t4 and "C4 · new" in t4
-    for name in ("trajectory_checkpoints.png", "trajectory_congruence.png",
-                 "trajectory_patterns.png"):  # fmt: skip
-        with Image.open(out / "figures" / name) as im:
-            im.verify()
+    assert "—" in t4 and '<a href="#component-4">C4</a> · new (best ' in t4
+    ns = "{http://www.w3.org/2000/svg}"
+    scores = _svg(out / "figures" / "trajectory_scores.svg")
+    tips = [el.text for el in scores.iter(f"{ns}title")]
+    assert "ep1: score 0.5" in tips and any(t.endswith(": score 0.75") for t in tips if t)
+    ranks = _svg(out / "figures" / "trajectory_ranks.svg")
+    assert sum(1 for el in ranks.iter(f"{ns}circle")) == 2
+    links = [el.get("href") for el in ranks.iter(f"{ns}a")]
+    assert links == ["#checkpoint-1", "#checkpoint-2"]
 
 
 def _one_line_error(capsys) -> str:
@@ -453,3 +521,108 @@ def test_mismatched_results_are_refused(tmp_path: Path, capsys) -> None:
     with pytest.raises(FactorlensError, match="blocks differ"):
         check_compatible([Checkpoint("x", build(base)), Checkpoint("y", build(base[:1]))])
     assert [c.label for c in load_checkpoints([d1, d1])] == ["a", "a"]
+
+
+# --------------------------------------------------------------------------- checkpoints helpers
+def test_new_track_best_is_the_closest_previous_component() -> None:
+    """A component whose one-to-one match is weak starts a track; its "best" is its largest
+    |congruence| with any previous component, not with the (weak) match."""
+    q = np.linalg.qr(np.random.default_rng(12).standard_normal((N, 3)))[0]
+    A1 = q[:, :2]  # p0, p1
+    n1 = 0.7 * q[:, 0] + 0.1 * q[:, 1] + np.sqrt(1 - 0.49 - 0.01) * q[:, 2]
+    A2 = np.column_stack([-q[:, 0], n1])  # n0 = -p0 (a sign flip), n1 near p0 only
+    link = match_components(A1, A2)
+    assert link.match.tolist() == [0, 1]  # n1 goes to p1: the one-to-one optimum
+    assert link.matched(1) == pytest.approx(0.1)
+    blocks = [("input", (5, 5), "cp"), ("fc", (4,), "matrix")]
+    cps = [Checkpoint(f"s{i}", build(blocks, rank=2, A=a, seed=i)) for i, a in enumerate((A1, A2))]
+    traj = build_trajectory(cps)
+    cells = [t[1] for t in traj.tracks]
+    assert [(c.component, c.sign) for c in cells[:1]] == [(0, -1.0)]
+    assert cells[1] is None and traj.tracks[1][0].component == 1  # p1's track ends
+    new = traj.tracks[2]
+    assert new[0] is None and new[1].component == 1 and new[1].congruence is None
+    assert new[1].best == pytest.approx(0.7)
+    assert new[1].best == pytest.approx(float(np.max(np.abs(link.congruence[:, 1]))))
+    assert new[1].best > link.matched(1)
+
+
+def test_short_labels_are_distinct_and_short() -> None:
+    labels = ["runs/a/step-300.pt", "runs/b/step-300.pt", "zoo/noise-080.ckpt", "final"]
+    assert short_labels(labels) == ["a/step-300", "b/step-300", "noise-080", "final"]
+    assert short_labels(["w/model.pt", "w/model.pth", "x.safetensors"]) == [
+        "w/model #1",
+        "w/model #2",
+        "x",
+    ]
+    same = short_labels(["x/ep1.pt", "x/ep1.pt", "ep2", "x/ep1.pt"])
+    assert len(set(same)) == 4 and same[2] == "ep2"
+    assert all(s.startswith("x/ep1") and not s.endswith(".pt") for s in same[:2] + same[3:])
+    # a number added never repeats a label already there
+    tricky = short_labels(["ep1", "ep1", "ep1 #1"])
+    assert len(set(tricky)) == 3 and tricky[2] == "ep1 #1"
+
+
+def test_run_keys_join_only_checkpoints_of_one_run() -> None:
+    keys = run_keys(["step-300", "step-900", "noise-080"])
+    assert keys == ["step", "step", "noise"]
+    assert runs(keys) == [[0, 1], [2]]
+    # the same run again after another one is not joined across it
+    assert runs(run_keys(["a-1", "b-1", "a-2"])) == [[0], [1], [2]]
+    assert runs(run_keys(["epoch_1.5", "epoch_2", "final"])) == [[0, 1], [2]]
+    assert runs([]) == []
+
+
+def test_main_index() -> None:
+    base = [("input", (4, 4), "cp"), ("fc", (3,), "matrix")]
+
+    def cp(score) -> Checkpoint:
+        meta = {} if score is None else {"quality_score": score}
+        return Checkpoint("c", build(base, meta=meta))
+
+    assert main_index([cp(0.2), cp(0.9), cp(0.5)]) == 1  # the best score wins
+    assert main_index([cp(0.2), cp(None), cp(0.5)]) == 2  # a score missing: the last
+    assert main_index([cp("high"), cp(0.1)]) == 1  # not numeric: the last
+    assert main_index([cp(None), cp(None), cp(None)]) == 2
+    assert main_index([cp(0.2), cp(0.9), cp(0.5)], main=0) == 0  # asked for: honoured
+    assert main_index([cp(0.2), cp(0.9), cp(0.5)], main=-1) == 2
+    for bad in (3, -4):
+        with pytest.raises(FactorlensError, match="out of range"):
+            main_index([cp(0.2), cp(0.9), cp(0.5)], main=bad)
+
+
+def test_checkpoints_report_links_each_checkpoint_report(tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    blocks = [("input", (6, 6), "cp"), ("fc", (5,), "matrix")]
+    images = rng.uniform(0, 1, (N, 6, 6)).astype(np.float32)
+    labels = np.arange(N) % 2
+    predictions = 1 - labels
+    A = _unit(rng.standard_normal((N, 3)))
+    dirs = []
+    for k, name in enumerate(("runs/step-300", "runs/step-900", "other/noise-080")):
+        res = build(blocks, A=A, seed=k, meta={"quality_score": [0.9, 0.5, 0.7][k]})
+        d = tmp_path / name
+        res.save(d)
+        save_inputs(d, images, labels, ["c0", "c1"], predictions if k == 1 else None)
+        write_report(d, res, images, labels, ["c0", "c1"], top_k=2)  # its own report
+        dirs.append(d)
+    out = tmp_path / "reports" / "all"
+    assert write_checkpoints_report(out, dirs, main=1) == out
+    text = (out / "index.html").read_text()
+    traj = text.split('<section id="trajectory">')[1].split("</section>")[0]
+    rows = re.findall(r'<tr id="checkpoint-(\d+)"( class="main")?>(.*?)</tr>', traj, re.S)
+    assert [(i, bool(m)) for i, m, _ in rows] == [("1", False), ("2", True), ("3", False)]
+    for (_, _, row), d in zip(rows, dirs, strict=True):
+        href = re.search(r'<a href="([^"]+)">', row).group(1)
+        assert not os.path.isabs(href) and "\\" not in href
+        assert (out / href).resolve() == (d / "index.html").resolve()
+    # the one shown in full (main=1) brings its predicted classes into the input views
+    views = re.findall(r'<div class="input-view" id="input-(\d+)"(.*?)</dl>', text, re.S)
+    assert views
+    for i, view in views:
+        assert f"<dt>predicted class</dt><dd>c{predictions[int(i)]}</dd>" in view
+    # lines join checkpoints of one run only: step-300 → step-900, not → noise-080
+    ns = "{http://www.w3.org/2000/svg}"
+    scores = _svg(out / "figures" / "trajectory_scores.svg")
+    assert len([el for el in scores.iter(f"{ns}path") if el.get("class") == "run"]) == 1
+    assert len(list(scores.iter(f"{ns}circle"))) == 3

@@ -273,8 +273,16 @@ def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, c
     assert "test accuracy (labels, for reference)" in html and f"{rows[1]['accuracy']:.4f}" in html
     assert main(args) == 2  # not over an existing result without --overwrite
     assert "--overwrite" in capsys.readouterr().err
-    assert main([*args[:-2], "--no-rank", "--overwrite", *args[-2:]]) == 2
-    assert "--no-rank" in capsys.readouterr().err
+    assert main([*args[:-2], "--rank", "3", "--overwrite", *args[-2:]]) == 2
+    assert "--no-rank" in capsys.readouterr().err  # --rank fixes the rank only without a scan
+    # without the scan, every analysis is at the fixed rank and the report still links them
+    assert main([*args[:-2], "--no-rank", "--rank", "3", "--overwrite", *args[-2:]]) == 0
+    for d in sorted((out / "checkpoints").iterdir()):
+        assert json.loads((d / "result.json").read_text())["rank"] == 3
+        assert (d / "index.html").is_file()
+    html = (out / "index.html").read_text()
+    assert 'href="checkpoints/01-init/index.html"' in html
+    assert 'href="checkpoints/02-trained/index.html"' in html
 
 
 def test_quality_json_into_a_missing_folder_is_refused_before_scoring(checkpoints, capsys):

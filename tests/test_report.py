@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import itertools
 import json
 import re
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,10 +19,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
+import factorlens.report
 from factorlens.errors import FactorlensError
 from factorlens.factorize.result import CMTFResult
 from factorlens.report import top_indices, write_report
-from factorlens.report.figures import pattern_to_pixels
+from factorlens.report.pixels import pattern_to_pixels
 
 N, R = 40, 3
 
@@ -102,7 +106,9 @@ def _parse(text: str) -> _Refs:
 
 
 def _check_offline(text: str) -> _Refs:
-    assert "http://" not in text and "https://" not in text
+    # the SVG namespace name is an identifier, not an address; nothing else may name one
+    bare = text.replace(' xmlns="http://www.w3.org/2000/svg"', "")
+    assert "http://" not in bare and "https://" not in bare
     assert "url(" not in text and "@import" not in text  # nothing fetched from CSS
     assert "fetch(" not in text and "XMLHttpRequest" not in text and "import(" not in text
     p = _parse(text)
@@ -124,6 +130,42 @@ def _check_pngs(out: Path) -> list[Path]:
             im.verify()
             assert im.format == "PNG"
     return pngs
+
+
+SVG_ROOT = "{http://www.w3.org/2000/svg}svg"
+
+
+def _check_svgs(out: Path) -> list[Path]:
+    """Every chart file parses as XML with an ``svg`` root in the SVG namespace."""
+    svgs = sorted((out / "figures").glob("*.svg"))
+    assert svgs
+    for path in svgs:
+        assert ET.parse(path).getroot().tag == SVG_ROOT, path.name
+    return svgs
+
+
+def _figures(out: Path) -> set[str]:
+    return {p.name for p in _check_pngs(out)} | {p.name for p in _check_svgs(out)}
+
+
+def _image(uri: str) -> Image.Image:
+    """The image of a ``data:image/png;base64,…`` URI."""
+    assert uri.startswith("data:image/png;base64,")
+    im = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert im.format == "PNG"
+    return im
+
+
+def _thumb_lists(section: str) -> tuple[str, str]:
+    """The top and the bottom thumbnails of a component section (in that order)."""
+    top = section.split("<h4>Top ")[1].split("<h4>Bottom ")[0]
+    bottom = section.split("<h4>Bottom ")[1].split("<h4>")[0]
+    return top, bottom
+
+
+def _luminance(colour: str) -> float:
+    r, g, b = (int(colour[k : k + 2], 16) for k in (1, 3, 5))
+    return 0.299 * r + 0.587 * g + 0.114 * b
 
 
 def test_report_page_and_figures(tmp_path: Path) -> None:
@@ -166,20 +208,52 @@ def test_report_page_and_figures(tmp_path: Path) -> None:
     assert "zero" in text or "one" in text or "two" in text
 
     uris = re.findall(r'src="(data:image/png;base64,[^"]+)"', text)
-    # fit + per component: pattern, mean, mean diff, 5 top and 5 bottom thumbnails
-    assert len(uris) >= 1 + R * (3 + 5 + 5)
+    # per component: flow-map thumbnail, pattern, mean, mean diff, 5 top and 5 bottom inputs
+    assert len(uris) >= R * (4 + 5 + 5)
     assert text.count('class="thumb"') == R * (5 + 5)
-    # inline SVG charts per component: strength, loadings histogram, class make-up, 2 layers
-    assert text.count("<svg ") == R * 5
-
-    pngs = _check_pngs(tmp_path / "rep")
-    names = {p.name for p in pngs}
-    assert {"overview_fit.png", "flow.png"} <= names
+    shown = set()
     for r in range(R):
-        for part in ("pattern", "strength", "mean", "top", "bottom", "loadings"):
+        shown |= set(np.argsort(-res.A[:, r], kind="stable")[:5].tolist())
+        shown |= set(np.argsort(res.A[:, r], kind="stable")[:5].tolist())
+    # inline SVG charts: per component strength, loadings histogram, class make-up and the
+    # 2 layers; the fit of each block; one loadings chart per test input shown
+    assert text.count('class="input-view"') == len(shown)
+    assert text.count("<svg ") == R * 5 + 1 + len(shown)
+
+    # the flow map: an HTML table, one row per component with its pattern's thumbnail,
+    # shaded per row (the strongest block of every row has the darkest, and the same, shade)
+    flow = text.split('<section id="flow">')[1].split("</section>")[0]
+    assert '<table class="flow flow-normal">' in flow
+    rows = re.findall(r'<tr data-r="(\d+)">(.*?)</tr>', flow, re.S)
+    assert [int(r) for r, _ in rows] == list(range(R))
+    darkest = set()
+    for r, row in rows:
+        r = int(r)
+        assert len(re.findall(r'<img [^>]*class="px fthumb"', row)) == 1
+        thumb = re.search(r'<img src="([^"]+)" alt="C(\d+) input pattern"', row)
+        assert thumb and int(thumb.group(2)) == r + 1
+        _image(thumb.group(1)).verify()
+        shades = re.findall(r'<td class="cell" style="background:(#[0-9a-f]{6});', row)
+        assert len(shades) == len(res.block_names)
+        lum = [_luminance(c) for c in shades]
+        strongest = int(np.argmax(np.abs(res.flow[r])))
+        assert int(np.argmin(lum)) == strongest
+        assert all(lum[strongest] < v for j, v in enumerate(lum) if j != strongest)
+        darkest.add(shades[strongest])
+    assert len(darkest) == 1  # each row scaled to its own maximum
+
+    names = _figures(tmp_path / "rep")
+    assert "overview_fit.svg" in names
+    for r in range(R):
+        for part in ("pattern", "mean", "mean_diff"):
             assert f"component-{r + 1}_{part}.png" in names
-        assert f"component-{r + 1}_block-1-conv1_units.png" in names
-        assert f"component-{r + 1}_block-2-fc_units.png" in names
+        for part in ("strength", "loadings", "classes"):
+            assert f"component-{r + 1}_{part}.svg" in names
+        assert f"component-{r + 1}_block-1-conv1_units.svg" in names
+        assert f"component-{r + 1}_block-2-fc_units.svg" in names
+    # the chart files are the charts the page embeds
+    fit = (tmp_path / "rep" / "figures" / "overview_fit.svg").read_text(encoding="utf-8")
+    assert fit.strip() in text
 
 
 def test_thumbnails_are_top_loadings(tmp_path: Path) -> None:
@@ -188,12 +262,14 @@ def test_thumbnails_are_top_loadings(tmp_path: Path) -> None:
     text = write_report(tmp_path, res, images, top_k=4).read_text()
     for r in range(R):
         sec = text.split(f'<section id="component-{r + 1}"')[1].split("</section>")[0]
-        top = sec.split('<div class="thumbs top">')[1].split("</div>")[0]
+        top, bottom = _thumb_lists(sec)
         shown = [int(m) for m in re.findall(r'alt="test input (\d+),', top)]
         assert shown == list(np.argsort(-res.A[:, r], kind="stable")[:4])
-        bottom = sec.split('<div class="thumbs bottom">')[1].split("</div>")[0]
+        # each thumbnail opens that input's own view
+        assert [int(m) for m in re.findall(r'href="#input-(\d+)"', top)] == shown
         shown = [int(m) for m in re.findall(r'alt="test input (\d+),', bottom)]
         assert shown == list(np.argsort(res.A[:, r], kind="stable")[:4])
+        assert [int(m) for m in re.findall(r'href="#input-(\d+)"', bottom)] == shown
 
 
 def test_escaping(tmp_path: Path) -> None:
@@ -226,7 +302,19 @@ def test_escaping(tmp_path: Path) -> None:
     data_text = data_text.split("</script>")[0]
     assert "</" not in data_text and "<" not in data_text
     assert json.loads(data_text)["blocks"] == res.block_names
-    _check_pngs(tmp_path)  # mathtext-looking layer names do not break the charts
+    _check_pngs(tmp_path)
+    svgs = _check_svgs(tmp_path)  # the names stay text in the chart files too
+    units = [p for p in svgs if p.name.endswith("_units.svg")]
+    assert units and all(p.name.startswith("component-") for p in units)
+    assert not [p for p in (tmp_path / "figures").iterdir() if "<" in p.name or ">" in p.name]
+    # parsed back, the names are exactly the text of the labels and tooltips
+    ns = "{http://www.w3.org/2000/svg}"
+    fit = ET.parse(tmp_path / "figures" / "overview_fit.svg").getroot()
+    assert evil[:17] + "…" in [el.text for el in fit.iter(f"{ns}text")]  # clipped label
+    strength = ET.parse(tmp_path / "figures" / "component-1_strength.svg").getroot()
+    tips = [el.text or "" for el in strength.iter(f"{ns}title")]
+    assert any(t.startswith(f"{evil}: ") for t in tips)
+    assert any(t.startswith("fc$\\nosuchcommand{$: ") for t in tips)
 
 
 def test_colour_input(tmp_path: Path) -> None:
@@ -235,11 +323,17 @@ def test_colour_input(tmp_path: Path) -> None:
     text = write_report(tmp_path, res, images, top_k=3).read_text()
     _check_offline(text)
     assert text.count('class="component"') == R
-    with Image.open(tmp_path / "figures" / "component-1_pattern.png") as im:
-        assert im.mode == "RGB"
-    with Image.open(tmp_path / "figures" / "component-1_top.png") as im:
-        assert im.mode == "RGB"
+    for name in ("component-1_pattern.png", "component-1_mean.png"):
+        with Image.open(tmp_path / "figures" / name) as im:
+            assert im.mode == "RGB"
+    # the top and bottom thumbnails are colour images
+    top, bottom = _thumb_lists(text.split('<section id="component-1"')[1])
+    thumbs = re.findall(r'<img src="([^"]+)" alt="test input \d+,', top + bottom)
+    assert len(thumbs) == 6
+    for uri in thumbs:
+        assert _image(uri).mode == "RGB"
     _check_pngs(tmp_path)
+    _check_svgs(tmp_path)
 
 
 def test_multichannel_matrix_input(tmp_path: Path) -> None:
@@ -247,8 +341,12 @@ def test_multichannel_matrix_input(tmp_path: Path) -> None:
     images = np.random.default_rng(5).uniform(0, 1, (N, 2, 6, 5))
     text = write_report(tmp_path, res, images, top_k=3).read_text()
     _check_offline(text)
-    assert "one tile per channel" in text
+    assert "one tile per channel (C = 2)" in text
+    # two 6×5 tiles side by side: the pattern is wider than high
+    with Image.open(tmp_path / "figures" / "component-1_pattern.png") as im:
+        assert im.size[0] > 1.5 * im.size[1]
     _check_pngs(tmp_path)
+    _check_svgs(tmp_path)
 
 
 def test_vector_input(tmp_path: Path) -> None:
@@ -259,8 +357,11 @@ def test_vector_input(tmp_path: Path) -> None:
     _check_offline(text)
     assert text.count('class="component"') == R
     assert text.count('class="thumb"') == R * 2 * 6
-    names = {p.name for p in _check_pngs(tmp_path)}
-    assert "component-1_pattern_strip.png" in names and "component-1_pattern.png" in names
+    names = _figures(tmp_path)
+    for name in ("component-1_pattern.png", "component-1_mean.png", "component-1_mean_diff.png"):
+        assert name in names
+        with Image.open(tmp_path / "figures" / name) as im:
+            assert im.size[0] > 5 * im.size[1], name  # a 1-D input is drawn as a strip
 
 
 def test_flattened_images_for_image_block(tmp_path: Path) -> None:
@@ -279,7 +380,9 @@ def test_rerun_replaces_old_report(tmp_path: Path) -> None:
         res.factors[name] = [f[:, :2] for f in res.factors[name]]
     res.A = res.A[:, :2]
     write_report(tmp_path, res, images)
-    names = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    names = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert any(n.startswith("component-2") and n.endswith(".png") for n in names)
+    assert any(n.startswith("component-2") and n.endswith(".svg") for n in names)
     assert not any(n.startswith("component-3") for n in names)
     assert (tmp_path / "index.html").read_text().count('class="component"') == 2
 
@@ -293,6 +396,8 @@ def test_bad_inputs(tmp_path: Path) -> None:
         write_report(tmp_path, res, np.zeros((N, 7, 8)))
     with pytest.raises(FactorlensError, match="labels"):
         write_report(tmp_path, res, good, labels=np.zeros(N + 1))
+    with pytest.raises(FactorlensError, match="predictions"):
+        write_report(tmp_path, res, good, predictions=np.zeros(N - 1, dtype=int))
     with pytest.raises(FactorlensError, match="top_k"):
         write_report(tmp_path, res, good, top_k=0)
     assert not (tmp_path / "index.html").exists()
@@ -306,16 +411,34 @@ def test_crash_leaves_no_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     images = np.random.default_rng(9).uniform(0, 1, (N, 8, 8))
     write_report(tmp_path, make_result(), images)
     assert (tmp_path / "index.html").exists()
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     res = make_result()
 
     def boom(name: str, r: int) -> np.ndarray:
         raise RuntimeError("crash while drawing")
 
+    # a crash while the page is built: nothing was touched, the previous report is intact
     monkeypatch.setattr(res, "component_map", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="while drawing"):
         write_report(tmp_path, res, images)
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+
+    # a crash while the files are written: no page is left that looks complete
+    import factorlens.report.files as files
+
+    real = files.render
+
+    def render(template: str, /, **context):
+        if template == "chart.svg.j2":
+            raise RuntimeError("crash while writing")
+        return real(template, **context)
+
+    monkeypatch.setattr(files, "render", render)
+    with pytest.raises(RuntimeError, match="while writing"):
+        write_report(tmp_path, make_result(), images)
     assert not (tmp_path / "index.html").exists()
-    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+    assert not [f for f in tmp_path.rglob("*") if f.name.endswith(".tmp")]
 
 
 def test_pattern_colours_centred_at_zero() -> None:
@@ -377,3 +500,60 @@ def test_flow_map_marks_strengths_at_the_floor_absent(tmp_path: Path) -> None:
     assert row.count(">absent</a>") == 2  # conv1 and fc; the input keeps its number
     assert flow.count('title="noise floor">&gt; 0.02<') == 2
     assert "absent" not in flow.split(f'<tr data-r="{R - 2}">')[1].split("</tr>")[0]
+
+
+# --------------------------------------------------------------------------- per-input view
+def _input_view(text: str, i: int) -> str:
+    m = re.search(
+        rf'<div class="input-view" id="input-{i}"[^>]*>(.*?)</figure>\n</div>', text, re.S
+    )
+    assert m, f"no view of test input {i}"
+    return m.group(1)
+
+
+def test_every_thumbnail_opens_its_input_view(tmp_path: Path) -> None:
+    res = make_result()
+    rng = np.random.default_rng(11)
+    images = rng.uniform(0, 1, (N, 8, 8))
+    labels = rng.integers(0, 3, N)
+    predictions = (labels + 1) % 3  # never the true class, so the two cannot be confused
+    names = ["zero", "one", "two"]
+    text = write_report(
+        tmp_path / "a", res, images, labels, names, predictions=predictions, top_k=4
+    ).read_text()
+    _check_offline(text)
+    linked = {int(i) for i in re.findall(r'href="#input-(\d+)"', text)}
+    views = [int(i) for i in re.findall(r'class="input-view" id="input-(\d+)"', text)]
+    expected = set()
+    for r in range(R):
+        expected |= set(np.argsort(-res.A[:, r], kind="stable")[:4].tolist())
+        expected |= set(np.argsort(res.A[:, r], kind="stable")[:4].tolist())
+    assert linked == expected and sorted(views) == sorted(expected)  # one view each
+    for i in expected:
+        view = _input_view(text, i)
+        assert f"<h3>Test input #{i}</h3>" in view
+        assert f"<dt>true class</dt><dd>{names[labels[i]]}</dd>" in view
+        assert f"<dt>predicted class</dt><dd>{names[predictions[i]]}</dd>" in view
+        assert view.count('alt="test input ' + str(i) + '"') == 1  # its image
+        # its loading on every component, each bar linking to that component
+        for r in range(R):
+            assert f"C{r + 1}: loading {res.A[i, r]:+.4f}, above" in view
+            assert f'href="#component-{r + 1}"' in view
+
+    # without predictions (nor labels) the view says so
+    text = write_report(tmp_path / "b", res, images, top_k=2).read_text()
+    views = [int(i) for i in re.findall(r'class="input-view" id="input-(\d+)"', text)]
+    assert views
+    for i in views:
+        view = _input_view(text, i)
+        assert "<dt>predicted class</dt><dd>not recorded</dd>" in view
+        assert "<dt>true class</dt><dd>no labels given</dd>" in view
+
+
+# --------------------------------------------------------------------------- code size
+def test_report_modules_stay_small() -> None:
+    """No module of the report package grows past 400 lines."""
+    files = sorted(Path(factorlens.report.__file__).parent.glob("*.py"))
+    assert len(files) >= 10  # view, view_component, view_checkpoints, charts, pixels, …
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in files}
+    assert max(sizes.values()) <= 400, sizes

@@ -326,8 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         metavar="DIR",
         help="also write DIR/quality.json, DIR/checkpoints/<n>-<name>/ (each checkpoint's "
-        "analysis at its estimated rank) and DIR/index.html (the trajectory report); needs "
-        "the rank scan, so not with --no-rank",
+        "analysis and report, at its estimated rank, or at --rank with --no-rank) and "
+        "DIR/index.html (the checkpoints report)",
+    )
+    qua.add_argument(
+        "--rank",
+        type=_positive_int,
+        default=None,
+        metavar="R",
+        help="with --no-rank --out: the rank of every checkpoint's analysis (default 10); "
+        "without --no-rank the scan chooses each checkpoint's rank",
     )
     _add_common(qua, overwrite_help="replace an existing --json file or --out results")
 
@@ -337,10 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write index.html and figures/ for a result directory written by "
         "`analyze` or `demo`. Give several (checkpoints of one model, same layers and test "
         "inputs, in training order) to add a view of how components appear across them; "
-        "the first is the main one.",
+        "the best-scoring one (else the last) is shown in full, or the one --main names.",
     )
     rep.add_argument("results", nargs="+", metavar="RESULT", help="result directory (or several)")
     rep.add_argument("--out", help="where to write the report (default: the result directory)")
+    rep.add_argument(
+        "--main",
+        type=_positive_int,
+        metavar="N",
+        help="with several results: show the N-th in full (1 = the first given; default: the "
+        "best-scoring, else the last)",
+    )
     rep.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     rep.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 

@@ -20,6 +20,7 @@ from factorlens.pipeline import (
     check_output_dir,
     load,
     load_inputs,
+    load_predictions,
     tensor_blocks_for,
     write_report_files,
 )
@@ -213,6 +214,9 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
 RECOMMENDED_QUALITY_INPUTS = 2000
 
 
+#: the rank of every checkpoint's analysis with ``quality --no-rank --out`` and no ``--rank``
+FIXED_RANK = 10
+
 #: what ``quality --out DIR`` writes into DIR
 QUALITY_JSON = "quality.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -241,9 +245,10 @@ def run_quality(args: argparse.Namespace) -> int:
         if args.out
         else None
     )
-    if out is not None and args.no_rank:
+    if getattr(args, "rank", None) is not None and not args.no_rank:
         raise FactorlensError(
-            "--out writes each checkpoint's analysis at its estimated rank; drop --no-rank"
+            "--rank fixes the rank of the analyses only with --no-rank; without it the rank "
+            "scan chooses each checkpoint's rank (drop --rank, or add --no-rank)"
         )
     reports = []
     if out is None:
@@ -279,7 +284,7 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
         resolve_mode,
         score_together,
     )
-    from factorlens.report.html import safe_name
+    from factorlens.report.assets import safe_name
     from factorlens.store import StoreView
 
     mode = resolve_mode(args.mode, len(args.checkpoints))
@@ -295,7 +300,7 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
                 model,
                 data,
                 layers=args.layers,
-                scan=not args.no_rank,
+                scan=not args.no_rank or stage is not None,  # --out analyses the layers
                 batch_size=args.batch_size,
                 device=device,
                 preprocess=preprocess,
@@ -315,12 +320,13 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
             )
             single.append(report)
             outputs.append(model_outputs(store))
-            if stage is not None:  # the scan ran (no --no-rank with --out): rank >= 1
+            if stage is not None:  # at the scan's rank, or at --rank (default 10)
                 target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
+                rank = (args.rank or FIXED_RANK) if args.no_rank else report.rank
                 analyze_store(
                     StoreView(store, [OUTPUT_BLOCK, *report.degenerate]),
                     out=target,
-                    rank=report.rank,
+                    rank=rank,
                     progress=False,
                     device=device,
                     extra_meta={
@@ -337,10 +343,10 @@ def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | No
         return
     for target, report in zip(analyses, reports, strict=True):  # the scores of the mode
         _record_quality(target / "result.json", report)
-    from factorlens.report.trajectory import write_trajectory_report
+    from factorlens.pipeline import checkpoints_report
 
     title = f"factorlens quality — {type(model).__name__}"
-    write_trajectory_report(stage, analyses, title=title)
+    checkpoints_report(stage, analyses, title=title)
     (stage / QUALITY_JSON).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
 
 
@@ -411,12 +417,33 @@ def run_report(args: argparse.Namespace) -> Path:
     if out.resolve() != source.resolve():
         out = check_output_dir(out, args.overwrite, (REPORT_HTML,))
     title = f"factorlens — {result.meta.get('model_name', 'model')}"
+    main = getattr(args, "main", None)
     if len(sources) > 1:
-        from factorlens.report.trajectory import write_trajectory_report
+        from factorlens.pipeline import write_checkpoints_report
 
-        return write_trajectory_report(out, sources, title=title, overwrite=replace)
+        if main is not None and not 1 <= main <= len(sources):
+            raise FactorlensError(
+                f"--main {main} is out of range: give 1 to {len(sources)} (the position of "
+                "the result directory to show in full)"
+            )
+        return write_checkpoints_report(
+            out,
+            sources,
+            main=None if main is None else main - 1,
+            title=title,
+            overwrite=replace,
+        )
+    if main is not None:
+        raise FactorlensError("--main chooses among several result directories; give several")
     return write_report_files(
-        out, result, images, labels, class_names, title=title, overwrite=replace
+        out,
+        result,
+        images,
+        labels,
+        class_names,
+        title=title,
+        overwrite=replace,
+        predictions=load_predictions(source),
     )
 
 

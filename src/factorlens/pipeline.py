@@ -4,8 +4,9 @@ Output directory layout (the contract for notebooks and for ``factorlens report`
 
     DIR/result.json   summary: rank, blocks (name, shape, fit), flow, options, meta
     DIR/factors.npz   the factor matrices (``factorlens.load(DIR)`` gives them back)
-    DIR/inputs.npz    the input block as factorized, labels and class names (for the report)
-    DIR/index.html    the self-contained report, DIR/figures/*.png its figures
+    DIR/inputs.npz    the input block as factorized, labels, class names and the model's
+                      predicted classes where known (for the report)
+    DIR/index.html    the self-contained report; DIR/figures/ its images (PNG), charts (SVG)
 
 Everything is first written to a staging folder beside ``DIR`` and moved into place only when
 complete, so a failure never leaves output that looks complete; ``overwrite`` replaces only
@@ -18,7 +19,7 @@ import os
 import shutil
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,44 @@ FIGURES_DIR = "figures"
 OUTPUT_NAMES = (RESULT_JSON, FACTORS_NPZ, INPUTS_NPZ, REPORT_HTML, FIGURES_DIR)
 
 
-def save_inputs(directory: Path, images: np.ndarray, labels, class_names) -> None:
-    """Write the input block (as factorized), labels and class names to ``inputs.npz``."""
+def save_inputs(directory: Path, images: np.ndarray, labels, class_names, predictions=None) -> None:
+    """Write the input block (as factorized), labels, class names and predicted classes
+    (each optional but the images) to ``inputs.npz``."""
     arrays: dict[str, Any] = {"images": np.asarray(images, dtype=np.float32)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     if class_names is not None:
         arrays["class_names"] = np.asarray(list(class_names), dtype=str)
+    if predictions is not None:
+        arrays["predictions"] = np.asarray(predictions, dtype=np.int64)
     np.savez_compressed(directory / INPUTS_NPZ, **arrays)
+
+
+def load_predictions(directory: str | Path) -> np.ndarray | None:
+    """The predicted classes saved in ``inputs.npz`` (N,), or None when none were saved."""
+    path = Path(directory) / INPUTS_NPZ
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "predictions" not in npz.files:
+                return None
+            pred = np.asarray(npz["predictions"], dtype=np.int64)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # load_inputs, which the report calls first, says what is wrong
+    return pred if pred.ndim == 1 else None
+
+
+def predicted_classes(store: Any, n_classes: int | None) -> np.ndarray | None:
+    """The model's predicted class per input: the argmax of the store's last block when that
+    block has one output per class (``n_classes`` of them); else None."""
+    if not n_classes or len(store.names) < 2:
+        return None
+    block = store.block(store.names[-1])
+    if len(block.shape) != 2 or int(block.shape[1]) != int(n_classes):
+        return None
+    n, step = int(block.shape[0]), 4096
+    return np.concatenate(
+        [np.argmax(np.asarray(block[i : i + step]), axis=1) for i in range(0, n, step)]
+    ).astype(np.int64)
 
 
 def load_inputs(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
@@ -83,14 +114,15 @@ def write_outputs(
     overwrite: bool = False,
     report: bool = True,
     title: str = "factorlens report",
+    predictions: np.ndarray | None = None,
 ) -> Path:
     """Write result files and the report into ``out`` atomically (staged, then moved)."""
     out = check_output_dir(out, overwrite, OUTPUT_NAMES)
 
     def produce(stage: Path) -> None:
-        save_inputs(stage, images, labels, class_names)
+        save_inputs(stage, images, labels, class_names, predictions)
         if report:
-            _report(stage, result, images, labels, class_names, title)
+            _report(stage, result, images, labels, class_names, title, predictions)
         result.save(stage)
 
     return publish(out, produce, OUTPUT_NAMES, overwrite=overwrite)
@@ -105,21 +137,108 @@ def write_report_files(
     *,
     title: str = "factorlens report",
     overwrite: bool = False,
+    predictions: np.ndarray | None = None,
 ) -> Path:
     """Write only ``index.html`` and ``figures/`` into ``out`` (staged, then moved; with
     ``overwrite`` the report factorlens wrote there before is replaced)."""
     return publish(
         Path(out),
-        lambda stage: _report(stage, result, images, labels, class_names, title),
+        lambda stage: _report(stage, result, images, labels, class_names, title, predictions),
         (REPORT_HTML, FIGURES_DIR),
         overwrite=overwrite,
     )
 
 
-def _report(stage: Path, result, images, labels, class_names, title: str) -> None:
+def _report(stage: Path, result, images, labels, class_names, title: str, predictions) -> None:
     from factorlens.report import write_report
 
-    write_report(stage, result, images, labels, class_names, title=title)
+    write_report(stage, result, images, labels, class_names, title=title, predictions=predictions)
+
+
+def load_checkpoints(sources: Sequence[str | Path]) -> list:
+    """Load result directories as checkpoints (``report.trajectory.Checkpoint``) and check
+    they can be compared: equal block names and numbers of samples, and the same saved test
+    inputs (``inputs.npz``, where present), since matching columns of A only means something
+    then."""
+    from factorlens.report.trajectory import Checkpoint, check_compatible, checkpoint_label
+
+    cps = []
+    for s in sources:
+        res = CMTFResult.load(s)
+        cps.append(Checkpoint(checkpoint_label(res, s), res, Path(s)))
+    check_compatible(cps)
+    ref = None
+    for c in cps:
+        if c.source is None or not (c.source / INPUTS_NPZ).is_file():
+            continue
+        images = load_inputs(c.source)[0]
+        if ref is None:
+            ref = (c, images)
+        elif images.shape != ref[1].shape or not np.array_equal(images, ref[1]):
+            raise FactorlensError(
+                f"cannot compare {c.label!r} with {ref[0].label!r}: they were analysed on "
+                "different test inputs; analyse every checkpoint on the same inputs"
+            )
+    return cps
+
+
+def checkpoints_report(
+    directory: Path,
+    sources: Sequence[str | Path],
+    *,
+    main: int | None = None,
+    title: str = "factorlens report",
+    link_base: Path | None = None,
+) -> Path:
+    """Write the checkpoints report of ``sources`` straight into ``directory``: the main
+    checkpoint (``main``, 0-based; default the best-scoring, else the last) in full plus the
+    checkpoints view. Each checkpoint's own ``index.html`` is linked relative to
+    ``link_base`` (where ``directory`` will finally be; default ``directory``)."""
+    from factorlens.report import write_report
+    from factorlens.report.trajectory import build_trajectory, main_index
+
+    cps = load_checkpoints(sources)
+    traj = build_trajectory(cps)
+    k = main_index(cps, main)
+    base = Path(link_base if link_base is not None else directory).absolute()
+    links = [  # a checkpoint's own report; none where this page replaces it (in place)
+        os.path.relpath(Path(s).absolute() / REPORT_HTML, base)
+        if (Path(s) / REPORT_HTML).is_file() and Path(s).resolve() != base.resolve()
+        else None
+        for s in sources
+    ]
+    images, labels, class_names = load_inputs(sources[k])
+    return write_report(
+        directory,
+        cps[k].result,
+        images,
+        labels,
+        class_names,
+        predictions=load_predictions(sources[k]),
+        title=title,
+        trajectory=traj,
+        main=k,
+        checkpoint_links=links,
+    )
+
+
+def write_checkpoints_report(
+    out: str | Path,
+    sources: Sequence[str | Path],
+    *,
+    main: int | None = None,
+    title: str = "factorlens report",
+    overwrite: bool = False,
+) -> Path:
+    """:func:`checkpoints_report` into ``out``, staged then moved like
+    :func:`write_report_files` (``overwrite`` replaces a report factorlens wrote there)."""
+    out = Path(out).absolute()
+    return publish(
+        out,
+        lambda stage: checkpoints_report(stage, sources, main=main, title=title, link_base=out),
+        (REPORT_HTML, FIGURES_DIR),
+        overwrite=overwrite,
+    )
 
 
 def input_images(store: Any) -> np.ndarray:
@@ -309,6 +428,7 @@ def analyze_store(
     result = factorize_store(acts, rank, progress=progress, device=device, **engine)
     result.meta.update(extra_meta or {})
     meta = acts.meta or {}
+    names = meta.get("class_names")
     write_outputs(
         out,
         result,
@@ -318,6 +438,7 @@ def analyze_store(
         overwrite=overwrite,
         report=report,
         title=f"factorlens — {meta.get('model_name', 'model')}",
+        predictions=predicted_classes(acts, len(names) if names else None),
     )
     return result
 

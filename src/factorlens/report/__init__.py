@@ -1,11 +1,13 @@
-"""The self-contained offline HTML report and its PNG figures.
+"""The self-contained offline HTML report.
 
-``write_report(out_dir, result, images, ...)`` writes ``out_dir/index.html`` (one file, every
-image embedded, a small inline script for the component explorer) and ``out_dir/figures/*.png``.
-Several checkpoints: :mod:`factorlens.report.trajectory` (``write_trajectory_report``).
+Data flow: a result and its inputs → a view model of plain dicts (:mod:`.view`,
+:mod:`.view_component`, :mod:`.view_checkpoints`) → Jinja2 templates (:mod:`.render`,
+``templates/``, ``static/``) → files (:mod:`.files`: ``index.html`` with every image embedded,
+and ``figures/`` with each image as PNG and each chart as SVG). Notebook plots (matplotlib,
+``ax=None`` in, ``Axes`` out): :mod:`.plots`.
 """
 
-from factorlens.report.figures import bottom_indices, top_indices
-from factorlens.report.html import write_report
+from factorlens.report.files import write_report
+from factorlens.report.pixels import bottom_indices, top_indices
 
 __all__ = ["bottom_indices", "top_indices", "write_report"]

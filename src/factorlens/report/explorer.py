@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factorlens.report.figures import top_indices
+from factorlens.report.pixels import top_indices
 
 
 def block_view(sample_shape: Sequence[int]) -> str:

@@ -1,7 +1,9 @@
 """Several checkpoints of one model analysed on the same test inputs: watch patterns appear.
 
-``factorlens report DIR1 DIR2 ... --out OUT`` gives the full report of ``DIR1`` (the main
-result) plus a ``#trajectory`` section over all of them, in the order given:
+Data only (the page's view of it: :mod:`factorlens.report.view_checkpoints`).
+``factorlens report DIR1 DIR2 ... --out OUT`` gives the full report of the main result (the
+best-scoring checkpoint, else the last, or the one asked for) plus a ``#trajectory`` section
+over all of them, in the order given:
 
 * per checkpoint its label (``meta["checkpoint"]``, else the directory name), rank, the
   ``meta["quality_score"]`` when present, and the mean fit;
@@ -17,17 +19,17 @@ result) plus a ``#trajectory`` section over all of them, in the order given:
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTFResult, congruence
-from factorlens.report import figures as F
-from factorlens.report.html import _Figures, _pix_img, esc, format_value, write_report
+from factorlens.report.assets import format_value
 
 #: a match weaker than this breaks a track (the later component starts a new one)
 MIN_CONGRUENCE = 0.5
@@ -166,7 +168,8 @@ def build_trajectory(
                 sign = prev.sign * (1.0 if c >= 0 else -1.0)
                 tracks[t][i + 1] = TrackCell(k, sign, abs(c))
             else:
-                tracks.append([None] * (i + 1) + [TrackCell(k, 1.0, None, abs(c))])
+                best = float(np.max(np.abs(link.congruence[:, k]))) if link.congruence.size else 0.0
+                tracks.append([None] * (i + 1) + [TrackCell(k, 1.0, None, best)])
                 tracks[-1] += [None] * (T - len(tracks[-1]))
                 t = len(tracks) - 1
             nxt[k] = t
@@ -174,184 +177,65 @@ def build_trajectory(
     return Trajectory(cps, links, tracks, min_congruence)
 
 
-def load_checkpoints(sources: Sequence[str | Path]) -> list[Checkpoint]:
-    """Load result directories as checkpoints and check they can be compared.
-
-    Besides equal block names and numbers of samples, their saved test inputs (``inputs.npz``,
-    where present) must be the same: matching columns of A only makes sense then.
-    """
-    from factorlens.pipeline import INPUTS_NPZ, load_inputs
-
-    cps = []
-    for s in sources:
-        res = CMTFResult.load(s)
-        cps.append(Checkpoint(checkpoint_label(res, s), res, Path(s)))
-    check_compatible(cps)
-    ref = None
-    for c in cps:
-        if c.source is None or not (c.source / INPUTS_NPZ).is_file():
-            continue
-        images = load_inputs(c.source)[0]
-        if ref is None:
-            ref = (c, images)
-        elif images.shape != ref[1].shape or not np.array_equal(images, ref[1]):
-            raise FactorlensError(
-                f"cannot compare {c.label!r} with {ref[0].label!r}: they were analysed on "
-                "different test inputs; analyse every checkpoint on the same inputs"
-            )
-    return cps
+def main_index(checkpoints: Sequence[Checkpoint], main: int | None = None) -> int:
+    """Which checkpoint the page shows in full: ``main`` (0-based) when given, else the
+    best-scoring one (numeric ``quality_score``), else the last."""
+    n = len(checkpoints)
+    if main is not None:
+        if not -n <= int(main) < n:
+            raise FactorlensError(f"main checkpoint {main} is out of range: there are {n}")
+        return int(main) % n
+    scores = [c.score for c in checkpoints]
+    if scores and all(isinstance(s, float) and np.isfinite(s) for s in scores):
+        return int(np.argmax(scores))
+    return n - 1
 
 
-# --------------------------------------------------------------------------- rendering
-def _pattern(
-    cp: Checkpoint, k: int, sign: float, sample_shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(native, display)`` pixels of checkpoint ``cp``'s input pattern ``k`` (times ``sign``)."""
-    res = cp.result
-    x = sign * np.asarray(res.component_map(res.block_names[0], k)).reshape(sample_shape)
-    kind = F.sample_kind(sample_shape)
-    pix, _, _ = F.pattern_to_pixels(x, kind)
-    if kind == "vector":
-        big = F.strip(pix, width=120, height=10)
-        return big, big
-    return pix, F.enlarge(pix, side=48, max_side=64)
+_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
 
-def render_trajectory(traj: Trajectory, sample_shape: Sequence[int], figs: _Figures) -> str:
-    """The ``#trajectory`` section; writes ``trajectory_*.png`` through ``figs``."""
-    shape = tuple(int(s) for s in sample_shape)
-    cps = traj.checkpoints
-    scores = [c.score for c in cps]
-    numeric = all(isinstance(s, float) for s in scores)
-    chart = figs.put(
-        "trajectory_checkpoints.png",
-        F.checkpoint_chart(
-            traj.labels,
-            [c.result.rank for c in cps],
-            [float(s) for s in scores] if numeric else None,  # type: ignore[arg-type]
-        ),
-    )
-    with_acc = any(c.accuracy is not None for c in cps)
-    rows = []
-    for i, c in enumerate(cps):
-        acc = c.accuracy
-        acc_cell = (
-            f'<td class="num">{"—" if acc is None else f"{acc:.4f}"}</td>' if with_acc else ""
-        )
-        fits = [float(v) for v in c.result.fit.values()]
-        mean_fit = f"{100 * float(np.mean(fits)):.1f}%" if fits else "n/a"
-        score = (
-            "—"
-            if scores[i] is None
-            else (f"{scores[i]:.4g}" if isinstance(scores[i], float) else esc(scores[i]))
-        )
-        if i == 0:
-            agree = "main result"
+def short_labels(labels: Sequence[str]) -> list[str]:
+    """Short, distinct labels: the last path part without a weights suffix, with more of the
+    path where that is not unique, and ``#i`` appended where it still is not."""
+    parts = [PurePath(str(t)).parts or (str(t),) for t in labels]
+
+    def tail(p: tuple[str, ...], k: int) -> str:
+        s = "/".join(p[-k:])
+        for suffix in _SUFFIXES:
+            if s.endswith(suffix) and len(s) > len(suffix):
+                return s[: -len(suffix)]
+        return s
+
+    out = [tail(p, 1) for p in parts]
+    for k in (2, 3):
+        dup = {t for t in out if out.count(t) > 1}
+        out = [tail(p, k) if t in dup else t for t, p in zip(out, parts, strict=True)]
+    dup = {t for t in out if out.count(t) > 1}  # counted before any is renamed
+    used = set(out)
+    seen: dict[str, int] = {}
+    for i, t in enumerate(out):
+        if t in dup:
+            n = seen.get(t, 0) + 1
+            while f"{t} #{n}" in used:  # never the same as another label
+                n += 1
+            seen[t] = n
+            out[i] = f"{t} #{n}"
+            used.add(out[i])
+    return out
+
+
+def run_keys(labels: Sequence[str]) -> list[str]:
+    """Which run each checkpoint belongs to: its label without the trailing number (``step-300``
+    and ``step-900`` are one run, ``noise-080`` another); lines join only within a run."""
+    return [re.sub(r"[-_ .=:]*\d+(?:\.\d+)?$", "", str(t)) or str(t) for t in labels]
+
+
+def runs(keys: Sequence[str]) -> list[list[int]]:
+    """Index lists of consecutive checkpoints with the same run key."""
+    out: list[list[int]] = []
+    for i, k in enumerate(keys):
+        if out and keys[out[-1][-1]] == k:
+            out[-1].append(i)
         else:
-            link = traj.links[i - 1]
-            vals = [link.matched(k) for k in range(len(link.match)) if link.match[k] >= 0]
-            agree = f"{np.mean(vals):.2f}" if vals else "—"
-        src = esc(c.source.name if c.source is not None else "")
-        rows.append(
-            f'<tr><td class="num">{i + 1}</td><td class="name">{esc(c.label)}</td>'
-            f'<td class="name">{src}</td><td class="num">{c.result.rank}</td>'
-            f'<td class="num">{score}</td>{acc_cell}<td class="num">{mean_fit}</td>'
-            f'<td class="num">{agree}</td></tr>'
-        )
-    acc_head = "<th>test accuracy (labels, for reference)</th>" if with_acc else ""
-    cong = ""
-    if traj.links:
-        src = figs.put(
-            "trajectory_congruence.png",
-            F.congruence_chart(
-                [lk.congruence for lk in traj.links],
-                [f"{a} →\n{b}" for a, b in itertools.pairwise(traj.labels)],
-                [lk.match for lk in traj.links],
-            ),
-        )
-        cong = (
-            f'<figure><img src="{src}" alt="congruence of the sample factors of consecutive '
-            'checkpoints (heatmaps)"><figcaption>|congruence| between the columns of A of '
-            "consecutive checkpoints; boxes = the one-to-one matching</figcaption></figure>"
-        )
-
-    head = "".join(f'<th class="name" scope="col">{esc(lab)}</th>' for lab in traj.labels)
-    body, tiles = [], []
-    blank = None
-    for t, track in enumerate(traj.tracks):
-        cells = []
-        for i, cell in enumerate(track):
-            if cell is None:
-                cells.append('<td class="none">—</td>')
-                tiles.append(None)
-                continue
-            nat, pix = _pattern(cps[i], cell.component, cell.sign, shape)
-            tiles.append(pix)
-            blank = pix if blank is None else blank
-            cname = f"C{cell.component + 1}"
-            label = f'<a href="#component-{cell.component + 1}">{cname}</a>' if i == 0 else cname
-            if cell.congruence is None:
-                bg, fg = "#ffffff", "#111111"
-                note = "start" if i == 0 else f"new (best {cell.best:.2f})"
-            else:
-                bg, fg = F.shade(cell.congruence, 1.0)
-                note = f"{cell.congruence:.2f}"
-            alt = f"{cps[i].label} {cname} input pattern"
-            flip = " (sign flipped)" if cell.sign < 0 else ""
-            cells.append(
-                f'<td style="background:{bg};color:{fg}" title="{esc(alt + flip)}"><figure>'
-                f"{_pix_img(nat, pix, alt)}"
-                f"<figcaption>{label} · {note}</figcaption></figure></td>"
-            )
-        body.append(f'<tr><th scope="row">T{t + 1}</th>{"".join(cells)}</tr>')
-    if blank is not None:
-        empty = np.full_like(blank, 255)
-        grid_tiles = [empty if p is None or p.shape != blank.shape else p for p in tiles]
-        figs.put("trajectory_patterns.png", F.png(F.grid(grid_tiles, ncols=len(cps), gap=3)))
-    return f"""
-<section id="trajectory">
-<h2>Checkpoints</h2>
-<p class="note">The same test inputs analysed at {len(cps)} checkpoints, in the order given
-(the first is the main result shown above). Components of consecutive checkpoints are matched
-by the congruence of their loadings (columns of the sample factor A, signs ignored).</p>
-<div class="row">
-<table class="checkpoints"><thead><tr><th>#</th><th>checkpoint</th><th>directory</th>
-<th>rank</th><th>score</th>{acc_head}<th>mean fit</th><th>mean |congruence| with the previous</th></tr>
-</thead><tbody>{"".join(rows)}</tbody></table>
-<figure><img src="{chart}" alt="rank and score of each checkpoint"></figure>
-</div>
-{cong}
-<h3>Tracks: each pattern across the checkpoints</h3>
-<p class="note">One row per track: a chain of matched components, each shown by its input
-pattern (sign-aligned with the track's start) and the |congruence| with the previous checkpoint
-(darker = closer). A match weaker than {traj.min_congruence:.2f}, or none, starts a new track:
-a pattern that appeared. Main-result components link to their view above.</p>
-<div class="flowwrap"><table class="tracks"><thead><tr><th>track</th>{head}</tr></thead>
-<tbody>{"".join(body)}</tbody></table></div>
-</section>"""
-
-
-def write_trajectory_report(
-    out: str | Path,
-    sources: Sequence[str | Path],
-    *,
-    title: str = "factorlens report",
-    overwrite: bool = False,
-) -> Path:
-    """Write the report of ``sources[0]`` with the checkpoints view over all ``sources`` into
-    ``out`` (``index.html`` and ``figures/``, staged then moved like ``write_report_files``;
-    ``overwrite`` replaces a report factorlens wrote there)."""
-    from factorlens.pipeline import FIGURES_DIR, REPORT_HTML, load_inputs, publish
-
-    cps = load_checkpoints(sources)
-    traj = build_trajectory(cps)
-    images, labels, class_names = load_inputs(sources[0])
-    main = cps[0].result
-    return publish(
-        Path(out),
-        lambda stage: write_report(
-            stage, main, images, labels, class_names, title=title, trajectory=traj
-        ),
-        (REPORT_HTML, FIGURES_DIR),
-        overwrite=overwrite,
-    )
+            out.append([i])
+    return out

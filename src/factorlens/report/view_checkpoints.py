@@ -1,0 +1,160 @@
+"""View model of the checkpoints section: a table, score / rank / accuracy charts, tracks.
+
+Pure: a :class:`~factorlens.report.trajectory.Trajectory` in, plain dicts out (figures into
+the page's :class:`~factorlens.report.assets.Assets`). Checkpoints keep the order given; the
+charts join points with a line only within one run (``step-300 → step-900``), never across
+kinds of run (``step-900 → noise-080``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from factorlens.report import charts
+from factorlens.report import pixels as P
+from factorlens.report.assets import Assets
+from factorlens.report.trajectory import Checkpoint, Trajectory, run_keys, runs, short_labels
+
+
+def _pattern(cp: Checkpoint, k: int, sign: float, shape: tuple[int, ...], assets: Assets) -> dict:
+    res = cp.result
+    x = sign * np.asarray(res.component_map(res.block_names[0], k)).reshape(shape)
+    kind = P.sample_kind(shape)
+    pix, _, _ = P.pattern_to_pixels(x, kind)
+    shown = P.strip(pix, width=120, height=10) if kind == "vector" else P.enlarge(pix, 48, 64)
+    return assets.image(None, pix, shown, f"{cp.label} C{k + 1} input pattern")
+
+
+def checkpoint_charts(traj: Trajectory, short: list[str], assets: Assets) -> list[dict]:
+    """Score (and reference accuracy) and rank per checkpoint, lines within runs only."""
+    cps = traj.checkpoints
+    joined = runs(run_keys(short))
+    scores = [c.score if isinstance(c.score, float) else None for c in cps]
+    acc = [c.accuracy for c in cps]
+    out = []
+    series = []
+    if any(s is not None for s in scores):
+        series.append({"name": "score", "values": scores, "colour": P.POS_COLOUR, "runs": joined})
+    if any(a is not None for a in acc):
+        series.append(
+            {
+                "name": "test accuracy (labels, reference)",
+                "values": acc,
+                "colour": charts.ACC_COLOUR,
+                "hollow": True,
+                "runs": joined,
+            }
+        )
+    if series:
+        chart = charts.points(
+            short,
+            series,
+            ylabel="score / accuracy",
+            width=560,
+            height=150,
+            show_x=False,
+            title="score and reference accuracy of each checkpoint",
+        )
+        out.append(
+            {"chart": assets.chart("trajectory_scores.svg", chart), "legend": charts.legend(series)}
+        )
+    ranks = [
+        {
+            "name": "rank R",
+            "values": [float(c.result.rank) for c in cps],
+            "colour": P.BAR_COLOUR,
+            "runs": joined,
+        }
+    ]
+    chart = charts.points(
+        short,
+        ranks,
+        integer=True,
+        ylabel="rank R",
+        width=560,
+        height=150,
+        links=[f"#checkpoint-{i + 1}" for i in range(len(cps))],
+        title="rank of each checkpoint",
+    )
+    out.append({"chart": assets.chart("trajectory_ranks.svg", chart), "legend": []})
+    return out
+
+
+def checkpoints_view(
+    traj: Trajectory,
+    sample_shape: Sequence[int],
+    assets: Assets,
+    links: Sequence[str | None] | None = None,
+    main: int = 0,
+) -> dict[str, Any]:
+    """Everything ``templates/checkpoints.html.j2`` shows. ``links[i]``: checkpoint i's own
+    report, relative to the page (None: none); ``main``: the checkpoint shown in full."""
+    shape = tuple(int(s) for s in sample_shape)
+    cps = traj.checkpoints
+    short = short_labels(traj.labels)
+    with_acc = any(c.accuracy is not None for c in cps)
+    rows = []
+    for i, c in enumerate(cps):
+        fits = [float(v) for v in c.result.fit.values()]
+        if i == 0:
+            agree = "first"
+        else:
+            link = traj.links[i - 1]
+            vals = [link.matched(k) for k in range(len(link.match)) if link.match[k] >= 0]
+            agree = f"{np.mean(vals):.2f}" if vals else "—"
+        score = c.score
+        rows.append(
+            {
+                "i": i + 1,
+                "short": short[i],
+                "label": c.label,
+                "main": i == main,
+                "href": None if links is None else links[i],
+                "directory": c.source.name if c.source is not None else "",
+                "rank": c.result.rank,
+                "score": "—"
+                if score is None
+                else (f"{score:.4g}" if isinstance(score, float) else str(score)),
+                "accuracy": None if c.accuracy is None else f"{c.accuracy:.4f}",
+                "fit": f"{100 * float(np.mean(fits)):.1f}%" if fits else "n/a",
+                "agree": agree,
+            }
+        )
+    tracks = []
+    for t, track in enumerate(traj.tracks):
+        cells = []
+        for i, cell in enumerate(track):
+            if cell is None:
+                cells.append(None)
+                continue
+            if cell.congruence is None:
+                bg, fg = "#ffffff", "#111111"
+                note = "start" if i == 0 else f"new (best {cell.best:.2f})"
+            else:
+                bg, fg = P.shade(cell.congruence, 1.0)
+                note = f"{cell.congruence:.2f}"
+            cells.append(
+                {
+                    "img": _pattern(cps[i], cell.component, cell.sign, shape, assets),
+                    "name": f"C{cell.component + 1}",
+                    "note": note,
+                    "bg": bg,
+                    "fg": fg,
+                    "href": f"#component-{cell.component + 1}" if i == main else None,
+                    "flipped": cell.sign < 0,
+                }
+            )
+        tracks.append({"name": f"T{t + 1}", "cells": cells})
+    return {
+        "n": len(cps),
+        "main": short[main],
+        "rows": rows,
+        "with_acc": with_acc,
+        "charts": checkpoint_charts(traj, short, assets),
+        "short": short,
+        "tracks": tracks,
+        "min_congruence": f"{traj.min_congruence:.2f}",
+    }
