@@ -54,8 +54,7 @@ def checkpoint_charts(traj: Trajectory, short: list[str], assets: Assets) -> lis
             series,
             ylabel="score / accuracy",
             width=560,
-            height=150,
-            show_x=False,
+            height=170,
             title="score and reference accuracy of each checkpoint",
         )
         out.append(
@@ -74,8 +73,8 @@ def checkpoint_charts(traj: Trajectory, short: list[str], assets: Assets) -> lis
         ranks,
         integer=True,
         ylabel="rank R",
-        width=560,
-        height=150,
+        width=440,
+        height=170,
         links=[f"#checkpoint-{i + 1}" for i in range(len(cps))],
         title="rank of each checkpoint",
     )
