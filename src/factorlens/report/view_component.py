@@ -112,58 +112,26 @@ class ComponentView:
         return {"img": self.assets.image(name, pix, shown, alt), "scale": cb, "note": note}
 
     def _mean_images(self, r: int, top: np.ndarray) -> list[dict]:
-        inp, tag = self.inp, self.tag(r)
+        """The mean of the top inputs, and that mean minus the mean of all inputs."""
+        inp, tag, k = self.inp, self.tag(r), len(top)
+        show = P.strip if inp.kind == "vector" else P.enlarge
         mean_top = inp.images[top].astype(np.float64).mean(axis=0)
-        k = len(top)
-        if inp.kind == "vector":
-            mean = P.strip(P.data_to_pixels(mean_top, "vector"))
-            diff, dmax, _ = P.pattern_to_pixels(mean_top - self.mean_all, "vector")
-            return [
-                {
-                    "img": self.assets.image(
-                        f"component-{tag}_mean.png",
-                        mean,
-                        mean,
-                        f"{self.name(r)} mean of the top {k} inputs",
-                    ),
-                    "caption": f"mean of the top {k}",
-                    "scale": None,
-                },
-                {
-                    "img": self.assets.image(
-                        f"component-{tag}_mean_diff.png",
-                        diff,
-                        P.strip(diff),
-                        f"{self.name(r)} top-{k} mean minus the mean",
-                    ),
-                    "caption": "minus the mean of all inputs",
-                    "scale": scale("diverging", f"−{dmax:.3g}", f"+{dmax:.3g}", "0"),
-                },
-            ]
         mean = P.data_to_pixels(mean_top, inp.kind)
         diff, dmax, _ = P.pattern_to_pixels(mean_top - self.mean_all, inp.kind)
-        dscale, _ = pattern_scale(inp.kind, dmax, True)
+        parts = (
+            ("mean", mean, f"mean of the top {k}", None),
+            ("mean_diff", diff, f"minus the mean of all {self.result.n_samples}",
+             pattern_scale(inp.kind, dmax, True)[0]),
+        )  # fmt: skip
         return [
             {
                 "img": self.assets.image(
-                    f"component-{tag}_mean.png",
-                    mean,
-                    P.enlarge(mean),
-                    f"{self.name(r)} mean of the top {k} inputs",
+                    f"component-{tag}_{suffix}.png", pix, show(pix), f"{self.name(r)} {caption}"
                 ),
-                "caption": f"mean of the top {k}",
-                "scale": None,
-            },
-            {
-                "img": self.assets.image(
-                    f"component-{tag}_mean_diff.png",
-                    diff,
-                    P.enlarge(diff),
-                    f"{self.name(r)} top-{k} mean minus the mean of all",
-                ),
-                "caption": f"minus the mean of all {self.result.n_samples}",
-                "scale": dscale,
-            },
+                "caption": caption,
+                "scale": cbar,
+            }
+            for suffix, pix, caption, cbar in parts
         ]
 
     # ------------------------------------------------------------------ sections
