@@ -493,6 +493,15 @@ def test_report_command_with_checkpoints(tmp_path: Path, capsys) -> None:
     assert sum(1 for el in ranks.iter(f"{ns}circle")) == 2
     links = [el.get("href") for el in ranks.iter(f"{ns}a")]
     assert links == ["#checkpoint-1", "#checkpoint-2"]
+    # --main chooses the checkpoint shown in full; out of range or with one result: one line
+    assert main(["report", str(d1), str(d2), "--out", str(out), "--overwrite", "--main", "1"]) == 0
+    text = (out / "index.html").read_text()
+    assert re.search(r'<tr id="checkpoint-1" class="main">', text)
+    assert "3 components of a joint factorization" in text  # ep1 has R = 3, ep2 R = 4
+    assert main(["report", str(d1), str(d2), "--out", str(out), "--overwrite", "--main", "3"]) == 2
+    assert "--main 3 is out of range" in capsys.readouterr().err
+    assert main(["report", str(d1), "--out", str(tmp_path / "one"), "--main", "1"]) == 2
+    assert "several" in capsys.readouterr().err
 
 
 def _one_line_error(capsys) -> str:
