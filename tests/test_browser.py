@@ -19,6 +19,7 @@ from sklearn.datasets import load_digits
 from factorlens.factorize.result import CMTFResult
 from factorlens.pipeline import save_inputs, write_checkpoints_report
 from factorlens.report import write_report
+from factorlens.testing import random_result, unit_columns
 
 CHROMIUM = os.environ.get("FACTORLENS_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -66,10 +67,6 @@ def browser() -> Iterator:
 
 
 # --------------------------------------------------------------------------- pages to open
-def _unit(m: np.ndarray) -> np.ndarray:
-    return m / np.linalg.norm(m, axis=0)
-
-
 def _digits(n: int = 240) -> tuple[np.ndarray, np.ndarray]:
     d = load_digits()
     return (d.images[:n] / 16.0).astype(np.float32), d.target[:n]
@@ -77,22 +74,17 @@ def _digits(n: int = 240) -> tuple[np.ndarray, np.ndarray]:
 
 def _result(names: list[str], *, seed: int = 0, A: np.ndarray | None = None, **meta) -> CMTFResult:
     """input 8×8 (cp), conv 4×8×8, relu 4×8×8, fc 16, out 10 — random unit factors."""
-    rng = np.random.default_rng(seed)
     n = 240
     shapes = [(n, 8, 8), (n, 4, 8, 8), (n, 4, 8, 8), (n, 16), (n, 10)]
-    factors = {names[0]: [_unit(rng.standard_normal((8, R))) for _ in range(2)]}
-    for name, s in zip(names[1:], shapes[1:], strict=True):
-        factors[name] = [_unit(rng.standard_normal((int(np.prod(s[1:])), R)))]
-    return CMTFResult(
-        A=_unit(rng.standard_normal((n, R))) if A is None else A,
-        block_names=names,
-        block_shapes=shapes,
-        block_models=["cp"] + ["matrix"] * 4,
-        factors=factors,
-        weights={nm: np.sort(rng.uniform(0.05, 0.9, R))[::-1].copy() for nm in names},
-        fit={nm: 0.8 for nm in names},
-        loss_history=[1.0, 0.4],
+    return random_result(
+        names,
+        shapes,
+        R,
+        seed=seed,
+        models={names[0]: "cp"},
+        A=A,
         meta={"model": "browser-test net", "modules": {names[1]: "Conv2d"}, **meta},
+        loss_history=[1.0, 0.4],
     )
 
 
@@ -119,7 +111,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # two checkpoints: the second's components are the first's, permuted, plus noise
     first = _result(NAMES, seed=1, checkpoint="epoch 1")
     rng = np.random.default_rng(2)
-    A2 = _unit(first.A[:, [1, 0, 3, 2, 5, 4]] + 0.02 * rng.standard_normal(first.A.shape))
+    A2 = unit_columns(first.A[:, [1, 0, 3, 2, 5, 4]] + 0.02 * rng.standard_normal(first.A.shape))
     second = _result(NAMES, seed=2, A=A2, checkpoint="epoch <2>", quality_score=0.9)
     dirs = []
     for name, res in (("ep1", first), ("ep2", second)):

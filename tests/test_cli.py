@@ -112,7 +112,10 @@ def test_existing_result_is_not_overwritten_without_asking(project, capsys) -> N
     before = (out / "result.json").read_bytes()
     capsys.readouterr()
     assert main(_analyze_args(project, out, "--rank", "2")) == 2
-    assert "--overwrite" in _error(capsys)
+    assert _error(capsys) == (
+        f"error: output directory {out} already holds a factorlens result; pass --overwrite "
+        "to replace it or choose another --out"
+    )
     assert (out / "result.json").read_bytes() == before
     assert main(_analyze_args(project, out, "--rank", "2", "--overwrite")) == 0
     assert json.loads((out / "result.json").read_text())["rank"] == 2

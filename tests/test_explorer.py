@@ -35,12 +35,9 @@ from factorlens.report.trajectory import (
     runs,
     short_labels,
 )
+from factorlens.testing import random_result, random_unit, unit_columns
 
 N = 60
-
-
-def _unit(m: np.ndarray) -> np.ndarray:
-    return m / np.linalg.norm(m, axis=0)
 
 
 def build(
@@ -54,24 +51,14 @@ def build(
 ) -> CMTFResult:
     """A result with random unit-norm factors. ``blocks``: (name, sample shape, model); a cp
     block gets one factor per sample axis, a matrix block one (prod(shape), R) factor."""
-    rng = np.random.default_rng(seed)
-    factors, weights = {}, {}
-    for name, shape, model in blocks:
-        if model == "cp":
-            factors[name] = [_unit(rng.standard_normal((s, rank))) for s in shape]
-        else:
-            factors[name] = [_unit(rng.standard_normal((int(np.prod(shape)), rank)))]
-        weights[name] = np.sort(rng.uniform(0.1, 0.9, rank))[::-1].copy()
-    return CMTFResult(
-        A=_unit(rng.standard_normal((n, rank))) if A is None else A,
-        block_names=[b[0] for b in blocks],
-        block_shapes=[(n, *b[1]) for b in blocks],
-        block_models=[b[2] for b in blocks],
-        factors=factors,
-        weights=weights,
-        fit={b[0]: 0.8 for b in blocks},
-        loss_history=[1.0, 0.5],
-        meta=dict(meta or {}),
+    return random_result(
+        [b[0] for b in blocks],
+        [(n, *b[1]) for b in blocks],
+        rank,
+        seed=seed,
+        models=[b[2] for b in blocks],
+        A=A,
+        meta=meta,
     )
 
 
@@ -290,9 +277,9 @@ def test_class_makeup_of_top_inputs(tmp_path: Path) -> None:
     assert shares[0].share == pytest.approx(10 / 12) and shares[0].base == pytest.approx(1 / 6)
     # plant: the 50 largest loadings of C1 belong to class 1
     rng = np.random.default_rng(3)
-    A = _unit(rng.standard_normal((N, 2)))
+    A = random_unit(rng, N, 2)
     A[:, 0] = np.where(labels == 1, 1.0 + rng.random(N), -rng.random(N))
-    A = _unit(A)
+    A = unit_columns(A)
     res = build([("input", (6, 6), "cp"), ("fc", (4,), "matrix")], rank=2, A=A)
     text = write_report(tmp_path, res, np.zeros((N, 6, 6)), labels, ["a", "b"]).read_text()
     sec = _section(text, 0)
@@ -412,10 +399,10 @@ def test_hundred_components_render(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- trajectory
 def test_matching_finds_a_planted_permutation() -> None:
     rng = np.random.default_rng(7)
-    A1 = _unit(rng.standard_normal((200, 6)))
+    A1 = random_unit(rng, 200, 6)
     perm = np.array([3, 0, 5, 1, 4, 2])
     signs = np.array([1, -1, 1, -1, -1, 1])
-    A2 = _unit(A1[:, perm] * signs + 0.01 * rng.standard_normal((200, 6)))
+    A2 = unit_columns(A1[:, perm] * signs + 0.01 * rng.standard_normal((200, 6)))
     link = match_components(A1, A2)
     assert link.match.tolist() == perm.tolist()
     for k in range(6):
@@ -426,10 +413,10 @@ def test_matching_finds_a_planted_permutation() -> None:
 def test_tracks_follow_components_and_new_ones_start(tmp_path: Path) -> None:
     rng = np.random.default_rng(8)
     blocks = [("input", (5, 5), "cp"), ("fc", (4,), "matrix")]
-    A1 = _unit(rng.standard_normal((N, 2)))
-    A2 = _unit(np.column_stack([-A1[:, 1], A1[:, 0]]) + 0.01 * rng.standard_normal((N, 2)))
+    A1 = random_unit(rng, N, 2)
+    A2 = unit_columns(np.column_stack([-A1[:, 1], A1[:, 0]]) + 0.01 * rng.standard_normal((N, 2)))
     new = rng.standard_normal(N)  # a pattern that appears at the third checkpoint
-    A3 = _unit(np.column_stack([A2[:, 1], new, A2[:, 0]]))
+    A3 = unit_columns(np.column_stack([A2[:, 1], new, A2[:, 0]]))
     cps = [
         Checkpoint(f"ep{i}", build(blocks, rank=a.shape[1], A=a, seed=i))
         for i, a in enumerate((A1, A2, A3))
@@ -453,11 +440,11 @@ def test_report_command_with_checkpoints(tmp_path: Path, capsys) -> None:
     blocks = [("input", (6, 6), "cp"), ("conv", (3, 4, 4), "matrix"), ("fc", (5,), "matrix")]
     images = rng.uniform(0, 1, (N, 6, 6)).astype(np.float32)
     labels = np.arange(N) % 2
-    A = _unit(rng.standard_normal((N, 3)))
+    A = random_unit(rng, N, 3)
     d1 = _save_dir(tmp_path / "ep1", build(blocks, A=A[:, [2, 0, 1]], meta={"quality_score": 0.5}),
                    images, labels)  # fmt: skip
     evil = "<script>alert('ck')</script>"
-    res2 = build(blocks, rank=4, A=_unit(np.column_stack([A, rng.standard_normal(N)])),
+    res2 = build(blocks, rank=4, A=unit_columns(np.column_stack([A, rng.standard_normal(N)])),
                  meta={"checkpoint": evil, "quality_score": 0.75})  # fmt: skip
     d2 = _save_dir(tmp_path / "ep2", res2, images, labels)
     out = tmp_path / "report"
@@ -606,7 +593,7 @@ def test_checkpoints_report_links_each_checkpoint_report(tmp_path: Path) -> None
     images = rng.uniform(0, 1, (N, 6, 6)).astype(np.float32)
     labels = np.arange(N) % 2
     predictions = 1 - labels
-    A = _unit(rng.standard_normal((N, 3)))
+    A = random_unit(rng, N, 3)
     dirs = []
     for k, name in enumerate(("runs/step-300", "runs/step-900", "other/noise-080")):
         res = build(blocks, A=A, seed=k, meta={"quality_score": [0.9, 0.5, 0.7][k]})

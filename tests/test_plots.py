@@ -22,6 +22,7 @@ from factorlens.report.plots import (
     plot_rank_scan,
     plot_strengths,
 )
+from factorlens.testing import random_result
 
 NAMES = ["input", "features.0", "features.1", "classifier.1", "classifier.3"]
 SCAN = {
@@ -31,28 +32,20 @@ SCAN = {
 }
 
 
-def _unit(m: np.ndarray) -> np.ndarray:
-    return m / np.linalg.norm(m, axis=0)
-
-
 def _result(names: list[str] = NAMES, *, rank: int = 6, seed: int = 0) -> CMTFResult:
     """input 8×8 (cp), conv 4×8×8, relu 4×8×8, fc 16, out 10 — random unit factors."""
-    rng = np.random.default_rng(seed)
     n = 60
     shapes = [(n, 8, 8), (n, 4, 8, 8), (n, 4, 8, 8), (n, 16), (n, 10)]
-    factors = {names[0]: [_unit(rng.standard_normal((8, rank))) for _ in range(2)]}
-    for name, s in zip(names[1:], shapes[1:], strict=True):
-        factors[name] = [_unit(rng.standard_normal((int(np.prod(s[1:])), rank)))]
-    return CMTFResult(
-        A=_unit(rng.standard_normal((n, rank))),
-        block_names=names,
-        block_shapes=shapes,
-        block_models=["cp"] + ["matrix"] * 4,
-        factors=factors,
-        weights={nm: rng.uniform(0.05, 0.9, rank) for nm in names},
-        fit={nm: f for nm, f in zip(names, np.linspace(0.9, 0.4, len(names)), strict=True)},
-        loss_history=[1.0, 0.4],
+    fit = np.linspace(0.9, 0.4, len(names))
+    return random_result(
+        names,
+        shapes,
+        rank,
+        seed=seed,
+        models={names[0]: "cp"},
         meta={"rank_scan": SCAN},
+        fit={nm: float(f) for nm, f in zip(names, fit, strict=True)},
+        loss_history=[1.0, 0.4],
     )
 
 

@@ -15,7 +15,7 @@ from factorlens.factorize import CMTF
 from factorlens.rank import bi_cross_validation, core_consistency, estimate_rank
 from factorlens.rank.criteria import top_singular
 from factorlens.rank.scan import choose_rank
-from planted import planted_blocks
+from factorlens.testing import planted_blocks
 
 
 def test_scan_finds_the_planted_rank() -> None:
@@ -143,7 +143,7 @@ def test_a_compressed_block_fits_like_the_full_one_with_loadings_in_its_basis() 
 
 
 def test_the_compressed_scan_gives_the_rank_and_evidence_of_the_full_one() -> None:
-    from planted import rank_blocks
+    from factorlens.testing import rank_blocks
 
     blocks, _ = rank_blocks(N=240, R=4, noise=0.1, seed=5)
     blocks["wide"] = np.hstack([blocks["layer1"]] * 8)  # 400 columns: compressed to 16

@@ -24,13 +24,9 @@ from factorlens.errors import FactorlensError
 from factorlens.factorize.result import CMTFResult
 from factorlens.report import top_indices, write_report
 from factorlens.report.pixels import pattern_to_pixels
+from factorlens.testing import random_result
 
 N, R = 40, 3
-
-
-def _unit(rng: np.random.Generator, rows: int, r: int = R) -> np.ndarray:
-    m = rng.standard_normal((rows, r))
-    return m / np.linalg.norm(m, axis=0)
 
 
 def make_result(
@@ -41,29 +37,19 @@ def make_result(
     seed: int = 0,
 ) -> CMTFResult:
     """A hand-built result: cp (or matrix) input block plus matrix layer blocks."""
-    rng = np.random.default_rng(seed)
     names = ["input", *layers]
     shapes = [(N, *input_shape)] + [(N, 5 + 3 * i) for i in range(len(layers))]
-    models = [input_model] + ["matrix"] * len(layers)
-    if input_model == "cp":
-        factors = {"input": [_unit(rng, s) for s in input_shape]}
-    else:
-        factors = {"input": [_unit(rng, int(np.prod(input_shape)))]}
-    for name, shape in zip(layers, shapes[1:], strict=True):
-        factors[name] = [_unit(rng, shape[1])]
-    weights = {n: np.sort(rng.uniform(0.05, 0.9, R))[::-1].copy() for n in names}
     fit = {n: float(f) for n, f in zip(names, np.linspace(0.93, 0.41, len(names)), strict=True)}
-    return CMTFResult(
-        A=_unit(rng, N),
-        block_names=names,
-        block_shapes=shapes,
-        block_models=models,
-        factors=factors,
-        weights=weights,
+    return random_result(
+        names,
+        shapes,
+        R,
+        seed=seed,
+        models={"input": input_model},
+        meta={"model": "SmallCNN (demo.py)", "data": "digits test split", "layers": list(layers)},
         fit=fit,
         loss_history=[3.0, 1.5, 1.2],
         options={"nonneg": False, "weighting": "equal", "block_norms": {"input": 4.5}},
-        meta={"model": "SmallCNN (demo.py)", "data": "digits test split", "layers": list(layers)},
     )
 
 

@@ -56,7 +56,60 @@ def test_report_refuses_a_damaged_result_in_one_line(cli, project, damage: str) 
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     line = cli.fails(["report", out, "--out", project["root"] / "rep"], needle, str(out))
     assert ("upgrade factorlens" if damage == "a newer format" else "factorlens analyze") in line
+    if damage == "no blocks":  # the whole line, as a user sees it
+        assert line == (
+            f"error: {target} is damaged (blocks is missing); rerun `factorlens analyze` to "
+            "write the result again"
+        )
     assert not (project["root"] / "rep").exists()
+
+
+def test_report_of_a_folder_without_a_result_says_how_to_make_one(cli, project) -> None:
+    empty = project["root"] / "empty"
+    empty.mkdir()
+    line = cli.fails(["report", empty, "--out", project["root"] / "rep"])
+    assert line == (
+        f"error: {empty} holds no factorlens result (need result.json and factors.npz); "
+        "run `factorlens analyze` or `factorlens demo` first"
+    )
+    assert not (project["root"] / "rep").exists()
+
+
+#: the commonest refusals of ``factorlens analyze``, whole: option -> (value, error line);
+#: ``{root}`` is the project's folder
+BAD_ANALYZE = {
+    "--data": (
+        "npz:{root}/gone.npz",
+        "error: npz file {root}/gone.npz does not exist; check the path in npz:FILE",
+    ),
+    "--weights": (
+        "{root}/gone.pt",
+        "error: checkpoint {root}/gone.pt does not exist; check the checkpoint path",
+    ),
+    "--rank": (
+        "500",
+        "error: --rank 500 is larger than the number of inputs (60); choose --rank <= 60 or "
+        "use more inputs",
+    ),
+}
+
+
+@pytest.mark.parametrize("flag", list(BAD_ANALYZE))
+def test_analyze_refusals_are_the_whole_expected_line(cli, project, flag: str) -> None:
+    root = project["root"]
+    value, expected = BAD_ANALYZE[flag]
+    args = analyze_args(project, root / "out")
+    args[args.index(flag) + 1] = value.format(root=root)
+    assert cli.fails(args) == expected.format(root=root)
+    assert not (root / "out").exists()
+
+
+def test_a_rank_below_one_is_refused_by_the_parser_in_one_whole_line(cli, project) -> None:
+    args = analyze_args(project, project["root"] / "out")
+    args[args.index("--rank") + 1] = "0"
+    line = cli.usage_error(args)
+    assert line == "factorlens analyze: error: argument --rank: expected a positive integer, got 0"
+    assert not (project["root"] / "out").exists()
 
 
 def test_a_text_file_named_npz_is_not_called_pickled_data(cli, project) -> None:
@@ -133,6 +186,7 @@ def test_quality_names_a_missing_checkpoint_without_mentioning_weights(cli, proj
     args += ["--data", f"npz:{project['data']}", "--no-rank", "--quiet"]
     line = cli.fails(args, str(missing), "does not exist")
     assert "--weights" not in line
+    assert line == f"error: checkpoint {missing} does not exist; check the checkpoint path"
 
 
 def test_model_files_in_two_folders_each_import_their_own_helper(tmp_path: Path) -> None:
