@@ -12,7 +12,7 @@ from tensorly.decomposition import coupled_matrix_tensor_3d_factorization
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, cmtf, factor_match_score
 from factorlens.factorize.blocks import Block
-from planted import planted_blocks
+from factorlens.testing import planted_blocks
 
 
 def _recovery(result: CMTFResult, truth: dict) -> dict[str, float]:
@@ -308,7 +308,7 @@ def test_noise_threshold_sits_just_above_the_noise() -> None:
 
 @pytest.mark.parametrize("noise", [0.1, 0.25])
 def test_auto_penalty_separates_shared_and_unshared_components(noise: float) -> None:
-    from planted import acar_blocks
+    from factorlens.testing import acar_blocks
 
     blocks, A_true, support = acar_blocks(3, noise)
     result = cmtf(blocks, 5)  # the default penalty: l1="auto"
@@ -323,11 +323,50 @@ def test_auto_penalty_separates_shared_and_unshared_components(noise: float) -> 
 
 
 def test_one_component_too_many_is_flagged() -> None:
-    from planted import acar_blocks
+    from factorlens.testing import acar_blocks
 
     blocks, _, _ = acar_blocks(0, 0.25)
     notes = cmtf(blocks, 6).spare_components()
     assert notes and "try one component fewer" in notes[0]
+
+
+@pytest.mark.parametrize("noise", [0.1, 0.25])
+def test_a_component_no_block_needs_is_named_against_the_fit_with_one_fewer(noise) -> None:
+    from factorlens.testing import acar_blocks
+
+    blocks, _, _ = acar_blocks(7, noise)
+    five = cmtf(blocks, 5, random_state=1)
+    six = cmtf(blocks, 6, random_state=1)
+    floors = six.options["noise_floor"]
+    gains = six.options["gain_over_fewer"]
+    assert set(gains) == {"tensor", "matrix"}
+    assert all(gains[b] <= floors[b] ** 2 for b in gains)  # the sixth fits noise only
+    assert any("the data hold at most 5 components" in n for n in six.spare_components())
+    # at the true rank the fifth component is needed in some block, and nothing is named
+    g5, f5 = five.options["gain_over_fewer"], five.options["noise_floor"]
+    assert any(g5[b] > 4 * f5[b] ** 2 for b in g5)
+    assert five.spare_components() == []
+    # the check is off in the rank scan and on request; R = 1 has nothing to compare with
+    assert "gain_over_fewer" not in cmtf(blocks, 5, check_fewer=False).options
+    assert "gain_over_fewer" not in cmtf(blocks, 1).options
+
+
+def test_cmtf_follows_the_estimator_contract() -> None:
+    from sklearn.base import clone
+
+    model = CMTF(4, tol=1e-5, n_init=1, l1=0.0)
+    params = model.get_params()
+    assert params["rank"] == 4 and params["tol"] == 1e-5 and params["l1"] == 0.0
+    copy = clone(model)
+    assert copy is not model and copy.get_params() == params
+    assert model.set_params(rank=3, check_fewer=False) is model and model.rank == 3
+    assert repr(model) == "CMTF(rank=3, l1=0.0, n_init=1, tol=1e-05, check_fewer=False)"
+    with pytest.raises(FactorlensError, match="CMTF has no parameter 'ranks'"):
+        model.set_params(ranks=2)
+    blocks, _ = planted_blocks(N=40, seed=2)
+    a = clone(model).fit(blocks).result_
+    b = model.fit(blocks).result_
+    np.testing.assert_array_equal(a.A, b.A)  # a clone fits exactly like the original
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, "big"])
@@ -338,7 +377,7 @@ def test_bad_penalty_is_refused(bad) -> None:
 
 
 def test_presence_and_its_floor_survive_save_and_load(tmp_path) -> None:
-    from planted import acar_blocks
+    from factorlens.testing import acar_blocks
 
     blocks, _, support = acar_blocks(1, 0.1)
     result = cmtf(blocks, 5)

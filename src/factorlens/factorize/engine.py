@@ -23,6 +23,7 @@ about 1e-7 of the data norm). The data are touched only through ``Ỹ_bᵀ A`` a
 
 from __future__ import annotations
 
+import inspect
 import math
 import string
 from collections.abc import Mapping, Sequence
@@ -196,6 +197,12 @@ class CMTF:
         torch on any other device.
     memory_budget : blocks up to this many bytes are read into memory once; larger on-disk
         blocks are streamed chunk by chunk on every pass.
+    check_fewer : after the fit, fit R − 1 components too (same settings) and record how much
+        each block's fit gains from the R-th component (``options["gain_over_fewer"]``, a
+        share of the block). Where no block gains more than one component of noise would
+        (its noise floor², see ``noise_floor``), :meth:`CMTFResult.spare_components` says
+        the data hold at most R − 1 components. About doubles the fitting time; the rank
+        scan, which fits every R anyway, turns it off.
     """
 
     def __init__(
@@ -220,6 +227,7 @@ class CMTF:
         backend: str | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         progress: bool = False,
+        check_fewer: bool = True,
     ) -> None:
         self.rank = rank
         self.nonneg = nonneg
@@ -240,6 +248,42 @@ class CMTF:
         self.backend = backend
         self.memory_budget = memory_budget
         self.progress = progress
+        self.check_fewer = check_fewer
+
+    # ------------------------------------------------------------------------- parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters as a dict (scikit-learn's estimator contract, so
+        ``sklearn.base.clone`` works); ``deep`` is accepted for that contract (no nested
+        estimators)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> CMTF:
+        """Set constructor parameters by name; an unknown name is a one-line error."""
+        known = set(self._param_names())
+        for name, value in params.items():
+            if name not in known:
+                raise FactorlensError(
+                    f"CMTF has no parameter {name!r}; its parameters are: "
+                    + ", ".join(sorted(known))
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+        }
+        changed = [
+            f"{k}={v!r}"
+            for k, v in self.get_params().items()
+            if k == "rank" or not _same(v, defaults.get(k))
+        ]
+        return f"CMTF({', '.join(changed)})"
 
     # ------------------------------------------------------------------------- public API
     def fit(self, blocks: Any, y: Any = None) -> CMTF:
@@ -310,11 +354,23 @@ class CMTF:
                 self._refitted = True
             self._pen = chosen
         self.result_ = self._result(data, models, state, hist, blk, scales)
+        if self.check_fewer and self.rank >= 2:
+            self.result_.options["gain_over_fewer"] = self._gain_over_fewer(data)
         self.A_ = self.result_.A
         self.flow_ = self.result_.flow
         self.fit_ = self.result_.fit
         self.n_iter_ = len(hist)
         return self
+
+    def _gain_over_fewer(self, data: list[Block]) -> dict[str, float]:
+        """How much each block's fit (share of the block) gains from the R-th component: the
+        fit at R minus a fit at R − 1 with the same settings (negative where the fit at R is
+        the worse one)."""
+        fewer = CMTF(**{**self.get_params(), "rank": self.rank - 1, "check_fewer": False})
+        if isinstance(self.init, np.ndarray):
+            fewer.init = "svd"  # a warm start has R columns
+        other = fewer.fit_blocks(data).result_
+        return {n: float(self.result_.fit[n] - other.fit[n]) for n in self.result_.block_names}
 
     def fit_transform(self, blocks: Any, y: Any = None) -> np.ndarray:
         """Fit and return the shared sample factor ``A`` (N, R)."""
@@ -672,6 +728,13 @@ def cmtf(blocks: Any, rank: int, **kwargs: Any) -> CMTFResult:
 
 
 # ------------------------------------------------------------------------------ helpers
+def _same(a: Any, b: Any) -> bool:
+    """Whether two parameter values are the same (arrays by identity: a warm start)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return a is b
+    return bool(a == b)
+
+
 def _normalise_modes(parts: list[np.ndarray]) -> list[np.ndarray]:
     """Make every mode but the first unit-norm, pushing the norms into the first."""
     for k in range(1, len(parts)):

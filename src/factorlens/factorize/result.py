@@ -93,7 +93,10 @@ class CMTFResult:
           fitting the noise of its own blocks (the flow map would show two unshared
           patterns where the data hold one shared pattern);
         * two components that duplicate or cancel each other in a block (a degenerate
-          pair).
+          pair);
+        * the R-th component buys no block more fit than one component of noise would:
+          against a fit with R − 1 components (``options["gain_over_fewer"]``, written by
+          ``CMTF(check_fewer=True)``), every block gains at most its noise floor².
         """
         present = self.presence()  # (R, n_blocks)
         notes = [
@@ -122,7 +125,28 @@ class CMTFResult:
                 f"modes {value:+.2f}): a degenerate pair, two components doing the work of "
                 "one; try one component fewer"
             )
+        unneeded = self._unneeded_component()
+        if unneeded:
+            notes.append(unneeded)
         return notes
+
+    def _unneeded_component(self) -> str | None:
+        """The note when no block gains more from the R-th component than its noise floor²."""
+        gains = (self.options or {}).get("gain_over_fewer") or {}
+        floors = (self.options or {}).get("noise_floor") or {}
+        names = [n for n in self.block_names if n in gains and n in floors]
+        if not names or not any(float(floors[n]) > 0 for n in names):
+            return None
+        if any(float(gains[n]) > float(floors[n]) ** 2 for n in names):
+            return None
+        worst = max(names, key=lambda n: float(gains[n]) / max(float(floors[n]) ** 2, 1e-300))
+        return (
+            f"with {self.rank} components no block fits better than with {self.rank - 1} by "
+            f"more than one component of noise would (largest gain: {worst}, "
+            f"{100 * float(gains[worst]):.2f}% of the block against a floor of "
+            f"{100 * float(floors[worst]) ** 2:.2f}%): the data hold at most {self.rank - 1} "
+            "components"
+        )
 
     def _degenerate_pairs(
         self, present: np.ndarray, threshold: float = 0.8

@@ -156,7 +156,7 @@ def estimate_rank(
     # then show): without the refit the shrunk strengths of weak components made the halves
     # disagree, and undoing degenerate refits did too (the README example chose one rank for
     # 4 and 5 of 10 seeds that way, 10 of 10 with the refit kept)
-    opts = {**engine, "n_init": 1, "max_iter": max_iter, "tol": tol}
+    opts = {**engine, "n_init": 1, "max_iter": max_iter, "tol": tol, "check_fewer": False}
     if opts.get("l1", "auto") == "auto":
         opts.setdefault("refit", "always")
     if opts.get("tensor_blocks") is None:
