@@ -31,13 +31,22 @@ class Block:
 
     Parameters
     ----------
-    name : the block's name.
-    data : array-like of shape (N, ...) that supports ``data[i:j]`` (numpy, zarr, torch).
-    center : subtract the column means (over samples) before everything else.
-    chunk_rows : rows per chunk for arrays read from disk; ``None`` = the whole block at once.
-    device : where the products run: ``"cpu"`` or a torch device string such as ``"cuda"``
+    name : str
+        The block's name.
+    data : array-like
+        Array of shape ``(N, ...)`` that supports ``data[i:j]`` (numpy, zarr, torch).
+    center : bool
+        Subtract the column means (over samples) before everything else.
+    chunk_rows : int, optional
+        Rows per chunk for arrays read from disk; ``None`` = the whole block at once.
+    device : str
+        Where the products run: ``"cpu"`` or a torch device string such as ``"cuda"``
         (the block is then copied to that device once).
-    backend : ``"numpy"`` or ``"torch"``; default numpy on ``"cpu"``, torch elsewhere.
+    backend : str, optional
+        ``"numpy"`` or ``"torch"``; default numpy on ``"cpu"``, torch elsewhere.
+    memory_budget : int
+        Blocks up to this many bytes (as float32) are read into memory once; larger ones are
+        read chunk by chunk on every pass. A numpy array is always held in memory.
     """
 
     def __init__(
@@ -120,8 +129,11 @@ class Block:
             yield rows, chunk
 
     def _compute_stats(self) -> None:
-        """Column sums and the sum of squares in float64, over sub-chunks of ≤ 16 MiB so no
-        float64 copy of a whole block is made (on a GPU the work stays on the device)."""
+        """Compute the column sums and the sum of squares in float64.
+
+        The sums run over sub-chunks of ≤ 16 MiB so no float64 copy of a whole block is made
+        (on a GPU the work stays on the device).
+        """
         total = np.zeros(self.width)
         sumsq = 0.0
         bad = 0
@@ -151,9 +163,12 @@ class Block:
         self.sumsq = max(sumsq, 0.0)
 
     def _centre_data(self) -> None:
-        """Subtract the column means from the data itself (an in-memory block gets a centred
-        copy, made once; chunks read from disk are centred as they are read). Folding the
-        mean into the products instead loses most float32 digits when the mean is large."""
+        """Subtract the column means from the data itself.
+
+        An in-memory block gets a centred copy, made once; chunks read from disk are centred
+        as they are read. Folding the mean into the products instead loses most float32
+        digits when the mean is large.
+        """
         if self.in_memory:
             if self._torch:
                 self._data = self._data - self._cast(self.mean)
@@ -177,8 +192,22 @@ class Block:
         return self.scale**2 * self.sumsq
 
     def dense(self, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
-        """``Ỹ[rows][:, cols]`` — scaled, centred as fitted — as a float64 array, read chunk by
-        chunk (``None``: all rows / all columns; ``rows`` sorted sample indices)."""
+        """Return ``Ỹ[rows][:, cols]`` (scaled, centred as fitted) as a float64 array.
+
+        The block is read chunk by chunk.
+
+        Parameters
+        ----------
+        rows : numpy.ndarray, optional
+            Sorted sample indices; ``None``: all rows.
+        cols : numpy.ndarray, optional
+            Column indices; ``None``: all columns.
+
+        Returns
+        -------
+        numpy.ndarray
+            The selected entries (selected rows × selected columns), float64.
+        """
         parts = []
         for span, y in self.chunks():
             y = y if isinstance(y, np.ndarray) else y.cpu().numpy()
@@ -220,6 +249,7 @@ class Block:
 
 
 def torch_isfinite(x: Any) -> Any:
+    """Return ``torch.isfinite(x)``, importing torch only when it is called."""
     import torch
 
     return torch.isfinite(x)

@@ -22,10 +22,23 @@ def congruence(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
 
 
 def pair_congruences(A: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Signed congruence of every pair of components over both their modes, ``(R, R)``:
-    ``cos(a_r, a_q) · cos(k_r, k_q)`` for sample loadings ``A (N, R)`` and a block's
-    non-shared factor ``K (P, R)``. Near +1: the same rank-one term twice; near −1: two
-    terms that cancel (the two-factor degeneracy)."""
+    """Return the signed congruence of every pair of components over both their modes.
+
+    Entry ``(r, q)`` is ``cos(a_r, a_q) · cos(k_r, k_q)``. Near +1: the same rank-one term
+    twice; near −1: two terms that cancel (the two-factor degeneracy).
+
+    Parameters
+    ----------
+    A : numpy.ndarray
+        Sample loadings, ``(N, R)``.
+    K : numpy.ndarray
+        A block's non-shared factor, ``(P, R)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The signed congruences, ``(R, R)``.
+    """
     return congruence(A, A) * congruence(K, K)
 
 

@@ -1,7 +1,8 @@
-"""Compressed blocks for fast repeated fits (the rank scan): each wide matrix block ``Ỹ``
-(``N×P``) is replaced by ``Ỹ V`` (``N×k``), with ``V`` (``P×k``, orthonormal) a randomized basis
-of its leading row space (Halko, Martinsson & Tropp 2011: a Gaussian sketch and ``power``
-subspace iterations, ``2 + 2·power`` passes over the data).
+"""Compressed blocks for fast repeated fits (the rank scan).
+
+Each wide matrix block ``Ỹ`` (``N×P``) is replaced by ``Ỹ V`` (``N×k``), with ``V`` (``P×k``,
+orthonormal) a randomized basis of its leading row space (Halko, Martinsson & Tropp 2011: a
+Gaussian sketch and ``power`` subspace iterations, ``2 + 2·power`` passes over the data).
 
 A fit on the compressed block is the fit on the full block with the block's loadings kept in
 ``span(V)``: for ``B = V B̃`` the loss is ``‖Ỹ V − A Σ B̃ᵀ‖² + ‖Ỹ (I − V Vᵀ)‖²``, so the

@@ -86,9 +86,11 @@ def _mttkrp(T: np.ndarray, factors: Sequence[np.ndarray], k: int) -> np.ndarray:
 
 
 def _solve_ls(Z: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """``Z G⁺`` for a symmetric PSD ``G`` (R×R): the least-squares update, minimum-norm when
-    ``G`` is singular. Through an eigendecomposition of ``G``: LAPACK's lstsq is ~100× slower
-    here because of the thousands of right-hand sides."""
+    """Return ``Z G⁺`` for a symmetric PSD ``G`` (R×R): the least-squares update.
+
+    Minimum-norm when ``G`` is singular. Computed through an eigendecomposition of ``G``:
+    LAPACK's lstsq is ~100× slower here because of the thousands of right-hand sides.
+    """
     evals, evecs = np.linalg.eigh(G)
     keep = evals > max(evals.max(), 0.0) * 1e-12
     inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
@@ -103,8 +105,9 @@ def _column_updates(
     nonneg: bool,
     sweeps: int,
 ) -> np.ndarray:
-    """Exact coordinate updates of the columns of ``F`` for
+    """Return ``F`` after exact coordinate updates of its columns.
 
+    The updates solve, column by column,
     ``min_F  tr(Fᵀ F G) − 2 tr(Fᵀ Z) + Σ_r penalty_r ‖f_r‖``  (optionally ``F ≥ 0``):
     ``f_r = z₊/G_rr · max(0, 1 − penalty_r / (2‖z₊‖))`` with ``z = Z_r − Σ_{s≠r} f_s G_sr``.
 
@@ -164,40 +167,63 @@ class CMTF:
 
     Parameters
     ----------
-    rank : number of components R (1 ≤ R ≤ N).
-    nonneg : constrain every factor (and so every loading and pattern) to be ≥ 0.
-    l1 : ACMTF penalty β on the component strengths σ. A number is one β for every block
+    rank : int
+        Number of components R (1 ≤ R ≤ N).
+    nonneg : bool
+        Constrain every factor (and so every loading and pattern) to be ≥ 0.
+    l1 : float or str
+        ACMTF penalty β on the component strengths σ. A number is one β for every block
         (blocks are unit-norm by default, so β is relative to a block's norm; 0 gives plain
         CMTF). ``"auto"`` sets each block's β from its noise floor
         (:mod:`factorlens.factorize.penalty`: a component weaker than the block's
         Gavish–Donoho threshold is set to exactly zero there), then refits the strengths
         without the penalty on the components that remain (see ``refit``; where the refit
         is skipped or undone the strengths stay shrunk by the block's floor).
-    weighting : ``"unit"`` (each block scaled to unit Frobenius norm), ``"none"``, or a dict of
+    weighting : str or dict of str to float
+        ``"unit"`` (each block scaled to unit Frobenius norm), ``"none"``, or a dict of
         per-block relative weights on top of unit norm.
-    center : subtract each block's per-feature mean over samples first (not with ``nonneg``).
-    tensor_blocks : names of blocks fitted with a CP model on their natural shape; ``None``
-        means the first block (the input) when it has ≥ 2 feature axes, all others as matrices.
-    init : ``"svd"`` (randomized SVD of the weighted concatenation), ``"random"``, or an
+    center : bool
+        Subtract each block's per-feature mean over samples first (not with ``nonneg``).
+    tensor_blocks : sequence of str, optional
+        Names of blocks fitted with a CP model on their natural shape; ``None`` means the
+        first block (the input) when it has ≥ 2 feature axes, all others as matrices.
+    init : str or numpy.ndarray
+        ``"svd"`` (randomized SVD of the weighted concatenation), ``"random"``, or an
         ``(N, R)`` array used as the starting sample factor (a warm start).
-    n_init : number of starts (the first from ``init``, the rest random); each runs
+    n_init : int
+        Number of starts (the first from ``init``, the rest random); each runs
         ``screen_iter`` iterations and the best is continued to convergence.
-    max_iter, tol : iteration cap and relative loss change at which the fit stops.
-    inner_sweeps : coordinate sweeps per block update when an exact solve does not apply.
-    refit : with ``l1="auto"``, refit the strengths that the penalty kept without it:
+    screen_iter : int
+        Iterations each start runs before the best one is chosen (with ``n_init`` > 1).
+    max_iter : int
+        Iteration cap.
+    tol : float
+        Relative loss change at which the fit stops.
+    inner_sweeps : int
+        Coordinate sweeps per block update when an exact solve does not apply.
+    refit : str
+        With ``l1="auto"``, refit the strengths that the penalty kept without it:
         ``"guarded"`` (default) undoes the refit when it makes two components cancel each
         other (degenerate strengths are no picture to show); ``"always"`` keeps it (the rank
         scan: a degenerate fit there is evidence of too many components, which its
         split halves then show); ``"never"`` keeps the penalized fit.
-    extrapolate : accelerate ALS with extrapolated steps that are kept only when they lower the
+    extrapolate : bool
+        Accelerate ALS with extrapolated steps that are kept only when they lower the
         loss (typically several times fewer iterations; the loss still never increases).
-    random_state : seed; the same seed gives the same result.
-    device : ``"cpu"`` or a torch device (``"cuda"``) for the data products.
-    backend : ``"numpy"`` or ``"torch"`` for the data products; default numpy on the CPU and
+    random_state : int or None
+        Seed; the same seed gives the same result.
+    device : str
+        ``"cpu"`` or a torch device (``"cuda"``) for the data products.
+    backend : str, optional
+        ``"numpy"`` or ``"torch"`` for the data products; default numpy on the CPU and
         torch on any other device.
-    memory_budget : blocks up to this many bytes are read into memory once; larger on-disk
-        blocks are streamed chunk by chunk on every pass.
-    check_fewer : after the fit, fit R − 1 components too (same settings) and record how much
+    memory_budget : int
+        Blocks up to this many bytes are read into memory once; larger on-disk blocks are
+        streamed chunk by chunk on every pass.
+    progress : bool
+        Show a progress bar (tqdm) for every run of iterations.
+    check_fewer : bool
+        After the fit, fit R − 1 components too (same settings) and record how much
         each block's fit gains from the R-th component (``options["gain_over_fewer"]``, a
         share of the block). Where no block gains more than one component of noise would
         (its noise floor², see ``noise_floor``), :meth:`CMTFResult.spare_components` says
@@ -257,9 +283,20 @@ class CMTF:
         return [p for p in sig.parameters if p != "self"]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor's parameters as a dict (scikit-learn's estimator contract, so
-        ``sklearn.base.clone`` works); ``deep`` is accepted for that contract (no nested
-        estimators)."""
+        """Return the constructor's parameters as a dict.
+
+        This is scikit-learn's estimator contract, so ``sklearn.base.clone`` works.
+
+        Parameters
+        ----------
+        deep : bool
+            Accepted for that contract (there are no nested estimators).
+
+        Returns
+        -------
+        dict of str to Any
+            Each constructor parameter's name and current value.
+        """
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> CMTF:
@@ -275,6 +312,7 @@ class CMTF:
         return self
 
     def __repr__(self) -> str:
+        """Show ``rank`` and every parameter that differs from its default."""
         defaults = {
             p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
         }
@@ -287,8 +325,21 @@ class CMTF:
 
     # ------------------------------------------------------------------------- public API
     def fit(self, blocks: Any, y: Any = None) -> CMTF:
-        """Fit to ``blocks``: a mapping name → array ``(N, …)`` (input first) or an
-        activation store. Sets ``result_`` (a :class:`CMTFResult`), ``A_``, ``flow_``, ``fit_``.
+        """Fit the model to ``blocks``.
+
+        Sets ``result_`` (a :class:`CMTFResult`), ``A_``, ``flow_``, ``fit_``.
+
+        Parameters
+        ----------
+        blocks : mapping or activation store
+            A mapping name → array ``(N, …)`` (input first) or an activation store.
+        y : Any
+            Ignored; accepted for scikit-learn's ``fit(X, y)`` signature.
+
+        Returns
+        -------
+        CMTF
+            The fitted estimator itself.
         """
         return self.fit_blocks(self.prepare(blocks))
 
@@ -363,9 +414,11 @@ class CMTF:
         return self
 
     def _gain_over_fewer(self, data: list[Block]) -> dict[str, float]:
-        """How much each block's fit (share of the block) gains from the R-th component: the
-        fit at R minus a fit at R − 1 with the same settings (negative where the fit at R is
-        the worse one)."""
+        """Return how much each block's fit (share of the block) gains from the R-th component.
+
+        The gain is the fit at R minus a fit at R − 1 with the same settings (negative where
+        the fit at R is the worse one).
+        """
         fewer = CMTF(**{**self.get_params(), "rank": self.rank - 1, "check_fewer": False})
         if isinstance(self.init, np.ndarray):
             fewer.init = "svd"  # a warm start has R columns
@@ -436,8 +489,11 @@ class CMTF:
         return not self.nonneg and all(not np.any(p) for p in self._pen)
 
     def _penalties(self, data: list[Block], rng: np.random.Generator) -> list[np.ndarray]:
-        """Per block, the penalty on each component's strength, ``(R,)``: ``l1`` everywhere,
-        or with ``"auto"`` twice the block's noise floor (the column update subtracts half)."""
+        """Return, per block, the penalty on each component's strength, ``(R,)``.
+
+        The penalty is ``l1`` everywhere, or with ``"auto"`` twice the block's noise floor (the
+        column update subtracts half).
+        """
         from factorlens.factorize.penalty import noise_threshold
 
         R = self.rank
@@ -486,8 +542,10 @@ class CMTF:
     def _update_block(
         self, Tb: np.ndarray, AtA: np.ndarray, Fb: list[np.ndarray], dims, pen: np.ndarray
     ) -> None:
-        """Update the non-shared factors of one block in place from ``Tb = Ỹ_bᵀ A``;
-        ``pen`` (R,) is the block's penalty on each component's strength."""
+        """Update the non-shared factors of one block in place from ``Tb = Ỹ_bᵀ A``.
+
+        ``pen`` (R,) is the block's penalty on each component's strength.
+        """
         sweeps = self.inner_sweeps
         if len(Fb) == 1:
             if self._exact:
@@ -550,9 +608,12 @@ class CMTF:
         return sum(per_block) + penalty, per_block
 
     def _converged(self, hist: list[float]) -> bool:
-        """Relative loss change ≤ ``tol``. With float32 blocks the loss carries round-off of
-        about 1e-7 of the data norm, so a tiny ``tol`` may run to ``max_iter``; the factors
-        are then as good as the data products allow."""
+        """Return whether the relative loss change is ≤ ``tol``.
+
+        With float32 blocks the loss carries round-off of about 1e-7 of the data norm, so a
+        tiny ``tol`` may run to ``max_iter``; the factors are then as good as the data
+        products allow.
+        """
         if len(hist) < 2:
             return False
         prev, cur = hist[-2], hist[-1]
@@ -570,7 +631,7 @@ class CMTF:
         return _State(self._update_A(A, M, G, F), F)
 
     def _extrapolate(self, new: _State, old: _State, beta: float) -> _State:
-        """``new + β (new − old)`` for every factor, projected back onto the constraints."""
+        """Return ``new + β (new − old)`` for every factor, projected onto the constraints."""
         A = new.A + beta * (new.A - old.A)
         F = [
             [f + beta * (f - g) for f, g in zip(fn, fo, strict=True)]
@@ -746,8 +807,11 @@ def _normalise_modes(parts: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _degenerate_pair(state: _State, threshold: float = 0.9) -> bool:
-    """Whether two components live in the same block have sample loadings with
-    |congruence| ≥ ``threshold`` (``A``'s columns are unit-norm during the fit)."""
+    """Return whether two components that live in the same block share their loadings.
+
+    Shared means sample loadings with |congruence| ≥ ``threshold`` (``A``'s columns are
+    unit-norm during the fit).
+    """
     cos = np.abs(state.A.T @ state.A) - np.eye(state.A.shape[1])
     for Fb in state.F:
         live = np.linalg.norm(Fb[0], axis=0) > 0
@@ -757,9 +821,12 @@ def _degenerate_pair(state: _State, threshold: float = 0.9) -> bool:
 
 
 def _cancelling_pair(state: _State, threshold: float = -0.8) -> bool:
-    """Whether two components live in the same block nearly cancel there: the product of
-    their signed congruences over all modes (loadings times the block's non-shared factor,
-    strengths positive) is at most ``threshold`` — the two-factor degeneracy."""
+    """Return whether two components that live in the same block nearly cancel there.
+
+    Nearly cancel means: the product of their signed congruences over all modes (loadings
+    times the block's non-shared factor, strengths positive) is at most ``threshold`` — the
+    two-factor degeneracy.
+    """
     from factorlens.factorize.compare import pair_congruences  # scipy: only after a refit
 
     for Fb in state.F:
@@ -779,7 +846,8 @@ def _absent_directions(
     Their direction is undefined by the fit; it is set to the least-squares direction the
     component would take if it were present (``Ỹᵀ a_r``, contracted with the other modes of a
     CP block), or the first basis vector when even that is zero, so every column of
-    ``factors`` keeps unit norm."""
+    ``factors`` keeps unit norm.
+    """
     f0 = f0.copy()
     idx = np.flatnonzero(absent)
     T = block.right(A[:, idx])  # (P_b, m)
@@ -798,8 +866,11 @@ def _absent_directions(
 def _randomized_svd_factor(
     data: list[Block], R: int, rng: np.random.Generator, oversample: int = 10, power: int = 2
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Top-R left singular vectors of ``[Ỹ_1 | Ỹ_2 | …]`` (Halko et al. 2011) using only the
-    blocks' row-chunk products; also returns ``Ỹ_bᵀ A`` per block (no extra pass)."""
+    """Return the top-R left singular vectors of ``[Ỹ_1 | Ỹ_2 | …]`` (Halko et al. 2011).
+
+    Only the blocks' row-chunk products are used; also returns ``Ỹ_bᵀ A`` per block (no
+    extra pass).
+    """
     N = data[0].n_rows
     total = sum(b.width for b in data)
     k = min(R + oversample, N, total)
@@ -836,6 +907,20 @@ def _chunk_rows(array: Any) -> int | None:
 
 
 def progress_bar(total: int, desc: str):
+    """Return a tqdm progress bar that is removed from the terminal when closed.
+
+    Parameters
+    ----------
+    total : int
+        The number of steps.
+    desc : str
+        The label shown before the bar.
+
+    Returns
+    -------
+    tqdm.auto.tqdm
+        The bar; call ``update`` once per step and ``close`` at the end.
+    """
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False)

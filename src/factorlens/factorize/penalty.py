@@ -40,8 +40,23 @@ MIN_TAIL = 8
 
 @lru_cache(maxsize=1024)
 def marchenko_pastur_quantile(beta: float, p: float = 0.5) -> float:
-    """Quantile ``p`` of the Marchenko–Pastur distribution with ratio ``beta`` ∈ (0, 1] (unit
-    variance): the eigenvalue distribution of ``XXᵀ/n`` for an ``m × n`` noise matrix."""
+    """Return quantile ``p`` of the Marchenko–Pastur distribution with ratio ``beta``.
+
+    The distribution (unit variance) is the eigenvalue distribution of ``XXᵀ/n`` for an
+    ``m × n`` noise matrix.
+
+    Parameters
+    ----------
+    beta : float
+        The aspect ratio ``m/n`` ∈ (0, 1].
+    p : float
+        The quantile's level (0.5: the median).
+
+    Returns
+    -------
+    float
+        The eigenvalue below which a share ``p`` of the distribution lies.
+    """
     lo, hi = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
 
     def density(x: float) -> float:
@@ -54,8 +69,20 @@ def marchenko_pastur_quantile(beta: float, p: float = 0.5) -> float:
 
 
 def optimal_threshold_coefficient(beta: float) -> float:
-    """Gavish & Donoho's ``λ*(β)``: the optimal hard threshold for singular values in units
-    of ``√n σ`` (4/√3 ≈ 2.309 for a square matrix)."""
+    """Return Gavish & Donoho's ``λ*(β)``, the optimal hard threshold for singular values.
+
+    The threshold is in units of ``√n σ`` (4/√3 ≈ 2.309 for a square matrix).
+
+    Parameters
+    ----------
+    beta : float
+        The aspect ratio ``β = m/n ≤ 1`` of the matrix.
+
+    Returns
+    -------
+    float
+        The coefficient ``λ*(β)``.
+    """
     return math.sqrt(2 * (beta + 1) + 8 * beta / (beta + 1 + math.sqrt(beta**2 + 14 * beta + 1)))
 
 
@@ -65,8 +92,10 @@ def noise_threshold(
     rng: np.random.Generator | None = None,
     max_side: int = MAX_SIDE,
 ) -> float:
-    """The noise floor of a component's strength in ``block``, in the block's scaled units
-    (the units of ``σ`` in the engine; divide by ``√block.norm_sq`` for a relative strength).
+    """Return the noise floor of a component's strength in ``block``.
+
+    The floor is in the block's scaled units (the units of ``σ`` in the engine; divide by
+    ``√block.norm_sq`` for a relative strength).
 
     The noise level is read off the singular values below the ``rank`` largest (those the
     model fits): their median is matched to the Marchenko–Pastur quantile at the same
@@ -77,6 +106,23 @@ def noise_threshold(
     random (seeded by ``rng``); the per-entry noise level is estimated on the sample and the
     threshold computed for the full ``N × P`` shape. The spectrum is computed once per block
     (:func:`block_spectrum`); each rank then costs a median.
+
+    Parameters
+    ----------
+    block : Block
+        The block, scaled as fitted.
+    rank : int
+        The number of components the model fits: the ``rank`` largest singular values are
+        left out of the noise estimate.
+    rng : numpy.random.Generator, optional
+        Draws the sample of rows and columns (``None``: seed 0).
+    max_side : int
+        The most rows and columns the spectrum is computed on.
+
+    Returns
+    -------
+    float
+        The threshold ``τ`` in the block's scaled units, ``0.0`` for no penalty.
     """
     if block.norm_sq <= 0:
         return 0.0
@@ -96,10 +142,30 @@ def noise_threshold(
 def block_spectrum(
     block: Block, rng: np.random.Generator | None = None, max_side: int = MAX_SIDE
 ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-    """The singular values (ascending, unscaled) of ``block`` — of a random sample of at most
-    ``max_side`` rows and columns —, the sample's sorted shape ``(m, n)`` and the block's
-    matricized shape ``(N, P)``. Cached on the block (``block.spectrum``), so a block
-    compressed for the rank scan keeps the spectrum and shape of its full data."""
+    """Return the singular values of ``block``, the sample's shape and the block's shape.
+
+    The singular values (ascending, unscaled) are those of a random sample of at most
+    ``max_side`` rows and columns of the block. Cached on the block (``block.spectrum``), so
+    a block compressed for the rank scan keeps the spectrum and shape of its full data.
+
+    Parameters
+    ----------
+    block : Block
+        The block.
+    rng : numpy.random.Generator, optional
+        Draws the sample of rows and columns (``None``: seed 0).
+    max_side : int
+        The most rows and columns of the sample.
+
+    Returns
+    -------
+    s : numpy.ndarray
+        The singular values, ascending, unscaled.
+    sample_shape : tuple of int
+        The sample's sorted shape ``(m, n)``.
+    block_shape : tuple of int
+        The block's matricized shape ``(N, P)``.
+    """
     if block.spectrum is None:
         rng = rng or np.random.default_rng(0)
         N, P = block.n_rows, block.width

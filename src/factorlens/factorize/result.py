@@ -30,18 +30,31 @@ class CMTFResult:
 
     Attributes
     ----------
-    A : (N, R) shared sample factor, unit-norm columns.
-    block_names : names, input first then layers in network order.
-    block_shapes : full shapes including N.
-    block_models : ``"cp"`` or ``"matrix"`` per block.
-    factors : per block, the non-shared factors with unit-norm columns
-        (cp: one (I_k, R) matrix per non-sample mode; matrix: one (P, R) matrix, P = prod(shape[1:])).
-    weights : per block, (R,) strength of each component = ‖component in block‖ / ‖block‖
+    A : numpy.ndarray
+        ``(N, R)`` shared sample factor, unit-norm columns.
+    block_names : list of str
+        Names, input first then layers in network order.
+    block_shapes : list of tuple of int
+        Full shapes including N.
+    block_models : list of str
+        ``"cp"`` or ``"matrix"`` per block.
+    factors : dict of str to list of numpy.ndarray
+        Per block, the non-shared factors with unit-norm columns (cp: one ``(I_k, R)``
+        matrix per non-sample mode; matrix: one ``(P, R)`` matrix, ``P = prod(shape[1:])``).
+    weights : dict of str to numpy.ndarray
+        Per block, ``(R,)`` strength of each component = ‖component in block‖ / ‖block‖
         (both after the block's centring), so values are comparable across blocks.
-    fit : per block, 1 − ‖Y − model‖² / ‖Y‖² clipped to [0, 1].
-    loss_history : the objective after every ALS iteration of the kept run.
-    options : the settings the engine ran with (for provenance).
-    meta : free-form description (model, data, layers) filled in by the pipeline.
+    fit : dict of str to float
+        Per block, 1 − ‖Y − model‖² / ‖Y‖² clipped to [0, 1].
+    loss_history : list of float
+        The objective after every ALS iteration of the kept run.
+    options : dict of str to Any
+        The settings the engine ran with (for provenance).
+    meta : dict of str to Any
+        Free-form description (model, data, layers) filled in by the pipeline.
+    means : dict of str to numpy.ndarray
+        Per centred block, the per-feature means subtracted before the fit (shape
+        ``block_shape[1:]``); empty without centring.
     """
 
     A: np.ndarray
@@ -58,10 +71,12 @@ class CMTFResult:
 
     @property
     def rank(self) -> int:
+        """The number of components R (the columns of ``A``)."""
         return int(self.A.shape[1])
 
     @property
     def n_samples(self) -> int:
+        """The number of samples N (the rows of ``A``)."""
         return int(self.A.shape[0])
 
     @property
@@ -71,24 +86,30 @@ class CMTFResult:
 
     @property
     def loss(self) -> float:
+        """The final objective, the last of ``loss_history`` (``nan`` when it is empty)."""
         return float(self.loss_history[-1]) if self.loss_history else math.nan
 
     def presence(self) -> np.ndarray:
-        """``(R, n_blocks)`` bool: component ``r`` is present in a block when its strength
-        exceeds the block's ``absent_below`` threshold: the block's noise floor where the
-        strengths were refitted without the penalty (``l1="auto"``), 0 where they are the
-        penalized ones (a fixed ``l1``, or a refit that was skipped or undone: the penalty
-        already set every strength below the floor to zero); results without one: > 0."""
+        """Return which component is present in which block, ``(R, n_blocks)`` bool.
+
+        Component ``r`` is present in a block when its strength exceeds the block's
+        ``absent_below`` threshold: the block's noise floor where the strengths were refitted
+        without the penalty (``l1="auto"``), 0 where they are the penalized ones (a fixed
+        ``l1``, or a refit that was skipped or undone: the penalty already set every strength
+        below the floor to zero); results without one: > 0.
+        """
         floor = (self.options or {}).get("absent_below") or {}
         cut = np.array([float(floor.get(n, 0.0)) for n in self.block_names])
         return self.flow > cut[None, :]
 
     def spare_components(self, split_congruence: float = 0.8) -> list[str]:
-        """Signs that the model has more components than the data hold, one line each:
+        """Return the signs that the model has more components than the data hold.
+
+        One line for each of these signs found:
 
         * a component with zero strength in every block (the penalty switched it off: the
           data need fewer than R components);
-        * two components whose sample loadings agree (|congruence| ≥ ``split_congruence``)
+        * two components whose sample loadings agree (``|congruence|`` ≥ ``split_congruence``)
           and which live in disjoint blocks: one shared component split in two, each half
           fitting the noise of its own blocks (the flow map would show two unshared
           patterns where the data hold one shared pattern);
@@ -97,6 +118,16 @@ class CMTFResult:
         * the R-th component buys no block more fit than one component of noise would:
           against a fit with R − 1 components (``options["gain_over_fewer"]``, written by
           ``CMTF(check_fewer=True)``), every block gains at most its noise floor².
+
+        Parameters
+        ----------
+        split_congruence : float
+            Sample loadings with ``|congruence|`` at least this agree (for a split component).
+
+        Returns
+        -------
+        list of str
+            One note per sign found; empty when there is none.
         """
         present = self.presence()  # (R, n_blocks)
         notes = [
@@ -131,7 +162,10 @@ class CMTFResult:
         return notes
 
     def _unneeded_component(self) -> str | None:
-        """The note when no block gains more from the R-th component than its noise floor²."""
+        """Return the note for an unneeded R-th component, or ``None``.
+
+        The R-th component is unneeded when no block gains more from it than its noise floor².
+        """
         gains = (self.options or {}).get("gain_over_fewer") or {}
         floors = (self.options or {}).get("noise_floor") or {}
         names = [n for n in self.block_names if n in gains and n in floors]
@@ -151,11 +185,15 @@ class CMTFResult:
     def _degenerate_pairs(
         self, present: np.ndarray, threshold: float = 0.8
     ) -> list[tuple[int, int, str, float]]:
-        """Pairs of components present in the same block whose signed congruences over
-        all modes (sample loadings times the block's non-shared factor) multiply to at least
-        ``threshold`` in absolute value: the same rank-one term twice (sharing one
-        component's strength), or the two-factor degeneracy of CP models (Kruskal et al.
-        1989), whose strengths grow without bound in opposite directions."""
+        """Return the pairs of components that duplicate or cancel each other in a block.
+
+        Each ``(r, q, block name, value)`` is a pair present in the same block whose signed
+        congruences over all modes (sample loadings times the block's non-shared factor)
+        multiply to ``value``, at least ``threshold`` in absolute value: the same rank-one
+        term twice (sharing one component's strength), or the two-factor degeneracy of CP
+        models (Kruskal et al. 1989), whose strengths grow without bound in opposite
+        directions.
+        """
         from factorlens.factorize.compare import pair_congruences
         from factorlens.factorize.engine import khatri_rao
 
@@ -220,7 +258,7 @@ class CMTFResult:
 
     # ---------------------------------------------------------------- persistence
     def summary(self) -> dict[str, Any]:
-        """The JSON-able summary written to ``result.json``."""
+        """Return the JSON-able summary written to ``result.json``."""
         return {
             "format": "factorlens-result",
             "format_version": FORMAT_VERSION,
@@ -264,8 +302,23 @@ class CMTFResult:
 
     @classmethod
     def load(cls, directory: str | Path) -> CMTFResult:
-        """Read a result written by :meth:`save`; a damaged or foreign one is refused with a
-        one-line :class:`FactorlensError`."""
+        """Read a result written by :meth:`save`.
+
+        Parameters
+        ----------
+        directory : str or pathlib.Path
+            The folder holding ``result.json`` and ``factors.npz``.
+
+        Returns
+        -------
+        CMTFResult
+            The result as it was saved.
+
+        Raises
+        ------
+        FactorlensError
+            A one-line error when the result is damaged or foreign.
+        """
         d = Path(directory)
         jpath, npath = d / RESULT_JSON, d / FACTORS_NPZ
         if not jpath.is_file() or not npath.is_file():
@@ -367,8 +420,21 @@ _PER_BLOCK_OPTIONS = ("absent_below", "noise_floor", "block_norms", "block_scale
 
 
 def validate_summary(doc: Any, where: str) -> None:
-    """Refuse a ``result.json`` document (``where`` names it) that :meth:`CMTFResult.load`
-    cannot use: not a factorlens result, a newer format, a field missing or of the wrong type."""
+    """Refuse a ``result.json`` document that :meth:`CMTFResult.load` cannot use.
+
+    Parameters
+    ----------
+    doc : Any
+        The parsed document.
+    where : str
+        Names the document in the error message.
+
+    Raises
+    ------
+    FactorlensError
+        When ``doc`` is not a factorlens result, is of a newer format, or has a field missing
+        or of the wrong type.
+    """
     if not isinstance(doc, dict) or doc.get("format") != "factorlens-result":
         what = (
             'no "format": "factorlens-result"'
@@ -395,8 +461,10 @@ def validate_summary(doc: Any, where: str) -> None:
 
 
 def _problems(doc: dict[str, Any]) -> Iterator[str]:
-    """What is wrong with a result.json document. Only the first is meaningful: each check
-    relies on the ones before it having passed."""
+    """Yield what is wrong with a result.json document.
+
+    Only the first is meaningful: each check relies on the ones before it having passed.
+    """
     yield from _field_problems(doc, _SUMMARY_FIELDS, "")
     for i, block in enumerate(doc["blocks"]):
         yield from _field_problems(block, _BLOCK_FIELDS, f"blocks[{i}].")
@@ -427,8 +495,10 @@ def _brief(value: Any) -> str:
 
 
 def _array_shapes(summary: dict[str, Any], arrays: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The arrays factors.npz must hold for a valid ``summary``, with their shapes (a block's
-    mean only where ``arrays`` has one: only centred blocks have it)."""
+    """Return the arrays factors.npz must hold for a valid ``summary``, with their shapes.
+
+    A block's mean is included only where ``arrays`` has one: only centred blocks have it.
+    """
     n, r = summary["n_samples"], summary["rank"]
     shapes: dict[str, tuple[int, ...]] = {"A": (n, r)}
     for i, block in enumerate(summary["blocks"]):

@@ -99,10 +99,28 @@ def bi_cross_validation(
 
 
 def top_singular(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``k`` leading singular triplets ``(U (n, k'), s (k',), Vt (k', p))`` of an ``(n, p)``
-    matrix, ``k' = min(k, n, p)``, from the eigendecomposition of the Gram matrix of its shorter
-    side: one GEMM and one small ``eigh`` instead of a full SVD of the wide matrix (exact up to
-    round-off, which squaring raises to about 1e-8 of the largest singular value)."""
+    """Return the ``k`` leading singular triplets of a matrix.
+
+    They come from the eigendecomposition of the Gram matrix of its shorter side: one GEMM and
+    one small ``eigh`` instead of a full SVD of the wide matrix (exact up to round-off, which
+    squaring raises to about 1e-8 of the largest singular value).
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray
+        The ``(n, p)`` matrix.
+    k : int
+        The number of triplets wanted; ``k' = min(k, n, p)`` are returned.
+
+    Returns
+    -------
+    U : numpy.ndarray
+        The left singular vectors, ``(n, k')``.
+    s : numpy.ndarray
+        The singular values, descending, ``(k',)``.
+    Vt : numpy.ndarray
+        The right singular vectors as rows, ``(k', p)``.
+    """
     n, p = matrix.shape
     k = min(int(k), n, p)
     wide = n <= p

@@ -81,7 +81,7 @@ class RankScan:
         }
 
     def table(self) -> str:
-        """The evidence as a fixed-width text table, the chosen rank marked with ``*``."""
+        """Return the evidence as a fixed-width text table, the chosen rank marked with ``*``."""
         names = list(self.criteria)
         head = "   R  " + "  ".join(f"{n:>10}" for n in names)
         lines = [head]
@@ -126,13 +126,13 @@ def estimate_rank(
     ``notes``. The ``1 + 2·n_splits`` warm-start chains (all inputs and both halves of each
     split) run in ``n_jobs`` threads, each with one BLAS thread (default: one after another
     when compressed — on 2,000 MNIST inputs three threads took 0.88× the sequential speed —,
-    else one per core, at most 3). ``max_iter``/``tol`` are tighter than a quick scan needs for the fit alone: with
-    loosely converged fits the halves disagreed by chance, and the chosen rank of the README
-    example moved with the seed (8 of 10 seeds agreed at ``100``/``1e-5``, 10 of 10 here).
-    With ``compress`` (default) every fit runs on the matrix blocks compressed to their leading
-    ``max_rank + 10`` row-space directions (:mod:`factorlens.factorize.compress`); the
-    evidence's fits are then those of loadings kept in that space, and ``keep_results`` gives
-    factors mapped back to the full blocks.
+    else one per core, at most 3). ``max_iter``/``tol`` are tighter than a quick scan needs for
+    the fit alone: with loosely converged fits the halves disagreed by chance, and the chosen
+    rank of the README example moved with the seed (8 of 10 seeds agreed at ``100``/``1e-5``,
+    10 of 10 here). With ``compress`` (default) every fit runs on the matrix blocks compressed
+    to their leading ``max_rank + 10`` row-space directions
+    (:mod:`factorlens.factorize.compress`); the evidence's fits are then those of loadings
+    kept in that space, and ``keep_results`` gives factors mapped back to the full blocks.
     """
     if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise FactorlensError(f"max_rank must be a positive integer, got {max_rank!r}")
@@ -263,10 +263,27 @@ def estimate_rank(
 
 
 def choose_rank(stability: list[float], bicv: list[float], threshold: float) -> int:
-    """The module's rule: the largest R with stability ≥ threshold whose R-th component lowers
-    the bi-cross-validation error (1 when none). Not "the last R before the first failure": a
+    """Return the rank that the module's rule picks.
+
+    The rule: the largest R with stability ≥ threshold whose R-th component lowers the
+    bi-cross-validation error (1 when none). Not "the last R before the first failure": a
     model with too *few* components is not unique either (its components mix the true ones
-    differently on each half), so stability can fail below the true rank and recover at it."""
+    differently on each half), so stability can fail below the true rank and recover at it.
+
+    Parameters
+    ----------
+    stability : list of float
+        The split-half stability for R = 1, 2, ….
+    bicv : list of float
+        The bi-cross-validation error for the same ranks.
+    threshold : float
+        The least stability a chosen R needs.
+
+    Returns
+    -------
+    int
+        The chosen rank.
+    """
     chosen = 1
     for i in range(1, len(stability)):
         if stability[i] >= threshold and bicv[i] < bicv[i - 1]:
@@ -297,9 +314,11 @@ def _fit_chain(
 
 
 def _expanded(res: CMTFResult, used: list, full: list) -> CMTFResult:
-    """``res`` (fitted on ``used``, some blocks compressed) with every compressed block's
-    loadings mapped back to its full block (``B = V B̃``, unit norm kept: ``V`` is
-    orthonormal)."""
+    """Return ``res`` with every compressed block's loadings mapped back to its full block.
+
+    ``res`` was fitted on ``used`` (some blocks compressed); its loadings are replaced in place
+    by ``B = V B̃`` (unit norm kept: ``V`` is orthonormal).
+    """
     for i, (b, whole) in enumerate(zip(used, full, strict=True)):
         if b.basis is not None:
             res.factors[b.name] = [b.basis @ f for f in res.factors[b.name]]
@@ -310,13 +329,16 @@ def _expanded(res: CMTFResult, used: list, full: list) -> CMTFResult:
 
 
 def _warm_start(prev: CMTFResult | None, data: list, rng: np.random.Generator, power: int = 6):
-    """``"svd"`` at R = 1; after that the previous sample factor plus the leading left singular
+    """Return the start for the fit at the next R, one component more than ``prev``.
+
+    ``"svd"`` at R = 1; after that the previous sample factor plus the leading left singular
     direction of the joint residual ``[Ỹ_1 − A Σ_1 K_1ᵀ | Ỹ_2 − … ]`` (a few power iterations
     from a random start, through the blocks' products), orthogonalised against it.
 
     The residual's direction is what the next component should explain first; a random
     direction instead leaves the fit at R to find it, and where it lands (a local optimum or
-    not) moved the chosen rank with the seed."""
+    not) moved the chosen rank with the seed.
+    """
     if prev is None:
         return "svd"
     A = prev.A
