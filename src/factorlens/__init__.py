@@ -75,8 +75,11 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package module, keeping ``factorlens.capture`` the function: importing the
-    submodule of the same name would otherwise rebind the attribute to the module."""
+    """The package module, keeping ``factorlens.capture`` the function.
+
+    Importing the submodule of the same name would otherwise rebind the attribute to the
+    module.
+    """
 
     def __setattr__(self, name: str, value: object) -> None:
         if name in _EXPORTS and isinstance(value, types.ModuleType):

@@ -127,8 +127,27 @@ def penultimate_embeddings(
     batch_size: int = 256,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """The input of the model's last ``nn.Linear`` (in ``named_modules`` order) for every image,
-    flattened to (N, D) float64. The model runs in eval mode; its mode is restored after."""
+    """Return the input of the model's last ``nn.Linear`` for every image.
+
+    The last ``nn.Linear`` is the last in ``named_modules`` order. The model runs in eval
+    mode; its mode is restored after.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    images : array-like
+        The images, ``(N, C, H, W)``.
+    batch_size : int
+        Images per forward pass.
+    preprocess : callable, optional
+        Applied to each batch before the model sees it.
+
+    Returns
+    -------
+    numpy.ndarray
+        The embeddings flattened to ``(N, D)`` float64.
+    """
     _, head = _last_linear(model)
     rows: list[np.ndarray] = []
 
@@ -193,8 +212,11 @@ _WW_LOGGERS = ("weightwatcher", "RMT_Util", "powerlaw")
 
 @contextlib.contextmanager
 def _quiet_weightwatcher():
-    """Silence weightwatcher: its import calls logging.basicConfig (which would configure the
-    root logger of the whole program), it logs warnings and prints to stdout while fitting."""
+    """Silence weightwatcher.
+
+    Its import calls logging.basicConfig (which would configure the root logger of the whole
+    program), it logs warnings and prints to stdout while fitting.
+    """
     root = logging.getLogger()
     guard = logging.NullHandler()
     # basicConfig does nothing when the root logger already has a handler

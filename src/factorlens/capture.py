@@ -94,10 +94,32 @@ def _module_names(model: nn.Module) -> list[str]:
 
 
 def default_layers(model: nn.Module) -> list[str]:
-    """Leaf modules whose output is a new representation, in ``named_modules()`` order.
+    """Return the leaf modules whose output is a new representation.
 
     Convolutions, linear layers, activations and pooling count; dropout, normalization,
     flatten, identity and containers do not.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+
+    Returns
+    -------
+    list of str
+        Module names, in ``named_modules()`` order.
+
+    Examples
+    --------
+    >>> from collections import OrderedDict
+    >>> from torch import nn
+    >>> from factorlens.capture import default_layers
+    >>> net = nn.Sequential(OrderedDict(
+    ...     features=nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()),
+    ...     classifier=nn.Sequential(nn.Flatten(), nn.Linear(144, 10)),
+    ... ))
+    >>> default_layers(net)
+    ['features.0', 'features.1', 'classifier.1']
     """
     return [
         name
@@ -124,9 +146,41 @@ def _split_names(layers: str | Sequence[str]) -> list[str]:
 def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -> list[str]:
     """Resolve ``layers`` to module names, in network (``named_modules``) order, de-duplicated.
 
-    ``None`` gives :func:`default_layers`; otherwise exact names as in ``named_modules()`` or
-    fnmatch globs (``"features.*"``), as a list or a comma-separated string. Names select
-    modules; :func:`capture` stores every call of a selected module (``name#2`` the second).
+    Names select modules; :func:`capture` stores every call of a selected module (``name#2``
+    the second).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    layers : sequence of str or str, optional
+        Exact names as in ``named_modules()`` or fnmatch globs (``"features.*"``), as a list
+        or a comma-separated string; ``None`` gives :func:`default_layers`.
+
+    Returns
+    -------
+    list of str
+        Module names in network order.
+
+    Raises
+    ------
+    FactorlensError
+        For a name or glob that matches no module (with close matches suggested), no names
+        at all, or the root module.
+
+    Examples
+    --------
+    >>> from collections import OrderedDict
+    >>> from torch import nn
+    >>> from factorlens.capture import select_layers
+    >>> net = nn.Sequential(OrderedDict(
+    ...     features=nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()),
+    ...     classifier=nn.Sequential(nn.Flatten(), nn.Linear(144, 10)),
+    ... ))
+    >>> select_layers(net, "features.*")
+    ['features.0', 'features.1']
+    >>> select_layers(net, "classifier.1, features.0")
+    ['features.0', 'classifier.1']
     """
     names = _module_names(model)
     if layers is None:
@@ -224,7 +278,7 @@ def _batch_tensor(images: Any, start: int, stop: int) -> torch.Tensor:
 
 
 def _input_rows(batch: torch.Tensor) -> np.ndarray:
-    """The input block rows: the batch as given, with a channel axis of size 1 squeezed."""
+    """Return the input block rows: the batch as given, a channel axis of size 1 squeezed."""
     arr = batch.numpy().copy()
     if arr.ndim == 4 and arr.shape[1] == 1:
         arr = arr[:, 0]
@@ -273,7 +327,7 @@ def _select_output(name: str, out: Any, select: Mapping[str, Any]) -> Any:
 
 
 def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np.ndarray:
-    """A layer's (selected) output as a float32 ndarray copy ``(batch_n, ...)``."""
+    """Return a layer's (selected) output as a float32 ndarray copy ``(batch_n, ...)``."""
     out = _select_output(name, out, select)
     if isinstance(out, list | tuple | Mapping):
         kind = type(out).__name__
@@ -330,7 +384,7 @@ def _sha256(arrays: Sequence[Any]) -> str:
 
 
 def _fingerprint(model: nn.Module, images: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes two captures the same: the settings, the inputs and the weights (hashed)."""
+    """Return what makes two captures the same: the settings, the inputs, the weights (hashed)."""
     state = model.state_dict()
     return {
         **settings,
@@ -360,39 +414,57 @@ def capture(
 ) -> ActivationStore:
     """Run ``model`` over ``data`` and store the input and the chosen layers' outputs.
 
+    On an error a store that capture created on disk is removed again; on an interruption
+    (``KeyboardInterrupt``, ``SystemExit``) it is kept, for ``resume``.
+
     Parameters
     ----------
-    model : the network; run in eval mode without gradients (its modes are restored after).
-    data : inputs ``(N, C, H, W)`` (float32 in [0, 1]) or ``(N, D)`` as numpy/torch, or an
+    model : torch.nn.Module
+        The network; run in eval mode without gradients (its modes are restored after).
+    data : array-like or ImageData
+        Inputs ``(N, C, H, W)`` (float32 in [0, 1]) or ``(N, D)`` as numpy/torch, or an
         object with ``.images`` (and ``.labels``, ``.description``, ``.class_names``).
-    layers : module names / globs / comma-separated string (see :func:`select_layers`); an
-        empty list records no layer, only the input and (with ``output``) the model's output.
+    layers : sequence of str or str, optional
+        Module names / globs / comma-separated string (see :func:`select_layers`); an empty
+        list records no layer, only the input and (with ``output``) the model's output.
         Every call of a chosen module is its own block (``name``, ``name#2``, ...), in call
         order.
-    batch_size : samples per forward pass.
-    device : where the model runs (the model is moved there and back if needed).
-    preprocess : applied to each ``(B, C, H, W)`` batch before the model (not to the stored
-        input block, which keeps the data as given, ``N×H×W`` for one channel).
-    labels : ``(N,)`` integer labels (default: ``data.labels`` when present).
-    store : None (a :class:`MemoryStore`), a directory path (a new :class:`ZarrStore`,
-        refused if it exists unless ``overwrite``), or an empty store object.
-    select : ``{layer: index or key}`` for layers that return a tuple/list/dict (applies to
-        every call of the layer).
-    nonfinite : ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0
-        (counts per block in ``meta["nonfinite"]``).
-    progress : show a progress bar on stderr when there is more than one batch.
-    meta : extra JSON-able metadata (model / data description, class names).
-    overwrite : let a path ``store`` replace an existing factorlens store there.
-    output : also store what the model itself returns (``(N, K)`` class scores, say) as a
-        block of this name and kind ``"output"`` — the same forward pass, not a second one.
-    resume : continue the interrupted capture in the store directory ``store`` from its last
-        batch whose rows are all on disk; the model, weights, data and settings must be the
-        ones it started with (checked), and the store ends bit-identical to an uninterrupted
-        capture.
+    batch_size : int
+        Samples per forward pass.
+    device : str or torch.device
+        Where the model runs (the model is moved there and back if needed).
+    preprocess : callable, optional
+        Applied to each ``(B, C, H, W)`` batch before the model (not to the stored input
+        block, which keeps the data as given, ``N×H×W`` for one channel).
+    labels : array-like, optional
+        ``(N,)`` integer labels (default: ``data.labels`` when present).
+    store : ActivationStore or str or os.PathLike, optional
+        None (a :class:`MemoryStore`), a directory path (a new :class:`ZarrStore`, refused if
+        it exists unless ``overwrite``), or an empty store object.
+    select : mapping of str to int or str, optional
+        ``{layer: index or key}`` for layers that return a tuple/list/dict (applies to every
+        call of the layer).
+    nonfinite : str
+        ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0 (counts per
+        block in ``meta["nonfinite"]``).
+    progress : bool
+        Show a progress bar on stderr when there is more than one batch.
+    meta : mapping, optional
+        Extra JSON-able metadata (model / data description, class names).
+    overwrite : bool
+        Let a path ``store`` replace an existing factorlens store there.
+    output : str, optional
+        Also store what the model itself returns (``(N, K)`` class scores, say) as a block of
+        this name and kind ``"output"`` — the same forward pass, not a second one.
+    resume : bool
+        Continue the interrupted capture in the store directory ``store`` from its last batch
+        whose rows are all on disk; the model, weights, data and settings must be the ones it
+        started with (checked), and the store ends bit-identical to an uninterrupted capture.
 
-    Returns the closed (complete, read-only) store. On an error a store that capture created
-    on disk is removed again; on an interruption (``KeyboardInterrupt``, ``SystemExit``) it
-    is kept, for ``resume``.
+    Returns
+    -------
+    ActivationStore
+        The closed (complete, read-only) store.
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise FactorlensError(f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")
@@ -517,8 +589,10 @@ def _run_capture(
     start_row: int = 0,
     counts: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    """The batch loop of :func:`capture`, from sample ``start_row`` (a batch boundary; the
-    store then already holds the rows before it, and ``counts`` their non-finite counts).
+    """Run the batch loop of :func:`capture`, from sample ``start_row``.
+
+    ``start_row`` is a batch boundary; the store then already holds the rows before it, and
+    ``counts`` their non-finite counts.
 
     Returns the non-finite counts replaced per block. The k-th call of module ``m`` is block
     ``m#k`` (k >= 2), blocks in call order. Hooks are always removed and the model's modes and
@@ -642,7 +716,7 @@ def _run_capture(
 
 
 def _check_resumed_blocks(store: ActivationStore, names: list[str]) -> None:
-    """A resumed capture must produce exactly the blocks the interrupted one created."""
+    """Check that a resumed capture produces exactly the blocks the interrupted one created."""
     have = [n for n in store.names if n != "input"]
     if sorted(have) != sorted(names):
         raise FactorlensError(

@@ -60,7 +60,7 @@ MAX_SEED = 2**32 - 1
 
 
 def _positive_int(text: str) -> int:
-    """A count: an integer >= 1."""
+    """Parse a count: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -165,7 +165,7 @@ def _add_common(
 
 
 def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -> None:
-    """The options that say which model runs on which inputs (analyze, rank, quality)."""
+    """Add the options that say which model runs on which inputs (analyze, rank, quality)."""
     g = p.add_argument_group("model and data")
     g.add_argument(
         "--model",
@@ -225,6 +225,7 @@ def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Return the ``factorlens`` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(
         prog="factorlens",
         description="Look inside a trained PyTorch network: jointly factorize its test inputs "
@@ -436,6 +437,18 @@ def _print_summary(result, out: Path, seconds: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``factorlens`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0, 2 for errors, 130 for Ctrl-C, 143 for SIGTERM.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

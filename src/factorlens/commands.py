@@ -75,7 +75,7 @@ def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
 
 
 def _inputs(args: argparse.Namespace):
-    """The data (sub-sampled), the device and the preprocessing the options ask for."""
+    """Return the data (sub-sampled), the device and the preprocessing the options ask for."""
     from factorlens.data import load_data, make_preprocess, parse_normalize
     from factorlens.modelio import find_preprocess_hook
 
@@ -132,7 +132,7 @@ def _existing_store(args: argparse.Namespace):
 
 
 def _captured(args: argparse.Namespace, out: Path, rank: int | None):
-    """The activation store for ``analyze``/``rank``: reopened, or captured from the model."""
+    """Return the activation store for ``analyze``/``rank``: reopened, or captured anew."""
     if args.model is None:
         acts = _existing_store(args)
         if rank is not None:
@@ -223,8 +223,11 @@ CHECKPOINTS_DIR = "checkpoints"
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    """Score every checkpoint on the same unlabelled inputs; print a table, write JSON and,
-    with ``--out``, every checkpoint's analysis at its chosen rank plus the trajectory report."""
+    """Score every checkpoint on the same unlabelled inputs.
+
+    Print a table, write JSON and, with ``--out``, every checkpoint's analysis at its chosen
+    rank plus the trajectory report.
+    """
     from factorlens.pipeline import FIGURES_DIR, REPORT_HTML, publish
     from factorlens.quality import resolve_mode
 
@@ -269,8 +272,11 @@ def run_quality(args: argparse.Namespace) -> int:
 
 
 def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | None) -> None:
-    """Capture and score each checkpoint (appending to ``reports``); with a ``stage`` folder
-    also write its analysis at the chosen rank, the trajectory report and quality.json."""
+    """Capture and score each checkpoint, appending to ``reports``.
+
+    With a ``stage`` folder also write its analysis at the chosen rank, the trajectory report
+    and quality.json.
+    """
     from tqdm import tqdm
 
     from factorlens.modelio import build_model
@@ -359,7 +365,7 @@ def _record_quality(result_json: Path, report) -> None:
 
 
 def _print_quality_table(reports: list, with_acc: bool) -> None:
-    """The quality table on stdout (and Spearman with accuracy when there are labels)."""
+    """Print the quality table on stdout (and Spearman with accuracy when there are labels)."""
     width = max(len("checkpoint"), *(len(r.checkpoint or "") for r in reports))
     head = (
         f"{'checkpoint':<{width}}  {'rank':>4}  {'score':>6}  {'± sd':>6}  {'single':>6}  "

@@ -69,8 +69,11 @@ class ConsensusFit:
     converged: bool
 
     def spread(self, n_boot: int = 200, random_state: int = 0) -> np.ndarray:
-        """(M,) bootstrap standard deviation of each ``accuracy`` over resamples of the inputs
-        (the consensus kept fixed): estimates closer than a few of these are not told apart."""
+        """Return the ``(M,)`` bootstrap standard deviation of each ``accuracy``.
+
+        The inputs are resampled, the consensus kept fixed: estimates closer than a few of
+        these are not told apart.
+        """
         rng = np.random.default_rng(random_state)
         n = self.agreement.shape[1]
         draws = np.empty((int(n_boot), self.agreement.shape[0]))
@@ -100,8 +103,26 @@ def _check_predictions(predictions: np.ndarray, n_classes: int) -> np.ndarray:
 def consensus_accuracy(
     predictions: np.ndarray, n_classes: int, *, n_iter: int = N_ITER, tol: float = TOL
 ) -> ConsensusFit:
-    """Fit the one-coin Dawid–Skene model to predicted classes ``(M, N)`` with ``n_classes``
-    classes; see the module docstring. Deterministic (no random start)."""
+    """Fit the one-coin Dawid–Skene model to the checkpoints' predicted classes.
+
+    See the module docstring. Deterministic (no random start).
+
+    Parameters
+    ----------
+    predictions : numpy.ndarray
+        Predicted classes ``(M, N)``: M checkpoints on the same N inputs.
+    n_classes : int
+        The number of classes K.
+    n_iter : int
+        At most this many EM iterations.
+    tol : float
+        Stop once no estimated accuracy ``p_m`` changes by more than this.
+
+    Returns
+    -------
+    ConsensusFit
+        Each checkpoint's estimated accuracy, the posterior and the class frequencies.
+    """
     pred = _check_predictions(predictions, int(n_classes))
     m, n = pred.shape
     k = int(n_classes)

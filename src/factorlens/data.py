@@ -56,10 +56,14 @@ class ImageData:
 
     Attributes
     ----------
-    images : float32 ``(N, C, H, W)`` in [0, 1] for images, or ``(N, D)`` for non-image data.
-    labels : int64 ``(N,)`` or None.
-    class_names : one name per class (index = label), or None.
-    description : one line saying where the data came from.
+    images : numpy.ndarray
+        float32 ``(N, C, H, W)`` in [0, 1] for images, or ``(N, D)`` for non-image data.
+    labels : numpy.ndarray or None
+        int64 ``(N,)``.
+    class_names : list of str or None
+        One name per class (index = label).
+    description : str
+        One line saying where the data came from.
     """
 
     images: np.ndarray
@@ -73,9 +77,21 @@ class ImageData:
         return int(self.images.shape[0])
 
     def subset(self, n: int | None, seed: int) -> ImageData:
-        """Random subset of ``n`` samples without replacement, in original order.
+        """Return a random subset of ``n`` samples without replacement, in original order.
 
         Deterministic for a given ``seed``. ``n`` None or ``>= N`` returns ``self`` unchanged.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from factorlens.data import ImageData
+        >>> images = np.zeros((6, 1, 2, 2), np.float32)
+        >>> data = ImageData(images, np.arange(6), None, "zeros")
+        >>> sub = data.subset(3, seed=0)
+        >>> sub.labels
+        array([3, 4, 5])
+        >>> sub.description
+        'zeros; random subset of 3 (seed 0)'
         """
         if n is None or n >= self.n_samples:
             return self
@@ -95,9 +111,26 @@ class ImageData:
 
 
 def digits_split(seed: int, n_train: int = 1300) -> tuple[np.ndarray, np.ndarray, ImageData]:
-    """scikit-learn's digits shuffled with ``seed``: the first ``n_train`` for training
-    (images (n, 1, 8, 8) in [0, 1] in the shuffled order, labels (n,)) and the rest held out
-    as a labelled ``ImageData`` in their original order. The demo and the digits zoos use it."""
+    """Split scikit-learn's digits, shuffled with ``seed``, into training and held-out sets.
+
+    The demo and the digits zoos use it.
+
+    Parameters
+    ----------
+    seed : int
+        The shuffle's seed.
+    n_train : int
+        The first ``n_train`` shuffled digits are for training.
+
+    Returns
+    -------
+    x_train : numpy.ndarray
+        Training images ``(n_train, 1, 8, 8)`` in [0, 1], in the shuffled order.
+    y_train : numpy.ndarray
+        Their labels ``(n_train,)``.
+    held_out : ImageData
+        The rest, labelled, in their original order.
+    """
     digits = load_data("digits")
     assert digits.labels is not None
     order = np.random.default_rng(seed).permutation(digits.n_samples)
@@ -123,7 +156,25 @@ def digits_split(seed: int, n_train: int = 1300) -> tuple[np.ndarray, np.ndarray
 
 
 def load_data(spec: str) -> ImageData:
-    """Load test inputs from ``spec`` (see the module docstring for the accepted forms)."""
+    """Load test inputs from a data SPEC.
+
+    Parameters
+    ----------
+    spec : str
+        ``digits``, ``glyphs``, ``shapes``, ``mnist:DIR`` (``mnist:DIR:train`` for the
+        training split), ``npz:FILE`` or ``folder:DIR``; see the module docstring for each.
+
+    Returns
+    -------
+    ImageData
+        float32 images in [0, 1], ``N×C×H×W`` (``N×D`` for non-image data), with labels and
+        class names where the data has them.
+
+    Raises
+    ------
+    FactorlensError
+        For an unknown SPEC or data that cannot be read.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise FactorlensError(f"empty data SPEC; use one of: {SPEC_FORMS}")
     spec = spec.strip()

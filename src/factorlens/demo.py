@@ -18,8 +18,26 @@ DEMO_EPOCHS = 15
 
 
 def train_demo_model(seed: int = 0, progress: bool = True) -> tuple[DigitsCNN, ImageData, float]:
-    """Train DigitsCNN on 1300 shuffled digits; return (model in eval mode, held-out ImageData,
-    held-out accuracy in [0, 1]). Images are 1×8×8 in [0, 1], fed to the model unnormalized."""
+    """Train DigitsCNN on 1300 shuffled digits.
+
+    Images are 1×8×8 in [0, 1], fed to the model unnormalized.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the shuffle, the initialisation and the batches.
+    progress : bool
+        Show a progress bar for the training.
+
+    Returns
+    -------
+    model : DigitsCNN
+        The trained model, in eval mode.
+    held_out : ImageData
+        The held-out digits.
+    accuracy : float
+        The held-out accuracy in [0, 1].
+    """
     x_train, y_train, held_out = digits_split(seed, N_TRAIN)
     torch.manual_seed(seed)
     model = DigitsCNN()

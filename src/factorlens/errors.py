@@ -21,7 +21,9 @@ def close_matches(word: str, candidates: list[str], n: int = 3) -> str:
 
 
 def one_line(text: object, limit: int = 160) -> str:
-    """``text`` (an exception, say) on one line, whitespace collapsed, at most ``limit``
-    characters (cut with "...")."""
+    """Return ``text`` (an exception, say) on one line, whitespace collapsed.
+
+    At most ``limit`` characters (cut with "...").
+    """
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -25,10 +25,12 @@ def check() -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so that staging folders are cleaned up on the way
-    out (exit status 143)."""
+    """SIGTERM, turned into an exception.
+
+    So that staging folders are cleaned up on the way out (exit status 143).
+    """
 
 
 def raise_terminated(signum: int, frame: object) -> None:
-    """A SIGTERM handler: raise :class:`Terminated` in the main thread."""
+    """Handle SIGTERM: raise :class:`Terminated` in the main thread."""
     raise Terminated("terminated")

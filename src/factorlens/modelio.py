@@ -121,7 +121,7 @@ def _module_classes(module: types.ModuleType) -> list[str]:
 
 
 def _module_root(name: str, module: types.ModuleType) -> Path | None:
-    """The folder that ``import <top-level package of name>`` found ``module`` in."""
+    """Return the folder that ``import <top-level package of name>`` found ``module`` in."""
     file = getattr(module, "__file__", None)
     if not file:
         return None
@@ -131,8 +131,11 @@ def _module_root(name: str, module: types.ModuleType) -> Path | None:
 
 
 def _forget_other_siblings(folder: Path) -> None:
-    """Drop the cached modules that another model file's folder provided under a name this
-    folder also has a file for, so that the model file's ``import helper`` gets its own."""
+    """Drop cached modules of another model file's folder that this folder also has.
+
+    These are the modules another model file's folder provided under a name this folder also
+    has a file for, so that the model file's ``import helper`` gets its own.
+    """
     own = {p.stem for p in folder.glob("*.py")} | {
         p.parent.name for p in folder.glob("*/__init__.py")
     }
@@ -218,7 +221,20 @@ def load_model_class(spec: str) -> Callable[[], nn.Module]:
 def find_preprocess_hook(
     spec: str | Callable[..., Any],
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The model file's ``factorlens_preprocess`` hook (class staticmethod first, then module)."""
+    """Find the model file's ``factorlens_preprocess`` hook.
+
+    The class's staticmethod is looked for first, then the module-level function.
+
+    Parameters
+    ----------
+    spec : str or callable
+        ``FILE.py:Class``, or the model class itself.
+
+    Returns
+    -------
+    callable or None
+        The hook, or None when the model file defines none.
+    """
     obj = load_model_class(spec) if isinstance(spec, str) else spec
     candidates: list[tuple[str, Any]] = []
     if inspect.isclass(obj) and HOOK_NAME in vars(obj):
@@ -248,13 +264,18 @@ def find_preprocess_hook(
 
 
 class _MissingGlobal(Exception):
-    """A class or function a trusted pickle names that neither its module nor the model file has;
-    the message is its ``module.name``."""
+    """A class or function a trusted pickle names that neither its module nor the model has.
+
+    The message is its ``module.name``.
+    """
 
 
 def _user_unpickler_module(fallback: types.ModuleType | None) -> types.ModuleType:
-    """A stand-in for the ``pickle`` module whose Unpickler finds classes pickled from the model
-    file under another module name (``__main__.Net``, ``model.Net``) in the imported model file."""
+    """Return a stand-in for the ``pickle`` module that finds the model file's classes.
+
+    Its Unpickler finds classes pickled from the model file under another module name
+    (``__main__.Net``, ``model.Net``) in the imported model file.
+    """
 
     class _Unpickler(pickle.Unpickler):
         def find_class(self, module_name: str, name: str) -> Any:
@@ -284,8 +305,11 @@ _STRING_OPS = frozenset(
 
 
 def _pickle_globals(data: bytes) -> list[str]:
-    """``module.name`` of every class or function a pickle names, read without running it
-    (``GLOBAL``, and ``STACK_GLOBAL`` of pickle protocol 4+ from the two strings before it)."""
+    """Return ``module.name`` of every class or function a pickle names, without running it.
+
+    Read from ``GLOBAL``, and ``STACK_GLOBAL`` of pickle protocol 4+ from the two strings
+    before it.
+    """
     names: list[str] = []
     memo: dict[int, Any] = {}
     pushed: list[Any] = [None, None]  # the values pushed last (strings, else None)
@@ -306,8 +330,11 @@ def _pickle_globals(data: bytes) -> list[str]:
 
 
 def _refused_globals(path: Path, message: str) -> list[str] | None:
-    """What a checkpoint that weights-only loading refused pickles beyond tensors (``module.name``
-    each; ``[]`` when nothing is named), or None when the file is damaged rather than pickled."""
+    """Return what a checkpoint refused by weights-only loading pickles beyond tensors.
+
+    ``module.name`` each; ``[]`` when nothing is named, or None when the file is damaged
+    rather than pickled.
+    """
     try:
         with zipfile.ZipFile(path) as zf:
             pkl = next(n for n in zf.namelist() if n.endswith("data.pkl"))
@@ -320,7 +347,7 @@ def _refused_globals(path: Path, message: str) -> list[str] | None:
 
 
 def _short(exc: BaseException) -> str:
-    """The informative first sentence of a (often multi-paragraph) torch error message."""
+    """Return the informative first sentence of a (often multi-paragraph) torch error."""
     msg = " ".join(str(exc).split())
     if "WeightsUnpickler error:" in msg:
         msg = msg.split("WeightsUnpickler error:", 1)[1].strip()
@@ -402,7 +429,7 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def _extract_state(obj: Any, path: Path) -> nn.Module | dict[str, torch.Tensor]:
-    """A loaded checkpoint -> a full module (trusted pickles only) or a state dict."""
+    """Turn a loaded checkpoint into a full module (trusted pickles only) or a state dict."""
     if isinstance(obj, nn.Module):
         return obj
     if not isinstance(obj, Mapping):

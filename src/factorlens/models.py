@@ -32,7 +32,7 @@ __all__ = [
 
 
 def _check_width(width: int) -> int:
-    """The base channel count of a reference CNN (its first conv's output channels)."""
+    """Check the base channel count of a reference CNN (its first conv's output channels)."""
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise FactorlensError(f"the width must be a positive integer, got {width!r}")
     return width

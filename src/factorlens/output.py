@@ -36,8 +36,11 @@ LEGACY_NAMES = ("result.json", "factors.npz", "inputs.npz", "index.html", "quali
 
 
 def _started(pid: int) -> str:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or "" where the
-    system does not say: with the pid it names one process, even after the pid is reused."""
+    """Return when process ``pid`` started (clock ticks since boot, from /proc).
+
+    "" where the system does not say. With the pid it names one process, even after the pid
+    is reused.
+    """
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -45,7 +48,7 @@ def _started(pid: int) -> str:
 
 
 def _owner() -> str:
-    """This process as a lock owner: ``"<pid> <start time>"``."""
+    """Return the current process as a lock owner: ``"<pid> <start time>"``."""
     return f"{os.getpid()} {_started(os.getpid())}".strip()
 
 
@@ -65,14 +68,21 @@ def _alive(owner: str) -> bool:
 
 
 def _staging_pid(name: str, prefix: str) -> int | None:
-    """The pid in a staging folder's name ``<prefix><pid>-<random>`` (None: none there)."""
+    """Return the pid in a staging folder's name ``<prefix><pid>-<random>`` (None: none)."""
     head = name[len(prefix) :].split("-", 1)[0]
     return int(head) if head.isdigit() else None
 
 
 def clean_stale(out: Path) -> None:
-    """Remove staging folders and locks beside ``out`` whose process is gone (a note each);
-    mention leftovers that name no process."""
+    """Remove staging folders and locks beside ``out`` whose process is gone.
+
+    A note on stderr names each one removed; leftovers that name no process are mentioned.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        The output folder.
+    """
     parent = out.parent
     if not parent.is_dir():
         return
@@ -93,9 +103,20 @@ def clean_stale(out: Path) -> None:
 
 
 def read_manifest(out: Path) -> set[str] | None:
-    """The files factorlens wrote into ``out`` by its manifest; for a result folder from before
-    manifests (a ``result.json`` or ``quality.json`` of factorlens, no manifest) its known
-    files; None when ``out`` holds no factorlens result."""
+    """Return the files factorlens wrote into ``out``, by its manifest.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        The output folder.
+
+    Returns
+    -------
+    set of str or None
+        The manifest's relative paths; for a result folder from before manifests (a
+        ``result.json`` or ``quality.json`` of factorlens, no manifest) its known files;
+        None when ``out`` holds no factorlens result.
+    """
     path = out / MANIFEST
     if path.is_file():
         try:
@@ -132,7 +153,7 @@ def _legacy_result(out: Path) -> bool:
 
 
 def _inside(rel: str) -> bool:
-    """A manifest entry is a plain relative path inside the folder (nothing like ``../x``)."""
+    """Tell whether a manifest entry is a plain relative path inside the folder (no ``../x``)."""
     parts = Path(rel).parts
     return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
 
@@ -196,8 +217,11 @@ def _lock_owner(lock: Path) -> str:
 
 
 def _remove_if_dead(lock: Path) -> None:
-    """Remove ``lock`` if its owner is gone. It is first renamed to a name of our own, so two
-    runs cannot both remove it, and put back if another run took it over meanwhile."""
+    """Remove ``lock`` if its owner is gone.
+
+    It is first renamed to a name of our own, so two runs cannot both remove it, and put back
+    if another run took it over meanwhile.
+    """
     owner = _lock_owner(lock)
     if not owner or _alive(owner):
         return
@@ -216,9 +240,11 @@ def _remove_if_dead(lock: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
-    """Hold ``.OUT.lock`` (our pid and start time, linked into place whole, so it is never
-    seen empty) while moving files into ``out``; a lock of a dead process is taken over, one
-    of a live process refused."""
+    """Hold ``.OUT.lock`` while moving files into ``out``.
+
+    The lock holds our pid and start time, linked into place whole, so it is never seen
+    empty. A lock of a dead process is taken over, one of a live process refused.
+    """
     lock = _lock_path(out)
     mine = lock.with_name(f"{lock.name}.{os.getpid()}")
     mine.write_text(_owner())
@@ -268,12 +294,30 @@ def publish(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Run ``produce(stage)`` in a staging folder beside ``out``, then move the entries
-    ``names`` it wrote into ``out`` (``result.json`` last) and update the manifest.
+    """Produce files in a staging folder, then move them into ``out``.
+
+    ``produce(stage)`` runs in a staging folder beside ``out``; then the entries ``names`` it
+    wrote are moved into ``out`` (``result.json`` last) and the manifest is updated.
 
     The move runs under the folder's lock and refuses, before moving anything, a target that
     exists unless ``overwrite`` and the manifest lists it. With ``overwrite``, files of the old
     manifest under ``names`` that the new result does not write are removed.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        The output folder.
+    produce : callable
+        ``produce(stage)`` writes the files into the staging folder ``stage``.
+    names : tuple of str
+        The entries of the staging folder to move into ``out``.
+    overwrite : bool
+        Replace files that the manifest of ``out`` lists.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``, made absolute.
     """
     out = Path(os.path.abspath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,8 +366,10 @@ def _prune_empty_dirs(out: Path, removed: Iterable[str]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed over it: a reader sees the
-    old content or the new one, never a part."""
+    """Write ``text`` to ``path`` through a temporary file renamed over it.
+
+    A reader sees the old content or the new one, never a part.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -338,8 +384,10 @@ def write_manifest(out: Path, files: Iterable[str]) -> None:
 
 
 def check_not_nested(out: Path, store: Path) -> None:
-    """Refuse an ``--out`` and a ``--store`` where one lies inside the other (or both are
-    the same folder): an ``--overwrite`` of one would delete the other."""
+    """Refuse an ``--out`` and a ``--store`` where one lies inside the other.
+
+    Or both are the same folder: an ``--overwrite`` of one would delete the other.
+    """
     o, s = out.resolve(), store.resolve()
     if s == o or o in s.parents:
         raise FactorlensError(

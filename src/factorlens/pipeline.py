@@ -37,8 +37,10 @@ OUTPUT_NAMES = (RESULT_JSON, FACTORS_NPZ, INPUTS_NPZ, REPORT_HTML, FIGURES_DIR)
 
 
 def save_inputs(directory: Path, images: np.ndarray, labels, class_names, predictions=None) -> None:
-    """Write the input block (as factorized), labels, class names and predicted classes
-    (each optional but the images) to ``inputs.npz``."""
+    """Write the input block (as factorized) and what goes with it to ``inputs.npz``.
+
+    Labels, class names and predicted classes are each optional; the images are not.
+    """
     arrays: dict[str, Any] = {"images": np.asarray(images, dtype=np.float32)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
@@ -50,7 +52,7 @@ def save_inputs(directory: Path, images: np.ndarray, labels, class_names, predic
 
 
 def load_predictions(directory: str | Path) -> np.ndarray | None:
-    """The predicted classes saved in ``inputs.npz`` (N,), or None when none were saved."""
+    """Return the predicted classes saved in ``inputs.npz`` (N,), or None when none were."""
     path = Path(directory) / INPUTS_NPZ
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -63,8 +65,11 @@ def load_predictions(directory: str | Path) -> np.ndarray | None:
 
 
 def predicted_classes(store: Any, n_classes: int | None) -> np.ndarray | None:
-    """The model's predicted class per input: the argmax of the store's last block when that
-    block has one output per class (``n_classes`` of them); else None."""
+    """Return the model's predicted class per input, or None.
+
+    The prediction is the argmax of the store's last block when that block has one output per
+    class (``n_classes`` of them); else None.
+    """
     if not n_classes or len(store.names) < 2:
         return None
     block = store.block(store.names[-1])
@@ -77,7 +82,27 @@ def predicted_classes(store: Any, n_classes: int | None) -> np.ndarray | None:
 
 
 def load_inputs(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """Read ``inputs.npz`` from a result directory: ``(images, labels, class_names)``."""
+    """Read ``inputs.npz`` from a result directory.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        A result directory written by :func:`analyze` (or ``factorlens analyze``).
+
+    Returns
+    -------
+    images : numpy.ndarray
+        The input block as factorized, float32 ``(N, ...)``.
+    labels : numpy.ndarray or None
+        ``(N,)`` labels, when the data had them.
+    class_names : list of str or None
+        The class names, when known.
+
+    Raises
+    ------
+    FactorlensError
+        When the file is missing, damaged or does not match a result.
+    """
     path = Path(directory) / INPUTS_NPZ
     if not path.is_file():
         raise FactorlensError(f"{path} is missing; rerun `factorlens analyze` to recreate it")
@@ -100,7 +125,18 @@ def load_inputs(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, l
 
 
 def load(directory: str | Path) -> CMTFResult:
-    """Load the factorization saved in a result directory (``result.json`` + ``factors.npz``)."""
+    """Load the factorization saved in a result directory.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        A folder holding ``result.json`` and ``factors.npz``.
+
+    Returns
+    -------
+    CMTFResult
+        The saved factorization.
+    """
     return CMTFResult.load(directory)
 
 
@@ -139,8 +175,11 @@ def write_report_files(
     overwrite: bool = False,
     predictions: np.ndarray | None = None,
 ) -> Path:
-    """Write only ``index.html`` and ``figures/`` into ``out`` (staged, then moved; with
-    ``overwrite`` the report factorlens wrote there before is replaced)."""
+    """Write only ``index.html`` and ``figures/`` into ``out``.
+
+    The files are staged, then moved; with ``overwrite`` the report factorlens wrote there
+    before is replaced.
+    """
     return publish(
         Path(out),
         lambda stage: _report(stage, result, images, labels, class_names, title, predictions),
@@ -156,10 +195,12 @@ def _report(stage: Path, result, images, labels, class_names, title: str, predic
 
 
 def load_checkpoints(sources: Sequence[str | Path]) -> list:
-    """Load result directories as checkpoints (``report.trajectory.Checkpoint``) and check
-    they can be compared: equal block names and numbers of samples, and the same saved test
-    inputs (``inputs.npz``, where present), since matching columns of A only means something
-    then."""
+    """Load result directories as checkpoints and check that they can be compared.
+
+    Each becomes a ``report.trajectory.Checkpoint``. Comparable means equal block names and
+    numbers of samples, and the same saved test inputs (``inputs.npz``, where present), since
+    matching columns of A only means something then.
+    """
     from factorlens.report.trajectory import Checkpoint, check_compatible, checkpoint_label
 
     cps = []
@@ -190,10 +231,12 @@ def checkpoints_report(
     title: str = "factorlens report",
     link_base: Path | None = None,
 ) -> Path:
-    """Write the checkpoints report of ``sources`` straight into ``directory``: the main
-    checkpoint (``main``, 0-based; default the best-scoring, else the last) in full plus the
-    checkpoints view. Each checkpoint's own ``index.html`` is linked relative to
-    ``link_base`` (where ``directory`` will finally be; default ``directory``)."""
+    """Write the checkpoints report of ``sources`` straight into ``directory``.
+
+    The report is the main checkpoint (``main``, 0-based; default the best-scoring, else the
+    last) in full plus the checkpoints view. Each checkpoint's own ``index.html`` is linked
+    relative to ``link_base`` (where ``directory`` will finally be; default ``directory``).
+    """
     from factorlens.report import write_report
     from factorlens.report.trajectory import build_trajectory, main_index
 
@@ -230,8 +273,11 @@ def write_checkpoints_report(
     title: str = "factorlens report",
     overwrite: bool = False,
 ) -> Path:
-    """:func:`checkpoints_report` into ``out``, staged then moved like
-    :func:`write_report_files` (``overwrite`` replaces a report factorlens wrote there)."""
+    """Write :func:`checkpoints_report` into ``out``.
+
+    Staged then moved like :func:`write_report_files` (``overwrite`` replaces a report
+    factorlens wrote there).
+    """
     out = Path(out).absolute()
     return publish(
         out,
@@ -242,13 +288,16 @@ def write_checkpoints_report(
 
 
 def input_images(store: Any) -> np.ndarray:
-    """The input block of a store as an array (N, …)."""
+    """Return the input block of a store as an array (N, …)."""
     return np.asarray(store.block(store.names[0])[:], dtype=np.float32)
 
 
 def tensor_blocks_for(store: Any, tensor_layers: list[str] | None) -> list[str] | None:
-    """The engine's ``tensor_blocks`` for ``--tensor-layers``: the input (when it has two or
-    more feature axes) plus those layers; ``None`` (the engine's default) when none given."""
+    """Return the engine's ``tensor_blocks`` for ``--tensor-layers``.
+
+    That is the input (when it has two or more feature axes) plus those layers; ``None`` (the
+    engine's default) when none are given.
+    """
     if not tensor_layers:
         return None
     first = store.names[0]
@@ -375,11 +424,52 @@ def analyze(
     report: bool = True,
     **engine: Any,
 ) -> CMTFResult:
-    """Capture ``model`` on ``data`` (an ``ImageData``), factorize, write everything to ``out``.
+    """Capture ``model`` on ``data``, factorize, write everything to ``out``.
 
-    ``engine`` options go to :class:`factorlens.factorize.CMTF` (``nonneg``, ``l1``,
-    ``weighting``, ``center``, ``tensor_blocks``, ``n_init``, ``max_iter``, ``tol``,
-    ``random_state``). Returns the fitted :class:`CMTFResult`.
+    Writes ``result.json``, ``factors.npz``, ``inputs.npz`` and (with ``report``) the HTML
+    report into ``out``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    data : ImageData
+        The test inputs (see :func:`factorlens.data.load_data`).
+    out : str or pathlib.Path
+        The output directory.
+    rank : int
+        The number of components R.
+    layers : list of str or str, optional
+        Module names or globs (see :func:`factorlens.capture.select_layers`); default: every
+        conv, linear, activation and pooling leaf.
+    preprocess : callable, optional
+        Applied to each batch before the model (not to the stored input block).
+    store : str or pathlib.Path, optional
+        Capture into a :class:`~factorlens.store.ZarrStore` at this path instead of memory.
+    batch_size : int
+        Samples per forward pass.
+    device : str
+        ``"cpu"`` or ``"cuda"``, for the capture and the factorization.
+    select : dict, optional
+        ``{layer: index or key}`` for layers that return a tuple, list or dict.
+    nonfinite : str
+        ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0.
+    overwrite : bool
+        Replace a result factorlens wrote into ``out`` (and a store at ``store``) before.
+    progress : bool
+        Show progress bars on stderr.
+    meta : dict, optional
+        Extra JSON-able metadata for the store and the result.
+    report : bool
+        Also write ``index.html`` and ``figures/``.
+    **engine
+        Options of :class:`factorlens.factorize.CMTF` (``nonneg``, ``l1``, ``weighting``,
+        ``center``, ``tensor_blocks``, ``n_init``, ``max_iter``, ``tol``, ``random_state``).
+
+    Returns
+    -------
+    CMTFResult
+        The fitted factorization.
     """
     acts = capture_for_analysis(
         model,
@@ -422,7 +512,32 @@ def analyze_store(
 ) -> CMTFResult:
     """Factorize an activation store (in memory or reopened from disk) and write ``out``.
 
-    ``extra_meta`` is merged into the result's metadata (e.g. the rank scan's evidence).
+    Parameters
+    ----------
+    acts : ActivationStore
+        A complete store, from :func:`factorlens.capture.capture` or
+        :func:`factorlens.store.open_store`.
+    out : str or pathlib.Path
+        The output directory.
+    rank : int
+        The number of components R.
+    overwrite : bool
+        Replace a result factorlens wrote into ``out`` before.
+    progress : bool
+        Show a progress bar on stderr.
+    report : bool
+        Also write ``index.html`` and ``figures/``.
+    device : str
+        ``"cpu"`` or ``"cuda"`` for the factorization's data products.
+    extra_meta : dict, optional
+        Merged into the result's metadata (e.g. the rank scan's evidence).
+    **engine
+        Options of :class:`factorlens.factorize.CMTF`.
+
+    Returns
+    -------
+    CMTFResult
+        The fitted factorization.
     """
     out = check_output_dir(out, overwrite)
     result = factorize_store(acts, rank, progress=progress, device=device, **engine)
@@ -446,9 +561,12 @@ def analyze_store(
 def _check_store_path(
     path: Path, overwrite: bool, out: Path | None = None, resume: bool = False
 ) -> None:
-    """Refuse a ``--store`` that is a file, is nested with ``--out`` (either way), or exists
-    without ``overwrite`` (then only a factorlens store, complete or not, is replaced); with
-    ``resume`` it must hold an interrupted capture."""
+    """Refuse a ``--store`` that cannot be written.
+
+    Refused: a file, a store nested with ``--out`` (either way), or one that exists without
+    ``overwrite`` (then only a factorlens store, complete or not, is replaced); with
+    ``resume`` it must hold an interrupted capture.
+    """
     from factorlens.store import store_state
 
     if path.exists() and not path.is_dir():

@@ -76,6 +76,39 @@ class QualityReport:
     ``score`` and ``score_sd`` are those of ``mode``: ``"single"`` (``single_score``, from this
     checkpoint alone) or ``"consensus"`` (``estimated_accuracy``, from its agreement with the
     other checkpoints scored on the same inputs, :func:`score_together`).
+
+    Attributes
+    ----------
+    score : float
+        The score of ``mode``.
+    rank : int
+        The joint factorization's chosen rank (0 when no rank was scanned).
+    prediction_rank : float
+        Effective rank of the predicted class probabilities, in ``[1, K]``.
+    stability : float
+        Mean Cohen's κ between the answers on the inputs and on each perturbed copy.
+    score_sd : float
+        Bootstrap standard deviation of ``score`` over resamples of the inputs.
+    n_outputs : int
+        K, the number of class scores the model gives.
+    n_inputs : int
+        N, the number of inputs scored.
+    checkpoint : str or None
+        The checkpoint's name.
+    accuracy : float or None
+        Accuracy on the labels, when the data has them (for reference only).
+    degenerate : list of str
+        Blocks that are constant over the inputs (left out of the rank scan).
+    rank_scan : dict or None
+        The rank scan's evidence (:meth:`factorlens.rank.RankScan.to_dict`).
+    mode : str
+        ``"single"`` or ``"consensus"``.
+    single_score : float or None
+        The single-checkpoint score, whatever the mode.
+    single_score_sd : float or None
+        Its bootstrap standard deviation.
+    estimated_accuracy : float or None
+        The consensus' estimated accuracy (consensus mode only).
     """
 
     score: float
@@ -95,6 +128,7 @@ class QualityReport:
     estimated_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-able dict (the ``--json`` fields)."""
         out = {
             "checkpoint": self.checkpoint,
             "rank": int(self.rank),
@@ -141,9 +175,11 @@ def _check_outputs(outputs: Any) -> np.ndarray:
 
 
 def class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """``(N, K)`` class probabilities from a model's outputs: the outputs themselves when every
-    row already is a probability vector (a model ending in softmax), else their softmax (logits
-    or log-probabilities)."""
+    """Return ``(N, K)`` class probabilities from a model's outputs.
+
+    The outputs themselves when every row already is a probability vector (a model ending in
+    softmax), else their softmax (logits or log-probabilities).
+    """
     out = np.asarray(_check_outputs(outputs), dtype=np.float64)
     if out.min() >= 0.0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
         return out
@@ -156,8 +192,10 @@ def prediction_rank(outputs: np.ndarray) -> float:
 
 
 def perturbations(inputs: Any, random_state: int = 0) -> list[np.ndarray]:
-    """The perturbed copies of ``inputs`` that the stability compares against: images
-    ``(N, C, H, W)`` give ``[moved, noisy]``, any other shape ``[noisy]``; float32 in [0, 1].
+    """Return the perturbed copies of ``inputs`` that the stability compares against.
+
+    Images ``(N, C, H, W)`` give ``[moved, noisy]``, any other shape ``[noisy]``; float32 in
+    [0, 1].
 
     ``moved``: every image translated by ``max(1, round(SHIFT_FRACTION × side))`` pixels
     up, down, left or right (drawn per image), the edge pixels replicated into the gap.
@@ -183,9 +221,11 @@ def perturbations(inputs: Any, random_state: int = 0) -> list[np.ndarray]:
 
 
 def answer_agreement(predicted: np.ndarray, other: np.ndarray, n_classes: int) -> float:
-    """Cohen's κ between two answers ``(N,)`` to the same inputs: the share that agree,
-    corrected by the share expected from the two class frequencies. 0 when either answer is
-    always the same class."""
+    """Return Cohen's κ between two answers ``(N,)`` to the same inputs.
+
+    κ is the share that agree, corrected by the share expected from the two class
+    frequencies. 0 when either answer is always the same class.
+    """
     a, b = np.asarray(predicted), np.asarray(other)
     fa = np.bincount(a, minlength=n_classes) / a.size
     fb = np.bincount(b, minlength=n_classes) / b.size
@@ -211,8 +251,11 @@ def _check_perturbed(outputs: np.ndarray, perturbed: Sequence[np.ndarray]) -> li
 def quality_score(
     outputs: np.ndarray, perturbed: Sequence[np.ndarray]
 ) -> tuple[float, float, float]:
-    """``(score, stability, prediction_rank)`` of one checkpoint from its outputs ``(N, K)``
-    on the inputs and on each of their :func:`perturbations` (same shape)."""
+    """Return ``(score, stability, prediction_rank)`` of one checkpoint.
+
+    From its outputs ``(N, K)`` on the inputs and on each of their :func:`perturbations`
+    (same shape).
+    """
     out = _check_outputs(outputs)
     others = _check_perturbed(out, perturbed)
     k = out.shape[1]
@@ -228,8 +271,11 @@ def score_spread(
     n_boot: int = N_BOOTSTRAP,
     random_state: int = 0,
 ) -> float:
-    """Bootstrap standard deviation of the single-checkpoint score over ``n_boot`` resamples
-    of the inputs: how far it moves on another draw of similar inputs."""
+    """Return the bootstrap standard deviation of the single-checkpoint score.
+
+    Over ``n_boot`` resamples of the inputs: how far it moves on another draw of similar
+    inputs.
+    """
     out = _check_outputs(outputs)
     others = [p.argmax(axis=1) for p in _check_perturbed(out, perturbed)]
     probs = class_probabilities(out)
@@ -247,9 +293,12 @@ def score_spread(
 def capture_for_score(
     model: Any, data: Any, *, layers: list[str] | str | None = None, scan: bool = True, **options
 ) -> Any:
-    """One forward pass that records the input, the model's output (block ``OUTPUT_BLOCK``)
-    and, when ``scan`` (the joint rank is scanned), ``layers`` (default: every representation
-    layer); ``options`` go to :func:`factorlens.capture.capture`."""
+    """Capture in one forward pass what the score (and the rank scan) needs.
+
+    The pass records the input, the model's output (block ``OUTPUT_BLOCK``) and, when
+    ``scan`` (the joint rank is scanned), ``layers`` (default: every representation layer);
+    ``options`` go to :func:`factorlens.capture.capture`.
+    """
     from factorlens.capture import capture, select_layers
 
     chosen = select_layers(model, layers) if scan else []  # the score needs no layer
@@ -257,9 +306,11 @@ def capture_for_score(
 
 
 def perturbed_outputs(model: Any, copies: Sequence[np.ndarray], **options: Any) -> list[np.ndarray]:
-    """The model's outputs ``(N, K)`` on each perturbed copy of the inputs
-    (:func:`perturbations`); ``options`` (batch_size, device, preprocess) go to
-    :func:`factorlens.capture.capture`."""
+    """Return the model's outputs ``(N, K)`` on each perturbed copy of the inputs.
+
+    The copies come from :func:`perturbations`; ``options`` (batch_size, device, preprocess)
+    go to :func:`factorlens.capture.capture`.
+    """
     from factorlens.capture import capture
 
     return [
@@ -281,12 +332,39 @@ def assess(
     checkpoint: str | None = None,
     scan: bool = True,
 ) -> QualityReport:
-    """Capture ``model`` on ``data`` (``ImageData`` or array), score it on its own and scan its
-    joint rank.
+    """Capture ``model`` on ``data``, score it on its own and scan its joint rank.
 
     One forward pass over the inputs records the input, ``layers`` (default: every
     representation layer) and the model's own output, one more per perturbed copy records
-    the output; then :func:`assess_store`. ``seed`` draws the perturbations and the scan.
+    the output; then :func:`assess_store`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier (its output gives K >= 2 class scores).
+    data : ImageData or array-like
+        The unlabelled (or labelled: for the reference accuracy only) inputs.
+    layers : list of str or str, optional
+        Layers for the rank scan (see :func:`factorlens.capture.select_layers`).
+    max_rank : int
+        The rank scan tries every R from 1 to ``max_rank``.
+    preprocess : callable, optional
+        Applied to each batch before the model.
+    batch_size : int
+        Samples per forward pass.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    seed : int
+        Draws the perturbations and the scan.
+    checkpoint : str, optional
+        The checkpoint's name in the report.
+    scan : bool
+        Scan the joint rank (else ``rank`` is 0 and no layer is captured).
+
+    Returns
+    -------
+    QualityReport
+        The single-checkpoint assessment.
     """
     options = {"batch_size": batch_size, "device": device, "preprocess": preprocess}
     store = capture_for_score(model, data, layers=layers, scan=scan, **options)
@@ -307,8 +385,9 @@ def assess_store(
     scan: bool = True,
     progress: bool = False,
 ) -> QualityReport:
-    """Score a store captured with ``output=OUTPUT_BLOCK`` and scan the joint rank of its
-    input and layers (the output block left out).
+    """Score a store captured with ``output=OUTPUT_BLOCK`` and scan its joint rank.
+
+    The rank scan covers its input and layers (the output block left out).
 
     ``perturbed`` — the model's outputs on each of :func:`perturbations` of the store's
     inputs (:func:`perturbed_outputs`) — and the output give the single-checkpoint score.
@@ -360,9 +439,29 @@ def score_checkpoints(
     seed: int = 0,
     **options: Any,
 ) -> list[QualityReport]:
-    """Score several checkpoints (built models) on the same ``data`` in ``mode`` (auto: the
-    consensus from AUTO_CONSENSUS checkpoints on, else each on its own); no rank scan.
-    ``options`` (batch_size, device, preprocess) go to the capture."""
+    """Score several checkpoints (built models) on the same ``data``; no rank scan.
+
+    Parameters
+    ----------
+    models : sequence of torch.nn.Module
+        The checkpoints, built and loaded, all classifiers of the same task.
+    data : ImageData or array-like
+        The inputs every checkpoint is scored on.
+    mode : str
+        ``"auto"`` (the consensus from AUTO_CONSENSUS checkpoints on, else each on its own),
+        ``"single"`` or ``"consensus"``.
+    names : sequence of str, optional
+        The checkpoints' names in the reports.
+    seed : int
+        Draws the perturbations and the bootstrap.
+    **options
+        ``batch_size``, ``device``, ``preprocess``: go to the capture.
+
+    Returns
+    -------
+    list of QualityReport
+        One report per checkpoint, in the order given.
+    """
     chosen = resolve_mode(mode, len(models))
     images = np.asarray(getattr(data, "images", data), dtype=np.float32)
     copies = perturbations(images, seed)
@@ -385,14 +484,35 @@ def score_model(
     seed: int = 0,
     **kwargs: Any,
 ) -> QualityReport:
-    """:func:`assess` on a random subset of ``n_samples`` inputs (all when None)."""
+    """Run :func:`assess` on a random subset of ``n_samples`` inputs (all when None).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier.
+    data : ImageData or array-like
+        The inputs; an ``ImageData`` is sub-sampled with ``seed``.
+    layers : list of str or str, optional
+        Layers for the rank scan.
+    n_samples : int, optional
+        Score this many inputs drawn at random (all when None).
+    seed : int
+        Draws the subset, the perturbations and the scan.
+    **kwargs
+        Further options of :func:`assess`.
+
+    Returns
+    -------
+    QualityReport
+        The single-checkpoint assessment.
+    """
     if n_samples is not None and hasattr(data, "subset"):
         data = data.subset(n_samples, seed=seed)
     return assess(model, data, layers=layers, seed=seed, **kwargs)
 
 
 def model_outputs(store: Any) -> np.ndarray:
-    """The ``(N, K)`` model outputs of a store captured with ``output=OUTPUT_BLOCK``."""
+    """Return the ``(N, K)`` model outputs of a store captured with ``output=OUTPUT_BLOCK``."""
     if OUTPUT_BLOCK not in store.names:
         raise FactorlensError(
             f"the store has no {OUTPUT_BLOCK!r} block; capture it with output={OUTPUT_BLOCK!r}"
@@ -402,8 +522,11 @@ def model_outputs(store: Any) -> np.ndarray:
 
 
 def resolve_mode(mode: str, n_checkpoints: int) -> str:
-    """``"auto"`` -> ``"consensus"`` for at least AUTO_CONSENSUS checkpoints, else
-    ``"single"``; an explicit mode is checked against the number of checkpoints."""
+    """Resolve a scoring mode for ``n_checkpoints`` checkpoints.
+
+    ``"auto"`` -> ``"consensus"`` for at least AUTO_CONSENSUS checkpoints, else ``"single"``;
+    an explicit mode is checked against the number of checkpoints.
+    """
     if mode == "auto":
         return "consensus" if n_checkpoints >= AUTO_CONSENSUS else "single"
     if mode not in MODES:

@@ -122,8 +122,10 @@ class ActivationStore(ABC):
     # ------------------------------------------------------------ reading
     @property
     def names(self) -> list[str]:
-        """Block names: input blocks first, then layers in creation (network) order, then the
-        model's output."""
+        """Block names, input blocks first, then layers in creation (network) order.
+
+        The model's output, when captured, comes last.
+        """
         return [n for kind in KINDS for n, s in self._specs.items() if s.kind == kind]
 
     @property
@@ -199,7 +201,7 @@ class ActivationStore(ABC):
             yield start, np.asarray(arr[start : start + step], dtype=np.float32)
 
     def to_memory(self) -> MemoryStore:
-        """A closed :class:`MemoryStore` with the same blocks, labels and meta."""
+        """Return a closed :class:`MemoryStore` with the same blocks, labels and meta."""
         if not self._closed:
             raise FactorlensError("the store is still being written; call close() first")
         mem = MemoryStore()
@@ -383,7 +385,7 @@ class MemoryStore(ActivationStore):
             self._parts[spec.name].append(np.array(arr, dtype=np.float32, copy=True))
 
     def block(self, name: str) -> np.ndarray:
-        """The block as a float32 ndarray ``(N, ...)`` (read-only once the store is closed)."""
+        """Return the block as a float32 ndarray ``(N, ...)`` (read-only once closed)."""
         spec = self._spec(name)
         if spec.expected is not None:
             arr = self._arrays[name][: spec.n_rows]
@@ -403,7 +405,7 @@ class MemoryStore(ActivationStore):
             self.block(name)  # concatenate once
 
     def to_memory(self) -> MemoryStore:
-        """This store itself (it is already in memory)."""
+        """Return the store itself (it is already in memory)."""
         if not self._closed:
             raise FactorlensError("the store is still being written; call close() first")
         return self
@@ -616,9 +618,10 @@ class ZarrStore(ActivationStore):
 
     # ------------------------------------------------------------ resuming
     def mark_batch(self, stop: int, counts: Mapping[str, int]) -> None:
-        """Record that every block holds rows ``[0, stop)`` (a batch boundary), with the
-        capture's non-finite ``counts`` so far; the latest boundary whose rows are all on disk
-        becomes the resume point (``capture-progress.json``, replaced atomically).
+        """Record that every block holds rows ``[0, stop)`` (a batch boundary).
+
+        With the capture's non-finite ``counts`` so far; the latest boundary whose rows are
+        all on disk becomes the resume point (``capture-progress.json``, replaced atomically).
 
         Every :attr:`sync_seconds` the buffered rows of every block are written out too (a
         partial chunk is rewritten when it fills), so a block whose chunk holds many rows
@@ -643,10 +646,24 @@ class ZarrStore(ActivationStore):
     def resume(
         cls, path: str | os.PathLike[str], fingerprint: Mapping[str, Any]
     ) -> tuple[ZarrStore, int, dict[str, int]]:
-        """Reopen the interrupted capture at ``path`` for writing: ``(store, rows, counts)``,
-        where every block holds its first ``rows`` samples (a batch boundary) and ``counts``
-        are the non-finite values replaced in them. ``fingerprint`` (the capture's settings)
-        must equal the one the capture started with."""
+        """Reopen the interrupted capture at ``path`` for writing.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The store directory of the interrupted capture.
+        fingerprint : mapping
+            The capture's settings; must equal the one the capture started with.
+
+        Returns
+        -------
+        store : ZarrStore
+            The store, open for appending.
+        rows : int
+            Every block holds its first ``rows`` samples (a batch boundary).
+        counts : dict of str to int
+            The non-finite values replaced in them, per block.
+        """
         import zarr
 
         p = Path(path)
@@ -742,7 +759,7 @@ class ZarrStore(ActivationStore):
         self._readonly = True
 
     def block(self, name: str) -> Any:
-        """The block as a read-only zarr array ``(N, ...)``; ``[i:j]`` gives float32 ndarray."""
+        """Return the block as a read-only zarr array ``(N, ...)``; ``[i:j]`` gives float32."""
         spec = self._spec(name)
         if not self._closed:
             raise FactorlensError(
@@ -768,7 +785,7 @@ class ZarrStore(ActivationStore):
 
 
 def _read_root_attrs(path: Path) -> dict[str, Any]:
-    """The attributes of the zarr group at ``path`` ({} when it is not a zarr v3 group)."""
+    """Return the attributes of the zarr group at ``path`` ({} when it is not a zarr v3 group)."""
     meta = path / "zarr.json"
     if not meta.is_file():
         return {}
@@ -844,13 +861,41 @@ class _CheckedArray:
 
 
 def open_store(path: str | os.PathLike[str]) -> ZarrStore:
-    """Reopen the complete store at ``path`` read-only; refuses incomplete or foreign paths."""
+    """Reopen the complete store at ``path`` read-only.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A store directory written by :func:`factorlens.capture.capture` (or
+        ``factorlens analyze --store``).
+
+    Returns
+    -------
+    ZarrStore
+        The store, read-only; no model is needed.
+
+    Raises
+    ------
+    FactorlensError
+        For an incomplete store (an interrupted capture), a missing chunk file, or a path
+        that is not a factorlens store.
+    """
     return ZarrStore.open(path)
 
 
 class StoreView(ActivationStore):
-    """A read-only view of a complete store that leaves some of its blocks out (the model's
-    output before a factorization, say). Nothing is copied: reads go to the underlying store."""
+    """A read-only view of a complete store that leaves some of its blocks out.
+
+    The model's output before a factorization, say. Nothing is copied: reads go to the
+    underlying store.
+
+    Parameters
+    ----------
+    base : ActivationStore
+        A complete (closed) store.
+    drop : sequence of str
+        The names of the blocks to leave out.
+    """
 
     def __init__(self, base: ActivationStore, drop: Sequence[str]) -> None:
         super().__init__()
@@ -871,7 +916,7 @@ class StoreView(ActivationStore):
         self._readonly = True
 
     def block(self, name: str) -> Any:
-        """The underlying store's block ``name`` (which this view must show)."""
+        """Return the underlying store's block ``name`` (which this view must show)."""
         self._spec(name)
         return self._base.block(name)
 

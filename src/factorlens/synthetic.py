@@ -92,7 +92,7 @@ def _check_domain(name: str) -> tuple[int, int, int, list[str]]:
 
 @functools.cache
 def _fonts(size: int) -> tuple:
-    """The glyph fonts at one pixel size (matplotlib's bundled TTF files)."""
+    """Return the glyph fonts at one pixel size (matplotlib's bundled TTF files)."""
     import matplotlib
     from PIL import ImageFont
 
@@ -170,8 +170,10 @@ def _polygon(n: int, radius: float, cx: float, cy: float, turn: float) -> list[t
 
 
 def _draw_shape(draw, label: int, cx: float, cy: float, r: float, turn: float, fill, bg) -> None:
-    """Draw class ``label`` of ``shapes`` centred at (cx, cy) with outer radius r, in colour
-    ``fill`` (``bg``: the background colour, cut out of the crescent)."""
+    """Draw class ``label`` of ``shapes`` centred at (cx, cy) with outer radius r.
+
+    In colour ``fill`` (``bg``: the background colour, cut out of the crescent).
+    """
     box = (cx - r, cy - r, cx + r, cy + r)
     if label == 0:  # disc
         draw.ellipse(box, fill=fill)
@@ -246,8 +248,24 @@ def _shape(rng: np.random.Generator, label: int) -> np.ndarray:
 
 
 def make_images(domain: str, n: int, seed: int | tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images of ``domain`` from ``seed``: float32 ``(n, C, H, W)`` in [0, 1] and their
-    int64 labels ``(n,)`` (balanced: class ``i % 10`` in a seeded random order)."""
+    """Make ``n`` images of ``domain`` from ``seed``.
+
+    Parameters
+    ----------
+    domain : str
+        ``"glyphs"`` or ``"shapes"``.
+    n : int
+        The number of images.
+    seed : int or tuple of int
+        Seeds the images.
+
+    Returns
+    -------
+    images : numpy.ndarray
+        float32 ``(n, C, H, W)`` in [0, 1].
+    labels : numpy.ndarray
+        int64 ``(n,)``, balanced: class ``i % 10`` in a seeded random order.
+    """
     channels, height, width, names = _check_domain(domain)
     if n < 0:
         raise FactorlensError(f"the number of images must be >= 0, got {n}")
@@ -273,9 +291,11 @@ def _cached(domain: str, n: int, seed: tuple[int, ...]) -> tuple[np.ndarray, np.
 def synthetic_split(
     domain: str, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_test, y_test)`` of ``domain``: a training set drawn from ``seed``
-    and the domain's fixed test set (independent of ``seed``). Arrays are read-only and cached
-    in the process."""
+    """Return ``(x_train, y_train, x_test, y_test)`` of ``domain``.
+
+    A training set drawn from ``seed`` and the domain's fixed test set (independent of
+    ``seed``). Arrays are read-only and cached in the process.
+    """
     _check_domain(domain)
     x_train, y_train = _cached(domain, int(n_train), (int(seed), 1))
     x_test, y_test = _cached(domain, int(n_test), (_TEST_STREAM, 2))

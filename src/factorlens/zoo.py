@@ -1,5 +1,6 @@
-"""Model zoos: checkpoints of one architecture with known test accuracy, for judging label-free
-training-quality scores.
+"""Model zoos: checkpoints of one architecture with known test accuracy.
+
+They are for judging label-free training-quality scores.
 
 :func:`build_zoo` trains, seeded and reproducibly, up to three kinds of checkpoints:
 
@@ -122,9 +123,12 @@ MNIST_TRAIN = 10_000
 
 @dataclass(frozen=True)
 class ZooPlan:
-    """What a zoo trains: the ``steps`` schedule (its last entry is every run's length), the label
-    noise fractions, the training-set sizes, the widths of the ``width`` sweep, and the optimizer
-    settings (Adam, cross-entropy)."""
+    """What a zoo trains.
+
+    The ``steps`` schedule (its last entry is every run's length), the label noise fractions,
+    the training-set sizes, the widths of the ``width`` sweep, and the optimizer settings
+    (Adam, cross-entropy).
+    """
 
     step_schedule: tuple[int, ...]
     noise_levels: tuple[float, ...]
@@ -190,8 +194,10 @@ for _name in SYNTHETIC:
 
 
 def zoo_plan(dataset: str, quick: bool = False) -> ZooPlan:
-    """The plan for ``dataset`` (mnist, digits, glyphs, shapes); ``quick`` gives a tiny zoo for
-    tests."""
+    """Return the plan for ``dataset`` (mnist, digits, glyphs, shapes).
+
+    ``quick`` gives a tiny zoo for tests.
+    """
     try:
         return _PLANS[(dataset, bool(quick))]
     except KeyError:
@@ -201,8 +207,11 @@ def zoo_plan(dataset: str, quick: bool = False) -> ZooPlan:
 
 
 def default_arch(data: str) -> str:
-    """The architecture for a data SPEC: mnistcnn for mnist:DIR (the paper's set-up), digitscnn
-    for digits, bngap for the synthetic domains."""
+    """Return the architecture for a data SPEC.
+
+    mnistcnn for mnist:DIR (the paper's set-up), digitscnn for digits, bngap for the
+    synthetic domains.
+    """
     name = data.strip().lower()
     if name in SYNTHETIC:
         return "bngap"
@@ -277,7 +286,7 @@ def _synthetic_split(domain: str, seed: int) -> _Split:
 
 
 def _split(dataset: str, directory: Path | None, seed: int) -> _Split:
-    """The training images and the labelled test images of a zoo's data."""
+    """Return the training images and the labelled test images of a zoo's data."""
     if dataset == "digits":
         return _digits_split(seed)
     if dataset in SYNTHETIC:
@@ -342,7 +351,9 @@ def _noisy_labels(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def zoo_test_data(entry: dict[str, Any], data: str | None = None) -> ImageData:
-    """The labelled held-out test images of a zoo entry (the images its accuracy was measured on).
+    """Return the labelled held-out test images of a zoo entry.
+
+    They are the images its accuracy was measured on.
 
     ``data`` overrides the entry's ``dataset`` SPEC (e.g. ``mnist:DIR`` when MNIST moved).
     """
@@ -371,8 +382,11 @@ def _train_steps(
     save_at: Sequence[int] = (),
     on_save: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Adam + cross-entropy for exactly ``steps`` mini-batches (epochs reshuffled by a generator
-    seeded with ``seed``); calls ``on_save(step, model)`` (model in eval mode) at ``save_at``."""
+    """Train with Adam + cross-entropy for exactly ``steps`` mini-batches.
+
+    Epochs are reshuffled by a generator seeded with ``seed``; ``on_save(step, model)`` is
+    called (model in eval mode) at ``save_at``.
+    """
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
     n = xt.shape[0]
@@ -407,8 +421,11 @@ def _train_steps(
 
 
 def arch_kwargs(arch: str, in_channels: int = 1, width: int = BASE_WIDTH) -> dict[str, int]:
-    """The constructor arguments of ``ARCHS[arch]`` for an input with ``in_channels`` channels
-    at ``width`` (only what differs from the class's defaults, so old zoos read unchanged)."""
+    """Return the constructor arguments of ``ARCHS[arch]`` for an input and a width.
+
+    For an input with ``in_channels`` channels at ``width``; only what differs from the
+    class's defaults, so old zoos read unchanged.
+    """
     kwargs: dict[str, int] = {}
     if in_channels != 1:
         kwargs["in_channels"] = int(in_channels)
@@ -480,13 +497,34 @@ def build_zoo(
     progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Train a zoo of ``arch`` on ``data`` ("digits" or "mnist:DIR") into ``out``; return the path
-    of its ``zoo.json``.
+    """Train a zoo of ``arch`` on ``data`` into ``out``.
 
-    ``arch`` is a key of :data:`ARCHS` (default: :func:`default_arch`); ``kinds`` a subset of
-    ``steps``, ``noise``, ``data``, ``width`` (default the first three); ``quick`` trains a tiny zoo (a few checkpoints, tens of steps)
-    for tests. An existing non-empty ``out`` is refused unless ``overwrite`` (which replaces only
-    zoo files). Training runs on one CPU thread; progress lines go to stderr.
+    An existing non-empty ``out`` is refused unless ``overwrite`` (which replaces only zoo
+    files). Training runs on one CPU thread; progress lines go to stderr.
+
+    Parameters
+    ----------
+    data : str
+        The data SPEC: ``"digits"``, ``"glyphs"``, ``"shapes"`` or ``"mnist:DIR"``.
+    out : str or pathlib.Path
+        The zoo directory.
+    arch : str, optional
+        A key of :data:`ARCHS` (default: :func:`default_arch`).
+    kinds : str or sequence of str
+        A subset of ``steps``, ``noise``, ``data``, ``width`` (default the first three).
+    seed : int
+        Seeds the training data's draw, the initialisation, the batches and the label noise.
+    quick : bool
+        Train a tiny zoo (a few checkpoints, tens of steps) for tests.
+    progress : bool
+        Print progress lines to stderr.
+    overwrite : bool
+        Replace the zoo files in an existing ``out``.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of its ``zoo.json``.
     """
     dataset, directory = _parse_data(data)
     kinds_t = parse_kinds(kinds)
@@ -622,8 +660,10 @@ def build_zoo(
 
 
 def load_zoo(path: str | Path) -> list[dict[str, Any]]:
-    """The entries of a zoo (its folder or its zoo.json), each with ``"path"``: the checkpoint's
-    absolute path."""
+    """Return the entries of a zoo (its folder or its zoo.json).
+
+    Each entry has ``"path"``: the checkpoint's absolute path.
+    """
     path = Path(path)
     target = path / ZOO_JSON if path.is_dir() else path
     if not target.is_file():

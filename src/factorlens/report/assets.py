@@ -26,8 +26,11 @@ class Assets:
     charts: dict[str, dict] = field(default_factory=dict)
 
     def image(self, name: str | None, native: np.ndarray, shown: np.ndarray, alt: str) -> dict:
-        """An image for the page: the small ``native`` pixels embedded, displayed at the size
-        of ``shown`` (pixelated); ``shown`` also goes to ``figures/name`` when named."""
+        """Return an image for the page: the small ``native`` pixels, shown at ``shown``'s size.
+
+        The ``native`` pixels are embedded and displayed at the size of ``shown``
+        (pixelated); ``shown`` also goes to ``figures/name`` when named.
+        """
         small = native if native.shape[0] <= shown.shape[0] else shown
         if name is not None:
             self.pngs[name] = P.png(shown)
@@ -53,24 +56,31 @@ class Inputs:
     top_k: int
 
     def label(self, i: int) -> str | None:
+        """Return input ``i``'s label as text (None without labels)."""
         return None if self.labels is None else X.label_text(self.labels[i], self.class_names)
 
     def predicted(self, i: int) -> str | None:
+        """Return input ``i``'s predicted class as text (None without predictions)."""
         if self.predictions is None:
             return None
         return X.label_text(self.predictions[i], self.class_names)
 
 
 def scale(kind: str, lo: str, hi: str, mid: str | None = None) -> dict:
-    """A colour bar: ``kind`` is a pixels.scale_stops name, the texts its ends (and middle)."""
+    """Describe a colour bar: ``kind`` is a pixels.scale_stops name, the texts its ends.
+
+    ``mid`` is the text of its middle, when it has one.
+    """
     return {"kind": kind, "lo": lo, "hi": hi, "mid": mid}
 
 
 def pattern_scale(
     kind: str, vmax: float, signed: bool, channels: int = 0
 ) -> tuple[dict | None, str]:
-    """The colour bar (None for colour images) and the note of an input pattern
-    (``channels``: C of a C != 3 channel input, which is tiled or averaged)."""
+    """Return the colour bar (None for colour images) and the note of an input pattern.
+
+    ``channels`` is C of a C != 3 channel input, which is tiled or averaged.
+    """
     if kind == "rgb":
         if signed:
             return None, f"shown as colour: mid-grey = 0, each channel ±{vmax:.3g}"
@@ -85,13 +95,13 @@ def pattern_scale(
 
 
 def safe_name(name: str, limit: int = 40) -> str:
-    """A file-name-safe version of a block name (letters, digits, ``._-``)."""
+    """Return a file-name-safe version of a block name (letters, digits, ``._-``)."""
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "block"
     return s[:limit]
 
 
 def format_value(value: Any, limit: int = 400) -> str:
-    """A meta/option value as one line of plain text, at most ``limit`` characters."""
+    """Return a meta/option value as one line of plain text, at most ``limit`` characters."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, np.generic):

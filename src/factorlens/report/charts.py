@@ -22,7 +22,7 @@ ACC_COLOUR = "#1a9850"  # reference accuracy in the checkpoint charts (green, ho
 
 
 def _n(x: float) -> str:
-    """A coordinate with at most one decimal."""
+    """Format a coordinate with at most one decimal."""
     s = f"{float(x):.1f}"
     return s[:-2] if s.endswith(".0") else s
 
@@ -129,8 +129,10 @@ def histogram(
     height: int = 120,
     title: str = "",
 ) -> Chart:
-    """A histogram (bins as columns) with a zero line and vertical ``marks`` (x, label, colour);
-    each bin's tooltip gives its range and count."""
+    """Draw a histogram (bins as columns) with a zero line and vertical ``marks``.
+
+    ``marks`` are (x, label, colour); each bin's tooltip gives its range and count.
+    """
     c = np.asarray(counts, dtype=np.float64)
     e = np.asarray(edges, dtype=np.float64)
     left, right, top, bottom = 6, 6, 14, 16
@@ -294,7 +296,7 @@ def points(
 
 
 def legend(series: Sequence[dict]) -> list[dict]:
-    """The series of a :func:`points` chart as ``{"name", "colour", "hollow"}`` for a legend."""
+    """Return the series of a :func:`points` chart as ``{"name", "colour", "hollow"}`` entries."""
     return [
         {"name": s["name"], "colour": s["colour"], "hollow": bool(s.get("hollow"))} for s in series
     ]

@@ -97,7 +97,10 @@ def unit_view(
 
 
 def loading_histogram(loadings: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """``(counts (bins,), edges (bins + 1,))`` of the finite loadings (constant: a ±0.5 span)."""
+    """Return ``(counts (bins,), edges (bins + 1,))`` of the finite loadings.
+
+    Constant loadings get a ±0.5 span.
+    """
     x = np.asarray(loadings, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -110,7 +113,7 @@ def loading_histogram(loadings: np.ndarray, bins: int = 40) -> tuple[np.ndarray,
 
 
 def label_text(label: object, class_names: Sequence[str] | None) -> str:
-    """A label as text: its class name when it is an in-range integer and names are known."""
+    """Return a label as text: its class name when it is an in-range integer and names are known."""
     lab = label.item() if isinstance(label, np.generic) else label
     if class_names is not None and isinstance(lab, (int, np.integer)) and not isinstance(lab, bool):
         if 0 <= int(lab) < len(class_names):
@@ -120,6 +123,8 @@ def label_text(label: object, class_names: Sequence[str] | None) -> str:
 
 @dataclass
 class ClassShare:
+    """One class among selected inputs: its count, its share and its base rate."""
+
     name: str
     count: int  # among the selected inputs
     share: float  # count / number selected

@@ -37,7 +37,7 @@ OWN_FIGURES = (
 
 
 def render_page(page: dict) -> str:
-    """The page's HTML text from its view model."""
+    """Render the page's HTML text from its view model."""
     return render(
         "page.html.j2",
         page=page,
@@ -84,13 +84,40 @@ def write_report(
     main: int = 0,
     checkpoint_links: Sequence[str | None] | None = None,
 ) -> Path:
-    """Write ``out_dir/index.html`` and ``out_dir/figures/``; return the index.html path.
+    """Write ``out_dir/index.html`` and ``out_dir/figures/``.
 
-    ``images``: the input block as factorized — (N, H, W) grey, (N, C, H, W) (C = 3 shown as
-    RGB), or (N, D). ``labels`` / ``predictions`` (N,) and ``class_names`` only annotate.
-    ``trajectory`` (:func:`factorlens.report.trajectory.build_trajectory`) adds the
-    checkpoints view; ``result`` is then its checkpoint number ``main`` (0-based), and
-    ``checkpoint_links`` gives each checkpoint's own report relative to ``out_dir``.
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        The report folder (created when missing).
+    result : CMTFResult
+        The fitted factorization.
+    images : numpy.ndarray
+        The input block as factorized — (N, H, W) grey, (N, C, H, W) (C = 3 shown as RGB),
+        or (N, D).
+    labels : numpy.ndarray, optional
+        (N,) true classes; they only annotate.
+    class_names : sequence of str, optional
+        One name per class; they only annotate.
+    predictions : numpy.ndarray, optional
+        (N,) predicted classes; they only annotate.
+    top_k : int
+        Top inputs shown per component.
+    title : str
+        The page title.
+    trajectory : Trajectory, optional
+        Several checkpoints (:func:`factorlens.report.trajectory.build_trajectory`): adds the
+        checkpoints view; ``result`` is then its checkpoint number ``main``.
+    main : int
+        With ``trajectory``: the checkpoint ``result`` is, 0-based.
+    checkpoint_links : sequence of str or None, optional
+        With ``trajectory``: each checkpoint's own report relative to ``out_dir`` (None:
+        none).
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``index.html``.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -39,9 +39,26 @@ BAR_COLOUR = "#3182bd"  # strengths (>= 0)
 
 # --------------------------------------------------------------------------- selection
 def top_indices(loadings: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest entries of ``loadings`` (N,), largest first.
+    """Return the indices of the ``k`` largest entries of ``loadings``, largest first.
 
-    Returns ``min(k, N)`` int64 indices; ties keep the lower index first, NaNs come last.
+    Parameters
+    ----------
+    loadings : numpy.ndarray
+        ``(N,)`` values (a column of the sample factor, say).
+    k : int
+        How many indices.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``min(k, N)`` int64 indices; ties keep the lower index first, NaNs come last.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from factorlens.report.pixels import top_indices
+    >>> top_indices(np.array([0.1, 0.9, np.nan, 0.9, -0.3]), 3)
+    array([1, 3, 0])
     """
     x = np.asarray(loadings, dtype=np.float64).ravel()
     k = max(0, min(int(k), x.size))
@@ -50,9 +67,26 @@ def top_indices(loadings: np.ndarray, k: int) -> np.ndarray:
 
 
 def bottom_indices(loadings: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` smallest entries of ``loadings`` (N,), smallest first.
+    """Return the indices of the ``k`` smallest entries of ``loadings``, smallest first.
 
-    Returns ``min(k, N)`` int64 indices; ties keep the lower index first, NaNs come last.
+    Parameters
+    ----------
+    loadings : numpy.ndarray
+        ``(N,)`` values.
+    k : int
+        How many indices.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``min(k, N)`` int64 indices; ties keep the lower index first, NaNs come last.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from factorlens.report.pixels import bottom_indices
+    >>> bottom_indices(np.array([0.1, 0.9, np.nan, 0.9, -0.3]), 2)
+    array([4, 0])
     """
     x = np.asarray(loadings, dtype=np.float64).ravel()
     k = max(0, min(int(k), x.size))
@@ -93,7 +127,7 @@ def _u8(x: np.ndarray) -> np.ndarray:
 
 
 def data_to_pixels(x: np.ndarray, kind: str) -> np.ndarray:
-    """A test input (or a mean of inputs) as uint8 pixels scaled to its own range.
+    """Return a test input (or a mean of inputs) as uint8 pixels scaled to its own range.
 
     ``x``: one sample, (H, W) / (3, H, W) / (C, H, W) / (D,). Returns (H, W) grey, (H, W, 3) RGB,
     or (1, D) grey for a vector. Inputs with C != 3 channels are shown as their channel mean.
@@ -130,7 +164,7 @@ def signed_to_pixels(x: np.ndarray, vmax: float | None = None) -> np.ndarray:
 
 
 def pattern_to_pixels(x: np.ndarray, kind: str) -> tuple[np.ndarray, float, bool]:
-    """An input pattern as RGB pixels; returns ``(pixels (h, w, 3) uint8, vmax, signed)``.
+    """Return an input pattern as RGB pixels: ``(pixels (h, w, 3) uint8, vmax, signed)``.
 
     Grey and vector patterns use RdBu_r centred at 0 over ±vmax = max|x|. RGB patterns are shown
     as colour: signed ones as 0.5 + 0.5·x/vmax (mid-grey = 0), non-negative ones as x/vmax.
@@ -186,7 +220,7 @@ def shrink(pixels: np.ndarray, max_side: int = THUMB_SIDE) -> np.ndarray:
 
 
 def strip(pixels: np.ndarray, width: int = STRIP_WIDTH, height: int = STRIP_HEIGHT) -> np.ndarray:
-    """A (1, D[, 3]) row as a ``height``-px strip about ``width`` px wide."""
+    """Stretch a (1, D[, 3]) row into a ``height``-px strip about ``width`` px wide."""
     d = pixels.shape[1]
     if d <= width:
         row = np.repeat(pixels, max(1, width // d), axis=1)
@@ -228,5 +262,5 @@ def shade(value: float, vmax: float) -> tuple[str, str]:
 
 
 def uri(data: bytes) -> str:
-    """A ``data:image/png;base64,…`` URI for PNG bytes."""
+    """Return a ``data:image/png;base64,…`` URI for PNG bytes."""
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

@@ -52,8 +52,11 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 
 
 def _text(value: object, limit: int = 28) -> str:
-    """``value`` as a plain-text matplotlib label: shortened to ``limit`` characters, each
-    ``$`` escaped so that mathtext never interprets it."""
+    """Return ``value`` as a plain-text matplotlib label.
+
+    Shortened to ``limit`` characters, each ``$`` escaped so that mathtext never interprets
+    it.
+    """
     s = str(value)
     if len(s) > limit:
         s = s[: limit - 1] + "…"
@@ -91,13 +94,26 @@ def _block_bars(ax: Axes, names: Sequence[str], values: np.ndarray, colours: Any
 
 
 def plot_flow(result: CMTFResult, ax: Axes | None = None, *, per_row: bool = True) -> Axes:
-    """The flow map: strength of every component (rows C1..CR) in every block (columns,
-    network order), as a ``Blues`` heatmap with a colourbar.
+    """Draw the flow map: the strength of every component in every block.
 
-    Strength is ‖component in block‖ / ‖block‖ (``result.flow``, shape (R, n_blocks),
-    unitless, comparable across blocks). With ``per_row=True`` each row is divided by its own
-    maximum so that weaker components (C2..CR) stay readable; the cells are annotated with the
-    unscaled strengths when the map is small enough.
+    Rows are the components C1..CR, columns the blocks in network order, drawn as a ``Blues``
+    heatmap with a colourbar. Strength is ‖component in block‖ / ‖block‖ (``result.flow``,
+    shape (R, n_blocks), unitless, comparable across blocks).
+
+    Parameters
+    ----------
+    result : CMTFResult
+        The fitted factorization.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: the current Axes).
+    per_row : bool
+        Divide each row by its own maximum so that weaker components (C2..CR) stay readable;
+        the cells are annotated with the unscaled strengths when the map is small enough.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on.
     """
     ax = _axes(ax)
     flow = np.nan_to_num(np.asarray(result.flow, dtype=np.float64))
@@ -136,9 +152,25 @@ def plot_flow(result: CMTFResult, ax: Axes | None = None, *, per_row: bool = Tru
 
 
 def plot_strengths(result: CMTFResult, component: int, ax: Axes | None = None) -> Axes:
-    """Horizontal bars of component ``component``'s (0-based) strength in each block
-    (``result.flow[component]``, unitless), the input at the top; blocks where the component
-    counts as absent (:meth:`CMTFResult.presence`) are drawn pale."""
+    """Draw horizontal bars of one component's strength in each block.
+
+    The strengths are ``result.flow[component]`` (unitless), the input at the top; blocks
+    where the component counts as absent (:meth:`CMTFResult.presence`) are drawn pale.
+
+    Parameters
+    ----------
+    result : CMTFResult
+        The fitted factorization.
+    component : int
+        The component, 0-based.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: the current Axes).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on.
+    """
     ax = _axes(ax)
     r = _component(result, component)
     values = np.nan_to_num(np.asarray(result.flow[r], dtype=np.float64))
@@ -154,8 +186,26 @@ def plot_strengths(result: CMTFResult, component: int, ax: Axes | None = None) -
 def plot_loadings(
     result: CMTFResult, component: int, ax: Axes | None = None, *, bins: int = 40
 ) -> Axes:
-    """Histogram (``bins`` bins) of the sample loadings ``result.A[:, component]`` (one value
-    per input, the column has unit norm; signed), non-finite values left out."""
+    """Draw a histogram of one component's sample loadings ``result.A[:, component]``.
+
+    One value per input (the column has unit norm; signed); non-finite values are left out.
+
+    Parameters
+    ----------
+    result : CMTFResult
+        The fitted factorization.
+    component : int
+        The component, 0-based.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: the current Axes).
+    bins : int
+        The number of bins.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on.
+    """
     ax = _axes(ax)
     r = _component(result, component)
     counts, edges = loading_histogram(result.A[:, r], bins=bins)
@@ -169,8 +219,23 @@ def plot_loadings(
 
 
 def plot_block_fit(result: CMTFResult, ax: Axes | None = None) -> Axes:
-    """Horizontal bars of each block's fit, ``result.fit[name]``: the share of the (centred)
-    block explained by the model, 0..1, the input at the top."""
+    """Draw horizontal bars of each block's fit, the input at the top.
+
+    The fit ``result.fit[name]`` is the share of the (centred) block explained by the model,
+    0..1.
+
+    Parameters
+    ----------
+    result : CMTFResult
+        The fitted factorization.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: the current Axes).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on.
+    """
     ax = _axes(ax)
     values = np.nan_to_num(np.array([result.fit[n] for n in result.block_names], dtype=float))
     _block_bars(ax, result.block_names, values, _SHADE(0.75))
@@ -185,14 +250,26 @@ def plot_rank_scan(
     *,
     criteria: Sequence[str] | None = None,
 ) -> Axes:
-    """Each rank-scan criterion against the rank R, a dashed line at the chosen rank and the
-    plausible range (when stored) shaded.
+    """Draw each rank-scan criterion against the rank R.
 
-    ``scan`` is ``result.meta["rank_scan"]`` (``{"ranks": [..], "criteria": {name: [..]},
-    "chosen": R}``), the whole ``meta`` dict holding it, or a parsed :class:`RankScan`.
-    ``criteria`` picks the names to draw (default: all). The criteria have their own units
-    (``corcondia`` is a percentage, the others mostly 0..1): draw them on separate Axes with
-    ``criteria=[name]`` when their scales differ.
+    A dashed line marks the chosen rank and the plausible range (when stored) is shaded. The
+    criteria have their own units (``corcondia`` is a percentage, the others mostly 0..1):
+    draw them on separate Axes with ``criteria=[name]`` when their scales differ.
+
+    Parameters
+    ----------
+    scan : dict or RankScan
+        ``result.meta["rank_scan"]`` (``{"ranks": [..], "criteria": {name: [..]},
+        "chosen": R}``), the whole ``meta`` dict holding it, or a parsed :class:`RankScan`.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: the current Axes).
+    criteria : sequence of str, optional
+        The names to draw (default: all).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on.
     """
     ax = _axes(ax)
     parsed = scan if isinstance(scan, RankScan) else _parse_scan(scan)
@@ -246,15 +323,34 @@ def plot_checkpoints(
     accuracy: Sequence[float | None] | None = None,
     runs: Sequence[object] | None = None,
 ) -> Axes:
-    """Compare checkpoints: position k on x (ticks labelled with ``labels[k]``), the quality
-    score ``scores[k]`` as filled points, ``accuracy[k]`` (optional, entries may be None) as
-    hollow markers on the same Axes, and the rank ``ranks[k]`` on a twin y axis (integer
-    ticks).
+    """Compare checkpoints: score, accuracy and rank against the checkpoint.
 
-    ``runs`` gives each checkpoint's run key (same length as ``labels``): consecutive
-    checkpoints of the same run are joined by lines, different runs never are; None draws no
-    lines. Returns the main Axes; the rank axis (its twin, holding the legend) is in
-    ``ax.figure.axes``.
+    Checkpoint k sits at position k on x (ticks labelled with ``labels[k]``), its quality
+    score ``scores[k]`` as a filled point, ``accuracy[k]`` as a hollow marker on the same
+    Axes, and the rank ``ranks[k]`` on a twin y axis (integer ticks).
+
+    Parameters
+    ----------
+    labels : sequence
+        The checkpoints' tick labels.
+    scores : sequence of float or None
+        The quality scores.
+    ranks : sequence of int or None
+        The joint ranks.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: the current Axes).
+    accuracy : sequence of float or None, optional
+        Reference accuracies (entries may be None).
+    runs : sequence, optional
+        Each checkpoint's run key (same length as ``labels``, e.g. from
+        :func:`factorlens.report.trajectory.run_keys`): consecutive checkpoints of the same
+        run are joined by lines, different runs never are; None draws no lines.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The main Axes; the rank axis (its twin, holding the legend) is in
+        ``ax.figure.axes``.
     """
     ax = _axes(ax)
     n = len(labels)

@@ -18,21 +18,24 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 
 def json_for_script(obj: Any) -> str:
-    """``obj`` as JSON safe inside ``<script type="application/json">``: ``<``, ``>`` and ``&``
-    become ``\\u003c`` etc., so no ``</script>`` or ``<!--`` can appear; JSON.parse undoes it."""
+    r"""Return ``obj`` as JSON safe inside ``<script type="application/json">``.
+
+    ``<``, ``>`` and ``&`` become ``\u003c`` etc., so no ``</script>`` or ``<!--`` can
+    appear; JSON.parse undoes it.
+    """
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _num(value: Any, digits: int = 1) -> str:
-    """An SVG coordinate: at most ``digits`` decimals, no trailing zeros."""
+    """Format an SVG coordinate: at most ``digits`` decimals, no trailing zeros."""
     s = f"{float(value):.{digits}f}"
     return s.rstrip("0").rstrip(".") if "." in s else s
 
 
 @cache
 def environment() -> Environment:
-    """The report's Jinja2 environment (autoescaping everywhere, undefined names are errors)."""
+    """Return the report's Jinja2 environment (autoescaping everywhere, undefined names fail)."""
     env = Environment(
         loader=PackageLoader("factorlens.report", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -48,7 +51,7 @@ def environment() -> Environment:
 
 @cache
 def static(name: str) -> str:
-    """The text of ``report/static/<name>`` (the page's CSS or JS)."""
+    """Return the text of ``report/static/<name>`` (the page's CSS or JS)."""
     return (resources.files("factorlens.report") / "static" / name).read_text(encoding="utf-8")
 
 

@@ -35,7 +35,7 @@ def _cell(value: float, top: float) -> dict[str, Any]:
 
 
 def summary_context(result: CMTFResult) -> dict[str, Any]:
-    """The template's context: plain dicts, lists, strings and numbers."""
+    """Return the template's context: plain dicts, lists, strings and numbers."""
     flow = np.asarray(result.flow, dtype=np.float64)
     rows = []
     for r in range(min(result.rank, MAX_ROWS)):
@@ -65,5 +65,5 @@ def summary_context(result: CMTFResult) -> dict[str, Any]:
 
 
 def summary_html(result: CMTFResult) -> str:
-    """A compact HTML summary of ``result`` (a fragment, no ``<html>``), for Jupyter."""
+    """Return a compact HTML summary of ``result`` (a fragment, no ``<html>``), for Jupyter."""
     return render("summary.html.j2", **summary_context(result))

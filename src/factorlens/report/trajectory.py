@@ -37,6 +37,8 @@ MIN_CONGRUENCE = 0.5
 
 @dataclass
 class Checkpoint:
+    """One analysed checkpoint: its label, its result and the directory it came from."""
+
     label: str
     result: CMTFResult
     source: Path | None = None
@@ -76,6 +78,8 @@ class Link:
 
 @dataclass
 class TrackCell:
+    """One checkpoint's component on a track, with its sign and match to the previous cell."""
+
     component: int  # index in that checkpoint's result
     sign: float  # +1 / -1: flip to align with the track's first pattern
     congruence: float | None  # |congruence| with the previous cell; None: the track starts here
@@ -84,6 +88,8 @@ class TrackCell:
 
 @dataclass
 class Trajectory:
+    """Checkpoints, the links between consecutive ones and the tracks of matched components."""
+
     checkpoints: list[Checkpoint]
     links: list[Link]
     tracks: list[list[TrackCell | None]]
@@ -91,6 +97,7 @@ class Trajectory:
 
     @property
     def labels(self) -> list[str]:
+        """The checkpoints' labels, in order."""
         return [c.label for c in self.checkpoints]
 
 
@@ -134,8 +141,10 @@ def check_compatible(checkpoints: Sequence[Checkpoint]) -> None:
 
 
 def match_components(A_prev: np.ndarray, A_next: np.ndarray) -> Link:
-    """Match the columns of ``A_next`` (N, R2) to those of ``A_prev`` (N, R1) one-to-one,
-    maximising the total |congruence|; with R2 > R1 some stay unmatched (-1)."""
+    """Match the columns of ``A_next`` (N, R2) to those of ``A_prev`` (N, R1) one-to-one.
+
+    The matching maximises the total |congruence|; with R2 > R1 some stay unmatched (-1).
+    """
     C = congruence(np.asarray(A_prev, dtype=np.float64), np.asarray(A_next, dtype=np.float64))
     rows, cols = linear_sum_assignment(-np.abs(C))
     match = np.full(C.shape[1], -1, dtype=np.int64)
@@ -178,8 +187,11 @@ def build_trajectory(
 
 
 def main_index(checkpoints: Sequence[Checkpoint], main: int | None = None) -> int:
-    """Which checkpoint the page shows in full: ``main`` (0-based) when given, else the
-    best-scoring one (numeric ``quality_score``), else the last."""
+    """Return the index of the checkpoint the page shows in full.
+
+    That is ``main`` (0-based) when given, else the best-scoring one (numeric
+    ``quality_score``), else the last.
+    """
     n = len(checkpoints)
     if main is not None:
         if not -n <= int(main) < n:
@@ -195,8 +207,31 @@ _SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
 
 def short_labels(labels: Sequence[str]) -> list[str]:
-    """Short, distinct labels: the last path part without a weights suffix, with more of the
-    path where that is not unique, and ``#i`` appended where it still is not."""
+    """Return short, distinct labels for checkpoints.
+
+    Each is the last path part without a weights suffix, with more of the path where that is
+    not unique, and ``#i`` appended where it still is not.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Checkpoint labels, often paths.
+
+    Returns
+    -------
+    list of str
+        One short label each, all distinct.
+
+    Examples
+    --------
+    >>> from factorlens.report.trajectory import short_labels
+    >>> short_labels(["zoo/steps/step-000040.pt", "zoo/noise/noise-080.pt"])
+    ['step-000040', 'noise-080']
+    >>> short_labels(["a/run1/last.pt", "b/run1/last.pt", "c/run2/last.pt"])
+    ['a/run1/last', 'b/run1/last', 'run2/last']
+    >>> short_labels(["x/a/b/last.pt", "x/a/b/last.pt"])
+    ['a/b/last #1', 'a/b/last #2']
+    """
     parts = [PurePath(str(t)).parts or (str(t),) for t in labels]
 
     def tail(p: tuple[str, ...], k: int) -> str:
@@ -225,8 +260,27 @@ def short_labels(labels: Sequence[str]) -> list[str]:
 
 
 def run_keys(labels: Sequence[str]) -> list[str]:
-    """Which run each checkpoint belongs to: its label without the trailing number (``step-300``
-    and ``step-900`` are one run, ``noise-080`` another); lines join only within a run."""
+    """Return the run each checkpoint belongs to: its label without the trailing number.
+
+    ``step-300`` and ``step-900`` are one run, ``noise-080`` another; lines join only within
+    a run.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Checkpoint labels.
+
+    Returns
+    -------
+    list of str
+        One run key per label.
+
+    Examples
+    --------
+    >>> from factorlens.report.trajectory import run_keys
+    >>> run_keys(["step-300", "step-900", "noise-080", "width_16"])
+    ['step', 'step', 'noise', 'width']
+    """
     return [re.sub(r"[-_ .=:]*\d+(?:\.\d+)?$", "", str(t)) or str(t) for t in labels]
 
 

@@ -48,7 +48,7 @@ def check_inputs(
     top_k: int,
     predictions: np.ndarray | None = None,
 ) -> Inputs:
-    """The inputs in the result's display shape; a one-line error when they do not fit."""
+    """Return the inputs in the result's display shape; a one-line error when they do not fit."""
     n = result.n_samples
     x = np.asarray(images)
     if x.ndim == 1:
@@ -97,8 +97,10 @@ def _shape(shape: Sequence[int]) -> str:
 
 
 def _flow(result: CMTFResult, cv: ComponentView) -> dict[str, Any]:
-    """The flow map: per-row shading (each row scaled to its strongest block), so weak
-    components read as well as C1; the numbers are the strengths themselves."""
+    """Build the flow map: per-row shading, the numbers the strengths themselves.
+
+    Each row is scaled to its strongest block, so weak components read as well as C1.
+    """
     names = result.block_names
     flow = cv.flow
     opts = result.options or {}
@@ -212,7 +214,7 @@ def _rank_evidence(result: CMTFResult, assets: Assets) -> dict[str, Any] | None:
 
 
 def _details(result: CMTFResult, inp: Inputs, assets: Assets) -> dict[str, Any]:
-    """The run's details: meta, blocks with their fit, data, rank evidence, options."""
+    """Build the run's details: meta, blocks with their fit, data, rank evidence, options."""
     meta = dict(result.meta or {})
     rows = [
         (key.replace("_", " "), format_value(meta[key]))
@@ -284,8 +286,11 @@ def _details(result: CMTFResult, inp: Inputs, assets: Assets) -> dict[str, Any]:
 
 
 def _nav(result: CMTFResult, cv: ComponentView) -> list[str]:
-    """Selector entries: what tells components apart (dominant classes, where each stands out
-    most relative to the other components), not where the strongest block is."""
+    """Return the selector entries: what tells components apart.
+
+    That is the dominant classes and where each stands out most relative to the other
+    components, not where the strongest block is.
+    """
     flow = cv.flow
     col = np.nanmax(np.abs(flow), axis=0) if flow.size else np.ones(0)
     rel = flow / np.where(col > 0, col, 1.0)
@@ -313,7 +318,7 @@ def build_page(
     main: int = 0,
     checkpoint_links: Sequence[str | None] | None = None,
 ) -> tuple[dict[str, Any], Assets]:
-    """The page's view model and the figures it needs.
+    """Build the page's view model and the figures it needs.
 
     ``images``: the input block as factorized, (N, H, W), (N, C, H, W) or (N, D); ``labels`` /
     ``predictions`` (N,) true / predicted classes, for reading only. ``trajectory``: several

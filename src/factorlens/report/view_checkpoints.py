@@ -89,8 +89,11 @@ def checkpoints_view(
     links: Sequence[str | None] | None = None,
     main: int = 0,
 ) -> dict[str, Any]:
-    """Everything ``templates/checkpoints.html.j2`` shows. ``links[i]``: checkpoint i's own
-    report, relative to the page (None: none); ``main``: the checkpoint shown in full."""
+    """Build everything ``templates/checkpoints.html.j2`` shows.
+
+    ``links[i]``: checkpoint i's own report, relative to the page (None: none); ``main``: the
+    checkpoint shown in full.
+    """
     shape = tuple(int(s) for s in sample_shape)
     cps = traj.checkpoints
     short = short_labels(traj.labels)

@@ -91,9 +91,11 @@ class ComponentView:
         return t
 
     def name(self, r: int) -> str:
+        """Return component ``r``'s name, ``C1`` for r = 0."""
         return f"C{r + 1}"
 
     def tag(self, r: int) -> str:
+        """Return component ``r``'s number, zero-padded for figure file names."""
         return str(r + 1).zfill(self.width)
 
     # ------------------------------------------------------------------ the input pattern
@@ -112,7 +114,7 @@ class ComponentView:
         return {"img": self.assets.image(name, pix, shown, alt), "scale": cb, "note": note}
 
     def _mean_images(self, r: int, top: np.ndarray) -> list[dict]:
-        """The mean of the top inputs, and that mean minus the mean of all inputs."""
+        """Return the mean of the top inputs, and that mean minus the mean of all inputs."""
         inp, tag, k = self.inp, self.tag(r), len(top)
         show = P.strip if inp.kind == "vector" else P.enlarge
         mean_top = inp.images[top].astype(np.float64).mean(axis=0)
@@ -136,7 +138,7 @@ class ComponentView:
 
     # ------------------------------------------------------------------ sections
     def dominant(self, r: int, n: int = 2) -> list[dict]:
-        """The classes most common among component ``r``'s top inputs (labels only)."""
+        """Return the classes most common among component ``r``'s top inputs (labels only)."""
         inp = self.inp
         if inp.labels is None:
             return []
@@ -324,8 +326,11 @@ class ComponentView:
 
     # ------------------------------------------------------------------ per-input views
     def input_views(self) -> list[dict]:
-        """One view per test input shown on the page: the input, its classes and its loading
-        on every component (with where it stands among all inputs)."""
+        """Return one view per test input shown on the page.
+
+        Each has the input, its classes and its loading on every component (with where it
+        stands among all inputs).
+        """
         res, inp = self.result, self.inp
         A = np.asarray(res.A, dtype=np.float64)
         n = A.shape[0]
