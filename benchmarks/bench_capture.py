@@ -20,7 +20,7 @@ import torch
 
 from factorlens.capture import _batch_tensor, capture, default_layers
 from factorlens.data import load_data
-from factorlens.models import MnistCNN, torch_threads
+from factorlens.research.models import MnistCNN, torch_threads
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 

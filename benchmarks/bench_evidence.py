@@ -72,7 +72,7 @@ def acmtf_checks(
 ) -> tuple[int, int, int]:
     """``(recovered, flagged, total)`` over ``draws`` draws (seeds ``first``, ``first`` + 1,
     …) at each noise level (``l1``: None = the default of ``CMTF``)."""
-    opts = {} if l1 is None else {"l1": l1}
+    opts = {} if l1 is None else {"l1_penalty": l1}
     recovered = flagged = total = 0
     for noise in NOISES:
         for d in range(draws):
@@ -146,15 +146,15 @@ def seed_agreement(seeds: int) -> tuple[int, list[int]]:
     """The README rank example (a digits zoo's step-300 DigitsCNN, the first 500 digits,
     ranks 1..8; captured with the README's CLI) with ``seeds`` seeds: how many agree with
     the most common chosen rank."""
+    from factorlens.research.zoo import build_zoo
     from factorlens.store import open_store
-    from factorlens.zoo import build_zoo
 
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         zoo = build_zoo("digits", Path(tmp) / "zoo", kinds="steps", progress=False).parent
         store = Path(tmp) / "acts.zarr"
         cli = [sys.executable, "-m", "factorlens", "analyze", "--quiet"]
-        cli += ["--model", str(root / "src/factorlens/models.py") + ":DigitsCNN"]
+        cli += ["--model", str(root / "src/factorlens/research/models.py") + ":DigitsCNN"]
         cli += ["--weights", str(zoo / "steps" / "step-000300.pt"), "--data", "digits"]
         cli += ["--n-samples", "500", "--store", str(store), "--rank", "2"]
         subprocess.run([*cli, "--out", str(Path(tmp) / "capture")], check=True, stdout=DEVNULL)

@@ -44,11 +44,11 @@ import numpy as np
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from factorlens.baselines import layer_effective_ranks, rankme_score, weightwatcher_alpha
 from factorlens.data import ImageData
 from factorlens.errors import FactorlensError
-from factorlens.models import torch_threads
-from factorlens.zoo import build_zoo, load_zoo, zoo_model, zoo_test_data
+from factorlens.research.baselines import layer_effective_ranks, rankme_score, weightwatcher_alpha
+from factorlens.research.models import torch_threads
+from factorlens.research.zoo import build_zoo, load_zoo, zoo_model, zoo_test_data
 
 try:  # the benchmark also runs against an older factorlens, baselines only
     from factorlens.quality import score_checkpoints, score_model

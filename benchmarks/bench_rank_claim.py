@@ -33,8 +33,8 @@ from scipy import stats
 from threadpoolctl import threadpool_limits
 
 import factorlens
-from factorlens.models import torch_threads
-from factorlens.zoo import load_zoo, zoo_model, zoo_test_data
+from factorlens.research.models import torch_threads
+from factorlens.research.zoo import load_zoo, zoo_model, zoo_test_data
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "zoos"
 DEFAULT_ZOOS = ("digits-digitscnn", "digits-bngap", "digits-resnet-s1")

@@ -10,7 +10,7 @@ import torch
 
 from factorlens.capture import capture
 from factorlens.data import load_data
-from factorlens.models import MnistCNN, accuracy, train_classifier
+from factorlens.research.models import MnistCNN, accuracy, train_classifier
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 #: the input plus four layers: both pooled conv maps, the hidden dense layer, the logits

@@ -42,7 +42,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background
 DESKTOP = (1440, 900)
 PHONE = (390, 844)
 MAX_BYTES = 250_000
-MODEL = "src/factorlens/models.py:DigitsCNN"
+MODEL = "src/factorlens/research/models.py:DigitsCNN"
 #: the zoo checkpoints of the checkpoints view (steps of one DigitsCNN run)
 STEPS = ("step-000010", "step-000040", "step-000120", "step-000300")
 #: where the reports are written unless --work says otherwise (ignored by git)
@@ -53,7 +53,7 @@ def _factorlens(*args: str | Path) -> None:
     """Run the factorlens CLI of this interpreter (replacing earlier output); stop on failure.
 
     It runs in the repository root, so that the reports name the model file and the
-    checkpoints as the README does (``src/factorlens/models.py:DigitsCNN``).
+    checkpoints as the README does (``src/factorlens/research/models.py:DigitsCNN``).
     """
     words = [str(a) for a in args]
     print("$ factorlens", " ".join(words), flush=True)

@@ -14,7 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from factorlens.baselines import (
+from factorlens.capture import default_layers
+from factorlens.errors import FactorlensError
+from factorlens.research.baselines import (
     effective_rank,
     layer_effective_ranks,
     penultimate_embeddings,
@@ -23,10 +25,8 @@ from factorlens.baselines import (
     singular_values,
     weightwatcher_alpha,
 )
-from factorlens.capture import default_layers
-from factorlens.errors import FactorlensError
-from factorlens.models import BNGapCNN, DigitsCNN
-from factorlens.zoo import build_zoo
+from factorlens.research.models import BNGapCNN, DigitsCNN
+from factorlens.research.zoo import build_zoo
 
 
 @pytest.mark.parametrize("shape", [(7, 30), (30, 7), (12, 12)])

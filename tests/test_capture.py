@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from factorlens.capture import capture, default_layers, select_layers
-from factorlens.errors import FactorlensError
+from factorlens.errors import FactorlensError, flags_for_cli
 from factorlens.store import MemoryStore, ZarrStore, open_store
 
 CNN_DEFAULT = [
@@ -170,7 +170,7 @@ def test_unknown_layer_suggests_close_match():
 
 def test_no_default_layers_error():
     model = nn.Sequential(nn.Flatten(), nn.Dropout())
-    with pytest.raises(FactorlensError, match="--layers"):
+    with pytest.raises(FactorlensError, match=r"\(`layers`\)"):
         select_layers(model, None)
 
 
@@ -327,7 +327,8 @@ def test_tuple_output_needs_select():
         capture(model, x, layers="split", progress=False)
     msg = str(err.value)
     assert "'split'" in msg and "tuple" in msg
-    assert "select={'split': 0}" in msg and "--select split=0" in msg
+    assert "`select={'split': 0}`" in msg and "--select" not in msg
+    assert "--select split=0" in flags_for_cli(msg)
     assert _all_hooks_removed(model)
     store = capture(model, x, layers="lin,split", select={"split": 1}, progress=False)
     with torch.no_grad():
@@ -378,7 +379,8 @@ def test_nonfinite_raise_and_zero():
     with pytest.raises(FactorlensError) as err:
         capture(model, x, layers="log,lin", batch_size=4, progress=False)
     msg = str(err.value)
-    assert "'log'" in msg and "non-finite" in msg and "--nonfinite zero" in msg
+    assert "'log'" in msg and "non-finite" in msg and 'pass `nonfinite="zero"`' in msg
+    assert "pass --nonfinite zero to replace" in flags_for_cli(msg)
     assert "1 non-finite" in msg  # the first batch holds one bad value
     store = capture(model, x, layers="log,lin", nonfinite="zero", progress=False)
     logx = torch.log(x).numpy()
@@ -687,7 +689,7 @@ def test_hooks_removed_and_modes_restored():
 def test_store_argument_handling(tmp_path):
     path = tmp_path / "acts"
     capture(_cnn(), _images(3), layers="features.0", store=str(path), progress=False)
-    with pytest.raises(FactorlensError, match="--overwrite"):
+    with pytest.raises(FactorlensError, match="`overwrite=True`"):
         capture(_cnn(), _images(3), layers="features.0", store=path, progress=False)
     # the refused capture must not have touched the existing store
     assert open_store(path).n_samples == 3

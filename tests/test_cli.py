@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 import factorlens
 from factorlens.cli import main
+from factorlens.errors import FactorlensRuntimeError
+from factorlens.pipeline import load_inputs
 from tinyproject import analyze_args
 
 _analyze_args = analyze_args
@@ -30,7 +33,7 @@ def test_analyze_writes_result_factors_inputs_and_report(project, capsys) -> Non
     result = factorlens.load(out)
     assert result.A.shape == (60, 3)
     np.testing.assert_allclose(result.flow, np.array(summary["flow"]))
-    images, labels, _ = factorlens.load_inputs(out)
+    images, labels, _ = load_inputs(out)
     assert images.shape == (60, 8, 8) and labels.shape == (60,)
     assert "report:" in capsys.readouterr().out
 
@@ -64,7 +67,7 @@ def test_store_overwrite_keeps_the_old_store_when_the_capture_fails(project, cap
     bad = _analyze_args(project, project["root"] / "b", "--store", str(store), "--overwrite")
     bad[bad.index("--model") + 1] = f"{project['model']}:Broken"  # fails in its forward pass
     del bad[bad.index("--weights") : bad.index("--weights") + 2]
-    assert main(bad) == 2
+    assert main(bad) == 1  # a failure at run time, not a refused argument
     assert "shape" in _error(capsys)
     assert sorted(p.name for p in store.rglob("*")) == before
     assert factorlens.open_store(store).n_samples == 60
@@ -169,7 +172,7 @@ def test_truncated_checkpoint_and_shape_mismatch(project, capsys) -> None:
     args = _analyze_args(project, out)
     args[args.index("--model") + 1] = f"{project['model']}:Broken"
     del args[args.index("--weights") : args.index("--weights") + 2]
-    assert main(args) == 2
+    assert main(args) == 1  # the model raises in its forward pass: a failure at run time
     err = _error(capsys)
     assert "(8, 8)" in err or "8, 8" in err or "1, 8, 8" in err
     assert not out.exists()
@@ -252,7 +255,6 @@ def test_a_penalty_that_is_not_a_finite_number_or_auto_is_refused(project, capsy
 def test_analyze_honours_tensor_blocks(project) -> None:
     """``analyze(..., tensor_blocks=...)`` reaches the engine (it used to be replaced)."""
     from factorlens.data import load_data
-    from factorlens.errors import FactorlensError
     from factorlens.modelio import build_model
 
     model = build_model(f"{project['model']}:TinyNet", str(project["weights"]))
@@ -263,8 +265,35 @@ def test_analyze_honours_tensor_blocks(project) -> None:
     )
     models = dict(zip(result.block_names, result.block_models, strict=True))
     assert models["features.0"] == "cp" and models["input"] == "matrix"
-    with pytest.raises(FactorlensError, match="give one of them"):
+    # one name for one thing: the library takes tensor_blocks only (--tensor-layers is the
+    # CLI's way to name layers on top of the input)
+    with pytest.raises(TypeError, match="tensor_layers"):
         factorlens.analyze(
             model, data, out=project["root"] / "api2", rank=2, progress=False, report=False,
-            tensor_blocks=["features.0"], tensor_layers=["features.0"],
+            tensor_layers=["features.0"],
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (factorlens.FactorlensError("pass `overwrite=True` to replace it"), 2),
+        (FactorlensRuntimeError("store x is damaged; capture it again (`overwrite=True`)"), 1),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/gone"), 2),
+        (PermissionError(errno.EACCES, "Permission denied", "/root/x"), 2),
+        (OSError(errno.ENOSPC, "No space left on device", "/full/x"), 1),
+        (OSError(errno.EIO, "Input/output error", "/bad/x"), 1),
+    ],
+)
+def test_usage_errors_exit_2_and_failures_at_run_time_exit_1(
+    monkeypatch, capsys, tmp_path, error, status
+) -> None:
+    from factorlens import commands
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(commands, "run_report", fail)
+    assert main(["report", str(tmp_path)]) == status
+    err = _error(capsys)
+    assert "`" not in err and ("--overwrite" in err or "overwrite" not in err), err

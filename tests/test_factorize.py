@@ -59,7 +59,7 @@ def test_component_absent_from_a_block_gets_near_zero_weight(nonneg: bool) -> No
 
 def test_l1_penalty_sets_absent_component_to_exact_zero() -> None:
     blocks, _ = planted_blocks(noise=0.01, missing=("layer2", 2))
-    result = cmtf(blocks, 3, l1=0.05, random_state=0)
+    result = cmtf(blocks, 3, l1_penalty=0.05, random_state=0)
     assert np.sum(result.weights["layer2"] == 0.0) == 1
     assert np.all(result.weights["layer1"] > 0)
     # the documented contract: every non-shared factor column has unit norm, also when absent
@@ -76,7 +76,7 @@ def test_a_component_switched_off_in_a_cp_block_comes_back(seed: int) -> None:
     blocks, truth = planted_blocks(N=200, R=3, noise=0.05, seed=seed, missing=None)
     A0 = truth["A"].copy()
     A0[:, 2] = np.random.default_rng(seed).standard_normal(200)
-    result = cmtf(blocks, 3, l1=0.05, init=A0, n_init=1, max_iter=300)
+    result = cmtf(blocks, 3, l1_penalty=0.05, init=A0, n_init=1, n_iter_max=300)
     assert result.weights["input"].min() > 0.2
     assert factor_match_score([result.A], [truth["A"]]) > 0.99
     for f in result.factors["input"]:
@@ -102,7 +102,7 @@ def test_all_matrix_unconstrained_equals_truncated_svd_of_weighted_concatenation
         "x": (A @ rng.standard_normal((R, 40)) + 0.3 * rng.standard_normal((N, 40))),
         "y": (A @ rng.standard_normal((R, 25)) + 0.3 * rng.standard_normal((N, 25))),
     }
-    result = cmtf(blocks, R, l1=0.0, tol=1e-12, max_iter=3000, n_init=1)
+    result = cmtf(blocks, R, l1_penalty=0.0, tol=1e-12, n_iter_max=3000, n_init=1)
     cat = np.concatenate([b / np.linalg.norm(b) for b in blocks.values()], axis=1)
     U, s, _ = np.linalg.svd(cat, full_matrices=False)
     assert result.loss == pytest.approx(float((s[R:] ** 2).sum()), rel=1e-6)
@@ -130,14 +130,14 @@ def test_loss_no_worse_than_tensorly_cmtf_on_the_same_data() -> None:
         np.linalg.norm(scaled["input"] - tl.cp_to_tensor(cp)) ** 2
         + np.linalg.norm(matrix - tl.cp_to_tensor(mp)) ** 2
     )
-    ours = cmtf({"input": scaled["input"], "layers": matrix}, 3, l1=0.0, weighting="none")
+    ours = cmtf({"input": scaled["input"], "layers": matrix}, 3, l1_penalty=0.0, weighting="none")
     assert ours.loss <= tl_loss * (1 + 1e-6)
 
 
 def test_loss_formula_matches_explicit_reconstruction() -> None:
     blocks, _ = planted_blocks(N=80, noise=0.2, missing=None, seed=5)
     for nonneg in (False, True):
-        model = CMTF(3, nonneg=nonneg, l1=0.0, n_init=1, max_iter=30).fit(blocks)
+        model = CMTF(3, nonneg=nonneg, l1_penalty=0.0, n_init=1, n_iter_max=30).fit(blocks)
         res = model.result_
         explicit = 0.0
         for name, Y in blocks.items():
@@ -154,14 +154,16 @@ def test_loss_never_increases() -> None:
     blocks, _ = planted_blocks(N=100, noise=0.3, seed=6)
     blocks = {k: v.astype(np.float64) for k, v in blocks.items()}  # float64: exact to round-off
     for nonneg in (False, True):
-        hist = CMTF(4, nonneg=nonneg, n_init=1, max_iter=60, tol=0).fit(blocks).result_.loss_history
+        hist = (
+            CMTF(4, nonneg=nonneg, n_init=1, n_iter_max=60, tol=0).fit(blocks).result_.loss_history
+        )
         assert np.all(np.diff(hist) <= 1e-12 * hist[0])
 
 
 def test_loss_never_increases_beyond_float32_round_off() -> None:
     blocks, _ = planted_blocks(N=300, noise=0.05, seed=6)  # float32, as captured
     for nonneg in (False, True):
-        hist = CMTF(3, nonneg=nonneg, n_init=1, max_iter=150).fit(blocks).result_.loss_history
+        hist = CMTF(3, nonneg=nonneg, n_init=1, n_iter_max=150).fit(blocks).result_.loss_history
         total = float(len(blocks))  # unit-norm blocks
         assert np.all(np.diff(hist) <= 1e-6 * total)
 
@@ -169,7 +171,7 @@ def test_loss_never_increases_beyond_float32_round_off() -> None:
 def test_centring_a_large_offset_converges_like_centred_data() -> None:
     blocks, _ = planted_blocks(N=200, noise=0.05, seed=12, missing=None)
     shifted = {k: (v + 300.0).astype(np.float32) for k, v in blocks.items()}
-    model = CMTF(3, center=True, l1=0.0, n_init=1, max_iter=500).fit(shifted)
+    model = CMTF(3, center=True, l1_penalty=0.0, n_init=1, n_iter_max=500).fit(shifted)
     assert model.result_.options["converged"]
     assert model.n_iter_ < 300
 
@@ -188,8 +190,8 @@ def test_centering_equals_fitting_centred_data() -> None:
     blocks, _ = planted_blocks(N=90, noise=0.1, seed=8, missing=None)
     shifted = {k: v + 3.0 for k, v in blocks.items()}
     centred = {k: v - v.mean(axis=0, keepdims=True) for k, v in shifted.items()}
-    a = cmtf(shifted, 3, center=True, l1=0.0, n_init=1, random_state=0)
-    b = cmtf(centred, 3, center=False, l1=0.0, n_init=1, random_state=0)
+    a = cmtf(shifted, 3, center=True, l1_penalty=0.0, n_init=1, random_state=0)
+    b = cmtf(centred, 3, center=False, l1_penalty=0.0, n_init=1, random_state=0)
     assert a.loss == pytest.approx(b.loss, rel=1e-4)
     assert np.allclose(a.means["layer1"], shifted["layer1"].mean(axis=0), atol=1e-5)
 
@@ -311,8 +313,8 @@ def test_auto_penalty_separates_shared_and_unshared_components(noise: float) -> 
     from factorlens.testing import acar_blocks
 
     blocks, A_true, support = acar_blocks(3, noise)
-    result = cmtf(blocks, 5)  # the default penalty: l1="auto"
-    assert result.options["l1"] == "auto"
+    result = cmtf(blocks, 5)  # the default penalty: l1_penalty="auto"
+    assert result.options["l1_penalty"] == "auto"
     score, perm = factor_match_score([A_true], [result.A], return_permutation=True)
     assert score > 0.95
     np.testing.assert_array_equal(result.presence()[perm], support)
@@ -354,13 +356,13 @@ def test_a_component_no_block_needs_is_named_against_the_fit_with_one_fewer(nois
 def test_cmtf_follows_the_estimator_contract() -> None:
     from sklearn.base import clone
 
-    model = CMTF(4, tol=1e-5, n_init=1, l1=0.0)
+    model = CMTF(4, tol=1e-5, n_init=1, l1_penalty=0.0)
     params = model.get_params()
-    assert params["rank"] == 4 and params["tol"] == 1e-5 and params["l1"] == 0.0
+    assert params["rank"] == 4 and params["tol"] == 1e-5 and params["l1_penalty"] == 0.0
     copy = clone(model)
     assert copy is not model and copy.get_params() == params
     assert model.set_params(rank=3, check_fewer=False) is model and model.rank == 3
-    assert repr(model) == "CMTF(rank=3, l1=0.0, n_init=1, tol=1e-05, check_fewer=False)"
+    assert repr(model) == "CMTF(rank=3, l1_penalty=0.0, n_init=1, tol=1e-05, check_fewer=False)"
     with pytest.raises(FactorlensError, match="CMTF has no parameter 'ranks'"):
         model.set_params(ranks=2)
     blocks, _ = planted_blocks(N=40, seed=2)
@@ -372,8 +374,8 @@ def test_cmtf_follows_the_estimator_contract() -> None:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, "big"])
 def test_bad_penalty_is_refused(bad) -> None:
     blocks, _ = planted_blocks(N=40)
-    with pytest.raises(FactorlensError, match="l1 must be"):
-        cmtf(blocks, 2, l1=bad)
+    with pytest.raises(FactorlensError, match="l1_penalty must be"):
+        cmtf(blocks, 2, l1_penalty=bad)
 
 
 def test_presence_and_its_floor_survive_save_and_load(tmp_path) -> None:
@@ -391,7 +393,7 @@ def test_penalized_strengths_are_present_when_above_zero() -> None:
     # a fixed penalty already subtracted its floor from every strength: what is left above 0
     # is present, and the floor is only recorded for display
     blocks, _ = planted_blocks(noise=0.01, missing=("layer2", 2))
-    result = cmtf(blocks, 3, l1=0.05, random_state=0)
+    result = cmtf(blocks, 3, l1_penalty=0.05, random_state=0)
     assert result.options["noise_floor"]["layer1"] == pytest.approx(0.025)
     assert set(result.options["absent_below"].values()) == {0.0}
     np.testing.assert_array_equal(result.presence(), result.flow > 0)

@@ -9,7 +9,7 @@ import torch
 
 from factorlens.capture import capture
 from factorlens.factorize import cmtf
-from factorlens.models import DigitsCNN
+from factorlens.research.models import DigitsCNN
 from factorlens.testing import planted_blocks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

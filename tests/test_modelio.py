@@ -256,14 +256,14 @@ def test_pickled_full_model(model_file: Path, tmp_path: Path) -> None:
     with pytest.raises(FactorlensError) as exc:
         build_model(f"{model_file}:TinyNet", weights=path)
     msg = one_line(exc)
-    assert "pickled" in msg and "--trust-pickle" in msg and "TinyNet" in msg
+    assert "pickled" in msg and "pass `trust_pickle=True`" in msg and "TinyNet" in msg
     model = build_model(f"{model_file}:TinyNet", weights=path, trust_pickle=True)
     assert_weights(model, full.state_dict())
     assert not model.training
 
     # a trusted pickle holding a state dict plus other Python objects
     torch.save({"model": full.state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(FactorlensError, match="trust-pickle"):
+    with pytest.raises(FactorlensError, match="`trust_pickle=True`"):
         build_model(f"{model_file}:TinyNet", weights=path)
     model = build_model(f"{model_file}:TinyNet", weights=path, trust_pickle=True)
     assert_weights(model, full.state_dict())

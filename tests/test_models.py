@@ -1,4 +1,4 @@
-"""Tests for factorlens.models and factorlens.demo: architectures, training, the demo model."""
+"""Tests for factorlens.research.models and .demo: architectures, training, the demo model."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ import pytest
 import torch
 
 from factorlens.data import load_data
-from factorlens.demo import N_TRAIN, train_demo_model
 from factorlens.errors import FactorlensError
-from factorlens.models import DigitsCNN, MnistCNN, accuracy, torch_threads, train_classifier
+from factorlens.research.demo import N_TRAIN, train_demo_model
+from factorlens.research.models import (
+    DigitsCNN,
+    MnistCNN,
+    accuracy,
+    torch_threads,
+    train_classifier,
+)
 
 
 def test_digits_cnn_shapes_and_names() -> None:

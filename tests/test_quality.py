@@ -11,11 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import factorlens.models
+import factorlens.research.models
 from factorlens.cli import main
 from factorlens.data import load_data
 from factorlens.errors import FactorlensError
-from factorlens.models import DigitsCNN, MnistCNN, train_classifier
 from factorlens.quality import (
     OUTPUT_BLOCK,
     answer_agreement,
@@ -26,8 +25,9 @@ from factorlens.quality import (
     score_checkpoints,
     score_spread,
 )
+from factorlens.research.models import DigitsCNN, MnistCNN, train_classifier
 
-MODEL = f"{Path(factorlens.models.__file__)}:DigitsCNN"
+MODEL = f"{Path(factorlens.research.models.__file__)}:DigitsCNN"
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def test_max_rank_is_clipped_and_said() -> None:
 def test_core_consistency_is_100_for_an_exact_cp_model() -> None:
     blocks, _ = planted_blocks(N=150, R=3, noise=0.0, missing=None, seed=3)
     blocks = {k: v.astype(np.float64) for k, v in blocks.items()}  # exact model, exact data
-    model = CMTF(3, l1=0.0, n_init=1, tol=1e-12, max_iter=1000)
+    model = CMTF(3, l1_penalty=0.0, n_init=1, tol=1e-12, n_iter_max=1000)
     data = model.prepare(blocks)
     model.fit_blocks(data)
     assert core_consistency(model.result_, data[0]) == pytest.approx(100.0, abs=1e-3)
@@ -72,7 +72,7 @@ def test_core_consistency_equals_tlviz(rank: int, normalised: bool) -> None:
     tlviz = pytest.importorskip("tlviz.model_evaluation", reason="tlviz (bench extra) absent")
     blocks, _ = planted_blocks(N=200, R=3, noise=0.1, missing=None, seed=1)
     blocks = {k: v.astype(np.float64) for k, v in blocks.items()}
-    model = CMTF(rank, l1=0.0)
+    model = CMTF(rank, l1_penalty=0.0)
     data = model.prepare(blocks)
     result = model.fit_blocks(data).result_
     X = blocks["input"] * data[0].scale  # the block as fitted
@@ -130,8 +130,8 @@ def test_a_compressed_block_fits_like_the_full_one_with_loadings_in_its_basis() 
     np.testing.assert_allclose(small.basis.T @ small.basis, np.eye(15), atol=1e-10)
     assert small.norm_sq == pytest.approx(full.norm_sq)
     assert noise_threshold(small, 3) == pytest.approx(noise_threshold(full, 3))  # full spectrum
-    on_small = CMTF(3, l1=0, n_init=1, random_state=0).fit_blocks([small]).result_
-    on_full = CMTF(3, l1=0, n_init=1, random_state=0).fit_blocks([full]).result_
+    on_small = CMTF(3, l1_penalty=0, n_init=1, random_state=0).fit_blocks([small]).result_
+    on_full = CMTF(3, l1_penalty=0, n_init=1, random_state=0).fit_blocks([full]).result_
     assert on_small.fit["layer"] == pytest.approx(on_full.fit["layer"], abs=1e-4)
     # the compressed fit's loss is the full-data loss of its loadings mapped back (B = V B̃)
     B = small.basis @ on_small.factors["layer"][0]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from factorlens.errors import FactorlensError
-from factorlens.synthetic import DOMAINS, make_images, synthetic_split
-from factorlens.zoo import build_zoo, load_zoo, zoo_model, zoo_test_data
+from factorlens.research.synthetic import DOMAINS, make_images, synthetic_split
+from factorlens.research.zoo import build_zoo, load_zoo, zoo_model, zoo_test_data
 
 
 @pytest.mark.parametrize("domain", sorted(DOMAINS))

@@ -14,11 +14,13 @@ from torch import nn
 
 from factorlens.cli import main
 from factorlens.errors import FactorlensError
-from factorlens.models import BNGapCNN, SmallResNet, accuracy
-from factorlens.zoo import (
+from factorlens.research.models import BNGapCNN, SmallResNet, accuracy
+from factorlens.research.zoo import (
     ENTRY_FIELDS,
     build_zoo,
     load_zoo,
+    model_class,
+    model_spec,
     parse_kinds,
     zoo_model,
     zoo_plan,
@@ -75,7 +77,7 @@ def test_quick_digits_zoo_entries(digits_zoo: Path) -> None:
     for e in raw:
         assert set(ENTRY_FIELDS) <= set(e)
         assert e["arch"] == "digitscnn"
-        assert e["model"] == "factorlens.models:DigitsCNN"
+        assert e["model"] == "factorlens.research.models:DigitsCNN"
         assert e["dataset"] == "digits"
         assert e["seed"] == 0
         assert 0.0 <= e["test_accuracy"] <= 1.0
@@ -200,6 +202,44 @@ def test_input_errors(tmp_path: Path) -> None:
         zoo_model({"arch": "digitscnn", "checkpoint": "a.pt"}, root=tmp_path)
     with pytest.raises(FactorlensError, match="unknown architecture"):
         zoo_model({"arch": "vgg", "checkpoint": "a.pt"}, root=tmp_path)
+
+
+def test_zoo_written_before_the_move_still_loads(tmp_path: Path) -> None:
+    # zoos built before the reference models moved to factorlens.research name the old module
+    torch.manual_seed(0)
+    net = SmallResNet().eval()
+    (tmp_path / "steps").mkdir()
+    torch.save(net.state_dict(), tmp_path / "steps" / "step-000000.pt")
+    old = {
+        "checkpoint": "steps/step-000000.pt",
+        "kind": "steps",
+        "arch": "resnet",
+        "model": "factorlens.models:SmallResNet",
+        "dataset": "digits",
+        "test_accuracy": 0.1,
+        "steps": 0,
+        "label_noise": 0.0,
+        "n_train": 1300,
+        "seed": 0,
+    }
+    (tmp_path / "zoo.json").write_text(json.dumps([old]))
+    (entry,) = load_zoo(tmp_path)
+    assert entry["model"] == "factorlens.research.models:SmallResNet"
+    assert json.loads((tmp_path / "zoo.json").read_text())[0]["model"] == old["model"]
+    assert model_class(old["model"]) is SmallResNet
+    assert model_class(entry["model"]) is SmallResNet
+    model = zoo_model(entry)
+    assert type(model) is model_class(entry["model"])
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in model.state_dict().items())
+
+    assert model_spec("factorlens.research.models:DigitsCNN") == (
+        "factorlens.research.models:DigitsCNN"
+    )
+    assert model_spec("mypkg.nets:Net") == "mypkg.nets:Net"
+    with pytest.raises(FactorlensError, match="not a reference model"):
+        model_class("os:system")
+    with pytest.raises(FactorlensError, match="not a reference model"):
+        model_class("factorlens.models:Nope")
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,18 +36,13 @@ _EXPORTS = {
     "congruence": "factorize",
     "factor_match_score": "factorize",
     "analyze": "pipeline",
-    "analyze_store": "pipeline",
     "load": "pipeline",
-    "load_inputs": "pipeline",
     "QualityReport": "quality",
-    "assess": "quality",
     "score_checkpoints": "quality",
     "score_model": "quality",
     "RankScan": "rank",
     "estimate_rank": "rank",
-    "MemoryStore": "store",
-    "StoreView": "store",
-    "ZarrStore": "store",
+    "write_report": "report",
     "open_store": "store",
 }
 
@@ -56,10 +51,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from factorlens.data import ImageData, load_data
     from factorlens.errors import FactorlensError
     from factorlens.factorize import CMTF, CMTFResult, cmtf, congruence, factor_match_score
-    from factorlens.pipeline import analyze, analyze_store, load, load_inputs
-    from factorlens.quality import QualityReport, assess, score_checkpoints, score_model
+    from factorlens.pipeline import analyze, load
+    from factorlens.quality import QualityReport, score_checkpoints, score_model
     from factorlens.rank import RankScan, estimate_rank
-    from factorlens.store import MemoryStore, StoreView, ZarrStore, open_store
+    from factorlens.report import write_report
+    from factorlens.store import open_store
 
 
 def __getattr__(name: str) -> object:
@@ -92,20 +88,17 @@ sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 
+#: the public API, one function per job; everything else is reached through its module
+#: (e.g. ``factorlens.store.ZarrStore``, ``factorlens.pipeline.analyze_store``)
 __all__ = [
     "CMTF",
     "CMTFResult",
     "FactorlensError",
     "ImageData",
-    "MemoryStore",
     "QualityReport",
     "RankScan",
-    "StoreView",
-    "ZarrStore",
     "__version__",
     "analyze",
-    "analyze_store",
-    "assess",
     "capture",
     "cmtf",
     "congruence",
@@ -114,9 +107,9 @@ __all__ = [
     "factor_match_score",
     "load",
     "load_data",
-    "load_inputs",
     "open_store",
     "score_checkpoints",
     "score_model",
     "select_layers",
+    "write_report",
 ]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from factorlens.errors import FactorlensError, close_matches, one_line
+from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches, one_line
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
 
 #: leaf module types whose output is a new representation (captured by default).
@@ -188,7 +188,7 @@ def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -
         if not chosen:
             raise FactorlensError(
                 f"{type(model).__name__} has no convolution, linear, activation or pooling "
-                "submodules to capture by default; name the layers to capture (--layers)"
+                "submodules to capture by default; name the layers to capture (`layers`)"
             )
         return chosen
     wanted = _split_names(layers)
@@ -293,8 +293,7 @@ def _check_finite(name: str, arr: np.ndarray, policy: str, start: int, counts: d
             what = "the input data" if name == "input" else f"layer {name!r}"
             raise FactorlensError(
                 f"{what} produced {n_bad} non-finite values (NaN/Inf) in the batch starting at "
-                f'sample {start}; pass nonfinite="zero" (CLI: --nonfinite zero) to replace '
-                "them with 0"
+                f'sample {start}; pass `nonfinite="zero"` to replace them with 0'
             )
         arr[bad] = 0.0
         counts[name] = counts.get(name, 0) + n_bad
@@ -320,7 +319,7 @@ def _select_output(name: str, out: Any, select: Mapping[str, Any]) -> Any:
     except (KeyError, IndexError, TypeError) as exc:
         keys = list(out.keys()) if isinstance(out, Mapping) else f"0..{len(out) - 1}"
         raise FactorlensError(
-            f"select={{{name!r}: {key!r}}} does not fit the {type(out).__name__} output of "
+            f"`select={{{name!r}: {key!r}}}` does not fit the {type(out).__name__} output of "
             f"layer {name!r} ({one_line(exc, 80)}); choose one of {keys}"
         ) from None
     return out
@@ -334,7 +333,7 @@ def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np
         example = next(iter(out.keys()), 0) if isinstance(out, Mapping) else 0
         raise FactorlensError(
             f"layer {name!r} returns a {kind}, not a tensor; pick one element with "
-            f"select={{{name!r}: {example!r}}} (CLI: --select {name}={example})"
+            f"`select={{{name!r}: {example!r}}}`"
         )
     if not isinstance(out, torch.Tensor):
         raise FactorlensError(
@@ -350,7 +349,9 @@ def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np
 
 
 def _make_store(
-    store: Any, overwrite: bool, fingerprint: dict[str, Any]
+    store: ActivationStore | str | os.PathLike[str] | None,
+    overwrite: bool,
+    fingerprint: dict[str, Any],
 ) -> tuple[ActivationStore, bool]:
     """Return ``(store, created_here)``."""
     if store is None:
@@ -379,7 +380,7 @@ def _sha256(arrays: Sequence[Any]) -> str:
             arr = np.ascontiguousarray(arr)
             digest.update(f"{arr.dtype.str}{arr.shape}".encode())
         if arr.size:  # a zero-size buffer cannot be cast
-            digest.update(memoryview(arr).cast("B"))
+            digest.update(arr.data.cast("B"))  # arr.data: memoryview(arr), typed for 3.11
     return digest.hexdigest()
 
 
@@ -520,9 +521,11 @@ def capture(
     }
     on_disk = isinstance(store, str | os.PathLike)
     fingerprint = _fingerprint(model, images, settings) if on_disk else {}
-    start_row, counts = 0, {}
+    start_row = 0
+    counts: dict[str, int] = {}
+    the_store: ActivationStore
     if resume:
-        if not on_disk:
+        if not isinstance(store, str | os.PathLike):  # on_disk, narrowed for the type checker
             raise FactorlensError("resume needs the store's directory path (store=PATH)")
         the_store, start_row, counts = ZarrStore.resume(store, fingerprint)
         created = False
@@ -657,7 +660,7 @@ def _run_capture(
                 except FactorlensError:
                     raise
                 except Exception as exc:
-                    raise FactorlensError(
+                    raise FactorlensRuntimeError(
                         f"the model failed on an input batch of shape {tuple(x.shape)} "
                         f"({x.dtype}): {type(exc).__name__}: {one_line(exc, 400)}; check that the "
                         "data shape, channels and preprocessing match what the model expects"
@@ -708,8 +711,8 @@ def _run_capture(
             handle.remove()
         if bar is not None:
             bar.close()
-        for module, mode in modes.items():
-            module.training = mode
+        for submodule, mode in modes.items():
+            submodule.training = mode
         if moved_from is not None:
             model.to(moved_from)
     return counts
@@ -721,7 +724,7 @@ def _check_resumed_blocks(store: ActivationStore, names: list[str]) -> None:
     if sorted(have) != sorted(names):
         raise FactorlensError(
             f"the resumed capture makes blocks {names} but the store holds {have}; resume with "
-            "the same model and layers, or pass --overwrite to start again"
+            "the same model and layers, or pass `overwrite=True` to start again"
         )
 
 

@@ -7,16 +7,27 @@ and exit with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import math
+import errno
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from factorlens import __version__
-from factorlens.errors import FactorlensError
+from factorlens.errors import FactorlensError, cli_wording, flags_for_cli
+from factorlens.options import (
+    EngineOptions,
+    RankOptions,
+    flagged,
+    from_args,
+    penalty,
+    positive_int,
+    seed,
+    tolerance,
+)
 
 EPILOG = """examples:
   factorlens demo --out factorlens-demo
@@ -40,58 +51,40 @@ DATA_EPILOG = (
 )
 
 
-def _penalty(text: str) -> float | str:
-    """``--l1``: 'auto' or a finite number >= 0."""
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'auto' or a number >= 0, got {text!r}"
-        ) from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number >= 0, got {text!r}")
-    return value
+def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap an options parser (``ValueError`` on bad text) as an argparse type."""
+
+    def wrapped(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    wrapped.__name__ = parse.__name__  # argparse names the type in its messages
+    return wrapped
 
 
-#: seeds reach torch.manual_seed and numpy's SeedSequence: 0 <= seed < 2**32 suits both
-MAX_SEED = 2**32 - 1
+_positive_int = _argtype(positive_int)
+_seed = _argtype(seed)
+_tolerance = _argtype(tolerance)
+_penalty = _argtype(penalty)
 
 
-def _positive_int(text: str) -> int:
-    """Parse a count: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    """``--seed``: an integer in 0..MAX_SEED."""
-    try:
-        value: int | None = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
-    return value
-
-
-def _tolerance(text: str) -> float:
-    """``--tol``: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:  # NaN fails this too
-        raise argparse.ArgumentTypeError(
-            f"expected a number between 0 and 1 (e.g. 1e-7), got {text!r}"
+def _add_flags(group: Any, options: type) -> None:
+    """Add a flag for every field of an options dataclass that has one (its default, help)."""
+    for _, flag, default in flagged(options):
+        text = flag.help.format(default=default)
+        if isinstance(default, bool) and flag.parse is None and flag.choices is None:
+            group.add_argument(flag.name, action="store_true", help=text)
+            continue
+        group.add_argument(
+            flag.name,
+            type=_argtype(flag.parse) if flag.parse is not None else None,
+            choices=flag.choices,
+            default=default,
+            metavar=flag.metavar,
+            help=text,
         )
-    return value
 
 
 def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) -> None:
@@ -103,55 +96,12 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
             default=default_rank,
             help=f"number of components R (default {default_rank})",
         )
-    g.add_argument(
-        "--nonneg",
-        action="store_true",
-        help="nonnegative factors (pixels and ReLU outputs are >= 0; easier to read)",
-    )
-    g.add_argument(
-        "--l1",
-        type=_penalty,
-        default="auto",
-        help="ACMTF penalty on component strengths, which sets a component's strength in a "
-        "block that does not hold it to exactly zero. 'auto' (default): per block from its "
-        "noise floor (Gavish-Donoho threshold of its singular values), then the remaining "
-        "strengths refitted without shrinkage; a number: one penalty for every block "
-        "(0 = plain CMTF)",
-    )
-    g.add_argument(
-        "--weighting",
-        choices=["unit", "none"],
-        default="unit",
-        help="block weighting: 'unit' scales every block to unit Frobenius norm so each counts "
-        "equally (default); 'none' lets the largest layer dominate",
-    )
-    g.add_argument("--center", action="store_true", help="centre every block (not with --nonneg)")
+    _add_flags(g, EngineOptions)
     g.add_argument(
         "--tensor-layers",
         default="",
         help="comma-separated layers to fit with a CP model on their N×C×H×W shape "
         "(channel and spatial factors) instead of a flattened matrix",
-    )
-    g.add_argument(
-        "--n-init",
-        type=_positive_int,
-        default=3,
-        help="starts (SVD-based, then random); the best is kept (default 3)",
-    )
-    g.add_argument(
-        "--max-iter", type=_positive_int, default=500, help="ALS iteration cap (default 500)"
-    )
-    g.add_argument(
-        "--tol",
-        type=_tolerance,
-        default=1e-7,
-        help="stop when the loss changes by less than this fraction (default 1e-7)",
-    )
-    g.add_argument(
-        "--seed",
-        type=_seed,
-        default=0,
-        help="random seed for sub-sampling and initialisation (default 0)",
     )
 
 
@@ -276,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_model_data(rnk, weights=True, store=True)
-    rnk.add_argument("--max-rank", type=_positive_int, default=10, help="default 10")
+    _add_flags(rnk, RankOptions)
     rnk.add_argument("--out", required=True, help="output directory")
     _add_engine_options(rnk, default_rank=None)
     _add_common(rnk)
@@ -300,12 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qua.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints to score")
     _add_model_data(qua, weights=False, store=False)
-    qua.add_argument(
-        "--max-rank",
-        type=_positive_int,
-        default=10,
-        help="largest R of the joint rank scan (default 10)",
-    )
+    _add_flags(qua, RankOptions)
     qua.add_argument(
         "--no-rank",
         action="store_true",
@@ -397,18 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
-    tensor = [t.strip() for t in args.tensor_layers.split(",") if t.strip()]
-    return {
-        "nonneg": args.nonneg,
-        "l1": args.l1,
-        "weighting": args.weighting,
-        "center": args.center,
-        "tensor_layers": tensor,
-        "n_init": args.n_init,
-        "max_iter": args.max_iter,
-        "tol": args.tol,
-        "random_state": args.seed,
-    }
+    """Return CMTF's parameters from the factorization flags.
+
+    Plus ``tensor_layers``, which the commands turn into ``tensor_blocks`` once the store's
+    input shape is known.
+    """
+    opts = from_args(EngineOptions, args)
+    engine = {name: getattr(opts, name) for name, _, _ in flagged(EngineOptions)}
+    engine["tensor_layers"] = [t.strip() for t in args.tensor_layers.split(",") if t.strip()]
+    return engine
 
 
 def _print_summary(result, out: Path, seconds: float) -> None:
@@ -436,6 +378,10 @@ def _print_summary(result, out: Path, seconds: float) -> None:
     print(f"report: {(out / 'index.html').resolve()}")
 
 
+#: OSError numbers that are a failure at run time (exit 1), not a path the user got wrong
+_IO_FAILURES = {getattr(errno, n) for n in ("EIO", "ENOSPC", "EDQUOT") if hasattr(errno, n)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``factorlens`` command line.
 
@@ -447,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0, 2 for errors, 130 for Ctrl-C, 143 for SIGTERM.
+        The exit status: 0, 2 for usage errors (bad arguments, refused inputs), 1 for
+        failures at run time (a damaged store or result file, a model that raises, a full
+        disk), 130 for Ctrl-C, 143 for SIGTERM.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -459,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main else None
     try:
-        return _run(args)
+        with cli_wording():
+            return _run(args)
     except Terminated:
         print("error: terminated (SIGTERM); no result was written", file=sys.stderr)
         return 143
@@ -469,13 +418,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FactorlensError as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a file the user named could not be read or written
+        print(f"error: {flags_for_cli(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # a file the user named could not be read or written, or a disk failed
         if getattr(args, "debug", False):
             raise
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+        return 1 if exc.errno in _IO_FAILURES else 2
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

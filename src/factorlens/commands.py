@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTFResult
@@ -21,9 +21,12 @@ from factorlens.pipeline import (
     load,
     load_inputs,
     load_predictions,
-    tensor_blocks_for,
     write_report_files,
 )
+
+if TYPE_CHECKING:
+    from factorlens.quality import QualityReport
+    from factorlens.store import ActivationStore, ZarrStore
 
 
 def parse_select(items: list[str]) -> dict[str, Any]:
@@ -48,7 +51,7 @@ def _check_rank(rank: int, n_samples: int) -> None:
 
 def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
     """Train the digits CNN, analyse it on held-out digits, write the report."""
-    from factorlens.demo import train_demo_model
+    from factorlens.research.demo import train_demo_model
 
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
     model, data, accuracy = train_demo_model(seed=args.seed, progress=not args.quiet)
@@ -61,6 +64,10 @@ def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
         "data": data.description,
         "class_names": data.class_names,
     }
+    engine = dict(engine)
+    layers = engine.pop("tensor_layers", None)
+    if layers:  # the digits are 8×8 images: the input is a CP block too
+        engine["tensor_blocks"] = ["input", *[t for t in layers if t != "input"]]
     result = analyze(
         model,
         data,
@@ -103,7 +110,7 @@ def _meta(args: argparse.Namespace, model: Any, data: Any, weights: str | None) 
     }
 
 
-def _existing_store(args: argparse.Namespace):
+def _existing_store(args: argparse.Namespace) -> ZarrStore:
     """``--store PATH`` without ``--model``: reopen that store (nothing else may be given)."""
     if not args.store:
         raise FactorlensError(
@@ -131,7 +138,7 @@ def _existing_store(args: argparse.Namespace):
     return open_store(args.store)
 
 
-def _captured(args: argparse.Namespace, out: Path, rank: int | None):
+def _captured(args: argparse.Namespace, out: Path, rank: int | None) -> ActivationStore:
     """Return the activation store for ``analyze``/``rank``: reopened, or captured anew."""
     if args.model is None:
         acts = _existing_store(args)
@@ -164,6 +171,21 @@ def _captured(args: argparse.Namespace, out: Path, rank: int | None):
     )
 
 
+def _with_tensor_blocks(store: ActivationStore, engine: dict[str, Any]) -> dict[str, Any]:
+    """Return the engine options with ``--tensor-layers`` turned into CMTF's ``tensor_blocks``.
+
+    That is the input (when it has two or more feature axes) plus those layers; without
+    ``--tensor-layers`` the engine's default (None).
+    """
+    engine = dict(engine)
+    layers = engine.pop("tensor_layers", None)
+    if layers:
+        first = store.names[0]
+        base = [first] if len(store.block(first).shape) >= 3 else []
+        engine["tensor_blocks"] = base + [t for t in layers if t != first]
+    return engine
+
+
 def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
     """Analyse the user's model on the user's data (or an existing store)."""
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
@@ -175,7 +197,7 @@ def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
         overwrite=args.overwrite,
         progress=not args.quiet,
         device=_device(args),
-        **engine,
+        **_with_tensor_blocks(acts, engine),
     )
     return result, out
 
@@ -188,10 +210,11 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     acts = _captured(args, out, None)
     # the scan fits the same model as the analysis (constraints, penalty, weighting, CP
     # blocks); its own iteration cap and tolerance keep twenty ranks affordable
-    scan_opts = {k: engine[k] for k in ("nonneg", "l1", "weighting", "center")}
-    scan_opts["tensor_blocks"] = tensor_blocks_for(acts, engine.get("tensor_layers"))
+    engine = _with_tensor_blocks(acts, engine)
+    scan_opts = {k: engine[k] for k in ("nonneg", "l1_penalty", "weighting", "center")}
+    scan_opts["tensor_blocks"] = engine.get("tensor_blocks")
     scan = estimate_rank(
-        acts, args.max_rank, random_state=args.seed, progress=not args.quiet, **scan_opts
+        acts, args.max_rank, random_state=args.seed, verbose=not args.quiet, **scan_opts
     )
     for note in scan.notes:
         print(f"note: {note}")
@@ -253,7 +276,7 @@ def run_quality(args: argparse.Namespace) -> int:
             "--rank fixes the rank of the analyses only with --no-rank; without it the rank "
             "scan chooses each checkpoint's rank (drop --rank, or add --no-rank)"
         )
-    reports = []
+    reports: list[QualityReport] = []
     if out is None:
         _score_checkpoints(args, reports, None)
     else:
@@ -271,7 +294,9 @@ def run_quality(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score_checkpoints(args: argparse.Namespace, reports: list, stage: Path | None) -> None:
+def _score_checkpoints(
+    args: argparse.Namespace, reports: list[QualityReport], stage: Path | None
+) -> None:
     """Capture and score each checkpoint, appending to ``reports``.
 
     With a ``stage`` folder also write its analysis at the chosen rank, the trajectory report
@@ -364,7 +389,7 @@ def _record_quality(result_json: Path, report) -> None:
     result_json.write_text(json.dumps(summary, indent=1))
 
 
-def _print_quality_table(reports: list, with_acc: bool) -> None:
+def _print_quality_table(reports: list[QualityReport], with_acc: bool) -> None:
     """Print the quality table on stdout (and Spearman with accuracy when there are labels)."""
     width = max(len("checkpoint"), *(len(r.checkpoint or "") for r in reports))
     head = (
@@ -455,7 +480,7 @@ def run_report(args: argparse.Namespace) -> Path:
 
 def run_zoo(args: argparse.Namespace) -> int:
     """Train a model zoo into --out and print its checkpoints with their test accuracy."""
-    from factorlens.zoo import build_zoo, load_zoo
+    from factorlens.research.zoo import build_zoo, load_zoo
 
     target = build_zoo(
         args.data,

@@ -4,7 +4,7 @@ Accepted SPEC forms:
 
 * ``digits`` — scikit-learn's bundled 8×8 digits (1797 images, 1×8×8, labels 0–9).
 * ``glyphs`` / ``shapes`` — the fixed 2,000-image test sets of the procedural domains of
-  :mod:`factorlens.synthetic` (1×28×28 letters, 3×32×32 coloured shapes; 10 classes).
+  :mod:`factorlens.research.synthetic` (1×28×28 letters, 3×32×32 coloured shapes; 10 classes).
 * ``mnist:DIR`` / ``mnist:DIR:train`` / ``mnist:DIR:test`` — the MNIST IDX files as distributed
   (``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]`` for the default test split,
   ``train-…`` for ``:train``); the label file is optional.
@@ -236,7 +236,7 @@ def _finish(
     if lo < 0.0 or hi > 1.0:
         raise FactorlensError(
             f"{source} has values in [{lo:.4g}, {hi:.4g}] but images must lie in [0, 1]; "
-            "scale them to [0, 1] (e.g. divide 0..255 data by 255) and use --normalize for "
+            "scale them to [0, 1] (e.g. divide 0..255 data by 255) and use `normalize` for "
             "the model's normalization"
         )
     if labels is not None:
@@ -268,7 +268,7 @@ def _finish(
 
 
 def _load_synthetic(domain: str) -> ImageData:
-    from factorlens.synthetic import DOMAINS, N_TEST, synthetic_split
+    from factorlens.research.synthetic import DOMAINS, N_TEST, synthetic_split
 
     _x, _y, images, labels = synthetic_split(domain)
     c, h, w, names = DOMAINS[domain]
@@ -276,7 +276,7 @@ def _load_synthetic(domain: str) -> ImageData:
         np.array(images),
         np.array(labels),
         list(names),
-        f"{domain} (factorlens.synthetic), the fixed {N_TEST} test images ({c}×{h}×{w}, 10 classes)",
+        f"{domain} (factorlens.research.synthetic), the fixed {N_TEST} test images ({c}×{h}×{w}, 10 classes)",
         domain,
     )
 
@@ -553,12 +553,13 @@ def _load_folder(directory: Path) -> ImageData:
         raise FactorlensError(f"{directory} is not a folder; folder:DIR needs a folder of images")
     class_dirs = sorted((d for d in directory.iterdir() if d.is_dir()), key=lambda d: d.name)
     entries: list[tuple[Path, int]] = []
-    class_names: list[str] | None = []
+    found: list[str] = []
     for d in class_dirs:
         files = _image_files(d)
         if files:
-            entries.extend((f, len(class_names)) for f in files)
-            class_names.append(d.name)
+            entries.extend((f, len(found)) for f in files)
+            found.append(d.name)
+    class_names: list[str] | None = found
     if not entries:
         top = _image_files(directory)
         if not top:
@@ -591,6 +592,7 @@ def _load_folder(directory: Path) -> ImageData:
         pictures.append(pic)
 
     all_gray = all(_is_gray(p) for p in pictures)
+    assert expected is not None  # entries is not empty, so the loop set it
     n, (w, h) = len(pictures), expected
     channels = 1 if all_gray else 3
     images = np.empty((n, channels, h, w), dtype=np.float32)
@@ -652,28 +654,28 @@ def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     Returns ``(means, stds)``, one value per channel, in the units of the [0, 1] images.
     """
     fix = (
-        "give MEAN,STD per channel, e.g. --normalize 0.1307,0.3081 (1 channel) or "
-        "--normalize 0.485,0.456,0.406,0.229,0.224,0.225 (3 channels)"
+        'give MEAN,STD per channel, e.g. `normalize="0.1307,0.3081"` (1 channel) or '
+        '`normalize="0.485,0.456,0.406,0.229,0.224,0.225"` (3 channels)'
     )
     parts = [p.strip() for p in str(text).split(",")]
     if not parts or any(p == "" for p in parts):
-        raise FactorlensError(f"cannot parse --normalize {text!r}; {fix}")
+        raise FactorlensError(f"cannot parse `normalize` {text!r}; {fix}")
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise FactorlensError(f"cannot parse --normalize {text!r} as numbers; {fix}") from None
+        raise FactorlensError(f"cannot parse `normalize` {text!r} as numbers; {fix}") from None
     if len(values) % 2:
         raise FactorlensError(
-            f"--normalize {text!r} has {len(values)} numbers, need an even count "
+            f"`normalize` {text!r} has {len(values)} numbers, need an even count "
             f"(all means, then all stds); {fix}"
         )
     if not all(math.isfinite(v) for v in values):
-        raise FactorlensError(f"--normalize {text!r} has NaN/Inf values; {fix}")
+        raise FactorlensError(f"`normalize` {text!r} has NaN/Inf values; {fix}")
     c = len(values) // 2
     means, stds = tuple(values[:c]), tuple(values[c:])
     if any(s <= 0 for s in stds):
         raise FactorlensError(
-            f"--normalize {text!r} has a standard deviation <= 0 ({', '.join(map(str, stds))}); "
+            f"`normalize` {text!r} has a standard deviation <= 0 ({', '.join(map(str, stds))}); "
             "every std must be positive"
         )
     return means, stds
@@ -703,7 +705,7 @@ class Preprocess:
                     f"means and {len(stds)} stds"
                 )
             if any(s <= 0 for s in stds):
-                raise FactorlensError("normalization stds must be positive; check --normalize")
+                raise FactorlensError("normalization stds must be positive; check `normalize`")
         self.hook = hook
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -712,12 +714,12 @@ class Preprocess:
             means, stds = self.normalize
             if x.ndim != 4:
                 raise FactorlensError(
-                    f"--normalize needs images N×C×H×W but the data has shape {tuple(x.shape)}; "
-                    "drop --normalize for non-image data"
+                    f"`normalize` needs images N×C×H×W but the data has shape {tuple(x.shape)}; "
+                    "drop `normalize` for non-image data"
                 )
             if x.shape[1] != len(means):
                 raise FactorlensError(
-                    f"--normalize gives {len(means)} channel(s) but the images have {x.shape[1]}; "
+                    f"`normalize` gives {len(means)} channel(s) but the images have {x.shape[1]}; "
                     f"give {x.shape[1]} means then {x.shape[1]} stds"
                 )
             shape = (1, len(means), 1, 1)

@@ -34,7 +34,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise FactorlensError(
                 f"device {name!r} requested but CUDA is not available on this machine "
-                f"(torch {torch.__version__}); use --device cpu or auto"
+                f"(torch {torch.__version__}); use `device` cpu or auto"
             )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
@@ -90,7 +90,7 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise FactorlensError(
-                f"device {name!r} requested but MPS is not available; use --device cpu or auto"
+                f"device {name!r} requested but MPS is not available; use `device` cpu or auto"
             )
         return dev
     raise FactorlensError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or auto")
@@ -293,6 +293,7 @@ def _user_unpickler_module(fallback: types.ModuleType | None) -> types.ModuleTyp
         return _Unpickler(f, **kwargs).load()
 
     mod = types.ModuleType("factorlens_trusted_pickle")
+    # a module made at run time: ModuleType declares none of the attributes pickle needs
     mod.Unpickler = _Unpickler  # type: ignore[attr-defined]
     mod.load = _load  # type: ignore[attr-defined]
     return mod
@@ -321,9 +322,9 @@ def _pickle_globals(data: bytes) -> list[str]:
         if op.name == "MEMOIZE":
             memo[len(memo)] = pushed[-1]
         elif op.name.endswith("PUT"):
-            memo[arg] = pushed[-1]
+            memo[cast(int, arg)] = pushed[-1]  # the PUT and GET opcodes carry an int index
         elif op.name.endswith("GET"):
-            pushed.append(memo.get(arg))
+            pushed.append(memo.get(cast(int, arg)))
         else:
             pushed.append(arg if op.name in _STRING_OPS else None)
     return names
@@ -342,7 +343,7 @@ def _refused_globals(path: Path, message: str) -> list[str] | None:
     except Exception:  # the legacy (non-zip) format, or a damaged pickle
         return re.findall(r"GLOBAL ([\w.]+)", message) or None
     unpickler = getattr(torch, "_weights_only_unpickler", None)  # private: may go away
-    allowed = getattr(unpickler, "_get_allowed_globals", dict)()
+    allowed: Mapping[str, object] = getattr(unpickler, "_get_allowed_globals", dict)()
     return [n for n in dict.fromkeys(names) if n not in allowed]
 
 
@@ -388,8 +389,8 @@ def _load_checkpoint(path: Path, trust_pickle: bool, fallback: types.ModuleType 
             needs = f" ({', '.join(refused[:3])}{more})" if refused else ""
             raise FactorlensError(
                 f"checkpoint {path} holds pickled Python objects{needs} that weights-only "
-                "loading refuses; pass --trust-pickle if you trust this file (unpickling runs "
-                "its code), or save torch.save(model.state_dict(), path) instead"
+                "loading refuses; pass `trust_pickle=True` if you trust this file (unpickling "
+                "runs its code), or save torch.save(model.state_dict(), path) instead"
             ) from None
     except KeyboardInterrupt:
         raise
@@ -419,7 +420,7 @@ def _load_checkpoint(path: Path, trust_pickle: bool, fallback: types.ModuleType 
         ) from exc
 
 
-def _is_tensor_dict(obj: Any) -> bool:
+def _is_tensor_dict(obj: Any) -> TypeGuard[Mapping[str, torch.Tensor]]:
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0

@@ -97,8 +97,8 @@ def clean_stale(out: Path) -> None:
     lock = _lock_path(out)
     _remove_if_dead(lock)
     for entry in parent.glob(f"{glob.escape(lock.name)}.*"):  # a lock's helper files
-        pid = entry.name.rsplit("-", 1)[-1].rsplit(".", 1)[-1]
-        if pid.isdigit() and not _alive(pid):
+        owner = entry.name.rsplit("-", 1)[-1].rsplit(".", 1)[-1]
+        if owner.isdigit() and not _alive(owner):
             entry.unlink(missing_ok=True)
 
 
@@ -128,7 +128,7 @@ def read_manifest(out: Path) -> set[str] | None:
             pass
         raise FactorlensError(
             f"{path} is damaged, so factorlens cannot tell its own files from yours there; "
-            "move the folder's contents you want to keep and delete it, or choose another --out"
+            "move the folder's contents you want to keep and delete it, or choose another `out`"
         )
     if _legacy_result(out):
         legacy = {n for n in LEGACY_NAMES if (out / n).is_file()}
@@ -168,27 +168,27 @@ def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()
     out = Path(os.path.abspath(out))  # "." and ".." have no name to stage or lock beside
     if out.is_symlink() and not out.exists():
         raise FactorlensError(
-            f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
-            "remove the link or choose another --out"
+            f"`out` {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
+            "remove the link or choose another `out`"
         )
     if out.exists() and not out.is_dir():
         raise FactorlensError(
-            f"output path {out} exists and is not a directory; choose another --out"
+            f"output path {out} exists and is not a directory; choose another `out`"
         )
     if out.is_dir() and any(out.iterdir()):
         ours = read_manifest(out)
         if not overwrite:
             what = "a factorlens result" if ours is not None else "other files"
             raise FactorlensError(
-                f"output directory {out} already holds {what}; pass --overwrite to replace it "
-                "or choose another --out"
+                f"output directory {out} already holds {what}; pass `overwrite=True` to "
+                "replace it or choose another `out`"
             )
         for name in names:  # a folder of ours (figures/) may hold the user's files too
             target = out / name
             if target.exists() and not target.is_dir() and name not in (ours or set()):
                 raise FactorlensError(
-                    f"{target} was not written by factorlens, so --overwrite does not "
-                    "replace it; move it away or choose another --out"
+                    f"{target} was not written by factorlens, so `overwrite=True` does not "
+                    "replace it; move it away or choose another `out`"
                 )
     probe = out.parent
     while not probe.exists():
@@ -198,10 +198,10 @@ def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()
     if not os.access(probe, os.W_OK | os.X_OK):
         raise FactorlensError(
             f"cannot write beside {out}: folder {probe} is not writable (results are staged "
-            "next to --out, then moved); choose another --out"
+            "next to `out`, then moved); choose another `out`"
         )
     if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
-        raise FactorlensError(f"output directory {out} is not writable; choose another --out")
+        raise FactorlensError(f"output directory {out} is not writable; choose another `out`")
     return out
 
 
@@ -258,7 +258,7 @@ def _locked(out: Path) -> Iterator[None]:
                 if owner and _alive(owner):
                     raise FactorlensError(
                         f"another factorlens run (pid {owner.split()[0]}) is writing {out} "
-                        "right now; wait for it to finish or choose another --out"
+                        "right now; wait for it to finish or choose another `out`"
                     ) from None
                 _remove_if_dead(lock)
         else:
@@ -289,7 +289,7 @@ def _in_scope(rel: str, names: Iterable[str]) -> bool:
 
 def publish(
     out: Path,
-    produce: Callable[[Path], None],
+    produce: Callable[[Path], object],
     names: tuple[str, ...],
     *,
     overwrite: bool = False,
@@ -337,9 +337,9 @@ def publish(
                     + (
                         " and was not written by factorlens; move it away"
                         if overwrite
-                        else " (it appeared while this run was working); pass --overwrite"
+                        else " (it appeared while this run was working); pass `overwrite=True`"
                     )
-                    + " or choose another --out. Nothing was replaced"
+                    + " or choose another `out`. Nothing was replaced"
                 )
             stale = sorted(f for f in old if _in_scope(f, names) and f not in new)
             if overwrite:
@@ -391,9 +391,9 @@ def check_not_nested(out: Path, store: Path) -> None:
     o, s = out.resolve(), store.resolve()
     if s == o or o in s.parents:
         raise FactorlensError(
-            f"--store {store} lies inside --out {out}; put the store somewhere else"
+            f"`store` {store} lies inside `out` {out}; put the store somewhere else"
         )
     if s in o.parents:
         raise FactorlensError(
-            f"--out {out} lies inside --store {store}; write the result somewhere else"
+            f"`out` {out} lies inside `store` {store}; write the result somewhere else"
         )

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from factorlens.errors import FactorlensError
+from factorlens.errors import FactorlensError, FactorlensRuntimeError, note
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
 from factorlens.output import check_not_nested, check_output_dir, clean_stale, publish
+
+if TYPE_CHECKING:
+    from factorlens.store import ActivationStore
 
 INPUTS_NPZ = "inputs.npz"
 REPORT_HTML = "index.html"
@@ -64,7 +66,7 @@ def load_predictions(directory: str | Path) -> np.ndarray | None:
     return pred if pred.ndim == 1 else None
 
 
-def predicted_classes(store: Any, n_classes: int | None) -> np.ndarray | None:
+def predicted_classes(store: ActivationStore, n_classes: int | None) -> np.ndarray | None:
     """Return the model's predicted class per input, or None.
 
     The prediction is the argmax of the store's last block when that block has one output per
@@ -112,12 +114,12 @@ def load_inputs(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, l
             labels = npz["labels"] if "labels" in npz.files else None
             names = [str(c) for c in npz["class_names"]] if "class_names" in npz.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise FactorlensError(
+        raise FactorlensRuntimeError(
             f"{path} is damaged ({type(exc).__name__}: {exc}); rerun `factorlens analyze` to "
             "recreate it"
         ) from None
     if images.ndim < 2 or (labels is not None and labels.shape != (len(images),)):
-        raise FactorlensError(
+        raise FactorlensRuntimeError(
             f"{path} does not match a result (images {images.shape}, labels "
             f"{None if labels is None else labels.shape}); rerun `factorlens analyze`"
         )
@@ -287,42 +289,21 @@ def write_checkpoints_report(
     )
 
 
-def input_images(store: Any) -> np.ndarray:
+def input_images(store: ActivationStore) -> np.ndarray:
     """Return the input block of a store as an array (N, …)."""
     return np.asarray(store.block(store.names[0])[:], dtype=np.float32)
 
 
-def tensor_blocks_for(store: Any, tensor_layers: list[str] | None) -> list[str] | None:
-    """Return the engine's ``tensor_blocks`` for ``--tensor-layers``.
-
-    That is the input (when it has two or more feature axes) plus those layers; ``None`` (the
-    engine's default) when none are given.
-    """
-    if not tensor_layers:
-        return None
-    first = store.names[0]
-    base = [first] if len(store.block(first).shape) >= 3 else []
-    return base + [t for t in tensor_layers if t != first]
-
-
 def factorize_store(
-    store: Any, rank: int, *, tensor_layers: list[str] | None = None, **engine: Any
+    store: ActivationStore, rank: int, *, progress: bool = False, **engine: Any
 ) -> CMTFResult:
     """Fit the joint model to every block of ``store`` and attach its metadata.
 
-    ``tensor_layers`` names layers to fit with a CP model on their natural shape, on top of the
-    input (which gets a CP model whenever it has two or more feature axes). The engine's own
-    ``tensor_blocks`` (the full list of CP blocks, the input included or not) is used as given.
+    ``engine`` are :class:`~factorlens.factorize.CMTF`'s parameters (``tensor_blocks`` lists
+    every block fitted with a CP model; by default the input, when it has two or more
+    feature axes); ``progress`` shows the fit's progress bars (CMTF's ``verbose``).
     """
-    if engine.get("tensor_blocks") is not None:
-        if tensor_layers:
-            raise FactorlensError(
-                "tensor_blocks (every CP block) and tensor_layers (layers added to the input) "
-                "say the same thing twice; give one of them"
-            )
-    else:
-        engine["tensor_blocks"] = tensor_blocks_for(store, tensor_layers)
-    model = CMTF(rank, **engine).fit(store)
+    model = CMTF(rank, verbose=progress, **engine).fit(store)
     result = model.result_
     meta = dict(getattr(store, "meta", {}) or {})
     meta.setdefault("n_samples", store.n_samples)
@@ -346,7 +327,7 @@ def capture_for_analysis(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     resume: bool = False,
-) -> Any:
+) -> ActivationStore:
     """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store.
 
     ``resume`` continues the interrupted capture in ``store`` (see :func:`capture`); a new
@@ -361,14 +342,13 @@ def capture_for_analysis(
         target = Path(store)
         _check_store_path(target, overwrite, out, resume)
     elif resume:
-        raise FactorlensError("--resume continues a capture into --store; give --store PATH")
+        raise FactorlensError("`resume=True` continues a capture into a store; give `store=PATH`")
     # an existing store being replaced is kept until the new capture has succeeded
-    staging = target is not None and target.exists() and not resume
-    if staging:
+    stage: Path | None = None  # where it is captured first, when it replaces one
+    if target is not None and target.exists() and not resume:
         clean_stale(target)
-        where = target.with_name(f".{target.name}.staging-{os.getpid()}-capture")
-    else:
-        where = target
+        stage = target.with_name(f".{target.name}.staging-{os.getpid()}-capture")
+    where = target if stage is None else stage
     try:
         acts = capture(
             model,
@@ -385,22 +365,22 @@ def capture_for_analysis(
             resume=resume,
         )
     except (KeyboardInterrupt, SystemExit):
-        if staging:
-            shutil.rmtree(where, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
         elif target is not None and target.exists():
-            print(
-                f"note: the capture into {target} was interrupted; rerun the same command with "
-                "--resume to continue it",
-                file=sys.stderr,
+            note(
+                f"the capture into {target} was interrupted; rerun it with `resume=True` to "
+                "continue it"
             )
         raise
     except BaseException:
-        if staging and where.exists():
-            shutil.rmtree(where, ignore_errors=True)
+        if stage is not None and stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
         raise
-    if staging:
+    if stage is not None:
+        assert target is not None  # a stage is made only to replace a target
         shutil.rmtree(target)
-        where.replace(target)
+        stage.replace(target)
         acts = open_store(target)
     return acts
 
@@ -464,7 +444,7 @@ def analyze(
         Also write ``index.html`` and ``figures/``.
     **engine
         Options of :class:`factorlens.factorize.CMTF` (``nonneg``, ``l1``, ``weighting``,
-        ``center``, ``tensor_blocks``, ``n_init``, ``max_iter``, ``tol``, ``random_state``).
+        ``center``, ``tensor_blocks``, ``n_init``, ``n_iter_max``, ``tol``, ``random_state``).
 
     Returns
     -------
@@ -499,7 +479,7 @@ def analyze(
 
 
 def analyze_store(
-    acts: Any,
+    acts: ActivationStore,
     *,
     out: str | Path,
     rank: int = 10,
@@ -570,29 +550,31 @@ def _check_store_path(
     from factorlens.store import store_state
 
     if path.exists() and not path.is_dir():
-        raise FactorlensError(f"store path {path} is a file; choose another --store")
+        raise FactorlensError(f"store path {path} is a file; choose another `store`")
     if out is not None:
         check_not_nested(out, path)
     if resume:
         if overwrite:
-            raise FactorlensError("--resume continues a capture, --overwrite restarts it: give one")
+            raise FactorlensError(
+                "`resume=True` continues a capture, `overwrite=True` restarts it: give one"
+            )
         return  # ZarrStore.resume checks what is there
     if not (path.exists() and any(path.iterdir())):
         return
     state = store_state(path)
     if state is None:
         raise FactorlensError(
-            f"--store {path} holds something that is not a factorlens store; it is not "
-            "replaced even with --overwrite: choose another --store"
+            f"`store` {path} holds something that is not a factorlens store; it is not "
+            "replaced even with `overwrite=True`: choose another `store`"
         )
     if overwrite:
         return
     if state == "incomplete":
         raise FactorlensError(
-            f"--store {path} holds an interrupted capture; pass --resume to continue it or "
-            "--overwrite to start it again"
+            f"`store` {path} holds an interrupted capture; pass `resume=True` to continue it "
+            "or `overwrite=True` to start it again"
         )
     raise FactorlensError(
-        f"store path {path} already exists; pass --overwrite to replace it or choose "
-        "another --store (to analyse an existing store, give --store without --model)"
+        f"store path {path} already exists; pass `overwrite=True` to replace it or choose "
+        "another `store` (to analyse an existing store, use `analyze_store`)"
     )

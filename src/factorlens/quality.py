@@ -40,14 +40,19 @@ evidence. On the zoos (benchmarks/bench_quality.py) it does *not* track accuracy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from factorlens.baselines import effective_rank
 from factorlens.errors import FactorlensError
+from factorlens.research.baselines import effective_rank
+
+if TYPE_CHECKING:
+    import torch
+
+    from factorlens.store import ActivationStore
 
 #: shift of the moved copy, as a fraction of the image side (at least 1 pixel)
 SHIFT_FRACTION = 1 / 14
@@ -129,7 +134,7 @@ class QualityReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-able dict (the ``--json`` fields)."""
-        out = {
+        out: dict[str, Any] = {
             "checkpoint": self.checkpoint,
             "rank": int(self.rank),
             "mode": self.mode,
@@ -292,7 +297,7 @@ def score_spread(
 
 def capture_for_score(
     model: Any, data: Any, *, layers: list[str] | str | None = None, scan: bool = True, **options
-) -> Any:
+) -> ActivationStore:
     """Capture in one forward pass what the score (and the rank scan) needs.
 
     The pass records the input, the model's output (block ``OUTPUT_BLOCK``) and, when
@@ -325,7 +330,7 @@ def assess(
     *,
     layers: list[str] | str | None = None,
     max_rank: int = 10,
-    preprocess: Any = None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 256,
     device: str = "cpu",
     seed: int = 0,
@@ -376,7 +381,7 @@ def assess(
 
 
 def assess_store(
-    store: Any,
+    store: ActivationStore,
     perturbed: Sequence[np.ndarray],
     *,
     max_rank: int = 10,
@@ -413,7 +418,7 @@ def assess_store(
                 blocks[name] = arr
     rank, evidence = 0, None
     if scan and "input" in blocks:
-        result = estimate_rank(blocks, max_rank, random_state=seed, progress=progress)
+        result = estimate_rank(blocks, max_rank, random_state=seed, verbose=progress)
         rank, evidence = result.chosen, result.to_dict()
     return QualityReport(
         score=score,
@@ -511,7 +516,7 @@ def score_model(
     return assess(model, data, layers=layers, seed=seed, **kwargs)
 
 
-def model_outputs(store: Any) -> np.ndarray:
+def model_outputs(store: ActivationStore) -> np.ndarray:
     """Return the ``(N, K)`` model outputs of a store captured with ``output=OUTPUT_BLOCK``."""
     if OUTPUT_BLOCK not in store.names:
         raise FactorlensError(

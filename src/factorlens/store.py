@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from factorlens.errors import FactorlensError, close_matches
+from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches
 from factorlens.output import atomic_write_text
 
 #: the on-disk format version written by this module.
@@ -468,13 +468,13 @@ class ZarrStore(ActivationStore):
             if any(p.iterdir()):
                 if not overwrite:
                     raise FactorlensError(
-                        f"{p} already exists and is not empty; pass --overwrite "
-                        "(overwrite=True) to replace it or choose another path"
+                        f"{p} already exists and is not empty; pass `overwrite=True` to "
+                        "replace it or choose another path"
                     )
                 if _read_root_attrs(p).get(STORE_KEY) is None:
                     raise FactorlensError(
                         f"{p} is not a factorlens store, so it is not overwritten even with "
-                        "--overwrite; choose another path"
+                        "`overwrite=True`; choose another path"
                     )
                 shutil.rmtree(p)
                 existed = False
@@ -521,7 +521,7 @@ class ZarrStore(ActivationStore):
         if attrs.get("complete") is not True:
             raise FactorlensError(
                 f"incomplete store at {p}: its capture was interrupted; rerun the same capture "
-                "with --resume to continue it, or with --overwrite to start again"
+                "with `resume=True` to continue it, or with `overwrite=True` to start again"
             )
         group = zarr.open_group(str(p), mode="r", zarr_format=3)
         store = cls(p, group, chunk_rows=None, readonly=True)
@@ -670,11 +670,11 @@ class ZarrStore(ActivationStore):
         state = store_state(p)
         if state is None:
             raise FactorlensError(
-                f"no interrupted capture at {p} to resume; run the capture without --resume"
+                f"no interrupted capture at {p} to resume; run the capture without `resume=True`"
             )
         if state == "complete":
             raise FactorlensError(
-                f"the capture at {p} is already complete; drop --resume to use it"
+                f"the capture at {p} is already complete; drop `resume=True` to use it"
             )
         attrs = _read_root_attrs(p)
         before = attrs.get("capture") or {}
@@ -684,7 +684,7 @@ class ZarrStore(ActivationStore):
             raise FactorlensError(
                 f"the interrupted capture at {p} was started with other settings (differs in "
                 f"{', '.join(keys)}); resume with the same model, weights, data and options, "
-                "or pass --overwrite to start again"
+                "or pass `overwrite=True` to start again"
             )
         try:
             progress = json.loads((p / PROGRESS_JSON).read_text())
@@ -692,8 +692,8 @@ class ZarrStore(ActivationStore):
         except FileNotFoundError:
             rows, counts = 0, {}
         except (OSError, ValueError, KeyError, TypeError):
-            raise FactorlensError(
-                f"{p / PROGRESS_JSON} is damaged; pass --overwrite to start the capture again"
+            raise FactorlensRuntimeError(
+                f"{p / PROGRESS_JSON} is damaged; pass `overwrite=True` to start the capture again"
             ) from None
         for debris in p.rglob("*.partial"):  # zarr's temporary file of a chunk being written
             debris.unlink()
@@ -813,14 +813,14 @@ def _check_chunks(path: Path, name: str, group: Any, key: str) -> None:
         arr = group[key]
         have, want = arr.nchunks_initialized, arr.nchunks
     except (KeyError, OSError, ValueError) as exc:
-        raise FactorlensError(
+        raise FactorlensRuntimeError(
             f"store {path} is damaged: block {name!r} cannot be read ({exc}); capture it "
-            "again (--overwrite)"
+            "again (`overwrite=True`)"
         ) from None
     if have < want:
-        raise FactorlensError(
+        raise FactorlensRuntimeError(
             f"store {path} is damaged: block {name!r} is missing {want - have} of its {want} "
-            "chunk files; capture it again (--overwrite)"
+            "chunk files; capture it again (`overwrite=True`)"
         )
 
 
@@ -845,9 +845,9 @@ class _CheckedArray:
         except ValueError as exc:
             if "checksum" not in str(exc).lower():
                 raise
-            raise FactorlensError(
+            raise FactorlensRuntimeError(
                 f"store {self._path} is damaged: a chunk of block {self._name!r} fails its "
-                "checksum; capture it again (--overwrite)"
+                "checksum; capture it again (`overwrite=True`)"
             ) from None
 
     def __setitem__(self, index: Any, value: Any) -> None:

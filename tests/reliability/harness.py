@@ -50,16 +50,19 @@ class CLI:
         assert res.rc == 0, res.err
         return res
 
-    def fails(self, args: Sequence[str], *needles: str, keep: Path | None = None) -> str:
-        """The run exits 2 with exactly one ``error:`` line containing every needle, and no
-        file under ``keep`` (default: the test's folder) that existed before was changed."""
+    def fails(
+        self, args: Sequence[str], *needles: str, keep: Path | None = None, rc: int = 2
+    ) -> str:
+        """The run exits ``rc`` (2, a usage error; 1, a failure at run time) with exactly one
+        ``error:`` line containing every needle, and no file under ``keep`` (default: the
+        test's folder) that existed before was changed."""
         where = keep or self.root
         before = snapshot(where)
         res = self.run(args)
         after = snapshot(where)
         lines = [line for line in res.err.splitlines() if line.strip()]
         errors = [line for line in lines if line.startswith("error: ")]
-        assert res.rc == 2, (res.rc, res.err)
+        assert res.rc == rc, (res.rc, res.err)
         assert len(errors) == 1, res.err
         for needle in needles:
             assert needle in errors[0], (needle, errors[0])

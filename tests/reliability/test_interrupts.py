@@ -172,7 +172,7 @@ def _scan_in_progress(tmp_path: Path, out: Path, *extra: str) -> tuple[subproces
     """A ``rank`` scan of a 1,500-input store running in a subprocess, once its progress bar
     has started; returns the process and the stderr read so far."""
     from factorlens.capture import capture
-    from factorlens.models import DigitsCNN
+    from factorlens.research.models import DigitsCNN
 
     images = np.random.default_rng(0).random((1500, 1, 8, 8)).astype(np.float32)
     store = tmp_path / "acts"

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from harness import analyze_args
 
+from factorlens.errors import CLI_FLAGS, FactorlensError, cli_wording, flags_for_cli, note
 from factorlens.modelio import build_model, load_model_class
 
 
@@ -43,6 +46,10 @@ DAMAGE = {
     ),
 }
 
+#: refused as not a result or a newer one (exit 2); every other damage is found while reading a
+#: result factorlens wrote, a failure at run time (exit 1)
+NOT_DAMAGED = {"a JSON list", "a newer format"}
+
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_report_refuses_a_damaged_result_in_one_line(cli, project, damage: str) -> None:
@@ -54,7 +61,8 @@ def test_report_refuses_a_damaged_result_in_one_line(cli, project, damage: str) 
         _edit_json(target, edit)
     else:  # cut the file short
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
-    line = cli.fails(["report", out, "--out", project["root"] / "rep"], needle, str(out))
+    rc = 2 if damage in NOT_DAMAGED else 1
+    line = cli.fails(["report", out, "--out", project["root"] / "rep"], needle, str(out), rc=rc)
     assert ("upgrade factorlens" if damage == "a newer format" else "factorlens analyze") in line
     if damage == "no blocks":  # the whole line, as a user sees it
         assert line == (
@@ -206,3 +214,126 @@ def test_model_files_in_two_folders_each_import_their_own_helper(tmp_path: Path)
     finally:
         sys.modules.pop("helper", None)
     assert widths == [3, 5]
+
+
+# ------------------------------------------------------------------ arguments, not flags
+#: a CLI flag in a message (``--rank``), not a dash inside a word or ``----``
+FLAG = re.compile(r"(?<![\w-])--[a-z]")
+
+
+def test_the_library_names_the_argument_and_no_flag(tmp_path: Path) -> None:
+    from factorlens.factorize import CMTF
+    from factorlens.pipeline import check_output_dir
+
+    rng = np.random.default_rng(0)
+    blocks = {"input": rng.random((10, 4, 4)), "fc": rng.random((10, 3))}
+    with pytest.raises(FactorlensError) as err:
+        CMTF(rank=500).fit(blocks)
+    msg = str(err.value)
+    assert "choose `rank` <= 10" in msg and not FLAG.search(msg), msg
+    assert "choose --rank <= 10" in flags_for_cli(msg)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(FactorlensError) as err:
+        check_output_dir(out, overwrite=False)
+    assert str(err.value) == (
+        f"output directory {out} already holds other files; pass `overwrite=True` to replace "
+        "it or choose another `out`"
+    )
+    assert type(err.value) is FactorlensError and err.value.exit_code == 2  # a usage error
+
+
+def test_the_same_refusals_through_the_cli_name_the_flags(cli, project) -> None:
+    out = project["root"] / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert cli.fails(analyze_args(project, out)) == (
+        f"error: output directory {out} already holds other files; pass --overwrite to replace "
+        "it or choose another --out"
+    )
+    mine = project["root"] / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("...")
+    args = analyze_args(project, project["root"] / "new", "--store", mine, "--overwrite")
+    assert cli.fails(args) == (
+        f"error: --store {mine} holds something that is not a factorlens store; it is not "
+        "replaced even with --overwrite: choose another --store"
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "for_cli"),
+    [
+        ("choose `rank` <= 12", "choose --rank <= 12"),
+        ("pass `overwrite=True` to replace it", "pass --overwrite to replace it"),
+        ("drop `nonneg`, or `l1_penalty` 0", "drop --nonneg, or --l1 0"),
+        ("`n_iter_max` and `random_state`", "--max-iter and --seed"),
+        ('pass `nonfinite="zero"`', "pass --nonfinite zero"),
+        ("pick one with `select={'fc': 0}`", "pick one with --select fc=0"),
+        ("give `store=PATH`", "give --store PATH"),
+        ("use `analyze_store`", "use --store without --model"),
+        ("`trust_pickle=True` or `resume=True`", "--trust-pickle or --resume"),
+        ("the `preprocess` hook", "the preprocess hook"),  # no flag: the name, plainly
+        ("`overwrite=False`", "overwrite=False"),  # no flag says that
+        ("rerun `factorlens analyze`", "rerun `factorlens analyze`"),  # not an argument
+        ("a--b ----data", "a--b ----data"),  # nothing backticked, nothing changed
+    ],
+)
+def test_flags_for_cli_translates_backticked_arguments_only(message, for_cli) -> None:
+    assert flags_for_cli(message) == for_cli
+
+
+def test_every_flag_of_the_table_is_a_flag_of_the_cli() -> None:
+    from factorlens.cli import build_parser
+
+    parser = build_parser()
+    known = {
+        option
+        for sub in parser._subparsers._group_actions[0].choices.values()
+        for action in sub._actions
+        for option in action.option_strings
+    }
+    for text in CLI_FLAGS.values():
+        for flag in re.findall(r"--[a-z][\w-]*", text):
+            assert flag in known, flag
+
+
+def test_notes_are_worded_for_whoever_calls(capsys) -> None:
+    note("rerun it with `resume=True` to continue it")
+    assert capsys.readouterr().err == "note: rerun it with `resume=True` to continue it\n"
+    with cli_wording():
+        note("rerun it with `resume=True` to continue it")
+    assert capsys.readouterr().err == "note: rerun it with --resume to continue it\n"
+
+
+def _library_messages() -> list[tuple[str, int, str]]:
+    """``(file, line, text)`` of every string in an error or note the library raises or
+    prints, outside the CLI's own modules."""
+    import ast
+
+    import factorlens
+
+    root = Path(factorlens.__file__).parent
+    speakers = {"FactorlensError", "FactorlensRuntimeError", "note", "print", "warn"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name in ("cli.py", "commands.py", "options.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name not in speakers:
+                continue
+            for part in ast.walk(node):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    found.append((str(path.relative_to(root)), part.lineno, part.value))
+    return found
+
+
+def test_no_library_message_quotes_a_cli_flag() -> None:
+    messages = _library_messages()
+    assert len(messages) > 200  # the scan sees the library's messages
+    flagged = [(f, n, s) for f, n, s in messages if FLAG.search(s)]
+    assert not flagged, flagged

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from factorlens.cli import MAX_SEED, build_parser
+from factorlens.cli import build_parser
+from factorlens.options import MAX_SEED
 
 
 def _command(name: str, p: dict[str, Path]) -> list[str]:

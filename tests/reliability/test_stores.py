@@ -61,7 +61,7 @@ def test_analyze_of_a_damaged_store_is_a_one_line_error(cli, project) -> None:
     chunks = sorted(p for p in (store / "b001" / "c").rglob("*") if p.is_file())
     chunks[0].unlink()
     args = ["analyze", "--store", store, "--rank", "2", "--out", project["root"] / "again"]
-    line = cli.fails(args, "damaged", "missing", "chunk")
+    line = cli.fails(args, "damaged", "missing", "chunk", rc=1)  # found at run time: exit 1
     assert line == (
         f"error: store {store} is damaged: block 'features.0' is missing 1 of its "
         f"{len(chunks)} chunk files; capture it again (--overwrite)"

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError
+from factorlens.options import EngineOptions
 
 #: blocks smaller than this many bytes (float32) are read into memory once for the fit.
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+DEFAULT_MEMORY_BUDGET = EngineOptions.memory_budget
 
 
 class Block:
@@ -125,8 +126,9 @@ class Block:
             if self._torch:
                 import torch
 
-                chunk = torch.from_numpy(chunk).to(self.device)
-            yield rows, chunk
+                yield rows, torch.from_numpy(chunk).to(self.device)
+            else:
+                yield rows, chunk
 
     def _compute_stats(self) -> None:
         """Compute the column sums and the sum of squares in float64.
@@ -154,7 +156,7 @@ class Block:
         if bad:
             raise FactorlensError(
                 f"block {self.name!r} holds {bad} NaN or Inf values; recapture with "
-                "--nonfinite zero or remove the offending inputs"
+                '`nonfinite="zero"` or remove the offending inputs'
             )
         if self.center:
             self.mean = total / self.n_rows

@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +34,16 @@ import numpy as np
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize.blocks import (
-    DEFAULT_MEMORY_BUDGET,
     Block,
     block_weights,
     check_blocks,
 )
 from factorlens.factorize.result import CMTFResult
 from factorlens.interrupt import check as check_cancelled
+from factorlens.options import EngineOptions
+
+#: the defaults of every parameter but the rank (one place: the options dataclass)
+_E = EngineOptions()
 
 _TINY = 1e-300
 
@@ -165,13 +168,16 @@ def _rank_one(t: np.ndarray, n_iter: int = 10) -> list[np.ndarray]:
 class CMTF:
     """Joint factorization of the input and layer blocks with one shared sample factor.
 
+    Every default comes from :class:`factorlens.options.EngineOptions`, which the CLI's flags
+    are built from too.
+
     Parameters
     ----------
     rank : int
         Number of components R (1 ≤ R ≤ N).
     nonneg : bool
         Constrain every factor (and so every loading and pattern) to be ≥ 0.
-    l1 : float or str
+    l1_penalty : float or str
         ACMTF penalty β on the component strengths σ. A number is one β for every block
         (blocks are unit-norm by default, so β is relative to a block's norm; 0 gives plain
         CMTF). ``"auto"`` sets each block's β from its noise floor
@@ -195,14 +201,14 @@ class CMTF:
         ``screen_iter`` iterations and the best is continued to convergence.
     screen_iter : int
         Iterations each start runs before the best one is chosen (with ``n_init`` > 1).
-    max_iter : int
-        Iteration cap.
+    n_iter_max : int
+        Iteration cap (TensorLy's name).
     tol : float
         Relative loss change at which the fit stops.
     inner_sweeps : int
         Coordinate sweeps per block update when an exact solve does not apply.
     refit : str
-        With ``l1="auto"``, refit the strengths that the penalty kept without it:
+        With ``l1_penalty="auto"``, refit the strengths that the penalty kept without it:
         ``"guarded"`` (default) undoes the refit when it makes two components cancel each
         other (degenerate strengths are no picture to show); ``"always"`` keeps it (the rank
         scan: a degenerate fit there is evidence of too many components, which its
@@ -220,7 +226,7 @@ class CMTF:
     memory_budget : int
         Blocks up to this many bytes are read into memory once; larger on-disk blocks are
         streamed chunk by chunk on every pass.
-    progress : bool
+    verbose : bool
         Show a progress bar (tqdm) for every run of iterations.
     check_fewer : bool
         After the fit, fit R − 1 components too (same settings) and record how much
@@ -229,42 +235,47 @@ class CMTF:
         (its noise floor², see ``noise_floor``), :meth:`CMTFResult.spare_components` says
         the data hold at most R − 1 components. About doubles the fitting time; the rank
         scan, which fits every R anyway, turns it off.
+    callback : callable, optional
+        Called as ``callback(iteration, loss)`` after every ALS iteration of every run
+        (starts, refinement, refit), e.g. to record or plot the loss; its return value is
+        ignored.
     """
 
     def __init__(
         self,
         rank: int,
         *,
-        nonneg: bool = False,
-        l1: float | str = "auto",
-        weighting: str | dict[str, float] = "unit",
-        center: bool = False,
-        tensor_blocks: Sequence[str] | None = None,
-        init: str = "svd",
-        n_init: int = 3,
-        screen_iter: int = 20,
-        max_iter: int = 500,
-        tol: float = 1e-7,
-        inner_sweeps: int = 3,
-        refit: str = "guarded",
-        extrapolate: bool = True,
-        random_state: int | None = 0,
-        device: str = "cpu",
-        backend: str | None = None,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
-        progress: bool = False,
-        check_fewer: bool = True,
+        nonneg: bool = _E.nonneg,
+        l1_penalty: float | str = _E.l1_penalty,
+        weighting: str | dict[str, float] = _E.weighting,
+        center: bool = _E.center,
+        tensor_blocks: Sequence[str] | None = _E.tensor_blocks,
+        init: str | np.ndarray = _E.init,
+        n_init: int = _E.n_init,
+        screen_iter: int = _E.screen_iter,
+        n_iter_max: int = _E.n_iter_max,
+        tol: float = _E.tol,
+        inner_sweeps: int = _E.inner_sweeps,
+        refit: str = _E.refit,
+        extrapolate: bool = _E.extrapolate,
+        random_state: int | None = _E.random_state,
+        device: str = _E.device,
+        backend: str | None = _E.backend,
+        memory_budget: int = _E.memory_budget,
+        verbose: bool = _E.verbose,
+        check_fewer: bool = _E.check_fewer,
+        callback: Callable[[int, float], Any] | None = _E.callback,
     ) -> None:
         self.rank = rank
         self.nonneg = nonneg
-        self.l1 = l1
+        self.l1_penalty = l1_penalty
         self.weighting = weighting
         self.center = center
         self.tensor_blocks = tensor_blocks
         self.init = init
         self.n_init = n_init
         self.screen_iter = screen_iter
-        self.max_iter = max_iter
+        self.n_iter_max = n_iter_max
         self.tol = tol
         self.inner_sweeps = inner_sweeps
         self.refit = refit
@@ -273,8 +284,9 @@ class CMTF:
         self.device = device
         self.backend = backend
         self.memory_budget = memory_budget
-        self.progress = progress
+        self.verbose = verbose
         self.check_fewer = check_fewer
+        self.callback = callback
 
     # ------------------------------------------------------------------------- parameters
     @classmethod
@@ -380,18 +392,18 @@ class CMTF:
         best: tuple[float, _State, list[float], list[float]] | None = None
         for k, how in enumerate(starts):
             state = self._initial_state(data, models, how, rng)
-            iters = self.max_iter if len(starts) == 1 else min(self.screen_iter, self.max_iter)
+            iters = self.n_iter_max if len(starts) == 1 else min(self.screen_iter, self.n_iter_max)
             state, hist, blk = self._als(data, models, state, iters, label=f"start {k + 1}")
             if best is None or hist[-1] < best[0]:
                 best = (hist[-1], state, hist, blk)
         assert best is not None
         _, state, hist, blk = best
-        if len(starts) > 1 and len(hist) < self.max_iter and not self._converged(hist):
+        if len(starts) > 1 and len(hist) < self.n_iter_max and not self._converged(hist):
             state, more, blk = self._als(
-                data, models, state, self.max_iter - len(hist), label="refine"
+                data, models, state, self.n_iter_max - len(hist), label="refine"
             )
             hist = hist + more[1:]  # more[0] is the loss the refine started from
-        if self.l1 == "auto" and self.refit != "never" and not _degenerate_pair(state):
+        if self.l1_penalty == "auto" and self.refit != "never" and not _degenerate_pair(state):
             # relaxed lasso: the penalty chose which strengths are zero; refit the others
             # without it (zeros held by an infinite penalty), so strengths are not shrunk.
             # Skipped when two live components share their loadings, and undone when the
@@ -399,7 +411,7 @@ class CMTF:
             # in opposite directions (a degenerate pair), which the penalty prevents.
             chosen = self._pen
             self._pen = [np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in state.F]
-            refit, more, refit_blk = self._als(data, models, state, self.max_iter, label="refit")
+            refit, more, refit_blk = self._als(data, models, state, self.n_iter_max, label="refit")
             if self.refit == "always" or not _cancelling_pair(refit):
                 state, blk, hist = refit, refit_blk, hist + more[1:]
                 self._refitted = True
@@ -437,7 +449,7 @@ class CMTF:
         if self.rank > limit:
             raise FactorlensError(
                 f"rank {self.rank} is larger than the data allows (at most {limit}: "
-                f"{n} samples, {total} features in all blocks); choose --rank <= {limit}"
+                f"{n} samples, {total} features in all blocks); choose `rank` <= {limit}"
             )
         if isinstance(self.init, np.ndarray) and self.init.shape != (n, self.rank):
             raise FactorlensError(
@@ -450,13 +462,21 @@ class CMTF:
         self._validate_rank(n, sum(int(np.prod(a.shape[1:])) for a in arrays))
         if self.nonneg and self.center:
             raise FactorlensError(
-                "nonneg and center cannot be combined (centred data is signed); drop one"
+                "`nonneg` and `center` cannot be combined (centred data is signed); drop one"
             )
-        if isinstance(self.l1, str):
-            if self.l1 != "auto":
-                raise FactorlensError(f"l1 must be a number >= 0 or 'auto', got {self.l1!r}")
-        elif not (isinstance(self.l1, (int, float)) and math.isfinite(self.l1) and self.l1 >= 0):
-            raise FactorlensError(f"l1 must be a finite number >= 0 or 'auto', got {self.l1!r}")
+        if isinstance(self.l1_penalty, str):
+            if self.l1_penalty != "auto":
+                raise FactorlensError(
+                    f"l1_penalty must be a number >= 0 or 'auto', got {self.l1_penalty!r}"
+                )
+        elif not (
+            isinstance(self.l1_penalty, (int, float))
+            and math.isfinite(self.l1_penalty)
+            and self.l1_penalty >= 0
+        ):
+            raise FactorlensError(
+                f"l1_penalty must be a finite number >= 0 or 'auto', got {self.l1_penalty!r}"
+            )
         if not isinstance(self.init, np.ndarray) and self.init not in ("svd", "random"):
             raise FactorlensError(
                 f"init must be 'svd', 'random' or an (N, R) array, got {self.init!r}"
@@ -491,18 +511,18 @@ class CMTF:
     def _penalties(self, data: list[Block], rng: np.random.Generator) -> list[np.ndarray]:
         """Return, per block, the penalty on each component's strength, ``(R,)``.
 
-        The penalty is ``l1`` everywhere, or with ``"auto"`` twice the block's noise floor (the
+        The penalty is ``l1_penalty`` everywhere, or with ``"auto"`` twice the block's noise floor (the
         column update subtracts half).
         """
         from factorlens.factorize.penalty import noise_threshold
 
         R = self.rank
-        if self.l1 == "auto":
+        if self.l1_penalty == "auto":
             return [np.full(R, 2.0 * noise_threshold(b, R, rng)) for b in data]
-        return [np.full(R, float(self.l1)) for _ in data]
+        return [np.full(R, float(self.l1_penalty)) for _ in data]
 
     def _initial_state(
-        self, data: list[Block], models: list[str], how: str, rng: np.random.Generator
+        self, data: list[Block], models: list[str], how: str | np.ndarray, rng: np.random.Generator
     ) -> _State:
         R, N = self.rank, data[0].n_rows
         if isinstance(how, np.ndarray):  # a given sample factor (warm start)
@@ -665,7 +685,7 @@ class CMTF:
         hist: list[float] = [loss]
         beta, beta_max = 0.5, 1.0
         previous: _State | None = None  # the last plain ALS iterate x_{k−1}
-        bar = progress_bar(iters, f"CMTF {label}") if self.progress else None
+        bar = progress_bar(iters, f"CMTF {label}") if self.verbose else None
         try:
             for _ in range(iters - 1):
                 check_cancelled()
@@ -690,6 +710,8 @@ class CMTF:
                     loss, blk = self._loss(data, state, T)
                 previous = plain
                 hist.append(loss)
+                if self.callback is not None:
+                    self.callback(len(hist) - 1, float(loss))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.5g}")
@@ -745,7 +767,7 @@ class CMTF:
         options = {
             "rank": R,
             "nonneg": self.nonneg,
-            "l1": self.l1,
+            "l1_penalty": self.l1_penalty,
             # the penalty sets a strength to exactly zero where the block's data give it no
             # more than this (relative to the block's norm): the block's floor
             "noise_floor": floors,
@@ -757,7 +779,7 @@ class CMTF:
             "center": self.center,
             "init": self.init if isinstance(self.init, str) else "given",
             "n_init": self.n_init,
-            "max_iter": self.max_iter,
+            "n_iter_max": self.n_iter_max,
             "tol": self.tol,
             "extrapolate": self.extrapolate,
             "refit": self.refit,

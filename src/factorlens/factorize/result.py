@@ -12,11 +12,11 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
-from factorlens.errors import FactorlensError, one_line
+from factorlens.errors import FactorlensError, FactorlensRuntimeError, one_line
 from factorlens.output import atomic_write_text
 
 RESULT_JSON = "result.json"
@@ -295,7 +295,7 @@ class CMTFResult:
             if name in self.means:
                 arrays[f"mean/{i}"] = self.means[name]
         tmp = d / (FACTORS_NPZ + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, allow_pickle=False, **arrays)  # as np.load in load() reads it
         tmp.replace(d / FACTORS_NPZ)
         atomic_write_text(d / RESULT_JSON, json.dumps(self.summary(), indent=1))
         return d
@@ -317,7 +317,8 @@ class CMTFResult:
         Raises
         ------
         FactorlensError
-            A one-line error when the result is damaged or foreign.
+            A one-line error when the result is foreign; when it is damaged, a
+            :class:`~factorlens.errors.FactorlensRuntimeError` (a subclass).
         """
         d = Path(directory)
         jpath, npath = d / RESULT_JSON, d / FACTORS_NPZ
@@ -329,7 +330,7 @@ class CMTFResult:
         try:
             summary = json.loads(jpath.read_text())
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise FactorlensError(
+            raise FactorlensRuntimeError(
                 f"{jpath} is not valid JSON ({one_line(exc)}); {_REWRITE}"
             ) from exc
         validate_summary(summary, str(jpath))
@@ -337,7 +338,7 @@ class CMTFResult:
             with np.load(npath) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except Exception as exc:  # BadZipFile, zlib.error, EOFError, ValueError, ...
-            raise FactorlensError(
+            raise FactorlensRuntimeError(
                 f"{FACTORS_NPZ} in {d} is damaged ({type(exc).__name__}: {one_line(exc)}); "
                 f"{_REWRITE}"
             ) from exc
@@ -347,7 +348,7 @@ class CMTFResult:
             found = arrays.get(key)
             if found is None or found.shape != shape or found.dtype.kind != "f":
                 got = "missing" if found is None else f"{found.dtype} {found.shape}"
-                raise FactorlensError(
+                raise FactorlensRuntimeError(
                     f"{FACTORS_NPZ} in {d} does not match {RESULT_JSON}: {key!r} is {got}, "
                     f"expected float {shape}; {_REWRITE}"
                 )
@@ -377,7 +378,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
@@ -415,8 +416,15 @@ _JSON_TYPES = {
     bool: "boolean",
     type(None): "null",
 }
-#: options holding one number per block (the presence rule and the CP weights read them)
-_PER_BLOCK_OPTIONS = ("absent_below", "noise_floor", "block_norms", "block_scales")
+#: options holding one number per block (the presence rule, the CP weights and the spare
+#: component check read them)
+_PER_BLOCK_OPTIONS = (
+    "absent_below",
+    "noise_floor",
+    "block_norms",
+    "block_scales",
+    "gain_over_fewer",
+)
 
 
 def validate_summary(doc: Any, where: str) -> None:
@@ -447,7 +455,7 @@ def validate_summary(doc: Any, where: str) -> None:
         )
     version = doc.get("format_version")
     if not _is_count(version):
-        raise FactorlensError(
+        raise FactorlensRuntimeError(
             f"{where} has no valid format_version (got {_brief(version)}); {_REWRITE}"
         )
     if version > FORMAT_VERSION:
@@ -457,7 +465,7 @@ def validate_summary(doc: Any, where: str) -> None:
         )
     problem = next(_problems(doc), None)
     if problem is not None:
-        raise FactorlensError(f"{where} is damaged ({problem}); {_REWRITE}")
+        raise FactorlensRuntimeError(f"{where} is damaged ({problem}); {_REWRITE}")
 
 
 def _problems(doc: dict[str, Any]) -> Iterator[str]:

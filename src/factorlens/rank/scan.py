@@ -36,6 +36,7 @@ from factorlens.factorize import CMTF, CMTFResult, matched_congruences
 from factorlens.factorize.compress import compressed
 from factorlens.factorize.engine import _as_named_arrays, khatri_rao, progress_bar
 from factorlens.interrupt import CANCEL
+from factorlens.options import RankOptions
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
 
 RULE = (
@@ -98,23 +99,27 @@ class RankScan:
         return f"chosen rank: {self.chosen} (plausible {span} over the splits; {self.rule})"
 
 
+#: the scan's defaults (one place: the options dataclass)
+_R = RankOptions()
+
+
 def _num(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
 def estimate_rank(
     blocks: Any,
-    max_rank: int = 10,
+    max_rank: int = _R.max_rank,
     *,
-    stability_threshold: float = 0.8,
-    n_splits: int = 3,
+    stability_threshold: float = _R.stability_threshold,
+    n_splits: int = _R.n_splits,
     random_state: int = 0,
-    max_iter: int = 200,
-    tol: float = 1e-6,
+    n_iter_max: int = _R.n_iter_max,
+    tol: float = _R.tol,
     keep_results: bool = False,
-    progress: bool = False,
-    n_jobs: int | None = None,
-    compress: bool = True,
+    verbose: bool = False,
+    n_jobs: int | None = _R.n_jobs,
+    compress: bool = _R.compress,
     **engine: Any,
 ) -> RankScan:
     """Scan R = 1..``max_rank`` on ``blocks`` (mapping or activation store) and choose a rank.
@@ -126,7 +131,7 @@ def estimate_rank(
     ``notes``. The ``1 + 2·n_splits`` warm-start chains (all inputs and both halves of each
     split) run in ``n_jobs`` threads, each with one BLAS thread (default: one after another
     when compressed — on 2,000 MNIST inputs three threads took 0.88× the sequential speed —,
-    else one per core, at most 3). ``max_iter``/``tol`` are tighter than a quick scan needs for
+    else one per core, at most 3). ``n_iter_max``/``tol`` are tighter than a quick scan needs for
     the fit alone: with loosely converged fits the halves disagreed by chance, and the chosen
     rank of the README example moved with the seed (8 of 10 seeds agreed at ``100``/``1e-5``,
     10 of 10 here). With ``compress`` (default) every fit runs on the matrix blocks compressed
@@ -156,8 +161,8 @@ def estimate_rank(
     # then show): without the refit the shrunk strengths of weak components made the halves
     # disagree, and undoing degenerate refits did too (the README example chose one rank for
     # 4 and 5 of 10 seeds that way, 10 of 10 with the refit kept)
-    opts = {**engine, "n_init": 1, "max_iter": max_iter, "tol": tol, "check_fewer": False}
-    if opts.get("l1", "auto") == "auto":
+    opts = {**engine, "n_init": 1, "n_iter_max": n_iter_max, "tol": tol, "check_fewer": False}
+    if opts.get("l1_penalty", "auto") == "auto":
         opts.setdefault("refit", "always")
     if opts.get("tensor_blocks") is None:
         opts.pop("tensor_blocks", None)
@@ -190,7 +195,7 @@ def estimate_rank(
     block_fit: dict[str, list[float]] = {nm: [] for nm in names}
     results: dict[int, CMTFResult] = {}
     n_chains = 1 + len(halves)
-    bar = progress_bar(n_chains * max_rank, "rank scan") if progress else None
+    bar = progress_bar(n_chains * max_rank, "rank scan") if verbose else None
     seeds = np.random.SeedSequence(random_state).spawn(n_chains)
     jobs = [(data, seeds[k]) for k, data in enumerate(chains_data)]
     if n_jobs is None:  # compressed fits are too small for threads to beat the GIL (measured)
@@ -222,7 +227,7 @@ def estimate_rank(
             CANCEL.clear()
         if bar is not None:
             bar.close()  # before any message, which would otherwise share its line
-    split_stability = [[] for _ in range(n_splits)]
+    split_stability: list[list[float]] = [[] for _ in range(n_splits)]
     for R in range(1, max_rank + 1):
         # loadings back in each block's full space: the halves' compressed bases differ
         fitted = [
@@ -328,7 +333,9 @@ def _expanded(res: CMTFResult, used: list, full: list) -> CMTFResult:
     return res
 
 
-def _warm_start(prev: CMTFResult | None, data: list, rng: np.random.Generator, power: int = 6):
+def _warm_start(
+    prev: CMTFResult | None, data: list, rng: np.random.Generator, power: int = 6
+) -> str | np.ndarray:
     """Return the start for the fit at the next R, one component more than ``prev``.
 
     ``"svd"`` at R = 1; after that the previous sample factor plus the leading left singular
@@ -342,11 +349,12 @@ def _warm_start(prev: CMTFResult | None, data: list, rng: np.random.Generator, p
     if prev is None:
         return "svd"
     A = prev.A
+    n_rows: int = A.shape[0]  # an int, for numpy's overloads to see that u is an array
     parts = []
     for b in data:
         K = khatri_rao(prev.factors[b.name]) * (prev.weights[b.name] * np.sqrt(b.norm_sq))
         parts.append((b, K))
-    u = rng.standard_normal(A.shape[0])
+    u = rng.standard_normal(n_rows)
     Q, _ = np.linalg.qr(A)
     for _ in range(power):
         u -= Q @ (Q.T @ u)
@@ -359,7 +367,7 @@ def _warm_start(prev: CMTFResult | None, data: list, rng: np.random.Generator, p
     u -= Q @ (Q.T @ u)
     norm = float(np.linalg.norm(u))
     if norm <= 1e-300:  # the residual is (numerically) zero: any direction will do
-        u = rng.standard_normal(A.shape[0])
+        u = rng.standard_normal(n_rows)
         u -= Q @ (Q.T @ u)
         norm = float(np.linalg.norm(u))
     return np.column_stack([A, u / norm])

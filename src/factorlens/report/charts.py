@@ -47,7 +47,7 @@ def _chart(css: str, width: float, height: float, title: str, groups: list[dict]
 
 
 def hbars(
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     labels: Sequence[str],
     *,
     signed: bool = False,
@@ -121,8 +121,8 @@ def hbars(
 
 
 def histogram(
-    counts: Sequence[int],
-    edges: Sequence[float],
+    counts: Sequence[int] | np.ndarray,
+    edges: Sequence[float] | np.ndarray,
     *,
     marks: Sequence[tuple[float, str, str]] = (),
     width: int = 300,
@@ -255,10 +255,10 @@ def points(
         axis.append(_el("line", x1=sx(mark), x2=sx(mark), y1=top, y2=top + ph, css="chosen"))
     groups = [{"css": "axis", "items": axis, "tip": None, "href": None}]
     if show_x:
-        for i, t in enumerate(xlabels):
+        for i, xlabel in enumerate(xlabels):
             label = _el(
                 "text",
-                _clip(t, 14),
+                _clip(xlabel, 14),
                 x=sx(i),
                 y=top + ph + 12,
                 css="lab",
@@ -266,7 +266,7 @@ def points(
                 transform=f"rotate(-35 {_n(sx(i))} {_n(top + ph + 12)})" if bottom > 22 else None,
             )
             href = links[i] if links is not None else None
-            groups.append({"css": "xtick", "items": [label], "tip": str(t), "href": href})
+            groups.append({"css": "xtick", "items": [label], "tip": str(xlabel), "href": href})
     for s in series:
         v = s["values"]
         items = []

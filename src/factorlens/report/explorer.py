@@ -205,7 +205,7 @@ def rank_scan(meta: dict | None) -> RankScan | None:
 
 def _number(value: object) -> float:
     try:
-        x = float(value)  # type: ignore[arg-type]
+        x = float(value)  # type: ignore[arg-type]  # any JSON value: TypeError is caught below
     except (TypeError, ValueError):
         return float("nan")
     return x

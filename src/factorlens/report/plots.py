@@ -209,7 +209,7 @@ def plot_loadings(
     ax = _axes(ax)
     r = _component(result, component)
     counts, edges = loading_histogram(result.A[:, r], bins=bins)
-    ax.hist(edges[:-1], bins=edges, weights=counts, color=_SHADE(0.7), edgecolor="white", lw=0.3)
+    ax.hist(edges[:-1], list(edges), weights=counts, color=_SHADE(0.7), edgecolor="white", lw=0.3)
     if edges[0] < 0 < edges[-1]:
         ax.axvline(0.0, color=_GREY, lw=0.8)
     ax.set_xlabel(f"loading on C{r + 1} (unit-norm column of A)")

@@ -198,8 +198,9 @@ def main_index(checkpoints: Sequence[Checkpoint], main: int | None = None) -> in
             raise FactorlensError(f"main checkpoint {main} is out of range: there are {n}")
         return int(main) % n
     scores = [c.score for c in checkpoints]
-    if scores and all(isinstance(s, float) and np.isfinite(s) for s in scores):
-        return int(np.argmax(scores))
+    finite = [s for s in scores if isinstance(s, float) and np.isfinite(s)]
+    if scores and len(finite) == len(scores):
+        return int(np.argmax(finite))
     return n - 1
 
 

@@ -170,7 +170,7 @@ def _rank_evidence(result: CMTFResult, assets: Assets) -> dict[str, Any] | None:
         return None
     ranks = [format_value(r) for r in scan.ranks]
     mark = ranks.index(format_value(scan.chosen)) if scan.chosen is not None else None
-    panels = []
+    panels: list[dict] = []
     for name, values in scan.criteria.items():
         series = [
             {

@@ -35,7 +35,7 @@ def checkpoint_charts(traj: Trajectory, short: list[str], assets: Assets) -> lis
     scores = [c.score if isinstance(c.score, float) else None for c in cps]
     acc = [c.accuracy for c in cps]
     out = []
-    series = []
+    series: list[dict[str, object]] = []
     if any(s is not None for s in scores):
         series.append({"name": "score", "values": scores, "colour": P.POS_COLOUR, "runs": joined})
     if any(a is not None for a in acc):
@@ -127,7 +127,7 @@ def checkpoints_view(
         )
     tracks = []
     for t, track in enumerate(traj.tracks):
-        cells = []
+        cells: list[dict[str, object] | None] = []
         for i, cell in enumerate(track):
             if cell is None:
                 cells.append(None)

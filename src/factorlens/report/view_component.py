@@ -102,7 +102,10 @@ class ComponentView:
     def pattern(self, r: int, *, small: bool = False) -> dict:
         """Component ``r``'s input pattern: image (or line chart for vectors) and colour bar."""
         res, inp = self.result, self.inp
-        x = np.asarray(res.component_map(res.block_names[0], r)).reshape(inp.images.shape[1:])
+        # annotated: numpy's reshape overloads read a shape of unknown length as ()
+        x: np.ndarray = np.asarray(res.component_map(res.block_names[0], r)).reshape(
+            inp.images.shape[1:]
+        )
         pix, vmax, signed = P.pattern_to_pixels(x, inp.kind)
         cb, note = pattern_scale(inp.kind, vmax, signed, int(x.shape[0]) if x.ndim == 3 else 0)
         alt = f"{self.name(r)} input pattern"
@@ -269,9 +272,9 @@ class ComponentView:
             ("where: Σ |channels|", cv.abs_map, False),
             ("signed: Σ channels", cv.signed_map, True),
         ):
-            top = float(np.max(np.abs(x))) if x.size else 0.0
-            top = top if top > 0 else 1.0
-            pix = P.signed_to_pixels(x, top) if signed else P.magnitude_to_pixels(x, top)
+            peak = float(np.max(np.abs(x))) if x.size else 0.0
+            peak = peak if peak > 0 else 1.0
+            pix = P.signed_to_pixels(x, peak) if signed else P.magnitude_to_pixels(x, peak)
             if pix.ndim == 2:  # (L, 3): a 1-D map
                 shown = native = P.strip(pix[None, :, :], width=160, height=12)
             else:
@@ -279,8 +282,8 @@ class ComponentView:
             kind = "diverging" if signed else "magnitude"
             cb = scale(
                 kind,
-                f"−{top:.3g}" if signed else "0",
-                f"+{top:.3g}" if signed else f"{top:.3g}",
+                f"−{peak:.3g}" if signed else "0",
+                f"+{peak:.3g}" if signed else f"{peak:.3g}",
                 "0" if signed else None,
             )
             suffix = "signed" if signed else "spatial"

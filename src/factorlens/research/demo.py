@@ -1,7 +1,8 @@
-"""The demo model: :class:`~factorlens.models.DigitsCNN` trained on scikit-learn's digits.
+"""The demo model: the reference DigitsCNN trained on scikit-learn's digits.
 
-The 1797 digits are shuffled with the seed; the first 1300 train the network and the remaining
-497 are held out as the demo's test inputs (never seen in training). Takes a few seconds on CPU.
+:class:`~factorlens.research.models.DigitsCNN`, for ``factorlens demo``. The 1797 digits are
+shuffled with the seed; the first 1300 train the network and the remaining 497 are held out as
+the demo's test inputs (never seen in training). Takes a few seconds on CPU.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from factorlens.data import ImageData, digits_split
-from factorlens.models import DigitsCNN, accuracy, torch_threads, train_classifier
+from factorlens.research.models import DigitsCNN, accuracy, torch_threads, train_classifier
 
 __all__ = ["DEMO_EPOCHS", "N_TRAIN", "train_demo_model"]
 
@@ -52,6 +53,7 @@ def train_demo_model(seed: int = 0, progress: bool = True) -> tuple[DigitsCNN, I
         progress=progress,
         num_threads=1,  # tiny CNN: one thread is as fast and robust to a busy machine
     )
+    assert held_out.labels is not None  # digits_split labels the held-out set
     with torch_threads(1):
         acc = accuracy(model, held_out.images, held_out.labels)
     return model, held_out, acc

@@ -20,12 +20,12 @@ seeded generator, so a checkpoint is reproducible bit for bit (training runs on 
 Runs with identical settings (the last ``steps`` checkpoint, 0 % noise and the full data set)
 are trained once and saved under each kind.
 
-Data: ``glyphs`` and ``shapes`` (:mod:`factorlens.synthetic`, made in code) train on 10,000
-images drawn from the seed and measure accuracy on the domain's fixed 2,000 test images;
+Data: ``glyphs`` and ``shapes`` (:mod:`factorlens.research.synthetic`, made in code) train on
+10,000 images drawn from the seed and measure accuracy on the domain's fixed 2,000 test images;
 ``mnist:DIR`` trains on ``DIR/train-10k.npz`` (else the first 10,000 images of the IDX train
 split, shuffled by the seed) and measures accuracy on the 10,000 MNIST test images; ``digits``
 trains on the first 1,300 of scikit-learn's digits shuffled by the seed and measures accuracy on
-the other 497, exactly as :mod:`factorlens.demo` splits them.
+the other 497, exactly as :mod:`factorlens.research.demo` splits them.
 
 Layout of a zoo directory::
 
@@ -53,7 +53,7 @@ from torch import nn
 
 from factorlens.data import ImageData, digits_split, load_data
 from factorlens.errors import FactorlensError, close_matches
-from factorlens.models import (
+from factorlens.research.models import (
     BNGapCNN,
     DigitsCNN,
     MnistCNN,
@@ -66,11 +66,14 @@ __all__ = [
     "ARCHS",
     "ENTRY_FIELDS",
     "KINDS",
+    "MODEL_MODULE",
     "ZOO_JSON",
     "ZooPlan",
     "build_zoo",
     "default_arch",
     "load_zoo",
+    "model_class",
+    "model_spec",
     "parse_kinds",
     "zoo_model",
     "zoo_plan",
@@ -83,7 +86,7 @@ KINDS = ("steps", "noise", "data", "width")
 DEFAULT_KINDS = ("steps", "noise", "data")
 #: the architecture's default width (first conv channels), the reference of the width sweep
 BASE_WIDTH = 16
-#: synthetic domains a zoo can train on (factorlens.synthetic)
+#: synthetic domains a zoo can train on (factorlens.research.synthetic)
 SYNTHETIC = ("glyphs", "shapes")
 
 #: CLI name -> model class (each built with no arguments, input (N, 1, H, W), 10 classes).
@@ -107,7 +110,7 @@ ENTRY_FIELDS = (
     "checkpoint",  # path relative to the zoo directory, "<kind>/<name>.pt"
     "kind",  # "steps" | "noise" | "data" | "width"
     "arch",  # a key of ARCHS
-    "model",  # informational: "factorlens.models:<Class>"
+    "model",  # informational: "factorlens.research.models:<Class>" (see model_class)
     "dataset",  # the data SPEC the zoo was built from ("digits", "mnist:/abs/dir")
     "test_accuracy",  # in [0, 1], on the held-out test images
     "steps",  # optimizer steps taken
@@ -116,8 +119,13 @@ ENTRY_FIELDS = (
     "seed",
 )
 
+#: the module of the reference models, as an entry's ``model`` field names it
+MODEL_MODULE = "factorlens.research.models"
+#: module paths of zoos written before the reference models moved -> where they live now
+_MOVED_MODULES = {"factorlens.models": MODEL_MODULE}
+
 N_CLASSES = 10
-DIGITS_TRAIN = 1300  # the same split as factorlens.demo (data.digits_split)
+DIGITS_TRAIN = 1300  # the same split as factorlens.research.demo (data.digits_split)
 MNIST_TRAIN = 10_000
 
 
@@ -250,7 +258,7 @@ class _Split:
 
 def _parse_data(data: str) -> tuple[str, Path | None]:
     if not isinstance(data, str) or not data.strip():
-        raise FactorlensError("empty --data; use digits, glyphs, shapes or mnist:DIR")
+        raise FactorlensError("empty `data`; use digits, glyphs, shapes or mnist:DIR")
     text = data.strip()
     if text.lower() in ("digits", *SYNTHETIC):
         return text.lower(), None
@@ -258,18 +266,18 @@ def _parse_data(data: str) -> tuple[str, Path | None]:
     if scheme.lower() != "mnist" or not sep or not rest:
         raise FactorlensError(
             f"zoos are built from digits, glyphs, shapes or mnist:DIR, got {data!r}; use "
-            "--data digits, glyphs, shapes or mnist:DIR (the folder holding train-10k.npz and "
+            "`data` digits, glyphs, shapes or mnist:DIR (the folder holding train-10k.npz and "
             "the t10k IDX files)"
         )
     _head, colon, tail = rest.rpartition(":")
     if colon and tail.lower() in ("train", "test"):
         raise FactorlensError(
             f"give the MNIST folder without a split ({data!r}); the zoo trains on the training "
-            "images and measures accuracy on the test split itself: --data mnist:DIR"
+            "images and measures accuracy on the test split itself: `data` mnist:DIR"
         )
     directory = Path(rest).expanduser()
     if not directory.is_dir():
-        raise FactorlensError(f"MNIST folder {directory} does not exist; check --data mnist:DIR")
+        raise FactorlensError(f"MNIST folder {directory} does not exist; check `data` mnist:DIR")
     return "mnist", directory.resolve()
 
 
@@ -279,7 +287,7 @@ def _digits_split(seed: int) -> _Split:
 
 
 def _synthetic_split(domain: str, seed: int) -> _Split:
-    from factorlens.synthetic import synthetic_split
+    from factorlens.research.synthetic import synthetic_split
 
     x_train, y_train, _x, _y = synthetic_split(domain, seed)
     return _Split(domain, domain, np.array(x_train), np.array(y_train), load_data(domain))
@@ -341,7 +349,7 @@ def _noisy_labels(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     nested: 40 % noise replaces the 20 % set's labels and 20 % more.
     """
     rng = np.random.default_rng([seed, 1])
-    n = labels.shape[0]
+    n: int = labels.shape[0]
     where = rng.permutation(n)
     random_labels = rng.integers(0, N_CLASSES, n)
     k = round(fraction * n)
@@ -448,28 +456,28 @@ def _check_arch(arch: str, split: _Split) -> None:
     channels = int(split.test.images.shape[1])
     if channels != 1 and arch not in _ANY_CHANNELS:
         raise FactorlensError(
-            f"--arch {arch} takes grayscale images but {split.spec} has {channels} channels; "
-            f"use --arch {' or '.join(_ANY_CHANNELS)}"
+            f"`arch` {arch} takes grayscale images but {split.spec} has {channels} channels; "
+            f"use `arch` {' or '.join(_ANY_CHANNELS)}"
         )
     size = tuple(split.test.images.shape[2:])
     fixed = _FIXED_SIZE[arch]
     if fixed is not None and size != fixed:
         fits = [a for a, s in _FIXED_SIZE.items() if s is None or s == size]
         raise FactorlensError(
-            f"--arch {arch} needs {fixed[0]}×{fixed[1]} images but {split.spec} has "
-            f"{size[0]}×{size[1]}; use --arch {' or '.join(fits)}"
+            f"`arch` {arch} needs {fixed[0]}×{fixed[1]} images but {split.spec} has "
+            f"{size[0]}×{size[1]}; use `arch` {' or '.join(fits)}"
         )
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise FactorlensError(f"--out {out} exists and is not a folder; choose another --out")
+        raise FactorlensError(f"`out` {out} exists and is not a folder; choose another `out`")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             what = "a zoo" if (out / ZOO_JSON).exists() else "other files"
             raise FactorlensError(
-                f"--out {out} already holds {what}; pass --overwrite to replace it or choose "
-                "another --out"
+                f"`out` {out} already holds {what}; pass `overwrite=True` to replace it or "
+                "choose another `out`"
             )
         # replace only what a zoo writes
         (out / ZOO_JSON).unlink(missing_ok=True)
@@ -482,7 +490,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FactorlensError(
-            f"cannot create --out {out} ({exc.strerror}); choose another --out"
+            f"cannot create `out` {out} ({exc.strerror}); choose another `out`"
         ) from None
 
 
@@ -576,7 +584,7 @@ def build_zoo(
                 "arch": arch,
                 "arch_kwargs": arch_kwargs(arch, in_channels, width),
                 "width": int(width),
-                "model": f"factorlens.models:{ARCHS[arch].__name__}",
+                "model": f"{MODEL_MODULE}:{ARCHS[arch].__name__}",
                 "dataset": split.spec,
                 "test_accuracy": float(acc),
                 "steps": int(steps),
@@ -659,18 +667,45 @@ def build_zoo(
 # reading a zoo
 
 
+def model_spec(spec: str) -> str:
+    """Return a zoo entry's ``model`` field (``"module:Class"``) under the current module path.
+
+    Zoos written before the reference models moved to :mod:`factorlens.research.models` name
+    ``factorlens.models:<Class>``; that becomes ``factorlens.research.models:<Class>``. Other
+    specs are returned unchanged.
+    """
+    module, colon, name = str(spec).partition(":")
+    return f"{_MOVED_MODULES.get(module, module)}{colon}{name}"
+
+
+def model_class(spec: str) -> type[nn.Module]:
+    """Return the reference model class a zoo entry's ``model`` field names.
+
+    ``"factorlens.research.models:<Class>"``, or the ``factorlens.models:<Class>`` of zoos
+    written before the move (see :func:`model_spec`). Only the architectures of :data:`ARCHS`
+    resolve: nothing else is imported on behalf of a zoo.json.
+    """
+    module, _, name = model_spec(spec).partition(":")
+    classes = {cls.__name__: cls for cls in ARCHS.values()}
+    if module != MODEL_MODULE or name not in classes:
+        raise FactorlensError(
+            f"zoo model {spec!r} is not a reference model; known: "
+            f"{', '.join(f'{MODEL_MODULE}:{c}' for c in classes)}"
+        )
+    return classes[name]
+
+
 def load_zoo(path: str | Path) -> list[dict[str, Any]]:
     """Return the entries of a zoo (its folder or its zoo.json).
 
-    Each entry has ``"path"``: the checkpoint's absolute path.
+    Each entry has ``"path"``: the checkpoint's absolute path. A ``model`` field that names the
+    module path from before the reference models moved is given under the current one (see
+    :func:`model_spec`); the file itself is not changed.
     """
     path = Path(path)
     target = path / ZOO_JSON if path.is_dir() else path
     if not target.is_file():
-        raise FactorlensError(
-            f"{path} is not a zoo (no {ZOO_JSON}); build one with: factorlens zoo --data ... "
-            "--out DIR"
-        )
+        raise FactorlensError(f"{path} is not a zoo (no {ZOO_JSON}); build one with `build_zoo`")
     try:
         entries = json.loads(target.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -685,7 +720,8 @@ def load_zoo(path: str | Path) -> list[dict[str, Any]]:
             raise FactorlensError(
                 f"an entry of {target} lacks {', '.join(missing)}; rebuild the zoo"
             )
-        out.append({**e, "path": str(root / e["checkpoint"])})
+        model = model_spec(e["model"]) if isinstance(e["model"], str) else e["model"]
+        out.append({**e, "model": model, "path": str(root / e["checkpoint"])})
     return out
 
 

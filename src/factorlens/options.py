@@ -1,0 +1,249 @@
+"""One options object per stage: the fields, defaults and help texts the API and the CLI share.
+
+Each stage's settings are a frozen dataclass — :class:`CaptureOptions`, :class:`EngineOptions`
+(the joint factorization, :class:`~factorlens.factorize.CMTF`), :class:`RankOptions`
+(:func:`~factorlens.rank.estimate_rank`) and :class:`QualityOptions` — and that dataclass is
+the only place a default is written. The API's signatures take their defaults from it, and
+the CLI builds its flags from the fields that carry a :class:`Flag` (its name, help text and
+parser); :func:`from_args` turns parsed flags back into the options object.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: the largest seed the CLI accepts: seeds reach torch.manual_seed and numpy's SeedSequence,
+#: and 0 <= seed < 2**32 suits both
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a field appears on the command line.
+
+    Parameters
+    ----------
+    name : str
+        The flag, e.g. ``"--max-iter"``.
+    help : str
+        Its help text; ``{default}`` is replaced by the field's default.
+    parse : callable, optional
+        Turns the flag's text into the value; raises ``ValueError`` with a message for bad
+        text. None for ``store_true`` flags and free text.
+    choices : sequence of str, optional
+        The allowed values.
+    metavar : str, optional
+        The placeholder shown in ``--help``.
+    """
+
+    name: str
+    help: str
+    parse: Callable[[str], Any] | None = None
+    choices: Sequence[str] | None = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """Return the attribute argparse stores the value in (``--max-iter`` → ``max_iter``)."""
+        return self.name.lstrip("-").replace("-", "_")
+
+
+def _flag(flag: Flag) -> dict[str, Flag]:
+    return {"flag": flag}
+
+
+# ---------------------------------------------------------------------------- value parsers
+def positive_int(text: str) -> int:
+    """Parse a count: an integer ≥ 1 (``ValueError`` with the reason otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    """Parse a seed: an integer in 0..:data:`MAX_SEED`."""
+    try:
+        value: int | None = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
+def tolerance(text: str) -> float:
+    """Parse a relative tolerance: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:  # NaN fails this too
+        raise ValueError(f"expected a number between 0 and 1 (e.g. 1e-7), got {text!r}")
+    return value
+
+
+def penalty(text: str) -> float | str:
+    """Parse an ACMTF penalty: ``auto`` or a finite number ≥ 0."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected 'auto' or a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"expected 'auto' or a finite number >= 0, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- the stages
+@dataclass(frozen=True)
+class EngineOptions:
+    """Settings of the joint factorization besides the rank (see :class:`factorlens.CMTF`)."""
+
+    nonneg: bool = field(
+        default=False,
+        metadata=_flag(
+            Flag(
+                "--nonneg", "nonnegative factors (pixels and ReLU outputs are >= 0; easier to read)"
+            )
+        ),
+    )
+    l1_penalty: float | str = field(
+        default="auto",
+        metadata=_flag(
+            Flag(
+                "--l1",
+                "ACMTF penalty on component strengths, which sets a component's strength in a "
+                "block that does not hold it to exactly zero. 'auto' (default): per block from its "
+                "noise floor (Gavish-Donoho threshold of its singular values), then the remaining "
+                "strengths refitted without shrinkage; a number: one penalty for every block "
+                "(0 = plain CMTF)",
+                parse=penalty,
+            )
+        ),
+    )
+    weighting: str | dict[str, float] = field(
+        default="unit",
+        metadata=_flag(
+            Flag(
+                "--weighting",
+                "block weighting: 'unit' scales every block to unit Frobenius norm so each counts "
+                "equally (default); 'none' lets the largest layer dominate",
+                choices=("unit", "none"),
+            )
+        ),
+    )
+    center: bool = field(
+        default=False, metadata=_flag(Flag("--center", "centre every block (not with --nonneg)"))
+    )
+    tensor_blocks: tuple[str, ...] | None = None
+    init: str | np.ndarray = "svd"
+    n_init: int = field(
+        default=3,
+        metadata=_flag(
+            Flag(
+                "--n-init",
+                "starts (SVD-based, then random); the best is kept (default {default})",
+                parse=positive_int,
+            )
+        ),
+    )
+    screen_iter: int = 20
+    n_iter_max: int = field(
+        default=500,
+        metadata=_flag(
+            Flag("--max-iter", "ALS iteration cap (default {default})", parse=positive_int)
+        ),
+    )
+    tol: float = field(
+        default=1e-7,
+        metadata=_flag(
+            Flag(
+                "--tol",
+                "stop when the loss changes by less than this fraction (default {default})",
+                parse=tolerance,
+            )
+        ),
+    )
+    inner_sweeps: int = 3
+    refit: str = "guarded"
+    extrapolate: bool = True
+    random_state: int | None = field(
+        default=0,
+        metadata=_flag(
+            Flag(
+                "--seed",
+                "random seed for sub-sampling, initialisation and the rank scan (default {default})",
+                parse=seed,
+            )
+        ),
+    )
+    device: str = "cpu"
+    backend: str | None = None
+    memory_budget: int = 2 * 1024**3
+    verbose: bool = False
+    check_fewer: bool = True
+    callback: Callable[[int, float], Any] | None = None
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """Settings of the rank scan (see :func:`factorlens.estimate_rank`).
+
+    Its fits are converged tighter per iteration than a quick scan needs: with loosely
+    converged fits the split halves disagreed by chance and the chosen rank moved with the
+    seed.
+    """
+
+    max_rank: int = field(
+        default=10,
+        metadata=_flag(
+            Flag("--max-rank", "largest R of the rank scan (default {default})", parse=positive_int)
+        ),
+    )
+    stability_threshold: float = 0.8
+    n_splits: int = 3
+    n_iter_max: int = 200
+    tol: float = 1e-6
+    compress: bool = True
+    n_jobs: int | None = None
+
+
+def defaults(options: type) -> dict[str, Any]:
+    """Return every field of an options dataclass with its default (``{name: default}``)."""
+    return {
+        f.name: f.default
+        for f in fields(options)
+        if f.default is not MISSING  # every field has one; a field without would be a bug
+    }
+
+
+def flagged(options: type) -> list[tuple[str, Flag, Any]]:
+    """Return ``(field name, Flag, default)`` for each field of ``options`` with a CLI flag."""
+    return [
+        (f.name, f.metadata["flag"], f.default) for f in fields(options) if "flag" in f.metadata
+    ]
+
+
+def from_args(options: type, args: Any, **extra: Any) -> Any:
+    """Build the options object of ``options`` from parsed CLI ``args``.
+
+    ``args`` holds each flag's value under the flag's name (``--max-iter`` → ``max_iter``);
+    ``extra`` gives further fields; fields without a flag keep their defaults.
+    """
+    values = {
+        name: getattr(args, flag.dest)
+        for name, flag, _ in flagged(options)
+        if hasattr(args, flag.dest)
+    }
+    return options(**{**values, **extra})

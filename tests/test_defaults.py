@@ -1,0 +1,94 @@
+"""One source of truth: the options dataclasses give the API's and the CLI's defaults."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from factorlens.cli import build_parser
+from factorlens.factorize import CMTF, cmtf
+from factorlens.options import EngineOptions, RankOptions, defaults, flagged, from_args
+from factorlens.rank import estimate_rank
+from factorlens.testing import planted_blocks
+
+
+def _signature_defaults(fn) -> dict:
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def test_cmtf_takes_every_default_from_engine_options() -> None:
+    sig = _signature_defaults(CMTF.__init__)
+    assert set(sig) == set(defaults(EngineOptions))  # every parameter but the rank
+    assert sig == defaults(EngineOptions)
+
+
+def test_estimate_rank_takes_its_defaults_from_rank_options() -> None:
+    sig = _signature_defaults(estimate_rank)
+    for name, value in defaults(RankOptions).items():
+        assert sig[name] == value, name
+
+
+@pytest.mark.parametrize("command", ["analyze", "rank"])
+def test_cli_flags_are_built_from_the_options(command: str) -> None:
+    parser = build_parser()
+    base = {"analyze": ["--model", "m.py:N", "--data", "digits", "--out", "o"],
+            "rank": ["--model", "m.py:N", "--data", "digits", "--out", "o"]}[command]  # fmt: skip
+    args = parser.parse_args([command, *base])
+    assert from_args(EngineOptions, args) == EngineOptions()  # no flag: the API's defaults
+    if command == "rank":
+        assert args.max_rank == RankOptions().max_rank
+    changed = parser.parse_args(
+        [command, *base, "--max-iter", "7", "--l1", "0.01", "--seed", "3", "--nonneg"]
+    )
+    opts = from_args(EngineOptions, changed)
+    assert (opts.n_iter_max, opts.l1_penalty, opts.random_state, opts.nonneg) == (7, 0.01, 3, True)
+    for _, flag, default in flagged(EngineOptions):  # each help text says its default
+        if "{default}" in flag.help:
+            assert str(default) in flag.help.format(default=default)
+
+
+def test_bad_flag_values_get_the_options_messages(capsys) -> None:
+    parser = build_parser()
+    base = ["analyze", "--model", "m.py:N", "--data", "digits", "--out", "o"]
+    for flag, value, message in (
+        ("--max-iter", "0", "expected a positive integer, got 0"),
+        ("--tol", "2", "expected a number between 0 and 1 (e.g. 1e-7), got '2'"),
+        ("--l1", "-1", "expected 'auto' or a finite number >= 0, got '-1'"),
+        ("--seed", "-5", "expected an integer from 0 to 4294967295, got '-5'"),
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, flag, value])
+        assert message in capsys.readouterr().err
+
+
+def test_callback_sees_every_iteration_and_its_loss() -> None:
+    blocks, _ = planted_blocks(N=40, seed=1)
+    seen: list[tuple[int, float]] = []
+    result = cmtf(
+        blocks, 3, n_init=1, l1_penalty=0.0, check_fewer=False,
+        callback=lambda i, loss: seen.append((i, loss)),
+    )  # fmt: skip
+    assert [i for i, _ in seen] == list(range(1, len(result.loss_history)))
+    assert [loss for _, loss in seen] == pytest.approx(result.loss_history[1:])
+
+
+def test_readme_and_api_reference_name_every_public_name() -> None:
+    from pathlib import Path
+
+    import factorlens
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## The Python API")[1].split("\n## ")[0]
+    api = (root / "docs" / "api.rst").read_text()
+    for name in factorlens.__all__:
+        if name == "__version__":
+            continue
+        assert f"`{name}" in section, f"README's API section does not name {name}"
+        assert f".{name}\n" in api, f"docs/api.rst does not document {name}"
+        getattr(factorlens, name)  # and it resolves
