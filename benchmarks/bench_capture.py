@@ -44,7 +44,7 @@ def main() -> int:
         args.mnist.glob("t10k-images*")
     ):
         raise SystemExit(f"MNIST data not found in {args.mnist}; see ../shared/data/README.md")
-    data = load_data(f"mnist:{args.mnist}").subset(args.n, seed=0)
+    data = load_data(f"mnist:{args.mnist}").subset(args.n, random_state=0)
     torch.manual_seed(0)
     model = MnistCNN().eval()
     layers = default_layers(model)

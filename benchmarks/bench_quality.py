@@ -144,7 +144,7 @@ def score_checkpoint(
     seconds: dict[str, float] = {}
     if ours and scan:
         t0 = time.perf_counter()
-        res = score_model(model, data, layers=None, n_samples=None, seed=seed, scan=True)
+        res = score_model(model, data, layers=None, n_samples=None, random_state=seed, scan=True)
         seconds["joint_rank"] = time.perf_counter() - t0
         scores["joint_rank"] = float(res.rank)
     t0 = time.perf_counter()
@@ -214,7 +214,7 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool
     if not entries:
         raise FactorlensError(f"zoo {zoo} has no checkpoints")
     ours = "single" in methods
-    data = zoo_test_data(entries[0]).subset(n_samples, seed=seed)
+    data = zoo_test_data(entries[0]).subset(n_samples, random_state=seed)
     rows = []
     t_zoo = time.perf_counter()
     for e in entries:

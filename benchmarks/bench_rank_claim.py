@@ -72,7 +72,7 @@ def run_zoo(zoo: Path, n: int, max_rank: int) -> dict:
             continue
         seen.add(key)
         model = zoo_model(entry)
-        data = zoo_test_data(entry).subset(n, seed=0)
+        data = zoo_test_data(entry).subset(n, random_state=0)
         t0 = time.perf_counter()
         with torch_threads(1):
             store = factorlens.capture(model, data, progress=False)

@@ -32,7 +32,7 @@ def trained_mnist_store(mnist: Path, n: int, epochs: int = 2):
     test = load_data(f"mnist:{mnist}")
     acc = accuracy(model, test.images, test.labels)
     print(f"trained MnistCNN in {time.perf_counter() - t0:.1f} s: test accuracy {acc:.4f}")
-    store = capture(model, test.subset(n, seed=0), LAYERS, progress=False)
+    store = capture(model, test.subset(n, random_state=0), LAYERS, progress=False)
     for name in store.names:
         print(f"  block {name:<13} {'×'.join(map(str, store.block(name).shape))}")
     return store

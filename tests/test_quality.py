@@ -162,7 +162,7 @@ def _load(path: Path) -> DigitsCNN:
 
 
 def test_trained_scores_higher_than_untrained_without_labels(checkpoints) -> None:
-    data = load_data("digits").subset(300, seed=1)
+    data = load_data("digits").subset(300, random_state=1)
     data_no_labels = type(data)(data.images, None, None, "no labels")
     reports = {}
     for name in ("init", "trained"):
@@ -183,7 +183,7 @@ def test_trained_scores_higher_than_untrained_without_labels(checkpoints) -> Non
 
 
 def test_consensus_orders_checkpoints_by_accuracy(checkpoints) -> None:
-    data = load_data("digits").subset(400, seed=2)
+    data = load_data("digits").subset(400, random_state=2)
     names = ["init", "brief", "trained"]
     models = [_load(checkpoints[n]) for n in names]
     reports = score_checkpoints(models, data, names=names, mode="consensus")
@@ -202,7 +202,7 @@ def test_degenerate_checkpoint_is_reported_not_fatal() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-    data = load_data("digits").subset(60, seed=0)
+    data = load_data("digits").subset(60, random_state=0)
     report = assess(model, data, max_rank=2)
     assert report.score == 0.0 and report.prediction_rank == pytest.approx(1.0)  # one answer
     assert (

@@ -91,7 +91,7 @@ def test_bi_cross_validation_is_minimal_at_the_true_rank_of_a_matrix() -> None:
     Z = rng.standard_normal((200, 3)) @ rng.standard_normal((3, 60)) * 3
     Z += rng.standard_normal(Z.shape) * 0.5
     model = CMTF(1)
-    errors = bi_cross_validation(model.prepare({"z": Z}), 8, seed=0)
+    errors = bi_cross_validation(model.prepare({"z": Z}), 8, random_state=0)
     assert int(np.argmin(errors)) + 1 == 3
 
 

@@ -87,7 +87,7 @@ def _inputs(args: argparse.Namespace):
     from factorlens.modelio import find_preprocess_hook
 
     device = _device(args)
-    data = load_data(args.data).subset(args.n_samples, seed=args.seed)
+    data = load_data(args.data).subset(args.n_samples, random_state=args.seed)
     normalize = parse_normalize(args.normalize) if args.normalize else None
     preprocess = make_preprocess(normalize, find_preprocess_hook(args.model))
     return data, device, preprocess
@@ -344,7 +344,7 @@ def _score_checkpoints(
                 store,
                 perturbed_outputs(model, copies, **options),
                 max_rank=args.max_rank,
-                seed=args.seed,
+                random_state=args.seed,
                 checkpoint=ckpt,
                 scan=not args.no_rank,
                 progress=not args.quiet,

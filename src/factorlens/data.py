@@ -76,10 +76,10 @@ class ImageData:
         """Number of samples N."""
         return int(self.images.shape[0])
 
-    def subset(self, n: int | None, seed: int) -> ImageData:
+    def subset(self, n: int | None, random_state: int) -> ImageData:
         """Return a random subset of ``n`` samples without replacement, in original order.
 
-        Deterministic for a given ``seed``. ``n`` None or ``>= N`` returns ``self`` unchanged.
+        Deterministic for a given ``random_state``. ``n`` None or ``>= N`` returns ``self`` unchanged.
 
         Examples
         --------
@@ -87,7 +87,7 @@ class ImageData:
         >>> from factorlens.data import ImageData
         >>> images = np.zeros((6, 1, 2, 2), np.float32)
         >>> data = ImageData(images, np.arange(6), None, "zeros")
-        >>> sub = data.subset(3, seed=0)
+        >>> sub = data.subset(3, random_state=0)
         >>> sub.labels
         array([3, 4, 5])
         >>> sub.description
@@ -100,13 +100,13 @@ class ImageData:
                 f"the number of samples must be positive, got {n}; pass a count >= 1 "
                 "(or leave it out to use all samples)"
             )
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(random_state)
         idx = np.sort(rng.choice(self.n_samples, size=n, replace=False))
         return ImageData(
             images=self.images[idx],
             labels=None if self.labels is None else self.labels[idx],
             class_names=self.class_names,
-            description=f"{self.description}; random subset of {n} (seed {seed})",
+            description=f"{self.description}; random subset of {n} (seed {random_state})",
         )
 
 

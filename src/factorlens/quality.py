@@ -333,7 +333,7 @@ def assess(
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 256,
     device: str = "cpu",
-    seed: int = 0,
+    random_state: int = 0,
     checkpoint: str | None = None,
     scan: bool = True,
 ) -> QualityReport:
@@ -359,7 +359,7 @@ def assess(
         Samples per forward pass.
     device : str
         ``"cpu"`` or ``"cuda"``.
-    seed : int
+    random_state : int
         Draws the perturbations and the scan.
     checkpoint : str, optional
         The checkpoint's name in the report.
@@ -374,9 +374,14 @@ def assess(
     options = {"batch_size": batch_size, "device": device, "preprocess": preprocess}
     store = capture_for_score(model, data, layers=layers, scan=scan, **options)
     images = np.asarray(getattr(data, "images", data), dtype=np.float32)
-    perturbed = perturbed_outputs(model, perturbations(images, seed), **options)
+    perturbed = perturbed_outputs(model, perturbations(images, random_state), **options)
     return assess_store(
-        store, perturbed, max_rank=max_rank, seed=seed, checkpoint=checkpoint, scan=scan
+        store,
+        perturbed,
+        max_rank=max_rank,
+        random_state=random_state,
+        checkpoint=checkpoint,
+        scan=scan,
     )
 
 
@@ -385,7 +390,7 @@ def assess_store(
     perturbed: Sequence[np.ndarray],
     *,
     max_rank: int = 10,
-    seed: int = 0,
+    random_state: int = 0,
     checkpoint: str | None = None,
     scan: bool = True,
     progress: bool = False,
@@ -402,7 +407,7 @@ def assess_store(
 
     outputs = model_outputs(store)
     score, stability, er = quality_score(outputs, perturbed)
-    spread = score_spread(outputs, perturbed, random_state=seed)
+    spread = score_spread(outputs, perturbed, random_state=random_state)
     degenerate = [OUTPUT_BLOCK] if float(np.ptp(outputs)) == 0.0 else []
     labels = store.labels
     accuracy = float(np.mean(outputs.argmax(axis=1) == labels)) if labels is not None else None
@@ -418,7 +423,7 @@ def assess_store(
                 blocks[name] = arr
     rank, evidence = 0, None
     if scan and "input" in blocks:
-        result = estimate_rank(blocks, max_rank, random_state=seed, verbose=progress)
+        result = estimate_rank(blocks, max_rank, random_state=random_state, verbose=progress)
         rank, evidence = result.chosen, result.to_dict()
     return QualityReport(
         score=score,
@@ -441,7 +446,7 @@ def score_checkpoints(
     *,
     mode: str = "auto",
     names: Sequence[str] | None = None,
-    seed: int = 0,
+    random_state: int = 0,
     **options: Any,
 ) -> list[QualityReport]:
     """Score several checkpoints (built models) on the same ``data``; no rank scan.
@@ -457,7 +462,7 @@ def score_checkpoints(
         ``"single"`` or ``"consensus"``.
     names : sequence of str, optional
         The checkpoints' names in the reports.
-    seed : int
+    random_state : int
         Draws the perturbations and the bootstrap.
     **options
         ``batch_size``, ``device``, ``preprocess``: go to the capture.
@@ -469,13 +474,15 @@ def score_checkpoints(
     """
     chosen = resolve_mode(mode, len(models))
     images = np.asarray(getattr(data, "images", data), dtype=np.float32)
-    copies = perturbations(images, seed)
+    copies = perturbations(images, random_state)
     reports, outputs = [], []
     for i, model in enumerate(models):
         store = capture_for_score(model, data, scan=False, **options)
         perturbed = perturbed_outputs(model, copies, **options)
         name = None if names is None else names[i]
-        reports.append(assess_store(store, perturbed, seed=seed, checkpoint=name, scan=False))
+        reports.append(
+            assess_store(store, perturbed, random_state=random_state, checkpoint=name, scan=False)
+        )
         outputs.append(model_outputs(store))
     return score_together(reports, outputs, chosen)
 
@@ -486,7 +493,7 @@ def score_model(
     *,
     layers: list[str] | str | None = None,
     n_samples: int | None = None,
-    seed: int = 0,
+    random_state: int = 0,
     **kwargs: Any,
 ) -> QualityReport:
     """Run :func:`assess` on a random subset of ``n_samples`` inputs (all when None).
@@ -496,12 +503,12 @@ def score_model(
     model : torch.nn.Module
         A classifier.
     data : ImageData or array-like
-        The inputs; an ``ImageData`` is sub-sampled with ``seed``.
+        The inputs; an ``ImageData`` is sub-sampled with ``random_state``.
     layers : list of str or str, optional
         Layers for the rank scan.
     n_samples : int, optional
         Score this many inputs drawn at random (all when None).
-    seed : int
+    random_state : int
         Draws the subset, the perturbations and the scan.
     **kwargs
         Further options of :func:`assess`.
@@ -512,8 +519,8 @@ def score_model(
         The single-checkpoint assessment.
     """
     if n_samples is not None and hasattr(data, "subset"):
-        data = data.subset(n_samples, seed=seed)
-    return assess(model, data, layers=layers, seed=seed, **kwargs)
+        data = data.subset(n_samples, random_state=random_state)
+    return assess(model, data, layers=layers, random_state=random_state, **kwargs)
 
 
 def model_outputs(store: ActivationStore) -> np.ndarray:

@@ -55,7 +55,7 @@ def joint_signature(result: CMTFResult) -> np.ndarray:
 
 
 def bi_cross_validation(
-    data: list[Block], max_rank: int, *, folds: int = 2, seed: int = 0
+    data: list[Block], max_rank: int, *, folds: int = 2, random_state: int = 0
 ) -> np.ndarray:
     """Bi-cross-validation error (Owen & Perry 2009) of the weighted concatenation, R = 1..max.
 
@@ -66,7 +66,7 @@ def bi_cross_validation(
     The joint model is the all-matrix special case here (the input flattened), for which the
     truncated SVD is the exact fit.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     Z = np.concatenate([b.dense() for b in data], axis=1)
     N, P = Z.shape
     row_fold = rng.permutation(N) % folds

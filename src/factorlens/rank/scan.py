@@ -178,7 +178,7 @@ def estimate_rank(
             halves.append(CMTF(1, **opts).prepare(sub))
     del dense
 
-    bicv = bi_cross_validation(full, max_rank, seed=random_state)
+    bicv = bi_cross_validation(full, max_rank, random_state=random_state)
     if compress and not opts.get("nonneg"):  # fits on the leading row spaces (compress.py);
         # not with nonneg: B̃ >= 0 does not make V B̃ >= 0
         models = CMTF(1, **opts)._block_models(names, [b.shape for b in full])
