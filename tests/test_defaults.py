@@ -92,3 +92,20 @@ def test_readme_and_api_reference_name_every_public_name() -> None:
         assert f"`{name}" in section, f"README's API section does not name {name}"
         assert f".{name}\n" in api, f"docs/api.rst does not document {name}"
         getattr(factorlens, name)  # and it resolves
+
+
+def test_capture_and_quality_take_their_defaults_from_their_options() -> None:
+    from factorlens.capture import capture
+    from factorlens.options import CaptureOptions, QualityOptions
+    from factorlens.pipeline import analyze
+    from factorlens.quality import assess, score_checkpoints
+
+    for fn in (capture, analyze, assess):
+        sig = _signature_defaults(fn)
+        for name, value in defaults(CaptureOptions).items():
+            if name in sig:
+                assert sig[name] == value, (fn.__name__, name)
+    assert _signature_defaults(score_checkpoints)["mode"] == QualityOptions().mode
+    args = build_parser().parse_args(["quality", "--model", "m.py:N", "--data", "digits", "c.pt"])
+    assert from_args(QualityOptions, args) == QualityOptions()
+    assert from_args(CaptureOptions, args) == CaptureOptions()

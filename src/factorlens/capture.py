@@ -23,7 +23,11 @@ import torch
 from torch import nn
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches, one_line
+from factorlens.options import CaptureOptions
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
+
+#: the defaults of the capture (one place: the options dataclass)
+_C = CaptureOptions()
 
 #: leaf module types whose output is a new representation (captured by default).
 REPRESENTATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -400,13 +404,13 @@ def capture(
     data: Any,
     layers: Sequence[str] | str | None = None,
     *,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
+    batch_size: int = _C.batch_size,
+    device: str | torch.device = _C.device,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     labels: Any = None,
     store: ActivationStore | str | os.PathLike[str] | None = None,
     select: Mapping[str, int | str] | None = None,
-    nonfinite: str = "raise",
+    nonfinite: str = _C.nonfinite,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,

@@ -19,7 +19,9 @@ from typing import Any
 from factorlens import __version__
 from factorlens.errors import FactorlensError, cli_wording, flags_for_cli
 from factorlens.options import (
+    CaptureOptions,
     EngineOptions,
+    QualityOptions,
     RankOptions,
     flagged,
     from_args,
@@ -152,14 +154,7 @@ def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -
         metavar="LAYER=INDEX",
         help="for a layer whose output is a tuple or dict, the element to use",
     )
-    g.add_argument(
-        "--nonfinite",
-        choices=["raise", "zero"],
-        default="raise",
-        help="NaN/Inf in an activation: stop with an error (default) or set to 0",
-    )
-    g.add_argument("--batch-size", type=_positive_int, default=256, help="default 256")
-    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    _add_flags(g, CaptureOptions)
     if store:
         g.add_argument(
             "--store",
@@ -256,14 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the joint rank scan (the score does not need it)",
     )
-    qua.add_argument(
-        "--mode",
-        choices=["auto", "consensus", "single"],
-        default="auto",
-        help="consensus: score the checkpoints against each other (needs >= 3, and is "
-        "unreliable when most of few checkpoints are poor); single: each on its own; auto "
-        "(default): consensus from 5 checkpoints on",
-    )
+    _add_flags(qua, QualityOptions)
     qua.add_argument(
         "--seed", type=_seed, default=0, help="seed of --n-samples, the perturbations and the scan"
     )

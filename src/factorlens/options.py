@@ -107,6 +107,31 @@ def penalty(text: str) -> float | str:
 
 # ---------------------------------------------------------------------------- the stages
 @dataclass(frozen=True)
+class CaptureOptions:
+    """Settings of the forward passes that record the layers (see :func:`factorlens.capture`)."""
+
+    batch_size: int = field(
+        default=256,
+        metadata=_flag(
+            Flag("--batch-size", "inputs per forward pass (default {default})", parse=positive_int)
+        ),
+    )
+    device: str = field(
+        default="cpu", metadata=_flag(Flag("--device", "cpu (default), cuda, cuda:N"))
+    )
+    nonfinite: str = field(
+        default="raise",
+        metadata=_flag(
+            Flag(
+                "--nonfinite",
+                "NaN/Inf in an activation: stop with an error (default) or set to 0",
+                choices=("raise", "zero"),
+            )
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """Settings of the joint factorization besides the rank (see :class:`factorlens.CMTF`)."""
 
@@ -217,6 +242,24 @@ class RankOptions:
     tol: float = 1e-6
     compress: bool = True
     n_jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    """Settings of the label-free quality scores (see :func:`factorlens.score_checkpoints`)."""
+
+    mode: str = field(
+        default="auto",
+        metadata=_flag(
+            Flag(
+                "--mode",
+                "consensus: score the checkpoints against each other (needs >= 3, and is "
+                "unreliable when most of few checkpoints are poor); single: each on its own; "
+                "auto (default): consensus from 5 checkpoints on",
+                choices=("auto", "consensus", "single"),
+            )
+        ),
+    )
 
 
 def defaults(options: type) -> dict[str, Any]:

@@ -27,11 +27,14 @@ import numpy as np
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, note
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
+from factorlens.options import CaptureOptions
 from factorlens.output import check_not_nested, check_output_dir, clean_stale, publish
 
 if TYPE_CHECKING:
     from factorlens.store import ActivationStore
 
+#: the capture defaults (one place: the options dataclass)
+_C = CaptureOptions()
 INPUTS_NPZ = "inputs.npz"
 REPORT_HTML = "index.html"
 FIGURES_DIR = "figures"
@@ -319,10 +322,10 @@ def capture_for_analysis(
     layers: list[str] | str | None = None,
     preprocess: Callable | None = None,
     store: str | Path | None = None,
-    batch_size: int = 256,
-    device: str = "cpu",
+    batch_size: int = _C.batch_size,
+    device: str = _C.device,
     select: dict[str, Any] | None = None,
-    nonfinite: str = "raise",
+    nonfinite: str = _C.nonfinite,
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
@@ -394,10 +397,10 @@ def analyze(
     layers: list[str] | str | None = None,
     preprocess: Callable | None = None,
     store: str | Path | None = None,
-    batch_size: int = 256,
-    device: str = "cpu",
+    batch_size: int = _C.batch_size,
+    device: str = _C.device,
     select: dict[str, Any] | None = None,
-    nonfinite: str = "raise",
+    nonfinite: str = _C.nonfinite,
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,

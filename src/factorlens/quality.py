@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from factorlens.errors import FactorlensError
+from factorlens.options import CaptureOptions, QualityOptions
 from factorlens.research.baselines import effective_rank
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 
     from factorlens.store import ActivationStore
 
+#: the capture and scoring defaults (one place: the options dataclasses)
+_C = CaptureOptions()
+_Q = QualityOptions()
 #: shift of the moved copy, as a fraction of the image side (at least 1 pixel)
 SHIFT_FRACTION = 1 / 14
 #: standard deviation of the noise added to the noisy copy (pixels in [0, 1])
@@ -331,8 +335,8 @@ def assess(
     layers: list[str] | str | None = None,
     max_rank: int = 10,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    batch_size: int = 256,
-    device: str = "cpu",
+    batch_size: int = _C.batch_size,
+    device: str = _C.device,
     random_state: int = 0,
     checkpoint: str | None = None,
     scan: bool = True,
@@ -444,7 +448,7 @@ def score_checkpoints(
     models: Sequence[Any],
     data: Any,
     *,
-    mode: str = "auto",
+    mode: str = _Q.mode,
     names: Sequence[str] | None = None,
     random_state: int = 0,
     **options: Any,
