@@ -7,12 +7,13 @@ and exit with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,18 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
             help=f"number of components R (default {default_rank})",
         )
     _add_flags(g, EngineOptions)
+    g.add_argument(
+        "--dask",
+        action="store_true",
+        help="compute the factorization's products on a Dask LocalCluster on this machine "
+        "(one worker per core; needs pip install 'factorlens[dask]')",
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="compute them on the existing Dask cluster whose scheduler is at ADDRESS "
+        "(e.g. tcp://10.0.0.5:8786)",
+    )
     g.add_argument(
         "--tensor-layers",
         default="",
@@ -329,6 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace, engine: dict) -> Iterator[None]:
+    """Run the factorization's products on Dask with ``--dask`` / ``--scheduler``."""
+    if not (args.dask or args.scheduler):
+        yield
+        return
+    from factorlens.factorize.distributed import dask_cluster
+
+    engine["backend"] = "dask"
+    with dask_cluster(args.scheduler):
+        yield
+
+
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     """Return CMTF's parameters from the factorization flags.
 
@@ -422,12 +448,13 @@ def _run(args: argparse.Namespace) -> int:
     from factorlens import commands
 
     start = time.perf_counter()
-    if args.command == "demo":
-        result, out = commands.run_demo(args, _engine_kwargs(args))
-    elif args.command == "analyze":
-        result, out = commands.run_analyze(args, _engine_kwargs(args))
-    elif args.command == "rank":
-        result, out = commands.run_rank(args, _engine_kwargs(args))
+    if args.command in ("demo", "analyze", "rank"):
+        runner = {"demo": commands.run_demo, "analyze": commands.run_analyze}.get(
+            args.command, commands.run_rank
+        )
+        engine = _engine_kwargs(args)
+        with _cluster(args, engine):
+            result, out = runner(args, engine)
     elif args.command == "quality":
         return commands.run_quality(args)
     elif args.command == "zoo":

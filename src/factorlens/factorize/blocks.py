@@ -44,7 +44,9 @@ class Block:
         Where the products run: ``"cpu"`` or a torch device string such as ``"cuda"``
         (the block is then copied to that device once).
     backend : str, optional
-        ``"numpy"`` or ``"torch"``; default numpy on ``"cpu"``, torch elsewhere.
+        ``"numpy"``, ``"torch"`` or ``"dask"`` (the products on the cluster of the current
+        ``dask.distributed`` client; :mod:`factorlens.factorize.distributed`); default numpy
+        on ``"cpu"``, torch elsewhere.
     memory_budget : int
         Blocks up to this many bytes (as float32) are read into memory once; larger ones are
         read chunk by chunk on every pass. A numpy array is always held in memory.
@@ -79,11 +81,23 @@ class Block:
         #: (P, k) orthonormal basis when this block is a compressed copy (see compressed())
         self.basis: np.ndarray | None = None
         nbytes = self.n_rows * self.width * 4
-        in_memory = isinstance(data, np.ndarray) or nbytes <= memory_budget
-        self.in_memory = in_memory
         backend = backend or ("numpy" if device == "cpu" else "torch")
-        if backend not in ("numpy", "torch"):
-            raise FactorlensError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+        if backend not in ("numpy", "torch", "dask"):
+            raise FactorlensError(f"backend must be 'numpy', 'torch' or 'dask', got {backend!r}")
+        #: the block's products on a dask cluster (backend "dask"), else None
+        self._dask: Any = None
+        if backend == "dask":
+            from factorlens.factorize.distributed import DaskProducts, as_dask_array
+
+            rows = chunk_rows or max(
+                1, min((256 * 1024**2) // (self.width * 4), -(-self.n_rows // 8))
+            )
+            self._dask = DaskProducts(
+                as_dask_array(data, self.n_rows, self.width, rows), persist=nbytes <= memory_budget
+            )
+            chunk_rows = rows
+        in_memory = (isinstance(data, np.ndarray) or nbytes <= memory_budget) and self._dask is None
+        self.in_memory = in_memory
         self._torch = backend == "torch"
         if in_memory:
             arr = np.asarray(data[:] if not isinstance(data, np.ndarray) else data)
@@ -113,6 +127,9 @@ class Block:
     def chunks(self) -> Iterator[tuple[slice, Any]]:
         """Yield ``(rows, Y[rows])`` with ``Y[rows]`` of shape ``(rows, P)``."""
         step = self.chunk_rows
+        if self._dask is not None:  # pulled from the cluster, centred there
+            yield from self._dask.chunks(step)
+            return
         for start in range(0, self.n_rows, step):
             stop = min(start + step, self.n_rows)
             rows = slice(start, stop)
@@ -181,6 +198,8 @@ class Block:
                     rows = slice(start, start + step)
                     centred[rows] = self._data[rows].astype(np.float64) - self.mean
                 self._data = centred
+        if self._dask is not None:
+            self._dask.mean = self.mean
         self._centred = True
 
     @property
@@ -227,6 +246,8 @@ class Block:
     # --------------------------------------------------------------- products
     def left(self, K: np.ndarray) -> np.ndarray:
         """``Ỹ K`` for ``K (P, k)``; returns ``(N, k)`` float64."""
+        if self._dask is not None:
+            return self._dask.left(K) * self.scale
         out = np.empty((self.n_rows, K.shape[1]))
         Kc = self._cast(K)
         for rows, y in self.chunks():
@@ -236,6 +257,8 @@ class Block:
 
     def right(self, A: np.ndarray) -> np.ndarray:
         """``Ỹᵀ A`` for ``A (N, k)``; returns ``(P, k)`` float64."""
+        if self._dask is not None:
+            return self._dask.right(A) * self.scale
         out = np.zeros((self.width, A.shape[1]))
         for rows, y in self.chunks():
             out += _to_numpy(y.T @ self._cast(A[rows]))

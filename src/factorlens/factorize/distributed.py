@@ -1,0 +1,166 @@
+"""The Dask backend: every product of the ALS as a map-reduce over row chunks on a cluster.
+
+``CMTF(..., backend="dask")`` (CLI: ``--dask`` for a ``LocalCluster``, ``--scheduler
+ADDRESS`` for an existing cluster) wraps each block as a dask array chunked by rows — a zarr
+store's blocks are read by the workers themselves — and computes ``Ỹ K`` (a map over row
+chunks) and ``Ỹᵀ A`` (a map over row chunks, then a tree sum) on the cluster the current
+``dask.distributed`` client points at. Blocks up to the memory budget are persisted in the
+workers' memory once; larger ones are read from the store on every pass, chunk by chunk, so
+no process holds a whole block. The statistics pass (column means, norms) and everything
+that is not an ALS product run as in the single-process engine, on chunks the client pulls.
+
+Needs the optional extra: ``pip install factorlens[dask]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from factorlens.errors import FactorlensError
+
+
+def _dask() -> tuple[Any, Any]:
+    try:
+        import dask.array as da
+        from dask import distributed
+    except ImportError:
+        raise FactorlensError(
+            "the dask backend needs dask and distributed: pip install 'factorlens[dask]'"
+        ) from None
+    return da, distributed
+
+
+def as_dask_array(data: Any, n_rows: int, width: int, chunk_rows: int) -> Any:
+    """Return ``data`` (numpy, zarr or a store's block) as a ``(N, P)`` float32 dask array.
+
+    Parameters
+    ----------
+    data : array-like
+        ``(N, ...)``, supporting ``data[i:j]``; a store's block is read by the workers.
+    n_rows, width : int
+        N and P (the product of the feature axes).
+    chunk_rows : int
+        Rows per chunk: one task per chunk of rows.
+
+    Returns
+    -------
+    dask.array.Array
+        The block flattened to ``(N, P)``, float32, chunked by rows only.
+    """
+    da, _ = _dask()
+    if isinstance(data, da.Array):
+        arr = data
+    else:
+        chunks = (min(chunk_rows, n_rows), *tuple(int(s) for s in data.shape[1:]))
+        arr = da.from_array(data, chunks=chunks, asarray=True, lock=False)
+    arr = arr.reshape(n_rows, width).astype(np.float32)
+    return arr.rechunk((min(chunk_rows, n_rows), width))
+
+
+class DaskProducts:
+    """The two ALS products of one block on the cluster.
+
+    Parameters
+    ----------
+    data : dask.array.Array
+        The ``(N, P)`` block (unscaled, uncentred).
+    persist : bool
+        Keep the block in the workers' memory (else it is read on every pass).
+    """
+
+    def __init__(self, data: Any, persist: bool) -> None:
+        self._da, _ = _dask()
+        self.client = current_client()
+        self.data = self.client.persist(data) if persist else data
+        self.mean: np.ndarray | None = None
+
+    def centred(self) -> Any:
+        """Return the block with its column means subtracted, as a lazy dask array."""
+        if self.mean is None:
+            return self.data
+        return self.data - self.mean.astype(np.float32)
+
+    def left(self, K: np.ndarray) -> np.ndarray:
+        """Return ``Y K`` for ``K (P, k)``: one task per row chunk, ``(N, k)`` float64."""
+        y = self.centred()
+        Kc = np.ascontiguousarray(K, dtype=np.float32)
+        out = self._da.map_blocks(
+            _times, y, Kc, chunks=(y.chunks[0], (K.shape[1],)), dtype=np.float64
+        )
+        return np.asarray(self.client.compute(out).result())
+
+    def right(self, A: np.ndarray) -> np.ndarray:
+        """Return ``Yᵀ A`` for ``A (N, k)``: per chunk ``Y_cᵀ A_c``, tree-summed, ``(P, k)``."""
+        y = self.centred()
+        A_d = self._da.from_array(
+            np.ascontiguousarray(A, dtype=np.float32), chunks=(y.chunks[0], A.shape[1])
+        )
+        out = self._da.dot(y.T, A_d)  # a reduction over the row chunks
+        return np.asarray(self.client.compute(out).result(), dtype=np.float64)
+
+    def chunks(self, step: int) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(rows, Y[rows])`` (centred as fitted) pulled to the client, ``step`` rows each."""
+        n = int(self.data.shape[0])
+        y = self.centred()
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            yield rows, np.asarray(self.client.compute(y[rows]).result(), dtype=np.float32)
+
+
+def _times(chunk: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Return ``chunk @ K`` in float64 (one row chunk's part of ``Y K``)."""
+    return (chunk @ K).astype(np.float64)
+
+
+def current_client() -> Any:
+    """Return the active ``dask.distributed`` client (one-line error when there is none)."""
+    _, distributed = _dask()
+    try:
+        return distributed.get_client()
+    except ValueError:
+        raise FactorlensError(
+            'backend="dask" needs a running dask.distributed client: start one with '
+            "`dask_cluster()` (a LocalCluster) or `dask_cluster(scheduler=ADDRESS)`"
+        ) from None
+
+
+@contextlib.contextmanager
+def dask_cluster(
+    scheduler: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1
+) -> Iterator[Any]:
+    """Connect to a Dask cluster for ``backend="dask"``, closing what it started on exit.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of an existing scheduler (``tcp://host:8786``); None starts a
+        ``LocalCluster`` on this machine.
+    n_workers : int, optional
+        Workers of the local cluster (default: one per core).
+    threads_per_worker : int
+        Threads in each local worker.
+
+    Yields
+    ------
+    distributed.Client
+        The connected client (also the default for dask computations inside the block).
+    """
+    _, distributed = _dask()
+    if scheduler is not None:
+        with distributed.Client(scheduler) as client:
+            yield client
+        return
+    with (
+        distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client

@@ -1,0 +1,89 @@
+"""The Dask engine: the same fit as the single-process path, on two local workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from factorlens.errors import FactorlensError
+from factorlens.factorize import CMTF, factor_match_score
+from factorlens.testing import planted_blocks
+
+distributed = pytest.importorskip("distributed", reason="needs pip install 'factorlens[dask]'")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from factorlens.factorize.distributed import dask_cluster
+
+    with dask_cluster(n_workers=2) as client:
+        yield client
+
+
+def test_dask_fit_equals_the_single_process_fit(cluster, tmp_path) -> None:
+    from factorlens.store import ZarrStore, open_store
+
+    blocks, truth = planted_blocks(N=3000, R=3, seed=4)
+    store = ZarrStore.create(tmp_path / "acts", chunk_rows=500)
+    for i, (name, arr) in enumerate(blocks.items()):
+        store.create_block(name, arr.shape[1:], "input" if i == 0 else "layer", n_samples=3000)
+        store.append(name, arr)
+    store.close()
+    store = open_store(tmp_path / "acts")  # the workers read its chunks from disk
+    # streamed from zarr (no block held in memory), one start: the same fit, a few seconds
+    opts = {"random_state": 0, "check_fewer": False, "memory_budget": 0, "n_init": 1, "tol": 1e-6}
+    single = CMTF(3, **opts).fit(store).result_
+    dask = CMTF(3, backend="dask", **opts).fit(store).result_
+    assert factor_match_score([single.A], [dask.A]) >= 0.999
+    assert dask.loss == pytest.approx(single.loss, rel=1e-4)
+    np.testing.assert_allclose(dask.flow, single.flow, atol=1e-3)
+    assert factor_match_score([dask.A], [truth["A"]]) > 0.99
+
+
+def test_dask_backend_without_a_client_is_one_line(monkeypatch) -> None:
+    import dask.distributed
+
+    def no_client(*_a, **_k):
+        raise ValueError("No clients found")
+
+    monkeypatch.setattr(dask.distributed, "get_client", no_client)
+    blocks, _ = planted_blocks(N=50, seed=0)
+    with pytest.raises(FactorlensError, match=r"needs a running dask.distributed client"):
+        CMTF(2, backend="dask").fit(blocks)
+
+
+def test_dask_and_scheduler_flags_run_the_fit_on_that_cluster(project, monkeypatch) -> None:
+    """``--dask`` / ``--scheduler ADDRESS`` open that cluster around the command and give the
+    engine ``backend="dask"`` (the fit itself is checked above, against one process)."""
+    import contextlib
+
+    from factorlens import commands
+    from factorlens.cli import main
+    from factorlens.factorize import distributed as D
+    from tinyproject import analyze_args
+
+    seen = []
+
+    @contextlib.contextmanager
+    def fake_cluster(scheduler=None, **_):
+        seen.append(("open", scheduler))
+        try:
+            yield None
+        finally:  # closed however the command ends
+            seen.append(("closed", scheduler))
+
+    def fake_run(args, engine):
+        seen.append(("run", engine["backend"]))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(D, "dask_cluster", fake_cluster)
+    monkeypatch.setattr(commands, "run_analyze", fake_run)
+    root = project["root"]
+    with pytest.raises(SystemExit):
+        main(analyze_args(project, root / "a", "--dask"))
+    with pytest.raises(SystemExit):
+        main(analyze_args(project, root / "b", "--scheduler", "tcp://10.0.0.5:8786"))
+    assert seen == [
+        ("open", None), ("run", "dask"), ("closed", None),
+        ("open", "tcp://10.0.0.5:8786"), ("run", "dask"), ("closed", "tcp://10.0.0.5:8786"),
+    ]  # fmt: skip
