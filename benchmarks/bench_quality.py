@@ -231,7 +231,7 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool
             data,
             mode="consensus",
             names=[r["checkpoint"] for r in distinct],
-            seed=seed,
+            random_state=seed,
         )
         elapsed = time.perf_counter() - t0
         by_key = {}

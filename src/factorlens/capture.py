@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches, one_line
+from factorlens.modelio import resolve_device
 from factorlens.options import CaptureOptions
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
 
@@ -237,15 +238,6 @@ def _call_hint(item: str) -> str:
 
 
 # --------------------------------------------------------------------------- helpers
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        return torch.empty(0, device=device).device
-    except (RuntimeError, ValueError, AssertionError) as exc:
-        raise FactorlensError(
-            f"device {str(device)!r} is not usable here ({one_line(exc, 160)}); use device='cpu'"
-        ) from None
-
-
 def _unpack_data(data: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Return ``(images, labels or None, data meta)`` from an array, tensor or ImageData."""
     extra: dict[str, Any] = {}
@@ -510,7 +502,7 @@ def capture(
                 f"select names layer {key!r}, which is not captured{close_matches(key, chosen)}; "
                 "add it to the layers or fix the name"
             )
-    dev = _resolve_device(device)
+    dev = resolve_device(str(device))  # one device rule for capture and model loading
     modules = dict(model.named_modules())
 
     settings = {

@@ -24,8 +24,11 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from factorlens.errors import FactorlensError
 
@@ -366,16 +369,43 @@ def _prune_empty_dirs(out: Path, removed: Iterable[str]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed over it.
+    """Write ``text`` to ``path`` through a temporary file synced and renamed over it.
 
-    A reader sees the old content or the new one, never a part.
+    A reader sees the old content or the new one, never a part, also after a crash.
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def json_safe(obj: Any, where: str = "meta") -> Any:
+    """Return ``obj`` as plain JSON types (numpy scalars/arrays, tuples and paths converted).
+
+    Anything else is refused with a one-line error naming where it sits (``where``), before
+    a file is written.
+    """
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise FactorlensError(
+        f"{where} has a value of type {type(obj).__name__} that cannot be saved as JSON; "
+        "pass plain str/int/float/bool/list/dict values"
+    )
 
 
 def write_manifest(out: Path, files: Iterable[str]) -> None:

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches
-from factorlens.output import atomic_write_text
+from factorlens.output import atomic_write_text, json_safe
 
 #: the on-disk format version written by this module.
 FORMAT_VERSION = 1
@@ -82,26 +82,6 @@ def default_chunk_rows(sample_shape: Sequence[int], chunk_bytes: int = CHUNK_BYT
     if row_bytes <= 0:
         return 1024
     return max(1, chunk_bytes // row_bytes)
-
-
-def _jsonable(obj: Any, where: str = "meta") -> Any:
-    """Return ``obj`` as plain JSON types (numpy scalars/arrays, tuples and paths converted)."""
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    raise FactorlensError(
-        f"{where} has a value of type {type(obj).__name__} that cannot be saved as JSON; "
-        "pass plain str/int/float/bool/list/dict values"
-    )
 
 
 class ActivationStore(ABC):
@@ -308,7 +288,7 @@ class ActivationStore(ABC):
         self._check_writable()
         update = dict(meta or {})
         update.update(kwargs)
-        self._meta.update(_jsonable(update))
+        self._meta.update(json_safe(update))
 
     def close(self) -> None:
         """Finalize: check every block has the same number of rows, flush, mark complete.
@@ -486,7 +466,7 @@ class ZarrStore(ActivationStore):
                     "complete": False,
                     "blocks": [],
                     "meta": {},
-                    "capture": _jsonable(dict(fingerprint or {})),
+                    "capture": json_safe(dict(fingerprint or {})),
                     "every_chunk_written": True,
                 }
             )
@@ -678,7 +658,7 @@ class ZarrStore(ActivationStore):
             )
         attrs = _read_root_attrs(p)
         before = attrs.get("capture") or {}
-        want = _jsonable(dict(fingerprint))
+        want = json_safe(dict(fingerprint))
         if before != want:
             keys = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
             raise FactorlensError(

@@ -17,7 +17,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, one_line
-from factorlens.output import atomic_write_text
+from factorlens.output import atomic_write_text, json_safe
 
 RESULT_JSON = "result.json"
 FACTORS_NPZ = "factors.npz"
@@ -278,8 +278,8 @@ class CMTFResult:
             "flow": self.flow.tolist(),
             "loss": self.loss,
             "loss_history": [float(v) for v in self.loss_history],
-            "options": _jsonable(self.options),
-            "meta": _jsonable(self.meta),
+            "options": json_safe(self.options, "options"),
+            "meta": json_safe(self.meta, "meta"),
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -517,18 +517,3 @@ def _array_shapes(summary: dict[str, Any], arrays: dict[str, Any]) -> dict[str, 
         if f"mean/{i}" in arrays:
             shapes[f"mean/{i}"] = tuple(dims)
     return shapes
-
-
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays and tuples inside ``obj`` to plain JSON types."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

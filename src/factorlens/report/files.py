@@ -9,7 +9,6 @@ that looks complete.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from factorlens.errors import FactorlensError
+from factorlens.output import atomic_write_text
 from factorlens.report.render import render, static
 from factorlens.report.view import build_page, check_inputs
 
@@ -55,19 +55,6 @@ def _remove_stale(out: Path, fig_dir: Path) -> None:
         for p in fig_dir.glob(pattern):
             if p.is_file():
                 p.unlink()
-
-
-def _atomic_write(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_report(
@@ -143,5 +130,5 @@ def write_report(
         (fig_dir / name).write_bytes(data)
     for name, chart in assets.charts.items():
         (fig_dir / name).write_text(render("chart.svg.j2", chart=chart), encoding="utf-8")
-    _atomic_write(out / INDEX_HTML, html)
+    atomic_write_text(out / INDEX_HTML, html)
     return out / INDEX_HTML

@@ -39,7 +39,6 @@ Layout of a zoo directory::
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +52,7 @@ from torch import nn
 
 from factorlens.data import ImageData, digits_split, load_data
 from factorlens.errors import FactorlensError, close_matches
+from factorlens.output import atomic_write_text
 from factorlens.research.models import (
     BNGapCNN,
     DigitsCNN,
@@ -656,9 +656,7 @@ def build_zoo(
                 record("width", f"width-{width:02d}", state, acc, steps, 0.0, n, width)
 
     target = out / ZOO_JSON
-    tmp = out / (ZOO_JSON + ".tmp")
-    tmp.write_text(json.dumps(entries, indent=1) + "\n")
-    os.replace(tmp, target)
+    atomic_write_text(target, json.dumps(entries, indent=1) + "\n")
     log(f"zoo of {len(entries)} checkpoints in {time.perf_counter() - t_start:.1f} s: {target}")
     return target
 
