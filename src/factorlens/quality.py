@@ -48,7 +48,7 @@ import numpy as np
 
 from factorlens.errors import FactorlensError
 from factorlens.options import CaptureOptions, QualityOptions
-from factorlens.research.baselines import effective_rank
+from factorlens.spectra import effective_rank
 
 if TYPE_CHECKING:
     import torch

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from torch import nn
 
 from factorlens.capture import capture, select_layers
 from factorlens.errors import FactorlensError
+from factorlens.spectra import effective_rank, singular_values, spectral_entropy_rank
 
 __all__ = [
     "RANKME_EPS",
@@ -41,57 +41,13 @@ __all__ = [
 RANKME_EPS = 1e-7
 
 
-def _as_matrix(matrix: Any, what: str) -> np.ndarray:
-    if isinstance(matrix, torch.Tensor):
-        matrix = matrix.detach().cpu().numpy()
-    arr = np.asarray(matrix, dtype=np.float64)
-    if arr.ndim < 2:
-        raise FactorlensError(f"{what} must be a matrix (N, D), got shape {arr.shape}")
-    if arr.size == 0:
-        raise FactorlensError(
-            f"{what} is empty (shape {arr.shape}); give at least one row and column"
-        )
-    if not np.isfinite(arr).all():
-        raise FactorlensError(f"{what} contains NaN/Inf values; give finite values")
-    return arr.reshape(arr.shape[0], -1)
-
-
-def singular_values(matrix: Any) -> np.ndarray:
-    """Singular values of an (N, D) matrix (more axes are flattened into D), float64, descending.
-
-    Computed from the smaller Gram matrix, so a tall or wide matrix costs min(N, D)³.
-    """
-    a = _as_matrix(matrix, "the matrix")
-    gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
-    evals = np.linalg.eigvalsh(gram)[::-1]
-    return np.sqrt(np.clip(evals, 0.0, None))
-
-
-def _spectral_entropy_rank(sigma: np.ndarray, eps: float) -> float:
-    total = float(sigma.sum())
-    if total <= 0.0 or not math.isfinite(total):
-        return 0.0 if eps == 0.0 else 1.0
-    p = sigma / total + eps
-    p = p[p > 0]
-    return float(np.exp(-np.sum(p * np.log(p))))
-
-
-def effective_rank(matrix: Any) -> float:
-    """Roy & Vetterli's effective rank: ``exp(H(p))`` with ``p_k = σ_k / Σσ`` (0·log 0 = 0).
-
-    Between 1 and min(N, D) for a non-zero matrix (k for a k×k identity); 0 for the zero matrix.
-    The matrix is used as given (no centring).
-    """
-    return _spectral_entropy_rank(singular_values(matrix), 0.0)
-
-
 def rankme(embeddings: Any, eps: float = RANKME_EPS) -> float:
     """RankMe of embeddings (N, D): ``exp(-Σ p_k log p_k)`` with ``p_k = σ_k / Σσ + eps``.
 
     Higher = more dimensions used; ~1 for a rank-one matrix, ~min(N, D) for a well spread one.
     The embeddings are used as given (no centring), as in Garrido et al. (2023).
     """
-    return _spectral_entropy_rank(singular_values(embeddings), float(eps))
+    return spectral_entropy_rank(singular_values(embeddings), float(eps))
 
 
 # --------------------------------------------------------------------------------------------
