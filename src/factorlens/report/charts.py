@@ -21,10 +21,13 @@ Chart = dict[str, Any]
 ACC_COLOUR = "#1a9850"  # reference accuracy in the checkpoint charts (green, hollow marks)
 
 
-def _n(x: float) -> str:
-    """Format a coordinate with at most one decimal."""
-    s = f"{float(x):.1f}"
-    return s[:-2] if s.endswith(".0") else s
+def number(value: float, digits: int = 1) -> str:
+    """Format a number (an SVG coordinate, a percentage) without trailing zeros.
+
+    At most ``digits`` decimals: ``12.0`` → ``12``, ``12.25`` → ``12.2``.
+    """
+    s = f"{float(value):.{digits}f}"
+    return s.rstrip("0").rstrip(".") if "." in s else s
 
 
 def _clip(text: object, limit: int) -> str:
@@ -35,7 +38,7 @@ def _clip(text: object, limit: int) -> str:
 def _el(tag: str, text: str | None = None, tip: str | None = None, **attrs: object) -> dict:
     """One SVG primitive; float attributes are rounded, ``css`` becomes ``class``."""
     a = {
-        ("class" if k == "css" else k.replace("_", "-")): (_n(v) if isinstance(v, float) else v)
+        ("class" if k == "css" else k.replace("_", "-")): (number(v) if isinstance(v, float) else v)
         for k, v in attrs.items()
         if v is not None
     }
@@ -43,7 +46,13 @@ def _el(tag: str, text: str | None = None, tip: str | None = None, **attrs: obje
 
 
 def _chart(css: str, width: float, height: float, title: str, groups: list[dict]) -> Chart:
-    return {"css": css, "width": _n(width), "height": _n(height), "title": title, "groups": groups}
+    return {
+        "css": css,
+        "width": number(width),
+        "height": number(height),
+        "title": title,
+        "groups": groups,
+    }
 
 
 def hbars(
@@ -263,7 +272,9 @@ def points(
                 y=top + ph + 12,
                 css="lab",
                 text_anchor="end" if bottom > 22 else "middle",
-                transform=f"rotate(-35 {_n(sx(i))} {_n(top + ph + 12)})" if bottom > 22 else None,
+                transform=f"rotate(-35 {number(sx(i))} {number(top + ph + 12)})"
+                if bottom > 22
+                else None,
             )
             href = links[i] if links is not None else None
             groups.append({"css": "xtick", "items": [label], "tip": str(xlabel), "href": href})
@@ -273,7 +284,7 @@ def points(
         for run in s.get("runs") or []:
             pts = [(sx(i), sy(float(v[i]))) for i in run if v[i] is not None and np.isfinite(v[i])]
             if len(pts) >= 2:
-                d = "M" + " L".join(f"{_n(x)} {_n(y)}" for x, y in pts)
+                d = "M" + " L".join(f"{number(x)} {number(y)}" for x, y in pts)
                 items.append(_el("path", d=d, fill="none", stroke=s["colour"], css="run"))
         for i, value in enumerate(v):
             if value is None or not np.isfinite(value):

@@ -16,6 +16,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from factorlens.report.charts import number
+
 
 def json_for_script(obj: Any) -> str:
     r"""Return ``obj`` as JSON safe inside ``<script type="application/json">``.
@@ -25,12 +27,6 @@ def json_for_script(obj: Any) -> str:
     """
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _num(value: Any, digits: int = 1) -> str:
-    """Format an SVG coordinate: at most ``digits`` decimals, no trailing zeros."""
-    s = f"{float(value):.{digits}f}"
-    return s.rstrip("0").rstrip(".") if "." in s else s
 
 
 @cache
@@ -44,7 +40,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters["n"] = _num
+    env.filters["n"] = number
     env.filters["script_json"] = json_for_script
     return env
 
