@@ -52,10 +52,12 @@ class ComponentView:
         if view == "dense" and last and inp.class_names and shape[0] == len(inp.class_names):
             names = inp.class_names  # the last layer has one unit per class: name them
         vmax = 0.0  # one scale per layer for every component, so bars compare across them
+        conv_views = []  # a conv layer's view of every component, kept for its cards
         for r in range(res.rank):
             m = np.nan_to_num(np.asarray(res.component_map(name, r), dtype=np.float64))
             if view == "conv":
-                vmax = max(vmax, float(X.conv_view(m.reshape(shape), 1).channel_share.max()))
+                conv_views.append(X.conv_view(m.reshape(shape), TOP_CHANNELS))
+                vmax = max(vmax, float(conv_views[-1].channel_share.max()))
             else:
                 vmax = max(vmax, float(np.abs(m).max()) if m.size else 0.0)
         modules = (res.meta or {}).get("modules") or {}
@@ -68,6 +70,7 @@ class ComponentView:
             "module": module,
             "vmax": vmax or 1.0,
             "unit_names": names,
+            "conv_views": conv_views,
         }
 
     def thumb(self, i: int, loading: float | None = None) -> dict:
@@ -244,7 +247,7 @@ class ComponentView:
             "weak": bool(vmax > 0 and v < WEAK * vmax),
         }
         if lay["view"] == "conv":
-            card.update(self._conv(cname, name, m, lay, base))
+            card.update(self._conv(cname, name, m, lay["conv_views"][r], lay, base))
         else:
             uv = X.unit_view(m, TOP_UNITS, lay["unit_names"])
             wide = lay["unit_names"] or lay["view"] == "units"
@@ -264,8 +267,9 @@ class ComponentView:
             card["named"] = bool(lay["unit_names"])
         return card
 
-    def _conv(self, cname: str, name: str, m: np.ndarray, lay: dict, base: str) -> dict:
-        cv = X.conv_view(m, TOP_CHANNELS)
+    def _conv(
+        self, cname: str, name: str, m: np.ndarray, cv: X.ConvView, lay: dict, base: str
+    ) -> dict:
         share = cv.channel_share
         maps = []
         for what, x, signed in (
