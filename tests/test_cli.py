@@ -52,12 +52,21 @@ def test_analyze_with_store_then_reanalyse_the_store_without_the_model(project) 
 
 def test_store_reuse_refuses_capture_options(project, capsys) -> None:
     out, store = project["root"] / "out", project["root"] / "acts.zarr"
-    assert main(_analyze_args(project, out, "--store", str(store))) == 0
+    assert main(_analyze_args(project, out, "--store", str(store), "--compression", "zstd")) == 0
+    array = json.loads((store / "b000" / "zarr.json").read_text())
+    assert "zstd" in [codec["name"] for codec in array["codecs"]]
     args = ["analyze", "--store", str(store), "--n-samples", "10", "--batch-size", "7",
-            "--rank", "2", "--out", str(project["root"] / "again"), "--quiet"]  # fmt: skip
+            "--compression", "zstd", "--rank", "2", "--out", str(project["root"] / "again"),
+            "--quiet"]  # fmt: skip
     assert main(args) == 2
     err = _error(capsys)
-    assert "--n-samples" in err and "--batch-size" in err
+    assert "--n-samples" in err and "--batch-size" in err and "--compression" in err
+
+
+def test_quality_captures_into_memory_so_it_has_no_compression_flag(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["quality", "--model", "m.py:N", "--data", "digits", "--compression", "zstd", "c.pt"])
+    assert "unrecognized arguments: --compression" in capsys.readouterr().err
 
 
 def test_store_overwrite_keeps_the_old_store_when_the_capture_fails(project, capsys) -> None:

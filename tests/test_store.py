@@ -244,6 +244,47 @@ def test_default_chunk_rows():
     assert default_chunk_rows(()) == 4 * 1024**2
 
 
+def test_default_chunk_rows_in_whole_batches():
+    # 16 MiB over 100 KB rows is 167 rows: with batches of 256 one chunk is one batch
+    assert default_chunk_rows((25_000,), multiple=256) == 256
+    assert default_chunk_rows((1024,), multiple=256) == 4096  # already a multiple
+    assert default_chunk_rows((1024, 1024, 8), multiple=64) == 64  # at least one batch
+    assert default_chunk_rows((3000,), multiple=100) == 1400  # 1398 rounded to batches
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_both_compressions_round_trip_and_reopen(tmp_path, compression):
+    path = tmp_path / "acts"
+    store = ZarrStore.create(path, chunk_rows=4, compression=compression)
+    data = _fill(store)
+    store.close()
+    again = open_store(path)
+    _check_same(again, data)
+    records = json.loads((path / "zarr.json").read_text())["attributes"]["blocks"]
+    key = next(r["array"] for r in records if r["name"] == "fc")
+    codecs = json.loads((path / key / "zarr.json").read_text())["codecs"]
+    names = [c["name"] for c in codecs]
+    assert ("zstd" in names) == (compression == "zstd")
+    assert "crc32c" in names  # damage is detected either way
+
+
+def test_unknown_compression_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(FactorlensError, match=r"compression must be one of none, zstd, got 'lz4'"):
+        ZarrStore.create(tmp_path / "acts", compression="lz4")
+    assert not (tmp_path / "acts").exists()
+
+
+def test_append_without_copy_keeps_the_array_and_with_copy_does_not():
+    store = MemoryStore()
+    store.create_block("fc", (2,), "layer", "Linear")
+    owned, lent = np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)
+    store.append("fc", owned, copy=False)
+    store.append("fc", lent)
+    lent[:] = 5.0  # the caller reuses its buffer: the store keeps what it was given
+    store.close()
+    np.testing.assert_array_equal(store.block("fc"), np.ones((4, 2)))
+
+
 def test_default_chunk_not_larger_than_block(tmp_path):
     store = ZarrStore.create(tmp_path / "acts")
     store.create_block("fc", (3,), "layer", "Linear", n_samples=7)

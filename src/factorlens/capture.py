@@ -26,6 +26,7 @@ from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_mat
 from factorlens.modelio import resolve_device
 from factorlens.options import CaptureOptions
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
+from factorlens.writer import BatchWriter
 
 #: the defaults of the capture (one place: the options dataclass)
 _C = CaptureOptions()
@@ -281,21 +282,6 @@ def _input_rows(batch: torch.Tensor) -> np.ndarray:
     return arr
 
 
-def _check_finite(name: str, arr: np.ndarray, policy: str, start: int, counts: dict) -> np.ndarray:
-    bad = ~np.isfinite(arr)
-    n_bad = int(bad.sum())
-    if n_bad:
-        if policy == "raise":
-            what = "the input data" if name == "input" else f"layer {name!r}"
-            raise FactorlensError(
-                f"{what} produced {n_bad} non-finite values (NaN/Inf) in the batch starting at "
-                f'sample {start}; pass `nonfinite="zero"` to replace them with 0'
-            )
-        arr[bad] = 0.0
-        counts[name] = counts.get(name, 0) + n_bad
-    return arr
-
-
 def _select_output(name: str, out: Any, select: Mapping[str, Any]) -> Any:
     """Pick the element ``select[name]`` of a tuple/list/dict output."""
     if name not in select:
@@ -348,12 +334,21 @@ def _make_store(
     store: ActivationStore | str | os.PathLike[str] | None,
     overwrite: bool,
     fingerprint: dict[str, Any],
+    compression: str,
+    batch_size: int,
 ) -> tuple[ActivationStore, bool]:
-    """Return ``(store, created_here)``."""
+    """Return ``(store, created_here)``; a new zarr store gets chunks of whole batches."""
     if store is None:
         return MemoryStore(), True
     if isinstance(store, str | os.PathLike):
-        return ZarrStore.create(store, overwrite=overwrite, fingerprint=fingerprint), True
+        created = ZarrStore.create(
+            store,
+            overwrite=overwrite,
+            fingerprint=fingerprint,
+            compression=compression,
+            chunk_multiple=batch_size,
+        )
+        return created, True
     if isinstance(store, ActivationStore):
         if store.closed or len(store):
             raise FactorlensError(
@@ -403,6 +398,7 @@ def capture(
     store: ActivationStore | str | os.PathLike[str] | None = None,
     select: Mapping[str, int | str] | None = None,
     nonfinite: str = _C.nonfinite,
+    compression: str = _C.compression,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,
@@ -444,6 +440,9 @@ def capture(
     nonfinite : str
         ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0 (counts per
         block in ``meta["nonfinite"]``).
+    compression : str
+        Chunks of a store on disk: ``"none"`` (raw float32, fastest) or ``"zstd"`` (smaller);
+        see :meth:`ZarrStore.create`.
     progress : bool
         Show a progress bar on stderr when there is more than one batch.
     meta : mapping, optional
@@ -526,7 +525,7 @@ def capture(
         the_store, start_row, counts = ZarrStore.resume(store, fingerprint)
         created = False
     else:
-        the_store, created = _make_store(store, overwrite, fingerprint)
+        the_store, created = _make_store(store, overwrite, fingerprint, compression, batch_size)
     try:
         counts = _run_capture(
             model,
@@ -628,6 +627,7 @@ def _run_capture(
     moved_from = next(iter(devices)) if len(devices) == 1 and device not in devices else None
     handles = []
     bar = None
+    writer: BatchWriter | None = None  # checks and writes batches while the next one runs
     try:
         if moved_from is not None:
             model.to(device)
@@ -646,7 +646,7 @@ def _run_capture(
             for start in range(start_row, n, batch_size):
                 stop = min(start + batch_size, n)
                 batch = _batch_tensor(images, start, stop)
-                rows_in = _check_finite("input", _input_rows(batch), nonfinite, start, counts)
+                rows_in = _input_rows(batch)
                 x = _apply_preprocess(preprocess, batch).to(device)
                 outputs.clear()
                 calls.clear()
@@ -695,14 +695,16 @@ def _run_capture(
                         "every call is its own block, so capture a module that runs the same "
                         "number of times for every batch"
                     )
-                store.append("input", rows_in)
-                for block, rows in [*model_rows.items(), *outputs.items()]:
-                    store.append(block, _check_finite(block, rows, nonfinite, start, counts))
-                if isinstance(store, ZarrStore):
-                    store.mark_batch(stop, counts)
+                if writer is None:
+                    writer = BatchWriter(store, nonfinite, counts)
+                writer.put(start, stop, [("input", rows_in), *model_rows.items(), *outputs.items()])
                 outputs.clear()
                 bar.update(1)
+        if writer is not None:
+            writer.close()  # every batch written (or the writer's error raised here)
     finally:
+        if writer is not None:
+            writer.close()  # after an error or interruption: what was queued, in order
         for handle in handles:
             handle.remove()
         if bar is not None:

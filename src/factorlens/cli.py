@@ -73,9 +73,14 @@ _tolerance = _argtype(tolerance)
 _penalty = _argtype(penalty)
 
 
-def _add_flags(group: Any, options: type) -> None:
-    """Add a flag for every field of an options dataclass that has one (its default, help)."""
-    for _, flag, default in flagged(options):
+def _add_flags(group: Any, options: type, skip: tuple[str, ...] = ()) -> None:
+    """Add a flag for every field of an options dataclass that has one (its default, help).
+
+    ``skip`` names fields whose flag this command does not take (they keep their default).
+    """
+    for name, flag, default in flagged(options):
+        if name in skip:
+            continue
         text = flag.help.format(default=default)
         if isinstance(default, bool) and flag.parse is None and flag.choices is None:
             group.add_argument(flag.name, action="store_true", help=text)
@@ -167,7 +172,7 @@ def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -
         metavar="LAYER=INDEX",
         help="for a layer whose output is a tuple or dict, the element to use",
     )
-    _add_flags(g, CaptureOptions)
+    _add_flags(g, CaptureOptions, skip=() if store else ("compression",))  # memory: no chunks
     if store:
         g.add_argument(
             "--store",

@@ -126,6 +126,7 @@ def _existing_store(args: argparse.Namespace) -> ZarrStore:
         "--trust-pickle": args.trust_pickle,
         "--batch-size": args.batch_size != 256,
         "--nonfinite": args.nonfinite != "raise",
+        "--compression": args.compression != "none",
         "--resume": args.resume,
     }
     extra = [flag for flag, value in given.items() if value]
@@ -164,6 +165,7 @@ def _captured(args: argparse.Namespace, out: Path, rank: int | None) -> Activati
         device=device,
         select=parse_select(args.select),
         nonfinite=args.nonfinite,
+        compression=args.compression,
         overwrite=args.overwrite,
         progress=not args.quiet,
         meta=_meta(args, model, data, args.weights),

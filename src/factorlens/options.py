@@ -129,6 +129,17 @@ class CaptureOptions:
             )
         ),
     )
+    compression: str = field(
+        default="none",
+        metadata=_flag(
+            Flag(
+                "--compression",
+                "how a store's chunks are written: 'none' (default; raw float32, the fastest to "
+                "write and read) or 'zstd' (about half the disk for ReLU outputs, slower)",
+                choices=("none", "zstd"),
+            )
+        ),
+    )
 
 
 @dataclass(frozen=True)

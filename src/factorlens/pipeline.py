@@ -326,6 +326,7 @@ def capture_for_analysis(
     device: str = _C.device,
     select: dict[str, Any] | None = None,
     nonfinite: str = _C.nonfinite,
+    compression: str = _C.compression,
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
@@ -363,6 +364,7 @@ def capture_for_analysis(
             store=where,
             select=select,
             nonfinite=nonfinite,
+            compression=compression,
             progress=progress,
             meta=meta,
             resume=resume,
@@ -401,6 +403,7 @@ def analyze(
     device: str = _C.device,
     select: dict[str, Any] | None = None,
     nonfinite: str = _C.nonfinite,
+    compression: str = _C.compression,
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
@@ -437,6 +440,8 @@ def analyze(
         ``{layer: index or key}`` for layers that return a tuple, list or dict.
     nonfinite : str
         ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0.
+    compression : str
+        Chunks of the ``store``: ``"none"`` (raw float32, fastest) or ``"zstd"`` (smaller).
     overwrite : bool
         Replace a result factorlens wrote into ``out`` (and a store at ``store``) before.
     progress : bool
@@ -465,6 +470,7 @@ def analyze(
         device=device,
         select=select,
         nonfinite=nonfinite,
+        compression=compression,
         overwrite=overwrite,
         progress=progress,
         meta=meta,
