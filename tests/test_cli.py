@@ -306,3 +306,19 @@ def test_usage_errors_exit_2_and_failures_at_run_time_exit_1(
     assert main(["report", str(tmp_path)]) == status
     err = _error(capsys)
     assert "`" not in err and ("--overwrite" in err or "overwrite" not in err), err
+
+
+def test_analyze_with_compressed_samples_records_the_loss_before_refining(project) -> None:
+    out = project["root"] / "out"
+    assert main(_analyze_args(project, out, "--compress-rows", "12")) == 0  # 60 inputs
+    options = json.loads((out / "result.json").read_text())["options"]
+    assert options["compress_rows"] == 12
+    assert options["compressed_loss"] >= factorlens.load(out).loss * (1 - 1e-4)
+
+
+def test_the_rank_scan_takes_no_compress_rows_flag(project, capsys) -> None:
+    args = ["rank", "--model", f"{project['model']}:TinyNet", "--data", "digits",
+            "--compress-rows", "12", "--out", str(project["root"] / "r")]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "unrecognized arguments: --compress-rows" in capsys.readouterr().err

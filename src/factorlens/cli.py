@@ -104,7 +104,8 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
             default=default_rank,
             help=f"number of components R (default {default_rank})",
         )
-    _add_flags(g, EngineOptions)
+    # the rank scan's chains start every R from the last fit (warm starts on all rows)
+    _add_flags(g, EngineOptions, skip=() if default_rank is not None else ("compress_rows",))
     g.add_argument(
         "--dask",
         action="store_true",

@@ -53,6 +53,7 @@ CLI_FLAGS: dict[str, str] = {
     "n_init": "--n-init",
     "n_iter_max": "--max-iter",
     "tol": "--tol",
+    "compress_rows": "--compress-rows",
     "random_state": "--seed",
     "seed": "--seed",
     # the model, the data and the capture

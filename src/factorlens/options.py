@@ -70,6 +70,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """Parse a count that may be 0 (off): an integer ≥ 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def seed(text: str) -> int:
     """Parse a seed: an integer in 0..:data:`MAX_SEED`."""
     try:
@@ -230,6 +241,19 @@ class EngineOptions:
     verbose: bool = False
     check_fewer: bool = True
     callback: Callable[[int, float], Any] | None = None
+    compress_rows: int = field(
+        default=0,
+        metadata=_flag(
+            Flag(
+                "--compress-rows",
+                "for many inputs: fit on the data compressed to this many sample directions "
+                "(a randomized range finder, 4 passes over the data), then refine a few "
+                "iterations on all inputs; 0 = off (default)",
+                parse=nonnegative_int,
+                metavar="K",
+            )
+        ),
+    )
 
 
 @dataclass(frozen=True)

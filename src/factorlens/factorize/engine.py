@@ -46,6 +46,8 @@ from factorlens.options import EngineOptions
 _E = EngineOptions()
 
 _TINY = 1e-300
+#: ALS iterations on the full data after a fit on compressed samples (``compress_rows``)
+REFINE_ITER = 5
 
 
 @dataclass
@@ -239,6 +241,13 @@ class CMTF:
         Called as ``callback(iteration, loss)`` after every ALS iteration of every run
         (starts, refinement, refit), e.g. to record or plot the loss; its return value is
         ignored.
+    compress_rows : int
+        For many samples: with ``k`` > 0 and N > 2k, fit first on every block compressed to
+        ``k`` sample directions (:mod:`factorlens.factorize.sketch`: a randomized range finder,
+        4 passes over the data; every start, the penalty and its refit run on the small
+        blocks), then refine with at most :data:`REFINE_ITER` ALS iterations on the full data
+        (2 passes each). ``options["compressed_loss"]`` records the loss before the
+        refinement. 0 (default) fits on the full data throughout.
     """
 
     def __init__(
@@ -265,6 +274,7 @@ class CMTF:
         verbose: bool = _E.verbose,
         check_fewer: bool = _E.check_fewer,
         callback: Callable[[int, float], Any] | None = _E.callback,
+        compress_rows: int = _E.compress_rows,
     ) -> None:
         self.rank = rank
         self.nonneg = nonneg
@@ -287,6 +297,7 @@ class CMTF:
         self.verbose = verbose
         self.check_fewer = check_fewer
         self.callback = callback
+        self.compress_rows = compress_rows
 
     # ------------------------------------------------------------------------- parameters
     @classmethod
@@ -382,6 +393,8 @@ class CMTF:
         """Fit to blocks returned by :meth:`prepare` (same weighting and centring)."""
         names = [b.name for b in data]
         self._validate_rank(data[0].n_rows, sum(b.width for b in data))
+        if self._compressing(data):
+            return self._fit_compressed(data)
         scales = [b.scale for b in data]
         models = self._block_models(names, [b.shape for b in data])
         rng = np.random.default_rng(self.random_state)
@@ -416,14 +429,66 @@ class CMTF:
                 state, blk, hist = refit, refit_blk, hist + more[1:]
                 self._refitted = True
             self._pen = chosen
+        self._state = state
         self.result_ = self._result(data, models, state, hist, blk, scales)
         if self.check_fewer and self.rank >= 2:
             self.result_.options["gain_over_fewer"] = self._gain_over_fewer(data)
+        return self._publish(hist)
+
+    def _publish(self, hist: list[float]) -> CMTF:
+        """Set the fitted attributes from ``result_``."""
         self.A_ = self.result_.A
         self.flow_ = self.result_.flow
         self.fit_ = self.result_.fit
         self.n_iter_ = len(hist)
         return self
+
+    # ------------------------------------------------------------------- compressed samples
+    def _compressing(self, data: list[Block]) -> bool:
+        k = self.compress_rows
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+            raise FactorlensError(f"`compress_rows` must be an integer >= 0, got {k!r}")
+        if k and k < self.rank:
+            raise FactorlensError(
+                f"`compress_rows` ({k}) is below the rank {self.rank}; give at least the rank "
+                "(a few times it is better) or 0 to fit on all rows"
+            )
+        if k and isinstance(self.init, np.ndarray):
+            raise FactorlensError(
+                "a warm start (`init` as an array) cannot be combined with `compress_rows`; "
+                "drop one of them"
+            )
+        return bool(k) and data[0].n_rows > 2 * k
+
+    def _fit_compressed(self, data: list[Block]) -> CMTF:
+        """Fit on the blocks compressed to ``compress_rows`` sample directions, then refine."""
+        from factorlens.factorize.sketch import compress_samples
+
+        rng = np.random.default_rng(self.random_state)
+        Q, small = compress_samples(data, int(self.compress_rows), rng)
+        inner = CMTF(**{**self.get_params(), "compress_rows": 0, "check_fewer": False})
+        inner.fit_blocks(small)
+        self._pen = inner._pen
+        if inner._refitted:  # refine as the refit ran: the kept strengths unpenalized
+            self._pen = [
+                np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in inner._state.F
+            ]
+        self._refitted = inner._refitted
+        names = [b.name for b in data]
+        models = self._block_models(names, [b.shape for b in data])
+        start = _State(A=Q @ inner._state.A, F=[list(f) for f in inner._state.F])
+        state, more, blk = self._als(data, models, start, REFINE_ITER + 1, label="refine")
+        self._pen = inner._pen
+        hist = inner.result_.loss_history + more[1:]
+        self._state = state
+        self.result_ = self._result(data, models, state, hist, blk, [b.scale for b in data])
+        self.result_.options["compressed_loss"] = float(more[0])
+        if self.check_fewer and self.rank >= 2:  # both fits on the compressed blocks
+            fewer = CMTF(**{**inner.get_params(), "rank": self.rank - 1}).fit_blocks(small)
+            self.result_.options["gain_over_fewer"] = {
+                n: float(inner.result_.fit[n] - fewer.result_.fit[n]) for n in names
+            }
+        return self._publish(hist)
 
     def _gain_over_fewer(self, data: list[Block]) -> dict[str, float]:
         """Return how much each block's fit (share of the block) gains from the R-th component.
@@ -784,6 +849,7 @@ class CMTF:
             "extrapolate": self.extrapolate,
             "refit": self.refit,
             "random_state": self.random_state,
+            "compress_rows": int(self.compress_rows),
             "n_iter": len(hist),
             "converged": self._converged(hist),
             "block_norms": {b.name: math.sqrt(b.sumsq) for b in data},

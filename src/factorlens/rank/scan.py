@@ -161,6 +161,11 @@ def estimate_rank(
     # then show): without the refit the shrunk strengths of weak components made the halves
     # disagree, and undoing degenerate refits did too (the README example chose one rank for
     # 4 and 5 of 10 seeds that way, 10 of 10 with the refit kept)
+    if engine.get("compress_rows"):
+        raise FactorlensError(
+            "the rank scan fits every R from the previous one on all rows, so it takes no "
+            "`compress_rows`; fit the chosen rank with CMTF(compress_rows=...) afterwards"
+        )
     opts = {**engine, "n_init": 1, "n_iter_max": n_iter_max, "tol": tol, "check_fewer": False}
     if opts.get("l1_penalty", "auto") == "auto":
         opts.setdefault("refit", "always")

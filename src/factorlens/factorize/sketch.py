@@ -1,0 +1,65 @@
+"""The shared sample mode compressed to a few directions: fits on many rows in a few passes.
+
+For ``N`` far above the rank, every block ``Ỹ_b`` (``N×P_b``, centred and scaled as fitted)
+is replaced by ``Qᵀ Ỹ_b`` (``k×P_b``), with ``Q`` (``N×k``, orthonormal) a randomized basis of
+the blocks' joint column space: a Gaussian sketch ``Σ_b Ỹ_b Ω_b`` and ``power`` subspace
+iterations (Halko, Martinsson & Tropp 2011), ``2 + 2·power`` passes over the data in all. This
+is CANDELINC on the one mode all blocks share (Carroll, Pruzansky & Kruskal 1980; Bro &
+Andersson 1998): a CP or matrix model with ``A = Q Â`` has
+
+    ``‖Ỹ_b − A Σ_b B_bᵀ‖² = ‖Qᵀ Ỹ_b − Â Σ_b B_bᵀ‖² + ‖(I − Q Qᵀ) Ỹ_b‖²``,
+
+so the fit on the ``k``-row blocks (starts, penalty, refit: all of it) is the full-data fit
+of the model restricted to ``span(Q)``, and ``‖Â_r‖ = ‖A_r‖`` keeps the engine's unit-norm
+columns. The feature modes are not compressed, so every block factor carries over as it is;
+``CMTF(compress_rows=k)`` then refines ``A = Q Â`` with a few ALS iterations on the full data.
+Each compressed block keeps the full block's ``‖Ỹ‖²`` (its fit is measured against the whole
+block) and the spectrum of a random submatrix of the full block (the noise floor of
+``l1_penalty="auto"``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from factorlens.factorize.blocks import Block
+from factorlens.factorize.penalty import block_spectrum
+
+#: subspace iterations of the range finder (each one pass of ``Ỹᵀ Q`` and one of ``Ỹ K``)
+POWER = 1
+
+
+def sample_basis(data: list[Block], size: int, rng: np.random.Generator, power: int = POWER):
+    """Return ``Q`` (``N×size``, orthonormal columns) spanning the blocks' leading columns.
+
+    ``1 + 2·power`` passes over every block; the blocks are weighted as they are fitted.
+    """
+    sketch = sum(b.left(rng.standard_normal((b.width, size))) for b in data)
+    Q = np.linalg.qr(np.asarray(sketch, dtype=np.float64))[0]
+    for _ in range(power):
+        Q = np.linalg.qr(sum(b.left(b.right(Q)) for b in data))[0]
+    return Q
+
+
+def compress_samples(
+    data: list[Block], size: int, rng: np.random.Generator, power: int = POWER
+) -> tuple[np.ndarray, list[Block]]:
+    """Return ``(Q, blocks)``: the basis and every block as ``Qᵀ Ỹ_b`` (``size`` rows).
+
+    ``2 + 2·power`` passes over every block. Each compressed block has the original's name,
+    natural feature shape, scale, ``sumsq`` and spectrum, and is held in memory
+    (``size × P_b`` float64).
+    """
+    for b in data:
+        block_spectrum(b, rng)  # the noise floor must come from the full data
+    Q = sample_basis(data, size, rng, power)
+    small = []
+    for b in data:
+        scale = b.scale or 1.0
+        rows = (b.right(Q).T / scale).reshape(size, *b.shape[1:])  # Qᵀ (Y − 1μᵀ), unscaled
+        s = Block(b.name, rows)
+        s.scale = b.scale
+        s.sumsq = b.sumsq  # the fit is measured against the whole block
+        s.spectrum = b.spectrum
+        small.append(s)
+    return Q, small
