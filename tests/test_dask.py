@@ -87,3 +87,38 @@ def test_dask_and_scheduler_flags_run_the_fit_on_that_cluster(project, monkeypat
         ("open", None), ("run", "dask"), ("closed", None),
         ("open", "tcp://10.0.0.5:8786"), ("run", "dask"), ("closed", "tcp://10.0.0.5:8786"),
     ]  # fmt: skip
+
+
+def test_a_sharded_capture_writes_the_store_one_process_writes(cluster, tmp_path) -> None:
+    import torch
+
+    from factorlens.capture import capture
+    from factorlens.data import load_data
+    from factorlens.research.models import DigitsCNN
+    from factorlens.sharded import capture_sharded
+    from factorlens.store import open_store
+
+    data = load_data("digits")  # 1,797 inputs, 1×8×8: 15 shards of 2 batches of 64 here
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    one = capture(model, data, batch_size=64, progress=False, store=tmp_path / "one")
+    many = capture_sharded(model, data, tmp_path / "many", batch_size=64, progress=False)
+    again = open_store(tmp_path / "many")  # complete, every chunk file there
+    assert again.names == one.names and again.n_samples == 1797
+    for name in one.names:
+        np.testing.assert_allclose(again.block(name)[:], one.block(name)[:], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(again.labels, data.labels)
+    for key in ("layers", "modules", "shapes", "n_samples", "batch_size", "nonfinite"):
+        assert again.meta[key] == one.meta[key], key
+    assert many.meta["data"] == one.meta["data"]
+
+
+def test_a_failing_shard_leaves_no_store(cluster, tmp_path) -> None:
+    from factorlens.research.models import DigitsCNN
+    from factorlens.sharded import capture_sharded
+
+    images = np.random.default_rng(0).random((1000, 1, 8, 8), dtype=np.float32)
+    images[900, 0, 0, 0] = np.nan  # in the last shards, not the batch the client runs
+    with pytest.raises(FactorlensError, match=r"the input data produced 1 non-finite .* 896"):
+        capture_sharded(DigitsCNN(), images, tmp_path / "acts", batch_size=64, progress=False)
+    assert not (tmp_path / "acts").exists()

@@ -543,24 +543,7 @@ def capture(
             start_row=start_row,
             counts=counts,
         )
-        if labels is not None:
-            the_store.set_labels(labels)
-        layer_blocks = [b for b in the_store.names if the_store.info(b)["kind"] == "layer"]
-        info = {  # from the store's blocks: a resumed capture may have run no batch at all
-            "layers": layer_blocks,
-            "modules": {b: the_store.info(b)["module"] for b in layer_blocks},
-            "shapes": {name: list(the_store.shape(name)) for name in the_store.names},
-            "batch_size": batch_size,
-            "n_samples": n,
-            "device": str(dev),
-            "select": select,
-        }
-        full_meta = {"model": type(model).__name__, **data_meta, **dict(meta or {})}
-        full_meta.update(info)
-        full_meta["nonfinite_policy"] = nonfinite
-        full_meta["nonfinite"] = {name: counts.get(name, 0) for name in the_store.names}
-        the_store.set_meta(full_meta)
-        the_store.close()
+        finish_store(the_store, model, labels, {**data_meta, **dict(meta or {})}, settings, counts)
     except (KeyboardInterrupt, SystemExit):
         raise  # interrupted: what is on disk stays, to be resumed
     except BaseException:
@@ -568,6 +551,38 @@ def capture(
             the_store.discard()
         raise
     return the_store
+
+
+def finish_store(
+    store: ActivationStore,
+    model: nn.Module,
+    labels: np.ndarray | None,
+    meta: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    counts: Mapping[str, int],
+) -> None:
+    """Give a filled store its labels and metadata, then close it (complete, read-only).
+
+    ``settings`` are the capture's (``batch_size``, ``n_samples``, ``device``, ``select``,
+    ``nonfinite``); the layers, modules and shapes are read off the store's blocks (a resumed
+    capture may have run no batch at all), ``counts`` are the non-finite values replaced.
+    """
+    if labels is not None:
+        store.set_labels(labels)
+    layer_blocks = [b for b in store.names if store.info(b)["kind"] == "layer"]
+    full_meta = {"model": type(model).__name__, **dict(meta)}
+    full_meta.update(
+        {
+            "layers": layer_blocks,
+            "modules": {b: store.info(b)["module"] for b in layer_blocks},
+            "shapes": {name: list(store.shape(name)) for name in store.names},
+            **{k: settings[k] for k in ("batch_size", "n_samples", "device", "select")},
+            "nonfinite_policy": settings["nonfinite"],
+            "nonfinite": {name: int(counts.get(name, 0)) for name in store.names},
+        }
+    )
+    store.set_meta(full_meta)
+    store.close()
 
 
 def _run_capture(
@@ -586,11 +601,13 @@ def _run_capture(
     output: str | None = None,
     start_row: int = 0,
     counts: dict[str, int] | None = None,
+    stop_if: Callable[[], bool] | None = None,
 ) -> dict[str, int]:
     """Run the batch loop of :func:`capture`, from sample ``start_row``.
 
     ``start_row`` is a batch boundary; the store then already holds the rows before it, and
-    ``counts`` their non-finite counts.
+    ``counts`` their non-finite counts. ``stop_if`` is asked before every batch; when it says
+    so the loop stops with a :class:`FactorlensRuntimeError` (a sharded capture given up).
 
     Returns the non-finite counts replaced per block. The k-th call of module ``m`` is block
     ``m#k`` (k >= 2), blocks in call order. Hooks are always removed and the model's modes and
@@ -644,6 +661,8 @@ def _run_capture(
         )
         with torch.no_grad():
             for start in range(start_row, n, batch_size):
+                if stop_if is not None and stop_if():
+                    raise FactorlensRuntimeError("the capture was given up; nothing was kept")
                 stop = min(start + batch_size, n)
                 batch = _batch_tensor(images, start, stop)
                 rows_in = _input_rows(batch)

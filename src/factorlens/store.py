@@ -219,11 +219,13 @@ class ActivationStore(ABC):
         kind: str = "layer",
         module: str = "",
         n_samples: int | None = None,
+        chunk_rows: int | None = None,
     ) -> None:
         """Declare block ``name`` with per-sample shape ``sample_shape`` (rows come later).
 
         ``kind`` is ``"input"``, ``"layer"`` or ``"output"``; ``module`` the layer's type (``"Conv2d"``);
-        ``n_samples`` (optional) the final number of rows, checked at :meth:`close`.
+        ``n_samples`` (optional) the final number of rows, checked at :meth:`close`;
+        ``chunk_rows`` (optional) this block's rows per on-disk chunk.
         """
         self._check_writable()
         if not isinstance(name, str) or not name:
@@ -237,6 +239,8 @@ class ActivationStore(ABC):
             raise FactorlensError(f"block {name!r} has a negative dimension in shape {shape}")
         if n_samples is not None and int(n_samples) < 0:
             raise FactorlensError(f"n_samples must be >= 0, got {n_samples}")
+        if chunk_rows is not None and int(chunk_rows) < 1:
+            raise FactorlensError(f"chunk_rows must be a positive integer, got {chunk_rows}")
         spec = _Spec(
             name=name,
             sample_shape=shape,
@@ -244,6 +248,7 @@ class ActivationStore(ABC):
             module=str(module),
             expected=None if n_samples is None else int(n_samples),
             key=f"b{len(self._specs):03d}",
+            chunk_rows=None if chunk_rows is None else int(chunk_rows),
         )
         self._specs[name] = spec
         self._create(spec)
@@ -435,6 +440,7 @@ class ZarrStore(ActivationStore):
         self._synced = time.monotonic()
         self._compression = "none"
         self._chunk_multiple = 1
+        self._shard = False  # one worker's row range (open_shard)
 
     # ------------------------------------------------------------- create
     @classmethod
@@ -579,10 +585,12 @@ class ZarrStore(ActivationStore):
         ]
 
     def _create(self, spec: _Spec) -> None:
-        chunk_rows = self._chunk_rows or default_chunk_rows(
-            spec.sample_shape, multiple=self._chunk_multiple
+        chunk_rows = (
+            spec.chunk_rows
+            or self._chunk_rows
+            or default_chunk_rows(spec.sample_shape, multiple=self._chunk_multiple)
         )
-        if self._chunk_rows is None and spec.expected:
+        if spec.chunk_rows is None and self._chunk_rows is None and spec.expected:
             chunk_rows = min(chunk_rows, spec.expected)  # no chunk larger than the block
         spec.chunk_rows = chunk_rows
         n0 = spec.expected if spec.expected is not None else 0
@@ -641,6 +649,8 @@ class ZarrStore(ActivationStore):
         partial chunk is rewritten when it fills), so a block whose chunk holds many rows
         does not hold the resume point back.
         """
+        if self._shard:  # the client completes a sharded store; no worker resumes one
+            return
         self._marks.append((int(stop), dict(counts)))
         now = time.monotonic()
         if now - self._synced >= self.sync_seconds:
@@ -678,8 +688,6 @@ class ZarrStore(ActivationStore):
         counts : dict of str to int
             The non-finite values replaced in them, per block.
         """
-        import zarr
-
         p = Path(path)
         state = store_state(p)
         if state is None:
@@ -711,6 +719,19 @@ class ZarrStore(ActivationStore):
             ) from None
         for debris in p.rglob("*.partial"):  # zarr's temporary file of a chunk being written
             debris.unlink()
+        store = cls._writable(p, attrs, rows)
+        store._resume_row = rows
+        return store, rows, counts
+
+    @classmethod
+    def _writable(cls, p: Path, attrs: Mapping[str, Any], rows: int) -> ZarrStore:
+        """Reopen the unfinished store at ``p`` for writing every block from row ``rows``.
+
+        The rows of the chunk that ``rows`` falls into are read back into the buffers, so
+        that chunk is rewritten whole when it fills.
+        """
+        import zarr
+
         group = zarr.open_group(str(p), mode="r+", zarr_format=3)
         store = cls(p, group, chunk_rows=None, readonly=False)
         for rec in attrs.get("blocks", []):
@@ -730,10 +751,45 @@ class ZarrStore(ActivationStore):
             first = (rows // (spec.chunk_rows or 1)) * (spec.chunk_rows or 1)
             store._arrays[spec.name] = arr
             store._written[spec.name] = first
-            rows_back = _CheckedArray(arr, spec.name, p)[first:rows]
-            store._buffers[spec.name] = [np.asarray(rows_back, dtype=np.float32)]
-        store._resume_row = rows
-        return store, rows, counts
+            rows_back = _CheckedArray(arr, spec.name, p)[first:rows] if first < rows else None
+            store._buffers[spec.name] = [] if rows_back is None else [np.asarray(rows_back)]
+        return store
+
+    # ------------------------------------------------------------ shards
+    @classmethod
+    def open_shard(cls, path: str | os.PathLike[str], start: int) -> ZarrStore:
+        """Reopen the unfinished store at ``path`` to write rows from ``start`` on (one shard).
+
+        Used by :func:`factorlens.sharded.capture_sharded`: every worker writes its own row
+        range, ``start`` on a chunk boundary of every block, then calls :meth:`flush_shard`.
+        A shard records no resume point, and only :meth:`finish_shards` (on the client, after
+        every shard) completes the store.
+        """
+        p = Path(path)
+        if store_state(p) != "incomplete":
+            raise FactorlensError(f"no unfinished store at {p} to write a shard into")
+        store = cls._writable(p, _read_root_attrs(p), int(start))
+        for spec in store._specs.values():
+            if start % (spec.chunk_rows or 1):
+                raise FactorlensError(
+                    f"shard start {start} is not on a chunk boundary of block {spec.name!r} "
+                    f"({spec.chunk_rows} rows a chunk)"
+                )
+        store._shard = True
+        return store
+
+    def flush_shard(self) -> None:
+        """Write every block's buffered rows (the end of this worker's shard)."""
+        for spec in self._specs.values():
+            self._flush(spec, final=True)
+
+    def finish_shards(self, n_rows: int) -> None:
+        """Record that the shards wrote rows ``[0, n_rows)`` of every block (then :meth:`close`)."""
+        self._check_writable()
+        for spec in self._specs.values():
+            spec.n_rows = int(n_rows)
+            self._written[spec.name] = int(n_rows)
+            self._buffers[spec.name] = []
 
     def _finalize(self) -> None:
         n = self.n_samples
