@@ -122,3 +122,38 @@ def test_a_failing_shard_leaves_no_store(cluster, tmp_path) -> None:
     with pytest.raises(FactorlensError, match=r"the input data produced 1 non-finite .* 896"):
         capture_sharded(DigitsCNN(), images, tmp_path / "acts", batch_size=64, progress=False)
     assert not (tmp_path / "acts").exists()
+
+
+def test_analyze_on_a_cluster_captures_into_the_store_on_its_workers(
+    cluster, project, monkeypatch
+) -> None:
+    """``analyze --dask --store`` shards the capture over the workers (the model class comes
+    from a model file the workers cannot import) and fits on the same cluster."""
+    import contextlib
+
+    from factorlens import load, open_store, sharded
+    from factorlens.cli import main
+    from factorlens.factorize import distributed as D
+    from tinyproject import analyze_args
+
+    calls = []
+    real = sharded.capture_sharded
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("batch_size"))
+        return real(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def this_cluster(scheduler=None, **_):
+        yield cluster
+
+    monkeypatch.setattr(D, "dask_cluster", this_cluster)
+    monkeypatch.setattr(sharded, "capture_sharded", spy)
+    root = project["root"]
+    args = analyze_args(project, root / "out", "--dask", "--store", str(root / "acts"),
+                        "--batch-size", "16")  # fmt: skip
+    assert main(args) == 0
+    assert calls == [16]
+    store = open_store(root / "acts")
+    assert store.n_samples == 60 and store.meta["batch_size"] == 16
+    assert load(root / "out").n_samples == 60

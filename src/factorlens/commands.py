@@ -139,8 +139,13 @@ def _existing_store(args: argparse.Namespace) -> ZarrStore:
     return open_store(args.store)
 
 
-def _captured(args: argparse.Namespace, out: Path, rank: int | None) -> ActivationStore:
-    """Return the activation store for ``analyze``/``rank``: reopened, or captured anew."""
+def _captured(
+    args: argparse.Namespace, out: Path, rank: int | None, sharded: bool = False
+) -> ActivationStore:
+    """Return the activation store for ``analyze``/``rank``: reopened, or captured anew.
+
+    ``sharded`` (a Dask cluster is up): a capture into ``--store`` runs on its workers.
+    """
     if args.model is None:
         acts = _existing_store(args)
         if rank is not None:
@@ -170,6 +175,7 @@ def _captured(args: argparse.Namespace, out: Path, rank: int | None) -> Activati
         progress=not args.quiet,
         meta=_meta(args, model, data, args.weights),
         resume=args.resume,
+        sharded=sharded and args.store is not None and not args.resume,
     )
 
 
@@ -191,7 +197,7 @@ def _with_tensor_blocks(store: ActivationStore, engine: dict[str, Any]) -> dict[
 def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
     """Analyse the user's model on the user's data (or an existing store)."""
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    acts = _captured(args, out, args.rank)
+    acts = _captured(args, out, args.rank, sharded=engine.get("backend") == "dask")
     result = analyze_store(
         acts,
         out=out,

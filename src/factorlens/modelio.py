@@ -159,7 +159,7 @@ def _import_file(path: Path) -> types.ModuleType:
         return _MODULE_CACHE[key]
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
     stem = re.sub(r"\W", "_", resolved.stem)
-    mod_name = f"factorlens_user_{stem}_{digest}"
+    mod_name = f"factorlens_user_{stem}_{digest}"  # sharded.USER_MODULE_PREFIX
     spec = importlib.util.spec_from_file_location(mod_name, resolved)
     if spec is None or spec.loader is None:
         raise FactorlensError(f"cannot import {path}; the model file must be a Python .py file")

@@ -331,14 +331,23 @@ def capture_for_analysis(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     resume: bool = False,
+    sharded: bool = False,
 ) -> ActivationStore:
     """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store.
 
     ``resume`` continues the interrupted capture in ``store`` (see :func:`capture`); a new
-    capture into a new ``store`` that is interrupted can be resumed that way.
+    capture into a new ``store`` that is interrupted can be resumed that way. ``sharded``
+    runs a capture into ``store`` on the workers of the current Dask client
+    (:func:`factorlens.sharded.capture_sharded`; not resumable).
     """
     from factorlens.capture import capture
     from factorlens.store import open_store
+
+    if sharded and (store is None or resume or str(device) != "cpu"):
+        raise FactorlensError(
+            "a capture on a Dask cluster writes a new on-disk store on the workers' CPUs: give "
+            "`store`, and drop `resume` and a `device` other than cpu"
+        )
 
     out = check_output_dir(out, overwrite)
     target = None
@@ -353,22 +362,26 @@ def capture_for_analysis(
         clean_stale(target)
         stage = target.with_name(f".{target.name}.staging-{os.getpid()}-capture")
     where = target if stage is None else stage
+    options: dict[str, Any] = {
+        "batch_size": batch_size,
+        "preprocess": preprocess,
+        "select": select,
+        "nonfinite": nonfinite,
+        "compression": compression,
+        "progress": progress,
+        "meta": meta,
+    }
+    acts: ActivationStore
     try:
-        acts = capture(
-            model,
-            data,
-            layers,
-            batch_size=batch_size,
-            device=device,
-            preprocess=preprocess,
-            store=where,
-            select=select,
-            nonfinite=nonfinite,
-            compression=compression,
-            progress=progress,
-            meta=meta,
-            resume=resume,
-        )
+        if sharded:
+            from factorlens.sharded import capture_sharded
+
+            assert where is not None  # checked above
+            acts = capture_sharded(model, data, where, layers, **options)
+        else:
+            acts = capture(
+                model, data, layers, device=device, store=where, resume=resume, **options
+            )
     except (KeyboardInterrupt, SystemExit):
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)

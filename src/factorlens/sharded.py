@@ -46,12 +46,14 @@ class _FirstRows:
 
 def _row_source(data: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Return ``(rows, labels or None, data meta)`` of an array-like or an ImageData."""
-    labels, extra = None, {}
-    if hasattr(data, "images"):
+    from factorlens.data import ImageData
+
+    labels, extra = None, dict[str, Any]()
+    if isinstance(data, ImageData):
         labels = getattr(data, "labels", None)
         if getattr(data, "description", None) is not None:
             extra["data"] = data.description
-        if getattr(data, "class_names", None) is not None:
+        if data.class_names is not None:
             extra["class_names"] = list(data.class_names)
         data = data.images
     shape = getattr(data, "shape", None)
@@ -87,6 +89,8 @@ def chunk_layout(
     return {k: batch_size * min(m, shard) for k, m in wanted.items()}, batch_size * shard
 
 
+#: the module names modelio gives model files (imported from a path, not by name)
+USER_MODULE_PREFIX = "factorlens_user_"
 #: the file whose presence tells the workers to stop: the client gave the capture up
 ABANDONED = ".abandoned"
 
@@ -266,6 +270,25 @@ def capture_sharded(
     return target
 
 
+def _model_bytes(model: nn.Module) -> bytes:
+    """Pickle ``model`` for the workers.
+
+    A class from a model file (``FILE.py:Class``, which the workers cannot import by name)
+    travels by value, with the rest of that file.
+    """
+    import cloudpickle
+
+    module = sys.modules.get(type(model).__module__)
+    by_value = module is not None and module.__name__.startswith(USER_MODULE_PREFIX)
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(model)
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
 def _run_shards(
     client: Any,
     path: str,
@@ -282,10 +305,9 @@ def _run_shards(
     On an error (or an interruption) the workers are told to stop (:data:`ABANDONED`) and
     waited for, so none writes into the store after it has been removed.
     """
-    import cloudpickle
     from dask.distributed import as_completed, wait
 
-    model_f, rows_f = client.scatter([cloudpickle.dumps(model), rows], broadcast=True, hash=False)
+    model_f, rows_f = client.scatter([_model_bytes(model), rows], broadcast=True, hash=False)
     futures = [
         client.submit(
             _capture_shard, path, model_f, rows_f, layers, s, min(s + shard, n), options, pure=False

@@ -157,7 +157,9 @@ class Block:
         sumsq = 0.0
         bad = 0
         step = max(1, (16 * 1024**2) // (8 * self.width))
-        for _, chunk in self.chunks():
+        if self._dask is not None:  # on the cluster: no chunk travels to the client
+            total, sumsq, bad = self._dask.stats()
+        for _, chunk in self.chunks() if self._dask is None else ():
             for start in range(0, chunk.shape[0], step):
                 y = chunk[start : start + step]
                 if self._torch:
@@ -229,6 +231,8 @@ class Block:
         numpy.ndarray
             The selected entries (selected rows × selected columns), float64.
         """
+        if self._dask is not None:  # the workers read the rows and columns asked for
+            return self._dask.take(rows, cols) * self.scale
         parts = []
         for span, y in self.chunks():
             y = y if isinstance(y, np.ndarray) else y.cpu().numpy()

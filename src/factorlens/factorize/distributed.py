@@ -102,6 +102,26 @@ class DaskProducts:
         out = self._da.dot(y.T, A_d)  # a reduction over the row chunks
         return np.asarray(self.client.compute(out).result(), dtype=np.float64)
 
+    def stats(self) -> tuple[np.ndarray, float, int]:
+        """Return the column sums, the sum of squares (float64) and the non-finite count.
+
+        One pass on the cluster; only the ``(P,)`` sums travel to the client.
+        """
+        y = self.data.astype(np.float64)
+        sums, sumsq, bad = self.client.compute(
+            [y.sum(axis=0), (y * y).sum(), (~self._da.isfinite(self.data)).sum()]
+        )
+        return np.asarray(sums.result()), float(sumsq.result()), int(bad.result())
+
+    def take(self, rows: np.ndarray | None, cols: np.ndarray | None) -> np.ndarray:
+        """Return ``Y[rows][:, cols]`` (centred as fitted), read by the workers, float64."""
+        y = self.centred()
+        if rows is not None:
+            y = y[np.asarray(rows)]
+        if cols is not None:
+            y = y[:, np.asarray(cols)]
+        return np.asarray(self.client.compute(y).result(), dtype=np.float64)
+
     def chunks(self, step: int) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield ``(rows, Y[rows])`` (centred as fitted) pulled to the client, ``step`` rows each."""
         n = int(self.data.shape[0])
