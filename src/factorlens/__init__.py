@@ -27,6 +27,7 @@ _EXPORTS = {
     "capture": "capture",
     "default_layers": "capture",
     "select_layers": "capture",
+    "capture_sharded": "sharded",
     "ImageData": "data",
     "load_data": "data",
     "FactorlensError": "errors",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from factorlens.quality import QualityReport, score_checkpoints, score_model
     from factorlens.rank import RankScan, estimate_rank
     from factorlens.report import write_report
+    from factorlens.sharded import capture_sharded
     from factorlens.store import open_store
 
 
@@ -100,6 +102,7 @@ __all__ = [
     "__version__",
     "analyze",
     "capture",
+    "capture_sharded",
     "cmtf",
     "congruence",
     "default_layers",

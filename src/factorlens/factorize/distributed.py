@@ -96,11 +96,11 @@ class DaskProducts:
     def right(self, A: np.ndarray) -> np.ndarray:
         """Return ``Yᵀ A`` for ``A (N, k)``: per chunk ``Y_cᵀ A_c``, tree-summed, ``(P, k)``."""
         y = self.centred()
-        A_d = self._da.from_array(
-            np.ascontiguousarray(A, dtype=np.float32), chunks=(y.chunks[0], A.shape[1])
-        )
-        out = self._da.dot(y.T, A_d)  # a reduction over the row chunks
-        return np.asarray(self.client.compute(out).result(), dtype=np.float64)
+        A_d, held = self._scattered(A, y.chunks[0])
+        out = self._da.dot(y.T, A_d)  # a sum over the row chunks
+        result = np.asarray(self.client.compute(out).result(), dtype=np.float64)
+        del held  # the scattered chunks may go once the product is in
+        return result
 
     def stats(self) -> tuple[np.ndarray, float, int]:
         """Return the column sums, the sum of squares (float64) and the non-finite count.
@@ -121,6 +121,25 @@ class DaskProducts:
         if cols is not None:
             y = y[:, np.asarray(cols)]
         return np.asarray(self.client.compute(y).result(), dtype=np.float64)
+
+    def _scattered(self, A: np.ndarray, row_chunks: tuple[int, ...]) -> tuple[Any, list]:
+        """Return ``A`` as a dask array whose row chunks were sent to the workers directly.
+
+        Not embedded in the task graph: at N = 10⁶ that graph would carry 160 MB per product.
+        Also returns the chunks' futures, which must be held until the product is computed
+        (the array refers to them by key only).
+        """
+        A32 = np.ascontiguousarray(A, dtype=np.float32)
+        bounds = np.cumsum((0, *row_chunks))
+        chunks = [A32[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        parts = self.client.scatter(chunks, hash=False)  # new keys: none shared with a release
+        arr = self._da.concatenate(
+            [
+                self._da.from_delayed(part, (int(b - a), A.shape[1]), np.float32)
+                for part, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)
+            ]
+        )
+        return arr, parts
 
     def chunks(self, step: int) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield ``(rows, Y[rows])`` (centred as fitted) pulled to the client, ``step`` rows each."""

@@ -34,10 +34,17 @@ def sample_basis(data: list[Block], size: int, rng: np.random.Generator, power: 
 
     ``1 + 2·power`` passes over every block; the blocks are weighted as they are fitted.
     """
-    sketch = sum(b.left(rng.standard_normal((b.width, size))) for b in data)
-    Q = np.linalg.qr(np.asarray(sketch, dtype=np.float64))[0]
+
+    def summed(products) -> np.ndarray:  # in place: two N×size arrays at a time, not three
+        total = None
+        for part in products:
+            total = part if total is None else np.add(total, part, out=total)
+        assert total is not None
+        return total
+
+    Q = np.linalg.qr(summed(b.left(rng.standard_normal((b.width, size))) for b in data))[0]
     for _ in range(power):
-        Q = np.linalg.qr(sum(b.left(b.right(Q)) for b in data))[0]
+        Q = np.linalg.qr(summed(b.left(b.right(Q)) for b in data))[0]
     return Q
 
 
