@@ -153,9 +153,9 @@ def main() -> int:
             print(f"captured {store.n_samples} inputs, {gb:.1f} GB in {capture_s:.0f} s; "
                   f"peak RSS so far {memory.peak / 1e9:.2f} GB", flush=True)  # fmt: skip
             t0 = time.perf_counter()
-            fit = CMTF(
-                10, compress_rows=args.compress_rows, backend="dask", random_state=0
-            ).fit(store)
+            fit = CMTF(10, compress_rows=args.compress_rows, backend="dask", random_state=0).fit(
+                store
+            )
             factorize_s = time.perf_counter() - t0
         result = fit.result_
         print(

@@ -15,6 +15,7 @@ Needs the optional extra: ``pip install factorlens[dask]``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,12 +132,12 @@ class DaskProducts:
         """
         A32 = np.ascontiguousarray(A, dtype=np.float32)
         bounds = np.cumsum((0, *row_chunks))
-        chunks = [A32[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        chunks = [A32[a:b] for a, b in itertools.pairwise(bounds)]
         parts = self.client.scatter(chunks, hash=False)  # new keys: none shared with a release
         arr = self._da.concatenate(
             [
                 self._da.from_delayed(part, (int(b - a), A.shape[1]), np.float32)
-                for part, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)
+                for part, (a, b) in zip(parts, itertools.pairwise(bounds), strict=True)
             ]
         )
         return arr, parts
