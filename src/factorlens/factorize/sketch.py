@@ -54,7 +54,7 @@ def compress_samples(
     """Return ``(Q, blocks)``: the basis and every block as ``Qᵀ Ỹ_b`` (``size`` rows).
 
     ``2 + 2·power`` passes over every block. Each compressed block has the original's name,
-    natural feature shape, scale, ``sumsq`` and spectrum, and is held in memory
+    natural feature shape, scale, ``sumsq``, spectrum and feature basis, and is held in memory
     (``size × P_b`` float64).
     """
     for b in data:
@@ -68,5 +68,6 @@ def compress_samples(
         s.scale = b.scale
         s.sumsq = b.sumsq  # the fit is measured against the whole block
         s.spectrum = b.spectrum
+        s.basis = b.basis  # a block compressed in its features too keeps its V
         small.append(s)
     return Q, small

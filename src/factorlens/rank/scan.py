@@ -35,6 +35,7 @@ from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, matched_congruences
 from factorlens.factorize.compress import compressed
 from factorlens.factorize.engine import _as_named_arrays, khatri_rao, progress_bar
+from factorlens.factorize.sketch import compress_samples
 from factorlens.interrupt import CANCEL
 from factorlens.options import RankOptions
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
@@ -184,6 +185,7 @@ def estimate_rank(
     del dense
 
     bicv = bi_cross_validation(full, max_rank, random_state=random_state)
+    sample_bases: dict[int, np.ndarray] = {}  # chain -> Q (N×k) of its compressed samples
     if compress and not opts.get("nonneg"):  # fits on the leading row spaces (compress.py);
         # not with nonneg: B̃ >= 0 does not make V B̃ >= 0
         models = CMTF(1, **opts)._block_models(names, [b.shape for b in full])
@@ -194,6 +196,12 @@ def estimate_rank(
             ]
             for d in (full, *halves)
         ]
+        # and the samples to a few directions (sketch.py): every fit of the scan is then the
+        # fit restricted to them, at a cost that no longer grows with N
+        size = max_rank + SAMPLE_OVERSAMPLE
+        for k, d in enumerate(chains_data):
+            if d[0].n_rows > 2 * size:
+                sample_bases[k], chains_data[k] = compress_samples(d, size, rng)
     else:
         chains_data = [full, *halves]
     criteria: dict[str, list[float]] = {"fit": [], "corcondia": [], "bicv": [], "stability": []}
@@ -236,8 +244,10 @@ def estimate_rank(
     for R in range(1, max_rank + 1):
         # loadings back in each block's full space: the halves' compressed bases differ
         fitted = [
-            _expanded(c[R - 1], used, whole)
-            for c, used, whole in zip(chains, chains_data, (full, *halves), strict=True)
+            _expanded(c[R - 1], used, whole, sample_bases.get(k))
+            for k, (c, used, whole) in enumerate(
+                zip(chains, chains_data, (full, *halves), strict=True)
+            )
         ]
         res = fitted[0]
         for k, row in enumerate(split_stability):
@@ -301,6 +311,10 @@ def choose_rank(stability: list[float], bicv: list[float], threshold: float) -> 
     return chosen
 
 
+#: sample directions beyond the largest R that the scan's fits keep (sketch.py)
+SAMPLE_OVERSAMPLE = 30
+
+
 def _usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -323,12 +337,17 @@ def _fit_chain(
     return fitted
 
 
-def _expanded(res: CMTFResult, used: list, full: list) -> CMTFResult:
+def _expanded(
+    res: CMTFResult, used: list, full: list, samples: np.ndarray | None = None
+) -> CMTFResult:
     """Return ``res`` with every compressed block's loadings mapped back to its full block.
 
     ``res`` was fitted on ``used`` (some blocks compressed); its loadings are replaced in place
-    by ``B = V B̃`` (unit norm kept: ``V`` is orthonormal).
+    by ``B = V B̃`` (unit norm kept: ``V`` is orthonormal), and with the samples compressed to
+    ``samples`` (``Q``, N×k) its sample factor by ``A = Q Â``.
     """
+    if samples is not None:
+        res.A = samples @ res.A
     for i, (b, whole) in enumerate(zip(used, full, strict=True)):
         if b.basis is not None:
             res.factors[b.name] = [b.basis @ f for f in res.factors[b.name]]
