@@ -109,14 +109,15 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
     g.add_argument(
         "--dask",
         action="store_true",
-        help="compute the factorization's products on a Dask LocalCluster on this machine "
-        "(one worker per core; needs pip install 'factorlens[dask]')",
+        help="run a capture into --store sharded over a Dask LocalCluster on this machine, and "
+        "the factorization's products there (one worker per core; needs pip install "
+        "'factorlens[dask]')",
     )
     g.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="compute them on the existing Dask cluster whose scheduler is at ADDRESS "
-        "(e.g. tcp://10.0.0.5:8786)",
+        help="the same on the existing Dask cluster whose scheduler is at ADDRESS "
+        "(e.g. tcp://10.0.0.5:8786); its workers must see the --store path",
     )
     g.add_argument(
         "--tensor-layers",

@@ -215,7 +215,7 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     from factorlens.rank import estimate_rank
 
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    acts = _captured(args, out, None)
+    acts = _captured(args, out, None, sharded=engine.get("backend") == "dask")
     # the scan fits the same model as the analysis (constraints, penalty, weighting, CP
     # blocks); its own iteration cap and tolerance keep twenty ranks affordable
     engine = _with_tensor_blocks(acts, engine)
