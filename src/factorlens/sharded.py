@@ -131,7 +131,7 @@ def _capture_shard(
             stop_if=abandoned.exists,
             **options,
         )
-        store.flush_shard()
+        store.flush()
         return counts
     finally:
         torch.set_num_threads(threads)

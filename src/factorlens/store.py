@@ -654,8 +654,7 @@ class ZarrStore(ActivationStore):
         self._marks.append((int(stop), dict(counts)))
         now = time.monotonic()
         if now - self._synced >= self.sync_seconds:
-            for spec in self._specs.values():
-                self._flush(spec, final=True)
+            self.flush()
             self._synced = now
         durable = min(self._written.values(), default=0)
         ready = [m for m in self._marks if m[0] <= durable]
@@ -761,7 +760,7 @@ class ZarrStore(ActivationStore):
         """Reopen the unfinished store at ``path`` to write rows from ``start`` on (one shard).
 
         Used by :func:`factorlens.sharded.capture_sharded`: every worker writes its own row
-        range, ``start`` on a chunk boundary of every block, then calls :meth:`flush_shard`.
+        range, ``start`` on a chunk boundary of every block, then calls :meth:`flush`.
         A shard records no resume point, and only :meth:`finish_shards` (on the client, after
         every shard) completes the store.
         """
@@ -778,8 +777,12 @@ class ZarrStore(ActivationStore):
         store._shard = True
         return store
 
-    def flush_shard(self) -> None:
-        """Write every block's buffered rows (the end of this worker's shard)."""
+    def flush(self) -> None:
+        """Write every block's buffered rows (a partial chunk is rewritten when it fills).
+
+        A worker calls it at the end of its shard; while capturing, :meth:`mark_batch` does
+        every :attr:`sync_seconds`.
+        """
         for spec in self._specs.values():
             self._flush(spec, final=True)
 

@@ -153,13 +153,28 @@ class Block:
         The sums run over sub-chunks of ≤ 16 MiB so no float64 copy of a whole block is made
         (on a GPU the work stays on the device).
         """
+        if self._dask is not None:  # on the cluster: no chunk travels to the client
+            total, sumsq, bad = self._dask.stats()
+        else:
+            total, sumsq, bad = self._chunk_stats()
+        if bad:
+            raise FactorlensError(
+                f"block {self.name!r} holds {bad} NaN or Inf values; recapture with "
+                '`nonfinite="zero"` or remove the offending inputs'
+            )
+        if self.center:
+            self.mean = total / self.n_rows
+            sumsq -= self.n_rows * float(self.mean @ self.mean)
+            self._centre_data()
+        self.sumsq = max(sumsq, 0.0)
+
+    def _chunk_stats(self) -> tuple[np.ndarray, float, int]:
+        """Return the column sums, sum of squares and non-finite count, chunk by chunk."""
         total = np.zeros(self.width)
         sumsq = 0.0
         bad = 0
         step = max(1, (16 * 1024**2) // (8 * self.width))
-        if self._dask is not None:  # on the cluster: no chunk travels to the client
-            total, sumsq, bad = self._dask.stats()
-        for _, chunk in self.chunks() if self._dask is None else ():
+        for _, chunk in self.chunks():
             for start in range(0, chunk.shape[0], step):
                 y = chunk[start : start + step]
                 if self._torch:
@@ -172,16 +187,7 @@ class Block:
                     bad += int(y64.size - np.isfinite(y64).sum())
                     total += y64.sum(axis=0)
                     sumsq += float(np.einsum("ij,ij->", y64, y64))
-        if bad:
-            raise FactorlensError(
-                f"block {self.name!r} holds {bad} NaN or Inf values; recapture with "
-                '`nonfinite="zero"` or remove the offending inputs'
-            )
-        if self.center:
-            self.mean = total / self.n_rows
-            sumsq -= self.n_rows * float(self.mean @ self.mean)
-            self._centre_data()
-        self.sumsq = max(sumsq, 0.0)
+        return total, sumsq, bad
 
     def _centre_data(self) -> None:
         """Subtract the column means from the data itself.

@@ -58,6 +58,11 @@ class _State:
     F: list[list[np.ndarray]]
 
 
+def _refit_penalties(state: _State) -> list[np.ndarray]:
+    """Return the penalties of a refit: 0 on every live strength, infinite on a zero one."""
+    return [np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in state.F]
+
+
 # ------------------------------------------------------------------------ small linear algebra
 def khatri_rao(factors: Sequence[np.ndarray]) -> np.ndarray:
     """Row-major Khatri–Rao product: rows ordered like ``shape[1:]`` flattened in C order."""
@@ -423,7 +428,7 @@ class CMTF:
             # refit makes two components cancel: without the penalty such strengths diverge
             # in opposite directions (a degenerate pair), which the penalty prevents.
             chosen = self._pen
-            self._pen = [np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in state.F]
+            self._pen = _refit_penalties(state)
             refit, more, refit_blk = self._als(data, models, state, self.n_iter_max, label="refit")
             if self.refit == "always" or not _cancelling_pair(refit):
                 state, blk, hist = refit, refit_blk, hist + more[1:]
@@ -470,9 +475,7 @@ class CMTF:
         inner.fit_blocks(small)
         self._pen = inner._pen
         if inner._refitted:  # refine as the refit ran: the kept strengths unpenalized
-            self._pen = [
-                np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in inner._state.F
-            ]
+            self._pen = _refit_penalties(inner._state)
         self._refitted = inner._refitted
         names = [b.name for b in data]
         models = self._block_models(names, [b.shape for b in data])
