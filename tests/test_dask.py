@@ -7,7 +7,7 @@ import pytest
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, factor_match_score
-from factorlens.testing import planted_blocks
+from factorlens.testing import planted_blocks, zarr_store
 
 distributed = pytest.importorskip("distributed", reason="needs pip install 'factorlens[dask]'")
 
@@ -21,15 +21,8 @@ def cluster():
 
 
 def test_dask_fit_equals_the_single_process_fit(cluster, tmp_path) -> None:
-    from factorlens.store import ZarrStore, open_store
-
     blocks, truth = planted_blocks(N=3000, R=3, seed=4)
-    store = ZarrStore.create(tmp_path / "acts", chunk_rows=500)
-    for i, (name, arr) in enumerate(blocks.items()):
-        store.create_block(name, arr.shape[1:], "input" if i == 0 else "layer", n_samples=3000)
-        store.append(name, arr)
-    store.close()
-    store = open_store(tmp_path / "acts")  # the workers read its chunks from disk
+    store = zarr_store(tmp_path / "acts", blocks, 500)  # the workers read its chunks from disk
     # streamed from zarr (no block held in memory), one start: the same fit, a few seconds
     opts = {"random_state": 0, "check_fewer": False, "memory_budget": 0, "n_init": 1, "tol": 1e-6}
     single = CMTF(3, **opts).fit(store).result_

@@ -397,3 +397,35 @@ def test_penalized_strengths_are_present_when_above_zero() -> None:
     assert result.options["noise_floor"]["layer1"] == pytest.approx(0.025)
     assert set(result.options["absent_below"].values()) == {0.0}
     np.testing.assert_array_equal(result.presence(), result.flow > 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    seed=st.integers(0, 999),
+    share=st.floats(0.05, 1.0),
+    lo=st.integers(0, 70),
+    hi=st.integers(0, 70),
+)
+def test_a_row_subset_reads_the_rows_it_names(n, seed, share, lo, hi) -> None:
+    from factorlens.factorize.blocks import RowSubset
+
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((n, 3, 2)).astype(np.float32)
+    rows = np.sort(rng.choice(n, max(1, int(n * share)), replace=False))
+    subset = RowSubset(data, rows)
+    assert subset.shape == (rows.size, 3, 2) and len(subset) == rows.size
+    np.testing.assert_array_equal(subset[lo:hi], data[rows][lo:hi])
+    np.testing.assert_array_equal(subset[:], data[rows])
+
+
+def test_a_row_subset_refuses_what_it_cannot_read() -> None:
+    from factorlens.factorize.blocks import RowSubset
+
+    data = np.zeros((5, 2))
+    with pytest.raises(FactorlensError, match="sorted, distinct"):
+        RowSubset(data, np.array([2, 1]))
+    with pytest.raises(FactorlensError, match=r"in \[0, 5\)"):
+        RowSubset(data, np.array([3, 5]))
+    with pytest.raises(TypeError, match="contiguous slices"):
+        RowSubset(data, np.array([1, 2]))[np.array([0])]

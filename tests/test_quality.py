@@ -314,3 +314,63 @@ def test_rank_command_writes_the_analysis_at_the_chosen_rank(checkpoints, tmp_pa
     assert summary["rank"] == scan["chosen"] and scan["ranks"] == [1, 2, 3, 4]
     assert set(scan["criteria"]) == {"fit", "corcondia", "bicv", "stability"}
     assert (out / "index.html").is_file()
+
+
+def test_a_scratch_capture_scores_like_memory_and_leaves_nothing(
+    checkpoints, tmp_path, monkeypatch
+) -> None:
+    import factorlens.quality as quality
+
+    data = load_data("digits").subset(200, random_state=3)
+    model = _load(checkpoints["trained"])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "mine.txt").write_text("the user's")
+    seen = []
+    real = quality.assess_store
+
+    def spy(store, *args, **kwargs):
+        seen.append((type(store).__name__, sorted(p.name for p in scratch.iterdir())))
+        return real(store, *args, **kwargs)
+
+    monkeypatch.setattr(quality, "assess_store", spy)
+    on_disk = assess(model, data, max_rank=3, scratch=scratch)
+    in_memory = assess(model, data, max_rank=3)
+    assert seen[0][0] == "ZarrStore" and len(seen[0][1]) == 2  # beside the user's file
+    assert seen[1][0] == "MemoryStore"
+    assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"]  # removed, the rest kept
+    assert on_disk.to_dict() == in_memory.to_dict()  # the same float32 blocks, the same scan
+    with pytest.raises(FactorlensError, match="does not exist"):
+        assess(model, data, max_rank=2, scratch=tmp_path / "missing")
+
+
+def test_a_constant_block_on_disk_is_found_chunk_by_chunk(tmp_path) -> None:
+    from factorlens.quality import is_constant
+    from factorlens.testing import zarr_store
+
+    flat = np.full((50, 3), 2.5, dtype=np.float32)
+    last = flat.copy()
+    last[-1, 2] = 2.0  # in the last chunk only
+    store = zarr_store(tmp_path / "s", {"input": flat, "flat": flat, "last": last}, 8)
+    assert is_constant(store.block("flat")) and is_constant(flat)
+    assert not is_constant(store.block("last")) and not is_constant(last)
+
+
+def test_quality_scratch_on_the_command_line(checkpoints, tmp_path, capsys) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "q"
+    args = ["quality", "--model", MODEL, "--data", "digits", "--n-samples", "120",
+            "--max-rank", "2", "--layers", "classifier.3", "--scratch", str(scratch),
+            "--out", str(out), "--quiet",
+            str(checkpoints["init"]), str(checkpoints["trained"])]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert list(scratch.iterdir()) == []  # every checkpoint's store removed once scored
+    rows = json.loads((out / "quality.json").read_text())
+    assert [r["rank"] >= 1 for r in rows] == [True, True]
+    assert len(list((out / "checkpoints").iterdir())) == 2  # analysed from the store on disk
+    missing = [*args[:12], str(tmp_path / "nope"), *args[13:]]
+    with pytest.raises(SystemExit):  # refused by the parser, before any work
+        main(missing)
+    assert "argument --scratch: no folder" in capsys.readouterr().err

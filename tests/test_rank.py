@@ -193,3 +193,44 @@ def test_a_nonnegative_scan_fits_the_full_blocks() -> None:
     scan = estimate_rank(blocks, 3, nonneg=True, keep_results=True, n_jobs=1)
     assert scan.criteria["fit"][1] > 0.95
     assert (scan.results[2].factors["wide"][0] >= 0).all()
+
+
+def test_streamed_bi_cross_validation_matches_the_dense_one(tmp_path) -> None:
+    from factorlens.testing import rank_blocks, zarr_store
+
+    blocks, _ = rank_blocks(N=300, R=4, noise=0.1, seed=2)
+    store = zarr_store(tmp_path / "acts", blocks, 64)
+    for center in (False, True):
+        dense = CMTF(1, center=center).prepare(blocks)
+        disk = CMTF(1, center=center, memory_budget=0).prepare(store)
+        assert not any(b.in_memory for b in disk)  # read chunk by chunk: the streamed path
+        want = bi_cross_validation(dense, 8, random_state=3)
+        got = bi_cross_validation(disk, 8, random_state=3)
+        np.testing.assert_allclose(got[:4], want[:4], rtol=1e-6)  # to the true rank: exact
+        np.testing.assert_allclose(got, want, atol=1e-4)  # the noise tail: randomized, close
+        assert int(np.argmin(got)) == int(np.argmin(want))
+
+
+def test_the_scan_of_a_store_on_disk_reads_chunks_and_matches_the_in_memory_scan(
+    tmp_path, monkeypatch
+) -> None:
+    from factorlens.store import _CheckedArray
+    from factorlens.testing import rank_blocks, zarr_store
+
+    blocks, _ = rank_blocks(N=240, R=4, noise=0.1, seed=5)
+    store = zarr_store(tmp_path / "acts", blocks, 40)
+    reads: list[int] = []
+    real = _CheckedArray.__getitem__
+
+    def counted(self, index):
+        out = real(self, index)
+        reads.append(int(out.shape[0]))
+        return out
+
+    monkeypatch.setattr(_CheckedArray, "__getitem__", counted)
+    disk = estimate_rank(store, 6, random_state=0, memory_budget=0)
+    memory = estimate_rank(blocks, 6, random_state=0)
+    assert reads and max(reads) <= 80  # chunks (40 rows) or a half's span of one: never 240
+    assert disk.chosen == memory.chosen == 4
+    for name in ("fit", "bicv", "stability"):
+        np.testing.assert_allclose(disk.criteria[name], memory.criteria[name], atol=1e-3)

@@ -9,8 +9,7 @@ from factorlens import CMTF, estimate_rank
 from factorlens.errors import FactorlensError
 from factorlens.factorize.compare import factor_match_score
 from factorlens.factorize.sketch import compress_samples, sample_basis
-from factorlens.store import ZarrStore
-from factorlens.testing import planted_blocks
+from factorlens.testing import planted_blocks, zarr_store
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +58,7 @@ def test_the_compressed_fit_matches_the_full_one(planted) -> None:
 
 def test_a_store_on_disk_is_read_in_passes_and_gives_the_same_fit(planted, tmp_path) -> None:
     blocks, _ = planted
-    store = ZarrStore.create(tmp_path / "acts", chunk_rows=700)
-    for name, arr in blocks.items():
-        store.create_block(name, arr.shape[1:], "input" if name == "input" else "layer")
-        store.append(name, arr)
-    store.close()
+    store = zarr_store(tmp_path / "acts", blocks, 700)
     memory = CMTF(4, random_state=0, compress_rows=20, check_fewer=False).fit(blocks)
     disk = CMTF(4, random_state=0, compress_rows=20, check_fewer=False, memory_budget=0)
     disk.fit(store)

@@ -25,6 +25,8 @@ from factorlens.pipeline import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from factorlens.quality import QualityReport
     from factorlens.store import ActivationStore, ZarrStore
 
@@ -308,72 +310,36 @@ def _score_checkpoints(
     """Capture and score each checkpoint, appending to ``reports``.
 
     With a ``stage`` folder also write its analysis at the chosen rank, the trajectory report
-    and quality.json.
+    and quality.json. With ``--scratch`` each checkpoint is captured into a temporary store
+    there, removed once the checkpoint is scored (and analysed).
     """
     from tqdm import tqdm
 
     from factorlens.modelio import build_model
-    from factorlens.quality import (
-        OUTPUT_BLOCK,
-        assess_store,
-        capture_for_score,
-        model_outputs,
-        perturbations,
-        perturbed_outputs,
-        resolve_mode,
-        score_together,
-    )
+    from factorlens.quality import perturbations, resolve_mode, score_together, scratch_store
     from factorlens.report.assets import safe_name
-    from factorlens.store import StoreView
 
     mode = resolve_mode(args.mode, len(args.checkpoints))
     data, device, preprocess = _inputs(args)
     copies = perturbations(data.images, args.seed)  # the same copies for every checkpoint
-    analyses, outputs, single = [], [], []
+    analyses: list[Path] = []
+    outputs, single = [], []
     bar = tqdm(args.checkpoints, desc="quality", unit="checkpoint", leave=False, disable=args.quiet)
     try:
         for i, ckpt in enumerate(bar):
             bar.set_postfix_str(Path(ckpt).name)
             model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
-            store = capture_for_score(
-                model,
-                data,
-                layers=args.layers,
-                scan=not args.no_rank or stage is not None,  # --out analyses the layers
-                batch_size=args.batch_size,
-                device=device,
-                preprocess=preprocess,
-                select=parse_select(args.select),
-                nonfinite=args.nonfinite,
-                meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
-            )
-            options = {"batch_size": args.batch_size, "device": device, "preprocess": preprocess}
-            report = assess_store(
-                store,
-                perturbed_outputs(model, copies, **options),
-                max_rank=args.max_rank,
-                random_state=args.seed,
-                checkpoint=ckpt,
-                scan=not args.no_rank,
-                progress=not args.quiet,
-            )
-            single.append(report)
-            outputs.append(model_outputs(store))
-            if stage is not None:  # at the scan's rank, or at --rank (default 10)
-                target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
-                rank = (args.rank or FIXED_RANK) if args.no_rank else report.rank
-                analyze_store(
-                    StoreView(store, [OUTPUT_BLOCK, *report.degenerate]),
-                    out=target,
-                    rank=rank,
-                    progress=False,
-                    device=device,
-                    extra_meta={
-                        "rank_scan": report.rank_scan,
-                        "quality_score": report.score,
-                        "quality": {k: v for k, v in report.to_dict().items() if k != "rank_scan"},
-                    },
+            with scratch_store(args.scratch) as where:  # None: in memory
+                target = None
+                if stage is not None:
+                    name = f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
+                    target = stage / CHECKPOINTS_DIR / name
+                report, out = _score_one(
+                    args, model, data, ckpt, copies, where, target, (device, preprocess)
                 )
+            single.append(report)
+            outputs.append(out)
+            if target is not None:
                 analyses.append(target)
     finally:
         bar.close()  # before any message, which would otherwise share its line
@@ -387,6 +353,72 @@ def _score_checkpoints(
     title = f"factorlens quality — {type(model).__name__}"
     checkpoints_report(stage, analyses, title=title)
     (stage / QUALITY_JSON).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+
+
+def _score_one(
+    args: argparse.Namespace,
+    model: Any,
+    data: Any,
+    ckpt: str,
+    copies: list[np.ndarray],
+    where: Path | None,
+    target: Path | None,
+    run_on: tuple[str, Any],
+) -> tuple[QualityReport, np.ndarray]:
+    """Capture one checkpoint (into ``where``, or memory) and score it on its own.
+
+    Returns its report and its ``(N, K)`` outputs; with a ``target`` folder also writes its
+    analysis there, at the scan's rank (or at ``--rank`` with ``--no-rank``). ``run_on`` is
+    ``(device, preprocess)``.
+    """
+    from factorlens.quality import (
+        OUTPUT_BLOCK,
+        assess_store,
+        capture_for_score,
+        model_outputs,
+        perturbed_outputs,
+    )
+    from factorlens.store import StoreView
+
+    device, preprocess = run_on
+    store = capture_for_score(
+        model,
+        data,
+        layers=args.layers,
+        scan=not args.no_rank or target is not None,  # --out analyses the layers
+        batch_size=args.batch_size,
+        device=device,
+        preprocess=preprocess,
+        select=parse_select(args.select),
+        nonfinite=args.nonfinite,
+        meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
+        store=where,
+    )
+    options = {"batch_size": args.batch_size, "device": device, "preprocess": preprocess}
+    report = assess_store(
+        store,
+        perturbed_outputs(model, copies, **options),
+        max_rank=args.max_rank,
+        random_state=args.seed,
+        checkpoint=ckpt,
+        scan=not args.no_rank,
+        progress=not args.quiet,
+    )
+    if target is not None:  # at the scan's rank, or at --rank (default 10)
+        rank = (args.rank or FIXED_RANK) if args.no_rank else report.rank
+        analyze_store(
+            StoreView(store, [OUTPUT_BLOCK, *report.degenerate]),
+            out=target,
+            rank=rank,
+            progress=False,
+            device=device,
+            extra_meta={
+                "rank_scan": report.rank_scan,
+                "quality_score": report.score,
+                "quality": {k: v for k, v in report.to_dict().items() if k != "rank_scan"},
+            },
+        )
+    return report, model_outputs(store)
 
 
 def _record_quality(result_json: Path, report) -> None:

@@ -116,6 +116,15 @@ def penalty(text: str) -> float | str:
     return value
 
 
+def existing_dir(text: str) -> str:
+    """Parse a folder that must exist already."""
+    from pathlib import Path
+
+    if not Path(text).is_dir():
+        raise ValueError(f"no folder {text!r}; create it first or give another")
+    return text
+
+
 # ---------------------------------------------------------------------------- the stages
 @dataclass(frozen=True)
 class CaptureOptions:
@@ -292,6 +301,19 @@ class QualityOptions:
                 "unreliable when most of few checkpoints are poor); single: each on its own; "
                 "auto (default): consensus from 5 checkpoints on",
                 choices=("auto", "consensus", "single"),
+            )
+        ),
+    )
+    scratch: str | None = field(
+        default=None,
+        metadata=_flag(
+            Flag(
+                "--scratch",
+                "capture each checkpoint into a temporary zarr store in this folder (removed "
+                "once it is scored) instead of memory: the rank scan and --out's analysis then "
+                "read layers above the memory budget (2 GiB) from disk, chunk by chunk",
+                parse=existing_dir,
+                metavar="DIR",
             )
         ),
     )

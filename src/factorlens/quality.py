@@ -40,8 +40,13 @@ evidence. On the zoos (benchmarks/bench_quality.py) it does *not* track accuracy
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -299,6 +304,26 @@ def score_spread(
     return float(np.std(scores, ddof=1))
 
 
+@contextmanager
+def scratch_store(scratch: str | os.PathLike[str] | None) -> Iterator[Path | None]:
+    """Yield the path of a new store in a fresh folder under ``scratch``, removed on exit.
+
+    ``None`` yields ``None`` (capture into memory). The folder is made with
+    :func:`tempfile.mkdtemp`, so nothing already in ``scratch`` is touched, and it is removed
+    however the block is left (an interrupted scratch capture is not resumable).
+    """
+    if scratch is None:
+        yield None
+        return
+    if not Path(scratch).is_dir():
+        raise FactorlensError(f"scratch folder {scratch} does not exist; create it first")
+    folder = Path(tempfile.mkdtemp(prefix=".factorlens-scratch-", dir=scratch))
+    try:
+        yield folder / "store"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def capture_for_score(
     model: Any, data: Any, *, layers: list[str] | str | None = None, scan: bool = True, **options
 ) -> ActivationStore:
@@ -306,7 +331,8 @@ def capture_for_score(
 
     The pass records the input, the model's output (block ``OUTPUT_BLOCK``) and, when
     ``scan`` (the joint rank is scanned), ``layers`` (default: every representation layer);
-    ``options`` go to :func:`factorlens.capture.capture`.
+    ``options`` go to :func:`factorlens.capture.capture` (``store=PATH`` captures to disk, e.g.
+    a path from :func:`scratch_store`).
     """
     from factorlens.capture import capture, select_layers
 
@@ -340,6 +366,7 @@ def assess(
     random_state: int = 0,
     checkpoint: str | None = None,
     scan: bool = True,
+    scratch: str | os.PathLike[str] | None = _Q.scratch,
 ) -> QualityReport:
     """Capture ``model`` on ``data``, score it on its own and scan its joint rank.
 
@@ -369,6 +396,10 @@ def assess(
         The checkpoint's name in the report.
     scan : bool
         Scan the joint rank (else ``rank`` is 0 and no layer is captured).
+    scratch : str or os.PathLike, optional
+        Capture into a temporary zarr store in this folder (removed before returning)
+        instead of memory, so that the rank scan reads layers above the engine's memory
+        budget from disk chunk by chunk.
 
     Returns
     -------
@@ -376,17 +407,18 @@ def assess(
         The single-checkpoint assessment.
     """
     options = {"batch_size": batch_size, "device": device, "preprocess": preprocess}
-    store = capture_for_score(model, data, layers=layers, scan=scan, **options)
     images = np.asarray(getattr(data, "images", data), dtype=np.float32)
     perturbed = perturbed_outputs(model, perturbations(images, random_state), **options)
-    return assess_store(
-        store,
-        perturbed,
-        max_rank=max_rank,
-        random_state=random_state,
-        checkpoint=checkpoint,
-        scan=scan,
-    )
+    with scratch_store(scratch) as where:
+        store = capture_for_score(model, data, layers=layers, scan=scan, store=where, **options)
+        return assess_store(
+            store,
+            perturbed,
+            max_rank=max_rank,
+            random_state=random_state,
+            checkpoint=checkpoint,
+            scan=scan,
+        )
 
 
 def assess_store(
@@ -416,12 +448,12 @@ def assess_store(
     labels = store.labels
     accuracy = float(np.mean(outputs.argmax(axis=1) == labels)) if labels is not None else None
     blocks = {}
-    if scan:
+    if scan:  # the blocks as stored: the scan reads a store on disk chunk by chunk
         for name in store.names:
             if name == OUTPUT_BLOCK:
                 continue
-            arr = np.asarray(store.block(name)[:], dtype=np.float32)
-            if float(np.ptp(arr)) == 0.0:
+            arr = store.block(name)
+            if is_constant(arr):
                 degenerate.append(name)
             else:
                 blocks[name] = arr
@@ -442,6 +474,26 @@ def assess_store(
         degenerate=degenerate,
         rank_scan=evidence,
     )
+
+
+def is_constant(array: Any) -> bool:
+    """Return whether every entry of ``array`` (``(N, ...)``, numpy or a store block) is equal.
+
+    A block on disk is read one chunk of rows at a time (its ``chunks``), never whole.
+    """
+    if isinstance(array, np.ndarray):
+        return array.size == 0 or float(np.ptp(array)) == 0.0
+    chunks = getattr(array, "chunks", None)
+    step = int(chunks[0]) if isinstance(chunks, tuple) and chunks else int(array.shape[0])
+    first = None
+    for start in range(0, int(array.shape[0]), max(1, step)):
+        part = np.asarray(array[start : start + step])
+        if part.size == 0:
+            continue
+        first = part.flat[0] if first is None else first
+        if np.any(part != first):
+            return False
+    return True
 
 
 def score_checkpoints(

@@ -1,12 +1,13 @@
 """Helpers for testing code that uses factorlens, in the spirit of ``numpy.testing``.
 
 Synthetic blocks generated from known factors (:func:`planted_blocks`, :func:`acar_blocks`,
-:func:`rank_blocks`), noise of a given relative size (:func:`add_noise`), unit-norm factor
+:func:`rank_blocks`), the same blocks written to a store on disk (:func:`zarr_store`), noise of a given relative size (:func:`add_noise`), unit-norm factor
 matrices (:func:`unit_columns`, :func:`random_unit`) and a consistent
 :class:`~factorlens.factorize.result.CMTFResult` with random factors (:func:`random_result`),
 for code that reads results (reports, plots, trajectories) without fitting one.
 
-Needs only numpy and :mod:`factorlens.factorize.result` (no torch). Everything is
+Needs only numpy and :mod:`factorlens.factorize.result` (no torch; :func:`zarr_store` imports
+zarr). Everything is
 deterministic given the seed or generator.
 """
 
@@ -29,7 +30,24 @@ __all__ = [
     "random_unit",
     "rank_blocks",
     "unit_columns",
+    "zarr_store",
 ]
+
+
+def zarr_store(path: Any, blocks: Mapping[str, np.ndarray], chunk_rows: int) -> Any:
+    """Write ``blocks`` (the first is the input) to a new zarr store at ``path`` and reopen it.
+
+    Returns the read-only :class:`~factorlens.store.ZarrStore`, whose blocks are read from
+    disk chunk by chunk (``chunk_rows`` rows each).
+    """
+    from factorlens.store import ZarrStore, open_store
+
+    store = ZarrStore.create(path, chunk_rows=chunk_rows)
+    for i, (name, arr) in enumerate(blocks.items()):
+        store.create_block(name, arr.shape[1:], "input" if i == 0 else "layer")
+        store.append(name, arr)
+    store.close()
+    return open_store(path)
 
 
 def unit_columns(m: np.ndarray) -> np.ndarray:

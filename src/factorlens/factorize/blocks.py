@@ -283,6 +283,53 @@ class Block:
         return np.ascontiguousarray(M, dtype=self._dtype)
 
 
+class RowSubset:
+    """Some rows of an array, read on demand: ``RowSubset(data, rows)[i:j]`` is ``data[rows[i:j]]``.
+
+    For an array on disk (zarr) whose rows a :class:`Block` must see without reading the
+    whole array: a slice is read as the span ``data[rows[i]:rows[j - 1] + 1]`` (one read) and
+    the wanted rows taken from it, so memory stays at about one chunk of ``data``. Its
+    ``chunks`` are ``data``'s chunk rows scaled by the share of rows kept, so a chunk of the
+    subset spans about one chunk of ``data``.
+
+    Parameters
+    ----------
+    data : array-like
+        Shape ``(N, ...)``; supports ``data[i:j]``.
+    rows : numpy.ndarray
+        Sorted, distinct row indices into ``data``.
+    """
+
+    def __init__(self, data: Any, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (rows.size > 1 and np.any(np.diff(rows) <= 0)):
+            raise FactorlensError("RowSubset needs sorted, distinct row indices")
+        if rows.size and (rows[0] < 0 or rows[-1] >= data.shape[0]):
+            raise FactorlensError(f"row indices must lie in [0, {data.shape[0]})")
+        self._data = data
+        self._rows = rows
+        self.shape = (int(rows.size), *(int(s) for s in data.shape[1:]))
+        self.dtype = data.dtype
+        self.ndim = len(self.shape)
+        base = getattr(data, "chunks", None)
+        base_rows = int(base[0]) if isinstance(base, tuple) and base else max(1, data.shape[0])
+        share = rows.size / max(1, data.shape[0])
+        self.chunks = (max(1, int(base_rows * share)), *self.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("a RowSubset is read by contiguous slices, e.g. subset[i:j]")
+        wanted = self._rows[index]
+        if wanted.size == 0:
+            return np.empty((0, *self.shape[1:]), dtype=self.dtype)
+        lo = int(wanted[0])
+        span = np.asarray(self._data[lo : int(wanted[-1]) + 1])
+        return span[wanted - lo]
+
+
 def torch_isfinite(x: Any) -> Any:
     """Return ``torch.isfinite(x)``, importing torch only when it is called."""
     import torch

@@ -65,14 +65,48 @@ def bi_cross_validation(
     over all held-out pairs divided by ``‖Z‖²`` for R = 1..max_rank (shape ``(max_rank,)``).
     The joint model is the all-matrix special case here (the input flattened), for which the
     truncated SVD is the exact fit.
+
+    Blocks held in memory are concatenated and ``A``'s leading singular triplets are exact.
+    Blocks read from disk (or a Dask cluster) are never concatenated: every quarter is reached
+    through the blocks' products (:meth:`Block.left`, :meth:`Block.right`, with the rows and
+    columns outside it zeroed), and ``A``'s triplets come from a randomized range finder
+    (``max_rank + BICV_OVERSAMPLE`` directions, ``BICV_POWER`` subspace iterations), so memory
+    holds a few ``N×(max_rank + 20)`` and ``P×(max_rank + 20)`` arrays, never ``N×P``.
     """
     rng = np.random.default_rng(random_state)
-    Z = np.concatenate([b.dense() for b in data], axis=1)
-    N, P = Z.shape
-    row_fold = rng.permutation(N) % folds
-    col_fold = rng.permutation(P) % folds
+    n_rows = data[0].n_rows
+    row_fold = rng.permutation(n_rows) % folds
+    col_fold = rng.permutation(sum(b.width for b in data)) % folds
+    if all(b.in_memory for b in data):
+        quarters = _dense_quarters(data, max_rank, row_fold, col_fold, folds)
+    else:
+        quarters = _streamed_quarters(data, max_rank, row_fold, col_fold, folds, rng)
     errors = np.zeros(max_rank)
-    total = float(np.sum(Z**2))
+    for left, right, cross, d_sq in quarters:
+        # with (A_k)⁺ = V_k diag(1/s) U_kᵀ the rank-r prediction is Σ_{t<r} left_t right_tᵀ; its
+        # error ‖D − P_r‖² = ‖D‖² − 2 Σ_t ⟨D, left_t right_tᵀ⟩ + Σ_{t,u} (LᵀL ∘ RᵀR)_tu comes
+        # from k×k matrices, without forming P_r
+        gram = (left.T @ left) * (right.T @ right)
+        k = left.shape[1]
+        for r in range(max_rank):
+            m = min(r + 1, k)
+            errors[r] += d_sq - 2.0 * float(cross[:m].sum()) + float(gram[:m, :m].sum())
+    total = sum(b.norm_sq for b in data)
+    return errors / total if total > 0 else errors
+
+
+#: range-finder directions beyond max_rank, and subspace iterations, of the streamed bi-CV
+BICV_OVERSAMPLE = 20
+BICV_POWER = 4
+
+
+def _dense_quarters(data: list[Block], max_rank: int, row_fold, col_fold, folds: int):
+    """Yield ``(left, right, cross, ‖D‖²)`` per held-out pair from the concatenated blocks.
+
+    ``left = C V_k / s_k`` (``|I|×k``), ``right = (U_kᵀ B)ᵀ`` (``|J|×k``) and
+    ``cross_t = ⟨D, left_t right_tᵀ⟩``.
+    """
+    Z = np.concatenate([b.dense() for b in data], axis=1)
     for fi in range(folds):
         rows_out = row_fold == fi
         for fj in range(folds):
@@ -82,20 +116,76 @@ def bi_cross_validation(
             C_ = Z[np.ix_(rows_out, ~cols_out)]
             D_ = Z[np.ix_(rows_out, cols_out)]
             U, s, Vt = top_singular(A_, max_rank)
-            # s from a Gram matrix resolves about 1e-8 of s[0]: skip directions below 1e-6
-            k = int(np.count_nonzero(s > s[0] * 1e-6)) if s.size else 0
-            # (A_k)⁺ = V_k diag(1/s) U_kᵀ, so the rank-r prediction is Σ_{t<r} left_t right_tᵀ;
-            # its error ‖D − P_r‖² = ‖D‖² − 2 Σ_t ⟨D, left_t right_tᵀ⟩ + Σ_{t,u} (LᵀL ∘ RRᵀ)_tu
-            # comes from k×k matrices, without forming P_r
-            left = (C_ @ Vt[:k].T) / s[:k]  # (|I|, k)
-            right = U[:, :k].T @ B_  # (k, |J|)
-            cross = np.einsum("it,it->t", left, D_ @ right.T)  # ⟨D, left_t right_tᵀ⟩
-            gram = (left.T @ left) * (right @ right.T)
-            d_sq = float(np.sum(D_**2))
-            for r in range(max_rank):
-                m = min(r + 1, k)
-                errors[r] += d_sq - 2.0 * float(cross[:m].sum()) + float(gram[:m, :m].sum())
-    return errors / total if total > 0 else errors
+            k = _kept(s)
+            left = (C_ @ Vt[:k].T) / s[:k]
+            right = B_.T @ U[:, :k]
+            cross = np.einsum("it,it->t", left, D_ @ right)
+            yield left, right, cross, float(np.sum(D_**2))
+
+
+def _kept(s: np.ndarray) -> int:
+    """Count the directions above 1e-6 of the largest (a Gram's s resolves 1e-8 of s[0])."""
+    return int(np.count_nonzero(s > s[0] * 1e-6)) if s.size else 0
+
+
+def _streamed_quarters(
+    data: list[Block], max_rank: int, row_fold, col_fold, folds: int, rng: np.random.Generator
+):
+    """Yield what :func:`_dense_quarters` does, through the blocks' products only."""
+    edges = np.cumsum([0] + [b.width for b in data])
+
+    def z_left(K: np.ndarray) -> np.ndarray:  # Z K, (N, m)
+        total = None
+        for b, lo, hi in zip(data, edges[:-1], edges[1:], strict=True):
+            part = b.left(K[lo:hi])
+            total = part if total is None else np.add(total, part, out=total)
+        assert total is not None
+        return total
+
+    def z_right(A: np.ndarray) -> np.ndarray:  # Zᵀ A, (P, m)
+        return np.concatenate([b.right(A) for b in data], axis=0)
+
+    col_sq = _fold_column_squares(data, row_fold, folds)
+    size = max_rank + BICV_OVERSAMPLE
+    for fi in range(folds):
+        rows_in = (row_fold != fi)[:, None]
+        for fj in range(folds):
+            cols_in = (col_fold != fj)[:, None]
+            # a range of A = Z[rows_in, cols_in]: zeros outside its rows and columns
+            Q = np.linalg.qr(z_left(rng.standard_normal((edges[-1], size)) * cols_in) * rows_in)[0]
+            for _ in range(BICV_POWER):
+                Q = np.linalg.qr(z_left(z_right(Q) * cols_in) * rows_in)[0]
+            V, s, Wt = np.linalg.svd(z_right(Q) * cols_in, full_matrices=False)  # Aᵀ Q = V s Wᵀ
+            k = min(max_rank, _kept(s))
+            U = Q @ Wt[:k].T  # A's left singular vectors (zero outside rows_in)
+            left = z_left(V[:, :k])[~rows_in[:, 0]] / s[:k]
+            right = z_right(U) * ~cols_in  # Bᵀ U, zero outside the held-out columns
+            cross = np.einsum("it,it->t", left, z_left(right)[~rows_in[:, 0]])
+            yield left, right[~cols_in[:, 0]], cross, float(col_sq[fi][~cols_in[:, 0]].sum())
+
+
+def _fold_column_squares(data: list[Block], row_fold: np.ndarray, folds: int) -> np.ndarray:
+    """Return ``(folds, P)``: each column's sum of squares of ``Z`` over each row fold.
+
+    One pass over every block's chunks (centred as fitted, scaled), in float64 sub-chunks of
+    at most 16 MiB.
+    """
+    out = np.zeros((folds, sum(b.width for b in data)))
+    lo = 0
+    for b in data:
+        hi = lo + b.width
+        step = max(1, (16 * 1024**2) // (8 * b.width))
+        for rows, chunk in b.chunks():
+            y_all = chunk if isinstance(chunk, np.ndarray) else chunk.cpu().numpy()
+            fold_all = row_fold[rows]
+            for start in range(0, y_all.shape[0], step):
+                y = np.asarray(y_all[start : start + step], dtype=np.float64)
+                fold = fold_all[start : start + step]
+                for f in range(folds):
+                    out[f, lo:hi] += np.einsum("ij,ij->j", y[fold == f], y[fold == f])
+        out[:, lo:hi] *= b.scale**2
+        lo = hi
+    return out
 
 
 def top_singular(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -33,11 +33,12 @@ from threadpoolctl import threadpool_limits
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, matched_congruences
+from factorlens.factorize.blocks import RowSubset
 from factorlens.factorize.compress import compressed
 from factorlens.factorize.engine import _as_named_arrays, khatri_rao, progress_bar
 from factorlens.factorize.sketch import compress_samples
 from factorlens.interrupt import CANCEL
-from factorlens.options import RankOptions
+from factorlens.options import EngineOptions, RankOptions
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
 
 RULE = (
@@ -100,8 +101,9 @@ class RankScan:
         return f"chosen rank: {self.chosen} (plausible {span} over the splits; {self.rule})"
 
 
-#: the scan's defaults (one place: the options dataclass)
+#: the scan's defaults (one place: the options dataclasses)
 _R = RankOptions()
+_BUDGET = EngineOptions.memory_budget
 
 
 def _num(v: float) -> float | None:
@@ -175,33 +177,38 @@ def estimate_rank(
     opts["random_state"] = random_state
     full = CMTF(1, **opts).prepare(blocks)
     rng = np.random.default_rng(random_state)
-    dense = [np.asarray(a[:] if not isinstance(a, np.ndarray) else a) for a in arrays]
     halves = []
+    # an array on disk is read through its rows (RowSubset); a half is held in memory only
+    # when its whole block is (half the budget for half the rows): 2·n_splits halves each
+    # under the full budget would hold n_splits copies of blocks that do not fit
+    half_opts = {**opts, "memory_budget": opts.get("memory_budget", _BUDGET) // 2}
     for _ in range(n_splits):
         order = rng.permutation(n)
         for part in (np.sort(order[: n // 2]), np.sort(order[n // 2 :])):
-            sub = {nm: a[part] for nm, a in zip(names, dense, strict=True)}
-            halves.append(CMTF(1, **opts).prepare(sub))
-    del dense
+            sub = {
+                nm: a[part] if isinstance(a, np.ndarray) else RowSubset(a, part)
+                for nm, a in zip(names, arrays, strict=True)
+            }
+            halves.append(CMTF(1, **half_opts).prepare(sub))
 
     bicv = bi_cross_validation(full, max_rank, random_state=random_state)
     sample_bases: dict[int, np.ndarray] = {}  # chain -> Q (N×k) of its compressed samples
     if compress and not opts.get("nonneg"):  # fits on the leading row spaces (compress.py);
         # not with nonneg: B̃ >= 0 does not make V B̃ >= 0
         models = CMTF(1, **opts)._block_models(names, [b.shape for b in full])
-        chains_data = [
-            [
+        # and the samples to a few directions (sketch.py): every fit of the scan is then the
+        # fit restricted to them, at a cost that no longer grows with N. One chain at a
+        # time, so that only one chain's N×k feature-compressed blocks are held at once
+        size = max_rank + SAMPLE_OVERSAMPLE
+        chains_data = []
+        for k, d in enumerate((full, *halves)):
+            small = [
                 compressed(b, max_rank, rng) if m == "matrix" else b
                 for b, m in zip(d, models, strict=True)
             ]
-            for d in (full, *halves)
-        ]
-        # and the samples to a few directions (sketch.py): every fit of the scan is then the
-        # fit restricted to them, at a cost that no longer grows with N
-        size = max_rank + SAMPLE_OVERSAMPLE
-        for k, d in enumerate(chains_data):
-            if d[0].n_rows > 2 * size:
-                sample_bases[k], chains_data[k] = compress_samples(d, size, rng)
+            if small[0].n_rows > 2 * size:
+                sample_bases[k], small = compress_samples(small, size, rng)
+            chains_data.append(small)
     else:
         chains_data = [full, *halves]
     criteria: dict[str, list[float]] = {"fit": [], "corcondia": [], "bicv": [], "stability": []}
