@@ -17,11 +17,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 LAYERS = ["features.2", "features.5", "classifier.2", "classifier.3"]
 
 
-def trained_mnist_store(mnist: Path, n: int, epochs: int = 2):
-    """Train MnistCNN (seed 0) on train-10k.npz and capture ``LAYERS`` on ``n`` test images.
-
-    Returns the in-memory activation store; prints the training time, accuracy and block shapes.
-    """
+def trained_mnist(mnist: Path, epochs: int = 2) -> torch.nn.Module:
+    """Train MnistCNN (seed 0) on train-10k.npz; prints the training time and accuracy."""
     if not (mnist / "train-10k.npz").is_file():
         raise SystemExit(f"MNIST data not found in {mnist}; see ../shared/data/README.md")
     torch.manual_seed(0)
@@ -32,6 +29,16 @@ def trained_mnist_store(mnist: Path, n: int, epochs: int = 2):
     test = load_data(f"mnist:{mnist}")
     acc = accuracy(model, test.images, test.labels)
     print(f"trained MnistCNN in {time.perf_counter() - t0:.1f} s: test accuracy {acc:.4f}")
+    return model
+
+
+def trained_mnist_store(mnist: Path, n: int, epochs: int = 2, model=None):
+    """Capture ``LAYERS`` of ``model`` (default: :func:`trained_mnist`) on ``n`` test images.
+
+    Returns the in-memory activation store; prints the block shapes.
+    """
+    model = model if model is not None else trained_mnist(mnist, epochs)
+    test = load_data(f"mnist:{mnist}")
     store = capture(model, test.subset(n, random_state=0), LAYERS, progress=False)
     for name in store.names:
         print(f"  block {name:<13} {'×'.join(map(str, store.block(name).shape))}")

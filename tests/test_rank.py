@@ -209,6 +209,9 @@ def test_streamed_bi_cross_validation_matches_the_dense_one(tmp_path) -> None:
         np.testing.assert_allclose(got[:4], want[:4], rtol=1e-6)  # to the true rank: exact
         np.testing.assert_allclose(got, want, atol=1e-4)  # the noise tail: randomized, close
         assert int(np.argmin(got)) == int(np.argmin(want))
+        # blocks in memory whose concatenation exceeds the budget take the streamed path too
+        over = bi_cross_validation(dense, 8, random_state=3, memory_budget=0)
+        np.testing.assert_allclose(over[:4], want[:4], rtol=1e-6)
 
 
 def test_the_scan_of_a_store_on_disk_reads_chunks_and_matches_the_in_memory_scan(

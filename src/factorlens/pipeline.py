@@ -27,26 +27,36 @@ import numpy as np
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, note
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
-from factorlens.options import CaptureOptions
+from factorlens.options import CaptureOptions, EngineOptions
 from factorlens.output import check_not_nested, check_output_dir, clean_stale, publish
+from factorlens.rows import NpyRows, in_memory, rows_equal, write_npy
 
 if TYPE_CHECKING:
     from factorlens.store import ActivationStore
 
 #: the capture defaults (one place: the options dataclass)
 _C = CaptureOptions()
+_BUDGET = EngineOptions.memory_budget
 INPUTS_NPZ = "inputs.npz"
+#: the input block of a result whose inputs were read from disk (too large for memory)
+IMAGES_NPY = "images.npy"
 REPORT_HTML = "index.html"
 FIGURES_DIR = "figures"
-OUTPUT_NAMES = (RESULT_JSON, FACTORS_NPZ, INPUTS_NPZ, REPORT_HTML, FIGURES_DIR)
+OUTPUT_NAMES = (RESULT_JSON, FACTORS_NPZ, INPUTS_NPZ, IMAGES_NPY, REPORT_HTML, FIGURES_DIR)
 
 
-def save_inputs(directory: Path, images: np.ndarray, labels, class_names, predictions=None) -> None:
+def save_inputs(directory: Path, images: Any, labels, class_names, predictions=None) -> None:
     """Write the input block (as factorized) and what goes with it to ``inputs.npz``.
 
-    Labels, class names and predicted classes are each optional; the images are not.
+    Labels, class names and predicted classes are each optional; the images are not. Images
+    read from disk (a store's block above the memory budget, see :func:`input_images`) go to
+    ``images.npy`` instead, written one chunk of rows at a time.
     """
-    arrays: dict[str, Any] = {"images": np.asarray(images, dtype=np.float32)}
+    arrays: dict[str, Any] = {}
+    if in_memory(images):
+        arrays["images"] = np.asarray(images, dtype=np.float32)
+    else:
+        write_npy(directory / IMAGES_NPY, images)
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     if class_names is not None:
@@ -86,8 +96,8 @@ def predicted_classes(store: ActivationStore, n_classes: int | None) -> np.ndarr
     ).astype(np.int64)
 
 
-def load_inputs(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """Read ``inputs.npz`` from a result directory.
+def load_inputs(directory: str | Path) -> tuple[Any, np.ndarray | None, list[str] | None]:
+    """Read ``inputs.npz`` (and ``images.npy``, where written) from a result directory.
 
     Parameters
     ----------
@@ -96,8 +106,9 @@ def load_inputs(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, l
 
     Returns
     -------
-    images : numpy.ndarray
-        The input block as factorized, float32 ``(N, ...)``.
+    images : numpy.ndarray or NpyRows
+        The input block as factorized, float32 ``(N, ...)``; an :class:`~factorlens.rows.
+        NpyRows` (read by row slices) where the result saved it to ``images.npy``.
     labels : numpy.ndarray or None
         ``(N,)`` labels, when the data had them.
     class_names : list of str or None
@@ -113,7 +124,12 @@ def load_inputs(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, l
         raise FactorlensError(f"{path} is missing; rerun `factorlens analyze` to recreate it")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            images = np.asarray(npz["images"], dtype=np.float32)
+            on_disk = "images" not in npz.files and (path.parent / IMAGES_NPY).is_file()
+            images: Any = (
+                NpyRows(path.parent / IMAGES_NPY)
+                if on_disk
+                else np.asarray(npz["images"], dtype=np.float32)
+            )
             labels = npz["labels"] if "labels" in npz.files else None
             names = [str(c) for c in npz["class_names"]] if "class_names" in npz.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -148,7 +164,7 @@ def load(directory: str | Path) -> CMTFResult:
 def write_outputs(
     out: str | Path,
     result: CMTFResult,
-    images: np.ndarray,
+    images: Any,
     labels: np.ndarray | None,
     class_names: list[str] | None,
     *,
@@ -220,7 +236,7 @@ def load_checkpoints(sources: Sequence[str | Path]) -> list:
         images = load_inputs(c.source)[0]
         if ref is None:
             ref = (c, images)
-        elif images.shape != ref[1].shape or not np.array_equal(images, ref[1]):
+        elif not rows_equal(images, ref[1]):
             raise FactorlensError(
                 f"cannot compare {c.label!r} with {ref[0].label!r}: they were analysed on "
                 "different test inputs; analyse every checkpoint on the same inputs"
@@ -292,9 +308,16 @@ def write_checkpoints_report(
     )
 
 
-def input_images(store: ActivationStore) -> np.ndarray:
-    """Return the input block of a store as an array (N, …)."""
-    return np.asarray(store.block(store.names[0])[:], dtype=np.float32)
+def input_images(store: ActivationStore, memory_budget: int = _BUDGET) -> Any:
+    """Return the input block of a store (N, …): read into memory, or as it is on disk.
+
+    A block on disk larger than ``memory_budget`` bytes (as float32) is returned unread; the
+    report and :func:`save_inputs` then read it one chunk of rows at a time.
+    """
+    block = store.block(store.names[0])
+    if not in_memory(block) and int(np.prod(block.shape)) * 4 > memory_budget:
+        return block
+    return np.asarray(block[:], dtype=np.float32)
 
 
 def factorize_store(
@@ -549,7 +572,7 @@ def analyze_store(
     write_outputs(
         out,
         result,
-        input_images(acts),
+        input_images(acts, engine.get("memory_budget", _BUDGET)),
         acts.labels,
         meta.get("class_names"),
         overwrite=overwrite,

@@ -11,6 +11,7 @@ import numpy as np
 from factorlens.factorize.blocks import Block
 from factorlens.factorize.engine import khatri_rao
 from factorlens.factorize.result import CMTFResult
+from factorlens.options import EngineOptions
 
 
 def core_consistency(result: CMTFResult, block: Block, *, normalised: bool = False) -> float:
@@ -55,7 +56,12 @@ def joint_signature(result: CMTFResult) -> np.ndarray:
 
 
 def bi_cross_validation(
-    data: list[Block], max_rank: int, *, folds: int = 2, random_state: int = 0
+    data: list[Block],
+    max_rank: int,
+    *,
+    folds: int = 2,
+    random_state: int = 0,
+    memory_budget: int = EngineOptions.memory_budget,
 ) -> np.ndarray:
     """Bi-cross-validation error (Owen & Perry 2009) of the weighted concatenation, R = 1..max.
 
@@ -66,8 +72,9 @@ def bi_cross_validation(
     The joint model is the all-matrix special case here (the input flattened), for which the
     truncated SVD is the exact fit.
 
-    Blocks held in memory are concatenated and ``A``'s leading singular triplets are exact.
-    Blocks read from disk (or a Dask cluster) are never concatenated: every quarter is reached
+    Blocks held in memory whose float64 concatenation fits ``memory_budget`` (bytes) are
+    concatenated and ``A``'s leading singular triplets are exact. Other blocks (on disk, on a
+    Dask cluster, or too large together) are never concatenated: every quarter is reached
     through the blocks' products (:meth:`Block.left`, :meth:`Block.right`, with the rows and
     columns outside it zeroed), and ``A``'s triplets come from a randomized range finder
     (``max_rank + BICV_OVERSAMPLE`` directions, ``BICV_POWER`` subspace iterations), so memory
@@ -77,7 +84,7 @@ def bi_cross_validation(
     n_rows = data[0].n_rows
     row_fold = rng.permutation(n_rows) % folds
     col_fold = rng.permutation(sum(b.width for b in data)) % folds
-    if all(b.in_memory for b in data):
+    if all(b.in_memory for b in data) and 8 * n_rows * len(col_fold) <= memory_budget:
         quarters = _dense_quarters(data, max_rank, row_fold, col_fold, folds)
     else:
         quarters = _streamed_quarters(data, max_rank, row_fold, col_fold, folds, rng)

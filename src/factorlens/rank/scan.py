@@ -26,7 +26,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -137,8 +137,9 @@ def estimate_rank(
     else one per core, at most 3). ``n_iter_max``/``tol`` are tighter than a quick scan needs for
     the fit alone: with loosely converged fits the halves disagreed by chance, and the chosen
     rank of the README example moved with the seed (8 of 10 seeds agreed at ``100``/``1e-5``,
-    10 of 10 here). With ``compress`` (default) every fit runs on the matrix blocks compressed
-    to their leading ``max_rank + 10`` row-space directions
+    9 or 10 of 10 here, with the sketches drawn in either order). With ``compress``
+    (default) every fit runs on the matrix blocks compressed to their leading
+    ``max_rank + 10`` row-space directions
     (:mod:`factorlens.factorize.compress`); the evidence's fits are then those of loadings
     kept in that space, and ``keep_results`` gives factors mapped back to the full blocks.
     """
@@ -177,31 +178,37 @@ def estimate_rank(
     opts["random_state"] = random_state
     full = CMTF(1, **opts).prepare(blocks)
     rng = np.random.default_rng(random_state)
-    halves = []
+    parts = []  # the rows of each half: split k's are parts[2k] and parts[2k + 1]
+    for _ in range(n_splits):
+        order = rng.permutation(n)
+        parts += [np.sort(order[: n // 2]), np.sort(order[n // 2 :])]
     # an array on disk is read through its rows (RowSubset); a half is held in memory only
     # when its whole block is (half the budget for half the rows): 2·n_splits halves each
     # under the full budget would hold n_splits copies of blocks that do not fit
     half_opts = {**opts, "memory_budget": opts.get("memory_budget", _BUDGET) // 2}
-    for _ in range(n_splits):
-        order = rng.permutation(n)
-        for part in (np.sort(order[: n // 2]), np.sort(order[n // 2 :])):
-            sub = {
-                nm: a[part] if isinstance(a, np.ndarray) else RowSubset(a, part)
-                for nm, a in zip(names, arrays, strict=True)
-            }
-            halves.append(CMTF(1, **half_opts).prepare(sub))
 
-    bicv = bi_cross_validation(full, max_rank, random_state=random_state)
+    def half(part: np.ndarray) -> list:
+        sub = {
+            nm: a[part] if isinstance(a, np.ndarray) else RowSubset(a, part)
+            for nm, a in zip(names, arrays, strict=True)
+        }
+        return CMTF(1, **half_opts).prepare(sub)
+
+    budget = opts.get("memory_budget", _BUDGET)
+    bicv = bi_cross_validation(full, max_rank, random_state=random_state, memory_budget=budget)
     sample_bases: dict[int, np.ndarray] = {}  # chain -> Q (N×k) of its compressed samples
     if compress and not opts.get("nonneg"):  # fits on the leading row spaces (compress.py);
         # not with nonneg: B̃ >= 0 does not make V B̃ >= 0
         models = CMTF(1, **opts)._block_models(names, [b.shape for b in full])
         # and the samples to a few directions (sketch.py): every fit of the scan is then the
         # fit restricted to them, at a cost that no longer grows with N. One chain at a
-        # time, so that only one chain's N×k feature-compressed blocks are held at once
+        # time, each half prepared only then: a half's data (and its N×k feature-compressed
+        # blocks) are dropped once it is compressed, keeping what the loadings need of it
         size = max_rank + SAMPLE_OVERSAMPLE
-        chains_data = []
-        for k, d in enumerate((full, *halves)):
+        chains_data: list[list[Any]] = []
+        wholes: list[list[Any]] = []
+        for k in range(1 + len(parts)):
+            d = full if k == 0 else half(parts[k - 1])
             small = [
                 compressed(b, max_rank, rng) if m == "matrix" else b
                 for b, m in zip(d, models, strict=True)
@@ -209,12 +216,14 @@ def estimate_rank(
             if small[0].n_rows > 2 * size:
                 sample_bases[k], small = compress_samples(small, size, rng)
             chains_data.append(small)
+            wholes.append(d if k == 0 else [_Whole(b.shape, b.mean) for b in d])
     else:
-        chains_data = [full, *halves]
+        chains_data = [full, *(half(p) for p in parts)]
+        wholes = list(chains_data)
     criteria: dict[str, list[float]] = {"fit": [], "corcondia": [], "bicv": [], "stability": []}
     block_fit: dict[str, list[float]] = {nm: [] for nm in names}
     results: dict[int, CMTFResult] = {}
-    n_chains = 1 + len(halves)
+    n_chains = len(chains_data)
     bar = progress_bar(n_chains * max_rank, "rank scan") if verbose else None
     seeds = np.random.SeedSequence(random_state).spawn(n_chains)
     jobs = [(data, seeds[k]) for k, data in enumerate(chains_data)]
@@ -252,9 +261,7 @@ def estimate_rank(
         # loadings back in each block's full space: the halves' compressed bases differ
         fitted = [
             _expanded(c[R - 1], used, whole, sample_bases.get(k))
-            for k, (c, used, whole) in enumerate(
-                zip(chains, chains_data, (full, *halves), strict=True)
-            )
+            for k, (c, used, whole) in enumerate(zip(chains, chains_data, wholes, strict=True))
         ]
         res = fitted[0]
         for k, row in enumerate(split_stability):
@@ -344,10 +351,19 @@ def _fit_chain(
     return fitted
 
 
+class _Whole(NamedTuple):
+    """What mapping loadings back needs of a full block: its shape and column means."""
+
+    shape: tuple[int, ...]
+    mean: np.ndarray
+
+
 def _expanded(
     res: CMTFResult, used: list, full: list, samples: np.ndarray | None = None
 ) -> CMTFResult:
     """Return ``res`` with every compressed block's loadings mapped back to its full block.
+
+    ``full`` holds the full blocks (or their :class:`_Whole`: shape and means).
 
     ``res`` was fitted on ``used`` (some blocks compressed); its loadings are replaced in place
     by ``B = V B̃`` (unit norm kept: ``V`` is orthonormal), and with the samples compressed to

@@ -48,7 +48,7 @@ class Assets:
 class Inputs:
     """The test inputs as the page shows them."""
 
-    images: np.ndarray  # (N, *sample_shape), display shape
+    images: Any  # (N, *sample_shape), display shape: numpy, or rows on disk (factorlens.rows)
     kind: str  # pixels.sample_kind of the sample shape
     labels: np.ndarray | None
     class_names: list[str] | None

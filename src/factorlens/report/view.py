@@ -23,6 +23,7 @@ from factorlens.report import explorer as X
 from factorlens.report import pixels as P
 from factorlens.report.assets import Assets, Inputs, format_value, scale
 from factorlens.report.view_component import ComponentView
+from factorlens.rows import in_memory
 
 if TYPE_CHECKING:
     from factorlens.factorize.result import CMTFResult
@@ -50,7 +51,7 @@ def check_inputs(
 ) -> Inputs:
     """Return the inputs in the result's display shape; a one-line error when they do not fit."""
     n = result.n_samples
-    x = np.asarray(images)
+    x = images if hasattr(images, "shape") and not in_memory(images) else np.asarray(images)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim < 2 or x.shape[0] != n:
@@ -67,6 +68,11 @@ def check_inputs(
             "pass the input block the result was fitted on"
         )
     if len(block) - 1 > len(sample):  # e.g. flattened images given for an image block
+        if not in_memory(x):
+            raise FactorlensError(
+                f"images on disk have samples of shape {sample}, the input block "
+                f"{block[1:]}; pass the input block the result was fitted on"
+            )
         x = x.reshape((n, *block[1:]))
     for what, arr in (("labels", labels), ("predictions", predictions)):
         if arr is not None and np.asarray(arr).ravel().shape[0] != n:

@@ -15,6 +15,7 @@ from factorlens.report import charts
 from factorlens.report import explorer as X
 from factorlens.report import pixels as P
 from factorlens.report.assets import Assets, Inputs, pattern_scale, safe_name, scale
+from factorlens.rows import mean_rows, take_rows
 
 if TYPE_CHECKING:
     from factorlens.factorize.result import CMTFResult
@@ -35,7 +36,7 @@ class ComponentView:
     def __init__(self, result: CMTFResult, inp: Inputs, assets: Assets) -> None:
         self.result, self.inp, self.assets = result, inp, assets
         self.flow = np.asarray(result.flow, dtype=np.float64)
-        self.mean_all = inp.images.mean(axis=0, dtype=np.float64)
+        self.mean_all = mean_rows(inp.images)  # chunk by chunk for images on disk
         self.width = len(str(result.rank))
         self.thumbs: dict[int, dict] = {}
         self.shown: set[int] = set()  # test inputs with a thumbnail on the page
@@ -76,7 +77,7 @@ class ComponentView:
     def thumb(self, i: int, loading: float | None = None) -> dict:
         """Test input ``i`` as a thumbnail (encoded once however often it is shown)."""
         if i not in self.thumbs:
-            pix = P.data_to_pixels(self.inp.images[i], self.inp.kind)
+            pix = P.data_to_pixels(take_rows(self.inp.images, [i])[0], self.inp.kind)
             pix = P.strip(pix) if self.inp.kind == "vector" else P.shrink(pix)
             s = 1 if self.inp.kind == "vector" else max(1, P.THUMB_DISPLAY // max(pix.shape[:2]))
             self.thumbs[i] = {
@@ -123,7 +124,7 @@ class ComponentView:
         """Return the mean of the top inputs, and that mean minus the mean of all inputs."""
         inp, tag, k = self.inp, self.tag(r), len(top)
         show = P.strip if inp.kind == "vector" else P.enlarge
-        mean_top = inp.images[top].astype(np.float64).mean(axis=0)
+        mean_top = take_rows(inp.images, top).astype(np.float64).mean(axis=0)
         mean = P.data_to_pixels(mean_top, inp.kind)
         diff, dmax, _ = P.pattern_to_pixels(mean_top - self.mean_all, inp.kind)
         parts = (
