@@ -53,6 +53,7 @@ import numpy as np
 
 from factorlens.errors import FactorlensError
 from factorlens.options import CaptureOptions, QualityOptions
+from factorlens.rows import in_memory, row_chunks
 from factorlens.spectra import effective_rank
 
 if TYPE_CHECKING:
@@ -481,13 +482,10 @@ def is_constant(array: Any) -> bool:
 
     A block on disk is read one chunk of rows at a time (its ``chunks``), never whole.
     """
-    if isinstance(array, np.ndarray):
+    if in_memory(array):
         return array.size == 0 or float(np.ptp(array)) == 0.0
-    chunks = getattr(array, "chunks", None)
-    step = int(chunks[0]) if isinstance(chunks, tuple) and chunks else int(array.shape[0])
     first = None
-    for start in range(0, int(array.shape[0]), max(1, step)):
-        part = np.asarray(array[start : start + step])
+    for _, part in row_chunks(array):
         if part.size == 0:
             continue
         first = part.flat[0] if first is None else first
