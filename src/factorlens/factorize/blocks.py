@@ -168,25 +168,33 @@ class Block:
             self._centre_data()
         self.sumsq = max(sumsq, 0.0)
 
+    def sub_chunks(self) -> Iterator[tuple[int, Any]]:
+        """Yield ``(first row, Y[rows])`` in pieces small enough for a float64 copy (16 MiB).
+
+        The pieces are those of :meth:`chunks` (centred as fitted, unscaled), cut further, so
+        that a caller working in float64 never copies a whole chunk.
+        """
+        step = max(1, (16 * 1024**2) // (8 * self.width))
+        for rows, chunk in self.chunks():
+            for start in range(0, chunk.shape[0], step):
+                yield rows.start + start, chunk[start : start + step]
+
     def _chunk_stats(self) -> tuple[np.ndarray, float, int]:
         """Return the column sums, sum of squares and non-finite count, chunk by chunk."""
         total = np.zeros(self.width)
         sumsq = 0.0
         bad = 0
-        step = max(1, (16 * 1024**2) // (8 * self.width))
-        for _, chunk in self.chunks():
-            for start in range(0, chunk.shape[0], step):
-                y = chunk[start : start + step]
-                if self._torch:
-                    y64 = y.double()
-                    bad += int((~torch_isfinite(y64)).sum())
-                    total += y64.sum(dim=0).cpu().numpy()
-                    sumsq += float((y64 * y64).sum())
-                else:
-                    y64 = y.astype(np.float64)
-                    bad += int(y64.size - np.isfinite(y64).sum())
-                    total += y64.sum(axis=0)
-                    sumsq += float(np.einsum("ij,ij->", y64, y64))
+        for _, y in self.sub_chunks():
+            if self._torch:
+                y64 = y.double()
+                bad += int((~torch_isfinite(y64)).sum())
+                total += y64.sum(dim=0).cpu().numpy()
+                sumsq += float((y64 * y64).sum())
+            else:
+                y64 = y.astype(np.float64)
+                bad += int(y64.size - np.isfinite(y64).sum())
+                total += y64.sum(axis=0)
+                sumsq += float(np.einsum("ij,ij->", y64, y64))
         return total, sumsq, bad
 
     def _centre_data(self) -> None:

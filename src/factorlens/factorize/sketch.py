@@ -20,6 +20,8 @@ block) and the spectrum of a random submatrix of the full block (the noise floor
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from factorlens.factorize.blocks import Block
@@ -29,19 +31,24 @@ from factorlens.factorize.penalty import block_spectrum
 POWER = 1
 
 
+def summed(products: Iterable[np.ndarray]) -> np.ndarray:
+    """Return the sum of ``products`` (equal shapes), added in place into the first.
+
+    Two arrays are held at a time, not all of them: for per-block ``N×k`` products.
+    """
+    total = None
+    for part in products:
+        total = part if total is None else np.add(total, part, out=total)
+    if total is None:
+        raise ValueError("summed() needs at least one array")
+    return total
+
+
 def sample_basis(data: list[Block], size: int, rng: np.random.Generator, power: int = POWER):
     """Return ``Q`` (``N×size``, orthonormal columns) spanning the blocks' leading columns.
 
     ``1 + 2·power`` passes over every block; the blocks are weighted as they are fitted.
     """
-
-    def summed(products) -> np.ndarray:  # in place: two N×size arrays at a time, not three
-        total = None
-        for part in products:
-            total = part if total is None else np.add(total, part, out=total)
-        assert total is not None
-        return total
-
     Q = np.linalg.qr(summed(b.left(rng.standard_normal((b.width, size))) for b in data))[0]
     for _ in range(power):
         Q = np.linalg.qr(summed(b.left(b.right(Q)) for b in data))[0]

@@ -11,6 +11,7 @@ import numpy as np
 from factorlens.factorize.blocks import Block
 from factorlens.factorize.engine import khatri_rao
 from factorlens.factorize.result import CMTFResult
+from factorlens.factorize.sketch import summed
 from factorlens.options import EngineOptions
 
 
@@ -142,12 +143,9 @@ def _streamed_quarters(
     edges = np.cumsum([0] + [b.width for b in data])
 
     def z_left(K: np.ndarray) -> np.ndarray:  # Z K, (N, m)
-        total = None
-        for b, lo, hi in zip(data, edges[:-1], edges[1:], strict=True):
-            part = b.left(K[lo:hi])
-            total = part if total is None else np.add(total, part, out=total)
-        assert total is not None
-        return total
+        return summed(
+            b.left(K[lo:hi]) for b, lo, hi in zip(data, edges[:-1], edges[1:], strict=True)
+        )
 
     def z_right(A: np.ndarray) -> np.ndarray:  # Zᵀ A, (P, m)
         return np.concatenate([b.right(A) for b in data], axis=0)
@@ -175,21 +173,18 @@ def _fold_column_squares(data: list[Block], row_fold: np.ndarray, folds: int) ->
     """Return ``(folds, P)``: each column's sum of squares of ``Z`` over each row fold.
 
     One pass over every block's chunks (centred as fitted, scaled), in float64 sub-chunks of
-    at most 16 MiB.
+    at most 16 MiB (:meth:`Block.sub_chunks`).
     """
     out = np.zeros((folds, sum(b.width for b in data)))
     lo = 0
     for b in data:
         hi = lo + b.width
-        step = max(1, (16 * 1024**2) // (8 * b.width))
-        for rows, chunk in b.chunks():
-            y_all = chunk if isinstance(chunk, np.ndarray) else chunk.cpu().numpy()
-            fold_all = row_fold[rows]
-            for start in range(0, y_all.shape[0], step):
-                y = np.asarray(y_all[start : start + step], dtype=np.float64)
-                fold = fold_all[start : start + step]
-                for f in range(folds):
-                    out[f, lo:hi] += np.einsum("ij,ij->j", y[fold == f], y[fold == f])
+        for start, piece in b.sub_chunks():
+            y = piece if isinstance(piece, np.ndarray) else piece.cpu().numpy()
+            y = np.asarray(y, dtype=np.float64)
+            fold = row_fold[start : start + y.shape[0]]
+            for f in range(folds):
+                out[f, lo:hi] += np.einsum("ij,ij->j", y[fold == f], y[fold == f])
         out[:, lo:hi] *= b.scale**2
         lo = hi
     return out
