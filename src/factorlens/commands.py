@@ -329,13 +329,20 @@ def _score_checkpoints(
         for i, ckpt in enumerate(bar):
             bar.set_postfix_str(Path(ckpt).name)
             model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
+            target = None
+            if stage is not None:
+                target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
             with scratch_store(args.scratch) as where:  # None: in memory
-                target = None
-                if stage is not None:
-                    name = f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
-                    target = stage / CHECKPOINTS_DIR / name
                 report, out = _score_one(
-                    args, model, data, ckpt, copies, where, target, (device, preprocess)
+                    args,
+                    model,
+                    data,
+                    ckpt,
+                    copies,
+                    store=where,
+                    target=target,
+                    device=device,
+                    preprocess=preprocess,
                 )
             single.append(report)
             outputs.append(out)
@@ -361,15 +368,16 @@ def _score_one(
     data: Any,
     ckpt: str,
     copies: list[np.ndarray],
-    where: Path | None,
+    *,
+    store: Path | None,
     target: Path | None,
-    run_on: tuple[str, Any],
+    device: str,
+    preprocess: Any,
 ) -> tuple[QualityReport, np.ndarray]:
-    """Capture one checkpoint (into ``where``, or memory) and score it on its own.
+    """Capture one checkpoint (into the store path ``store``, or memory) and score it alone.
 
     Returns its report and its ``(N, K)`` outputs; with a ``target`` folder also writes its
-    analysis there, at the scan's rank (or at ``--rank`` with ``--no-rank``). ``run_on`` is
-    ``(device, preprocess)``.
+    analysis there, at the scan's rank (or at ``--rank`` with ``--no-rank``).
     """
     from factorlens.quality import (
         OUTPUT_BLOCK,
@@ -380,8 +388,7 @@ def _score_one(
     )
     from factorlens.store import StoreView
 
-    device, preprocess = run_on
-    store = capture_for_score(
+    acts = capture_for_score(
         model,
         data,
         layers=args.layers,
@@ -392,11 +399,11 @@ def _score_one(
         select=parse_select(args.select),
         nonfinite=args.nonfinite,
         meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
-        store=where,
+        store=store,
     )
     options = {"batch_size": args.batch_size, "device": device, "preprocess": preprocess}
     report = assess_store(
-        store,
+        acts,
         perturbed_outputs(model, copies, **options),
         max_rank=args.max_rank,
         random_state=args.seed,
@@ -407,7 +414,7 @@ def _score_one(
     if target is not None:  # at the scan's rank, or at --rank (default 10)
         rank = (args.rank or FIXED_RANK) if args.no_rank else report.rank
         analyze_store(
-            StoreView(store, [OUTPUT_BLOCK, *report.degenerate]),
+            StoreView(acts, [OUTPUT_BLOCK, *report.degenerate]),
             out=target,
             rank=rank,
             progress=False,
@@ -418,7 +425,7 @@ def _score_one(
                 "quality": {k: v for k, v in report.to_dict().items() if k != "rank_scan"},
             },
         )
-    return report, model_outputs(store)
+    return report, model_outputs(acts)
 
 
 def _record_quality(result_json: Path, report) -> None:
