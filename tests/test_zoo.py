@@ -14,7 +14,7 @@ from torch import nn
 
 from factorlens.cli import main
 from factorlens.errors import FactorlensError
-from factorlens.research.models import BNGapCNN, SmallResNet, accuracy
+from factorlens.research.models import BNGapCNN, DeepBNGapCNN, SmallResNet, accuracy
 from factorlens.research.zoo import (
     ENTRY_FIELDS,
     build_zoo,
@@ -39,7 +39,7 @@ def digits_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # architectures
 
 
-@pytest.mark.parametrize("cls", [BNGapCNN, SmallResNet])
+@pytest.mark.parametrize("cls", [BNGapCNN, DeepBNGapCNN, SmallResNet])
 @pytest.mark.parametrize("size", [(8, 8), (28, 28), (9, 13)])
 def test_new_architectures_take_any_size(cls: type[nn.Module], size: tuple[int, int]) -> None:
     torch.manual_seed(0)
@@ -48,6 +48,28 @@ def test_new_architectures_take_any_size(cls: type[nn.Module], size: tuple[int, 
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     assert linears == ["classifier.2"]
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def _receptive_field(model: nn.Module) -> int:
+    """Receptive field (px) of the last conv of a plain chain of convs, walked in order."""
+    field, jump = 1, 1
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1:
+            field += (m.kernel_size[0] - 1) * jump
+            jump *= m.stride[0]
+    return field
+
+
+def test_deep_bngap_sees_whole_shapes_and_takes_colour() -> None:
+    # the reason it exists: BN-GAP's last conv sees 9 px of a 32×32 image, this one 23
+    assert _receptive_field(BNGapCNN()) == 9
+    assert _receptive_field(DeepBNGapCNN()) == 23
+    torch.manual_seed(0)
+    model = DeepBNGapCNN(in_channels=3, width=4).eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 4, 8, 8, 16, 16]
+    assert [c.stride[0] for c in convs] == [1, 1, 2, 1, 2, 1]
 
 
 def test_resnet_block_output_is_its_own_relu() -> None:

@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--out", required=True, help="output directory")
     zoo.add_argument(
         "--arch",
-        choices=["mnistcnn", "bngap", "resnet", "digitscnn"],
+        choices=["mnistcnn", "bngap", "deepbngap", "resnet", "digitscnn"],
         help="architecture (default: mnistcnn for MNIST, digitscnn for digits, bngap for "
         "glyphs and shapes)",
     )

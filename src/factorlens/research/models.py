@@ -21,6 +21,7 @@ from factorlens.errors import FactorlensError
 
 __all__ = [
     "BNGapCNN",
+    "DeepBNGapCNN",
     "DigitsCNN",
     "MnistCNN",
     "ResidualBlock",
@@ -132,6 +133,51 @@ class BNGapCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) -> (N, n_classes) logits."""
+        return self.classifier(self.features(x))
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    """3×3 conv (pad 1, no bias), BatchNorm and ReLU, as three modules of a Sequential."""
+    return [
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    ]
+
+
+class DeepBNGapCNN(nn.Module):
+    """VGG-style BN-GAP network: three stages of two conv+BatchNorm+ReLU, GAP and a linear head.
+
+    Takes (N, in_channels, H, W) for any H, W >= 8; output logits (N, 10). Unlike
+    :class:`BNGapCNN` (receptive field 9 px at its last conv, which caps it near a third on the
+    32×32 ``shapes``), its last conv sees 23 px (SmallResNet's 21), enough for whole shapes.
+    Channel counts are for the default ``width=16``; each row is conv, BN, ReLU (three indices):
+
+    features:   0–2 Conv(1→16), 3–5 Conv(16→16)                         -> 16×H×W
+                6–8 Conv(16→32, stride 2), 9–11 Conv(32→32)              -> 32×⌈H/2⌉×⌈W/2⌉
+                12–14 Conv(32→64, stride 2), 15–17 Conv(64→64)           -> 64×⌈H/4⌉×⌈W/4⌉
+    classifier: 0 AdaptiveAvgPool(1), 1 Flatten, 2 Linear(64→10)
+    """
+
+    def __init__(self, n_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
+        super().__init__()
+        w = _check_width(width)
+        self.features = nn.Sequential(
+            *_conv_bn_relu(in_channels, w),
+            *_conv_bn_relu(w, w),
+            *_conv_bn_relu(w, 2 * w, stride=2),
+            *_conv_bn_relu(2 * w, 2 * w),
+            *_conv_bn_relu(2 * w, 4 * w, stride=2),
+            *_conv_bn_relu(4 * w, 4 * w),
+        )
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * w, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) -> (N, n_classes) logits."""
         return self.classifier(self.features(x))
 
 

@@ -55,6 +55,7 @@ from factorlens.errors import FactorlensError, close_matches
 from factorlens.output import atomic_write_text
 from factorlens.research.models import (
     BNGapCNN,
+    DeepBNGapCNN,
     DigitsCNN,
     MnistCNN,
     SmallResNet,
@@ -94,6 +95,7 @@ ARCHS: dict[str, type[nn.Module]] = {
     "mnistcnn": MnistCNN,
     "digitscnn": DigitsCNN,
     "bngap": BNGapCNN,
+    "deepbngap": DeepBNGapCNN,
     "resnet": SmallResNet,
 }
 #: the only input size an architecture accepts (None: any H, W >= 8).
@@ -101,10 +103,11 @@ _FIXED_SIZE: dict[str, tuple[int, int] | None] = {
     "mnistcnn": (28, 28),
     "digitscnn": (8, 8),
     "bngap": None,
+    "deepbngap": None,
     "resnet": None,
 }
 #: architectures that take colour (``in_channels``); the others are grayscale only
-_ANY_CHANNELS = ("bngap", "resnet")
+_ANY_CHANNELS = ("bngap", "deepbngap", "resnet")
 
 ENTRY_FIELDS = (
     "checkpoint",  # path relative to the zoo directory, "<kind>/<name>.pt"
