@@ -14,6 +14,11 @@ and on the same unlabeled held-out inputs (``--n-samples`` of them, a seeded ran
 * ``joint_rank`` — with ``--rank``: the joint factorization's rank chosen by the rank scan
   (minutes per checkpoint, so off by default).
 
+On the synthetic domains (glyphs, shapes) it also measures each checkpoint's accuracy on a
+second, independent test set of the same size (``synthetic_retest``) and reports how well that
+retest accuracy orders the checkpoints by their test accuracy: a labelled reference for how
+much of a zoo's ranking is sampling noise of the test images, not a score.
+
 Every score is sign-adjusted so that higher = better before correlating: ``-ww_alpha`` for
 WeightWatcher (lower α = better), the others as they are. The directions are fixed here, before
 looking at any accuracy. Per zoo, over its distinct checkpoints (checkpoints trained with
@@ -47,8 +52,8 @@ from threadpoolctl import threadpool_limits
 from factorlens.data import ImageData
 from factorlens.errors import FactorlensError
 from factorlens.research.baselines import layer_effective_ranks, rankme_score, weightwatcher_alpha
-from factorlens.research.models import torch_threads
-from factorlens.research.zoo import build_zoo, load_zoo, zoo_model, zoo_test_data
+from factorlens.research.models import accuracy, torch_threads
+from factorlens.research.zoo import SYNTHETIC, build_zoo, load_zoo, zoo_model, zoo_test_data
 
 try:  # the benchmark also runs against an older factorlens, baselines only
     from factorlens.quality import score_checkpoints, score_model
@@ -209,6 +214,17 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "nan" if not math.isfinite(x) else format(x, spec)
 
 
+def retest_accuracies(entries: list[dict[str, Any]]) -> list[float] | None:
+    """Each checkpoint's accuracy on its synthetic domain's retest set (None elsewhere)."""
+    domain = entries[0].get("dataset")
+    if domain not in SYNTHETIC:
+        return None
+    from factorlens.research.synthetic import synthetic_retest
+
+    x, y = synthetic_retest(domain)
+    return [accuracy(zoo_model(e), x, y) for e in entries]
+
+
 def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool = False) -> dict:
     entries = load_zoo(zoo)
     if not entries:
@@ -246,6 +262,10 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool
                 single_sd=rep.single_score_sd,
             )
             r["seconds"]["consensus"] = r["seconds"]["single"] = elapsed / len(distinct)
+    retest = retest_accuracies([r["entry"] for r in distinct])
+    if retest is not None:
+        for r, a in zip(distinct, retest, strict=True):
+            r["retest_accuracy"] = a
     for r in rows:
         del r["entry"]
         parts = " ".join(f"{m}={_fmt(r['scores'].get(m), '.4g')}" for m in methods)
@@ -275,9 +295,17 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool
         "accuracy_range": [min(accs), max(accs)],
         "rows": rows,
         "correlations": corr,
+        "retest": None
+        if retest is None
+        else _retest_cell([r["test_accuracy"] for r in distinct], retest),
         "seconds": totals,
         "wall_seconds": time.perf_counter() - t_zoo,
     }
+
+
+def _retest_cell(acc: list[float], retest: list[float]) -> dict[str, float]:
+    rho, tau, n = correlations(acc, retest)
+    return {"spearman": rho, "kendall": tau, "pairs": pair_accuracy(acc, retest), "n": n}
 
 
 def _cell(c: dict[str, float]) -> str:
@@ -319,6 +347,14 @@ def print_tables(results: list[dict], methods: list[str]) -> dict[str, dict[str,
             cells = "  ".join(f"{_cell(by_method[m]):>20}" for m in methods)
             print(f"{r['name']:<{width}}  {group:<5}  {n:>3}  {cells}")
 
+    retests = [r for r in results if r.get("retest") is not None]
+    if retests:
+        print()
+        print(
+            "labelled reference, not a score: the accuracy on a second, independent test set "
+            "of the same size against the test accuracy (ρ / τ / pairs): "
+            + "; ".join(f"{r['name']} {_cell(r['retest'])}" for r in retests)
+        )
     print()
     print(
         "seconds per zoo (all checkpoints): "

@@ -25,8 +25,9 @@ from factorlens.research.baselines import (
     singular_values,
     weightwatcher_alpha,
 )
-from factorlens.research.models import BNGapCNN, DigitsCNN
-from factorlens.research.zoo import build_zoo
+from factorlens.research.models import BNGapCNN, DigitsCNN, accuracy
+from factorlens.research.synthetic import synthetic_retest
+from factorlens.research.zoo import build_zoo, load_zoo, zoo_model
 
 
 @pytest.mark.parametrize("shape", [(7, 30), (30, 7), (12, 12)])
@@ -147,13 +148,19 @@ def test_weightwatcher_alpha_is_quiet_and_finite(capsys: pytest.CaptureFixture[s
     assert logging.getLogger().handlers == root_handlers
 
 
-def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The quality benchmark end to end on a quick digits zoo: both our modes and baselines."""
+def _bench_quality():
+    """benchmarks/bench_quality.py, imported as a module (benchmarks/ is not a package)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
     spec = importlib.util.spec_from_file_location("bench_quality_under_test", path)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The quality benchmark end to end on a quick digits zoo: both our modes and baselines."""
+    bench = _bench_quality()
     zoo = tmp_path / "digits-digitscnn"
     build_zoo("digits", zoo, kinds="steps,noise", quick=True, progress=False)
     report = tmp_path / "scores.json"
@@ -172,6 +179,8 @@ def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["n_inputs"] == 200 and result["n_checkpoints"] == 5
     # the last steps checkpoint and 0 % noise are one model: counted once over the whole zoo
     assert result["n_distinct"] == 4 and result["correlations"]["all"]["rankme"]["n"] == 4
+    # digits has no second test set: no retest reference, and no line claiming one
+    assert result["retest"] is None and not any("labelled reference" in x for x in lines)
     for row in result["rows"]:
         assert {"consensus", "single", "rankme", "ww_alpha", "erank_mean"} <= set(row["scores"])
         assert 0.0 <= row["scores"]["consensus"] <= 1.0
@@ -180,3 +189,18 @@ def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     # correlations are taken against higher = better scores (WeightWatcher negated)
     assert bench.correlations([0.1, 0.5, 0.9], [-3.0, -2.0, -1.0])[:2] == (1.0, 1.0)
     assert math.isnan(bench.correlations([0.1, 0.5], [1.0, 2.0])[0])
+
+
+def test_bench_quality_retest_reference_on_a_synthetic_zoo(tmp_path: Path) -> None:
+    """On a synthetic zoo each distinct checkpoint is also measured on the independent retest
+    set, and the table's reference is the test accuracy against that retest accuracy."""
+    bench = _bench_quality()
+    zoo = build_zoo(
+        "shapes", tmp_path / "z", arch="bngap", kinds="steps", quick=True, progress=False
+    )
+    result = bench.run_zoo(zoo, ["rankme"], n_samples=100, seed=0)
+    x, y = synthetic_retest("shapes")
+    expected = [accuracy(zoo_model(e), x, y) for e in load_zoo(zoo)]
+    assert [r["retest_accuracy"] for r in result["rows"]] == expected
+    acc = [r["test_accuracy"] for r in result["rows"]]
+    assert result["retest"]["spearman"] == bench.correlations(acc, expected)[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from factorlens.errors import FactorlensError
-from factorlens.research.synthetic import DOMAINS, make_images, synthetic_split
+from factorlens.research.synthetic import DOMAINS, make_images, synthetic_retest, synthetic_split
 from factorlens.research.zoo import build_zoo, load_zoo, zoo_model, zoo_test_data
 
 
@@ -43,6 +43,15 @@ def test_the_test_split_does_not_depend_on_the_seed() -> None:
     b = synthetic_split("glyphs", seed=1, n_train=20, n_test=30)
     assert not np.array_equal(a[0], b[0])
     assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3])
+
+
+def test_the_retest_set_is_fixed_and_independent_of_the_test_set() -> None:
+    _x, _y, x_test, _ = synthetic_split("glyphs", seed=0, n_train=5, n_test=30)
+    x_re, y_re = synthetic_retest("glyphs", n_test=30)
+    assert x_re.shape == x_test.shape and not np.array_equal(x_re, x_test)
+    assert np.array_equal(synthetic_retest("glyphs", n_test=30)[0], x_re)
+    assert np.bincount(y_re, minlength=10).tolist() == [3] * 10
+    assert not x_re.flags.writeable
 
 
 def test_unknown_domain_is_refused() -> None:

@@ -252,7 +252,8 @@ def _as_tensors(
     x = np.asarray(images)
     if x.ndim < 2:
         raise FactorlensError(f"images must have shape (N, ...), got {x.shape}")
-    xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+    # contiguous and writeable (torch warns on read-only arrays, e.g. the cached test sets)
+    xt = torch.as_tensor(np.require(x, np.float32, ["C", "W"]), device=device)
     if labels is None:
         return xt, None
     y = np.asarray(labels)

@@ -28,7 +28,7 @@ import numpy as np
 
 from factorlens.errors import FactorlensError
 
-__all__ = ["DOMAINS", "N_TEST", "N_TRAIN", "make_images", "synthetic_split"]
+__all__ = ["DOMAINS", "N_TEST", "N_TRAIN", "make_images", "synthetic_retest", "synthetic_split"]
 
 #: domain name -> (channels, height, width, class names)
 DOMAINS: dict[str, tuple[int, int, int, list[str]]] = {
@@ -53,7 +53,7 @@ DOMAINS: dict[str, tuple[int, int, int, list[str]]] = {
 }
 N_TRAIN = 10_000
 N_TEST = 2_000
-_TEST_STREAM = 7_919  # the fixed seed of every domain's test set
+_TEST_STREAM = 7_919  # the fixed seed of every domain's test set (and, as stream 3, the retest)
 _SUPER = 2  # render at twice the size, then average 2×2 blocks (anti-aliasing)
 
 _FONT_FILES = (
@@ -300,3 +300,13 @@ def synthetic_split(
     x_train, y_train = _cached(domain, int(n_train), (int(seed), 1))
     x_test, y_test = _cached(domain, int(n_test), (_TEST_STREAM, 2))
     return x_train, y_train, x_test, y_test
+
+
+def synthetic_retest(domain: str, n_test: int = N_TEST) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(x_retest, y_retest)``: a second fixed test set of ``domain``, read-only.
+
+    Drawn independently of the test set and of every training seed, for measuring how much of
+    an accuracy ranking is sampling noise of the ``n_test`` test images (test–retest).
+    """
+    _check_domain(domain)
+    return _cached(domain, int(n_test), (_TEST_STREAM, 3))
