@@ -3,6 +3,7 @@ zoo back, and the `factorlens zoo` command."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from factorlens.cli import main
@@ -17,6 +20,7 @@ from factorlens.errors import FactorlensError
 from factorlens.research.models import BNGapCNN, DeepBNGapCNN, SmallResNet, accuracy
 from factorlens.research.zoo import (
     ENTRY_FIELDS,
+    STEP_GROWTH,
     build_zoo,
     load_zoo,
     model_class,
@@ -147,6 +151,30 @@ def test_zoo_is_reproducible(digits_zoo: Path, tmp_path: Path) -> None:
     # the same settings trained under another kind are the same weights too
     c = torch.load(digits_zoo / "noise/noise-000.pt", weights_only=True)
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+@given(steps=st.integers(1, 20_000), dataset=st.sampled_from(["digits", "mnist", "shapes"]))
+def test_with_steps_ends_there_and_keeps_the_schedule_log_spaced(steps: int, dataset: str) -> None:
+    plan = zoo_plan(dataset)
+    longer = plan.with_steps(steps)
+    schedule = longer.step_schedule
+    assert longer.total_steps == steps and schedule[0] == 0
+    assert all(a < b for a, b in itertools.pairwise(schedule))
+    # the plan's own points below the end are kept; nothing else of the plan changes
+    assert [s for s in schedule if s <= plan.total_steps and s < steps] == [
+        s for s in plan.step_schedule if s < steps
+    ]
+    assert longer.noise_levels == plan.noise_levels and longer.lr == plan.lr
+    # beyond the plan, consecutive checkpoints are at most STEP_GROWTH apart (the end aside)
+    beyond = [s for s in schedule[:-1] if s >= plan.total_steps]
+    assert all(b <= round(a * STEP_GROWTH) for a, b in itertools.pairwise(beyond))
+    assert plan.with_steps(plan.total_steps) == plan
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
+def test_with_steps_refuses_what_is_not_a_positive_integer(bad: object) -> None:
+    with pytest.raises(FactorlensError, match="steps must be a positive integer"):
+        zoo_plan("digits").with_steps(bad)  # type: ignore[arg-type]
 
 
 def test_other_arch_and_seed(tmp_path: Path) -> None:
@@ -306,6 +334,28 @@ def test_cli_zoo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "building a quick digitscnn zoo" in captured.err
     assert {e["kind"] for e in load_zoo(out)} == {"steps"}
     assert not list((out / "noise").glob("*.pt"))
+
+
+def test_cli_zoo_steps_trains_every_run_that_long(tmp_path: Path) -> None:
+    out = tmp_path / "zoo"
+    argv = ["zoo", "--data", "digits", "--out", str(out), "--quick", "--kinds", "steps,noise"]
+    assert main([*argv, "--steps", "60", "--quiet"]) == 0
+    entries = load_zoo(out)
+    plan = zoo_plan("digits", quick=True).with_steps(60)
+    assert [e["steps"] for e in entries if e["kind"] == "steps"] == list(plan.step_schedule)
+    assert plan.step_schedule[-2:] == (40, 60)  # the quick plan ends at 40
+    assert {e["steps"] for e in entries if e["kind"] == "noise"} == {60}
+    # the longest steps checkpoint and the 0 % noise run are the same 60-step model
+    a = torch.load(out / "steps/step-000060.pt", weights_only=True)
+    b = torch.load(out / "noise/noise-000.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_zoo_refuses_bad_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["zoo", "--data", "digits", "--out", str(tmp_path / "z"), "--steps", "0"])
+    assert "--steps" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
 
 
 def test_cli_zoo_refuses_other_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -342,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
         "width: the architecture at widths 4, 8, 16, 32, same budget)",
     )
     zoo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    zoo.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="optimizer steps of every run (default: the data's plan, e.g. 470 for MNIST, "
+        "2500 for glyphs and shapes); the steps kind saves log-spaced checkpoints up to it",
+    )
     zoo.add_argument("--quick", action="store_true", help="a tiny zoo (for tests)")
     zoo.add_argument("--overwrite", action="store_true", help="replace an existing zoo in --out")
     zoo.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -536,6 +536,7 @@ def run_zoo(args: argparse.Namespace) -> int:
         kinds=args.kinds,
         seed=args.seed,
         quick=args.quick,
+        steps=args.steps,
         progress=not args.quiet,
         overwrite=args.overwrite,
     )

@@ -42,7 +42,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ __all__ = [
     "ENTRY_FIELDS",
     "KINDS",
     "MODEL_MODULE",
+    "STEP_GROWTH",
     "ZOO_JSON",
     "ZooPlan",
     "build_zoo",
@@ -87,6 +88,8 @@ KINDS = ("steps", "noise", "data", "width")
 DEFAULT_KINDS = ("steps", "noise", "data")
 #: the architecture's default width (first conv channels), the reference of the width sweep
 BASE_WIDTH = 16
+#: beyond a plan's schedule, a longer run's ``steps`` checkpoints are this factor apart
+STEP_GROWTH = 1.6
 #: synthetic domains a zoo can train on (factorlens.research.synthetic)
 SYNTHETIC = ("glyphs", "shapes")
 
@@ -152,6 +155,22 @@ class ZooPlan:
     def total_steps(self) -> int:
         """Optimizer steps of every run (the last checkpoint of the ``steps`` schedule)."""
         return self.step_schedule[-1]
+
+    def with_steps(self, steps: int) -> ZooPlan:
+        """Return this plan with every run ``steps`` optimizer steps long.
+
+        The ``steps`` kind keeps the schedule's points below ``steps`` and ends at ``steps``;
+        beyond the schedule's last point it saves every ×``STEP_GROWTH`` steps (a longer
+        run for a domain whose plateau comes later keeps the checkpoints log-spaced).
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+            raise FactorlensError(f"the steps must be a positive integer, got {steps!r}")
+        points = [s for s in self.step_schedule if s < steps]
+        nxt = round(points[-1] * STEP_GROWTH)
+        while points[-1] >= self.step_schedule[-1] and nxt < steps:
+            points.append(nxt)
+            nxt = round(nxt * STEP_GROWTH)
+        return replace(self, step_schedule=(*points, int(steps)))
 
 
 _PLANS = {
@@ -505,6 +524,7 @@ def build_zoo(
     kinds: str | Sequence[str] = DEFAULT_KINDS,
     seed: int = 0,
     quick: bool = False,
+    steps: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
@@ -527,6 +547,10 @@ def build_zoo(
         Seeds the training data's draw, the initialisation, the batches and the label noise.
     quick : bool
         Train a tiny zoo (a few checkpoints, tens of steps) for tests.
+    steps : int, optional
+        Train every run this many optimizer steps instead of the plan's
+        (:meth:`ZooPlan.with_steps`): for a domain or an architecture whose accuracy is still
+        rising at the end of the plan.
     progress : bool
         Print progress lines to stderr.
     overwrite : bool
@@ -550,6 +574,8 @@ def build_zoo(
         )
     out = Path(out)
     plan = zoo_plan(dataset, quick)
+    if steps is not None:
+        plan = plan.with_steps(steps)
     split = _split(dataset, directory, seed)
     _check_arch(arch, split)
     in_channels = int(split.test.images.shape[1])
