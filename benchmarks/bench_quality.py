@@ -11,8 +11,10 @@ and on the same unlabeled held-out inputs (``--n-samples`` of them, a seeded ran
 * ``ww_alpha``   — WeightWatcher's mean layer α (Martin, Peng & Mahoney 2021; data-free);
 * ``erank_mean`` — the mean over the default layers of the effective rank of each layer's
   centred outputs (Roy & Vetterli 2007);
-* ``joint_rank`` — with ``--rank``: the joint factorization's rank chosen by the rank scan
-  (minutes per checkpoint, so off by default).
+* ``joint_rank`` — the joint factorization's rank chosen by the rank scan's rule, as
+  ``bench_rank_claim.py`` saved it in the zoo's folder (``rank_claim.json``: 300 inputs,
+  R ≤ 6, about a minute per checkpoint, so it is run there once and read here); NaN for a zoo
+  it has not been run on.
 
 On the synthetic domains (glyphs, shapes) it also measures each checkpoint's accuracy on a
 second, independent test set of the same size (``synthetic_retest``) and reports how well that
@@ -56,9 +58,9 @@ from factorlens.research.models import accuracy, torch_threads
 from factorlens.research.zoo import SYNTHETIC, build_zoo, load_zoo, zoo_model, zoo_test_data
 
 try:  # the benchmark also runs against an older factorlens, baselines only
-    from factorlens.quality import score_checkpoints, score_model
+    from factorlens.quality import score_checkpoints
 except ImportError:  # pragma: no cover
-    score_checkpoints = score_model = None
+    score_checkpoints = None
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -98,6 +100,8 @@ HELD_OUT = {
 ZOO_KINDS = "steps,noise,data,width"
 OURS = ("consensus", "single")
 BASELINES = ("rankme", "ww_alpha", "erank_mean")
+#: the file in a zoo's folder where bench_rank_claim.py saves each checkpoint's joint rank
+RANK_CLAIM_JSON = "rank_claim.json"
 #: +1: higher = better as computed; -1: lower = better (negated before correlating)
 SIGN = {
     "consensus": 1.0,
@@ -155,19 +159,12 @@ def build_default_zoos(cache: Path, mnist: Path, quick: bool = False, jobs: int 
 
 
 def score_checkpoint(
-    entry: dict[str, Any], data: ImageData, ours: bool, seed: int, scan: bool = False
+    entry: dict[str, Any], data: ImageData
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """One checkpoint's own scores (raw, not sign-adjusted) and seconds per method: the
-    baselines, and with ``ours`` the single-checkpoint score (and with ``scan`` the joint
-    rank)."""
+    """One checkpoint's baseline scores (raw, not sign-adjusted) and seconds per method."""
     model = zoo_model(entry)
     scores: dict[str, float] = {}
     seconds: dict[str, float] = {}
-    if ours and scan:
-        t0 = time.perf_counter()
-        res = score_model(model, data, layers=None, n_samples=None, random_state=seed, scan=True)
-        seconds["joint_rank"] = time.perf_counter() - t0
-        scores["joint_rank"] = float(res.rank)
     t0 = time.perf_counter()
     scores["rankme"] = rankme_score(model, data.images)
     seconds["rankme"] = time.perf_counter() - t0
@@ -214,12 +211,16 @@ def correlations(acc: list[float], score: list[float]) -> tuple[float, float, in
     return rho, tau, int(a.size)
 
 
+def _key(row: dict[str, Any]) -> tuple:
+    """What makes a checkpoint distinct: rows with equal keys are one training run."""
+    return (row["steps"], row["label_noise"], row["n_train"], row.get("width"))
+
+
 def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen, out = set(), []
     for r in rows:
-        key = (r["steps"], r["label_noise"], r["n_train"], r.get("width"))
-        if key not in seen:
-            seen.add(key)
+        if _key(r) not in seen:
+            seen.add(_key(r))
             out.append(r)
     return out
 
@@ -241,7 +242,16 @@ def retest_accuracies(entries: list[dict[str, Any]]) -> list[float] | None:
     return [accuracy(zoo_model(e), x, y) for e in entries]
 
 
-def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool = False) -> dict:
+def saved_joint_ranks(zoo: Path) -> dict[str, float]:
+    """Each checkpoint's joint rank (the scan's rule) as bench_rank_claim.py saved it in the
+    zoo's folder; empty when it has not been run on this zoo."""
+    path = zoo / RANK_CLAIM_JSON
+    if not path.is_file():
+        return {}
+    return {r["checkpoint"]: float(r["rule"]) for r in json.loads(path.read_text())["rows"]}
+
+
+def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int) -> dict:
     entries = load_zoo(zoo)
     if not entries:
         raise FactorlensError(f"zoo {zoo} has no checkpoints")
@@ -250,12 +260,17 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool
     rows = []
     t_zoo = time.perf_counter()
     for e in entries:
-        scores, seconds = score_checkpoint(e, data, ours, seed, scan)
+        scores, seconds = score_checkpoint(e, data)
         row = {k: e[k] for k in ("checkpoint", "kind", "test_accuracy", "steps")}
         row.update(label_noise=e["label_noise"], n_train=e["n_train"], width=e.get("width"))
         row.update(scores=scores, seconds=seconds, entry=e)
         rows.append(row)
     distinct = _dedupe(rows)
+    if "joint_rank" in methods:  # saved per distinct checkpoint; a duplicate takes its twin's
+        saved = saved_joint_ranks(zoo)
+        rank_of = {_key(r): saved.get(r["checkpoint"], math.nan) for r in distinct}
+        for r in rows:
+            r["scores"]["joint_rank"] = rank_of[_key(r)]
     if ours:  # both our modes over the distinct checkpoints: a duplicate would vote twice
         t0 = time.perf_counter()
         reports = score_checkpoints(
@@ -266,11 +281,9 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool
             random_state=seed,
         )
         elapsed = time.perf_counter() - t0
-        by_key = {}
-        for r, rep in zip(distinct, reports, strict=True):
-            by_key[(r["steps"], r["label_noise"], r["n_train"], r["width"])] = rep
+        by_key = {_key(r): rep for r, rep in zip(distinct, reports, strict=True)}
         for r in rows:
-            rep = by_key[(r["steps"], r["label_noise"], r["n_train"], r["width"])]
+            rep = by_key[_key(r)]
             r["scores"].update(
                 consensus=rep.score,
                 consensus_sd=rep.score_sd,
@@ -299,7 +312,9 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int, scan: bool
             rho, tau, n = correlations(acc, adjusted)
             pairs = pair_accuracy(acc, adjusted)
             corr[group][m] = {"spearman": rho, "kendall": tau, "pairs": pairs, "n": n}
-    totals = {m: float(sum(r["seconds"].get(m, 0.0) for r in rows)) for m in methods}
+    # seconds of what this run computed (the joint rank is read, timed by bench_rank_claim)
+    timed = [m for m in methods if any(m in r["seconds"] for r in rows)]
+    totals = {m: float(sum(r["seconds"].get(m, 0.0) for r in rows)) for m in timed}
     accs = [r["test_accuracy"] for r in rows]
     return {
         "zoo": str(zoo),
@@ -375,7 +390,7 @@ def print_tables(results: list[dict], methods: list[str]) -> dict[str, dict[str,
     print(
         "seconds per zoo (all checkpoints): "
         + "; ".join(
-            f"{r['name']}: " + ", ".join(f"{m} {r['seconds'][m]:.0f}" for m in methods)
+            f"{r['name']}: " + ", ".join(f"{m} {t:.0f}" for m, t in r["seconds"].items())
             for r in results
         )
     )
@@ -405,12 +420,6 @@ def main(argv: list[str] | None = None) -> int:
         "--baselines-only", action="store_true", help="compute only the baselines, not ours"
     )
     parser.add_argument("--json", type=Path, help="also write every score and table here")
-    parser.add_argument(
-        "--rank",
-        action="store_true",
-        help="also run the joint rank scan for every checkpoint (slow: minutes per MNIST "
-        "checkpoint; the score does not need it)",
-    )
     args = parser.parse_args(argv)
     if args.n_samples < 1:
         parser.error("--n-samples must be >= 1")
@@ -418,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.baselines_only and score_checkpoints is None:
         raise SystemExit("factorlens.quality is not importable; run with --baselines-only")
     ours = not args.baselines_only
-    methods = (list(OURS) if ours else []) + list(BASELINES) + (["joint_rank"] * args.rank)
+    methods = (list(OURS) if ours else []) + list(BASELINES) + ["joint_rank"]
     try:
         zoos = (
             build_default_zoos(args.cache, args.mnist, jobs=args.jobs) if args.build else args.zoo
@@ -431,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch_threads(1), threadpool_limits(limits=1):
             for zoo in zoos:
                 print(f"zoo {zoo}", flush=True)
-                results.append(run_zoo(Path(zoo), methods, args.n_samples, args.seed, args.rank))
+                results.append(run_zoo(Path(zoo), methods, args.n_samples, args.seed))
     except FactorlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

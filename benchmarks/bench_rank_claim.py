@@ -37,6 +37,9 @@ from factorlens.research.models import torch_threads
 from factorlens.research.zoo import load_zoo, zoo_model, zoo_test_data
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "zoos"
+#: each zoo's result is also saved in its folder under this name, where bench_quality.py
+#: reads the joint rank of every checkpoint (its RANK_CLAIM_JSON)
+SAVED = "rank_claim.json"
 DEFAULT_ZOOS = ("digits-digitscnn", "digits-bngap", "digits-resnet-s1")
 RULES = ("rule", "plausible_high", "stability", "bicv_min", "corcondia")
 CORCONDIA_MIN = 50.0
@@ -104,18 +107,21 @@ def run_zoo(zoo: Path, n: int, max_rank: int) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoos", nargs="+", default=list(DEFAULT_ZOOS), help="zoo folder names")
     parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--n", type=int, default=500, help="test inputs per checkpoint")
-    parser.add_argument("--max-rank", type=int, default=8)
+    parser.add_argument("--n", type=int, default=300, help="test inputs per checkpoint")
+    parser.add_argument("--max-rank", type=int, default=6)
     parser.add_argument("--json", type=Path, help="write every row and correlation here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = []
     with threadpool_limits(limits=1):
         for name in args.zoos:
-            results.append(run_zoo(args.cache / name, args.n, args.max_rank))
+            res = run_zoo(args.cache / name, args.n, args.max_rank)
+            res.update(n=args.n, max_rank=args.max_rank)
+            (args.cache / name / SAVED).write_text(json.dumps(res, indent=1) + "\n")
+            results.append(res)
     print(f"{'zoo':<20} " + " ".join(f"{k:>15}" for k in RULES))
     for res in results:
         cells = " ".join(f"{res['spearman'][k]:>15.3f}" for k in RULES)

@@ -148,10 +148,10 @@ def test_weightwatcher_alpha_is_quiet_and_finite(capsys: pytest.CaptureFixture[s
     assert logging.getLogger().handlers == root_handlers
 
 
-def _bench_quality():
-    """benchmarks/bench_quality.py, imported as a module (benchmarks/ is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
-    spec = importlib.util.spec_from_file_location("bench_quality_under_test", path)
+def _bench(name: str = "bench_quality"):
+    """benchmarks/<name>.py, imported as a module (benchmarks/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -160,7 +160,7 @@ def _bench_quality():
 
 def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The quality benchmark end to end on a quick digits zoo: both our modes and baselines."""
-    bench = _bench_quality()
+    bench = _bench()
     zoo = tmp_path / "digits-digitscnn"
     build_zoo("digits", zoo, kinds="steps,noise", quick=True, progress=False)
     report = tmp_path / "scores.json"
@@ -194,7 +194,7 @@ def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_bench_quality_retest_reference_on_a_synthetic_zoo(tmp_path: Path) -> None:
     """On a synthetic zoo each distinct checkpoint is also measured on the independent retest
     set, and the table's reference is the test accuracy against that retest accuracy."""
-    bench = _bench_quality()
+    bench = _bench()
     zoo = build_zoo(
         "shapes", tmp_path / "z", arch="bngap", kinds="steps", quick=True, progress=False
     )
@@ -204,3 +204,28 @@ def test_bench_quality_retest_reference_on_a_synthetic_zoo(tmp_path: Path) -> No
     assert [r["retest_accuracy"] for r in result["rows"]] == expected
     acc = [r["test_accuracy"] for r in result["rows"]]
     assert result["retest"]["spearman"] == bench.correlations(acc, expected)[0]
+
+
+def test_bench_quality_reads_the_joint_rank_that_bench_rank_claim_saved(tmp_path: Path) -> None:
+    """bench_rank_claim.py saves every distinct checkpoint's joint rank in the zoo's folder;
+    bench_quality.py's joint_rank column is those ranks, a duplicate taking its twin's."""
+    zoo = tmp_path / "digits-digitscnn"
+    build_zoo("digits", zoo, kinds="steps,noise", quick=True, progress=False)
+    bench = _bench()
+    # before the rank claim has run on the zoo the column is empty (NaN), not made up
+    empty = bench.run_zoo(zoo, ["rankme", "joint_rank"], n_samples=60, seed=0)
+    assert all(math.isnan(r["scores"]["joint_rank"]) for r in empty["rows"])
+    assert math.isnan(empty["correlations"]["all"]["joint_rank"]["spearman"])
+    claim = _bench("bench_rank_claim")
+    argv = ["--cache", str(tmp_path), "--zoos", zoo.name, "--n", "60", "--max-rank", "3"]
+    assert claim.main(argv) == 0
+    saved = json.loads((zoo / claim.SAVED).read_text())
+    assert saved["n"] == 60 and saved["max_rank"] == 3 and len(saved["rows"]) == 4
+    rank = {r["checkpoint"]: r["rule"] for r in saved["rows"]}
+    assert all(1 <= v <= 3 for v in rank.values())
+    result = bench.run_zoo(zoo, ["rankme", "joint_rank"], n_samples=60, seed=0)
+    got = {r["checkpoint"]: r["scores"]["joint_rank"] for r in result["rows"]}
+    assert {k: got[k] for k in rank} == rank
+    # noise-000 is the last steps checkpoint trained again: it takes that checkpoint's rank
+    assert got["noise/noise-000.pt"] == rank["steps/step-000040.pt"]
+    assert "joint_rank" not in result["seconds"]  # read, not computed here
