@@ -99,6 +99,15 @@ class MnistCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    """3×3 conv (pad 1, no bias), BatchNorm and ReLU, as three modules of a Sequential."""
+    return [
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    ]
+
+
 class BNGapCNN(nn.Module):
     """Three conv+BatchNorm+ReLU stages, global average pooling and a linear head.
 
@@ -114,38 +123,28 @@ class BNGapCNN(nn.Module):
     def __init__(self, n_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         super().__init__()
         w = _check_width(width)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(w),
-            nn.ReLU(),
-            nn.Conv2d(w, 2 * w, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * w),
-            nn.ReLU(),
-            nn.Conv2d(2 * w, 4 * w, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(4 * w),
-            nn.ReLU(),
-        )
+        self.features = nn.Sequential(*self._stages(in_channels, w))
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Linear(4 * w, n_classes),
         )
 
+    @staticmethod
+    def _stages(c_in: int, w: int) -> list[nn.Module]:
+        """Return the feature stages: ``4 w`` channels at a quarter of the input's side."""
+        return [
+            *_conv_bn_relu(c_in, w),
+            *_conv_bn_relu(w, 2 * w, stride=2),
+            *_conv_bn_relu(2 * w, 4 * w, stride=2),
+        ]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, H, W) -> (N, n_classes) logits."""
+        """(N, in_channels, H, W) -> (N, n_classes) logits."""
         return self.classifier(self.features(x))
 
 
-def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    """3×3 conv (pad 1, no bias), BatchNorm and ReLU, as three modules of a Sequential."""
-    return [
-        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(),
-    ]
-
-
-class DeepBNGapCNN(nn.Module):
+class DeepBNGapCNN(BNGapCNN):
     """VGG-style BN-GAP network: three stages of two conv+BatchNorm+ReLU, GAP and a linear head.
 
     Takes (N, in_channels, H, W) for any H, W >= 8; output logits (N, 10). Unlike
@@ -159,26 +158,17 @@ class DeepBNGapCNN(nn.Module):
     classifier: 0 AdaptiveAvgPool(1), 1 Flatten, 2 Linear(64→10)
     """
 
-    def __init__(self, n_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
-        super().__init__()
-        w = _check_width(width)
-        self.features = nn.Sequential(
-            *_conv_bn_relu(in_channels, w),
+    @staticmethod
+    def _stages(c_in: int, w: int) -> list[nn.Module]:
+        """Return the feature stages, two convs each: ``4 w`` channels at a quarter of the side."""
+        return [
+            *_conv_bn_relu(c_in, w),
             *_conv_bn_relu(w, w),
             *_conv_bn_relu(w, 2 * w, stride=2),
             *_conv_bn_relu(2 * w, 2 * w),
             *_conv_bn_relu(2 * w, 4 * w, stride=2),
             *_conv_bn_relu(4 * w, 4 * w),
-        )
-        self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(4 * w, n_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_channels, H, W) -> (N, n_classes) logits."""
-        return self.classifier(self.features(x))
+        ]
 
 
 class ResidualBlock(nn.Module):
