@@ -251,6 +251,36 @@ def saved_joint_ranks(zoo: Path) -> dict[str, float]:
     return {r["checkpoint"]: float(r["rule"]) for r in json.loads(path.read_text())["rows"]}
 
 
+def fill_joint_ranks(zoo: Path, rows: list[dict[str, Any]]) -> None:
+    """Set every row's ``joint_rank`` score from the ranks saved in the zoo's folder (NaN
+    where none was saved); a duplicate checkpoint takes its twin's."""
+    saved = saved_joint_ranks(zoo)
+    rank_of = {_key(r): saved.get(r["checkpoint"], math.nan) for r in _dedupe(rows)}
+    for r in rows:
+        r["scores"]["joint_rank"] = rank_of[_key(r)]
+
+
+def zoo_correlations(
+    rows: list[dict[str, Any]], methods: list[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """ρ, τ, pair accuracy and n per method, over the zoo's distinct checkpoints ("all") and
+    within each kind."""
+    groups = {"all": _dedupe(rows)}
+    for kind in ("steps", "noise", "data", "width"):
+        if any(r["kind"] == kind for r in rows):
+            groups[kind] = [r for r in rows if r["kind"] == kind]
+    corr: dict[str, dict[str, dict[str, float]]] = {}
+    for group, members in groups.items():
+        acc = [r["test_accuracy"] for r in members]
+        corr[group] = {}
+        for m in methods:
+            adjusted = [SIGN[m] * r["scores"][m] for r in members]
+            rho, tau, n = correlations(acc, adjusted)
+            pairs = pair_accuracy(acc, adjusted)
+            corr[group][m] = {"spearman": rho, "kendall": tau, "pairs": pairs, "n": n}
+    return corr
+
+
 def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int) -> dict:
     entries = load_zoo(zoo)
     if not entries:
@@ -266,11 +296,8 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int) -> dict:
         row.update(scores=scores, seconds=seconds, entry=e)
         rows.append(row)
     distinct = _dedupe(rows)
-    if "joint_rank" in methods:  # saved per distinct checkpoint; a duplicate takes its twin's
-        saved = saved_joint_ranks(zoo)
-        rank_of = {_key(r): saved.get(r["checkpoint"], math.nan) for r in distinct}
-        for r in rows:
-            r["scores"]["joint_rank"] = rank_of[_key(r)]
+    if "joint_rank" in methods:
+        fill_joint_ranks(zoo, rows)
     if ours:  # both our modes over the distinct checkpoints: a duplicate would vote twice
         t0 = time.perf_counter()
         reports = score_checkpoints(
@@ -299,19 +326,6 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int) -> dict:
         del r["entry"]
         parts = " ".join(f"{m}={_fmt(r['scores'].get(m), '.4g')}" for m in methods)
         print(f"  {zoo.name}/{r['checkpoint']:<22} acc={r['test_accuracy']:.4f} {parts}")
-    groups = {"all": distinct}
-    for kind in ("steps", "noise", "data", "width"):
-        if any(r["kind"] == kind for r in rows):
-            groups[kind] = [r for r in rows if r["kind"] == kind]
-    corr: dict[str, dict[str, dict[str, float]]] = {}
-    for group, members in groups.items():
-        acc = [r["test_accuracy"] for r in members]
-        corr[group] = {}
-        for m in methods:
-            adjusted = [SIGN[m] * r["scores"][m] for r in members]
-            rho, tau, n = correlations(acc, adjusted)
-            pairs = pair_accuracy(acc, adjusted)
-            corr[group][m] = {"spearman": rho, "kendall": tau, "pairs": pairs, "n": n}
     # seconds of what this run computed (the joint rank is read, timed by bench_rank_claim)
     timed = [m for m in methods if any(m in r["seconds"] for r in rows)]
     totals = {m: float(sum(r["seconds"].get(m, 0.0) for r in rows)) for m in timed}
@@ -325,7 +339,7 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int) -> dict:
         "n_inputs": data.n_samples,
         "accuracy_range": [min(accs), max(accs)],
         "rows": rows,
-        "correlations": corr,
+        "correlations": zoo_correlations(rows, methods),
         "retest": None
         if retest is None
         else _retest_cell([r["test_accuracy"] for r in distinct], retest),
@@ -397,12 +411,45 @@ def print_tables(results: list[dict], methods: list[str]) -> dict[str, dict[str,
     return worst
 
 
+def score_zoos(args: argparse.Namespace, methods: list[str]) -> list[dict[str, Any]]:
+    """Build (with --build) and score the zoos; nothing scored with --build-only."""
+    zoos = build_default_zoos(args.cache, args.mnist, jobs=args.jobs) if args.build else args.zoo
+    if args.build_only:
+        return []
+    results = []
+    # one torch and one BLAS thread: on a busy 2-core machine a 2-thread OpenBLAS
+    # eigensolver was measured 100x slower than a 1-thread one
+    with torch_threads(1), threadpool_limits(limits=1):
+        for zoo in zoos:
+            print(f"zoo {zoo}", flush=True)
+            results.append(run_zoo(Path(zoo), methods, args.n_samples, args.seed))
+    return results
+
+
+def reread_tables(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The zoos and methods of a run saved with --json, their joint ranks read afresh from the
+    zoos' folders and every correlation recomputed."""
+    saved = json.loads(path.read_text())
+    results, methods = saved["zoos"], saved["methods"]
+    for r in results:
+        fill_joint_ranks(Path(r["zoo"]), r["rows"])
+        r["correlations"] = zoo_correlations(r["rows"], methods)
+    return results, methods
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--zoo", type=Path, nargs="+", metavar="DIR", help="zoo folders")
     src.add_argument(
         "--build", action="store_true", help=f"build/reuse the default zoos in {CACHE}"
+    )
+    src.add_argument(
+        "--tables",
+        type=Path,
+        metavar="JSON",
+        help="print the tables of a run saved with --json again, the joint ranks read afresh "
+        "from the zoos' rank_claim.json (bench_rank_claim.py may finish after the scores)",
     )
     parser.add_argument("--cache", type=Path, default=CACHE, help="where --build puts zoos")
     parser.add_argument("--mnist", type=Path, default=SHARED, help="MNIST folder for --build")
@@ -428,22 +475,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("factorlens.quality is not importable; run with --baselines-only")
     ours = not args.baselines_only
     methods = (list(OURS) if ours else []) + list(BASELINES) + ["joint_rank"]
-    try:
-        zoos = (
-            build_default_zoos(args.cache, args.mnist, jobs=args.jobs) if args.build else args.zoo
-        )
+    if args.tables:
+        results, methods = reread_tables(args.tables)
+    else:
+        try:
+            results = score_zoos(args, methods)
+        except FactorlensError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         if args.build_only:
             return 0
-        results = []
-        # one torch and one BLAS thread: on a busy 2-core machine a 2-thread OpenBLAS
-        # eigensolver was measured 100x slower than a 1-thread one
-        with torch_threads(1), threadpool_limits(limits=1):
-            for zoo in zoos:
-                print(f"zoo {zoo}", flush=True)
-                results.append(run_zoo(Path(zoo), methods, args.n_samples, args.seed))
-    except FactorlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
     for r in results:
         lo, hi = r["accuracy_range"]
@@ -453,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     worst = print_tables(results, methods)
     if args.json:
-        args.json.write_text(json.dumps({"zoos": results, "worst": worst}, indent=1) + "\n")
+        saved = {"zoos": results, "worst": worst, "methods": methods}
+        args.json.write_text(json.dumps(saved, indent=1) + "\n")
     best = max(
         BASELINES,
         key=lambda m: -math.inf if math.isnan(worst[m]["spearman"]) else worst[m]["spearman"],

@@ -208,14 +208,19 @@ def test_bench_quality_retest_reference_on_a_synthetic_zoo(tmp_path: Path) -> No
 
 def test_bench_quality_reads_the_joint_rank_that_bench_rank_claim_saved(tmp_path: Path) -> None:
     """bench_rank_claim.py saves every distinct checkpoint's joint rank in the zoo's folder;
-    bench_quality.py's joint_rank column is those ranks, a duplicate taking its twin's."""
+    bench_quality.py's joint_rank column is those ranks, a duplicate taking its twin's, read
+    when it scores a zoo or afresh with --tables from a run saved before the claim."""
     zoo = tmp_path / "digits-digitscnn"
     build_zoo("digits", zoo, kinds="steps,noise", quick=True, progress=False)
     bench = _bench()
     # before the rank claim has run on the zoo the column is empty (NaN), not made up
-    empty = bench.run_zoo(zoo, ["rankme", "joint_rank"], n_samples=60, seed=0)
-    assert all(math.isnan(r["scores"]["joint_rank"]) for r in empty["rows"])
-    assert math.isnan(empty["correlations"]["all"]["joint_rank"]["spearman"])
+    early = tmp_path / "early.json"
+    assert bench.main(["--zoo", str(zoo), "--n-samples", "60", "--json", str(early)]) == 0
+    (before,) = json.loads(early.read_text())["zoos"]
+    assert all(math.isnan(r["scores"]["joint_rank"]) for r in before["rows"])
+    assert math.isnan(before["correlations"]["all"]["joint_rank"]["spearman"])
+    assert "joint_rank" not in before["seconds"]  # read, not computed here
+
     claim = _bench("bench_rank_claim")
     argv = ["--cache", str(tmp_path), "--zoos", zoo.name, "--n", "60", "--max-rank", "3"]
     assert claim.main(argv) == 0
@@ -223,9 +228,25 @@ def test_bench_quality_reads_the_joint_rank_that_bench_rank_claim_saved(tmp_path
     assert saved["n"] == 60 and saved["max_rank"] == 3 and len(saved["rows"]) == 4
     rank = {r["checkpoint"]: r["rule"] for r in saved["rows"]}
     assert all(1 <= v <= 3 for v in rank.values())
-    result = bench.run_zoo(zoo, ["rankme", "joint_rank"], n_samples=60, seed=0)
-    got = {r["checkpoint"]: r["scores"]["joint_rank"] for r in result["rows"]}
+
+    later = tmp_path / "later.json"
+    assert bench.main(["--tables", str(early), "--json", str(later)]) == 0
+    (after,) = json.loads(later.read_text())["zoos"]
+    got = {r["checkpoint"]: r["scores"]["joint_rank"] for r in after["rows"]}
     assert {k: got[k] for k in rank} == rank
     # noise-000 is the last steps checkpoint trained again: it takes that checkpoint's rank
     assert got["noise/noise-000.pt"] == rank["steps/step-000040.pt"]
-    assert "joint_rank" not in result["seconds"]  # read, not computed here
+    # the other scores are the saved ones, their correlations recomputed unchanged
+    assert [r["scores"]["consensus"] for r in after["rows"]] == [
+        r["scores"]["consensus"] for r in before["rows"]
+    ]
+    assert after["correlations"]["all"]["rankme"] == before["correlations"]["all"]["rankme"]
+    acc = [r["test_accuracy"] for r in bench._dedupe(after["rows"])]
+    ranks = [r["scores"]["joint_rank"] for r in bench._dedupe(after["rows"])]
+    assert after["correlations"]["all"]["joint_rank"]["n"] == 4
+    assert after["correlations"]["all"]["joint_rank"]["spearman"] == pytest.approx(
+        bench.correlations(acc, ranks)[0], nan_ok=True
+    )
+    # scoring the zoo now reads the saved ranks directly
+    direct = bench.run_zoo(zoo, ["rankme", "joint_rank"], n_samples=60, seed=0)
+    assert {r["checkpoint"]: r["scores"]["joint_rank"] for r in direct["rows"]} == got
