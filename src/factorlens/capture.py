@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches, one_line
+from factorlens.errors import (
+    FactorlensError,
+    FactorlensRuntimeError,
+    close_matches,
+    note,
+    one_line,
+)
 from factorlens.modelio import resolve_device
 from factorlens.options import CaptureOptions
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
@@ -307,8 +312,11 @@ def _select_output(name: str, out: Any, select: Mapping[str, Any]) -> Any:
     return out
 
 
-def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np.ndarray:
-    """Return a layer's (selected) output as a float32 ndarray copy ``(batch_n, ...)``."""
+def _as_tensor(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> torch.Tensor:
+    """Return a layer's (selected) output as a detached float32 tensor ``(batch_n, ...)``.
+
+    Not a copy: the tensor may be changed later by in-place operations of the model.
+    """
     out = _select_output(name, out, select)
     if isinstance(out, list | tuple | Mapping):
         kind = type(out).__name__
@@ -326,8 +334,17 @@ def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np
             f"layer {name!r} output has shape {tuple(out.shape)} whose first axis is not the "
             f"batch of {batch_n} samples; choose another layer"
         )
-    # copy now: later in-place operations (ReLU(inplace=True)) must not change what we keep
-    return out.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
+    return out.detach().float()
+
+
+def _to_rows(out: torch.Tensor) -> np.ndarray:
+    """Return a float32 numpy copy of a tensor, on the CPU."""
+    return out.to(device="cpu", dtype=torch.float32, copy=True).numpy()
+
+
+def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np.ndarray:
+    """Return a layer's (selected) output as a float32 ndarray copy ``(batch_n, ...)``."""
+    return _to_rows(_as_tensor(name, out, select, batch_n))
 
 
 def _make_store(
@@ -383,6 +400,61 @@ def _fingerprint(model: nn.Module, images: Any, settings: Mapping[str, Any]) -> 
         "inputs_sha256": _sha256([images]),
         "weights_sha256": _sha256([state[k] for k in sorted(state)]),
     }
+
+
+def _check_capture_args(
+    model: nn.Module,
+    data: Any,
+    layers: Sequence[str] | str | None,
+    batch_size: Any,
+    labels: Any,
+    select: Mapping[str, int | str] | None,
+    nonfinite: str,
+    output: str | None,
+) -> tuple[Any, int, np.ndarray | None, list[str], dict[str, Any], dict[str, Any]]:
+    """Check a capture's arguments (one-line errors); return what the passes need.
+
+    That is ``(images, N, labels or None, chosen layers, select, the data's meta)``.
+    """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise FactorlensError(f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise FactorlensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size < 1:
+        raise FactorlensError(f"batch_size must be a positive integer, got {batch_size}")
+    images, data_labels, data_meta = _unpack_data(data)
+    n = int(images.shape[0])
+    if labels is None:
+        labels = data_labels
+    if labels is not None:
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if labels.shape != (n,):
+            raise FactorlensError(
+                f"labels have shape {labels.shape} but the data has {n} samples; give one "
+                "label per sample"
+            )
+    if output is not None and isinstance(layers, list | tuple) and not layers:
+        chosen: list[str] = []  # only the input and the model's output
+    else:
+        chosen = select_layers(model, layers)
+    if "input" in chosen:
+        raise FactorlensError(
+            "a layer named 'input' clashes with the input block; capture its parent or "
+            "rename the module"
+        )
+    if output is not None and output in ("input", *chosen):
+        raise FactorlensError(
+            f"output block name {output!r} clashes with the input or a captured layer; "
+            "choose another name"
+        )
+    select = dict(select or {})
+    for key in select:
+        if key not in chosen and key != output:
+            raise FactorlensError(
+                f"select names layer {key!r}, which is not captured{close_matches(key, chosen)}; "
+                "add it to the layers or fix the name"
+            )
+    return images, n, labels, chosen, select, data_meta
 
 
 # --------------------------------------------------------------------------- capture
@@ -462,47 +534,11 @@ def capture(
     ActivationStore
         The closed (complete, read-only) store.
     """
-    if nonfinite not in NONFINITE_POLICIES:
-        raise FactorlensError(f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise FactorlensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    images, n, labels, chosen, select, data_meta = _check_capture_args(
+        model, data, layers, batch_size, labels, select, nonfinite, output
+    )
     batch_size = int(batch_size)
-    if batch_size < 1:
-        raise FactorlensError(f"batch_size must be a positive integer, got {batch_size}")
-    images, data_labels, data_meta = _unpack_data(data)
-    n = int(images.shape[0])
-    if labels is None:
-        labels = data_labels
-    if labels is not None:
-        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-        if labels.shape != (n,):
-            raise FactorlensError(
-                f"labels have shape {labels.shape} but the data has {n} samples; give one "
-                "label per sample"
-            )
-    if output is not None and isinstance(layers, list | tuple) and not layers:
-        chosen: list[str] = []  # only the input and the model's output
-    else:
-        chosen = select_layers(model, layers)
-    if "input" in chosen:
-        raise FactorlensError(
-            "a layer named 'input' clashes with the input block; capture its parent or "
-            "rename the module"
-        )
-    if output is not None and output in ("input", *chosen):
-        raise FactorlensError(
-            f"output block name {output!r} clashes with the input or a captured layer; "
-            "choose another name"
-        )
-    select = dict(select or {})
-    for key in select:
-        if key not in chosen and key != output:
-            raise FactorlensError(
-                f"select names layer {key!r}, which is not captured{close_matches(key, chosen)}; "
-                "add it to the layers or fix the name"
-            )
     dev = resolve_device(str(device))  # one device rule for capture and model loading
-    modules = dict(model.named_modules())
 
     settings = {
         "n_samples": n,
@@ -531,8 +567,8 @@ def capture(
             model,
             images,
             chosen,
-            modules,
             the_store,
+            drop_unused=layers is None,
             batch_size=batch_size,
             device=dev,
             preprocess=preprocess,
@@ -585,11 +621,255 @@ def finish_store(
     store.close()
 
 
+class ForwardPass:
+    """One run of a model over its inputs in batches, with forward hooks on chosen modules.
+
+    The generic loop of every capture (:func:`capture`, the sketched capture of wide layers in
+    :mod:`factorlens.sketched`): the model runs in eval mode without gradients on ``device``;
+    the k-th call of module ``m`` in a forward pass is block ``m#k`` (``m`` for the first), and
+    every batch must make the same calls. Hooks are always removed and the model's modes and
+    device restored.
+
+    Subclasses say what happens to the outputs: :meth:`on_block` is called inside the hook with
+    a block's output (a float32 tensor on ``device``, checked to have one row per input; later
+    in-place operations may change it, so keep a copy or reduce it at once), :meth:`on_batch`
+    after each forward pass.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    chosen : list of str
+        Module names to hook (:func:`select_layers`).
+    device : torch.device
+        Where the model runs.
+    preprocess : callable, optional
+        Applied to each batch before the model (not to the input block).
+    select : dict
+        ``{layer: index or key}`` for layers that return a tuple, list or dict.
+    output : str, optional
+        Also pass the model's own output to :meth:`on_batch` (as rows; see :func:`capture`).
+    drop_unused : bool
+        Leave out chosen modules that do not run in the first batch (default layers) instead
+        of refusing them.
+    """
+
+    desc = "capture"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        chosen: list[str],
+        *,
+        device: torch.device,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
+        select: dict[str, Any],
+        output: str | None = None,
+        drop_unused: bool = False,
+    ) -> None:
+        self.model = model
+        self.chosen = chosen
+        self.drop_unused = drop_unused
+        self.dropped: list[str] = []  # default layers that did not run (drop_unused)
+        self.modules = dict(model.named_modules())
+        self.device = device
+        self.preprocess = preprocess
+        self.select = select
+        self.output = output
+        self.blocks: dict[str, str] = {}  # block -> module name (of the last batch)
+        self.calls: dict[str, int] = {}  # module name -> calls in the current batch
+        self.first_calls: dict[str, int] = {}
+        self.batch_n = 0
+        self.start = 0
+
+    # ------------------------------------------------------------------ what subclasses do
+    def on_block(self, block: str, module: str, out: torch.Tensor) -> None:
+        """Take block ``block``'s output of the current batch (rows ``self.start`` on)."""
+
+    def on_batch(
+        self, start: int, stop: int, batch: torch.Tensor, returned: dict[str, np.ndarray]
+    ) -> None:
+        """Take the end of a batch: its inputs (CPU, as given) and the model's output rows."""
+
+    # ------------------------------------------------------------------ the loop
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
+            k = self.calls[name] = self.calls.get(name, 0) + 1
+            block = name if k == 1 else f"{name}#{k}"
+            if self.blocks.get(block, name) != name:
+                raise FactorlensError(
+                    f"two captured calls would both be block {block!r} (a module name with "
+                    "'#'); capture only one of those modules"
+                )
+            self.blocks[block] = name
+            self.on_block(block, name, _as_tensor(name, out, self.select, self.batch_n))
+
+        return hook
+
+    def run(
+        self,
+        images: Any,
+        *,
+        batch_size: int,
+        progress: bool,
+        start_row: int = 0,
+        stop_if: Callable[[], bool] | None = None,
+        desc: str | None = None,
+    ) -> None:
+        """Run the model over ``images[start_row:]`` (``start_row`` a batch boundary)."""
+        from factorlens.progress import progress_bar
+
+        n = int(images.shape[0])
+        model, device = self.model, self.device
+        modes = {m: m.training for m in model.modules()}
+        tensors = [*model.parameters(), *model.buffers()]
+        devices = {t.device for t in tensors}
+        moved_from = next(iter(devices)) if len(devices) == 1 and device not in devices else None
+        handles = []
+        n_batches = -(-n // batch_size)
+        bar = progress_bar(
+            n_batches,
+            desc or self.desc,
+            unit="batch",
+            initial=start_row // batch_size,
+            disable=not (progress and n_batches > 1),
+        )
+        try:
+            if moved_from is not None:
+                model.to(device)
+            model.eval()
+            handles = [self.modules[nm].register_forward_hook(self._hook(nm)) for nm in self.chosen]
+            with torch.no_grad():
+                for start in range(start_row, n, batch_size):
+                    if stop_if is not None and stop_if():
+                        raise FactorlensRuntimeError("the capture was given up; nothing was kept")
+                    stop = min(start + batch_size, n)
+                    batch = _batch_tensor(images, start, stop)
+                    x = _apply_preprocess(self.preprocess, batch).to(device)
+                    self.calls.clear()
+                    self.batch_n, self.start = stop - start, start
+                    try:
+                        returned = model(x)
+                    except FactorlensError:
+                        raise
+                    except Exception as exc:
+                        raise FactorlensRuntimeError(
+                            f"the model failed on an input batch of shape {tuple(x.shape)} "
+                            f"({x.dtype}): {type(exc).__name__}: {one_line(exc, 400)}; check "
+                            "that the data shape, channels and preprocessing match what the "
+                            "model expects"
+                        ) from exc
+                    self._check_calls(start, start_row)
+                    self.model_output = returned  # what on_batch may look at too
+                    rows = {}
+                    if self.output is not None:
+                        rows[self.output] = _as_rows(
+                            self.output, returned, self.select, stop - start
+                        )
+                    self.on_batch(start, stop, batch, rows)
+                    bar.update(1)
+        finally:
+            for handle in handles:
+                handle.remove()
+            bar.close()
+            for submodule, mode in modes.items():
+                submodule.training = mode
+            if moved_from is not None:
+                model.to(moved_from)
+
+    def _check_calls(self, start: int, start_row: int) -> None:
+        """Every chosen module ran, and as often as in the first batch.
+
+        With ``drop_unused`` (default layers, not named ones) a module that did not run in the
+        first batch is left out, with a note: an attention's ``out_proj``, whose weights its
+        ``nn.MultiheadAttention`` uses without calling it.
+        """
+        missing = [name for name in self.chosen if name not in self.calls]
+        if missing and self.drop_unused and start == start_row:
+            self.chosen = [name for name in self.chosen if name in self.calls]
+            self.dropped = missing
+            if not self.chosen:
+                raise FactorlensError(
+                    "none of the default layers ran in the forward pass; name the layers to "
+                    "capture (`layers`)"
+                )
+            missing = []
+        if missing:
+            raise FactorlensError(
+                f"layer(s) {', '.join(map(repr, missing))} did not run in the forward "
+                "pass; choose layers that the model's forward() uses"
+            )
+        if start == start_row:
+            self.first_calls = dict(self.calls)
+        elif self.calls != self.first_calls:
+            name = next(m for m in self.chosen if self.calls[m] != self.first_calls[m])
+            raise FactorlensError(
+                f"layer {name!r} ran {self.calls[name]} time(s) in the batch starting at "
+                f"sample {start} but {self.first_calls[name]} time(s) in the first batch; "
+                "every call is its own block, so capture a module that runs the same "
+                "number of times for every batch"
+            )
+
+
+class _StorePass(ForwardPass):
+    """The capture proper: every block's rows (and the input's) written to a store."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        chosen: list[str],
+        store: ActivationStore,
+        *,
+        nonfinite: str,
+        counts: dict[str, int],
+        resumed: bool,
+        n_samples: int,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, chosen, **options)
+        self.n_samples = n_samples
+        self.store = store
+        self.nonfinite = nonfinite
+        self.counts = counts
+        self.resumed = resumed
+        self.rows: dict[str, np.ndarray] = {}  # block -> rows of this batch, in call order
+        self.writer: BatchWriter | None = None  # checks and writes while the next batch runs
+
+    def on_block(self, block: str, module: str, out: torch.Tensor) -> None:
+        # copy now: later in-place operations (ReLU(inplace=True)) must not change what we keep
+        self.rows[block] = _to_rows(out)
+
+    def on_batch(
+        self, start: int, stop: int, batch: torch.Tensor, returned: dict[str, np.ndarray]
+    ) -> None:
+        store, n = self.store, int(self.n_samples)
+        rows_in = _input_rows(batch)
+        if len(store) == 0:
+            if self.output in self.rows:
+                raise FactorlensError(
+                    f"output block name {self.output!r} clashes with a captured call of "
+                    f"layer {self.blocks[self.output]!r}; choose another name"
+                )
+            store.create_block("input", rows_in.shape[1:], "input", "input", n_samples=n)
+            for block, rows in returned.items():
+                kind = type(self.model).__name__
+                store.create_block(block, rows.shape[1:], "output", kind, n_samples=n)
+            for block, rows in self.rows.items():
+                module = type(self.modules[self.blocks[block]]).__name__
+                store.create_block(block, rows.shape[1:], "layer", module, n_samples=n)
+        elif self.resumed:  # resumed: the blocks must be the ones on disk
+            _check_resumed_blocks(store, [*returned, *self.rows])
+            self.resumed = False
+        if self.writer is None:
+            self.writer = BatchWriter(store, self.nonfinite, self.counts)
+        self.writer.put(start, stop, [("input", rows_in), *returned.items(), *self.rows.items()])
+        self.rows = {}
+
+
 def _run_capture(
     model: nn.Module,
     images: Any,
     chosen: list[str],
-    modules: dict[str, nn.Module],
     store: ActivationStore,
     *,
     batch_size: int,
@@ -602,137 +882,54 @@ def _run_capture(
     start_row: int = 0,
     counts: dict[str, int] | None = None,
     stop_if: Callable[[], bool] | None = None,
+    drop_unused: bool = False,
 ) -> dict[str, int]:
-    """Run the batch loop of :func:`capture`, from sample ``start_row``.
+    """Run the batch loop of :func:`capture`, from sample ``start_row``, into ``store``.
 
     ``start_row`` is a batch boundary; the store then already holds the rows before it, and
     ``counts`` their non-finite counts. ``stop_if`` is asked before every batch; when it says
     so the loop stops with a :class:`FactorlensRuntimeError` (a sharded capture given up).
-
-    Returns the non-finite counts replaced per block. The k-th call of module ``m`` is block
-    ``m#k`` (k >= 2), blocks in call order. Hooks are always removed and the model's modes and
-    device restored.
+    ``drop_unused`` leaves out (default) layers that do not run, with a note. Returns the
+    non-finite counts replaced per block.
     """
-    from tqdm import tqdm
-
-    n = int(images.shape[0])
-    n_batches = -(-n // batch_size)
-    outputs: dict[str, np.ndarray] = {}  # block -> rows of this batch, in call order
-    blocks: dict[str, str] = {}  # block -> module name
-    calls: dict[str, int] = {}  # module name -> calls in this batch
-    first_calls: dict[str, int] = {}
-    counts = dict(counts or {})
-    state = {"batch_n": 0}
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
-            k = calls[name] = calls.get(name, 0) + 1
-            block = name if k == 1 else f"{name}#{k}"
-            if block in outputs:
-                raise FactorlensError(
-                    f"two captured calls would both be block {block!r} (a module name with "
-                    "'#'); capture only one of those modules"
-                )
-            outputs[block] = _as_rows(name, out, select, state["batch_n"])
-            blocks[block] = name
-
-        return hook
-
-    modes = {m: m.training for m in model.modules()}
-    tensors = [*model.parameters(), *model.buffers()]
-    devices = {t.device for t in tensors}
-    moved_from = next(iter(devices)) if len(devices) == 1 and device not in devices else None
-    handles = []
-    bar = None
-    writer: BatchWriter | None = None  # checks and writes batches while the next one runs
+    run = _StorePass(
+        model,
+        chosen,
+        store,
+        nonfinite=nonfinite,
+        counts=dict(counts or {}),
+        resumed=start_row > 0 or len(store) > 0,
+        n_samples=int(images.shape[0]),
+        device=device,
+        preprocess=preprocess,
+        select=select,
+        output=output,
+        drop_unused=drop_unused,
+    )
     try:
-        if moved_from is not None:
-            model.to(device)
-        model.eval()
-        handles = [modules[name].register_forward_hook(make_hook(name)) for name in chosen]
-        bar = tqdm(
-            total=n_batches,
-            initial=start_row // batch_size,
-            desc="capture",
-            unit="batch",
-            file=sys.stderr,
-            leave=False,
-            disable=not (progress and n_batches > 1),
+        run.run(
+            images, batch_size=batch_size, progress=progress, start_row=start_row, stop_if=stop_if
         )
-        with torch.no_grad():
-            for start in range(start_row, n, batch_size):
-                if stop_if is not None and stop_if():
-                    raise FactorlensRuntimeError("the capture was given up; nothing was kept")
-                stop = min(start + batch_size, n)
-                batch = _batch_tensor(images, start, stop)
-                rows_in = _input_rows(batch)
-                x = _apply_preprocess(preprocess, batch).to(device)
-                outputs.clear()
-                calls.clear()
-                state["batch_n"] = stop - start
-                try:
-                    returned = model(x)
-                except FactorlensError:
-                    raise
-                except Exception as exc:
-                    raise FactorlensRuntimeError(
-                        f"the model failed on an input batch of shape {tuple(x.shape)} "
-                        f"({x.dtype}): {type(exc).__name__}: {one_line(exc, 400)}; check that the "
-                        "data shape, channels and preprocessing match what the model expects"
-                    ) from exc
-                missing = [name for name in chosen if name not in calls]
-                if missing:
-                    raise FactorlensError(
-                        f"layer(s) {', '.join(map(repr, missing))} did not run in the forward "
-                        "pass; choose layers that the model's forward() uses"
-                    )
-                model_rows = {}  # the model's own output block, if any
-                if output is not None:
-                    model_rows[output] = _as_rows(output, returned, select, stop - start)
-                if start == start_row:
-                    first_calls = dict(calls)
-                if len(store) == 0:
-                    if output in outputs:
-                        raise FactorlensError(
-                            f"output block name {output!r} clashes with a captured call of "
-                            f"layer {blocks[output]!r}; choose another name"
-                        )
-                    store.create_block("input", rows_in.shape[1:], "input", "input", n_samples=n)
-                    for block, rows in model_rows.items():
-                        kind = type(model).__name__
-                        store.create_block(block, rows.shape[1:], "output", kind, n_samples=n)
-                    for block, rows in outputs.items():
-                        module = type(modules[blocks[block]]).__name__
-                        store.create_block(block, rows.shape[1:], "layer", module, n_samples=n)
-                elif start == start_row:  # resumed: the blocks must be the ones on disk
-                    _check_resumed_blocks(store, [*model_rows, *outputs])
-                elif calls != first_calls:
-                    name = next(m for m in chosen if calls[m] != first_calls[m])
-                    raise FactorlensError(
-                        f"layer {name!r} ran {calls[name]} time(s) in the batch starting at "
-                        f"sample {start} but {first_calls[name]} time(s) in the first batch; "
-                        "every call is its own block, so capture a module that runs the same "
-                        "number of times for every batch"
-                    )
-                if writer is None:
-                    writer = BatchWriter(store, nonfinite, counts)
-                writer.put(start, stop, [("input", rows_in), *model_rows.items(), *outputs.items()])
-                outputs.clear()
-                bar.update(1)
-        if writer is not None:
-            writer.close()  # every batch written (or the writer's error raised here)
+        if run.writer is not None:
+            run.writer.close()  # every batch written (or the writer's error raised here)
     finally:
-        if writer is not None:
-            writer.close()  # after an error or interruption: what was queued, in order
-        for handle in handles:
-            handle.remove()
-        if bar is not None:
-            bar.close()
-        for submodule, mode in modes.items():
-            submodule.training = mode
-        if moved_from is not None:
-            model.to(moved_from)
-    return counts
+        if run.writer is not None:
+            run.writer.close()  # after an error or interruption: what was queued, in order
+    note_unused(run.dropped)
+    return run.counts
+
+
+def note_unused(dropped: Sequence[str]) -> None:
+    """Note the default layers left out because they never ran (``ForwardPass.drop_unused``)."""
+    if dropped:
+        shown = ", ".join(dropped[:3]) + (
+            f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+        )
+        note(
+            f"{len(dropped)} default layer(s) never ran as modules and are left out: {shown} "
+            "(an attention's out_proj runs inside it; capture the attention with "
+            "`layers` and `select`)"
+        )
 
 
 def _check_resumed_blocks(store: ActivationStore, names: list[str]) -> None:

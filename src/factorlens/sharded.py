@@ -122,7 +122,6 @@ def _capture_shard(
             model,
             _FirstRows(rows, stop),
             layers,
-            dict(model.named_modules()),
             store,
             device=torch.device("cpu"),
             progress=False,
@@ -180,9 +179,8 @@ def capture_sharded(
         The complete, read-only store, as :func:`factorlens.capture` would have written it
         (the same blocks, rows, labels and metadata; chunks are laid out per shard).
     """
-    from tqdm import tqdm
-
     from factorlens.factorize.distributed import current_client
+    from factorlens.progress import progress_bar
 
     rows, data_labels, data_meta = _row_source(data)
     n = int(rows.shape[0])
@@ -201,7 +199,7 @@ def capture_sharded(
     first = capture(
         model,
         np.asarray(rows[0 : min(batch_size, n)], dtype=np.float32),
-        chosen,
+        None if layers is None and not only_output else chosen,
         batch_size=batch_size,
         preprocess=preprocess,
         select=select,
@@ -209,6 +207,8 @@ def capture_sharded(
         output=output,
         progress=False,
     )
+    # default layers that never ran (an attention's out_proj) were left out there
+    chosen = [m for m in chosen if any(b.split("#")[0] == m for b in first.meta["layers"])]
     n_workers = len(client.scheduler_info().get("workers", {})) or 1
     chunks, shard = chunk_layout(
         {b: first.shape(b)[1:] for b in first.names}, n, batch_size, n_workers
@@ -253,14 +253,7 @@ def capture_sharded(
                 "nonfinite": nonfinite,
                 "output": output,
             },
-            tqdm(
-                total=-(-n // shard),
-                desc="capture shards",
-                unit="shard",
-                file=sys.stderr,
-                leave=False,
-                disable=not progress,
-            ),
+            progress_bar(-(-n // shard), "capture shards", unit="shard", disable=not progress),
         )
         target.finish_shards(n)
         finish_store(target, model, labels, {**data_meta, **dict(meta or {})}, settings, counts)
