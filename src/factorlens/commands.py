@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTFResult
+from factorlens.options import CaptureOptions
 from factorlens.output import atomic_write_text
 from factorlens.pipeline import (
     OUTPUT_NAMES,
@@ -129,6 +130,8 @@ def _existing_store(args: argparse.Namespace) -> ZarrStore:
         "--batch-size": args.batch_size != 256,
         "--nonfinite": args.nonfinite != "raise",
         "--compression": args.compression != "none",
+        "--sketch": args.sketch != "auto",
+        "--memory": args.memory != CaptureOptions.memory_budget,
         "--resume": args.resume,
     }
     extra = [flag for flag, value in given.items() if value]
@@ -142,11 +145,17 @@ def _existing_store(args: argparse.Namespace) -> ZarrStore:
 
 
 def _captured(
-    args: argparse.Namespace, out: Path, rank: int | None, sharded: bool = False
+    args: argparse.Namespace,
+    out: Path,
+    rank: int | None,
+    sharded: bool = False,
+    engine: dict[str, Any] | None = None,
 ) -> ActivationStore:
     """Return the activation store for ``analyze``/``rank``: reopened, or captured anew.
 
     ``sharded`` (a Dask cluster is up): a capture into ``--store`` runs on its workers.
+    Without ``--store`` the layers too wide for ``--memory`` are sketched for up to
+    ``--rank`` (or ``--max-rank``) components.
     """
     if args.model is None:
         acts = _existing_store(args)
@@ -178,6 +187,11 @@ def _captured(
         meta=_meta(args, model, data, args.weights),
         resume=args.resume,
         sharded=sharded and args.store is not None and not args.resume,
+        sketch=args.sketch,
+        memory_budget=args.memory,
+        sketch_rank=rank if rank is not None else args.max_rank,
+        center=bool((engine or {}).get("center", False)),
+        seed=args.seed,
     )
 
 
@@ -199,7 +213,7 @@ def _with_tensor_blocks(store: ActivationStore, engine: dict[str, Any]) -> dict[
 def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
     """Analyse the user's model on the user's data (or an existing store)."""
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    acts = _captured(args, out, args.rank, sharded=engine.get("backend") == "dask")
+    acts = _captured(args, out, args.rank, sharded=engine.get("backend") == "dask", engine=engine)
     result = analyze_store(
         acts,
         out=out,
@@ -217,7 +231,7 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
     from factorlens.rank import estimate_rank
 
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    acts = _captured(args, out, None, sharded=engine.get("backend") == "dask")
+    acts = _captured(args, out, None, sharded=engine.get("backend") == "dask", engine=engine)
     # the scan fits the same model as the analysis (constraints, penalty, weighting, CP
     # blocks); its own iteration cap and tolerance keep twenty ranks affordable
     engine = _with_tensor_blocks(acts, engine)
@@ -313,9 +327,8 @@ def _score_checkpoints(
     and quality.json. With ``--scratch`` each checkpoint is captured into a temporary store
     there, removed once the checkpoint is scored (and analysed).
     """
-    from tqdm import tqdm
-
     from factorlens.modelio import build_model
+    from factorlens.progress import progress_bar
     from factorlens.quality import perturbations, resolve_mode, score_together, scratch_store
     from factorlens.report.assets import safe_name
 
@@ -324,9 +337,9 @@ def _score_checkpoints(
     copies = perturbations(data.images, args.seed)  # the same copies for every checkpoint
     analyses: list[Path] = []
     outputs, single = [], []
-    bar = tqdm(args.checkpoints, desc="quality", unit="checkpoint", leave=False, disable=args.quiet)
+    bar = progress_bar(len(args.checkpoints), "quality", unit="checkpoint", disable=args.quiet)
     try:
-        for i, ckpt in enumerate(bar):
+        for i, ckpt in enumerate(args.checkpoints):
             bar.set_postfix_str(Path(ckpt).name)
             model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
             target = None
@@ -348,6 +361,7 @@ def _score_checkpoints(
             outputs.append(out)
             if target is not None:
                 analyses.append(target)
+            bar.update(1)
     finally:
         bar.close()  # before any message, which would otherwise share its line
     reports.extend(score_together(single, outputs, mode))

@@ -125,6 +125,30 @@ def existing_dir(text: str) -> str:
     return text
 
 
+def sketch_size(text: str) -> int | str:
+    """Parse ``--sketch``: ``auto``, ``0`` (off) or a number of directions >= 1."""
+    if text == "auto":
+        return "auto"
+    try:
+        return nonnegative_int(text)
+    except ValueError:
+        raise ValueError(f"expected 'auto', 0 or a number of directions, got {text!r}") from None
+
+
+def byte_size(text: str) -> int:
+    """Parse a memory size: bytes, or a number with a unit (``500M``, ``2G``, ``1.5GB``)."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)] if unit else t)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"expected a size such as 500M or 4G, got {text!r}")
+    return max(1, int(value * units[unit]))
+
+
 # ---------------------------------------------------------------------------- the stages
 @dataclass(frozen=True)
 class CaptureOptions:
@@ -157,6 +181,34 @@ class CaptureOptions:
                 "how a store's chunks are written: 'none' (default; raw float32, the fastest to "
                 "write and read) or 'zstd' (about half the disk for ReLU outputs, slower)",
                 choices=("none", "zstd"),
+            )
+        ),
+    )
+    sketch: int | str = field(
+        default="auto",
+        metadata=_flag(
+            Flag(
+                "--sketch",
+                "layers too wide to hold (ResNets, ViTs at full size) are kept as their "
+                "coordinates in K sketched directions, over two forward passes, without a "
+                "store: 'auto' (default) sketches only when the activations exceed "
+                "--memory, with K = rank + 30 where the memory allows; 0 holds every layer "
+                "whole; K sketches every layer wider than K. Exact when K >= the number of "
+                "inputs; otherwise each layer's captured energy is reported",
+                parse=sketch_size,
+                metavar="K",
+            )
+        ),
+    )
+    memory_budget: int = field(
+        default=2 * 1024**3,
+        metadata=_flag(
+            Flag(
+                "--memory",
+                "activations held in memory without --store (default 2G); beyond it the widest "
+                "layers are sketched",
+                parse=byte_size,
+                metavar="SIZE",
             )
         ),
     )

@@ -427,3 +427,12 @@ def check_not_nested(out: Path, store: Path) -> None:
         raise FactorlensError(
             f"`out` {out} lies inside `store` {store}; write the result somewhere else"
         )
+
+
+def save_npz(path: Path, arrays: dict[str, Any], compress_below: int = 64 * 1024**2) -> None:
+    """Write ``arrays`` to ``path`` (npz): compressed when small, stored when large.
+
+    zlib gains little on float factors and costs about 30 s a GB; large arrays are stored.
+    """
+    size = sum(np.asarray(a).nbytes for a in arrays.values())
+    (np.savez_compressed if size <= compress_below else np.savez)(path, **arrays)

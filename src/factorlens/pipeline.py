@@ -28,7 +28,7 @@ from factorlens.errors import FactorlensError, FactorlensRuntimeError, note
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
 from factorlens.options import CaptureOptions, EngineOptions
-from factorlens.output import check_not_nested, check_output_dir, clean_stale, publish
+from factorlens.output import check_not_nested, check_output_dir, clean_stale, publish, save_npz
 from factorlens.rows import NpyRows, in_memory, rows_equal, write_npy
 
 if TYPE_CHECKING:
@@ -54,7 +54,12 @@ def save_inputs(directory: Path, images: Any, labels, class_names, predictions=N
     """
     arrays: dict[str, Any] = {}
     if in_memory(images):
-        arrays["images"] = np.asarray(images, dtype=np.float32)
+        images = np.asarray(images, dtype=np.float32)
+        levels = as_levels(images)
+        if levels is not None:  # 8-bit pixels as given: a quarter of the disk, exactly
+            arrays["images_uint8"] = levels
+        else:
+            arrays["images"] = images
     else:
         write_npy(directory / IMAGES_NPY, images)
     if labels is not None:
@@ -63,7 +68,31 @@ def save_inputs(directory: Path, images: Any, labels, class_names, predictions=N
         arrays["class_names"] = np.asarray(list(class_names), dtype=str)
     if predictions is not None:
         arrays["predictions"] = np.asarray(predictions, dtype=np.int64)
-    np.savez_compressed(directory / INPUTS_NPZ, **arrays)
+    save_npz(directory / INPUTS_NPZ, arrays)
+
+
+def as_levels(images: np.ndarray) -> np.ndarray | None:
+    """Return ``images`` as uint8 levels when every value is ``k / 255`` exactly, else None.
+
+    Loaded 8-bit images are ``uint8 / 255`` in float32; dividing the levels by 255 again
+    gives the same float32 values bit for bit (checked).
+    """
+    if images.size == 0 or images.dtype != np.float32:
+        return None
+    levels = np.empty(images.shape, dtype=np.uint8)
+    step = max(1, (64 * 1024**2) // max(images[0].nbytes, 1))
+    for a in range(0, len(images), step):
+        scaled = images[a : a + step] * np.float32(255.0)
+        rounded = np.rint(scaled)
+        if not (np.all(rounded >= 0) and np.all(rounded <= 255)):
+            return None
+        part = rounded.astype(np.uint8)
+        back = part.astype(np.float32)
+        back /= np.float32(255.0)
+        if not np.array_equal(back, images[a : a + step]):
+            return None
+        levels[a : a + step] = part
+    return levels
 
 
 def load_predictions(directory: str | Path) -> np.ndarray | None:
@@ -124,12 +153,14 @@ def load_inputs(directory: str | Path) -> tuple[Any, np.ndarray | None, list[str
         raise FactorlensError(f"{path} is missing; rerun `factorlens analyze` to recreate it")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            on_disk = "images" not in npz.files and (path.parent / IMAGES_NPY).is_file()
-            images: Any = (
-                NpyRows(path.parent / IMAGES_NPY)
-                if on_disk
-                else np.asarray(npz["images"], dtype=np.float32)
-            )
+            images: Any
+            if "images_uint8" in npz.files:
+                images = np.asarray(npz["images_uint8"], dtype=np.float32)
+                images /= 255.0
+            elif "images" not in npz.files and (path.parent / IMAGES_NPY).is_file():
+                images = NpyRows(path.parent / IMAGES_NPY)
+            else:
+                images = np.asarray(npz["images"], dtype=np.float32)
             labels = npz["labels"] if "labels" in npz.files else None
             names = [str(c) for c in npz["class_names"]] if "class_names" in npz.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -355,15 +386,24 @@ def capture_for_analysis(
     meta: dict[str, Any] | None = None,
     resume: bool = False,
     sharded: bool = False,
+    sketch: int | str = _C.sketch,
+    memory_budget: int = _C.memory_budget,
+    sketch_rank: int = 10,
+    center: bool = False,
+    seed: int = 0,
 ) -> ActivationStore:
     """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store.
 
-    ``resume`` continues the interrupted capture in ``store`` (see :func:`capture`); a new
-    capture into a new ``store`` that is interrupted can be resumed that way. ``sharded``
-    runs a capture into ``store`` on the workers of the current Dask client
-    (:func:`factorlens.sharded.capture_sharded`; not resumable).
+    Without ``store`` the capture is held in memory, the layers too wide for
+    ``memory_budget`` sketched (:func:`factorlens.sketched.capture_sketched`, with
+    ``sketch``, ``sketch_rank`` the largest rank that will be fitted, ``center`` and
+    ``seed``). ``resume`` continues the interrupted capture in ``store`` (see
+    :func:`capture`); a new capture into a new ``store`` that is interrupted can be resumed
+    that way. ``sharded`` runs a capture into ``store`` on the workers of the current Dask
+    client (:func:`factorlens.sharded.capture_sharded`; not resumable).
     """
     from factorlens.capture import capture
+    from factorlens.sketched import capture_sketched
     from factorlens.store import open_store
 
     if sharded and (store is None or resume or str(device) != "cpu"):
@@ -390,16 +430,29 @@ def capture_for_analysis(
         "preprocess": preprocess,
         "select": select,
         "nonfinite": nonfinite,
-        "compression": compression,
         "progress": progress,
         "meta": meta,
     }
     acts: ActivationStore
     try:
+        if where is None:  # in memory: the layers too wide to hold are sketched
+            acts = capture_sketched(
+                model,
+                data,
+                layers,
+                rank=sketch_rank,
+                sketch=sketch,
+                memory_budget=memory_budget,
+                device=device,
+                center=center,
+                seed=seed,
+                **options,
+            )
+            return acts
+        options["compression"] = compression
         if sharded:
             from factorlens.sharded import capture_sharded
 
-            assert where is not None  # checked above
             acts = capture_sharded(model, data, where, layers, **options)
         else:
             acts = capture(
@@ -440,6 +493,8 @@ def analyze(
     select: dict[str, Any] | None = None,
     nonfinite: str = _C.nonfinite,
     compression: str = _C.compression,
+    sketch: int | str = _C.sketch,
+    memory_budget: int = _C.memory_budget,
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
@@ -478,6 +533,12 @@ def analyze(
         ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0.
     compression : str
         Chunks of the ``store``: ``"none"`` (raw float32, fastest) or ``"zstd"`` (smaller).
+    sketch : int or str
+        Without ``store``: ``"auto"`` sketches the layers too wide for ``memory_budget``
+        (two forward passes; :mod:`factorlens.sketched`), ``0`` holds every layer whole, a
+        number ``k`` keeps ``k`` directions of every wider layer.
+    memory_budget : int
+        Bytes of activations held in memory without ``store``.
     overwrite : bool
         Replace a result factorlens wrote into ``out`` (and a store at ``store``) before.
     progress : bool
@@ -510,6 +571,11 @@ def analyze(
         overwrite=overwrite,
         progress=progress,
         meta=meta,
+        sketch=sketch,
+        memory_budget=memory_budget,
+        sketch_rank=rank,
+        center=bool(engine.get("center", False)),
+        seed=int(engine.get("random_state") or 0),
     )
     return analyze_store(
         acts,
@@ -565,6 +631,10 @@ def analyze_store(
         The fitted factorization.
     """
     out = check_output_dir(out, overwrite)
+    if not engine.get("compress_rows") and truncated_sketch(acts):
+        # wide layers were sketched: the fit's cost is the input block's (150,528 features
+        # a 224 px image), so the samples are compressed too (CMTF compress_rows)
+        engine = {**engine, "compress_rows": sketched_compress_rows(rank, acts.n_samples)}
     result = factorize_store(acts, rank, progress=progress, device=device, **engine)
     result.meta.update(extra_meta or {})
     meta = acts.meta or {}
@@ -581,6 +651,24 @@ def analyze_store(
         predictions=predicted_classes(acts, len(names) if names else None),
     )
     return result
+
+
+def truncated_sketch(store: Any) -> bool:
+    """Whether ``store`` holds a sketched layer whose basis is not its whole row space."""
+    from factorlens.factorize.reduced import ReducedBlock
+
+    blocks = [store.block(n) for n in getattr(store, "names", [])]
+    return any(isinstance(b, ReducedBlock) and not b.exact for b in blocks)
+
+
+def sketched_compress_rows(rank: int, n_samples: int) -> int:
+    """Return the sample directions a fit of a sketched store keeps (0: too few samples).
+
+    ``4R`` (at least ``R + 30``), as the engine benchmark measured (loss 1.0001× the full
+    fit's); none when there are not twice as many samples.
+    """
+    k = max(4 * rank, rank + 30)
+    return k if n_samples > 2 * k else 0
 
 
 def _check_store_path(

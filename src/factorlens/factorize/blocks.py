@@ -78,8 +78,22 @@ class Block:
         #: (ascending unscaled singular values, sample shape, (N, P)) once
         #: penalty.block_spectrum ran
         self.spectrum: tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None = None
-        #: (P, k) orthonormal basis when this block is a compressed copy (see compressed())
-        self.basis: np.ndarray | None = None
+        #: the loadings' map back to the full features when this block is a compressed copy
+        #: (compress.compressed, reduced.as_block): a ``(P, k)`` matrix with orthonormal
+        #: columns, or a chain of them (reduced.map_back); None for a block fitted as it is
+        self.basis: Any = None
+        #: the full block's shape and, when centred, its per-feature means (a compressed copy)
+        self.full_shape: tuple[int, ...] = shape
+        self.full_mean: np.ndarray | None = None
+        #: the first map of ``basis`` belongs to the data, not to a fit: a sketched layer's
+        #: basis (reduced.as_block) or the exact row space (rowspace.coordinates). Random
+        #: test matrices are then drawn at the full width, and the rank scan's chains share it
+        self.data_basis = False
+        #: ``basis`` spans the block's whole row space: its fits are the uncompressed fits, and
+        #: random test matrices are drawn at the full width so the starts are the same too
+        self.exact_basis = False
+        #: the full block whose noise floor this compressed copy reads (rowspace.coordinates)
+        self.source: Block | None = None
         nbytes = self.n_rows * self.width * 4
         backend = backend or ("numpy" if device == "cpu" else "torch")
         if backend not in ("numpy", "torch", "dask"):

@@ -18,6 +18,7 @@ import numpy as np
 
 from factorlens.factorize.blocks import Block
 from factorlens.factorize.penalty import block_spectrum
+from factorlens.factorize.reduced import chain
 
 #: sketch columns beyond the largest rank fitted, and subspace iterations
 OVERSAMPLE = 10
@@ -42,5 +43,10 @@ def compressed(block: Block, rank: int, rng: np.random.Generator, power: int = P
     small.scale = block.scale
     small.sumsq = block.sumsq  # the fit is measured against the whole block
     small.spectrum = block.spectrum
-    small.basis = basis
+    small.basis = chain(block.basis, basis)  # a sketched block keeps its own basis first
+    small.full_shape, small.data_basis = block.full_shape, block.data_basis
+    small.exact_basis = False  # the leading directions only
+    small.full_mean = (
+        block.full_mean if block.basis is not None else (block.mean if block.center else None)
+    )
     return small

@@ -38,7 +38,10 @@ from factorlens.factorize.blocks import (
     block_weights,
     check_blocks,
 )
+from factorlens.factorize.reduced import ReducedBlock, as_block, expand_result
 from factorlens.factorize.result import CMTFResult
+from factorlens.factorize.rowspace import through_rowspace
+from factorlens.factorize.stacked import StackedMatrices
 from factorlens.interrupt import check as check_cancelled
 from factorlens.options import EngineOptions
 
@@ -83,16 +86,21 @@ def _gram(factors: Sequence[np.ndarray], skip: int | None = None) -> np.ndarray:
 
 
 def _mttkrp(T: np.ndarray, factors: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """Contract ``T`` (shape ``(I_1, …, I_m, R)``) with every factor but ``k``: ``(I_k, R)``."""
-    m = len(factors)
-    letters = string.ascii_lowercase[:m]
-    operands: list[Any] = [T]
-    subs = [letters + "z"]
-    for j in range(m):
-        if j != k:
-            operands.append(factors[j])
-            subs.append(letters[j] + "z")
-    return np.einsum(",".join(subs) + "->" + letters[k] + "z", *operands, optimize=True)
+    """Contract ``T`` (shape ``(I_1, …, I_m, R)``) with every factor but ``k``: ``(I_k, R)``.
+
+    One mode at a time, the last first, each a two-operand ``einsum`` that keeps ``R`` last:
+    no transposed copy of ``T`` (an optimised many-operand ``einsum`` made several, and took
+    five times as long on a 3×224×224 input).
+    """
+    letters = string.ascii_lowercase
+    out = T
+    for j in range(len(factors) - 1, -1, -1):
+        if j == k:
+            continue
+        axes = letters[: out.ndim - 1]
+        kept = axes[:j] + axes[j + 1 :]
+        out = np.einsum(f"{axes}z,{axes[j]}z->{kept}z", out, factors[j])
+    return out
 
 
 def _solve_ls(Z: np.ndarray, G: np.ndarray) -> np.ndarray:
@@ -148,7 +156,9 @@ def _rank_one(t: np.ndarray, n_iter: int = 10) -> list[np.ndarray]:
     vecs = []
     for k in range(1, t.ndim):
         unf = np.moveaxis(t, k, 0).reshape(t.shape[k], -1)
-        u = np.linalg.svd(unf, full_matrices=False)[0][:, 0]
+        # the leading left singular vector, from the small side's Gram matrix (an SVD of a
+        # 224×672 unfolding took 7× as long)
+        u = np.linalg.eigh(unf @ unf.T)[1][:, -1]
         vecs.append(u)
     for _ in range(n_iter if t.ndim > 2 else 1):
         first = t
@@ -234,7 +244,8 @@ class CMTF:
         Blocks up to this many bytes are read into memory once; larger on-disk blocks are
         streamed chunk by chunk on every pass.
     verbose : bool
-        Show a progress bar (tqdm) for every run of iterations.
+        Show a progress bar for every run of iterations (plain lines when stderr is not a
+        terminal).
     check_fewer : bool
         After the fit, fit R − 1 components too (same settings) and record how much
         each block's fit gains from the R-th component (``options["gain_over_fewer"]``, a
@@ -369,17 +380,28 @@ class CMTF:
         CMTF
             The fitted estimator itself.
         """
-        return self.fit_blocks(self.prepare(blocks))
+        data = self.prepare(blocks)
+        models = self._block_models([b.name for b in data], [b.shape for b in data])
+        work = through_rowspace(data, models, self.nonneg)  # wide blocks: exact coordinates
+        self.fit_blocks(work)
+        if any(b.basis is not None for b in work):  # loadings back in the full features
+            expand_result(self.result_, work)
+        return self
 
     def prepare(self, blocks: Any) -> list[Block]:
         """Validate ``blocks`` and wrap them for the engine (one pass for their statistics).
 
         The prepared list can be fitted many times (:meth:`fit_blocks`), e.g. across ranks.
+        A sketched layer (:class:`~factorlens.factorize.reduced.ReducedBlock`) becomes a block
+        of its coordinates; the fit's loadings stay in its basis until :meth:`fit` maps them
+        back (:func:`~factorlens.factorize.reduced.expand_result`).
         """
         names, arrays = _as_named_arrays(blocks)
         self._validate(names, arrays)
         data = [
-            Block(
+            as_block(n, a, center=self.center, device=self.device, backend=self.backend)
+            if isinstance(a, ReducedBlock)
+            else Block(
                 n,
                 a,
                 center=self.center,
@@ -402,6 +424,7 @@ class CMTF:
             return self._fit_compressed(data)
         scales = [b.scale for b in data]
         models = self._block_models(names, [b.shape for b in data])
+        self._stack = StackedMatrices.build(data, models)  # many matrix blocks: one product
         rng = np.random.default_rng(self.random_state)
         self._pen = self._penalties(data, rng)
         self._refitted = False  # strengths unshrunk: refitted without the penalty
@@ -479,6 +502,7 @@ class CMTF:
         self._refitted = inner._refitted
         names = [b.name for b in data]
         models = self._block_models(names, [b.shape for b in data])
+        self._stack = StackedMatrices.build(data, models)
         start = _State(A=Q @ inner._state.A, F=[list(f) for f in inner._state.F])
         state, more, blk = self._als(data, models, start, REFINE_ITER + 1, label="refine")
         self._pen = inner._pen
@@ -531,6 +555,19 @@ class CMTF:
         if self.nonneg and self.center:
             raise FactorlensError(
                 "`nonneg` and `center` cannot be combined (centred data is signed); drop one"
+            )
+        sketched = [nm for nm, a in zip(names, arrays, strict=True) if isinstance(a, ReducedBlock)]
+        if sketched and self.nonneg:
+            raise FactorlensError(
+                f"`nonneg` needs every layer whole, but {len(sketched)} were sketched "
+                f"({', '.join(sketched[:3])}{', …' if len(sketched) > 3 else ''}); capture "
+                "with `sketch=0` (more memory) or into a store"
+            )
+        cp = set(self.tensor_blocks or ()) & set(sketched)
+        if cp:
+            raise FactorlensError(
+                f"a CP model needs a layer's natural shape, but {sorted(cp)[0]!r} was sketched; "
+                "capture it whole (`sketch=0`, or into a store) or fit it as a matrix"
             )
         if isinstance(self.l1_penalty, str):
             if self.l1_penalty != "auto":
@@ -683,17 +720,35 @@ class CMTF:
 
     def _loss(self, data, state, T) -> tuple[float, list[float]]:
         AtA = state.A.T @ state.A
-        per_block = []
-        for b, Fb, Tb in zip(data, state.F, T, strict=True):
+        per_block: list[float] = [0.0] * len(data)
+        st = self._stack
+        stacked = set(st.index) if st is not None else set()
+        sigmas: list[np.ndarray] = [np.empty(0)] * len(data)
+        if st is not None:
+            F0 = [state.F[i][0] for i in st.index]
+            losses = st.losses([T[i] for i in st.index], F0, AtA)
+            for i, value, sigma in zip(st.index, losses, st.strengths(F0), strict=True):
+                per_block[i], sigmas[i] = float(value), sigma
+        for i, (b, Fb, Tb) in enumerate(zip(data, state.F, T, strict=True)):
+            if i in stacked:
+                continue
             K = khatri_rao(Fb)
             res = b.norm_sq - 2.0 * float(np.sum(Tb * K)) + float(np.sum(AtA * _gram(Fb)))
-            per_block.append(max(res, 0.0))
+            per_block[i] = max(res, 0.0)
+            sigmas[i] = np.linalg.norm(Fb[0], axis=0)
         penalty = 0.0
-        for Fb, pen in zip(state.F, self._pen, strict=True):
-            sigma = np.linalg.norm(Fb[0], axis=0)
+        for sigma, pen in zip(sigmas, self._pen, strict=True):
             live = sigma > 0  # an infinite penalty holds a zero strength: it adds nothing
             penalty += float(np.sum(pen[live] * sigma[live]))
         return sum(per_block) + penalty, per_block
+
+    def _rights(self, data: list[Block], A: np.ndarray) -> list[np.ndarray]:
+        """Return ``Ỹ_bᵀ A`` of every block (the stacked ones from one product)."""
+        T: list[Any] = [None] * len(data)
+        if self._stack is not None:
+            for i, t in zip(self._stack.index, self._stack.right(A), strict=True):
+                T[i] = t
+        return [b.right(A) if t is None else t for b, t in zip(data, T, strict=True)]
 
     def _converged(self, hist: list[float]) -> bool:
         """Return whether the relative loss change is ≤ ``tol``.
@@ -711,10 +766,29 @@ class CMTF:
         """One ALS sweep from ``state``: every block's factors from ``T = Ỹᵀ A``, then ``A``."""
         A, F = state.A, [list(f) for f in state.F]
         AtA = A.T @ A
-        for Tb, Fb, d, pen in zip(T, F, dims, self._pen, strict=True):
-            self._update_block(Tb, AtA, Fb, d, pen)
+        st = self._stack
+        stacked = set(st.index) if st is not None else set()
+        for i, (Tb, Fb, d, pen) in enumerate(zip(T, F, dims, self._pen, strict=True)):
+            if i not in stacked:
+                self._update_block(Tb, AtA, Fb, d, pen)
+        if st is not None:  # the stacked matrix blocks in one update
+            new = st.update(
+                [T[i] for i in st.index],
+                AtA,
+                [F[i][0] for i in st.index],
+                [self._pen[i] for i in st.index],
+                exact=self._exact,
+                nonneg=self.nonneg,
+                sweeps=self.inner_sweeps,
+            )
+            for i, f in zip(st.index, new, strict=True):
+                F[i][0] = f
         K = [khatri_rao(Fb) for Fb in F]
-        M = sum(b.left(Kb) for b, Kb in zip(data, K, strict=True))
+        M = sum(
+            b.left(Kb) for i, (b, Kb) in enumerate(zip(data, K, strict=True)) if i not in stacked
+        )
+        if st is not None:
+            M = M + st.left([K[i] for i in st.index])
         G = sum(Kb.T @ Kb for Kb in K)
         return _State(self._update_A(A, M, G, F), F)
 
@@ -748,7 +822,7 @@ class CMTF:
         """
         dims = [b.shape[1:] for b in data]
         state = _State(state.A, [list(f) for f in state.F])
-        T = [b.right(state.A) for b in data]
+        T = self._rights(data, state.A)
         loss, blk = self._loss(data, state, T)
         hist: list[float] = [loss]
         beta, beta_max = 0.5, 1.0
@@ -761,7 +835,7 @@ class CMTF:
                 if self.extrapolate and previous is not None:
                     trial = self._extrapolate(plain, previous, beta)
                     # one pass gives Ỹᵀ[A_plain, A_trial]: the GEMM reads each block once for both
-                    both = [b.right(np.hstack([plain.A, trial.A])) for b in data]
+                    both = self._rights(data, np.hstack([plain.A, trial.A]))
                     R = plain.A.shape[1]
                     T_trial = [t[:, R:] for t in both]
                     loss_trial, blk_trial = self._loss(data, trial, T_trial)
@@ -774,7 +848,7 @@ class CMTF:
                         loss, blk = self._loss(data, state, T)
                 else:
                     state = plain
-                    T = [b.right(state.A) for b in data]
+                    T = self._rights(data, state.A)
                     loss, blk = self._loss(data, state, T)
                 previous = plain
                 hist.append(loss)
@@ -860,6 +934,7 @@ class CMTF:
             "degenerate_blocks": degenerate,
         }
         means = {b.name: b.mean.reshape(b.shape[1:]) for b in data if self.center}
+        # (a compressed block's means are its coordinates'; expand_result puts the features')
         return CMTFResult(
             A=A,
             block_names=names,
@@ -965,7 +1040,7 @@ def _randomized_svd_factor(
     N = data[0].n_rows
     total = sum(b.width for b in data)
     k = min(R + oversample, N, total)
-    Y = sum(b.left(rng.standard_normal((b.width, k))) for b in data)
+    Y = sum(b.left(_test_matrix(b, rng, k)) for b in data)
     for _ in range(power):
         Q = np.linalg.qr(Y)[0]
         Z = [b.right(Q) for b in data]
@@ -976,6 +1051,23 @@ def _randomized_svd_factor(
     evals, U = np.linalg.eigh(S)
     U = U[:, np.argsort(evals)[::-1][:R]]
     return Q @ U, [Zb @ U for Zb in Z]
+
+
+def _test_matrix(block: Block, rng: np.random.Generator, k: int) -> np.ndarray:
+    """Return a Gaussian test matrix for ``block`` (its width × ``k``).
+
+    A block whose basis spans its whole row space (fitted through its row space, or sketched
+    with ``k ≥ N``) has its matrix drawn at the full width and mapped into the basis
+    (``Qᵀ Ω``): the draws, and so the start, are the uncompressed fit's. (A truncated sketch
+    gets a matrix of its own width: ``Qᵀ Ω`` is Gaussian too, and the full width would cost a
+    ResNet-50 418 M draws.)
+    """
+    if not block.exact_basis:
+        return rng.standard_normal((block.width, k))
+    omega = rng.standard_normal((int(np.prod(block.full_shape[1:])), k))
+    for q in block.basis:  # Q₁ first: Ω ↦ Q₂ᵀ (Q₁ᵀ Ω)
+        omega = q.T @ omega
+    return omega
 
 
 def _as_named_arrays(blocks: Any) -> tuple[list[str], list[Any]]:
@@ -997,8 +1089,8 @@ def _chunk_rows(array: Any) -> int | None:
     return None
 
 
-def progress_bar(total: int, desc: str):
-    """Return a tqdm progress bar that is removed from the terminal when closed.
+def progress_bar(total: int, desc: str) -> Any:
+    """Return the progress counter of one run of iterations (:func:`factorlens.progress.progress_bar`).
 
     Parameters
     ----------
@@ -1009,9 +1101,10 @@ def progress_bar(total: int, desc: str):
 
     Returns
     -------
-    tqdm.auto.tqdm
-        The bar; call ``update`` once per step and ``close`` at the end.
+    tqdm.tqdm or factorlens.progress.LineProgress
+        A bar on a terminal (removed when closed), plain lines in a log; call ``update`` once
+        per step and ``close`` at the end.
     """
-    from tqdm.auto import tqdm
+    from factorlens.progress import progress_bar as bar
 
-    return tqdm(total=total, desc=desc, leave=False)
+    return bar(total, desc)

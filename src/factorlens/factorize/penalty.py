@@ -166,6 +166,8 @@ def block_spectrum(
     block_shape : tuple of int
         The block's matricized shape ``(N, P)``.
     """
+    if block.spectrum is None and block.source is not None:  # exact coordinates of a block
+        block.spectrum = block_spectrum(block.source, rng, max_side)
     if block.spectrum is None:
         rng = rng or np.random.default_rng(0)
         N, P = block.n_rows, block.width

@@ -17,7 +17,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, one_line
-from factorlens.output import atomic_write_text, json_safe
+from factorlens.output import atomic_write_text, json_safe, save_npz
 
 RESULT_JSON = "result.json"
 FACTORS_NPZ = "factors.npz"
@@ -295,7 +295,7 @@ class CMTFResult:
             if name in self.means:
                 arrays[f"mean/{i}"] = self.means[name]
         tmp = d / (FACTORS_NPZ + ".tmp.npz")
-        np.savez_compressed(tmp, allow_pickle=False, **arrays)  # as np.load in load() reads it
+        save_npz(tmp, arrays)  # as np.load in load() reads it
         tmp.replace(d / FACTORS_NPZ)
         atomic_write_text(d / RESULT_JSON, json.dumps(self.summary(), indent=1))
         return d

@@ -26,7 +26,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -36,6 +36,7 @@ from factorlens.factorize import CMTF, CMTFResult, matched_congruences
 from factorlens.factorize.blocks import RowSubset
 from factorlens.factorize.compress import compressed
 from factorlens.factorize.engine import _as_named_arrays, khatri_rao, progress_bar
+from factorlens.factorize.reduced import ReducedBlock, expand_result
 from factorlens.factorize.sketch import compress_samples
 from factorlens.interrupt import CANCEL
 from factorlens.options import EngineOptions, RankOptions
@@ -189,7 +190,7 @@ def estimate_rank(
 
     def half(part: np.ndarray) -> list:
         sub = {
-            nm: a[part] if isinstance(a, np.ndarray) else RowSubset(a, part)
+            nm: a[part] if isinstance(a, np.ndarray | ReducedBlock) else RowSubset(a, part)
             for nm, a in zip(names, arrays, strict=True)
         }
         return CMTF(1, **half_opts).prepare(sub)
@@ -206,7 +207,6 @@ def estimate_rank(
         # blocks) are dropped once it is compressed, keeping what the loadings need of it
         size = max_rank + SAMPLE_OVERSAMPLE
         chains_data: list[list[Any]] = []
-        wholes: list[list[Any]] = []
         for k in range(1 + len(parts)):
             d = full if k == 0 else half(parts[k - 1])
             small = [
@@ -216,10 +216,8 @@ def estimate_rank(
             if small[0].n_rows > 2 * size:
                 sample_bases[k], small = compress_samples(small, size, rng)
             chains_data.append(small)
-            wholes.append(d if k == 0 else [_Whole(b.shape, b.mean) for b in d])
     else:
         chains_data = [full, *(half(p) for p in parts)]
-        wholes = list(chains_data)
     criteria: dict[str, list[float]] = {"fit": [], "corcondia": [], "bicv": [], "stability": []}
     block_fit: dict[str, list[float]] = {nm: [] for nm in names}
     results: dict[int, CMTFResult] = {}
@@ -259,9 +257,10 @@ def estimate_rank(
     split_stability: list[list[float]] = [[] for _ in range(n_splits)]
     for R in range(1, max_rank + 1):
         # loadings back in each block's full space: the halves' compressed bases differ
+        # (a sketched layer's to its sketch's coordinates, which every chain shares)
         fitted = [
-            _expanded(c[R - 1], used, whole, sample_bases.get(k))
-            for k, (c, used, whole) in enumerate(zip(chains, chains_data, wholes, strict=True))
+            expand_result(c[R - 1], used, sample_bases.get(k), to_sketch=True)
+            for k, (c, used) in enumerate(zip(chains, chains_data, strict=True))
         ]
         res = fitted[0]
         for k, row in enumerate(split_stability):
@@ -349,35 +348,6 @@ def _fit_chain(
         if bar is not None:
             bar.update(1)
     return fitted
-
-
-class _Whole(NamedTuple):
-    """What mapping loadings back needs of a full block: its shape and column means."""
-
-    shape: tuple[int, ...]
-    mean: np.ndarray
-
-
-def _expanded(
-    res: CMTFResult, used: list, full: list, samples: np.ndarray | None = None
-) -> CMTFResult:
-    """Return ``res`` with every compressed block's loadings mapped back to its full block.
-
-    ``full`` holds the full blocks (or their :class:`_Whole`: shape and means).
-
-    ``res`` was fitted on ``used`` (some blocks compressed); its loadings are replaced in place
-    by ``B = V B̃`` (unit norm kept: ``V`` is orthonormal), and with the samples compressed to
-    ``samples`` (``Q``, N×k) its sample factor by ``A = Q Â``.
-    """
-    if samples is not None:
-        res.A = samples @ res.A
-    for i, (b, whole) in enumerate(zip(used, full, strict=True)):
-        if b.basis is not None:
-            res.factors[b.name] = [b.basis @ f for f in res.factors[b.name]]
-            res.block_shapes[i] = tuple(whole.shape)
-            if b.name in res.means:
-                res.means[b.name] = whole.mean.reshape(whole.shape[1:])
-    return res
 
 
 def _warm_start(

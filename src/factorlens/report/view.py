@@ -237,6 +237,10 @@ def _details(result: CMTFResult, inp: Inputs, assets: Assets) -> dict[str, Any]:
         )
     modules = meta.get("modules") or {}
     modules = modules if isinstance(modules, dict) else {}
+    raw_sketch = meta.get("sketch")
+    sketch: dict[str, Any] = raw_sketch if isinstance(raw_sketch, dict) else {}
+    captured = sketch.get("captured_energy")
+    captured = {str(k): float(v) for k, v in (captured or {}).items() if isinstance(v, int | float)}
     blocks, fits = [], []
     for i, (name, shape, model) in enumerate(
         zip(result.block_names, result.block_shapes, result.block_models, strict=True)
@@ -252,6 +256,7 @@ def _details(result: CMTFResult, inp: Inputs, assets: Assets) -> dict[str, Any]:
                 "view": "input" if i == 0 else X.block_view(shape[1:]),
                 "model": str(model),
                 "fit": f"{100 * fit:.1f}%" if np.isfinite(fit) else "n/a",
+                "captured": f"{100 * captured[name]:.1f}%" if name in captured else "whole",
             }
         )
     fit_chart = charts.hbars(
@@ -288,6 +293,14 @@ def _details(result: CMTFResult, inp: Inputs, assets: Assets) -> dict[str, Any]:
         "labels": labels,
         "rank": _rank_evidence(result, assets),
         "options": options,
+        "sketch": {
+            "n": len(captured),
+            "size": format_value(sketch.get("size")),
+            "low": f"{100 * min(captured.values()):.1f}%",
+            "high": f"{100 * max(captured.values()):.1f}%",
+        }
+        if captured
+        else None,
     }
 
 
