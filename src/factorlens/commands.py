@@ -414,6 +414,9 @@ def _score_one(
         nonfinite=args.nonfinite,
         meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
         store=store,
+        max_rank=max(args.max_rank, args.rank or FIXED_RANK),  # a sketch's directions
+        sketch=args.sketch,
+        memory_budget=args.memory,
     )
     options = {"batch_size": args.batch_size, "device": device, "preprocess": preprocess}
     report = assess_store(

@@ -326,19 +326,42 @@ def scratch_store(scratch: str | os.PathLike[str] | None) -> Iterator[Path | Non
 
 
 def capture_for_score(
-    model: Any, data: Any, *, layers: list[str] | str | None = None, scan: bool = True, **options
+    model: Any,
+    data: Any,
+    *,
+    layers: list[str] | str | None = None,
+    scan: bool = True,
+    max_rank: int = 10,
+    **options: Any,
 ) -> ActivationStore:
     """Capture in one forward pass what the score (and the rank scan) needs.
 
     The pass records the input, the model's output (block ``OUTPUT_BLOCK``) and, when
     ``scan`` (the joint rank is scanned), ``layers`` (default: every representation layer);
     ``options`` go to :func:`factorlens.capture.capture` (``store=PATH`` captures to disk, e.g.
-    a path from :func:`scratch_store`).
+    a path from :func:`scratch_store`). In memory, layers too wide for ``memory_budget`` are
+    sketched for up to ``max_rank`` components (:func:`factorlens.sketched.capture_sketched`:
+    two passes; ``sketch`` and ``memory_budget`` among ``options``).
     """
-    from factorlens.capture import capture, select_layers
+    from factorlens.capture import capture
+    from factorlens.sketched import capture_sketched
 
-    chosen = select_layers(model, layers) if scan else []  # the score needs no layer
-    return capture(model, data, chosen, progress=False, output=OUTPUT_BLOCK, **options)
+    sketching = {k: options.pop(k) for k in ("sketch", "memory_budget") if k in options}
+    if not scan:  # the score needs no layer
+        return capture(model, data, [], progress=False, output=OUTPUT_BLOCK, **options)
+    if options.get("store") is None:  # in memory: layers too wide to hold are sketched
+        options.pop("store", None)
+        return capture_sketched(
+            model,
+            data,
+            layers,
+            rank=max_rank,
+            progress=False,
+            output=OUTPUT_BLOCK,
+            **sketching,
+            **options,
+        )
+    return capture(model, data, layers, progress=False, output=OUTPUT_BLOCK, **options)
 
 
 def perturbed_outputs(model: Any, copies: Sequence[np.ndarray], **options: Any) -> list[np.ndarray]:
@@ -411,7 +434,9 @@ def assess(
     images = np.asarray(getattr(data, "images", data), dtype=np.float32)
     perturbed = perturbed_outputs(model, perturbations(images, random_state), **options)
     with scratch_store(scratch) as where:
-        store = capture_for_score(model, data, layers=layers, scan=scan, store=where, **options)
+        store = capture_for_score(
+            model, data, layers=layers, scan=scan, max_rank=max_rank, store=where, **options
+        )
         return assess_store(
             store,
             perturbed,
@@ -480,8 +505,13 @@ def assess_store(
 def is_constant(array: Any) -> bool:
     """Return whether every entry of ``array`` (``(N, ...)``, numpy or a store block) is equal.
 
-    A block on disk is read one chunk of rows at a time (its ``chunks``), never whole.
+    A block on disk is read one chunk of rows at a time (its ``chunks``), never whole; a
+    sketched layer answers from what it kept (:meth:`ReducedBlock.is_constant`).
     """
+    from factorlens.factorize.reduced import ReducedBlock
+
+    if isinstance(array, ReducedBlock):
+        return array.is_constant()
     if in_memory(array):
         return array.size == 0 or float(np.ptp(array)) == 0.0
     first = None

@@ -121,6 +121,21 @@ class ReducedBlock:
             exact=self.exact,
         )
 
+    def is_constant(self) -> bool:
+        """Whether every entry is the same number (a dead layer), from what was kept.
+
+        Every sampled column equals that number ``c`` and every input's squared norm is
+        ``c² P``.
+        """
+        if self.columns.size == 0:
+            return bool(np.all(self.row_sumsq == 0))
+        c = float(self.columns.flat[0])
+        expected = c * c * self.width
+        return bool(
+            np.ptp(self.columns) == 0.0
+            and np.allclose(self.row_sumsq, expected, rtol=1e-5, atol=1e-30)
+        )
+
     def mean(self) -> np.ndarray:
         """``(P,)`` the per-feature mean over inputs (needs ``column_sums``)."""
         if self.column_sums is None:

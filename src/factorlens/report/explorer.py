@@ -20,6 +20,32 @@ import numpy as np
 from factorlens.report.pixels import top_indices
 
 
+def stage_groups(names: Sequence[str], min_blocks: int = 24) -> list[dict]:
+    """Group a long list of blocks into the stages their names share (``layer1``, ``layer2``…).
+
+    The stage is the first ``d`` dotted parts of a name, for the smallest ``d`` that gives at
+    least 4 groups none of which holds more than half the blocks (``layer3.1.conv2`` →
+    ``layer3`` in a ResNet; ``encoder.layers.encoder_layer_4.mlp.0`` →
+    ``encoder.layers.encoder_layer_4`` in a ViT). Consecutive blocks only; a block alone in its
+    stage stays a column of its own. Returns ``[{"name", "start", "count"}]`` (only the stages
+    of two or more blocks), or ``[]`` for fewer than ``min_blocks`` blocks or no such depth.
+    """
+    if len(names) < min_blocks:
+        return []
+    depth_max = max(len(n.split(".")) for n in names)
+    for depth in range(1, depth_max):
+        keys = [".".join(n.split("#")[0].split(".")[:depth]) for n in names]
+        runs: list[dict] = []
+        for i, key in enumerate(keys):
+            if runs and runs[-1]["name"] == key:
+                runs[-1]["count"] += 1
+            else:
+                runs.append({"name": key, "start": i, "count": 1})
+        if len(runs) >= 4 and max(r["count"] for r in runs) <= len(names) / 2:
+            return [r for r in runs if r["count"] >= 2]
+    return []
+
+
 def block_view(sample_shape: Sequence[int]) -> str:
     """``"dense"`` for (d,), ``"conv"`` for (C, L) or (C, H, W), ``"units"`` otherwise."""
     n = len(tuple(sample_shape))

@@ -21,8 +21,9 @@ from factorlens.errors import FactorlensError
 from factorlens.report import charts
 from factorlens.report import explorer as X
 from factorlens.report import pixels as P
-from factorlens.report.assets import Assets, Inputs, format_value, scale
+from factorlens.report.assets import Assets, Inputs, format_value
 from factorlens.report.view_component import ComponentView
+from factorlens.report.view_flow import flow_map
 from factorlens.rows import in_memory
 
 if TYPE_CHECKING:
@@ -100,71 +101,6 @@ def check_inputs(
 
 def _shape(shape: Sequence[int]) -> str:
     return " × ".join(str(int(s)) for s in shape)
-
-
-def _flow(result: CMTFResult, cv: ComponentView) -> dict[str, Any]:
-    """Build the flow map: per-row shading, the numbers the strengths themselves.
-
-    Each row is scaled to its strongest block, so weak components read as well as C1.
-    """
-    names = result.block_names
-    flow = cv.flow
-    opts = result.options or {}
-    floor = opts.get("noise_floor") or opts.get("absent_below") or {}
-    cut = [float(floor.get(n, 0.0)) if isinstance(floor, dict) else 0.0 for n in names]
-    try:
-        present = result.presence()
-    except (TypeError, ValueError, AttributeError):  # a hand-edited result: show every number
-        present = np.ones(flow.shape, dtype=bool)
-    if present.shape != flow.shape:
-        present = np.ones(flow.shape, dtype=bool)
-    try:
-        spare = result.spare_components()
-    except (ValueError, TypeError, KeyError):  # a hand-edited result without the fields
-        spare = []
-    rows = []
-    for r in range(flow.shape[0]):
-        row = flow[r]
-        top = float(np.nanmax(np.abs(row))) if row.size and np.isfinite(row).any() else 0.0
-        cells = []
-        for j, name in enumerate(names):
-            v = float(row[j])
-            absent = not present[r, j]
-            bg, fg = P.shade(0.0 if absent else v, top)
-            tip = f"C{r + 1} in {name}: {v:.3f}" + (
-                f" (not above the block's floor {cut[j]:.3g}: absent)" if absent else ""
-            )
-            cells.append(
-                {
-                    "href": f"#component-{r + 1}-block-{j}",
-                    "text": "absent" if absent else f"{v:.3f}",
-                    "bg": bg,
-                    "fg": fg,
-                    "tip": tip,
-                }
-            )
-        rows.append(
-            {
-                "r": r,
-                "id": r + 1,
-                "thumb": cv.pattern(r, small=True),
-                "classes": cv.dominant(r),
-                "cells": cells,
-                "total": f"{np.nansum(row):.3f}",
-            }
-        )
-    heads = [
-        {"name": str(n), "floor": f"> {c:.2g}" if c > 0 else None}
-        for n, c in zip(names, cut, strict=True)
-    ]
-    size = "normal" if flow.shape[0] <= 24 else ("compact" if flow.shape[0] <= 60 else "tiny")
-    return {
-        "heads": heads,
-        "rows": rows,
-        "size": size,
-        "spare": list(spare),
-        "scale": scale("shade", "0", "row's max"),
-    }
 
 
 def _rank_evidence(result: CMTFResult, assets: Assets) -> dict[str, Any] | None:
@@ -347,7 +283,7 @@ def build_page(
     inp = check_inputs(result, images, labels, class_names, top_k, predictions)
     assets = Assets()
     cv = ComponentView(result, inp, assets)
-    flow = _flow(result, cv)
+    flow = flow_map(result, cv)
     components = [cv.section(r) for r in range(result.rank)]
     checkpoints = None
     if trajectory is not None:

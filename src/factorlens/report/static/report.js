@@ -130,3 +130,31 @@
   if (start) { show(start.r, start.block, true); } else { show(0, null, false); }
   document.body.setAttribute("data-ready", "1");
 })();
+
+/* The flow map's stages (a network of many blocks): ▾ collapses a stage into one column that
+   shows each component's strongest block in it, ▸ expands it again; one button does all. */
+(function () {
+  "use strict";
+  var table = document.querySelector("#flow table.flow[data-stages]");
+  if (!table) { return; }
+  var count = parseInt(table.getAttribute("data-stages"), 10);
+  function setStage(g, open) {
+    Array.prototype.forEach.call(table.querySelectorAll('[data-g="' + g + '"]'), function (el) {
+      if (el.tagName === "BUTTON") { return; }
+      var summary = el.classList.contains("gsum");
+      el.hidden = open ? summary : !summary;
+    });
+  }
+  table.addEventListener("click", function (e) {
+    var b = e.target.closest ? e.target.closest("button") : null;
+    if (!b) { return; }
+    if (b.classList.contains("stage-toggle")) {
+      setStage(b.getAttribute("data-g"), b.getAttribute("aria-expanded") === "false");
+    } else if (b.classList.contains("stage-all")) {
+      var open = b.getAttribute("data-open") !== "yes";
+      for (var g = 0; g < count; g++) { setStage(g, open); }
+      b.setAttribute("data-open", open ? "yes" : "no");
+      b.textContent = open ? "collapse all" : "expand all";
+    }
+  });
+})();

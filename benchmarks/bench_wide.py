@@ -1,0 +1,245 @@
+"""Benchmark: real-size networks analysed within a few forward passes, activations never stored.
+
+For each model a fresh child process does what a user's ``factorlens analyze`` does, with the
+defaults (rank 10, every default layer, ``--memory 2G``, ``--sketch auto``): it loads 224 px
+colour inputs from an npz file, builds the model (torchvision's layout, random weights, seed
+0), times the bare forward pass over the same batches the capture uses, then times
+``analyze`` (capture, fit, result files and report, into a temporary folder) and reports its
+own peak resident memory (``ru_maxrss``, the forward pass included). The inputs are the
+procedural ``shapes`` test images (3×32×32) upsampled bilinearly to 224 px.
+
+* ``resnet18`` at 256 inputs (40 layers, 5.0 M floats per input): also against the
+  uncompressed fit — every layer captured whole (5.1 GB in memory), the same options — made
+  once in its own child and cached in ``benchmarks/.cache/wide``. That fit runs through each
+  wide layer's full 256-dimensional row space (``factorize/rowspace.py``: the plain fit to
+  round-off, checked in ``tests/test_fit_paths.py``); the plain per-block ALS on the full
+  blocks took 15 s an iteration here, hours for a fit. ``fms_vs_full`` is the factor match
+  score over ``A`` and every block's factors; ``loss_ratio`` the data loss of the analysis'
+  factors over that of the uncompressed fit, both measured on the full blocks.
+* ``resnet18-whole`` at 256 inputs with ``--memory 6G``: the default path when the
+  activations fit the budget (held whole, one pass), for its time and memory.
+* ``resnet50`` (105 layers, 20.9 M floats per input) and ``vit_small`` (ViT-S/16: 38 layers)
+  at 2,000 inputs.
+
+One line per model:
+``model=… samples=… blocks=… activations_gb=… forward_s=… analyze_s=… ratio=… peak_rss_gb=…
+fms_vs_full=… loss_ratio=…`` (and, where layers were sketched, ``sketch_k``, the least and
+the median captured energy); the last line ``wide_ratio=<worst ratio> wide_peak_rss_gb=<worst
+peak> wide_fms=<resnet18 FMS vs uncompressed>``, the worst over the default ``--memory``. Run on a quiet box: ``.venv/bin/python
+benchmarks/bench_wide.py [--models resnet18,resnet50,vit_small] [--no-reference]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache" / "wide"
+RANK = 10
+BATCH = 32
+#: model -> (builder in factorlens.research.torchvision_layout, inputs, --memory)
+MODELS = {
+    "resnet18": ("resnet18", 256, None),
+    "resnet18-whole": ("resnet18", 256, 6 * 1024**3),
+    "resnet50": ("resnet50", 2000, None),
+    "vit_small": ("vit_small", 2000, None),
+}
+
+
+def make_inputs(n: int, path: Path) -> None:
+    """Write ``n`` shapes test images upsampled to 224 px (uint8) and labels to ``path``."""
+    import torch
+
+    from factorlens.research.synthetic import make_images
+
+    x, y = make_images("shapes", n, 0)
+    up = torch.nn.functional.interpolate(torch.from_numpy(x), size=224, mode="bilinear")
+    images = (up.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    np.savez(path, images=images, labels=y)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (Linux: ru_maxrss in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+# ----------------------------------------------------------------------------- children
+def run_model(name: str, data_path: Path, out_json: Path, result_dir: Path) -> None:
+    """Child: time the bare forward pass and ``analyze``; write figures and keep the result."""
+    import torch
+
+    from factorlens.capture import _batch_tensor
+    from factorlens.data import load_data
+    from factorlens.pipeline import analyze
+    from factorlens.research import torchvision_layout as tvl
+
+    builder, n, memory = MODELS[name]
+    data = load_data(f"npz:{data_path}")
+    model = getattr(tvl, builder)().eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, n, BATCH):
+            model(_batch_tensor(data.images, start, start + BATCH))
+    forward = time.perf_counter() - t0
+    options = {} if memory is None else {"memory_budget": memory}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = analyze(model, data, out=Path(tmp) / "out", rank=RANK, batch_size=BATCH,
+                      progress=False, **options)  # fmt: skip
+        seconds = time.perf_counter() - t0
+    widths = [int(np.prod(s[1:])) for s in res.block_shapes[1:]]
+    figures = {
+        "blocks": len(widths),
+        "activations_gb": n * sum(widths) * 4 / 1e9,
+        "forward_s": forward,
+        "analyze_s": seconds,
+        "peak_rss_gb": peak_rss_gb(),
+        "sketch": res.meta.get("sketch", {}),
+    }
+    res.save(result_dir)  # for the comparison with the uncompressed fit
+    out_json.write_text(json.dumps(figures, default=float))
+
+
+def run_reference(data_path: Path, target: Path) -> None:
+    """Child: the uncompressed fit of resnet18 on 256 inputs (every block captured whole)."""
+    from factorlens.data import load_data
+    from factorlens.pipeline import factorize_store
+    from factorlens.research import torchvision_layout as tvl
+    from factorlens.sketched import capture_sketched
+
+    data = load_data(f"npz:{data_path}")
+    store = capture_sketched(tvl.resnet18().eval(), data, sketch=0, batch_size=BATCH,
+                             progress=False)  # fmt: skip
+    t0 = time.perf_counter()
+    result = factorize_store(store, RANK, progress=True)
+    result.options["reference_seconds"] = time.perf_counter() - t0
+    result.save(target)
+
+
+def run_compare(data_path: Path, reference: Path, others: list[Path], out_json: Path) -> None:
+    """Child: FMS and data-loss ratio of each result against the reference, on full blocks."""
+    from factorlens.data import load_data
+    from factorlens.factorize import CMTF, CMTFResult, factor_match_score
+    from factorlens.factorize.engine import khatri_rao
+    from factorlens.research import torchvision_layout as tvl
+    from factorlens.sketched import capture_sketched
+
+    data = load_data(f"npz:{data_path}")
+    store = capture_sketched(tvl.resnet18().eval(), data, sketch=0, batch_size=BATCH,
+                             progress=False)  # fmt: skip
+    blocks = CMTF(RANK).prepare(store)
+
+    def data_loss(res: CMTFResult) -> float:
+        total, AtA = 0.0, res.A.T @ res.A
+        for b in blocks:
+            K = khatri_rao([np.asarray(f, dtype=np.float64) for f in res.factors[b.name]])
+            K = K * (res.weights[b.name] * math.sqrt(b.norm_sq))
+            T = b.right(res.A)
+            total += b.norm_sq - 2 * float(np.sum(T * K)) + float(np.sum(AtA * (K.T @ K)))
+        return total
+
+    def modes(res: CMTFResult) -> list[np.ndarray]:
+        return [res.A] + [np.asarray(f) for n in res.block_names for f in res.factors[n]]
+
+    ref = CMTFResult.load(reference)
+    ref_loss = data_loss(ref)
+    figures = {}
+    for path in others:
+        res = CMTFResult.load(path)
+        figures[path.name] = {
+            "fms_vs_full": float(factor_match_score(modes(ref), modes(res))),
+            "loss_ratio": data_loss(res) / ref_loss,
+        }
+    out_json.write_text(json.dumps(figures))
+
+
+# ----------------------------------------------------------------------------- parent
+def child(*args: str) -> None:
+    """Run this file as a child process with ``args``; fail loudly when it fails."""
+    subprocess.run([sys.executable, __file__, *args], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,resnet18-whole,resnet50,vit_small")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--no-reference", action="store_true", help="skip the FMS comparison")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        kind, *rest = args.child
+        if kind == "model":
+            run_model(rest[0], Path(rest[1]), Path(rest[2]), Path(rest[3]))
+        elif kind == "reference":
+            run_reference(Path(rest[0]), Path(rest[1]))
+        else:
+            run_compare(Path(rest[0]), Path(rest[1]), [Path(p) for p in rest[3:]], Path(rest[2]))
+        return 0
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    lines, figures = [], {}
+    for name in names:
+        n = MODELS[name][1]
+        data = args.cache / f"shapes224-{n}.npz"
+        if not data.is_file():
+            make_inputs(n, data)
+        out = args.cache / f"{name}.json"
+        child("--child", "model", name, str(data), str(out), str(args.cache / f"{name}-result"))
+        figures[name] = json.loads(out.read_text())
+    compare: dict[str, dict] = {}
+    r18 = [m for m in names if m == "resnet18"]
+    if r18 and not args.no_reference:
+        data = args.cache / "shapes224-256.npz"
+        reference = args.cache / "resnet18-uncompressed"
+        if not (reference / "factors.npz").is_file():
+            child("--child", "reference", str(data), str(reference))
+        out = args.cache / "compare.json"
+        child("--child", "compare", str(data), str(reference), str(out),
+              *[str(args.cache / f"{m}-result") for m in r18])  # fmt: skip
+        compare = json.loads(out.read_text())
+    for name in names:
+        f = figures[name]
+        c = compare.get(f"{name}-result", {})
+        ratio = f["analyze_s"] / f["forward_s"]
+        f["ratio"] = ratio
+        line = (
+            f"model={name} samples={MODELS[name][1]} blocks={f['blocks']} "
+            f"activations_gb={f['activations_gb']:.1f} forward_s={f['forward_s']:.1f} "
+            f"analyze_s={f['analyze_s']:.1f} ratio={ratio:.2f} "
+            f"peak_rss_gb={f['peak_rss_gb']:.2f} "
+            f"fms_vs_full={c['fms_vs_full']:.4f} loss_ratio={c['loss_ratio']:.4f}"
+            if c
+            else f"model={name} samples={MODELS[name][1]} blocks={f['blocks']} "
+            f"activations_gb={f['activations_gb']:.1f} forward_s={f['forward_s']:.1f} "
+            f"analyze_s={f['analyze_s']:.1f} ratio={ratio:.2f} "
+            f"peak_rss_gb={f['peak_rss_gb']:.2f} fms_vs_full=n/a loss_ratio=n/a"
+        )
+        sketch = f.get("sketch") or {}
+        if sketch:
+            captured = sketch.get("captured_energy", {}).values()
+            line += (
+                f" sketch_k={sketch.get('size')} captured_min={min(captured):.3f} "
+                f"captured_median={float(np.median(list(captured))):.3f}"
+            )
+        lines.append(line)
+        print(line, flush=True)
+    default = [m for m in names if m != "resnet18-whole"]
+    worst_ratio = max(figures[m]["ratio"] for m in default)
+    worst_rss = max(figures[m]["peak_rss_gb"] for m in default)
+    fms = compare.get("resnet18-result", {}).get("fms_vs_full", math.nan)
+    print(f"wide_ratio={worst_ratio:.2f} wide_peak_rss_gb={worst_rss:.2f} wide_fms={fms:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
