@@ -484,7 +484,7 @@ def test_flow_map_marks_strengths_at_the_floor_absent(tmp_path: Path) -> None:
     flow = text.split('<section id="flow">')[1].split("</section>")[0]
     row = flow.split(f'<tr data-r="{R - 1}">')[1].split("</tr>")[0]
     assert row.count(">absent</a>") == 2  # conv1 and fc; the input keeps its number
-    assert flow.count("count as absent\">&gt; 0.02<") == 2  # the floor, its tooltip in words
+    assert flow.count('count as absent">&gt; 0.02<') == 2  # the floor, its tooltip in words
     assert "absent" not in flow.split(f'<tr data-r="{R - 2}">')[1].split("</tr>")[0]
 
 

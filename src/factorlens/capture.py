@@ -30,6 +30,7 @@ from factorlens.errors import (
 )
 from factorlens.modelio import resolve_device
 from factorlens.options import CaptureOptions
+from factorlens.rows import Levels, row_chunks
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
 from factorlens.writer import BatchWriter
 
@@ -255,7 +256,7 @@ def _unpack_data(data: Any) -> tuple[Any, Any, dict[str, Any]]:
             if value is not None:
                 extra[key] = list(value) if isinstance(value, tuple) else value
         data = data.images
-    if isinstance(data, np.ndarray | torch.Tensor):
+    if isinstance(data, np.ndarray | torch.Tensor | Levels):
         images = data
     else:
         raise FactorlensError(
@@ -381,6 +382,11 @@ def _sha256(arrays: Sequence[Any]) -> str:
     """SHA-256 over the dtypes, shapes and bytes of numpy arrays / torch tensors."""
     digest = hashlib.sha256()
     for arr in arrays:
+        if isinstance(arr, Levels):  # as the float32 array it stands for, a chunk at a time
+            digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+            for _, chunk in row_chunks(arr):
+                digest.update(np.ascontiguousarray(chunk).data.cast("B"))
+            continue
         if isinstance(arr, torch.Tensor):  # as raw bytes: numpy has no bfloat16
             digest.update(f"{arr.dtype}{tuple(arr.shape)}".encode())
             arr = arr.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()

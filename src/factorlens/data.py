@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from factorlens.errors import FactorlensError, one_line
+from factorlens.rows import Levels
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -56,8 +57,10 @@ class ImageData:
 
     Attributes
     ----------
-    images : numpy.ndarray
-        float32 ``(N, C, H, W)`` in [0, 1] for images, or ``(N, D)`` for non-image data.
+    images : numpy.ndarray or Levels
+        float32 ``(N, C, H, W)`` in [0, 1] for images, or ``(N, D)`` for non-image data;
+        8-bit images are a :class:`~factorlens.rows.Levels` (their uint8 levels, read as
+        float32 by rows; ``numpy.asarray`` gives the float32 array).
     labels : numpy.ndarray or None
         int64 ``(N,)``.
     class_names : list of str or None
@@ -66,7 +69,7 @@ class ImageData:
         One line saying where the data came from.
     """
 
-    images: np.ndarray
+    images: np.ndarray | Levels
     labels: np.ndarray | None
     class_names: list[str] | None
     description: str
@@ -211,7 +214,7 @@ def load_data(spec: str) -> ImageData:
 
 
 def _finish(
-    images: np.ndarray,
+    images: np.ndarray | Levels,
     labels: np.ndarray | None,
     class_names: list[str] | None,
     description: str,
@@ -222,6 +225,13 @@ def _finish(
         raise FactorlensError(
             f"{source} holds no samples (N=0); give data with at least one sample"
         )
+    if isinstance(images, Levels):  # 8-bit levels: finite and in [0, 1] by construction
+        if images.levels.size == 0:
+            raise FactorlensError(
+                f"{source} has shape {images.shape}: samples without values; give at least one "
+                "value per sample"
+            )
+        return _wrap(images, labels, class_names, description, source)
     if images.size == 0:
         raise FactorlensError(
             f"{source} has shape {images.shape}: samples without values; give at least one "
@@ -239,6 +249,19 @@ def _finish(
             "scale them to [0, 1] (e.g. divide 0..255 data by 255) and use `normalize` for "
             "the model's normalization"
         )
+    return _wrap(
+        np.ascontiguousarray(images, dtype=np.float32), labels, class_names, description, source
+    )
+
+
+def _wrap(
+    images: np.ndarray | Levels,
+    labels: np.ndarray | None,
+    class_names: list[str] | None,
+    description: str,
+    source: str,
+) -> ImageData:
+    """Check the labels against the images and wrap them in an :class:`ImageData`."""
     if labels is not None:
         if labels.shape != (images.shape[0],):
             raise FactorlensError(
@@ -256,7 +279,7 @@ def _finish(
                 "names; give one class name per class index"
             )
     return ImageData(
-        images=np.ascontiguousarray(images, dtype=np.float32),
+        images=images,
         labels=None if labels is None else np.ascontiguousarray(labels, dtype=np.int64),
         class_names=class_names,
         description=description,
@@ -396,7 +419,7 @@ def _load_mnist(directory: Path, split: str) -> ImageData:
                 f"{lab_path} has {labels.shape[0]} labels but {img_path} has "
                 f"{images_u8.shape[0]} images; use matching files from the same split"
             )
-    images = (images_u8.astype(np.float32) / 255.0)[:, None, :, :]
+    images = Levels(images_u8[:, None, :, :])
     n_cls = max(10, int(labels.max()) + 1) if labels is not None and labels.size else 10
     h, w = images.shape[2:]
     return _finish(
@@ -485,7 +508,7 @@ def _load_npz(path: Path) -> ImageData:
     )
 
 
-def _npz_images(raw: np.ndarray | bytes, src: str) -> np.ndarray:
+def _npz_images(raw: np.ndarray | bytes, src: str) -> np.ndarray | Levels:
     arr = np.asarray(raw)  # a zip member that is not a .npy file comes as bytes
     if arr.dtype.kind not in "uifb":
         raise FactorlensError(f"{src} has dtype {arr.dtype}; give uint8 or float images")
@@ -498,9 +521,8 @@ def _npz_images(raw: np.ndarray | bytes, src: str) -> np.ndarray:
         raise FactorlensError(
             f"{src} has shape {arr.shape}; give N×H×W or N×C×H×W images (or N×D samples)"
         )
-    if arr.dtype == np.uint8:
-        out = arr.astype(np.float32)
-        out /= 255.0  # in place: a 224 px data set is 1.2 GB as float32, not twice that
+    if arr.dtype == np.uint8:  # kept as levels: a quarter of the memory (rows.Levels)
+        return Levels(arr[:, None, :, :] if arr.ndim == 3 else arr)
     elif arr.dtype.kind in "fb":
         out = arr  # _finish checks the range, then casts to float32 (no overflow warning)
     else:

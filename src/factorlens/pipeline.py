@@ -29,7 +29,7 @@ from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
 from factorlens.options import CaptureOptions, EngineOptions
 from factorlens.output import check_not_nested, check_output_dir, clean_stale, publish, save_npz
-from factorlens.rows import NpyRows, in_memory, rows_equal, write_npy
+from factorlens.rows import Levels, NpyRows, in_memory, rows_equal, write_npy
 
 if TYPE_CHECKING:
     from factorlens.store import ActivationStore
@@ -53,7 +53,9 @@ def save_inputs(directory: Path, images: Any, labels, class_names, predictions=N
     ``images.npy`` instead, written one chunk of rows at a time.
     """
     arrays: dict[str, Any] = {}
-    if in_memory(images):
+    if isinstance(images, Levels):
+        arrays["images_uint8"] = images.levels
+    elif in_memory(images):
         images = np.asarray(images, dtype=np.float32)
         levels = as_levels(images)
         if levels is not None:  # 8-bit pixels as given: a quarter of the disk, exactly
@@ -154,9 +156,8 @@ def load_inputs(directory: str | Path) -> tuple[Any, np.ndarray | None, list[str
     try:
         with np.load(path, allow_pickle=False) as npz:
             images: Any
-            if "images_uint8" in npz.files:
-                images = np.asarray(npz["images_uint8"], dtype=np.float32)
-                images /= 255.0
+            if "images_uint8" in npz.files:  # 8-bit images, kept as their levels
+                images = Levels(np.asarray(npz["images_uint8"]))
             elif "images" not in npz.files and (path.parent / IMAGES_NPY).is_file():
                 images = NpyRows(path.parent / IMAGES_NPY)
             else:
@@ -346,6 +347,8 @@ def input_images(store: ActivationStore, memory_budget: int = _BUDGET) -> Any:
     report and :func:`save_inputs` then read it one chunk of rows at a time.
     """
     block = store.block(store.names[0])
+    if getattr(block, "lazy", False):  # 8-bit levels (rows.Levels): saved and read as they are
+        return block
     if not in_memory(block) and int(np.prod(block.shape)) * 4 > memory_budget:
         return block
     return np.asarray(block[:], dtype=np.float32)

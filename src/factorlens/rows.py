@@ -148,3 +148,68 @@ class NpyRows:
                 fh, dtype=self.dtype, count=count * (self._row // self.dtype.itemsize)
             )
         return flat.reshape((count, *self.shape[1:]))
+
+
+class Levels:
+    """8-bit images held as their uint8 levels and read as float32 in [0, 1] (÷ 255).
+
+    A quarter of the memory of the float32 images it stands for: 2,000 colour images at
+    224 px are 0.3 GB instead of 1.2 GB. Read by rows like the other arrays here: an integer,
+    a slice or a tuple index gives float32 values; a 1-D array of rows gives the levels of
+    those rows (another :class:`Levels`, nothing converted); ``numpy.asarray`` gives the
+    whole float32 array.
+
+    Parameters
+    ----------
+    levels : numpy.ndarray
+        uint8 ``(N, ...)``.
+    """
+
+    #: read by row chunks by the engine and the report, never converted as a whole
+    lazy = True
+
+    def __init__(self, levels: np.ndarray) -> None:
+        if levels.dtype != np.uint8:
+            raise TypeError(f"Levels holds uint8 levels, got {levels.dtype}")
+        self.levels = np.ascontiguousarray(levels)
+        self.shape = tuple(int(s) for s in levels.shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    @staticmethod
+    def to_float(levels: np.ndarray) -> np.ndarray:
+        """Return uint8 ``levels`` as float32 in [0, 1] (the same values ``uint8 / 255`` gives)."""
+        out = levels.astype(np.float32)
+        out /= np.float32(255.0)
+        return out
+
+    @property
+    def size(self) -> int:
+        """The number of values, as numpy's ``size``."""
+        return int(self.levels.size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> Any:
+        part = self.levels[index]
+        rows = np.asarray(index) if isinstance(index, list | np.ndarray) else None
+        if rows is not None and rows.ndim == 1 and (rows.dtype == bool or rows.dtype.kind in "iu"):
+            return Levels(part)
+        return self.to_float(np.asarray(part))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.to_float(self.levels)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def min(self) -> float:
+        """Return the smallest value, in [0, 1]."""
+        return float(self.levels.min()) / 255.0 if self.levels.size else 0.0
+
+    def max(self) -> float:
+        """Return the largest value, in [0, 1]."""
+        return float(self.levels.max()) / 255.0 if self.levels.size else 0.0
+
+    def squeeze_channel(self) -> Levels:
+        """Return ``(N, H, W)`` levels of ``(N, 1, H, W)`` ones (the grayscale input block)."""
+        return Levels(self.levels[:, 0]) if self.ndim == 4 and self.shape[1] == 1 else self

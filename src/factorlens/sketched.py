@@ -57,6 +57,7 @@ from factorlens.factorize.penalty import MAX_SIDE
 from factorlens.factorize.reduced import ReducedBlock
 from factorlens.modelio import resolve_device
 from factorlens.options import CaptureOptions
+from factorlens.rows import Levels
 from factorlens.store import ActivationStore, MemoryStore, _Spec
 from factorlens.writer import check_finite
 
@@ -359,6 +360,20 @@ def _record_output(sumsq: np.ndarray, output: Any, start: int, stop: int) -> Non
         sumsq[start:stop] = (flat * flat).sum(dim=1).cpu().numpy()
 
 
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``), where there is one.
+
+    A forward pass frees many mid-sized activations that glibc keeps for reuse; between the
+    passes they would sit beside the sketches and count against the resident memory.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
 def _orthonormal(sketch: torch.Tensor, rows: int = 1 << 16) -> torch.Tensor:
     """Return an orthonormal basis ``(P, k')`` of the sketch's columns, float32, ``k' ≤ k``.
 
@@ -505,6 +520,7 @@ def capture_sketched(
         progress=progress,
         desc=f"pass 1/2: sketch {len(plan.sketched)} of {n_layers} layers (k = {plan.size})",
     )
+    release_memory()
     bases = {}
     for name in plan.sketched:  # each sketch replaced by its orthonormal basis, one at a time
         bases[name] = _orthonormal(first.sketch.pop(name))
@@ -516,6 +532,7 @@ def capture_sketched(
         progress=progress,
         desc=f"pass 2/2: project {len(plan.sketched)} layers",
     )
+    release_memory()
     _check_deterministic(
         {**first.sumsq, "the model's output": first.output_sumsq},
         {**second.sumsq, "the model's output": second.output_sumsq},
@@ -536,10 +553,14 @@ def capture_sketched(
         )
         for name in plan.sketched
     }
-    inputs = images if isinstance(images, np.ndarray) else images.detach().cpu().numpy()
-    inputs = np.asarray(inputs, dtype=np.float32)
-    if inputs.ndim == 4 and inputs.shape[1] == 1:
-        inputs = inputs[:, 0]
+    inputs: Any
+    if isinstance(images, Levels):  # 8-bit levels stay levels: the input block reads them by rows
+        inputs = images.squeeze_channel()
+    else:
+        inputs = images if isinstance(images, np.ndarray) else images.detach().cpu().numpy()
+        inputs = np.asarray(inputs, dtype=np.float32)
+        if inputs.ndim == 4 and inputs.shape[1] == 1:
+            inputs = inputs[:, 0]
     blocks: list[tuple[str, str, str, Any]] = [("input", "input", "input", inputs)]
     for name in probe.shapes:
         module = type(first.modules[first.blocks[name]]).__name__

@@ -110,7 +110,11 @@ class Block:
                 as_dask_array(data, self.n_rows, self.width, rows), persist=nbytes <= memory_budget
             )
             chunk_rows = rows
-        in_memory = (isinstance(data, np.ndarray) or nbytes <= memory_budget) and self._dask is None
+        # rows.Levels (8-bit images) stay levels, read by chunks: a quarter of the memory
+        lazy = bool(getattr(data, "lazy", False))
+        in_memory = (
+            isinstance(data, np.ndarray) or (nbytes <= memory_budget and not lazy)
+        ) and self._dask is None
         self.in_memory = in_memory
         self._torch = backend == "torch"
         if in_memory:
@@ -280,6 +284,8 @@ class Block:
         """``Ỹ K`` for ``K (P, k)``; returns ``(N, k)`` float64."""
         if self._dask is not None:
             return self._dask.left(K) * self.scale
+        if self.in_memory and not self._torch:  # one product, no chunk bookkeeping
+            return _scaled64(self._data @ self._cast(K), self.scale)
         out = np.empty((self.n_rows, K.shape[1]))
         Kc = self._cast(K)
         for rows, y in self.chunks():
@@ -291,6 +297,8 @@ class Block:
         """``Ỹᵀ A`` for ``A (N, k)``; returns ``(P, k)`` float64."""
         if self._dask is not None:
             return self._dask.right(A) * self.scale
+        if self.in_memory and not self._torch:
+            return _scaled64(self._data.T @ self._cast(A), self.scale)
         out = np.zeros((self.width, A.shape[1]))
         for rows, y in self.chunks():
             out += _to_numpy(y.T @ self._cast(A[rows]))
@@ -357,6 +365,14 @@ def torch_isfinite(x: Any) -> Any:
     import torch
 
     return torch.isfinite(x)
+
+
+def _scaled64(x: np.ndarray, scale: float) -> np.ndarray:
+    """Return ``x · scale`` as float64, in place where ``x`` is float64 already."""
+    if x.dtype == np.float64:
+        x *= scale
+        return x
+    return np.multiply(x, scale, dtype=np.float64)
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -733,7 +733,8 @@ class CMTF:
             if i in stacked:
                 continue
             K = khatri_rao(Fb)
-            res = b.norm_sq - 2.0 * float(np.sum(Tb * K)) + float(np.sum(AtA * _gram(Fb)))
+            cross = float(np.einsum("pr,pr->", Tb, K))  # ⟨T, K⟩ without a P×R temporary
+            res = b.norm_sq - 2.0 * cross + float(np.sum(AtA * _gram(Fb)))
             per_block[i] = max(res, 0.0)
             sigmas[i] = np.linalg.norm(Fb[0], axis=0)
         penalty = 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,7 +238,7 @@ class SmallResNet(nn.Module):
 
 
 def _as_tensors(
-    images: np.ndarray, labels: np.ndarray | None, device: torch.device
+    images: Any, labels: np.ndarray | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     x = np.asarray(images)
     if x.ndim < 2:
@@ -282,7 +283,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def train_classifier(
     model: nn.Module,
-    images: np.ndarray,
+    images: Any,
     labels: np.ndarray,
     *,
     epochs: int,
@@ -350,7 +351,7 @@ def _train(
 
 @torch.no_grad()
 def accuracy(
-    model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 512
+    model: nn.Module, images: Any, labels: np.ndarray, batch_size: int = 512
 ) -> float:
     """Fraction of images (N, C, H, W) whose argmax logit equals the label (N,); in [0, 1]."""
     device = _model_device(model)
