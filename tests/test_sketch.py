@@ -63,7 +63,10 @@ def test_a_store_on_disk_is_read_in_passes_and_gives_the_same_fit(planted, tmp_p
     disk = CMTF(4, random_state=0, compress_rows=20, check_fewer=False, memory_budget=0)
     disk.fit(store)
     assert factor_match_score([disk.A_], [memory.A_]) > 0.9999
-    assert disk.result_.loss_history[-1] == pytest.approx(memory.result_.loss_history[-1], 1e-5)
+    # the loss is the data's norm² less the model's (unit blocks: 1 each), so float32 sums in
+    # another order move it by ~1e-7 of that norm, not of the small loss itself
+    disk_loss, memory_loss = disk.result_.loss_history[-1], memory.result_.loss_history[-1]
+    assert disk_loss == pytest.approx(memory_loss, abs=1e-6 * len(blocks))
 
 
 def test_few_rows_fit_on_the_full_data_and_bad_values_are_refused(planted) -> None:

@@ -350,9 +350,7 @@ def _train(
 
 
 @torch.no_grad()
-def accuracy(
-    model: nn.Module, images: Any, labels: np.ndarray, batch_size: int = 512
-) -> float:
+def accuracy(model: nn.Module, images: Any, labels: np.ndarray, batch_size: int = 512) -> float:
     """Fraction of images (N, C, H, W) whose argmax logit equals the label (N,); in [0, 1]."""
     device = _model_device(model)
     x, y = _as_tensors(images, labels, device)
