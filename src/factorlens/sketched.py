@@ -532,7 +532,6 @@ def capture_sketched(
         progress=progress,
         desc=f"pass 2/2: project {len(plan.sketched)} layers",
     )
-    release_memory()
     _check_deterministic(
         {**first.sumsq, "the model's output": first.output_sumsq},
         {**second.sumsq, "the model's output": second.output_sumsq},
@@ -567,6 +566,7 @@ def capture_sketched(
         blocks.append((name, "layer", module, reduced.get(name, first.kept.get(name))))
     for name in probe.returned:
         blocks.append((name, "output", type(model).__name__, first.kept[name]))
+    release_memory()  # the float32 bases just freed (float16 copies kept) go back to the OS
     captured = {nm: r.captured for nm, r in reduced.items()}
     full_meta = {
         "model": type(model).__name__,

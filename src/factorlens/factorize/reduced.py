@@ -202,7 +202,10 @@ def map_back(basis: Sequence[np.ndarray] | np.ndarray | None, f: np.ndarray) -> 
         return f
     chain = [basis] if isinstance(basis, np.ndarray) else list(basis)
     for q in reversed(chain):
-        f = q @ f
+        if isinstance(q, np.ndarray) and q.dtype == np.float16:  # a truncated sketch's basis
+            f = q.astype(np.float32) @ f.astype(np.float32)  # no float64 copy of a P×k basis
+        else:
+            f = q @ f
     return f
 
 
