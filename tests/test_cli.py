@@ -104,12 +104,18 @@ def test_report_command_rewrites_the_report(project) -> None:
     assert (other / "index.html").is_file() and not (other / "result.json").exists()
 
 
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end_and_logs_whole_lines(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("FACTORLENS_PROGRESS", raising=False)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--rank", "4", "--n-init", "1", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--rank", "4", "--n-init", "1"]) == 0
     summary = json.loads((out / "result.json").read_text())
     assert summary["rank"] == 4 and summary["blocks"][0]["name"] == "input"
     assert (out / "index.html").stat().st_size > 10_000
+    log = capsys.readouterr().err  # stderr is not a terminal here, as in a CI log
+    assert "\r" not in log and "\x1b" not in log  # no bar redraws, no terminal codes
+    lines = log.splitlines()
+    assert 3 <= len(lines) <= 60, log  # one line per stage (training, capture, the fits)
+    assert any(line.startswith("capture") for line in lines), log
 
 
 def _error(capsys) -> str:

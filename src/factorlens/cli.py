@@ -381,6 +381,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _print_summary(result, out: Path, seconds: float) -> None:
+    from factorlens import commands
+
     opts = result.options
     state = "converged" if opts.get("converged") else "stopped at --max-iter"
     print(
@@ -402,7 +404,7 @@ def _print_summary(result, out: Path, seconds: float) -> None:
         print(f"  {absent} component-block strengths are at or below their block's floor: absent")
     for note in result.spare_components():
         print(f"note: {note}")
-    print(f"report: {(out / 'index.html').resolve()}")
+    print(commands.report_line(out))
 
 
 #: OSError numbers that are a failure at run time (exit 1), not a path the user got wrong
@@ -474,7 +476,7 @@ def _run(args: argparse.Namespace) -> int:
         return commands.run_zoo(args)
     else:
         out = commands.run_report(args)
-        print(f"report: {(out / 'index.html').resolve()}")
+        print(commands.report_line(out))
         return 0
     _print_summary(result, out, time.perf_counter() - start)
     return 0

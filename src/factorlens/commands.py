@@ -32,6 +32,15 @@ if TYPE_CHECKING:
     from factorlens.store import ActivationStore, ZarrStore
 
 
+
+def report_line(out: Path) -> str:
+    """Return the line naming a written report: relative to the working folder when inside it."""
+    page = (Path(out) / REPORT_HTML).resolve()
+    try:
+        return f"report: {page.relative_to(Path.cwd().resolve())}"
+    except ValueError:
+        return f"report: {page}"
+
 def parse_select(items: list[str]) -> dict[str, Any]:
     """``["layer=0", "block=out"]`` → ``{"layer": 0, "block": "out"}`` (ints where they parse)."""
     select: dict[str, Any] = {}
@@ -314,7 +323,7 @@ def run_quality(args: argparse.Namespace) -> int:
     if json_path is not None:
         atomic_write_text(json_path, json.dumps([r.to_dict() for r in reports], indent=1))
     if out is not None:
-        print(f"report: {(out / REPORT_HTML).resolve()}")
+        print(report_line(out))
     return 0
 
 
