@@ -161,7 +161,7 @@ def main() -> int:
         print(
             f"R = 10: loss {result.loss:.6f} after refining (compressed fit "
             f"{result.options['compressed_loss']:.6f}); fit per block "
-            + ", ".join(f"{k} {v:.3f}" for k, v in result.fit.items())
+            + ", ".join(f"{k} {v:.3f}" for k, v in result.block_fit.items())
         )
         print(f"whole run {time.perf_counter() - t_all:.0f} s")
     finally:

@@ -328,3 +328,16 @@ def test_the_rank_scan_takes_no_compress_rows_flag(project, capsys) -> None:
     with pytest.raises(SystemExit):
         main(args)
     assert "unrecognized arguments: --compress-rows" in capsys.readouterr().err
+
+
+def test_the_help_examples_keep_their_lines(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    examples = text[text.index("examples:") :].splitlines()[1:]
+    assert len(examples) >= 8
+    for line in examples:
+        # a command starts a line; a continuation is indented further and follows a backslash
+        assert line.startswith(("  factorlens ", "      ")) and len(line) <= 100, line
+    for before, after in zip(examples, examples[1:], strict=False):
+        assert after.startswith("  factorlens ") or before.endswith("\\"), (before, after)

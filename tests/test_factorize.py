@@ -37,7 +37,7 @@ def test_planted_factors_are_recovered(nonneg: bool) -> None:
     scores = _recovery(result, truth)
     assert min(scores.values()) >= 0.99, scores
     for name in blocks:
-        assert result.fit[name] > 0.99  # 5 % noise leaves 1 - 0.05² of the energy
+        assert result.block_fit[name] > 0.99  # 5 % noise leaves 1 - 0.05² of the energy
     if nonneg:
         assert result.A.min() >= 0
         assert all(f.min() >= 0 for fs in result.factors.values() for f in fs)
@@ -258,7 +258,7 @@ def test_save_load_round_trip_and_tensorly_interop(tmp_path) -> None:
         for f, g in zip(res.factors[n], back.factors[n], strict=True):
             np.testing.assert_array_equal(f, g)
         np.testing.assert_array_equal(res.weights[n], back.weights[n])
-    assert back.fit == res.fit and back.meta == res.meta and back.rank == 3
+    assert back.block_fit == res.block_fit and back.meta == res.meta and back.rank == 3
     cp = back.to_cptensor("input")
     model = tl.cp_to_tensor(cp)
     X = blocks["input"].astype(np.float64)
@@ -429,3 +429,31 @@ def test_a_row_subset_refuses_what_it_cannot_read() -> None:
         RowSubset(data, np.array([3, 5]))
     with pytest.raises(TypeError, match="contiguous slices"):
         RowSubset(data, np.array([1, 2]))[np.array([0])]
+
+
+@pytest.mark.parametrize("n_blocks", [3, 40])
+def test_a_result_prints_as_a_few_lines_not_its_arrays(n_blocks: int) -> None:
+    from factorlens.testing import random_result
+
+    names = ["input"] + [f"layer{i}.conv" for i in range(1, n_blocks)]
+    shapes = [(500, 8, 8)] + [(500, 64, 7, 7)] * (n_blocks - 1)
+    result = random_result(names, shapes, rank=6, models={"input": "cp"}, loss_history=[0.5])
+    text = repr(result)
+    lines = text.splitlines()
+    assert lines[0].startswith("CMTFResult(rank=6, n_samples=500, ")
+    assert len(lines) <= 15 and len(text) < 1500, text
+    assert "input" in lines[1] and "500×8×8" in lines[1] and "cp" in lines[1]
+    assert names[-1] in lines[-1]  # the last block is always shown
+    if n_blocks > 10:
+        assert f"… {n_blocks - 9} more blocks" in text
+    else:
+        assert len(lines) == 1 + n_blocks
+
+
+def test_the_old_name_of_block_fit_still_reads_it_with_a_warning() -> None:
+    from factorlens.testing import random_result
+
+    result = random_result(["input", "fc"], [(20, 4, 4), (20, 6)], rank=2)
+    with pytest.warns(DeprecationWarning, match="block_fit"):
+        old = result.fit
+    assert old is result.block_fit

@@ -64,7 +64,7 @@ def test_row_space_coordinates_and_stacking_give_the_plain_fit(plain, opts) -> N
     assert _fms(fast, slow) >= 0.9999
     assert fast.loss == pytest.approx(slow.loss, rel=1e-5)
     for name in blocks:
-        assert fast.fit[name] == pytest.approx(slow.fit[name], abs=1e-5)
+        assert fast.block_fit[name] == pytest.approx(slow.block_fit[name], abs=1e-5)
         assert fast.factors[name][0].shape == slow.factors[name][0].shape
     if opts.get("center"):
         np.testing.assert_allclose(fast.means["layer2"], slow.means["layer2"], atol=1e-6)

@@ -44,7 +44,7 @@ def _result(names: list[str] = NAMES, *, rank: int = 6, seed: int = 0) -> CMTFRe
         seed=seed,
         models={names[0]: "cp"},
         meta={"rank_scan": SCAN},
-        fit={nm: float(f) for nm, f in zip(names, fit, strict=True)},
+        block_fit={nm: float(f) for nm, f in zip(names, fit, strict=True)},
         loss_history=[1.0, 0.4],
     )
 
@@ -111,8 +111,15 @@ def test_strengths_one_bar_per_block(result: CMTFResult) -> None:
         ys = [b.get_y() for b in bars]
         top, bottom = ax.get_ylim()
         assert top > bottom and ys == sorted(ys)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"0\.\.5 .*'C1'\.\.'C6'"):
         plot_strengths(result, 6)
+    # the report's label names the same component as its 0-based index
+    by_label = plot_strengths(result, "C4", plt.figure().gca())
+    np.testing.assert_allclose([b.get_width() for b in by_label.patches], result.flow[3])
+    assert by_label.get_title().startswith("C4")
+    for wrong in ("C0", "C7", "4", 1.5):
+        with pytest.raises(IndexError):
+            plot_strengths(result, wrong)
 
 
 def test_loadings_and_fit(result: CMTFResult) -> None:
@@ -120,7 +127,9 @@ def test_loadings_and_fit(result: CMTFResult) -> None:
     assert len(ax.patches) == 15
     assert sum(p.get_height() for p in ax.patches) == result.n_samples
     ax = plot_block_fit(result, plt.figure().gca())
-    np.testing.assert_allclose([b.get_width() for b in ax.patches], [result.fit[n] for n in NAMES])
+    np.testing.assert_allclose(
+        [b.get_width() for b in ax.patches], [result.block_fit[n] for n in NAMES]
+    )
     assert ax.get_xlim() == (0.0, 1.0)
 
 

@@ -283,6 +283,12 @@ def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, c
     html = (out / "index.html").read_text()
     assert 'href="checkpoints/01-init/index.html"' in html
     assert 'href="checkpoints/02-trained/index.html"' in html
+    assert "← all checkpoints" not in html  # the overview itself has no way back
+    # each checkpoint's page is titled by its checkpoint and leads back to the overview
+    for d, ckpt in zip(sorted((out / "checkpoints").iterdir()), args[-2:], strict=True):
+        page = (d / "index.html").read_text()
+        assert f"<title>factorlens — {ckpt} (DigitsCNN)</title>" in page
+        assert '<a href="../../index.html" class="back">← all checkpoints</a>' in page
 
 
 def test_quality_json_into_a_missing_folder_is_refused_before_scoring(checkpoints, capsys):

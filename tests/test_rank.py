@@ -132,13 +132,13 @@ def test_a_compressed_block_fits_like_the_full_one_with_loadings_in_its_basis() 
     assert noise_threshold(small, 3) == pytest.approx(noise_threshold(full, 3))  # full spectrum
     on_small = CMTF(3, l1_penalty=0, n_init=1, random_state=0).fit_blocks([small]).result_
     on_full = CMTF(3, l1_penalty=0, n_init=1, random_state=0).fit_blocks([full]).result_
-    assert on_small.fit["layer"] == pytest.approx(on_full.fit["layer"], abs=1e-4)
+    assert on_small.block_fit["layer"] == pytest.approx(on_full.block_fit["layer"], abs=1e-4)
     # the compressed fit's loss is the full-data loss of its loadings mapped back (B = V B̃)
     B = small.basis @ on_small.factors["layer"][0]
     model = (on_small.A * on_small.weights["layer"] * math.sqrt(full.norm_sq)) @ B.T
     truth = full.dense()
     full_fit = 1 - np.sum((truth - model) ** 2) / full.norm_sq
-    assert full_fit == pytest.approx(on_small.fit["layer"], abs=1e-8)
+    assert full_fit == pytest.approx(on_small.block_fit["layer"], abs=1e-8)
     assert compressed(small, 20, rng) is small  # not narrower: left as it is
 
 

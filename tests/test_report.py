@@ -47,7 +47,7 @@ def make_result(
         seed=seed,
         models={"input": input_model},
         meta={"model": "SmallCNN (demo.py)", "data": "digits test split", "layers": list(layers)},
-        fit=fit,
+        block_fit=fit,
         loss_history=[3.0, 1.5, 1.2],
         options={"nonneg": False, "weighting": "equal", "block_norms": {"input": 4.5}},
     )
@@ -182,7 +182,7 @@ def test_report_page_and_figures(tmp_path: Path) -> None:
     for name in res.block_names:
         assert f">{name}<" in text
     for name in res.block_names:
-        assert f"{100 * res.fit[name]:.1f}%" in text
+        assert f"{100 * res.block_fit[name]:.1f}%" in text
     assert "SmallCNN (demo.py)" in text and "digits test split" in text
     assert "weighting" in text and "equal" in text
     assert "<title>My run</title>" in text
@@ -343,6 +343,11 @@ def test_vector_input(tmp_path: Path) -> None:
     _check_offline(text)
     assert text.count('class="component"') == R
     assert text.count('class="thumb"') == R * 2 * 6
+    # numeric labels are named as classes in the flow map ("class 2 40%", not "2 40%")
+    mixes = re.findall(r'<span class="cls">([^<]*)</span>', text)
+    assert len(mixes) == R and all(
+        re.fullmatch(r"class \d \d+%(, class \d \d+%)*", m) for m in mixes
+    )
     names = _figures(tmp_path)
     for name in ("component-1_pattern.png", "component-1_mean.png", "component-1_mean_diff.png"):
         assert name in names
@@ -484,7 +489,12 @@ def test_flow_map_marks_strengths_at_the_floor_absent(tmp_path: Path) -> None:
     flow = text.split('<section id="flow">')[1].split("</section>")[0]
     row = flow.split(f'<tr data-r="{R - 1}">')[1].split("</tr>")[0]
     assert row.count(">absent</a>") == 2  # conv1 and fc; the input keeps its number
-    assert flow.count('count as absent">&gt; 0.02<') == 2  # the floor, its tooltip in words
+    assert flow.count('count as absent">floor 0.02<') == 2  # the floor, its tooltip in words
+
+    res.options["absent_below"] = {"input": 0.0, "conv1": 4.7e-9, "fc": 0.02}  # round-off
+    text = write_report(tmp_path, res, images, top_k=3).read_text()
+    flow = text.split('<section id="flow">')[1].split("</section>")[0]
+    assert 'count as absent">floor ≈ 0<' in flow and "e-09" not in flow
     assert "absent" not in flow.split(f'<tr data-r="{R - 2}">')[1].split("</tr>")[0]
 
 
@@ -543,3 +553,38 @@ def test_report_modules_stay_small() -> None:
     assert len(files) >= 10  # view, view_component, view_checkpoints, charts, pixels, …
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in files}
     assert max(sizes.values()) <= 400, sizes
+
+
+def test_a_conv_layers_maps_explain_their_symbols(tmp_path: Path) -> None:
+    res = random_result(["input", "conv"], [(N, 8, 8), (N, 4, 6, 6)], 2, models={"input": "cp"})
+    images = np.random.default_rng(3).uniform(0, 1, (N, 8, 8))
+    text = write_report(tmp_path, res, images, top_k=3).read_text()
+    hints = re.findall(r'<abbr class="hint" title="([^"]+)">\?</abbr>', text)
+    assert len(hints) == 2 * 2  # "where" and "signed" for each of the 2 components
+    assert all(h.startswith("at each position, the sum over channels") for h in hints)
+
+
+def test_an_outlier_does_not_flatten_an_evidence_chart() -> None:
+    from factorlens.report import charts
+
+    values = [100.0, 99.9, -40.0, 20.0, -9e7]  # CORCONDIA: one value far below the rest
+    series = [{"name": "corcondia", "values": values, "colour": "#333", "runs": []}]
+    chart = charts.points([str(r) for r in range(1, 6)], series, floor=-100.0, height=96)
+    items = [el for g in chart["groups"] if g["css"] == "series" for el in g["items"]]
+    ys = [float(el["a"]["cy"]) for el in items if el["t"] == "circle"]
+    assert len(ys) == 4 and max(ys) - min(ys) > 30  # the four in range spread over the panel
+    (below,) = [el for el in items if el["t"] == "path"]
+    assert "-9e+07" in below["tip"] and "below the axis" in below["tip"]
+
+
+def test_the_selector_and_the_panel_name_the_same_block(tmp_path: Path) -> None:
+    res = make_result(layers=("conv1", "conv2", "fc"), seed=4)
+    images = np.random.default_rng(4).uniform(0, 1, (N, 8, 8))
+    text = write_report(tmp_path, res, images, top_k=3).read_text()
+    for r in range(R):
+        (entry,) = re.findall(rf"C{r + 1} · total [^<]*? stands out in ([\w.#]+)", text)
+        section = text.split(f'id="component-{r + 1}"')[1].split("</h3>")[0]
+        strongest = re.search(r'strongest in <span class="name">([^<]+)</span>', section)[1]
+        shown = re.findall(r'stands out in <span class="name">([^<]+)</span>', section)
+        # the panel says where the selector's block is: as the strongest, or in the same words
+        assert entry == strongest or shown == [entry], (entry, strongest, shown)

@@ -76,7 +76,7 @@ def test_a_sketch_of_at_least_n_directions_fits_exactly_like_the_full_capture() 
     assert _fms(a, b) >= 0.999
     assert b.loss / a.loss == pytest.approx(1.0, abs=1e-3)
     for name in a.block_names:
-        assert b.fit[name] == pytest.approx(a.fit[name], abs=1e-3)
+        assert b.block_fit[name] == pytest.approx(a.block_fit[name], abs=1e-3)
 
 
 def test_a_truncated_sketch_states_each_layers_captured_energy(tmp_path) -> None:
@@ -95,7 +95,7 @@ def test_a_truncated_sketch_states_each_layers_captured_energy(tmp_path) -> None
     # the fit on a truncated sketch is the fit with loadings kept in the basis: each
     # layer's reported fit cannot exceed the energy its basis captured
     for name, share in captured.items():
-        assert res.fit[name] <= share + 1e-6
+        assert res.block_fit[name] <= share + 1e-6
     assert "captured" in (out / "index.html").read_text()
 
 
@@ -215,5 +215,9 @@ def test_the_cli_sketches_when_told_and_reports_it(project, capsys) -> None:
     assert summary["meta"]["sketch"]["size"] == 12
     assert "features.0" in summary["meta"]["sketch"]["layers"]
     assert math.isfinite(summary["loss"])
-    err = capsys.readouterr().err
-    assert "pass 1/2" in err and "pass 2/2" in err
+    printed = capsys.readouterr()
+    assert "pass 1/2" in printed.err and "pass 2/2" in printed.err
+    row = next(line for line in printed.out.splitlines() if line.strip().startswith("features.0"))
+    share = 100 * summary["meta"]["sketch"]["captured_energy"]["features.0"]
+    assert f"{share:.1f}%" in row  # the table states what share of the layer was fitted
+    assert "layers were sketched" in printed.out

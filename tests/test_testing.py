@@ -45,9 +45,9 @@ def test_random_result_takes_given_fields_without_changing_the_other_draws() -> 
     plain = random_result(NAMES, SHAPES, 3, seed=2)
     A = unit_columns(np.ones((30, 3)) + np.eye(30, 3))
     given = random_result(
-        NAMES, SHAPES, 3, seed=2, A=A, fit={n: 0.5 for n in NAMES}, loss_history=[2.0]
+        NAMES, SHAPES, 3, seed=2, A=A, block_fit={n: 0.5 for n in NAMES}, loss_history=[2.0]
     )
-    assert given.A is A and given.fit["fc"] == 0.5 and given.loss == 2.0
+    assert given.A is A and given.block_fit["fc"] == 0.5 and given.loss == 2.0
     for name in NAMES:
         np.testing.assert_array_equal(given.factors[name][0], plain.factors[name][0])
         np.testing.assert_array_equal(given.weights[name], plain.weights[name])

@@ -38,10 +38,12 @@ EPILOG = """examples:
       --layers 'features.*,classifier.1' --rank 10 --n-samples 2000 --out results/net
   factorlens report results/net --out results/net-report
   factorlens report results/epoch01 results/epoch05 results/epoch20 --out results/training
-  factorlens rank --model mymodel.py:Net --weights net.pt --data mnist:/data/mnist \
+  factorlens rank --model mymodel.py:Net --weights net.pt --data mnist:/data/mnist \\
       --max-rank 12 --n-samples 2000 --out results/net-rank
-  factorlens quality --model mymodel.py:Net --data mnist:/data/mnist --n-samples 1000 \
+  factorlens quality --model mymodel.py:Net --data mnist:/data/mnist --n-samples 1000 \\
       ckpt/epoch01.pt ckpt/epoch05.pt ckpt/epoch20.pt --json quality.json
+  factorlens analyze --model resnet.py:ResNet50 --weights r50.pth --data npz:val224.npz \\
+      --memory 4G --out results/r50     # layers too wide for --memory are sketched
   factorlens zoo --data digits --arch digitscnn --out zoo/digits
 """
 
@@ -390,14 +392,23 @@ def _print_summary(result, out: Path, seconds: float) -> None:
         f"{opts.get('n_iter')} iterations, {state}; {seconds:.1f} s in all"
     )
     width = max(len(n) for n in result.block_names)
-    print(f"  {'block':<{width}}  {'shape':<18} {'fit':>7}  strongest component")
+    sketch = (result.meta or {}).get("sketch")
+    captured = (sketch.get("captured_energy") if isinstance(sketch, dict) else None) or {}
+    extra = f" {'captured':>9}" if captured else ""  # the share of a sketched layer fitted
+    print(f"  {'block':<{width}}  {'shape':<18} {'fit':>7}{extra}  strongest component")
     for name, shape in zip(result.block_names, result.block_shapes, strict=True):
         shape_text = "×".join(str(s) for s in shape)
         w = result.weights[name]
         top = int(w.argmax())
+        kept = f" {100 * captured[name]:8.1f}%" if name in captured else f" {'whole':>9}"
         print(
-            f"  {name:<{width}}  {shape_text:<18} {100 * result.fit[name]:6.1f}%  "
-            f"C{top + 1} ({w[top]:.2f})"
+            f"  {name:<{width}}  {shape_text:<18} {100 * result.block_fit[name]:6.1f}%"
+            f"{kept if captured else ''}  C{top + 1} ({w[top]:.2f})"
+        )
+    if captured:
+        print(
+            f"  {len(captured)} layers were sketched (--sketch): fit is of the captured share, "
+            f"{100 * min(captured.values()):.1f}-{100 * max(captured.values()):.1f}% of each"
         )
     absent = int((~result.presence()).sum())
     if absent:

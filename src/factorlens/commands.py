@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from factorlens.store import ActivationStore, ZarrStore
 
 
-
 def report_line(out: Path) -> str:
     """Return the line naming a written report: relative to the working folder when inside it."""
     page = (Path(out) / REPORT_HTML).resolve()
@@ -40,6 +39,7 @@ def report_line(out: Path) -> str:
         return f"report: {page.relative_to(Path.cwd().resolve())}"
     except ValueError:
         return f"report: {page}"
+
 
 def parse_select(items: list[str]) -> dict[str, Any]:
     """``["layer=0", "block=out"]`` → ``{"layer": 0, "block": "out"}`` (ints where they parse)."""
@@ -446,6 +446,7 @@ def _score_one(
             progress=False,
             device=device,
             extra_meta={
+                "overview": "../../index.html",  # DIR/checkpoints/NN-name/ -> DIR/index.html
                 "rank_scan": report.rank_scan,
                 "quality_score": report.score,
                 "quality": {k: v for k, v in report.to_dict().items() if k != "rank_scan"},

@@ -650,10 +650,17 @@ def analyze_store(
         meta.get("class_names"),
         overwrite=overwrite,
         report=report,
-        title=f"factorlens — {meta.get('model_name', 'model')}",
+        title=_title(meta),
         predictions=predicted_classes(acts, len(names) if names else None),
     )
     return result
+
+
+def _title(meta: dict[str, Any]) -> str:
+    """Return a report's title: the model, and the checkpoint when one was named."""
+    model = meta.get("model_name", "model")
+    checkpoint = meta.get("checkpoint")
+    return f"factorlens — {checkpoint} ({model})" if checkpoint else f"factorlens — {model}"
 
 
 def truncated_sketch(store: Any) -> bool:

@@ -279,7 +279,7 @@ def random_result(
     **fields
         Other :class:`CMTFResult` fields, used as given instead of the defaults:
         ``weights`` (default per block (R,) uniform in [0.05, 0.9), sorted decreasing),
-        ``fit`` (default 0.8 per block), ``loss_history`` (default ``[1.0, 0.5]``),
+        ``block_fit`` (default 0.8 per block), ``loss_history`` (default ``[1.0, 0.5]``),
         ``options`` (default empty), ``means``, ``factors``.
 
     Returns
@@ -321,7 +321,7 @@ def random_result(
     values: dict[str, Any] = {
         "factors": factors,
         "weights": weights,
-        "fit": dict.fromkeys(names, 0.8),
+        "block_fit": dict.fromkeys(names, 0.8),
         "loss_history": [1.0, 0.5],
         **fields,
     }

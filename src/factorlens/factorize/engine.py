@@ -467,7 +467,7 @@ class CMTF:
         """Set the fitted attributes from ``result_``."""
         self.A_ = self.result_.A
         self.flow_ = self.result_.flow
-        self.fit_ = self.result_.fit
+        self.fit_ = self.result_.block_fit
         self.n_iter_ = len(hist)
         return self
 
@@ -513,7 +513,7 @@ class CMTF:
         if self.check_fewer and self.rank >= 2:  # both fits on the compressed blocks
             fewer = CMTF(**{**inner.get_params(), "rank": self.rank - 1}).fit_blocks(small)
             self.result_.options["gain_over_fewer"] = {
-                n: float(inner.result_.fit[n] - fewer.result_.fit[n]) for n in names
+                n: float(inner.result_.block_fit[n] - fewer.result_.block_fit[n]) for n in names
             }
         return self._publish(hist)
 
@@ -527,7 +527,10 @@ class CMTF:
         if isinstance(self.init, np.ndarray):
             fewer.init = "svd"  # a warm start has R columns
         other = fewer.fit_blocks(data).result_
-        return {n: float(self.result_.fit[n] - other.fit[n]) for n in self.result_.block_names}
+        return {
+            n: float(self.result_.block_fit[n] - other.block_fit[n])
+            for n in self.result_.block_names
+        }
 
     def fit_transform(self, blocks: Any, y: Any = None) -> np.ndarray:
         """Fit and return the shared sample factor ``A`` (N, R)."""
@@ -943,7 +946,7 @@ class CMTF:
             block_models=models,
             factors=unit,
             weights=strength,
-            fit=fit,
+            block_fit=fit,
             loss_history=hist,
             options=options,
             means=means,

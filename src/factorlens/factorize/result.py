@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,11 @@ FACTORS_NPZ = "factors.npz"
 FORMAT_VERSION = 1
 
 
-@dataclass
+#: the most blocks ``repr(result)`` lists one per line (the rest are counted)
+REPR_BLOCKS = 10
+
+
+@dataclass(repr=False)  # the generated repr printed every array: tens of thousands of characters
 class CMTFResult:
     """A fitted coupled matrix–tensor factorization.
 
@@ -44,8 +49,9 @@ class CMTFResult:
     weights : dict of str to numpy.ndarray
         Per block, ``(R,)`` strength of each component = ‖component in block‖ / ‖block‖
         (both after the block's centring), so values are comparable across blocks.
-    fit : dict of str to float
-        Per block, 1 − ‖Y − model‖² / ‖Y‖² clipped to [0, 1].
+    block_fit : dict of str to float
+        Per block, 1 − ‖Y − model‖² / ‖Y‖² clipped to [0, 1]. (``fit``, its old name,
+        still reads it with a ``DeprecationWarning``: it read like ``CMTF.fit()``.)
     loss_history : list of float
         The objective after every ALS iteration of the kept run.
     options : dict of str to Any
@@ -63,7 +69,7 @@ class CMTFResult:
     block_models: list[str]
     factors: dict[str, list[np.ndarray]]
     weights: dict[str, np.ndarray]
-    fit: dict[str, float]
+    block_fit: dict[str, float]
     loss_history: list[float] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -250,6 +256,41 @@ class CMTFResult:
         w = tl.tensor(self.weights[name] * norm)
         return CPTensor((w, [tl.tensor(self.A)] + [tl.tensor(f) for f in self.factors[name]]))
 
+    @property
+    def fit(self) -> dict[str, float]:
+        """Deprecated name of :attr:`block_fit` (it read like the estimator's ``fit()``)."""
+        warnings.warn(
+            "CMTFResult.fit is renamed CMTFResult.block_fit; the old name will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.block_fit
+
+    def __repr__(self) -> str:
+        """Return a few lines (as TensorLy's ``CPTensor`` shows shapes): rank, loss, blocks, fits."""
+        state = "converged" if self.options.get("converged") else "not converged"
+        head = (
+            f"CMTFResult(rank={self.rank}, n_samples={self.n_samples}, "
+            f"blocks={len(self.block_names)}, loss={self.loss:.4g}, {state})"
+        )
+        rows = list(zip(self.block_names, self.block_shapes, self.block_models, strict=True))
+        shown = rows
+        if len(rows) > REPR_BLOCKS:  # the first and the last blocks, the middle counted
+            shown = rows[: REPR_BLOCKS // 2] + rows[len(rows) - REPR_BLOCKS // 2 + 1 :]
+        width = max(len(name) for name, _, _ in shown)
+        lines = [head]
+        for i, (name, shape, model) in enumerate(shown):
+            if len(shown) < len(rows) and i == REPR_BLOCKS // 2:
+                lines.append(f"  … {len(rows) - len(shown)} more blocks")
+            w = self.weights[name]
+            top = int(np.argmax(w)) if w.size else 0
+            dims = "×".join(str(d) for d in shape)
+            lines.append(
+                f"  {name:<{width}}  {dims:<16} {model:<6} fit {self.block_fit[name]:.3f}  "
+                f"strongest C{top + 1}"
+            )
+        return "\n".join(lines)
+
     def _repr_html_(self) -> str:
         """Jupyter's view: a compact HTML summary (header, blocks, the flow map)."""
         from factorlens.report.summary import summary_html
@@ -269,7 +310,7 @@ class CMTFResult:
                     "name": n,
                     "shape": list(s),
                     "model": m,
-                    "fit": float(self.fit[n]),
+                    "fit": float(self.block_fit[n]),
                 }
                 for n, s, m in zip(
                     self.block_names, self.block_shapes, self.block_models, strict=True
@@ -363,7 +404,7 @@ class CMTFResult:
                 for i, n in enumerate(names)
             },
             weights={n: arrays[f"weights/{i}"] for i, n in enumerate(names)},
-            fit={b["name"]: float(b["fit"]) for b in blocks},
+            block_fit={b["name"]: float(b["fit"]) for b in blocks},
             loss_history=[float(v) for v in summary["loss_history"]],
             options=summary["options"],
             meta=summary["meta"],

@@ -268,7 +268,7 @@ def estimate_rank(
             worst = matched_congruences([joint_signature(a)], [joint_signature(b)])[0].min()
             row.append(float(worst))
         total_sq = sum(b.norm_sq for b in full)
-        loss = sum((1.0 - res.fit[b.name]) * b.norm_sq for b in full)
+        loss = sum((1.0 - res.block_fit[b.name]) * b.norm_sq for b in full)
         criteria["fit"].append(1.0 - loss / total_sq if total_sq > 0 else 0.0)
         cp_blocks = [b for b, m in zip(full, res.block_models, strict=True) if m == "cp"]
         criteria["corcondia"].append(
@@ -277,7 +277,7 @@ def estimate_rank(
         criteria["bicv"].append(float(bicv[R - 1]))
         criteria["stability"].append(float(np.median([row[-1] for row in split_stability])))
         for nm in names:
-            block_fit[nm].append(res.fit[nm])
+            block_fit[nm].append(res.block_fit[nm])
         if keep_results:
             results[R] = res
     chosen = choose_rank(criteria["stability"], criteria["bicv"], stability_threshold)

@@ -226,19 +226,24 @@ def points(
     title: str = "",
     links: Sequence[str | None] | None = None,
     show_x: bool = True,
+    floor: float | None = None,
 ) -> Chart:
     """One panel of values at categorical x positions (checkpoints, ranks).
 
     ``series``: dicts ``{"name", "values" (None = missing), "colour", "hollow" (bool),
     "runs" (lists of x indices joined by a line; other points stand alone)}``. ``integer``:
     whole-number y ticks (ranks). ``mark``: an x index drawn as a dashed line (the chosen rank).
-    ``links``: per x an ``href`` for its tick label.
+    ``links``: per x an ``href`` for its tick label. ``floor``: the axis stops there; a value
+    below it is drawn on the bottom edge as a downward triangle whose tooltip gives the value
+    (one CORCONDIA of −9e7 would otherwise flatten every other point).
     """
     k = len(xlabels)
     left, right, top = 44, 10, 16
     bottom = 58 if show_x and max((len(str(t)) for t in xlabels), default=0) > 4 else 22
     pw, ph = max(40, width - left - right), height - top - bottom
     vals = [float(v) for s in series for v in s["values"] if v is not None and np.isfinite(v)]
+    if floor is not None and vals:
+        vals = [max(v, floor) for v in vals]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     ticks = _ticks(lo, hi, integer)
     y0, y1 = min(ticks[0], lo), max(ticks[-1], hi)
@@ -248,6 +253,7 @@ def points(
         return left + (i + 0.5) * pw / max(k, 1)
 
     def sy(v: float) -> float:
+        v = v if floor is None else max(v, floor)  # clipped: drawn on the floor
         return top + ph - (v - y0) / span * ph
 
     axis = [
@@ -291,6 +297,13 @@ def points(
                 continue
             fill = "#ffffff" if s.get("hollow") else s["colour"]
             tip = f"{xlabels[i]}: {s['name']} {value:.4g}"
+            if floor is not None and value < floor:  # off the axis: a triangle on its floor
+                x, y = sx(i), sy(floor)
+                d = f"M{number(x - 4)} {number(y - 5)} L{number(x + 4)} {number(y - 5)} L{number(x)} {number(y + 2)} Z"
+                items.append(
+                    _el("path", tip=f"{tip} (below the axis)", d=d, fill=fill, stroke=s["colour"])
+                )
+                continue
             items.append(
                 _el(
                     "circle",

@@ -235,3 +235,31 @@ def _number(value: object) -> float:
     except (TypeError, ValueError):
         return float("nan")
     return x
+
+
+def distinctive_block(flow: np.ndarray, r: int) -> int:
+    """Return the block (column of ``flow``, R × blocks) where component ``r`` stands out most.
+
+    Each block's strengths are divided by that block's largest over the components, so the
+    block is where ``r`` comes closest to leading, not merely where it is strongest.
+    """
+    col = np.nanmax(np.abs(flow), axis=0) if flow.size else np.ones(0)
+    rel = flow / np.where(col > 0, col, 1.0)
+    return int(np.nanargmax(rel[r])) if rel.shape[1] and np.isfinite(rel[r]).any() else 0
+
+
+def component_index(rank: int, component: int | str) -> int:
+    """Return the 0-based column of ``component``: an index or the report's label ``"C1"``.
+
+    Raises IndexError (naming both ways to count) for anything else or out of ``0..rank-1``.
+    """
+    text, label = str(component), isinstance(component, str)
+    r = int(component) if isinstance(component, int | np.integer) and not label else -1
+    if label and text[:1].upper() == "C" and text[1:].isdigit():
+        r = int(text[1:]) - 1
+    if not 0 <= r < rank:
+        raise IndexError(
+            f"component {component!r} is out of range: give an index 0..{rank - 1} "
+            f"(0-based, as in result.A[:, r]) or the report's label 'C1'..'C{rank}'"
+        )
+    return r

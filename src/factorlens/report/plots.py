@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.ticker import MaxNLocator
 
-from factorlens.report.explorer import RankScan, loading_histogram, rank_scan
+from factorlens.report.explorer import RankScan, component_index, loading_histogram, rank_scan
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -77,11 +77,8 @@ def _finite(x: Any) -> np.ndarray:
     return np.asarray(vals, dtype=np.float64).reshape(np.shape(x))
 
 
-def _component(result: CMTFResult, component: int) -> int:
-    r = int(component)
-    if not 0 <= r < result.rank:
-        raise IndexError(f"component {component} is out of range 0..{result.rank - 1}")
-    return r
+def _component(result: CMTFResult, component: int | str) -> int:
+    return component_index(result.rank, component)
 
 
 def _block_bars(ax: Axes, names: Sequence[str], values: np.ndarray, colours: Any) -> None:
@@ -151,7 +148,7 @@ def plot_flow(result: CMTFResult, ax: Axes | None = None, *, per_row: bool = Tru
     return ax
 
 
-def plot_strengths(result: CMTFResult, component: int, ax: Axes | None = None) -> Axes:
+def plot_strengths(result: CMTFResult, component: int | str, ax: Axes | None = None) -> Axes:
     """Draw horizontal bars of one component's strength in each block.
 
     The strengths are ``result.flow[component]`` (unitless), the input at the top; blocks
@@ -161,8 +158,8 @@ def plot_strengths(result: CMTFResult, component: int, ax: Axes | None = None) -
     ----------
     result : CMTFResult
         The fitted factorization.
-    component : int
-        The component, 0-based.
+    component : int or str
+        A 0-based index (``result.A[:, component]``) or the report's label (``"C1"``).
     ax : matplotlib.axes.Axes, optional
         Where to draw (default: the current Axes).
 
@@ -184,7 +181,7 @@ def plot_strengths(result: CMTFResult, component: int, ax: Axes | None = None) -
 
 
 def plot_loadings(
-    result: CMTFResult, component: int, ax: Axes | None = None, *, bins: int = 40
+    result: CMTFResult, component: int | str, ax: Axes | None = None, *, bins: int = 40
 ) -> Axes:
     """Draw a histogram of one component's sample loadings ``result.A[:, component]``.
 
@@ -194,8 +191,8 @@ def plot_loadings(
     ----------
     result : CMTFResult
         The fitted factorization.
-    component : int
-        The component, 0-based.
+    component : int or str
+        A 0-based index (``result.A[:, component]``) or the report's label (``"C1"``).
     ax : matplotlib.axes.Axes, optional
         Where to draw (default: the current Axes).
     bins : int
@@ -221,7 +218,7 @@ def plot_loadings(
 def plot_block_fit(result: CMTFResult, ax: Axes | None = None) -> Axes:
     """Draw horizontal bars of each block's fit, the input at the top.
 
-    The fit ``result.fit[name]`` is the share of the (centred) block explained by the model,
+    The fit ``result.block_fit[name]`` is the share of the (centred) block explained by the model,
     0..1.
 
     Parameters
@@ -237,7 +234,7 @@ def plot_block_fit(result: CMTFResult, ax: Axes | None = None) -> Axes:
         The Axes drawn on.
     """
     ax = _axes(ax)
-    values = np.nan_to_num(np.array([result.fit[n] for n in result.block_names], dtype=float))
+    values = np.nan_to_num(np.array([result.block_fit[n] for n in result.block_names], dtype=float))
     _block_bars(ax, result.block_names, values, _SHADE(0.75))
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("fit (share of the block explained)")

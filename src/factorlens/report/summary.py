@@ -53,7 +53,7 @@ def summary_context(result: CMTFResult) -> dict[str, Any]:
                 "name": name,
                 "shape": " × ".join(str(int(d)) for d in shape),
                 "model": model,
-                "fit_percent": 100.0 * float(result.fit[name]),
+                "fit_percent": 100.0 * float(result.block_fit[name]),
             }
             for name, shape, model in zip(
                 result.block_names, result.block_shapes, result.block_models, strict=True

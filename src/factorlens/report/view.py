@@ -12,6 +12,7 @@ evidence, options) come after the components.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,10 @@ def _shape(shape: Sequence[int]) -> str:
     return " × ".join(str(int(s)) for s in shape)
 
 
+#: the core consistency chart stops here (100 is ideal; far below 0, the value hardly matters)
+CORCONDIA_FLOOR = -100.0
+
+
 def _rank_evidence(result: CMTFResult, assets: Assets) -> dict[str, Any] | None:
     try:
         scan = X.rank_scan(result.meta)
@@ -131,6 +136,7 @@ def _rank_evidence(result: CMTFResult, assets: Assets) -> dict[str, Any] | None:
             height=96,
             title=f"{name} against the rank R",
             show_x=name == list(scan.criteria)[-1],
+            floor=CORCONDIA_FLOOR if name == "corcondia" else None,
         )
         panels.append(assets.chart(f"rank_scan_{len(panels) + 1}.svg", chart))
     table = [
@@ -181,7 +187,7 @@ def _details(result: CMTFResult, inp: Inputs, assets: Assets) -> dict[str, Any]:
     for i, (name, shape, model) in enumerate(
         zip(result.block_names, result.block_shapes, result.block_models, strict=True)
     ):
-        fit = float(result.fit.get(name, np.nan))
+        fit = float(result.block_fit.get(name, np.nan))
         fits.append(fit)
         blocks.append(
             {
@@ -246,13 +252,9 @@ def _nav(result: CMTFResult, cv: ComponentView) -> list[str]:
     That is the dominant classes and where each stands out most relative to the other
     components, not where the strongest block is.
     """
-    flow = cv.flow
-    col = np.nanmax(np.abs(flow), axis=0) if flow.size else np.ones(0)
-    rel = flow / np.where(col > 0, col, 1.0)
     out = []
     for r in range(result.rank):
-        j = int(np.nanargmax(rel[r])) if rel.shape[1] and np.isfinite(rel[r]).any() else 0
-        text = f"C{r + 1} · total {np.nansum(flow[r]):.2f} · stands out in {result.block_names[j]}"
+        text = f"C{r + 1} · total {np.nansum(cv.flow[r]):.2f} · stands out in {cv.distinctive(r)}"
         classes = cv.dominant(r)
         if classes:
             text += " · " + ", ".join(f"{c['name']} {c['share']}" for c in classes)
@@ -292,8 +294,14 @@ def build_page(
         checkpoints = checkpoints_view(
             trajectory, inp.images.shape[1:], assets, checkpoint_links, main
         )
+    overview = (result.meta or {}).get("overview")  # a checkpoint's page: back to all of them
+    if trajectory is not None or not (
+        isinstance(overview, str) and re.fullmatch(r"(\.\./)+index\.html", overview)
+    ):
+        overview = None
     page = {
         "title": title,
+        "overview": overview,
         "summary": {
             "rank": result.rank,
             "n": result.n_samples,

@@ -100,7 +100,7 @@ def checkpoints_view(
     with_acc = any(c.accuracy is not None for c in cps)
     rows = []
     for i, c in enumerate(cps):
-        fits = [float(v) for v in c.result.fit.values()]
+        fits = [float(v) for v in c.result.block_fit.values()]
         if i == 0:
             agree = "first"
         else:

@@ -30,6 +30,12 @@ MAKEUP_INPUTS = 50
 WEAK = 0.05
 
 
+#: a conv layer's two maps: caption and what its symbols mean (the tooltip)
+_SUM = "at each position, the sum over channels of the component's "
+WHERE = ("where: Σ |channels|", _SUM + "absolute value: where it lives, whatever its sign")
+SIGNED = ("signed: Σ channels", _SUM + "signed value: pale where channels cancel")
+
+
 class ComponentView:
     """Builds every component's section; one per page (caches the thumbnails)."""
 
@@ -152,7 +158,18 @@ class ComponentView:
         n_sel = min(self.result.n_samples, max(inp.top_k, MAKEUP_INPUTS))
         loadings = np.asarray(self.result.A[:, r], dtype=np.float64)
         shares = X.class_makeup(inp.labels, P.top_indices(loadings, n_sel), inp.class_names)
-        return [{"name": s.name, "share": f"{100 * s.share:.0f}%"} for s in shares[:n]]
+        # "1 52%" read as two numbers where the classes are digits: name them as classes
+        return [
+            {
+                "name": f"class {s.name}" if s.name.isdigit() else s.name,
+                "share": f"{100 * s.share:.0f}%",
+            }
+            for s in shares[:n]
+        ]
+
+    def distinctive(self, r: int) -> str:
+        """Return the block where component ``r`` stands out (:func:`explorer.distinctive_block`)."""
+        return str(self.result.block_names[X.distinctive_block(self.flow, r)])
 
     def section(self, r: int) -> dict[str, Any]:
         """Everything ``component.html.j2`` shows for component ``r`` (0-based)."""
@@ -192,6 +209,7 @@ class ComponentView:
             "total": f"{np.nansum(row):.3f}",
             "strongest": str(names[strongest]),
             "strongest_value": f"{row[strongest]:.3f}",
+            "distinctive": self.distinctive(r),
             "pattern": self.pattern(r),
             "means": self._mean_images(r, top),
             "input_strength": f"{row[0]:.3f}",
@@ -273,10 +291,7 @@ class ComponentView:
     ) -> dict:
         share = cv.channel_share
         maps = []
-        for what, x, signed in (
-            ("where: Σ |channels|", cv.abs_map, False),
-            ("signed: Σ channels", cv.signed_map, True),
-        ):
+        for (what, hint), x, signed in ((WHERE, cv.abs_map, False), (SIGNED, cv.signed_map, True)):
             peak = float(np.max(np.abs(x))) if x.size else 0.0
             peak = peak if peak > 0 else 1.0
             pix = P.signed_to_pixels(x, peak) if signed else P.magnitude_to_pixels(x, peak)
@@ -294,7 +309,7 @@ class ComponentView:
             suffix = "signed" if signed else "spatial"
             img = self.assets.image(None, native, shown, f"{cname} {what} in {name}")
             self.assets.pngs[f"{base}_{suffix}.png"] = P.png(shown)
-            maps.append({"caption": what, "img": img, "scale": cb})
+            maps.append({"caption": what, "hint": hint, "img": img, "scale": cb})
         top = cv.top_channels
         labels = [f"ch {int(c)}" for c in top]
         chart = charts.hbars(

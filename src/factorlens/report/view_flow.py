@@ -71,7 +71,7 @@ def flow_map(result: CMTFResult, cv: ComponentView) -> dict[str, Any]:
             }
         )
     heads = [
-        {"name": str(n), "floor": f"> {c:.2g}" if c > 0 else None}
+        {"name": str(n), "floor": _floor_words(c) if c > 0 else None}
         for n, c in zip(names, cut, strict=True)
     ]
     size = "normal" if flow.shape[0] <= 24 else ("compact" if flow.shape[0] <= 60 else "tiny")
@@ -133,3 +133,8 @@ def _group_cells(
                 }
             )
         row["groups"] = summary
+
+
+def _floor_words(floor: float) -> str:
+    """Say a block's noise floor in a strength's own terms (strengths are shown to 2 places)."""
+    return f"floor {floor:.2f}" if floor >= 0.005 else "floor ≈ 0"
