@@ -225,18 +225,14 @@ def _finish(
         raise FactorlensError(
             f"{source} holds no samples (N=0); give data with at least one sample"
         )
-    if isinstance(images, Levels):  # 8-bit levels: finite and in [0, 1] by construction
-        if images.levels.size == 0:
-            raise FactorlensError(
-                f"{source} has shape {images.shape}: samples without values; give at least one "
-                "value per sample"
-            )
-        return _wrap(images, labels, class_names, description, source)
-    if images.size == 0:
+    values = images.levels.size if isinstance(images, Levels) else images.size
+    if values == 0:
         raise FactorlensError(
             f"{source} has shape {images.shape}: samples without values; give at least one "
             "value per sample"
         )
+    if isinstance(images, Levels):  # 8-bit levels: finite and in [0, 1] by construction
+        return _wrap(images, labels, class_names, description, source)
     if not np.isfinite(images).all():
         bad = int(np.count_nonzero(~np.isfinite(images)))
         raise FactorlensError(
