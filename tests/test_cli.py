@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 from pathlib import Path
 
@@ -339,5 +340,5 @@ def test_the_help_examples_keep_their_lines(capsys) -> None:
     for line in examples:
         # a command starts a line; a continuation is indented further and follows a backslash
         assert line.startswith(("  factorlens ", "      ")) and len(line) <= 100, line
-    for before, after in zip(examples, examples[1:], strict=False):
+    for before, after in itertools.pairwise(examples):
         assert after.startswith("  factorlens ") or before.endswith("\\"), (before, after)
