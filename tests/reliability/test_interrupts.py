@@ -59,6 +59,20 @@ def slow(tmp_path: Path) -> dict[str, Path]:
     return {"root": tmp_path, "model": tmp_path / "wide.py", "data": tmp_path / "data.npz"}
 
 
+def _start(args: list[str], **kwargs) -> subprocess.Popen:
+    """Start a CLI run whose Ctrl-C works even when these tests run in the background.
+
+    A shell starts background jobs with SIGINT ignored, and a Python started with SIGINT
+    ignored keeps ignoring it: the child is given the default disposition back.
+    """
+
+    def default_signals() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return subprocess.Popen(args, preexec_fn=default_signals, **kwargs)
+
+
 def _capture_args(slow: dict[str, Path], store: Path, out: Path) -> list[str]:
     return _cmd(
         "analyze", "--model", f"{slow['model']}:Wide", "--data", f"npz:{slow['data']}",
@@ -93,7 +107,7 @@ def _progress(store: Path) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_a_killed_capture_resumes_to_a_bit_identical_store(slow, sig) -> None:
     store, out = slow["root"] / "acts", slow["root"] / "out"
-    proc = subprocess.Popen(_capture_args(slow, store, out), stderr=subprocess.PIPE, text=True)
+    proc = _start(_capture_args(slow, store, out), stderr=subprocess.PIPE, text=True)
     _wait_until(lambda: _chunks(store) >= 2, proc)
     proc.send_signal(sig)
     rc = proc.wait(timeout=60)
@@ -137,7 +151,7 @@ def test_a_capture_killed_midway_resumes_from_the_middle(slow) -> None:
     script.write_text(API_CAPTURE)
     base = [sys.executable, script, slow["root"], slow["data"]]
     store = slow["root"] / "acts"
-    proc = subprocess.Popen([*base, store])
+    proc = _start([*base, store])
     _wait_until(lambda: _progress(store) >= 256, proc)
     proc.kill()
     proc.wait(timeout=60)
@@ -151,7 +165,7 @@ def test_a_capture_killed_midway_resumes_from_the_middle(slow) -> None:
 
 def test_resume_refuses_other_settings_and_a_complete_store(slow, tmp_path) -> None:
     store, out = slow["root"] / "acts", slow["root"] / "out"
-    proc = subprocess.Popen(_capture_args(slow, store, out), stderr=subprocess.PIPE, text=True)
+    proc = _start(_capture_args(slow, store, out), stderr=subprocess.PIPE, text=True)
     _wait_until(lambda: _chunks(store) >= 1, proc)
     proc.kill()
     proc.wait(timeout=60)
@@ -178,7 +192,7 @@ def _scan_in_progress(tmp_path: Path, out: Path, *extra: str) -> tuple[subproces
     store = tmp_path / "acts"
     capture(DigitsCNN(), images, store=store, progress=False)
     args = _cmd("rank", "--store", store, "--max-rank", "20", "--out", out, *extra)
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    proc = _start(args, stderr=subprocess.PIPE, text=True)
     seen = ""
     while "rank scan" not in seen:
         char = proc.stderr.read(1)
