@@ -831,7 +831,8 @@ class CMTF:
         hist: list[float] = [loss]
         beta, beta_max = 0.5, 1.0
         previous: _State | None = None  # the last plain ALS iterate x_{k−1}
-        bar = progress_bar(iters, f"CMTF {label}") if self.verbose else None
+        # iters counts losses, the first one before any update: iters - 1 updates at most
+        bar = progress_bar(iters - 1, f"CMTF {label}") if self.verbose else None
         try:
             for _ in range(iters - 1):
                 check_cancelled()
