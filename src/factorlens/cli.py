@@ -393,18 +393,19 @@ def _print_summary(result, out: Path, seconds: float) -> None:
         f"{opts.get('n_iter')} iterations, {state}; {seconds:.1f} s in all"
     )
     width = max(len(n) for n in result.block_names)
-    sketch = (result.meta or {}).get("sketch")
-    captured = (sketch.get("captured_energy") if isinstance(sketch, dict) else None) or {}
+    captured = result.captured_energy()
     extra = f" {'captured':>9}" if captured else ""  # the share of a sketched layer fitted
     print(f"  {'block':<{width}}  {'shape':<18} {'fit':>7}{extra}  strongest component")
     for name, shape in zip(result.block_names, result.block_shapes, strict=True):
         shape_text = "×".join(str(s) for s in shape)
         w = result.weights[name]
         top = int(w.argmax())
-        kept = f" {100 * captured[name]:8.1f}%" if name in captured else f" {'whole':>9}"
+        kept = ""  # the captured column, only when some layer was sketched
+        if captured:
+            kept = f" {100 * captured[name]:8.1f}%" if name in captured else f" {'whole':>9}"
         print(
             f"  {name:<{width}}  {shape_text:<18} {100 * result.block_fit[name]:6.1f}%"
-            f"{kept if captured else ''}  C{top + 1} ({w[top]:.2f})"
+            f"{kept}  C{top + 1} ({w[top]:.2f})"
         )
     if captured:
         print(

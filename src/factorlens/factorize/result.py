@@ -256,6 +256,12 @@ class CMTFResult:
         w = tl.tensor(self.weights[name] * norm)
         return CPTensor((w, [tl.tensor(self.A)] + [tl.tensor(f) for f in self.factors[name]]))
 
+    def captured_energy(self) -> dict[str, float]:
+        """Return, per sketched layer, the share of its energy the fit saw (0..1; ``{}``: none)."""
+        sketch = self.meta.get("sketch") if isinstance(self.meta, dict) else None
+        raw = sketch.get("captured_energy") if isinstance(sketch, dict) else None
+        return {str(k): float(v) for k, v in (raw or {}).items() if isinstance(v, int | float)}
+
     @property
     def fit(self) -> dict[str, float]:
         """Deprecated name of :attr:`block_fit` (it read like the estimator's ``fit()``)."""

@@ -77,10 +77,6 @@ def _finite(x: Any) -> np.ndarray:
     return np.asarray(vals, dtype=np.float64).reshape(np.shape(x))
 
 
-def _component(result: CMTFResult, component: int | str) -> int:
-    return component_index(result.rank, component)
-
-
 def _block_bars(ax: Axes, names: Sequence[str], values: np.ndarray, colours: Any) -> None:
     """Horizontal bars, the first block at the top (network order top to bottom)."""
     y = np.arange(len(names))
@@ -169,7 +165,7 @@ def plot_strengths(result: CMTFResult, component: int | str, ax: Axes | None = N
         The Axes drawn on.
     """
     ax = _axes(ax)
-    r = _component(result, component)
+    r = component_index(result.rank, component)
     values = np.nan_to_num(np.asarray(result.flow[r], dtype=np.float64))
     present = result.presence()[r]
     colours = [_SHADE(0.75) if p else _SHADE(0.3) for p in present]
@@ -204,7 +200,7 @@ def plot_loadings(
         The Axes drawn on.
     """
     ax = _axes(ax)
-    r = _component(result, component)
+    r = component_index(result.rank, component)
     counts, edges = loading_histogram(result.A[:, r], bins=bins)
     ax.hist(edges[:-1], list(edges), weights=counts, color=_SHADE(0.7), edgecolor="white", lw=0.3)
     if edges[0] < 0 < edges[-1]:

@@ -181,8 +181,7 @@ def _details(result: CMTFResult, inp: Inputs, assets: Assets) -> dict[str, Any]:
     modules = modules if isinstance(modules, dict) else {}
     raw_sketch = meta.get("sketch")
     sketch: dict[str, Any] = raw_sketch if isinstance(raw_sketch, dict) else {}
-    captured = sketch.get("captured_energy")
-    captured = {str(k): float(v) for k, v in (captured or {}).items() if isinstance(v, int | float)}
+    captured = result.captured_energy()
     blocks, fits = [], []
     for i, (name, shape, model) in enumerate(
         zip(result.block_names, result.block_shapes, result.block_models, strict=True)
