@@ -17,7 +17,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from factorlens.factorize.result import CMTFResult
-from factorlens.pipeline import save_inputs, write_checkpoints_report
+from factorlens.pipeline import checkpoints_report, save_inputs, write_checkpoints_report
 from factorlens.report import write_report
 from factorlens.testing import random_result, unit_columns
 
@@ -108,8 +108,15 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ["<b>zero</b>", *classes[1:]],
         title=EVIL[0],
     )
+    resnet = write_report(  # the names of a real network and of real classes
+        root / "resnet",
+        _result(["input", "layer1.0.conv1", "layer3.0.downsample.1", "layer4.1.conv2", "fc"]),
+        images,
+        labels,
+        CIFAR10,
+    )
     # two checkpoints: the second's components are the first's, permuted, plus noise
-    first = _result(NAMES, seed=1, checkpoint="epoch 1")
+    first = _result(NAMES, seed=1, checkpoint="epoch 1", rank_scan=scan)
     rng = np.random.default_rng(2)
     A2 = unit_columns(first.A[:, [1, 0, 3, 2, 5, 4]] + 0.02 * rng.standard_normal(first.A.shape))
     second = _result(NAMES, seed=2, A=A2, checkpoint="epoch <2>", quality_score=0.9)
@@ -119,22 +126,40 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         save_inputs(root / name, images, labels, classes)
         dirs.append(root / name)
     traj = write_checkpoints_report(root / "traj", dirs, title="checkpoints") / "index.html"
-    # a zoo-like set: long absolute paths that share their prefix, two kinds of run
+    # a zoo scored by `quality --no-rank --out`: long absolute paths that share their prefix,
+    # two kinds of run, each checkpoint's report in checkpoints/NN-name/ linking back
     zoo = []
-    for k, (name, score, acc) in enumerate(
-        (("step-300", 0.4, 0.62), ("step-900", 0.7, 0.91), ("noise-080", 0.2, 0.35))
-    ):
+    for k, (name, score, acc) in enumerate(ZOO):
         label = f"/home/user/experiments/2026/zoo-cifar/checkpoints/{name}.pt"
+        quality = {"accuracy": acc, "score_sd": 0.01 * (k + 1)}
         res = _result(
-            NAMES, seed=3 + k, checkpoint=label, quality_score=score, quality={"accuracy": acc}
+            NAMES,
+            seed=3 + k,
+            checkpoint=label,
+            quality_score=score,
+            quality=quality,
+            overview="../../index.html",
         )
-        d = root / "zoo" / name
+        d = root / "zoo" / "checkpoints" / f"{k + 1:02d}-{name}"
         res.save(d)
         save_inputs(d, images, labels, classes)
         write_report(d, res, images, labels, classes)
         zoo.append(d)
-    ckpts = write_checkpoints_report(root / "zoo-report", zoo, title="zoo") / "index.html"
-    return {"main": main, "evil": evil, "traj": traj, "zoo": ckpts}
+    ckpts = checkpoints_report(root / "zoo", zoo, title="zoo")
+    return {"main": main, "evil": evil, "traj": traj, "zoo": ckpts, "resnet": resnet}
+
+
+CIFAR10 = "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+#: (name, score, accuracy): the best score (step-900) is not the first nor the last
+ZOO = (
+    ("step-100", 0.3, 0.41),
+    ("step-300", 0.4, 0.62),
+    ("step-900", 0.7, 0.91),
+    ("step-2700", 0.69, 0.90),
+    ("noise-040", 0.35, 0.55),
+    ("noise-080", 0.2, 0.35),
+)
 
 
 class _Watch:
@@ -356,6 +381,50 @@ def test_clicking_a_flow_cell_keeps_the_pattern_visible(browser, pages) -> None:
         context.close()
 
 
+def test_arrow_keys_leave_one_highlight_in_the_flow_map(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["main"], size=(1440, 900))
+    try:
+        cell = '#flow a[href="#component-3-block-4"]'
+        page.click(cell)
+        assert (
+            page.evaluate(f"getComputedStyle(document.querySelector('{cell}')).outlineStyle")
+            != "none"
+        )
+        page.mouse.move(5, 5)  # away: a hovered cell is outlined by right
+        page.keyboard.press("ArrowRight")
+        assert _shown(page) == ["component-4"]
+        outlined = page.eval_on_selector_all(
+            "#flow td.cell a",
+            "els => els.filter(e => getComputedStyle(e).outlineStyle !== 'none').length",
+        )
+        assert outlined == 0  # the clicked cell of C3 no longer looks current
+        assert page.locator("#flow tr.current").count() == 1
+        watch.check()
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("name", ["main", "resnet"])
+def test_the_selector_shows_its_text_whole(browser, pages, name) -> None:
+    context, page, watch = _open(browser, pages[name], size=(1440, 900))
+    try:
+        # each entry's text, in the selector's font, against the room beside its arrow
+        room, widths = page.evaluate(
+            """() => {
+                const s = document.querySelector('#component-select');
+                const ctx = document.createElement('canvas').getContext('2d');
+                ctx.font = getComputedStyle(s).font;
+                return [s.clientWidth - 24, [...s.options].map(o => ctx.measureText(o.text).width)];
+            }"""
+        )
+        assert len(widths) == R and max(widths) <= room, (room, widths)
+        texts = page.eval_on_selector_all("#component-select option", "els => els.map(e => e.text)")
+        assert all(" · stands out in " in t for t in texts)
+        watch.check()
+    finally:
+        context.close()
+
+
 def test_per_input_view_opens_and_closes(browser, pages) -> None:
     context, page, watch = _open(browser, pages["main"], size=(1440, 900))
     try:
@@ -404,32 +473,100 @@ def test_phone_width_has_no_horizontal_overflow(browser, pages, name) -> None:
         context.close()
 
 
+def _text_sizes(page, selector: str) -> list[float]:
+    """Rendered font sizes (CSS px) of the text in ``selector``: HTML text and SVG text, whose
+    size shrinks with its chart's scale."""
+    return page.eval_on_selector_all(
+        f"{selector} :is(th, td, small, figcaption, h2, text)",
+        """els => els.filter(e => e.getClientRects().length).map(e => {
+            const size = parseFloat(getComputedStyle(e).fontSize);
+            const svg = e.closest('svg');
+            return svg ? size * svg.getScreenCTM().a : size;
+        })""",
+    )
+
+
 def test_checkpoints_report_reads_right(browser, pages) -> None:
     context, page, watch = _open(browser, pages["zoo"], size=(1440, 900))
     try:
-        # short, distinct labels instead of a shared absolute-path prefix
+        # the table with the ★ and the links is on the first screen
+        table = "#checkpoints-summary table.checkpoints"
+        assert _in_view(_box(page, table), 900)
+        # short, distinct labels instead of a shared absolute-path prefix; ★ on the best score
         labels = page.eval_on_selector_all(
-            "#trajectory table.checkpoints td.name", "els => els.map(e => e.textContent.trim())"
+            f"{table} td.name", "els => els.map(e => e.textContent.trim())"
         )
-        assert labels == ["step-300", "step-900 ★", "noise-080"]  # best score shown in full
-        # each row links to that checkpoint's own report, which exists
-        for href in page.eval_on_selector_all(
-            "#trajectory table.checkpoints td.name a", "els => els.map(e => e.href)"
-        ):
+        assert labels == [n + (" ★" if n == "step-900" else "") for n, _, _ in ZOO]
+        heads = page.eval_on_selector_all(f"{table} th", "els => els.map(e => e.textContent)")
+        assert not any(h.startswith("rank") for h in heads)  # --no-rank: no rank column
+        assert any("reference" in h for h in heads)
+        assert page.inner_text(f"{table} tr.main td:nth-child(3)") == "0.700 ± 0.030"
+        # each row links to that checkpoint's own report, which links back here
+        hrefs = page.eval_on_selector_all(f"{table} td.name a", "els => els.map(e => e.href)")
+        assert len(hrefs) == len(ZOO)
+        for href in hrefs:
             assert href.startswith("file://") and Path(href[len("file://") :]).is_file()
-        # score, rank and accuracy on the first screen; lines only within a run
-        assert _in_view(_box(page, "#checkpoints-summary svg.chart"), 900)
+        overview = page.url
+        page.goto(hrefs[0])
+        page.wait_for_selector('body[data-ready="1"]', state="attached")
+        back = page.locator("#toc a.back")
+        assert back.get_attribute("href") == "../../index.html"
+        back.click()
+        page.wait_for_selector('body[data-ready="1"]', state="attached")
+        assert page.url == overview
+        # one chart beside the table: the score and the accuracy in panels of their own
+        charts = page.locator("#checkpoints-summary svg.chart")
+        assert charts.count() == 1
+        box = _box(page, "#checkpoints-summary svg.chart")
+        assert _in_view(box, 900) and box["x"] > _box(page, table)["x"] + 200  # beside it
+        ylabels = page.eval_on_selector_all(
+            "#checkpoints-summary svg.chart g.axis text.lab", "els => els.map(e => e.textContent)"
+        )
+        assert "score (label-free)" in ylabels
+        assert "test accuracy (labels, reference)" in ylabels
+        assert not any("rank" in t for t in ylabels)  # a fixed --rank is not charted
+        assert page.locator("#trajectory svg.chart").count() == 0
         runs = page.locator("#checkpoints-summary svg.chart path.run")
-        assert runs.count() == 3  # score, accuracy and rank: step-300 → step-900 only
-        ticks = page.eval_on_selector_all(
-            "#checkpoints-summary svg.chart g.axis text.lab",
+        assert runs.count() == 4  # per panel step-100 → step-2700 and noise-040 → noise-080
+        assert page.locator("#checkpoints-summary svg.chart circle[fill='#ffffff']").count() == 6
+        assert page.locator("#checkpoints-summary svg.chart line.sd").count() == 6
+        assert min(_text_sizes(page, "#checkpoints-summary")) >= 11
+        _screenshot(page, "checkpoints-1440.png")
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_checkpoints_report_on_a_phone(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["zoo"], size=(390, 844))
+    try:
+        sizes = _text_sizes(page, "#checkpoints-summary")
+        assert sizes and min(sizes) >= 11  # the chart scrolls sideways rather than shrink
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        _screenshot(page, "checkpoints-390.png")
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_estimated_ranks_are_charted(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["traj"], size=(1440, 900))
+    try:
+        heads = page.eval_on_selector_all(
+            "#checkpoints-summary table.checkpoints th", "els => els.map(e => e.textContent)"
+        )
+        assert "rank" in heads
+        ranks = page.eval_on_selector_all(
+            "#checkpoints-summary table.checkpoints td:nth-child(4)",
             "els => els.map(e => e.textContent)",
         )
-        assert "rank R" in ticks
-        rank_ticks = [t for t in ticks if t.replace(".", "").isdigit() and "." not in t]
-        assert rank_ticks  # whole numbers only on the rank axis
-        assert page.locator("#checkpoints-summary svg.chart circle[fill='#ffffff']").count() == 3
-        _screenshot(page, "checkpoints-1440.png")
+        assert ranks == [str(R), f"{R} (fixed)"]  # only the first checkpoint had a scan
+        ticks = page.eval_on_selector_all(
+            "#trajectory svg.chart g.axis text.lab", "els => els.map(e => e.textContent)"
+        )
+        assert "rank R (estimated)" in ticks
+        assert [t for t in ticks if t.isdigit()]  # whole numbers only on the rank axis
+        assert not [t for t in ticks if "." in t]
         watch.check()
     finally:
         context.close()

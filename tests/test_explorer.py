@@ -454,14 +454,15 @@ def test_report_command_with_checkpoints(tmp_path: Path, capsys) -> None:
     for ref in re.findall(r' (?:href|src)="([^"]+)"', text):  # offline, no dangling links
         assert ref.startswith("data:image/png;base64,") or ref[1:] in ids, ref
     traj = text.split('<section id="trajectory">')[1].split("</section>")[0]
-    assert 'href="#trajectory"' in text and 'id="checkpoints-summary"' in text
-    assert ">ep1<" in traj and f'title="{markupsafe.escape(evil)}"' in traj
+    table = text.split('<section id="checkpoints-summary"')[1].split("</section>")[0]
+    assert 'href="#trajectory"' in text and 'href="#checkpoints-summary"' in text
+    assert ">ep1<" in table and f'title="{markupsafe.escape(evil)}"' in table
     assert evil not in text and text.lower().count("<script") == 3
     data = text.split('id="report-data">')[1].split("</script>")[0]
     assert json.loads(data)["checkpoints"] == ["ep1", evil]
-    assert "0.5" in traj and "0.75" in traj  # the scores
+    assert "0.500" in table and "0.750" in table  # the scores
     # the best-scoring checkpoint (ep2, 0.75) is shown in full, and marked
-    rows = re.findall(r'<tr id="checkpoint-(\d+)"( class="main")?>(.*?)</tr>', traj, re.S)
+    rows = re.findall(r'<tr id="checkpoint-(\d+)"( class="main")?>(.*?)</tr>', table, re.S)
     assert [(i, bool(m)) for i, m, _ in rows] == [("1", False), ("2", True)]
     assert "★" in rows[1][2] and "★" not in rows[0][2]
     assert "<a " not in rows[0][2]  # neither directory has a report of its own to link to
@@ -475,11 +476,13 @@ def test_report_command_with_checkpoints(tmp_path: Path, capsys) -> None:
     ns = "{http://www.w3.org/2000/svg}"
     scores = _svg(out / "figures" / "trajectory_scores.svg")
     tips = [el.text for el in scores.iter(f"{ns}title")]
-    assert "ep1: score 0.5" in tips and any(t.endswith(": score 0.75") for t in tips if t)
-    ranks = _svg(out / "figures" / "trajectory_ranks.svg")
-    assert sum(1 for el in ranks.iter(f"{ns}circle")) == 2
-    links = [el.get("href") for el in ranks.iter(f"{ns}a")]
+    assert "ep1: score (label-free) 0.5" in tips
+    assert any(t.endswith(": score (label-free) 0.75") for t in tips if t)
+    assert sum(1 for el in scores.iter(f"{ns}circle")) == 2
+    links = [el.get("href") for el in scores.iter(f"{ns}a")]
     assert links == ["#checkpoint-1", "#checkpoint-2"]
+    # neither rank was estimated (no rank scan in their meta): no chart of them
+    assert not (out / "figures" / "trajectory_ranks.svg").exists()
     # --main chooses the checkpoint shown in full; out of range or with one result: one line
     assert main(["report", str(d1), str(d2), "--out", str(out), "--overwrite", "--main", "1"]) == 0
     text = (out / "index.html").read_text()
@@ -605,7 +608,7 @@ def test_checkpoints_report_links_each_checkpoint_report(tmp_path: Path) -> None
     out = tmp_path / "reports" / "all"
     assert write_checkpoints_report(out, dirs, main=1) == out
     text = (out / "index.html").read_text()
-    traj = text.split('<section id="trajectory">')[1].split("</section>")[0]
+    traj = text.split('<section id="checkpoints-summary"')[1].split("</section>")[0]
     rows = re.findall(r'<tr id="checkpoint-(\d+)"( class="main")?>(.*?)</tr>', traj, re.S)
     assert [(i, bool(m)) for i, m, _ in rows] == [("1", False), ("2", True), ("3", False)]
     for (_, _, row), d in zip(rows, dirs, strict=True):

@@ -269,8 +269,11 @@ def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, c
         assert summary["meta"]["checkpoint"] == row["checkpoint"]
         assert [b["name"] for b in summary["blocks"]] == ["input", "features.4", "classifier.3"]
     html = (out / "index.html").read_text()
-    assert 'id="trajectory"' in html and f"{rows[1]['score']:.4g}" in html
-    assert "test accuracy (labels, for reference)" in html and f"{rows[1]['accuracy']:.4f}" in html
+    score = f"{rows[1]['score']:.3f} ± {rows[1]['score_sd']:.3f}"
+    assert 'id="trajectory"' in html and score in html
+    assert "test accuracy <small>(labels, reference)</small>" in html
+    assert f"{rows[1]['accuracy']:.4f}" in html
+    assert "<th>rank</th>" in html and "rank R (estimated)" in html  # ranks were estimated
     assert main(args) == 2  # not over an existing result without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main([*args[:-2], "--rank", "3", "--overwrite", *args[-2:]]) == 2
@@ -281,6 +284,7 @@ def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, c
         assert json.loads((d / "result.json").read_text())["rank"] == 3
         assert (d / "index.html").is_file()
     html = (out / "index.html").read_text()
+    assert "<th>rank</th>" not in html and "rank R" not in html  # a fixed rank is no finding
     assert 'href="checkpoints/01-init/index.html"' in html
     assert 'href="checkpoints/02-trained/index.html"' in html
     assert "← all checkpoints" not in html  # the overview itself has no way back

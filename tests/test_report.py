@@ -582,7 +582,7 @@ def test_the_selector_and_the_panel_name_the_same_block(tmp_path: Path) -> None:
     images = np.random.default_rng(4).uniform(0, 1, (N, 8, 8))
     text = write_report(tmp_path, res, images, top_k=3).read_text()
     for r in range(R):
-        (entry,) = re.findall(rf"C{r + 1} · total [^<]*? stands out in ([\w.#]+)", text)
+        (entry,) = re.findall(rf"C{r + 1} · stands out in ([\w.#]+)", text)
         section = text.split(f'id="component-{r + 1}"')[1].split("</h3>")[0]
         strongest = re.search(r'strongest in <span class="name">([^<]+)</span>', section)[1]
         shown = re.findall(r'stands out in <span class="name">([^<]+)</span>', section)

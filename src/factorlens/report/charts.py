@@ -231,17 +231,22 @@ def points(
     """One panel of values at categorical x positions (checkpoints, ranks).
 
     ``series``: dicts ``{"name", "values" (None = missing), "colour", "hollow" (bool),
-    "runs" (lists of x indices joined by a line; other points stand alone)}``. ``integer``:
+    "runs" (lists of x indices joined by a line; other points stand alone), "sd" (optional,
+    per x a ± bar's half-height, None = none)}``. ``integer``:
     whole-number y ticks (ranks). ``mark``: an x index drawn as a dashed line (the chosen rank).
     ``links``: per x an ``href`` for its tick label. ``floor``: the axis stops there; a value
     below it is drawn on the bottom edge as a downward triangle whose tooltip gives the value
     (one CORCONDIA of −9e7 would otherwise flatten every other point).
     """
     k = len(xlabels)
-    left, right, top = 44, 10, 16
+    left, right, top = 44, 10, 22 if ylabel else 16  # the y label sits above the top tick
     bottom = 58 if show_x and max((len(str(t)) for t in xlabels), default=0) > 4 else 22
     pw, ph = max(40, width - left - right), height - top - bottom
     vals = [float(v) for s in series for v in s["values"] if v is not None and np.isfinite(v)]
+    for s in series:  # the ± bars stay inside the axis
+        for v, sd in zip(s["values"], s.get("sd") or [], strict=False):
+            if v is not None and sd is not None and np.isfinite(v) and np.isfinite(sd):
+                vals += [float(v) - float(sd), float(v) + float(sd)]
     if floor is not None and vals:
         vals = [max(v, floor) for v in vals]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
@@ -265,7 +270,7 @@ def points(
         axis.append(_el("line", x1=left - 3, x2=left + pw, y1=sy(t), y2=sy(t), css="grid"))
         axis.append(_el("text", text, x=left - 5, y=sy(t) + 3, css="lab", text_anchor="end"))
     if ylabel:
-        axis.append(_el("text", ylabel, x=2, y=10, css="lab"))
+        axis.append(_el("text", ylabel, x=2, y=top - 9, css="lab"))
     if mark is not None and 0 <= mark < k:
         axis.append(_el("line", x1=sx(mark), x2=sx(mark), y1=top, y2=top + ph, css="chosen"))
     groups = [{"css": "axis", "items": axis, "tip": None, "href": None}]
@@ -292,11 +297,19 @@ def points(
             if len(pts) >= 2:
                 d = "M" + " L".join(f"{number(x)} {number(y)}" for x, y in pts)
                 items.append(_el("path", d=d, fill="none", stroke=s["colour"], css="run"))
+        sds = list(s.get("sd") or [])
         for i, value in enumerate(v):
             if value is None or not np.isfinite(value):
                 continue
             fill = "#ffffff" if s.get("hollow") else s["colour"]
             tip = f"{xlabels[i]}: {s['name']} {value:.4g}"
+            sd = sds[i] if i < len(sds) else None
+            if sd is not None and np.isfinite(sd) and sd > 0:
+                tip += f" ± {sd:.2g}"
+                y_lo, y_hi = sy(float(value) - float(sd)), sy(float(value) + float(sd))
+                items.append(
+                    _el("line", x1=sx(i), x2=sx(i), y1=y_lo, y2=y_hi, stroke=s["colour"], css="sd")
+                )
             if floor is not None and value < floor:  # off the axis: a triangle on its floor
                 x, y = sx(i), sy(floor)
                 d = f"M{number(x - 4)} {number(y - 5)} L{number(x + 4)} {number(y - 5)} L{number(x)} {number(y + 2)} Z"
@@ -317,6 +330,17 @@ def points(
             )
         groups.append({"css": "series", "items": items, "tip": None, "href": None})
     return _chart("points", width, height, title, groups)
+
+
+def stack(panels: Sequence[Chart], title: str) -> Chart:
+    """One chart of ``panels`` drawn one below the other (each with its own y axis)."""
+    groups, top = [], 0.0
+    for panel in panels:
+        for g in panel["groups"]:
+            groups.append({**g, "transform": f"translate(0 {number(top)})" if top else None})
+        top += float(panel["height"])
+    width = max(float(p["width"]) for p in panels)
+    return _chart("points", width, top, title, groups)
 
 
 def legend(series: Sequence[dict]) -> list[dict]:

@@ -53,14 +53,28 @@ class Checkpoint:
             return float(s)
         return format_value(s, 60)
 
+    def _quality(self, key: str) -> float | None:
+        """Return the finite number ``factorlens quality`` recorded under ``key``, or None."""
+        quality = (self.result.meta or {}).get("quality")
+        value = quality.get(key) if isinstance(quality, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            return float(value)
+        return None
+
     @property
     def accuracy(self) -> float | None:
         """Test accuracy that ``factorlens quality`` recorded (labels, reference only), or None."""
-        quality = (self.result.meta or {}).get("quality")
-        acc = quality.get("accuracy") if isinstance(quality, dict) else None
-        if isinstance(acc, (int, float)) and not isinstance(acc, bool) and np.isfinite(acc):
-            return float(acc)
-        return None
+        return self._quality("accuracy")
+
+    @property
+    def score_sd(self) -> float | None:
+        """The score's standard deviation over the perturbed copies, when recorded."""
+        return self._quality("score_sd")
+
+    @property
+    def rank_estimated(self) -> bool:
+        """Whether the rank came from a rank scan (``meta["rank_scan"]``), not a fixed ``--rank``."""
+        return isinstance((self.result.meta or {}).get("rank_scan"), dict)
 
 
 @dataclass

@@ -245,6 +245,10 @@ def _details(result: CMTFResult, inp: Inputs, assets: Assets) -> dict[str, Any]:
     }
 
 
+#: a selector entry's length that the selector shows whole at 1440 px (its block clipped)
+NAV_CHARS, NAV_BLOCK = 64, 28
+
+
 def _nav(result: CMTFResult, cv: ComponentView) -> list[str]:
     """Return the selector entries: what tells components apart.
 
@@ -253,10 +257,12 @@ def _nav(result: CMTFResult, cv: ComponentView) -> list[str]:
     """
     out = []
     for r in range(result.rank):
-        text = f"C{r + 1} · total {np.nansum(cv.flow[r]):.2f} · stands out in {cv.distinctive(r)}"
-        classes = cv.dominant(r)
-        if classes:
-            text += " · " + ", ".join(f"{c['name']} {c['share']}" for c in classes)
+        text = f"C{r + 1} · stands out in {format_value(cv.distinctive(r), NAV_BLOCK)}"
+        for k, c in enumerate(cv.dominant(r)):  # a second class only while the text fits
+            part = ("," if k else " ·") + f" {c['name']} {c['share']}"
+            if k and len(text) + len(part) > NAV_CHARS:
+                break
+            text += part
         out.append(text)
     return out
 

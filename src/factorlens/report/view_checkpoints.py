@@ -1,4 +1,4 @@
-"""View model of the checkpoints section: a table, score / rank / accuracy charts, tracks.
+"""View model of the checkpoints section: a table, a score / accuracy chart, ranks, tracks.
 
 Pure: a :class:`~factorlens.report.trajectory.Trajectory` in, plain dicts out (figures into
 the page's :class:`~factorlens.report.assets.Assets`). Checkpoints keep the order given; the
@@ -28,16 +28,22 @@ def _pattern(cp: Checkpoint, k: int, sign: float, shape: tuple[int, ...], assets
     return assets.image(None, pix, shown, f"{cp.label} C{k + 1} input pattern")
 
 
-def checkpoint_charts(traj: Trajectory, short: list[str], assets: Assets) -> list[dict]:
-    """Score (and reference accuracy) and rank per checkpoint, lines within runs only."""
+def score_chart(traj: Trajectory, short: list[str], assets: Assets) -> dict | None:
+    """Chart the score and the reference accuracy per checkpoint, each in its own panel.
+
+    Two panels, one above the other, so that a score is never read as an accuracy on a shared
+    axis; ± bars give the score's sd over the perturbed copies. None when neither was recorded.
+    """
     cps = traj.checkpoints
     joined = runs(run_keys(short))
     scores = [c.score if isinstance(c.score, float) else None for c in cps]
     acc = [c.accuracy for c in cps]
-    out = []
-    series: list[dict[str, object]] = []
+    series = []
     if any(s is not None for s in scores):
-        series.append({"name": "score", "values": scores, "colour": P.POS_COLOUR, "runs": joined})
+        sd = [c.score_sd for c in cps]
+        series.append(
+            {"name": "score (label-free)", "values": scores, "colour": P.POS_COLOUR, "sd": sd}
+        )
     if any(a is not None for a in acc):
         series.append(
             {
@@ -45,41 +51,58 @@ def checkpoint_charts(traj: Trajectory, short: list[str], assets: Assets) -> lis
                 "values": acc,
                 "colour": charts.ACC_COLOUR,
                 "hollow": True,
-                "runs": joined,
             }
         )
-    if series:
-        chart = charts.points(
-            short,
-            series,
-            ylabel="score / accuracy",
-            width=560,
-            height=170,
-            title="score and reference accuracy of each checkpoint",
+    if not series:
+        return None
+    links = [f"#checkpoint-{i + 1}" for i in range(len(cps))]
+    panels = []
+    for k, s in enumerate(series):  # the checkpoints' names under the last panel only
+        last = k == len(series) - 1
+        panels.append(
+            charts.points(
+                short,
+                [{**s, "runs": joined}],
+                ylabel=s["name"],
+                width=520,
+                height=150 if last else 110,
+                links=links if last else None,
+                show_x=last,
+            )
         )
-        out.append(
-            {"chart": assets.chart("trajectory_scores.svg", chart), "legend": charts.legend(series)}
-        )
-    ranks = [
-        {
-            "name": "rank R",
-            "values": [float(c.result.rank) for c in cps],
-            "colour": P.BAR_COLOUR,
-            "runs": joined,
-        }
-    ]
+    title = " and ".join(s["name"] for s in series) + " of each checkpoint"
+    chart = charts.stack(panels, title)
+    return {"chart": assets.chart("trajectory_scores.svg", chart), "legend": charts.legend(series)}
+
+
+def rank_chart(traj: Trajectory, short: list[str], assets: Assets) -> dict | None:
+    """Chart the estimated rank per checkpoint; None unless a rank scan chose one."""
+    cps = traj.checkpoints
+    if not any(c.rank_estimated for c in cps):
+        return None  # a fixed --rank is not a finding: no chart of it
+    ranks = [float(c.result.rank) if c.rank_estimated else None for c in cps]
+    series = [{"name": "rank R", "values": ranks, "colour": P.BAR_COLOUR}]
     chart = charts.points(
         short,
-        ranks,
+        [{**series[0], "runs": runs(run_keys(short))}],
         integer=True,
-        ylabel="rank R",
+        ylabel="rank R (estimated)",
         width=440,
         height=170,
         links=[f"#checkpoint-{i + 1}" for i in range(len(cps))],
-        title="rank of each checkpoint",
+        title="estimated rank of each checkpoint",
     )
-    out.append({"chart": assets.chart("trajectory_ranks.svg", chart), "legend": []})
-    return out
+    return {"chart": assets.chart("trajectory_ranks.svg", chart), "legend": []}
+
+
+def _score_text(c: Checkpoint) -> str:
+    """``0.912 ± 0.010``; the score alone without its sd; ``—`` without a score."""
+    score, sd = c.score, c.score_sd
+    if score is None:
+        return "—"
+    if not isinstance(score, float):
+        return str(score)
+    return f"{score:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
 
 
 def checkpoints_view(
@@ -107,7 +130,6 @@ def checkpoints_view(
             link = traj.links[i - 1]
             vals = [link.matched(k) for k in range(len(link.match)) if link.match[k] >= 0]
             agree = f"{np.mean(vals):.2f}" if vals else "—"
-        score = c.score
         rows.append(
             {
                 "i": i + 1,
@@ -116,10 +138,8 @@ def checkpoints_view(
                 "main": i == main,
                 "href": None if links is None else links[i],
                 "directory": c.source.name if c.source is not None else "",
-                "rank": c.result.rank,
-                "score": "—"
-                if score is None
-                else (f"{score:.4g}" if isinstance(score, float) else str(score)),
+                "rank": c.result.rank if c.rank_estimated else f"{c.result.rank} (fixed)",
+                "score": _score_text(c),
                 "accuracy": None if c.accuracy is None else f"{c.accuracy:.4f}",
                 "fit": f"{100 * float(np.mean(fits)):.1f}%" if fits else "n/a",
                 "agree": agree,
@@ -155,7 +175,9 @@ def checkpoints_view(
         "main": short[main],
         "rows": rows,
         "with_acc": with_acc,
-        "charts": checkpoint_charts(traj, short, assets),
+        "with_rank": any(c.rank_estimated for c in cps),
+        "scores": score_chart(traj, short, assets),
+        "ranks": rank_chart(traj, short, assets),
         "short": short,
         "tracks": tracks,
         "min_congruence": f"{traj.min_congruence:.2f}",

@@ -65,6 +65,8 @@
   }
 
   function step(delta) {
+    var active = document.activeElement;  // a clicked flow cell would keep its focus outline
+    if (active && active.closest && active.closest("#flow")) { active.blur(); }
     show(current + delta, null, false);
     setHash("#component-" + (current + 1), false);
     var top = sections[current].getBoundingClientRect().top;
