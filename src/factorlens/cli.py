@@ -260,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "times the square root of the effective rank of its predicted class probabilities "
         "over the number of classes. Labels are never read for either score; test accuracy "
         "is shown for reference when the data has labels. With --out, also write each "
-        "checkpoint's analysis at its estimated rank and a report with the trajectory of "
-        "rank and score across the checkpoints.",
+        "checkpoint's analysis at its estimated rank and a report that opens on the "
+        "checkpoints' scores, linked to each one's own report.",
         epilog=DATA_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
