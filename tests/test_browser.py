@@ -131,7 +131,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     zoo = []
     for k, (name, score, acc) in enumerate(ZOO):
         label = f"/home/user/experiments/2026/zoo-cifar/checkpoints/{name}.pt"
-        quality = {"accuracy": acc, "score_sd": 0.01 * (k + 1)}
+        quality = {"accuracy": acc, "score_sd": 0.01 * (k + 1), "warnings": [DOUBT]}
         res = _result(
             NAMES,
             seed=3 + k,
@@ -149,6 +149,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"main": main, "evil": evil, "traj": traj, "zoo": ckpts, "resnet": resnet}
 
 
+DOUBT = "most checkpoints look poor (median estimated accuracy 0.40): <b>shared</b> mistakes"
 CIFAR10 = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 #: (name, score, accuracy): the best score (step-900) is not the first nor the last
@@ -489,9 +490,10 @@ def _text_sizes(page, selector: str) -> list[float]:
 def test_checkpoints_report_reads_right(browser, pages) -> None:
     context, page, watch = _open(browser, pages["zoo"], size=(1440, 900))
     try:
-        # the table with the ★ and the links is on the first screen
+        # the table with the ★ and the links is on the first screen, under the set's warning
         table = "#checkpoints-summary table.checkpoints"
         assert _in_view(_box(page, table), 900)
+        assert page.inner_text("#checkpoints-summary p.warn") == f"warning: {DOUBT}"
         # short, distinct labels instead of a shared absolute-path prefix; ★ on the best score
         labels = page.eval_on_selector_all(
             f"{table} td.name", "els => els.map(e => e.textContent.trim())"

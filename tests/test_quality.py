@@ -252,6 +252,24 @@ def test_quality_command_end_to_end(checkpoints, tmp_path, capsys) -> None:
     assert "max rank 50 clipped to 3" in capsys.readouterr().out
 
 
+def test_quality_warns_when_copies_leave_too_few_voters(checkpoints, tmp_path, capsys):
+    out = tmp_path / "q.json"
+    args = ["quality", "--model", MODEL, "--data", "digits", "--n-samples", "200", "--no-rank",
+            "--json", str(out), "--quiet", str(checkpoints["trained"]),
+            *[str(checkpoints["brief"])] * 4]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    (warning,) = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert "4 checkpoints give near-identical answers and count as 1" in warning
+    assert "each checkpoint is scored on its own" in warning
+    assert "each checkpoint on its own" in captured.out
+    rows = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == ["single"] * 5
+    assert rows[0]["warnings"] == [warning.removeprefix("warning: ")]
+    assert rows[0]["copies"] == [[str(checkpoints["brief"])] * 4]
+    assert rows[0]["score"] > max(r["score"] for r in rows[1:])  # the good one first
+
+
 def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, capsys):
     out = tmp_path / "q"
     args = ["quality", "--model", MODEL, "--data", "digits", "--n-samples", "150",

@@ -498,6 +498,11 @@ def _print_quality_table(reports: list[QualityReport], with_acc: bool) -> None:
     notes = {n for r in reports for n in (r.rank_scan or {}).get("notes", [])}
     for note in sorted(notes):
         print(f"note: rank scan: {note}")
+    if reports[0].copies and reports[0].mode == "consensus":
+        groups = "; ".join(", ".join(g) for g in reports[0].copies)
+        print(f"note: near-identical answers (>= 99 % the same) count as one voter: {groups}")
+    for warning in reports[0].warnings:  # the set's, the same on every report
+        print(f"warning: {warning}", file=sys.stderr)
     n_inputs = reports[0].n_inputs
     if n_inputs < RECOMMENDED_QUALITY_INPUTS:
         print(

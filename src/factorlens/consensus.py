@@ -29,6 +29,14 @@ true class. Checkpoints that share systematic mistakes (one run at neighbouring 
 hard inputs) pull the consensus towards those mistakes, and a set dominated by bad checkpoints
 that agree with one another makes their answer the consensus. Class names count: a checkpoint
 that renames the classes disagrees with the others.
+
+**Copies** (:func:`copy_groups`): two checkpoints that give the same answer on at least
+``COPY_AGREEMENT`` (99 %) of the inputs are near-identical — the same file under two names, or
+snapshots that no longer change. Independent models of accuracy ``p`` agree on about
+``p² + (1 − p)² / (K − 1)`` of the inputs, so 99 % agreement arises between independent models
+only when both are above about 99.5 % accurate. Each group of near-identical checkpoints
+votes as one (``weights`` of ``1 / group size``), so four copies of a poor checkpoint no longer
+outvote one good one.
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ import numpy as np
 
 from factorlens.errors import FactorlensError
 
-__all__ = ["ConsensusFit", "consensus_accuracy"]
+__all__ = ["COPY_AGREEMENT", "ConsensusFit", "consensus_accuracy", "copy_groups"]
 
+#: share of inputs on which two checkpoints give the same answer from which they count as one
+COPY_AGREEMENT = 0.99
 #: EM iterations at most, and the change in every p_m below which it stops
 N_ITER = 200
 TOL = 1e-9
@@ -100,8 +110,32 @@ def _check_predictions(predictions: np.ndarray, n_classes: int) -> np.ndarray:
     return pred.astype(np.int64)
 
 
+def copy_groups(predictions: np.ndarray, threshold: float = COPY_AGREEMENT) -> np.ndarray:
+    """Return ``(M,)`` group numbers: checkpoints joined by agreeing on >= ``threshold``.
+
+    ``predictions`` ``(M, N)`` predicted classes. Two checkpoints whose answers are the same on
+    at least ``threshold`` of the inputs share a group, and so do chains of them (single
+    linkage). Groups are numbered 0, 1, … in the order of their first checkpoint.
+    """
+    pred = np.asarray(predictions)
+    m = pred.shape[0]
+    group = np.arange(m)
+    for i in range(m):
+        for j in range(i + 1, m):
+            if np.mean(pred[i] == pred[j]) >= threshold and group[j] != group[i]:
+                group[group == group[j]] = group[i]
+    _, first, numbered = np.unique(group, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # renumber by first appearance
+    return order[numbered]
+
+
 def consensus_accuracy(
-    predictions: np.ndarray, n_classes: int, *, n_iter: int = N_ITER, tol: float = TOL
+    predictions: np.ndarray,
+    n_classes: int,
+    *,
+    weights: np.ndarray | None = None,
+    n_iter: int = N_ITER,
+    tol: float = TOL,
 ) -> ConsensusFit:
     """Fit the one-coin Dawid–Skene model to the checkpoints' predicted classes.
 
@@ -113,6 +147,9 @@ def consensus_accuracy(
         Predicted classes ``(M, N)``: M checkpoints on the same N inputs.
     n_classes : int
         The number of classes K.
+    weights : numpy.ndarray, optional
+        ``(M,)`` each checkpoint's vote in the consensus (default 1 each); ``1 / size`` of its
+        :func:`copy_groups` group makes near-identical checkpoints one voter.
     n_iter : int
         At most this many EM iterations.
     tol : float
@@ -126,6 +163,9 @@ def consensus_accuracy(
     pred = _check_predictions(predictions, int(n_classes))
     m, n = pred.shape
     k = int(n_classes)
+    vote = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    if vote.shape != (m,) or not np.all(np.isfinite(vote)) or np.any(vote <= 0):
+        raise FactorlensError(f"weights must be {m} positive numbers, one per checkpoint")
     rows = np.arange(n)
     # with balanced classes a checkpoint is right at most on the share of inputs that its
     # answers can cover: sum_k min(its share of answers k, 1/K)
@@ -133,7 +173,7 @@ def consensus_accuracy(
     ceiling = np.clip(np.minimum(share, 1.0 / k).sum(axis=1), _EPS, 1.0 - _EPS)
     post = np.zeros((n, k))
     for mm in range(m):  # start: the plain majority vote, as soft labels
-        np.add.at(post, (rows, pred[mm]), 1.0)
+        np.add.at(post, (rows, pred[mm]), vote[mm])
     post /= post.sum(axis=1, keepdims=True)
     acc = np.full(m, np.nan)
     converged = False
@@ -145,7 +185,7 @@ def consensus_accuracy(
         # E-step in logs: every checkpoint adds log((1-p)/(K-1)) to every class (a constant,
         # left out) and the difference log(p) - log((1-p)/(K-1)) to the class it predicted
         log_post = np.zeros((n, k))
-        gain = np.log(new_acc) - np.log((1.0 - new_acc) / (k - 1))
+        gain = vote * (np.log(new_acc) - np.log((1.0 - new_acc) / (k - 1)))
         for mm in range(m):
             log_post[rows, pred[mm]] += gain[mm]
         log_post -= log_post.max(axis=1, keepdims=True)

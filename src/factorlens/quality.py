@@ -78,6 +78,9 @@ OUTPUT_BLOCK = "model output"
 MODES = ("single", "consensus")
 #: fewest checkpoints the consensus mode takes (with two, neither can outvote the other)
 MIN_CONSENSUS = 3
+#: a consensus whose median estimated accuracy (one value per voter) is below this is flagged:
+#: most of its checkpoints look poor, and their shared mistakes may be what it believes
+POOR_MEDIAN = 0.5
 #: fewest checkpoints for which ``auto`` picks the consensus: with 3 of which 2 are poor and
 #: disagree, the consensus is not identifiable (seen: a 0.18-accuracy checkpoint estimated
 #: above a 0.81 one); the single score is safer there
@@ -124,6 +127,12 @@ class QualityReport:
         Its bootstrap standard deviation.
     estimated_accuracy : float or None
         The consensus' estimated accuracy (consensus mode only).
+    warnings : list of str
+        Why the set's scores are in doubt (the same for every checkpoint of the set; one line
+        each): see :func:`score_together`.
+    copies : list of list of str
+        Groups of near-identical checkpoints (:func:`factorlens.consensus.copy_groups`), each
+        counted as one voter.
     """
 
     score: float
@@ -141,6 +150,8 @@ class QualityReport:
     single_score: float | None = None
     single_score_sd: float | None = None
     estimated_accuracy: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    copies: list[list[str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-able dict (the ``--json`` fields)."""
@@ -159,6 +170,8 @@ class QualityReport:
             "n_outputs": int(self.n_outputs),
             "n_inputs": int(self.n_inputs),
             "degenerate_blocks": self.degenerate,
+            "warnings": list(self.warnings),
+            "copies": [list(g) for g in self.copies],
         }
         if self.estimated_accuracy is not None:
             out["estimated_accuracy"] = float(self.estimated_accuracy)
@@ -645,10 +658,18 @@ def score_together(
     under a one-coin Dawid–Skene model of all the checkpoints' predicted classes
     (:func:`factorlens.consensus.consensus_accuracy`), ``score_sd`` its bootstrap spread over
     the inputs; the single-checkpoint score stays in ``single_score``. Returns new reports.
+
+    Near-identical checkpoints (:func:`factorlens.consensus.copy_groups`) vote as one; when
+    that leaves fewer independent voters than the mode needs (``auto``: AUTO_CONSENSUS,
+    ``consensus``: MIN_CONSENSUS), each checkpoint is scored on its own instead, with a
+    warning. A consensus is also flagged when most checkpoints look poor (median estimated
+    accuracy below POOR_MEDIAN) or when it puts the checkpoint with the best single score
+    below the median: both are what a set dominated by poor checkpoints that share their
+    mistakes looks like.
     """
     from dataclasses import replace
 
-    from factorlens.consensus import consensus_accuracy
+    from factorlens.consensus import consensus_accuracy, copy_groups
 
     if len(reports) != len(outputs):
         raise FactorlensError(f"{len(reports)} reports but {len(outputs)} outputs; give one each")
@@ -656,18 +677,38 @@ def score_together(
     singles = [
         replace(r, mode="single", single_score=r.score, single_score_sd=r.score_sd) for r in reports
     ]
-    if chosen == "single":
+    if len(reports) < 2:
         return singles
     checked = [_check_outputs(o) for o in outputs]
     shapes = {o.shape for o in checked}
     if len(shapes) != 1:
+        if chosen == "single":  # on its own, each answers its own task
+            return singles
         raise FactorlensError(
             f"the checkpoints' outputs have different shapes {sorted(shapes)}; score "
             "checkpoints of one task on the same inputs together"
         )
-    k = checked[0].shape[1]
-    fit = consensus_accuracy(np.stack([o.argmax(axis=1) for o in checked]), k)
+    pred = np.stack([o.argmax(axis=1) for o in checked])
+    group = copy_groups(pred)
+    names = [r.checkpoint or f"checkpoint {i + 1}" for i, r in enumerate(reports)]
+    copies = [[names[i] for i in np.flatnonzero(group == g)] for g in range(group.max() + 1)]
+    copies = [c for c in copies if len(c) > 1]
+    voters = int(group.max()) + 1
+    needed = AUTO_CONSENSUS if mode == "auto" else MIN_CONSENSUS
+    if chosen == "consensus" and voters < needed:  # copies left too few voters
+        n_copied = sum(len(c) for c in copies)
+        warned = [
+            f"{n_copied} checkpoints give near-identical answers and count as {len(copies)}; "
+            f"{voters} independent voters are too few for the consensus (it needs {needed}): "
+            "each checkpoint is scored on its own"
+        ]
+        return [replace(r, warnings=warned, copies=copies) for r in singles]
+    if chosen == "single":
+        return [replace(r, copies=copies) for r in singles]
+    weights = 1.0 / np.bincount(group)[group]
+    fit = consensus_accuracy(pred, checked[0].shape[1], weights=weights)
     sd = fit.spread()
+    warned = _consensus_doubts(fit.accuracy, [r.score for r in reports], names, group)
     return [
         replace(
             r,
@@ -675,6 +716,34 @@ def score_together(
             score=float(a),
             score_sd=float(e),
             estimated_accuracy=float(a),
+            warnings=list(warned),
+            copies=copies,
         )
         for r, a, e in zip(singles, fit.accuracy, sd, strict=True)
     ]
+
+
+def _consensus_doubts(
+    estimated: np.ndarray, single: Sequence[float], names: Sequence[str], group: np.ndarray
+) -> list[str]:
+    """Return the warnings of a consensus that may follow shared mistakes (one line each).
+
+    ``estimated`` (M,) consensus accuracies, ``single`` (M,) single scores, ``group`` (M,)
+    copy groups (each group counts once in the median).
+    """
+    out = []
+    per_voter = np.array([estimated[group == g].mean() for g in range(group.max() + 1)])
+    median = float(np.median(per_voter))
+    if median < POOR_MEDIAN:
+        out.append(
+            f"most checkpoints look poor (median estimated accuracy {median:.2f}): the "
+            "consensus may follow their shared mistakes; compare the single scores"
+        )
+    best = int(np.argmax(single))
+    if estimated[best] < median:
+        out.append(
+            f"{names[best]} has the best single score ({single[best]:.3f}) but the consensus "
+            f"estimates it below the median ({estimated[best]:.2f} < {median:.2f}): most "
+            "checkpoints may share mistakes it does not make"
+        )
+    return out

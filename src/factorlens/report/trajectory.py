@@ -72,6 +72,13 @@ class Checkpoint:
         return self._quality("score_sd")
 
     @property
+    def warnings(self) -> list[str]:
+        """Why ``factorlens quality`` doubted the set's scores (one line each), if it did."""
+        quality = (self.result.meta or {}).get("quality")
+        said = quality.get("warnings") if isinstance(quality, dict) else None
+        return [format_value(w, 300) for w in said] if isinstance(said, list) else []
+
+    @property
     def rank_estimated(self) -> bool:
         """Whether the rank came from a rank scan (``meta["rank_scan"]``), not a fixed ``--rank``."""
         return isinstance((self.result.meta or {}).get("rank_scan"), dict)

@@ -176,6 +176,7 @@ def checkpoints_view(
         "rows": rows,
         "with_acc": with_acc,
         "with_rank": any(c.rank_estimated for c in cps),
+        "warnings": list(dict.fromkeys(w for c in cps for w in c.warnings)),
         "scores": score_chart(traj, short, assets),
         "ranks": rank_chart(traj, short, assets),
         "short": short,
