@@ -7,6 +7,10 @@ and on the same unlabeled held-out inputs (``--n-samples`` of them, a seeded ran
 * ``consensus``  — ``factorlens.quality.score_together`` over the zoo's distinct checkpoints:
   each one's estimated accuracy in their Dawid–Skene consensus (the default of ``quality``
   with several checkpoints);
+* the field's own label-free anchors, from each checkpoint's outputs on the same inputs
+  (:func:`factorlens.research.baselines.output_anchors`): ``avg_conf`` (average max-softmax
+  confidence, an accuracy estimate), ``neg_entropy``, ``nuclear`` (Deng et al. 2023), and
+  ``agreement`` (mean share of answers equal to each other checkpoint's: the plain consensus);
 * ``rankme``     — RankMe of the penultimate-layer embeddings (Garrido et al. 2023);
 * ``ww_alpha``   — WeightWatcher's mean layer α (Martin, Peng & Mahoney 2021; data-free);
 * ``erank_mean`` — the mean over the default layers of the effective rank of each layer's
@@ -26,10 +30,18 @@ WeightWatcher (lower α = better), the others as they are. The directions are fi
 looking at any accuracy. Per zoo, over its distinct checkpoints (checkpoints trained with
 identical settings under several kinds count once): Spearman's ρ, Kendall's τ and the share of
 checkpoint pairs whose accuracies differ by at least 2 points that the score orders correctly.
-The last line is
+For the scores that estimate an accuracy (``consensus``, ``avg_conf``) it also gives the mean
+absolute error against the test accuracy, per zoo. And it scores the adversarial sets of
+``quality_sets.py`` (copies, snapshots of one poor run, the best with the worst, only poor
+ones, a pair, one alone) built from each zoo by fixed rules. The last line is
 
     spearman=<worst zoo, consensus> kendall=<worst zoo> pairs=<worst zoo>
     single=<worst zoo ρ of single> best_baseline=<name>:<its worst zoo ρ>
+    single_worst=<ρ> anchor_single_worst=<best single anchor's worst-zoo ρ>
+    consensus_mae_worst=<worst-zoo MAE> adversarial_ok=<handled>/<sets>
+    false_warnings=<full zoos with a warning>/<zoos>
+
+(one line). ``--fast`` leaves out the slow baselines (RankMe, WeightWatcher, layer ranks).
 
 Run: ``.venv/bin/python benchmarks/bench_quality.py --zoo DIR [DIR ...]`` or ``--build`` (build
 the default zoos into benchmarks/.cache/zoos first, reusing finished ones); ``--baselines-only``
@@ -44,6 +56,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +66,25 @@ from threadpoolctl import threadpool_limits
 
 from factorlens.data import ImageData
 from factorlens.errors import FactorlensError
-from factorlens.research.baselines import layer_effective_ranks, rankme_score, weightwatcher_alpha
+from factorlens.research.baselines import (
+    agreement_with_others,
+    layer_effective_ranks,
+    output_anchors,
+    rankme_score,
+    weightwatcher_alpha,
+)
 from factorlens.research.models import accuracy, torch_threads
 from factorlens.research.zoo import SYNTHETIC, build_zoo, load_zoo, zoo_model, zoo_test_data
 
 try:  # the benchmark also runs against an older factorlens, baselines only
-    from factorlens.quality import score_checkpoints
+    from factorlens.quality import assess_checkpoints, score_together
 except ImportError:  # pragma: no cover
-    score_checkpoints = None
+    assess_checkpoints = score_together = None
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from quality_sets import SET_NAMES, run_sets  # noqa: E402  (a module beside this script)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 CACHE = HERE / ".cache" / "zoos"
 #: (dataset, arch, seed, steps) of the zoos --build makes, as <dataset>-<arch>[-s<seed>] under
@@ -100,6 +122,11 @@ HELD_OUT = {
 #: every zoo trains all four kinds of checkpoint
 ZOO_KINDS = "steps,noise,data,width"
 OURS = ("consensus", "single")
+#: the field's label-free anchors from the outputs (the first three: one checkpoint alone)
+ANCHORS = ("avg_conf", "neg_entropy", "nuclear", "agreement")
+SINGLE_ANCHORS = ("avg_conf", "neg_entropy", "nuclear")
+#: scores that estimate the accuracy itself (their mean absolute error is reported)
+ESTIMATORS = ("consensus", "avg_conf")
 BASELINES = ("rankme", "ww_alpha", "erank_mean")
 #: the file in a zoo's folder where bench_rank_claim.py saves each checkpoint's joint rank
 RANK_CLAIM_JSON = "rank_claim.json"
@@ -107,6 +134,10 @@ RANK_CLAIM_JSON = "rank_claim.json"
 SIGN = {
     "consensus": 1.0,
     "single": 1.0,
+    "avg_conf": 1.0,
+    "neg_entropy": 1.0,
+    "nuclear": 1.0,
+    "agreement": 1.0,
     "joint_rank": 1.0,
     "rankme": 1.0,
     "ww_alpha": -1.0,
@@ -290,11 +321,12 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int) -> dict:
     if not entries:
         raise FactorlensError(f"zoo {zoo} has no checkpoints")
     ours = "single" in methods
+    slow = [m for m in BASELINES if m in methods]
     data = zoo_test_data(entries[0]).subset(n_samples, random_state=seed)
     rows = []
     t_zoo = time.perf_counter()
     for e in entries:
-        scores, seconds = score_checkpoint(e, data)
+        scores, seconds = score_checkpoint(e, data) if slow else ({}, {})
         row = {k: e[k] for k in ("checkpoint", "kind", "test_accuracy", "steps")}
         row.update(label_noise=e["label_noise"], n_train=e["n_train"], width=e.get("width"))
         row.update(scores=scores, seconds=seconds, entry=e)
@@ -302,26 +334,33 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int) -> dict:
     distinct = _dedupe(rows)
     if "joint_rank" in methods:
         fill_joint_ranks(zoo, rows)
+    sets, warned = {}, []
     if ours:  # both our modes over the distinct checkpoints: a duplicate would vote twice
         t0 = time.perf_counter()
-        reports = score_checkpoints(
+        reports, outputs = assess_checkpoints(
             [zoo_model(r["entry"]) for r in distinct],
             data,
-            mode="consensus",
             names=[r["checkpoint"] for r in distinct],
             random_state=seed,
         )
+        scored = score_together(reports, outputs, "consensus")
         elapsed = time.perf_counter() - t0
-        by_key = {_key(r): rep for r, rep in zip(distinct, reports, strict=True)}
+        warned = list(scored[0].warnings)
+        agree = agreement_with_others(np.stack([o.argmax(axis=1) for o in outputs]))
+        by_key = {}
+        for r, rep, out, a in zip(distinct, scored, outputs, agree, strict=True):
+            by_key[_key(r)] = {
+                "consensus": rep.score,
+                "consensus_sd": rep.score_sd,
+                "single": rep.single_score,
+                "single_sd": rep.single_score_sd,
+                "agreement": float(a),
+                **output_anchors(out),
+            }
         for r in rows:
-            rep = by_key[_key(r)]
-            r["scores"].update(
-                consensus=rep.score,
-                consensus_sd=rep.score_sd,
-                single=rep.single_score,
-                single_sd=rep.single_score_sd,
-            )
+            r["scores"].update(by_key[_key(r)])
             r["seconds"]["consensus"] = r["seconds"]["single"] = elapsed / len(distinct)
+        sets = run_sets(distinct, reports, outputs)
     retest = retest_accuracies([r["entry"] for r in distinct])
     if retest is not None:
         for r, a in zip(distinct, retest, strict=True):
@@ -334,7 +373,15 @@ def run_zoo(zoo: Path, methods: list[str], n_samples: int, seed: int) -> dict:
     timed = [m for m in methods if any(m in r["seconds"] for r in rows)]
     totals = {m: float(sum(r["seconds"].get(m, 0.0) for r in rows)) for m in timed}
     accs = [r["test_accuracy"] for r in rows]
+    mae = {
+        m: float(np.mean([abs(r["scores"][m] - r["test_accuracy"]) for r in distinct]))
+        for m in ESTIMATORS
+        if m in methods
+    }
     return {
+        "mae": mae,
+        "sets": sets,
+        "warnings": warned,
         "zoo": str(zoo),
         "name": zoo.name,
         "held_out": zoo.name in HELD_OUT,
@@ -399,6 +446,41 @@ def print_tables(results: list[dict], methods: list[str]) -> dict[str, dict[str,
             "of the same size against the test accuracy (ρ / τ / pairs): "
             + "; ".join(f"{r['name']} {_cell(r['retest'])}" for r in retests)
         )
+    with_mae = [r for r in results if r.get("mae")]
+    if with_mae:
+        print()
+        print(
+            "mean absolute error of the estimated accuracy, per zoo over its distinct checkpoints"
+        )
+        names = list(with_mae[0]["mae"])
+        print(f"{'zoo':<{width}}  " + "  ".join(f"{m:>10}" for m in names))
+        for r in with_mae:
+            print(f"{r['name']:<{width}}  " + "  ".join(f"{r['mae'][m]:>10.3f}" for m in names))
+    with_sets = [r for r in results if r.get("sets")]
+    if with_sets:
+        print()
+        print(
+            "adversarial sets (quality_sets.py), scored as `quality` does: ok = the most "
+            "accurate is first (B) or a warning was printed (W); - = neither"
+        )
+        print(
+            f"{'zoo':<{width}}  " + "  ".join(f"{n:>10}" for n in SET_NAMES) + "  full-zoo warning"
+        )
+        for r in with_sets:
+            cells = []
+            for n in SET_NAMES:
+                got = r["sets"].get(n)
+                mark = (
+                    ""
+                    if got is None
+                    else ("B" if got["best_first"] else "") + ("W" if got["warnings"] else "")
+                )
+                cells.append(f"{(mark or '-') if got else 'n/a':>10}")
+            print(
+                f"{r['name']:<{width}}  "
+                + "  ".join(cells)
+                + f"  {'; '.join(r['warnings']) or 'none'}"
+            )
     print()
     print(
         "seconds per zoo (all checkpoints): "
@@ -466,14 +548,19 @@ def main(argv: list[str] | None = None) -> int:
         "--baselines-only", action="store_true", help="compute only the baselines, not ours"
     )
     parser.add_argument("--json", type=Path, help="also write every score and table here")
+    parser.add_argument(
+        "--fast", action="store_true", help="leave out RankMe, WeightWatcher and the layer ranks"
+    )
     args = parser.parse_args(argv)
     if args.n_samples < 1:
         parser.error("--n-samples must be >= 1")
 
-    if not args.baselines_only and score_checkpoints is None:
+    if not args.baselines_only and assess_checkpoints is None:
         raise SystemExit("factorlens.quality is not importable; run with --baselines-only")
     ours = not args.baselines_only
-    methods = (list(OURS) if ours else []) + list(BASELINES) + ["joint_rank"]
+    methods = (list(OURS) + list(ANCHORS) if ours else []) + ["joint_rank"]
+    if not args.fast:
+        methods[-1:-1] = BASELINES
     if args.tables:
         results, methods = reread_tables(args.tables)
     else:
@@ -495,18 +582,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         saved = {"zoos": results, "worst": worst, "methods": methods}
         args.json.write_text(json.dumps(saved, indent=1) + "\n")
-    best = max(
-        BASELINES,
-        key=lambda m: -math.inf if math.isnan(worst[m]["spearman"]) else worst[m]["spearman"],
-    )
-    top = worst.get("consensus", {"spearman": math.nan, "kendall": math.nan, "pairs": math.nan})
-    single = worst.get("single", {"spearman": math.nan})["spearman"]
-    print(
-        f"spearman={_fmt(top['spearman'])} kendall={_fmt(top['kendall'])} "
-        f"pairs={_fmt(top['pairs'])} single={_fmt(single)} "
-        f"best_baseline={best}:{_fmt(worst[best]['spearman'])}"
-    )
+    print(final_line(results, worst))
     return 0
+
+
+def _best(worst: dict[str, dict[str, float]], names: Sequence[str]) -> str | None:
+    """The method of ``names`` with the highest worst-zoo ρ (None when none was run)."""
+    present = [m for m in names if m in worst]
+    if not present:
+        return None
+    return max(present, key=lambda m: -math.inf if math.isnan(r := worst[m]["spearman"]) else r)
+
+
+def final_line(results: list[dict[str, Any]], worst: dict[str, dict[str, float]]) -> str:
+    """The benchmark's last line (see the module docstring)."""
+    nan = {"spearman": math.nan, "kendall": math.nan, "pairs": math.nan}
+    top = worst.get("consensus", nan)
+    single = worst.get("single", nan)["spearman"]
+    parts = [
+        f"spearman={_fmt(top['spearman'])} kendall={_fmt(top['kendall'])}",
+        f"pairs={_fmt(top['pairs'])} single={_fmt(single)}",
+    ]
+    best = _best(worst, BASELINES)
+    if best is not None:
+        parts.append(f"best_baseline={best}:{_fmt(worst[best]['spearman'])}")
+    anchor = _best(worst, SINGLE_ANCHORS)
+    if anchor is not None:
+        parts.append(f"single_worst={_fmt(single)}")
+        parts.append(f"anchor_single_worst={anchor}:{_fmt(worst[anchor]['spearman'])}")
+    maes = [r["mae"]["consensus"] for r in results if "consensus" in r.get("mae", {})]
+    if maes:
+        parts.append(f"consensus_mae_worst={max(maes):.3f}")
+    sets = [s for r in results for s in r.get("sets", {}).values()]
+    if sets:
+        parts.append(f"adversarial_ok={sum(s['ok'] for s in sets)}/{len(sets)}")
+        warned = sum(bool(r.get("warnings")) for r in results if r.get("sets"))
+        parts.append(f"false_warnings={warned}/{sum(bool(r.get('sets')) for r in results)}")
+    return " ".join(parts)
 
 
 if __name__ == "__main__":

@@ -163,4 +163,4 @@ def test_a_set_of_mostly_poor_checkpoints_that_share_mistakes_is_flagged() -> No
     scored = score_together(reports, outputs)
     assert scored[0].mode == "consensus"
     text = " ".join(scored[0].warnings)
-    assert "ck0 has the best single score (0.900) but the consensus estimates it below" in text
+    assert "but ck0 has the clearly better single score (0.900 against 0.300)" in text

@@ -81,6 +81,8 @@ MIN_CONSENSUS = 3
 #: a consensus whose median estimated accuracy (one value per voter) is below this is flagged:
 #: most of its checkpoints look poor, and their shared mistakes may be what it believes
 POOR_MEDIAN = 0.5
+#: single scores this many combined sds apart tell two checkpoints apart
+CLEAR_SDS = 2.0
 #: fewest checkpoints for which ``auto`` picks the consensus: with 3 of which 2 are poor and
 #: disagree, the consensus is not identifiable (seen: a 0.18-accuracy checkpoint estimated
 #: above a 0.81 one); the single score is safer there
@@ -570,6 +572,25 @@ def score_checkpoints(
         One report per checkpoint, in the order given.
     """
     chosen = resolve_mode(mode, len(models))
+    reports, outputs = assess_checkpoints(
+        models, data, names=names, random_state=random_state, **options
+    )
+    return score_together(reports, outputs, chosen)
+
+
+def assess_checkpoints(
+    models: Sequence[Any],
+    data: Any,
+    *,
+    names: Sequence[str] | None = None,
+    random_state: int = 0,
+    **options: Any,
+) -> tuple[list[QualityReport], list[np.ndarray]]:
+    """Score each checkpoint on its own and keep its ``(N, K)`` outputs; no rank scan.
+
+    The two lists feed :func:`score_together`, once or for several subsets of the
+    checkpoints; the parameters are :func:`score_checkpoints`'.
+    """
     images = np.asarray(getattr(data, "images", data), dtype=np.float32)
     copies = perturbations(images, random_state)
     reports, outputs = [], []
@@ -581,7 +602,7 @@ def score_checkpoints(
             assess_store(store, perturbed, random_state=random_state, checkpoint=name, scan=False)
         )
         outputs.append(model_outputs(store))
-    return score_together(reports, outputs, chosen)
+    return reports, outputs
 
 
 def score_model(
@@ -663,9 +684,9 @@ def score_together(
     that leaves fewer independent voters than the mode needs (``auto``: AUTO_CONSENSUS,
     ``consensus``: MIN_CONSENSUS), each checkpoint is scored on its own instead, with a
     warning. A consensus is also flagged when most checkpoints look poor (median estimated
-    accuracy below POOR_MEDIAN) or when it puts the checkpoint with the best single score
-    below the median: both are what a set dominated by poor checkpoints that share their
-    mistakes looks like.
+    accuracy below POOR_MEDIAN), or when the checkpoint it puts first has a single score
+    clearly below (CLEAR_SDS combined sds) the best single score: both are what a set
+    dominated by checkpoints that share their mistakes looks like.
     """
     from dataclasses import replace
 
@@ -708,7 +729,7 @@ def score_together(
     weights = 1.0 / np.bincount(group)[group]
     fit = consensus_accuracy(pred, checked[0].shape[1], weights=weights)
     sd = fit.spread()
-    warned = _consensus_doubts(fit.accuracy, [r.score for r in reports], names, group)
+    warned = _consensus_doubts(fit.accuracy, singles, names, group)
     return [
         replace(
             r,
@@ -724,12 +745,12 @@ def score_together(
 
 
 def _consensus_doubts(
-    estimated: np.ndarray, single: Sequence[float], names: Sequence[str], group: np.ndarray
+    estimated: np.ndarray, singles: Sequence[QualityReport], names: Sequence[str], group: np.ndarray
 ) -> list[str]:
     """Return the warnings of a consensus that may follow shared mistakes (one line each).
 
-    ``estimated`` (M,) consensus accuracies, ``single`` (M,) single scores, ``group`` (M,)
-    copy groups (each group counts once in the median).
+    ``estimated`` (M,) consensus accuracies, ``singles`` the M single-checkpoint reports,
+    ``group`` (M,) copy groups (each group counts once in the median).
     """
     out = []
     per_voter = np.array([estimated[group == g].mean() for g in range(group.max() + 1)])
@@ -739,11 +760,14 @@ def _consensus_doubts(
             f"most checkpoints look poor (median estimated accuracy {median:.2f}): the "
             "consensus may follow their shared mistakes; compare the single scores"
         )
-    best = int(np.argmax(single))
-    if estimated[best] < median:
+    score = np.array([r.score for r in singles])
+    sd = np.array([r.score_sd for r in singles])
+    alone, top = int(np.argmax(score)), int(np.argmax(estimated))
+    margin = score[alone] - score[top]
+    if group[alone] != group[top] and margin > CLEAR_SDS * np.hypot(sd[alone], sd[top]):
         out.append(
-            f"{names[best]} has the best single score ({single[best]:.3f}) but the consensus "
-            f"estimates it below the median ({estimated[best]:.2f} < {median:.2f}): most "
-            "checkpoints may share mistakes it does not make"
+            f"the consensus puts {names[top]} first, but {names[alone]} has the clearly "
+            f"better single score ({score[alone]:.3f} against {score[top]:.3f}): checkpoints "
+            "that share mistakes (snapshots of one run) may have outvoted it"
         )
     return out

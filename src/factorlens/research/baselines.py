@@ -7,6 +7,18 @@
   (Martin, Peng & Mahoney 2021), from the ``weightwatcher`` package; data-free; lower = better.
 * :func:`effective_rank` — Roy & Vetterli (2007); :func:`layer_effective_ranks` applies it to
   every chosen layer's flattened, centred outputs.
+
+The field's own label-free accuracy estimators, from the ``(N, K)`` outputs alone
+(:func:`output_anchors`; higher = better for each):
+
+* ``avg_conf`` — average max-softmax confidence (Hendrycks & Gimpel 2017; "AC" in Guillory et
+  al. 2021 and Garg et al. 2022); it *estimates* the accuracy;
+* ``neg_entropy`` — minus the mean entropy of the softmax (in nats);
+* ``nuclear`` — the nuclear norm of the ``N×K`` softmax matrix over ``sqrt(N · min(N, K))``,
+  in ``[0, 1]`` (Deng et al. 2023, "Confidence and Dispersity Speak");
+
+and from several checkpoints' answers, :func:`agreement_with_others` — each one's mean share
+of answers equal to each other checkpoint's (the plain, unweighted form of the consensus).
 """
 
 from __future__ import annotations
@@ -28,8 +40,10 @@ from factorlens.spectra import effective_rank, singular_values, spectral_entropy
 
 __all__ = [
     "RANKME_EPS",
+    "agreement_with_others",
     "effective_rank",
     "layer_effective_ranks",
+    "output_anchors",
     "penultimate_embeddings",
     "rankme",
     "rankme_score",
@@ -226,3 +240,34 @@ def weightwatcher_alpha(model: nn.Module) -> float:
     alphas = np.asarray(details["alpha"], dtype=np.float64)
     finite = alphas[np.isfinite(alphas)]
     return float(finite.mean()) if finite.size else float("nan")
+
+
+def output_anchors(outputs: np.ndarray) -> dict[str, float]:
+    """Return ``avg_conf``, ``neg_entropy`` and ``nuclear`` of one checkpoint's outputs.
+
+    ``outputs`` ``(N, K)``: logits, or probabilities (rows of non-negative numbers summing
+    to 1), as :func:`factorlens.quality.class_probabilities` reads them.
+    """
+    from factorlens.quality import class_probabilities
+
+    probs = class_probabilities(np.asarray(outputs))
+    n, k = probs.shape
+    entropy = -np.sum(probs * np.log(np.clip(probs, 1e-12, None)), axis=1)
+    nuclear = float(np.linalg.svd(probs, compute_uv=False).sum() / np.sqrt(n * min(n, k)))
+    return {
+        "avg_conf": float(probs.max(axis=1).mean()),
+        "neg_entropy": float(-entropy.mean()),
+        "nuclear": nuclear,
+    }
+
+
+def agreement_with_others(predictions: np.ndarray) -> np.ndarray:
+    """Return ``(M,)``: each checkpoint's mean share of answers equal to each other one's.
+
+    ``predictions`` ``(M, N)`` predicted classes of M >= 2 checkpoints on the same inputs.
+    """
+    pred = np.asarray(predictions)
+    if pred.ndim != 2 or pred.shape[0] < 2:
+        raise FactorlensError(f"need (M >= 2, N) predictions, got shape {pred.shape}")
+    same = (pred[:, None, :] == pred[None, :, :]).mean(axis=2)  # (M, M), 1 on the diagonal
+    return (same.sum(axis=1) - 1.0) / (pred.shape[0] - 1)
