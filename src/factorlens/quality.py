@@ -684,8 +684,8 @@ def score_together(
     that leaves fewer independent voters than the mode needs (``auto``: AUTO_CONSENSUS,
     ``consensus``: MIN_CONSENSUS), each checkpoint is scored on its own instead, with a
     warning. A consensus is also flagged when most checkpoints look poor (median estimated
-    accuracy below POOR_MEDIAN), or when the checkpoint it puts first has a single score
-    clearly below (CLEAR_SDS combined sds) the best single score: both are what a set
+    accuracy below POOR_MEDIAN), or when it clearly (by CLEAR_SDS combined sds) puts first a
+    checkpoint whose single score is clearly below the best single score: both are what a set
     dominated by checkpoints that share their mistakes looks like.
     """
     from dataclasses import replace
@@ -729,7 +729,7 @@ def score_together(
     weights = 1.0 / np.bincount(group)[group]
     fit = consensus_accuracy(pred, checked[0].shape[1], weights=weights)
     sd = fit.spread()
-    warned = _consensus_doubts(fit.accuracy, singles, names, group)
+    warned = _consensus_doubts(fit.accuracy, sd, singles, names, group)
     return [
         replace(
             r,
@@ -745,12 +745,17 @@ def score_together(
 
 
 def _consensus_doubts(
-    estimated: np.ndarray, singles: Sequence[QualityReport], names: Sequence[str], group: np.ndarray
+    estimated: np.ndarray,
+    estimated_sd: np.ndarray,
+    singles: Sequence[QualityReport],
+    names: Sequence[str],
+    group: np.ndarray,
 ) -> list[str]:
     """Return the warnings of a consensus that may follow shared mistakes (one line each).
 
-    ``estimated`` (M,) consensus accuracies, ``singles`` the M single-checkpoint reports,
-    ``group`` (M,) copy groups (each group counts once in the median).
+    ``estimated`` (M,) consensus accuracies and their sds, ``singles`` the M single-checkpoint
+    reports, ``group`` (M,) copy groups (each group counts once in the median). The two views
+    conflict only where each is clear: near-ties in either one are no conflict.
     """
     out = []
     per_voter = np.array([estimated[group == g].mean() for g in range(group.max() + 1)])
@@ -763,8 +768,10 @@ def _consensus_doubts(
     score = np.array([r.score for r in singles])
     sd = np.array([r.score_sd for r in singles])
     alone, top = int(np.argmax(score)), int(np.argmax(estimated))
-    margin = score[alone] - score[top]
-    if group[alone] != group[top] and margin > CLEAR_SDS * np.hypot(sd[alone], sd[top]):
+    clear_alone = score[alone] - score[top] > CLEAR_SDS * np.hypot(sd[alone], sd[top])
+    lead = estimated[top] - estimated[alone]
+    clear_top = lead > CLEAR_SDS * np.hypot(estimated_sd[alone], estimated_sd[top])
+    if group[alone] != group[top] and clear_alone and clear_top:
         out.append(
             f"the consensus puts {names[top]} first, but {names[alone]} has the clearly "
             f"better single score ({score[alone]:.3f} against {score[top]:.3f}): checkpoints "
