@@ -5,7 +5,9 @@ Two modes (:func:`score_together` picks one; ``auto`` = consensus from 5 checkpo
 **consensus** — several checkpoints scored on the same inputs (the usual question, "which of
 my checkpoints is best?"). Their predicted classes are pooled in a one-coin Dawid–Skene model
 (:mod:`factorlens.consensus`) and each checkpoint's score is its **estimated accuracy**: how
-often it gives the class that the reliability-weighted consensus believes.
+often it gives the class that the reliability-weighted consensus believes. Near-identical
+checkpoints vote once, and a consensus that may follow shared mistakes carries warnings
+(:func:`score_together`).
 
 **single** — one checkpoint on its own (fixed recipe, higher = better trained)::
 
@@ -83,6 +85,9 @@ MIN_CONSENSUS = 3
 POOR_MEDIAN = 0.5
 #: single scores this many combined sds apart tell two checkpoints apart
 CLEAR_SDS = 2.0
+#: a single-score gap below this is no conflict with the consensus: on full zoos the single
+#: score's and the consensus's first checkpoints differ by about 0.02 (both near the top)
+MATERIAL_SINGLE = 0.05
 #: fewest checkpoints for which ``auto`` picks the consensus: with 3 of which 2 are poor and
 #: disagree, the consensus is not identifiable (seen: a 0.18-accuracy checkpoint estimated
 #: above a 0.81 one); the single score is safer there
@@ -684,9 +689,10 @@ def score_together(
     that leaves fewer independent voters than the mode needs (``auto``: AUTO_CONSENSUS,
     ``consensus``: MIN_CONSENSUS), each checkpoint is scored on its own instead, with a
     warning. A consensus is also flagged when most checkpoints look poor (median estimated
-    accuracy below POOR_MEDIAN), or when it clearly (by CLEAR_SDS combined sds) puts first a
-    checkpoint whose single score is clearly below the best single score: both are what a set
-    dominated by checkpoints that share their mistakes looks like.
+    accuracy below POOR_MEDIAN), or when the checkpoint it puts first has a single score
+    clearly below the best single score (by CLEAR_SDS combined sds and at least
+    MATERIAL_SINGLE): both are what a set dominated by checkpoints that share their mistakes
+    looks like.
     """
     from dataclasses import replace
 
@@ -729,7 +735,7 @@ def score_together(
     weights = 1.0 / np.bincount(group)[group]
     fit = consensus_accuracy(pred, checked[0].shape[1], weights=weights)
     sd = fit.spread()
-    warned = _consensus_doubts(fit.accuracy, sd, singles, names, group)
+    warned = _consensus_doubts(fit.accuracy, singles, names, group)
     return [
         replace(
             r,
@@ -745,17 +751,12 @@ def score_together(
 
 
 def _consensus_doubts(
-    estimated: np.ndarray,
-    estimated_sd: np.ndarray,
-    singles: Sequence[QualityReport],
-    names: Sequence[str],
-    group: np.ndarray,
+    estimated: np.ndarray, singles: Sequence[QualityReport], names: Sequence[str], group: np.ndarray
 ) -> list[str]:
     """Return the warnings of a consensus that may follow shared mistakes (one line each).
 
-    ``estimated`` (M,) consensus accuracies and their sds, ``singles`` the M single-checkpoint
-    reports, ``group`` (M,) copy groups (each group counts once in the median). The two views
-    conflict only where each is clear: near-ties in either one are no conflict.
+    ``estimated`` (M,) consensus accuracies, ``singles`` the M single-checkpoint reports,
+    ``group`` (M,) copy groups (each group counts once in the median).
     """
     out = []
     per_voter = np.array([estimated[group == g].mean() for g in range(group.max() + 1)])
@@ -768,10 +769,9 @@ def _consensus_doubts(
     score = np.array([r.score for r in singles])
     sd = np.array([r.score_sd for r in singles])
     alone, top = int(np.argmax(score)), int(np.argmax(estimated))
-    clear_alone = score[alone] - score[top] > CLEAR_SDS * np.hypot(sd[alone], sd[top])
-    lead = estimated[top] - estimated[alone]
-    clear_top = lead > CLEAR_SDS * np.hypot(estimated_sd[alone], estimated_sd[top])
-    if group[alone] != group[top] and clear_alone and clear_top:
+    margin = score[alone] - score[top]
+    clear = margin > max(CLEAR_SDS * np.hypot(sd[alone], sd[top]), MATERIAL_SINGLE)
+    if group[alone] != group[top] and clear:
         out.append(
             f"the consensus puts {names[top]} first, but {names[alone]} has the clearly "
             f"better single score ({score[alone]:.3f} against {score[top]:.3f}): checkpoints "
