@@ -142,17 +142,49 @@ def read_manifest(out: Path) -> set[str] | None:
     return None
 
 
+#: keys every row of a quality.json of factorlens has (the file has no signature of its own)
+_QUALITY_KEYS = {"checkpoint", "score", "stability", "prediction_rank"}
+
+
 def _legacy_result(out: Path) -> bool:
+    """Tell whether ``out`` holds a factorlens result from before manifests, by its signature.
+
+    A ``result.json`` says ``"format": "factorlens-result"``; a ``quality.json`` is a list of
+    rows with factorlens's keys. Another tool's ``result.json`` with a ``format_version`` is
+    not ours.
+    """
     for name in ("result.json", "quality.json"):
+        path = out / name
+        if path.is_symlink():
+            continue
         try:
-            doc = json.loads((out / name).read_text())
+            doc = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if (isinstance(doc, dict) and "format_version" in doc) or (
-            name == "quality.json" and isinstance(doc, list)
-        ):
-            return True
+        if name == "result.json" and isinstance(doc, dict):
+            if doc.get("format") == "factorlens-result":
+                return True
+        elif name == "quality.json" and isinstance(doc, list) and doc:
+            if all(isinstance(r, dict) and _QUALITY_KEYS <= r.keys() for r in doc):
+                return True
     return False
+
+
+def check_no_links(out: Path, rel: str) -> None:
+    """Refuse to write or remove ``out/rel`` when it, or a folder on the way, is a link.
+
+    A symbolic link inside the output folder (``figures/`` pointing at a shared folder) would
+    make a replace or a removal act on files outside it.
+    """
+    path = out
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            raise FactorlensError(
+                f"{path} is a symbolic link, and factorlens never writes or removes through a "
+                "link inside its output folder; replace it by a real folder or file, or "
+                "choose another `out`"
+            )
 
 
 def _inside(rel: str) -> bool:
@@ -186,6 +218,8 @@ def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()
                 f"output directory {out} already holds {what}; pass `overwrite=True` to "
                 "replace it or choose another `out`"
             )
+        for rel in sorted(set(names) | (ours or set())):  # before the work, not after it
+            check_no_links(out, rel)
         for name in names:  # a folder of ours (figures/) may hold the user's files too
             target = out / name
             if target.exists() and not target.is_dir() and name not in (ours or set()):
@@ -250,7 +284,7 @@ def _locked(out: Path) -> Iterator[None]:
     """
     lock = _lock_path(out)
     mine = lock.with_name(f"{lock.name}.{os.getpid()}")
-    mine.write_text(_owner())
+    write_new_file(mine, _owner())
     try:
         for _ in range(3):
             try:
@@ -332,6 +366,9 @@ def publish(
         new.sort(key=lambda f: f == "result.json")
         with _locked(out):
             old = (read_manifest(out) if out.is_dir() else None) or set()
+            stale = sorted(f for f in old if _in_scope(f, names) and f not in new)
+            for f in [*new, *(stale if overwrite else [])]:
+                check_no_links(out, f)
             clash = [f for f in new if (out / f).exists() and not (overwrite and f in old)]
             if clash:
                 first = out / clash[0]
@@ -344,7 +381,6 @@ def publish(
                     )
                     + " or choose another `out`. Nothing was replaced"
                 )
-            stale = sorted(f for f in old if _in_scope(f, names) and f not in new)
             if overwrite:
                 for f in stale:
                     (out / f).unlink(missing_ok=True)
@@ -368,20 +404,38 @@ def _prune_empty_dirs(out: Path, removed: Iterable[str]) -> None:
             (out / d).rmdir()  # only when empty
 
 
+def write_new_file(path: Path, text: str) -> None:
+    """Write ``text`` into a file of our own at ``path``, synced; never through a link.
+
+    Whatever sits at ``path`` (a leftover of a dead run, or a planted symbolic link) is
+    removed first — the link itself, not what it points to — and the file is created
+    exclusively without following links, so nothing outside is written.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            raise FactorlensError(f"{path} is a folder where factorlens writes a file; remove it")
+        path.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file synced and renamed over it.
 
-    A reader sees the old content or the new one, never a part, also after a crash.
+    A reader sees the old content or the new one, never a part, also after a crash. The
+    temporary file is created exclusively and never through a link (:func:`write_new_file`).
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_new_file(tmp, text)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def json_safe(obj: Any, where: str = "meta") -> Any:
