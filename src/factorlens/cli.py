@@ -28,6 +28,7 @@ from factorlens.options import (
     from_args,
     penalty,
     positive_int,
+    scheduler_address,
     seed,
     tolerance,
 )
@@ -118,6 +119,7 @@ def _add_engine_options(p: argparse.ArgumentParser, default_rank: int | None) ->
     g.add_argument(
         "--scheduler",
         metavar="ADDRESS",
+        type=_argtype(scheduler_address),
         help="the same on the existing Dask cluster whose scheduler is at ADDRESS "
         "(e.g. tcp://10.0.0.5:8786); its workers must see the --store path",
     )

@@ -116,6 +116,43 @@ def penalty(text: str) -> float | str:
     return value
 
 
+#: the address schemes a Dask scheduler listens on
+SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "inproc")
+
+
+def scheduler_address(text: str) -> str:
+    """Parse a Dask scheduler address: ``tcp://HOST:PORT`` (``HOST:PORT`` means tcp).
+
+    Refuses an empty address, another scheme (``http://…`` is a dashboard, not the
+    scheduler) and a missing or out-of-range port, before any work.
+    """
+    from urllib.parse import urlsplit
+
+    text = text.strip()
+    if not text:
+        raise ValueError("expected a scheduler address such as tcp://10.0.0.5:8786, got ''")
+    url = text if "://" in text else f"tcp://{text}"
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SCHEDULER_SCHEMES:
+        raise ValueError(
+            f"{text!r} is not a Dask scheduler address (scheme {scheme}://); use "
+            "tcp://HOST:PORT, the scheduler's port (usually 8786), not its dashboard"
+        )
+    if scheme == "inproc":
+        return url
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = None
+    if parts is None or not parts.hostname or port is None or not 0 < port < 65536:
+        raise ValueError(
+            f"{text!r} has no host and port; use tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786"
+        )
+    return url
+
+
 def existing_dir(text: str) -> str:
     """Parse a folder that must exist already."""
     from pathlib import Path

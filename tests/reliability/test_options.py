@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from harness import analyze_args
 
 from factorlens.cli import build_parser
 from factorlens.options import MAX_SEED
@@ -61,3 +62,10 @@ def test_a_numeric_option_out_of_range_is_refused_at_parse_time(
 def test_values_in_range_still_parse(project, option: str, value: str, parsed) -> None:
     args = build_parser().parse_args([*_command("analyze", project), option, value])
     assert getattr(args, option.lstrip("-")) == parsed
+
+
+def test_a_huge_l1_penalty_gives_a_result_not_a_traceback(cli, project) -> None:
+    out = project["root"] / "out"
+    res = cli.ok(analyze_args(project, out, "--l1", "1e308"))
+    assert "the data hold at most" in res.out + res.err  # every strength shrunk to zero
+    assert (out / "result.json").is_file()

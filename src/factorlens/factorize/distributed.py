@@ -168,6 +168,73 @@ def current_client() -> Any:
         ) from None
 
 
+#: seconds to reach a scheduler before giving up with a one-line error
+CONNECT_TIMEOUT = 10
+
+
+def _fail(scheduler: str, what: str) -> FactorlensError:
+    return FactorlensError(
+        f"cannot connect to the Dask scheduler at {scheduler}: {what}; check that it runs and "
+        "that the address and port are its scheduler's (usually 8786)"
+    )
+
+
+def _probe(scheduler: str) -> None:
+    """Reach a tcp/tls scheduler's port: refused, unknown or unreachable hosts fail fast."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(scheduler)
+    if parts.scheme not in ("tcp", "tls") or parts.hostname is None or parts.port is None:
+        return
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT):
+            pass
+    except socket.gaierror:
+        raise _fail(scheduler, f"host {parts.hostname!r} is unknown") from None
+    except ConnectionRefusedError:
+        raise _fail(scheduler, f"nothing listens on port {parts.port} there") from None
+    except OSError as exc:  # timeouts and unreachable networks
+        why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise _fail(scheduler, f"{why} within {CONNECT_TIMEOUT} s") from None
+
+
+def _connect(distributed: Any, scheduler: str) -> Any:
+    """Return a client of the scheduler at ``scheduler``.
+
+    Or a one-line error that says what happened, within about CONNECT_TIMEOUT seconds:
+    the port is probed first, then the client is made in a thread that is given up on when
+    the listener never answers as a scheduler.
+    """
+    import threading
+
+    _probe(scheduler)
+    box: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            box["client"] = distributed.Client(scheduler, timeout=f"{CONNECT_TIMEOUT}s")
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=connect, name="factorlens-dask-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT)
+    if "client" in box:
+        return box["client"]
+    exc = box.get("error")
+    if exc is None:  # still waiting: something listens there, but it is no scheduler
+        raise _fail(
+            scheduler,
+            f"it accepted the connection but did not answer as a Dask "
+            f"scheduler within {CONNECT_TIMEOUT} s",
+        )
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, MemoryError) or "allocate" in text:
+        text = "it answered, but not as a Dask scheduler (a web server?)"
+    raise _fail(scheduler, text[:200])
+
+
 @contextlib.contextmanager
 def dask_cluster(
     scheduler: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1
@@ -191,7 +258,7 @@ def dask_cluster(
     """
     _, distributed = _dask()
     if scheduler is not None:
-        with distributed.Client(scheduler) as client:
+        with _connect(distributed, scheduler) as client:
             yield client
         return
     with (

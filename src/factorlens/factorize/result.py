@@ -177,14 +177,16 @@ class CMTFResult:
         names = [n for n in self.block_names if n in gains and n in floors]
         if not names or not any(float(floors[n]) > 0 for n in names):
             return None
-        if any(float(gains[n]) > float(floors[n]) ** 2 for n in names):
+        with np.errstate(over="ignore"):  # a huge penalty's floor² is inf, not an error
+            floor2 = {n: float(np.square(np.float64(floors[n]))) for n in names}
+        if any(float(gains[n]) > floor2[n] for n in names):
             return None
-        worst = max(names, key=lambda n: float(gains[n]) / max(float(floors[n]) ** 2, 1e-300))
+        worst = max(names, key=lambda n: float(gains[n]) / max(floor2[n], 1e-300))
         return (
             f"with {self.rank} components no block fits better than with {self.rank - 1} by "
             f"more than one component of noise would (largest gain: {worst}, "
             f"{100 * float(gains[worst]):.2f}% of the block against a floor of "
-            f"{100 * float(floors[worst]) ** 2:.2f}%): the data hold at most {self.rank - 1} "
+            f"{100 * floor2[worst]:.2f}%): the data hold at most {self.rank - 1} "
             "components"
         )
 
