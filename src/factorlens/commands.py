@@ -522,9 +522,16 @@ def run_report(args: argparse.Namespace) -> Path:
     result = load(source)
     images, labels, class_names = load_inputs(source)
     out = Path(args.out) if args.out else source
-    # in place, the report factorlens wrote there is replaced (and nothing else)
-    replace = args.overwrite or out.resolve() == source.resolve()
-    if out.resolve() != source.resolve():
+    # in place, the report factorlens wrote there is replaced (and nothing else); the
+    # checkpoints view in place of one checkpoint's own report only when asked to
+    inside = [s for s in sources if out.resolve() == s.resolve()]
+    if len(sources) > 1 and inside and not args.overwrite:
+        raise FactorlensError(
+            f"the checkpoints report would replace {inside[0]}'s own report; give --out a new "
+            "folder, or pass --overwrite to replace it"
+        )
+    replace = args.overwrite or bool(inside)
+    if not inside:
         out = check_output_dir(out, args.overwrite, (REPORT_HTML,))
     title = f"factorlens — {result.meta.get('model_name', 'model')}"
     main = getattr(args, "main", None)

@@ -189,6 +189,8 @@ def check_no_links(out: Path, rel: str) -> None:
 
 def _inside(rel: str) -> bool:
     """Tell whether a manifest entry is a plain relative path inside the folder (no ``../x``)."""
+    if "\x00" in rel:
+        return False
     parts = Path(rel).parts
     return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
 
@@ -227,6 +229,10 @@ def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()
                     f"{target} was not written by factorlens, so `overwrite=True` does not "
                     "replace it; move it away or choose another `out`"
                 )
+    lock = _lock_path(out)
+    owner = _lock_owner(lock)
+    if owner and _alive(owner):  # refused now, not after the work
+        raise FactorlensError(_busy(out, lock, owner))
     probe = out.parent
     while not probe.exists():
         probe = probe.parent
@@ -244,6 +250,15 @@ def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()
 
 def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
+
+
+def _busy(out: Path, lock: Path, owner: str) -> str:
+    """The message for a folder whose lock a running process holds."""
+    return (
+        f"{out} is being written by process {owner.split()[0]}, which holds {lock}; wait for "
+        "it to finish or choose another `out` (if no factorlens run is writing there, delete "
+        "that lock file)"
+    )
 
 
 def _lock_owner(lock: Path) -> str:
@@ -293,10 +308,7 @@ def _locked(out: Path) -> Iterator[None]:
             except FileExistsError:
                 owner = _lock_owner(lock)
                 if owner and _alive(owner):
-                    raise FactorlensError(
-                        f"another factorlens run (pid {owner.split()[0]}) is writing {out} "
-                        "right now; wait for it to finish or choose another `out`"
-                    ) from None
+                    raise FactorlensError(_busy(out, lock, owner)) from None
                 _remove_if_dead(lock)
         else:
             raise FactorlensError(f"cannot lock {out} (lock file {lock}); remove it and rerun")
@@ -383,6 +395,8 @@ def publish(
                 )
             if overwrite:
                 for f in stale:
+                    if (out / f).is_dir():  # a folder the manifest names: its files decide
+                        continue
                     (out / f).unlink(missing_ok=True)
                 _prune_empty_dirs(out, stale)
             out.mkdir(exist_ok=True)

@@ -93,7 +93,7 @@ def test_two_concurrent_runs_into_one_new_out(project) -> None:
     assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1, err
     # the loser either finds the winner's result (already there) or the winner still moving
     # it in (the lock): which one depends on timing, and both say what to do
-    assert "--overwrite" in err or "another factorlens run" in err, err
+    assert "--overwrite" in err or "is being written by process" in err, err
     json.loads((out / "result.json").read_text())  # the one result is whole
     assert not list(project["root"].glob(".out.*"))
 
@@ -102,7 +102,7 @@ def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tmp_path: Path) -> Non
     out = tmp_path / "out"
     lock = tmp_path / ".out.lock"
     lock.write_text(str(os.getppid()))  # a process that runs
-    with pytest.raises(FactorlensError, match=r"another factorlens run \(pid"):
+    with pytest.raises(FactorlensError, match=r"is being written by process \d+, which holds"):
         publish(out, lambda s: (s / "a.txt").write_text("a"), ("a.txt",))
     lock.write_text(str(_dead_pid()))
     publish(out, lambda s: (s / "a.txt").write_text("a"), ("a.txt",))
@@ -164,3 +164,34 @@ def test_helper_files_of_a_dead_lock_holder_are_removed(tmp_path: Path) -> None:
         (tmp_path / name).write_text(str(dead))
     publish(tmp_path / "out", lambda s: (s / "a.txt").write_text("a"), ("a.txt",))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_live_lock_is_refused_before_the_work(cli, project) -> None:
+    out = project["root"] / "out"
+    lock = project["root"] / ".out.lock"
+    lock.write_text(str(os.getppid()))  # a running process (a forged lock looks the same)
+    line = cli.fails(analyze_args(project, out), "is being written by process", "delete that lock")
+    assert str(lock) in line
+    assert not list(project["root"].glob(".out.staging-*"))  # refused before any staging
+
+
+def test_odd_manifest_entries_neither_crash_nor_delete(cli, project) -> None:
+    out = project["root"] / "out"
+    cli.ok(analyze_args(project, out))
+    doc = json.loads((out / MANIFEST).read_text())
+    doc["files"] += ["figures", "bad\x00name.png"]  # a folder and a NUL byte
+    (out / MANIFEST).write_text(json.dumps(doc))
+    (out / "figures" / "mine.txt").write_text("keep")
+    cli.ok(analyze_args(project, out, "--overwrite", "--rank", "3"))
+    assert (out / "figures" / "mine.txt").read_text() == "keep"
+    assert json.loads((out / "result.json").read_text())["rank"] == 3
+
+
+def test_report_of_several_into_one_of_them_needs_overwrite(cli, project) -> None:
+    d1, d2 = project["root"] / "d1", project["root"] / "d2"
+    cli.ok(analyze_args(project, d1))
+    cli.ok(analyze_args(project, d2))
+    cli.fails(["report", d1, d2, "--out", d1], "would replace", "own report", "--overwrite")
+    cli.fails(["report", d1, d2], "would replace")  # in place is d1 too
+    cli.ok(["report", d1, d2, "--out", d1, "--overwrite"])
+    assert 'id="checkpoints-summary"' in (d1 / "index.html").read_text()
