@@ -253,7 +253,7 @@ def _lock_path(out: Path) -> Path:
 
 
 def _busy(out: Path, lock: Path, owner: str) -> str:
-    """The message for a folder whose lock a running process holds."""
+    """Return the message for a folder whose lock a running process holds."""
     return (
         f"{out} is being written by process {owner.split()[0]}, which holds {lock}; wait for "
         "it to finish or choose another `out` (if no factorlens run is writing there, delete "

@@ -401,6 +401,9 @@ class CMTFResult:
                     f"{FACTORS_NPZ} in {d} does not match {RESULT_JSON}: {key!r} is {got}, "
                     f"expected float {shape}; {_REWRITE}"
                 )
+            bad = _out_of_range(key, found)
+            if bad:
+                raise FactorlensRuntimeError(f"{FACTORS_NPZ} in {d} is damaged: {bad}; {_REWRITE}")
         names = [b["name"] for b in blocks]
         return cls(
             A=arrays["A"],
@@ -421,6 +424,20 @@ class CMTFResult:
 
 
 _REWRITE = "rerun `factorlens analyze` to write the result again"
+
+
+def _out_of_range(key: str, array: np.ndarray) -> str:
+    """Say what is impossible in a saved array (non-finite values, negative strengths)."""
+    if not np.all(np.isfinite(array)):
+        return f"{key!r} holds {int(np.size(array) - np.isfinite(array).sum())} NaN or Inf values"
+    if key.startswith("weights/") and np.any(array < 0):
+        return f"{key!r} holds negative strengths"
+    return ""
+
+
+def _is_fit(value: Any) -> bool:
+    """Tell whether ``value`` is a block's fit: 1 − loss / ‖X‖², at most 1 (above -1 in practice)."""
+    return _is_number(value) and -1.0 <= float(value) <= 1.0 + 1e-6
 
 
 def _is_number(value: Any) -> bool:
@@ -454,7 +471,7 @@ _BLOCK_FIELDS: dict[str, tuple[Any, str]] = {
         "[N, …] of positive integers",
     ),
     "model": (lambda v: v in ("cp", "matrix"), "'cp' or 'matrix'"),
-    "fit": (_is_number, "a number"),
+    "fit": (_is_fit, "a number in [-1, 1]"),
 }
 #: the JSON names of the types json.loads gives (dict aside)
 _JSON_TYPES = {
