@@ -27,6 +27,7 @@ from factorlens.errors import (
     close_matches,
     note,
     one_line,
+    warn,
 )
 from factorlens.modelio import resolve_device
 from factorlens.options import CaptureOptions
@@ -687,6 +688,7 @@ class ForwardPass:
         self.first_calls: dict[str, int] = {}
         self.batch_n = 0
         self.start = 0
+        self.checked_determinism = False  # the model answers the same twice (once per pass set)
 
     # ------------------------------------------------------------------ what subclasses do
     def on_block(self, block: str, module: str, out: torch.Tensor) -> None:
@@ -744,6 +746,10 @@ class ForwardPass:
             if moved_from is not None:
                 model.to(device)
             model.eval()
+            if not self.checked_determinism and start_row < n:
+                self.checked_determinism = True
+                with torch.no_grad():
+                    check_deterministic(model, images, start_row, self.preprocess, device)
             handles = [self.modules[nm].register_forward_hook(self._hook(nm)) for nm in self.chosen]
             with torch.no_grad():
                 for start in range(start_row, n, batch_size):
@@ -923,6 +929,39 @@ def _run_capture(
             run.writer.close()  # after an error or interruption: what was queued, in order
     note_unused(run.dropped)
     return run.counts
+
+
+#: inputs run twice to check that the model answers the same each time
+DETERMINISM_ROWS = 8
+
+
+def check_deterministic(
+    model: nn.Module, images: Any, start: int, preprocess: Any, device: Any
+) -> bool:
+    """Run a few inputs twice in eval mode; warn when the answers differ (and return False).
+
+    Dropout called as ``F.dropout(x, p)`` in ``forward`` (without ``training=self.training``)
+    or an ``eval()`` that does not reach every module keeps the model random: every capture
+    then differs, and so does everything fitted to it.
+    """
+    stop = min(start + DETERMINISM_ROWS, int(images.shape[0]))
+    x = _apply_preprocess(preprocess, _batch_tensor(images, start, stop)).to(device)
+    try:
+        first, second = model(x), model(x)
+    except Exception:  # the capture itself reports a failing model, with its context
+        return True
+    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)):
+        return True
+    if first.shape == second.shape and torch.allclose(first, second, rtol=1e-4, atol=1e-6):
+        return True
+    gap = float((first.float() - second.float()).abs().max()) if first.shape == second.shape else 0
+    warn(
+        f"the model gives different outputs for the same inputs in eval mode (largest "
+        f"difference {gap:.3g}): randomness such as F.dropout(x, p) without "
+        "training=self.training runs in its forward(), so every capture and result differ; "
+        "make forward() deterministic in eval mode"
+    )
+    return False
 
 
 def note_unused(dropped: Sequence[str]) -> None:

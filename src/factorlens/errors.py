@@ -147,6 +147,11 @@ def note(message: str) -> None:
     print(f"note: {flags_for_cli(message) if _FOR_CLI[0] else message}", file=sys.stderr)
 
 
+def warn(message: str) -> None:
+    """Print ``warning: <message>`` to stderr: a result may be wrong, not only worth knowing."""
+    print(f"warning: {flags_for_cli(message) if _FOR_CLI[0] else message}", file=sys.stderr)
+
+
 def close_matches(word: str, candidates: list[str], n: int = 3) -> str:
     """Return ``" (did you mean: a, b?)"`` for the closest candidates, or ``""``."""
     import difflib
