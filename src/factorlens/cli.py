@@ -426,6 +426,16 @@ def _print_summary(result, out: Path, seconds: float) -> None:
 _IO_FAILURES = {getattr(errno, n) for n in ("EIO", "ENOSPC", "EDQUOT") if hasattr(errno, n)}
 
 
+def _left_behind(args: argparse.Namespace) -> str:
+    """Say what an interrupted command left: nothing, or (zoo) the checkpoints so far."""
+    if args.command == "zoo":
+        return (
+            f"the checkpoints trained so far stay in {args.out}, without zoo.json; rerun "
+            "with --overwrite to build the zoo again"
+        )
+    return "no result was written"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``factorlens`` command line.
 
@@ -454,10 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with cli_wording():
             return _run(args)
     except Terminated:
-        print("error: terminated (SIGTERM); no result was written", file=sys.stderr)
+        print(f"error: terminated (SIGTERM); {_left_behind(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); no result was written", file=sys.stderr)
+        print(f"error: interrupted (Ctrl-C); {_left_behind(args)}", file=sys.stderr)
         return 130
     except FactorlensError as exc:
         if getattr(args, "debug", False):

@@ -338,3 +338,19 @@ def test_no_library_message_quotes_a_cli_flag() -> None:
     assert len(messages) > 200  # the scan sees the library's messages
     flagged = [(f, n, s) for f, n, s in messages if FLAG.search(s)]
     assert not flagged, flagged
+
+
+def test_ctrl_c_in_zoo_says_what_stays(tmp_path, monkeypatch, capsys) -> None:
+    import factorlens.research.zoo as zoo
+    from factorlens.cli import main
+
+    def interrupted(*_, **__):
+        (tmp_path / "z" / "steps").mkdir(parents=True)
+        (tmp_path / "z" / "steps" / "step-000000.pt").write_bytes(b"a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo, "build_zoo", interrupted)
+    assert main(["zoo", "--data", "digits", "--out", str(tmp_path / "z"), "--quiet"]) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: interrupted (Ctrl-C); the checkpoints trained so far stay")
+    assert "no result was written" not in line and "--overwrite" in line
