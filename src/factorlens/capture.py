@@ -555,6 +555,7 @@ def capture(
         "nonfinite": nonfinite,
         "output": output,
         "device": str(dev),
+        "compression": compression,  # a resume keeps the store's codec: refuse another
         "meta": dict(meta or {}),
     }
     on_disk = isinstance(store, str | os.PathLike)

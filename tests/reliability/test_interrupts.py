@@ -173,6 +173,12 @@ def test_resume_refuses_other_settings_and_a_complete_store(slow, tmp_path) -> N
     res = subprocess.run([*other, "--resume"], capture_output=True, text=True)
     assert res.returncode == 2
     assert "other settings" in _one_error(res.stderr) and "batch_size" in res.stderr
+    res = subprocess.run(  # --compression is not silently ignored on --resume
+        [*_capture_args(slow, store, out), "--compression", "zstd", "--resume"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "compression" in _one_error(res.stderr)
     fresh = slow["root"] / "fresh"
     res = subprocess.run(
         [*_capture_args(slow, fresh, slow["root"] / "o3"), "--resume"],
