@@ -11,10 +11,12 @@ gives one block per call, in the order the calls happen: ``layer1.0.relu`` for t
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -399,13 +401,45 @@ def _sha256(arrays: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(model: nn.Module, images: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Return what makes two captures the same: the settings, the inputs, the weights (hashed)."""
+def _code_sha256(model: nn.Module, preprocess: Any) -> str:
+    """Return the SHA-256 of the code that decides the rows.
+
+    That is the model class's source file (its forward and anything else in that file) and
+    the preprocess hook's source, where Python has them.
+    """
+    import inspect
+
+    digest = hashlib.sha256()
+    for obj in (type(model), preprocess):
+        if obj is None:
+            continue
+        try:
+            source = inspect.getsourcefile(obj) or ""
+            text = Path(source).read_bytes() if source else b""
+        except (TypeError, OSError):
+            text = b""
+        if not text:
+            with contextlib.suppress(TypeError, OSError):
+                text = inspect.getsource(obj).encode()
+        digest.update(getattr(obj, "__qualname__", type(obj).__name__).encode() + b"\0" + text)
+    return digest.hexdigest()
+
+
+def _fingerprint(
+    model: nn.Module, images: Any, settings: Mapping[str, Any], preprocess: Any = None
+) -> dict[str, Any]:
+    """Return what makes two captures the same.
+
+    The settings, and hashes of the inputs, the weights' values and the code (model file and
+    preprocess hook). Paths are not part of it: a copy of the weights, or the model file by
+    another path, resumes.
+    """
     state = model.state_dict()
     return {
         **settings,
         "inputs_sha256": _sha256([images]),
         "weights_sha256": _sha256([state[k] for k in sorted(state)]),
+        "code_sha256": _code_sha256(model, preprocess),
     }
 
 
@@ -559,7 +593,7 @@ def capture(
         "meta": dict(meta or {}),
     }
     on_disk = isinstance(store, str | os.PathLike)
-    fingerprint = _fingerprint(model, images, settings) if on_disk else {}
+    fingerprint = _fingerprint(model, images, settings, preprocess) if on_disk else {}
     start_row = 0
     counts: dict[str, int] = {}
     the_store: ActivationStore

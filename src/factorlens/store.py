@@ -413,6 +413,14 @@ class MemoryStore(ActivationStore):
         return self
 
 
+#: a capture fingerprint's hashed entries, as a resume's refusal names them
+_FINGERPRINT_WORDS = {
+    "code_sha256": "code_sha256: the model file's code or the preprocess hook",
+    "weights_sha256": "weights_sha256: the weights' values",
+    "inputs_sha256": "inputs_sha256: the inputs",
+}
+
+
 class ZarrStore(ActivationStore):
     """An activation store in a zarr v3 directory, chunked along the sample axis.
 
@@ -700,11 +708,15 @@ class ZarrStore(ActivationStore):
         attrs = _read_root_attrs(p)
         before = attrs.get("capture") or {}
         want = json_safe(dict(fingerprint))
-        if before != want:
-            keys = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
+        # what the rows depend on; "meta" only describes them (paths to the model, weights)
+        keys = sorted(
+            k for k in set(before) | set(want) if k != "meta" and before.get(k) != want.get(k)
+        )
+        if keys:
+            named = [_FINGERPRINT_WORDS.get(k, k) for k in keys]
             raise FactorlensError(
                 f"the interrupted capture at {p} was started with other settings (differs in "
-                f"{', '.join(keys)}); resume with the same model, weights, data and options, "
+                f"{', '.join(named)}); resume with the same model, weights, data and options, "
                 "or pass `overwrite=True` to start again"
             )
         try:

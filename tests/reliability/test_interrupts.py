@@ -188,6 +188,48 @@ def test_resume_refuses_other_settings_and_a_complete_store(slow, tmp_path) -> N
     assert res.returncode == 2 and "no interrupted capture" in _one_error(res.stderr)
 
 
+def _killed_midway(slow, *extra: str) -> tuple[Path, Path]:
+    store, out = slow["root"] / "acts", slow["root"] / "out"
+    proc = _start([*_capture_args(slow, store, out), *extra], stderr=subprocess.PIPE, text=True)
+    _wait_until(lambda: _chunks(store) >= 1, proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    return store, out
+
+
+def test_resume_refuses_an_edited_model_file(slow) -> None:
+    _killed_midway(slow)
+    source = slow["model"].read_text()
+    slow["model"].write_text(source.replace("return", "return 1.0 *", 1))  # forward changed
+    try:
+        res = subprocess.run(
+            [*_capture_args(slow, slow["root"] / "acts", slow["root"] / "out"), "--resume"],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        slow["model"].write_text(source)
+    assert res.returncode == 2, res.stderr
+    assert "the model file's code" in _one_error(res.stderr)
+
+
+def test_resume_accepts_a_copy_of_the_weights_and_a_relative_model_path(slow) -> None:
+    import shutil
+
+    weights = slow["root"] / "w.pt"
+    make = f"import sys, torch; sys.path.insert(0, {str(slow['root'])!r}); from wide import Wide; "
+    subprocess.run([sys.executable, "-c", make + f"torch.save(Wide().state_dict(), {str(weights)!r})"], check=True)  # fmt: skip
+    store, out = _killed_midway(slow, "--weights", str(weights))
+    copy = slow["root"] / "copy-of-weights.pt"
+    shutil.copy(weights, copy)
+    args = [*_capture_args(slow, store, out), "--weights", str(copy)]
+    at = args.index("--model") + 1
+    path, _, cls = args[at].rpartition(":")
+    args[at] = f"{os.path.relpath(path, slow['root'])}:{cls}"
+    res = subprocess.run([*args, "--resume"], capture_output=True, text=True, cwd=slow["root"])
+    assert res.returncode == 0, res.stderr
+
+
 def _scan_in_progress(tmp_path: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """A ``rank`` scan of a 1,500-input store running in a subprocess, once its progress bar
     has started; returns the process and the stderr read so far."""
