@@ -431,8 +431,7 @@ def _fingerprint(
     """Return what makes two captures the same.
 
     The settings, and hashes of the inputs, the weights' values and the code (model file and
-    preprocess hook). Paths are not part of it: a copy of the weights, or the model file by
-    another path, resumes.
+    preprocess hook).
     """
     state = model.state_dict()
     return {

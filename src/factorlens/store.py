@@ -708,10 +708,7 @@ class ZarrStore(ActivationStore):
         attrs = _read_root_attrs(p)
         before = attrs.get("capture") or {}
         want = json_safe(dict(fingerprint))
-        # what the rows depend on; "meta" only describes them (paths to the model, weights)
-        keys = sorted(
-            k for k in set(before) | set(want) if k != "meta" and before.get(k) != want.get(k)
-        )
+        keys = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
         if keys:
             named = [_FINGERPRINT_WORDS.get(k, k) for k in keys]
             raise FactorlensError(
@@ -728,6 +725,7 @@ class ZarrStore(ActivationStore):
             raise FactorlensRuntimeError(
                 f"{p / PROGRESS_JSON} is damaged; pass `overwrite=True` to start the capture again"
             ) from None
+        _check_progress(p, attrs, want, rows)
         for debris in p.rglob("*.partial"):  # zarr's temporary file of a chunk being written
             debris.unlink()
         store = cls._writable(p, attrs, rows)
@@ -890,6 +888,34 @@ def store_state(path: Path) -> str | None:
     if attrs.get(STORE_KEY) is None:
         return None
     return "complete" if attrs.get("complete") is True else "incomplete"
+
+
+def _check_progress(
+    path: Path, attrs: Mapping[str, Any], capture: Mapping[str, Any], rows: int
+) -> None:
+    """Refuse a resume point that the store on disk does not back.
+
+    ``rows`` (from the progress file) must be a whole number of batches within the inputs,
+    and every chunk of rows before it must have its files: a hand-edited or forged progress
+    file would otherwise resume into rows never written (read as zeros) or re-run a batch
+    from its middle.
+    """
+    n, batch = capture.get("n_samples"), capture.get("batch_size")
+    bad = not isinstance(rows, int) or rows < 0
+    if not bad and isinstance(n, int) and isinstance(batch, int) and batch > 0:
+        bad = rows > n or (rows % batch != 0 and rows != n)
+    for rec in attrs.get("blocks", []) if not bad else []:
+        step = int(rec.get("chunk_rows") or 0)
+        if step > 0 and any(
+            not (path / str(rec["array"]) / "c" / str(i)).exists() for i in range(rows // step)
+        ):
+            bad = True
+            break
+    if bad:
+        raise FactorlensRuntimeError(
+            f"{path / PROGRESS_JSON} says {rows} rows were captured, which the store on disk does "
+            "not hold; pass `overwrite=True` to start the capture again"
+        )
 
 
 def _check_chunks(path: Path, name: str, group: Any, key: str) -> None:

@@ -230,6 +230,24 @@ def test_resume_accepts_a_copy_of_the_weights_and_a_relative_model_path(slow) ->
     assert res.returncode == 0, res.stderr
 
 
+@pytest.mark.parametrize("edit", ["mid-batch", "past the disk"])
+def test_resume_refuses_a_progress_file_the_store_does_not_back(slow, edit) -> None:
+    script = slow["root"] / "cap.py"
+    script.write_text(API_CAPTURE)
+    base = [sys.executable, script, slow["root"], slow["data"]]
+    store = slow["root"] / "acts"
+    proc = _start([*base, store])
+    _wait_until(lambda: _progress(store) >= 128, proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    doc = json.loads((store / PROGRESS_JSON).read_text())
+    doc["rows"] = 13 if edit == "mid-batch" else doc["rows"] + 192
+    (store / PROGRESS_JSON).write_text(json.dumps(doc))
+    res = subprocess.run([*base, store, "--resume"], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "which the store on disk does not hold" in res.stderr.splitlines()[-1]
+
+
 def _scan_in_progress(tmp_path: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """A ``rank`` scan of a 1,500-input store running in a subprocess, once its progress bar
     has started; returns the process and the stderr read so far."""
