@@ -413,6 +413,18 @@ class MemoryStore(ActivationStore):
         return self
 
 
+#: entries of a capture's meta that only say where the model, weights and data were read
+#: from: their contents are hashed in the fingerprint, so a copy or another path resumes
+_WHERE_FROM = ("model", "data")
+
+
+def _decisive(value: Any, key: str) -> Any:
+    """Return a fingerprint entry as far as it decides the rows (meta without paths)."""
+    if key == "meta" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in _WHERE_FROM}
+    return value
+
+
 #: a capture fingerprint's hashed entries, as a resume's refusal names them
 _FINGERPRINT_WORDS = {
     "code_sha256": "code_sha256: the model file's code or the preprocess hook",
@@ -708,7 +720,11 @@ class ZarrStore(ActivationStore):
         attrs = _read_root_attrs(p)
         before = attrs.get("capture") or {}
         want = json_safe(dict(fingerprint))
-        keys = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
+        keys = sorted(
+            k
+            for k in set(before) | set(want)
+            if _decisive(before.get(k), k) != _decisive(want.get(k), k)
+        )
         if keys:
             named = [_FINGERPRINT_WORDS.get(k, k) for k in keys]
             raise FactorlensError(

@@ -179,6 +179,12 @@ def test_resume_refuses_other_settings_and_a_complete_store(slow, tmp_path) -> N
         text=True,
     )
     assert res.returncode == 2 and "compression" in _one_error(res.stderr)
+    res = subprocess.run(  # the normalization decides the rows: not a path to ignore
+        [*_capture_args(slow, store, out), "--normalize", "0.5,0.2", "--resume"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "meta" in _one_error(res.stderr)
     fresh = slow["root"] / "fresh"
     res = subprocess.run(
         [*_capture_args(slow, fresh, slow["root"] / "o3"), "--resume"],
