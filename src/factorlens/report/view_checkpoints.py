@@ -38,7 +38,7 @@ def score_chart(traj: Trajectory, short: list[str], assets: Assets) -> dict | No
     joined = runs(run_keys(short))
     scores = [c.score if isinstance(c.score, float) else None for c in cps]
     acc = [c.accuracy for c in cps]
-    series = []
+    series: list[dict[str, Any]] = []
     if any(s is not None for s in scores):
         sd = [c.score_sd for c in cps]
         series.append(
@@ -63,14 +63,14 @@ def score_chart(traj: Trajectory, short: list[str], assets: Assets) -> dict | No
             charts.points(
                 short,
                 [{**s, "runs": joined}],
-                ylabel=s["name"],
+                ylabel=str(s["name"]),
                 width=520,
                 height=150 if last else 110,
                 links=links if last else None,
                 show_x=last,
             )
         )
-    title = " and ".join(s["name"] for s in series) + " of each checkpoint"
+    title = " and ".join(str(s["name"]) for s in series) + " of each checkpoint"
     chart = charts.stack(panels, title)
     return {"chart": assets.chart("trajectory_scores.svg", chart), "legend": charts.legend(series)}
 
