@@ -170,9 +170,13 @@ def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     number = r"(-?\d\.\d{3}|nan)"
     assert re.fullmatch(
         rf"spearman={number} kendall={number} pairs={number} single={number} "
-        rf"best_baseline=(rankme|ww_alpha|erank_mean):{number}",
+        rf"best_baseline=(rankme|ww_alpha|erank_mean):{number} single_worst={number} "
+        rf"anchor_single_worst=(avg_conf|neg_entropy|nuclear):{number} "
+        rf"consensus_mae_worst=\d\.\d{{3}} adversarial_ok=\d+/\d+ false_warnings=\d+/1",
         lines[-1],
     ), lines[-1]
+    assert any(line.startswith("mean absolute error") for line in lines)
+    assert any(line.startswith("adversarial sets") for line in lines)
     assert any(line.startswith("worst zoo") for line in lines)
     saved = json.loads(report.read_text())
     (result,) = saved["zoos"]
@@ -183,7 +187,20 @@ def test_bench_quality_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["retest"] is None and not any("labelled reference" in x for x in lines)
     for row in result["rows"]:
         assert {"consensus", "single", "rankme", "ww_alpha", "erank_mean"} <= set(row["scores"])
+        assert {"avg_conf", "neg_entropy", "nuclear", "agreement"} <= set(row["scores"])
         assert 0.0 <= row["scores"]["consensus"] <= 1.0
+    # every adversarial set of the rules, each with its verdict
+    assert set(result["sets"]) <= {
+        "copies",
+        "snapshots",
+        "best_worst",
+        "poor_only",
+        "pair",
+        "alone",
+    }
+    assert {"copies", "pair", "alone"} <= set(result["sets"])
+    for verdict in result["sets"].values():
+        assert verdict["ok"] == (verdict["best_first"] or bool(verdict["warnings"]))
     assert bench.pair_accuracy([0.1, 0.5, 0.51, 0.9], [1.0, 2.0, 1.5, 3.0]) == 1.0
     assert bench.pair_accuracy([0.1, 0.5, 0.9], [3.0, 2.0, 1.0]) == 0.0
     # correlations are taken against higher = better scores (WeightWatcher negated)

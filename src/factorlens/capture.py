@@ -986,7 +986,9 @@ def check_deterministic(
         return True
     if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)):
         return True
-    if first.shape == second.shape and torch.allclose(first, second, rtol=1e-4, atol=1e-6):
+    if first.shape == second.shape and torch.allclose(
+        first, second, rtol=1e-4, atol=1e-6, equal_nan=True
+    ):
         return True
     gap = float((first.float() - second.float()).abs().max()) if first.shape == second.shape else 0
     warn(
