@@ -145,16 +145,23 @@ capture(Wide(), images, "conv,fc", batch_size=32, store=sys.argv[3], progress=Fa
 """
 
 
-@pytest.mark.slow
-def test_a_capture_killed_midway_resumes_from_the_middle(slow) -> None:
+def _api_capture_killed_at(slow, rows: int) -> tuple[list, Path]:
+    """Run API_CAPTURE into ``acts`` and SIGKILL it once ``rows`` rows are recorded; return
+    its command line (without the store) and the store."""
     script = slow["root"] / "cap.py"
     script.write_text(API_CAPTURE)
     base = [sys.executable, script, slow["root"], slow["data"]]
     store = slow["root"] / "acts"
     proc = _start([*base, store])
-    _wait_until(lambda: _progress(store) >= 256, proc)
+    _wait_until(lambda: _progress(store) >= rows, proc)
     proc.kill()
     proc.wait(timeout=60)
+    return base, store
+
+
+@pytest.mark.slow
+def test_a_capture_killed_midway_resumes_from_the_middle(slow) -> None:
+    base, store = _api_capture_killed_at(slow, 256)
     start = _progress(store)
     assert 256 <= start < 640 and start % 32 == 0
     subprocess.run([*base, store, "--resume"], check=True)
@@ -238,14 +245,7 @@ def test_resume_accepts_a_copy_of_the_weights_and_a_relative_model_path(slow) ->
 
 @pytest.mark.parametrize("edit", ["mid-batch", "past the disk"])
 def test_resume_refuses_a_progress_file_the_store_does_not_back(slow, edit) -> None:
-    script = slow["root"] / "cap.py"
-    script.write_text(API_CAPTURE)
-    base = [sys.executable, script, slow["root"], slow["data"]]
-    store = slow["root"] / "acts"
-    proc = _start([*base, store])
-    _wait_until(lambda: _progress(store) >= 128, proc)
-    proc.kill()
-    proc.wait(timeout=60)
+    base, store = _api_capture_killed_at(slow, 128)
     doc = json.loads((store / PROGRESS_JSON).read_text())
     doc["rows"] = 13 if edit == "mid-batch" else doc["rows"] + 192
     (store / PROGRESS_JSON).write_text(json.dumps(doc))
