@@ -563,9 +563,9 @@ class ZarrStore(ActivationStore):
         group = zarr.open_group(str(p), mode="r", zarr_format=3)
         store = cls(p, group, chunk_rows=None, readonly=True)
         n = int(attrs.get("n_samples", 0))
-        # stores from before every chunk got a file (all-zero chunks had none) are not checked
-        checked = bool(attrs.get("every_chunk_written"))
-        for rec in attrs.get("blocks", []) if checked else []:
+        # completeness is read off the chunk files, never off an editable flag (a store from
+        # before every chunk got a file, all-zero ones included, is refused: capture it again)
+        for rec in attrs.get("blocks", []):
             _check_chunks(p, rec["name"], group, rec["array"])
         for rec in attrs.get("blocks", []):
             shape = tuple(int(s) for s in rec["shape"])
@@ -580,8 +580,7 @@ class ZarrStore(ActivationStore):
                 key=rec["array"],
             )
         if attrs.get("has_labels"):
-            if checked:
-                _check_chunks(p, "labels", group, "labels")
+            _check_chunks(p, "labels", group, "labels")
             store._labels = np.asarray(
                 _CheckedArray(group["labels"], "labels", p)[:], dtype=np.int64
             )

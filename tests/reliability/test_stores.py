@@ -36,6 +36,18 @@ def test_a_missing_chunk_file_names_the_block(tmp_path: Path) -> None:
         open_store(path)
 
 
+def test_completeness_is_read_off_the_chunk_files_not_an_editable_flag(tmp_path) -> None:
+    import json
+
+    path = _store(tmp_path)
+    doc = json.loads((path / "zarr.json").read_text())
+    doc["attributes"]["every_chunk_written"] = False  # hand-edited
+    (path / "zarr.json").write_text(json.dumps(doc))
+    _chunk_files(path, "b001")[1].unlink()
+    with pytest.raises(FactorlensError, match=r"block 'fc' is missing 1 of its 3 chunk files"):
+        open_store(path)
+
+
 def test_a_missing_labels_chunk_is_an_error(tmp_path: Path) -> None:
     path = _store(tmp_path)
     _chunk_files(path, "labels")[0].unlink()
