@@ -70,10 +70,49 @@ def _alive(owner: str) -> bool:
     return not started or _started(pid) in ("", started)
 
 
-def _staging_pid(name: str, prefix: str) -> int | None:
-    """Return the pid in a staging folder's name ``<prefix><pid>-<random>`` (None: none)."""
+def process_tag() -> str:
+    """Return this process as it appears in the names of its temporary folders.
+
+    ``<pid>.<start time>``: with the start time a reused pid does not keep a dead run's
+    folder alive.
+    """
+    return _owner().replace(" ", ".")
+
+
+def _tag_owner(name: str, prefix: str) -> str | None:
+    """Return the owner ``"<pid> [<start>]"`` in a name ``<prefix><pid>[.<start>]-<random>``."""
     head = name[len(prefix) :].split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+    pid, _, start = head.partition(".")
+    if not pid.isdigit() or (start and not start.isdigit()):
+        return None
+    return f"{pid} {start}".strip()
+
+
+def remove_stale(parent: Path, prefix: str) -> None:
+    """Remove the temporary folders ``parent/<prefix><tag>-*`` of processes that are gone.
+
+    A note on stderr says what was removed, and what is left over and why. A symbolic link
+    at such a name is removed itself, never what it points to.
+    """
+    for entry in parent.glob(f"{glob.escape(prefix)}*"):
+        owner = _tag_owner(entry.name, prefix)
+        if owner is None:
+            print(f"note: {entry} is left over from an interrupted run; remove it", file=sys.stderr)
+            continue
+        if _alive(owner):
+            continue
+        if entry.is_symlink():
+            entry.unlink()
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+        pid = owner.split()[0]
+        if entry.exists() or entry.is_symlink():
+            print(
+                f"note: could not remove {entry}, left by an interrupted run (pid {pid})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"note: removed {entry}, left by an interrupted run (pid {pid})", file=sys.stderr)
 
 
 def clean_stale(out: Path) -> None:
@@ -89,14 +128,7 @@ def clean_stale(out: Path) -> None:
     parent = out.parent
     if not parent.is_dir():
         return
-    prefix = f".{out.name}.staging-"
-    for entry in parent.glob(f"{glob.escape(prefix)}*"):
-        pid = _staging_pid(entry.name, prefix)
-        if pid is None:
-            print(f"note: {entry} is left over from an interrupted run; remove it", file=sys.stderr)
-        elif not _alive(str(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-            print(f"note: removed {entry}, left by an interrupted run (pid {pid})", file=sys.stderr)
+    remove_stale(parent, f".{out.name}.staging-")
     lock = _lock_path(out)
     _remove_if_dead(lock)
     for entry in parent.glob(f"{glob.escape(lock.name)}.*"):  # a lock's helper files
@@ -371,7 +403,7 @@ def publish(
     out = Path(os.path.abspath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{process_tag()}-", dir=out.parent))
     try:
         produce(stage)
         new = [f for f in _files_under(stage, names) if f != MANIFEST]

@@ -28,7 +28,14 @@ from factorlens.errors import FactorlensError, FactorlensRuntimeError, note
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
 from factorlens.options import CaptureOptions, EngineOptions
-from factorlens.output import check_not_nested, check_output_dir, clean_stale, publish, save_npz
+from factorlens.output import (
+    check_not_nested,
+    check_output_dir,
+    clean_stale,
+    process_tag,
+    publish,
+    save_npz,
+)
 from factorlens.rows import Levels, NpyRows, in_memory, rows_equal, write_npy
 
 if TYPE_CHECKING:
@@ -426,7 +433,7 @@ def capture_for_analysis(
     stage: Path | None = None  # where it is captured first, when it replaces one
     if target is not None and target.exists() and not resume:
         clean_stale(target)
-        stage = target.with_name(f".{target.name}.staging-{os.getpid()}-capture")
+        stage = target.with_name(f".{target.name}.staging-{process_tag()}-capture")
     where = target if stage is None else stage
     options: dict[str, Any] = {
         "batch_size": batch_size,

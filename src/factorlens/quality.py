@@ -72,6 +72,8 @@ SHIFT_FRACTION = 1 / 14
 NOISE_SD = 0.05
 #: bootstrap resamples of the inputs for the score's spread
 N_BOOTSTRAP = 200
+#: the start of the temporary folders in ``--scratch`` (then ``<pid>.<start time>-``)
+SCRATCH_PREFIX = ".factorlens-scratch-"
 #: the name under which assess() captures the model's own output
 OUTPUT_BLOCK = "model output"
 
@@ -336,9 +338,12 @@ def scratch_store(scratch: str | os.PathLike[str] | None) -> Iterator[Path | Non
     if scratch is None:
         yield None
         return
+    from factorlens.output import process_tag, remove_stale
+
     if not Path(scratch).is_dir():
         raise FactorlensError(f"scratch folder {scratch} does not exist; create it first")
-    folder = Path(tempfile.mkdtemp(prefix=".factorlens-scratch-", dir=scratch))
+    remove_stale(Path(scratch), SCRATCH_PREFIX)  # a killed run's capture, never removed
+    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{process_tag()}-", dir=scratch))
     try:
         yield folder / "store"
     finally:

@@ -122,6 +122,32 @@ def test_stale_staging_of_a_dead_process_is_removed_with_a_note(cli, project) ->
     assert legacy.is_dir() and f"{legacy} is left over" in res.err
 
 
+def test_stale_staging_of_a_reused_live_pid_and_a_planted_link(cli, project) -> None:
+    out = project["root"] / "out"
+    reused = project["root"] / f".out.staging-{os.getppid()}.1-x1y2"  # a live pid, another start
+    reused.mkdir()
+    victim = project["root"] / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    planted = project["root"] / f".out.staging-{_dead_pid()}-link"
+    planted.symlink_to(victim, target_is_directory=True)
+    res = cli.ok(analyze_args(project, out))
+    assert not reused.exists() and f"removed {reused}" in res.err
+    assert not planted.is_symlink() and (victim / "keep.txt").read_text() == "keep"
+    assert f"removed {planted}" in res.err
+
+
+def test_a_killed_runs_scratch_folder_is_removed_by_the_next(tmp_path, capsys) -> None:
+    from factorlens.quality import SCRATCH_PREFIX, scratch_store
+
+    left = tmp_path / f"{SCRATCH_PREFIX}{_dead_pid()}.5-abcd"
+    (left / "store").mkdir(parents=True)
+    with scratch_store(tmp_path) as store:
+        assert store is not None and store.parent.name.startswith(SCRATCH_PREFIX)
+    assert not left.exists() and "removed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_dangling_symlink_out_says_so(cli, project) -> None:
     out = project["root"] / "out"
     out.symlink_to(project["root"] / "gone")
