@@ -456,6 +456,7 @@ class ZarrStore(ActivationStore):
         self._written: dict[str, int] = {}
         self._created_dir = False
         self._marks: list[tuple[int, dict[str, int]]] = []
+        self._fsynced: dict[str, int] = {}  # chunks of each block known to be on disk
         self._resume_row = 0
         self._synced = time.monotonic()
         self._compression = "none"
@@ -682,7 +683,21 @@ class ZarrStore(ActivationStore):
         row, at = ready[-1]
         self._marks = [m for m in self._marks if m[0] > row]
         self._resume_row = row
+        self._sync_chunks(row)  # on disk before the progress file names them
         atomic_write_text(self.path / PROGRESS_JSON, json.dumps({"rows": row, "nonfinite": at}))
+
+    def _sync_chunks(self, row: int) -> None:
+        """Flush to disk the chunk files that hold rows ``[0, row)`` not flushed yet."""
+        for spec in self._specs.values():
+            step = int(spec.chunk_rows or 0)
+            if step <= 0:
+                continue
+            done = self._fsynced.get(spec.name, 0)
+            for i in range(done, -(-row // step)):
+                for chunk in (self.path / spec.key / "c" / str(i)).rglob("*"):
+                    if chunk.is_file():
+                        _fsync(chunk)
+            self._fsynced[spec.name] = row // step  # a partial last chunk is synced again
 
     @classmethod
     def resume(
@@ -948,6 +963,15 @@ def _check_chunks(path: Path, name: str, group: Any, key: str) -> None:
             f"store {path} is damaged: block {name!r} is missing {want - have} of its {want} "
             "chunk files; capture it again (`overwrite=True`)"
         )
+
+
+def _fsync(path: Path) -> None:
+    """Flush one file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _CheckedArray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,29 @@ def test_resuming_a_capture_stopped_after_its_last_batch(tmp_path, monkeypatch) 
     assert resumed.meta["layers"] == whole.meta["layers"] == ["1", "2"]
     for name in whole.names:
         np.testing.assert_array_equal(resumed.block(name)[:], whole.block(name)[:])
+
+
+def test_chunks_are_flushed_to_disk_before_the_progress_file_names_them(tmp_path, monkeypatch):
+    import os
+
+    import factorlens.store as store_module
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", record)
+    monkeypatch.setattr(ZarrStore, "sync_seconds", 0.0)
+    store = ZarrStore.create(tmp_path / "acts", chunk_rows=4)
+    store.create_block("fc", (2,), "layer", "Linear", n_samples=12)
+    store.append("fc", np.ones((8, 2)))
+    synced.clear()
+    store.mark_batch(8, {})
+    progress = json.loads((tmp_path / "acts" / PROGRESS_JSON).read_text())
+    assert progress["rows"] == 8
+    chunks = sorted(str(p) for p in (tmp_path / "acts").rglob("c/*/*") if p.is_file())
+    assert chunks and set(chunks) <= set(synced)  # both chunks of rows 0-7, before the file
+    assert synced.index(chunks[-1]) < len(synced) - 1  # the progress file's own sync comes last
