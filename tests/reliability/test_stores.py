@@ -38,7 +38,6 @@ def test_a_missing_chunk_file_names_the_block(tmp_path: Path) -> None:
 
 
 def test_completeness_is_read_off_the_chunk_files_not_an_editable_flag(tmp_path) -> None:
-
     path = _store(tmp_path)
     doc = json.loads((path / "zarr.json").read_text())
     doc["attributes"]["every_chunk_written"] = False  # hand-edited
