@@ -12,6 +12,7 @@ gives one block per call, in the order the calls happen: ``layer1.0.relu`` for t
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import os
@@ -623,11 +624,28 @@ def capture(
         finish_store(the_store, model, labels, {**data_meta, **dict(meta or {})}, settings, counts)
     except (KeyboardInterrupt, SystemExit):
         raise  # interrupted: what is on disk stays, to be resumed
+    except OSError as exc:
+        if exc.errno in _NO_SPACE and isinstance(the_store, ZarrStore):
+            raise StoreDiskFull(  # kept: it resumes once there is room
+                f"the disk holding the store {the_store.path} is full ({exc.strerror}); free "
+                "some space and rerun the same capture with `resume=True` to continue it"
+            ) from exc
+        if created and isinstance(the_store, ZarrStore):
+            the_store.discard()
+        raise
     except BaseException:
         if created and isinstance(the_store, ZarrStore):
             the_store.discard()
         raise
     return the_store
+
+
+#: errnos of a full disk or quota: a store that meets them is kept, to be resumed
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+class StoreDiskFull(FactorlensRuntimeError):
+    """The disk filled up during a capture into a store, which is kept to be resumed."""
 
 
 def finish_store(

@@ -412,7 +412,7 @@ def capture_for_analysis(
     that way. ``sharded`` runs a capture into ``store`` on the workers of the current Dask
     client (:func:`factorlens.sharded.capture_sharded`; not resumable).
     """
-    from factorlens.capture import capture
+    from factorlens.capture import StoreDiskFull, capture
     from factorlens.sketched import capture_sketched
     from factorlens.store import open_store
 
@@ -477,9 +477,14 @@ def capture_for_analysis(
                 "continue it"
             )
         raise
-    except BaseException:
+    except BaseException as exc:
         if stage is not None and stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(exc, StoreDiskFull):  # nothing to resume: the old one stays
+                raise FactorlensRuntimeError(
+                    f"the disk filled up while a new store replaced {target}, which is kept as "
+                    "it was; free some space and rerun"
+                ) from exc
         raise
     if stage is not None:
         assert target is not None  # a stage is made only to replace a target

@@ -179,3 +179,33 @@ def test_chunks_are_flushed_to_disk_before_the_progress_file_names_them(tmp_path
     chunks = sorted(str(p) for p in (tmp_path / "acts").rglob("c/*/*") if p.is_file())
     assert chunks and set(chunks) <= set(synced)  # both chunks of rows 0-7, before the file
     assert synced.index(chunks[-1]) < len(synced) - 1  # the progress file's own sync comes last
+
+
+def test_a_capture_that_fills_the_disk_keeps_its_store_to_resume(tmp_path, monkeypatch) -> None:
+    import errno
+
+    import torch
+
+    from factorlens.capture import StoreDiskFull, capture
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU())
+    images = np.random.default_rng(0).random((12, 1, 2, 2)).astype(np.float32)
+    whole = capture(model, images, store=tmp_path / "whole", batch_size=4, progress=False)
+    monkeypatch.setattr(ZarrStore, "sync_seconds", 0.0)
+    real_mark = ZarrStore.mark_batch
+
+    def full_after_two(self, stop, counts):
+        if stop > 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_mark(self, stop, counts)
+
+    monkeypatch.setattr(ZarrStore, "mark_batch", full_after_two)
+    with pytest.raises(StoreDiskFull, match="free some space and rerun the same capture"):
+        capture(model, images, store=tmp_path / "acts", batch_size=4, progress=False)
+    assert (tmp_path / "acts").is_dir()  # kept, not deleted
+    monkeypatch.setattr(ZarrStore, "mark_batch", real_mark)
+    resumed = capture(
+        model, images, store=tmp_path / "acts", batch_size=4, progress=False, resume=True
+    )
+    for name in whole.names:
+        np.testing.assert_array_equal(resumed.block(name)[:], whole.block(name)[:])
