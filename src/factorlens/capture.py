@@ -624,17 +624,15 @@ def capture(
         finish_store(the_store, model, labels, {**data_meta, **dict(meta or {})}, settings, counts)
     except (KeyboardInterrupt, SystemExit):
         raise  # interrupted: what is on disk stays, to be resumed
-    except OSError as exc:
-        if exc.errno in _NO_SPACE and isinstance(the_store, ZarrStore):
+    except BaseException as exc:
+        if not isinstance(the_store, ZarrStore):
+            raise
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
             raise StoreDiskFull(  # kept: it resumes once there is room
                 f"the disk holding the store {the_store.path} is full ({exc.strerror}); free "
                 "some space and rerun the same capture with `resume=True` to continue it"
             ) from exc
-        if created and isinstance(the_store, ZarrStore):
-            the_store.discard()
-        raise
-    except BaseException:
-        if created and isinstance(the_store, ZarrStore):
+        if created:
             the_store.discard()
         raise
     return the_store

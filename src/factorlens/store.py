@@ -694,7 +694,7 @@ class ZarrStore(ActivationStore):
                 continue
             done = self._fsynced.get(spec.name, 0)
             for i in range(done, -(-row // step)):
-                for chunk in (self.path / spec.key / "c" / str(i)).rglob("*"):
+                for chunk in _chunk_dir(self.path, spec.key, i).rglob("*"):
                     if chunk.is_file():
                         _fsync(chunk)
             self._fsynced[spec.name] = row // step  # a partial last chunk is synced again
@@ -920,6 +920,11 @@ def store_state(path: Path) -> str | None:
     return "complete" if attrs.get("complete") is True else "incomplete"
 
 
+def _chunk_dir(path: Path, key: str, i: int) -> Path:
+    """Where zarr v3 keeps the files of row chunk ``i`` of array ``key`` (``key/c/i/…``)."""
+    return path / str(key) / "c" / str(i)
+
+
 def _check_progress(
     path: Path, attrs: Mapping[str, Any], capture: Mapping[str, Any], rows: int
 ) -> None:
@@ -937,7 +942,7 @@ def _check_progress(
     for rec in attrs.get("blocks", []) if not bad else []:
         step = int(rec.get("chunk_rows") or 0)
         if step > 0 and any(
-            not (path / str(rec["array"]) / "c" / str(i)).exists() for i in range(rows // step)
+            not _chunk_dir(path, rec["array"], i).exists() for i in range(rows // step)
         ):
             bad = True
             break
