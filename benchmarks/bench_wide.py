@@ -15,7 +15,13 @@ procedural ``shapes`` test images (3×32×32) upsampled bilinearly to 224 px.
   round-off, checked in ``tests/test_fit_paths.py``); the plain per-block ALS on the full
   blocks took 15 s an iteration here, hours for a fit. ``fms_vs_full`` is the factor match
   score over ``A`` and every block's factors; ``loss_ratio`` the data loss of the analysis'
-  factors over that of the uncompressed fit, both measured on the full blocks.
+  factors over that of the uncompressed fit, both measured on the full blocks; ``model_diff``
+  ``Σ‖X̂ − X̂_full‖² / Σ‖X̂_full‖²``, how far apart the fitted models ``A Kᵀ`` are, and
+  ``span_cos`` the least cosine between the spans of the two ``A``. A second uncompressed
+  fit (seed 1, also cached) is compared the same way: the coupled fit of 40 matrix blocks is
+  pinned against rotations only by the input's CP block, so equally good fits can have other
+  factors (a low FMS) and the same model and span; its line says how much agreement there is
+  to have.
 * ``resnet18-whole`` at 256 inputs with ``--memory 6G``: the default path when the
   activations fit the budget (held whole, one pass), for its time and memory.
 * ``resnet50`` (105 layers, 20.9 M floats per input) and ``vit_small`` (ViT-S/16: 38 layers)
@@ -25,7 +31,8 @@ One line per model:
 ``model=… samples=… blocks=… activations_gb=… forward_s=… analyze_s=… ratio=… peak_rss_gb=…
 fms_vs_full=… loss_ratio=…`` (and, where layers were sketched, ``sketch_k``, the least and
 the median captured energy); the last line ``wide_ratio=<worst ratio> wide_peak_rss_gb=<worst
-peak> wide_fms=<resnet18 FMS vs uncompressed>``, the worst over the default ``--memory``. Run on a quiet box: ``.venv/bin/python
+peak> wide_fms=<resnet18 FMS vs uncompressed> wide_model_diff=<its model_diff> seed_fms=<FMS
+between the two uncompressed fits>``, the worst over the default ``--memory``. Run on a quiet box: ``.venv/bin/python
 benchmarks/bench_wide.py [--models resnet18,resnet50,vit_small] [--no-reference]``.
 """
 
@@ -110,8 +117,8 @@ def run_model(name: str, data_path: Path, out_json: Path, result_dir: Path) -> N
     out_json.write_text(json.dumps(figures, default=float))
 
 
-def run_reference(data_path: Path, target: Path) -> None:
-    """Child: the uncompressed fit of resnet18 on 256 inputs (every block captured whole)."""
+def run_reference(data_path: Path, target: Path, seed: int = 0) -> None:
+    """Child: the uncompressed fit of resnet18 on 256 inputs (every block whole), seed ``seed``."""
     from factorlens.data import load_data
     from factorlens.pipeline import factorize_store
     from factorlens.research import torchvision_layout as tvl
@@ -121,7 +128,7 @@ def run_reference(data_path: Path, target: Path) -> None:
     store = capture_sketched(tvl.resnet18().eval(), data, sketch=0, batch_size=BATCH,
                              progress=False)  # fmt: skip
     t0 = time.perf_counter()
-    result = factorize_store(store, RANK, progress=True)
+    result = factorize_store(store, RANK, progress=True, random_state=seed)
     result.options["reference_seconds"] = time.perf_counter() - t0
     result.save(target)
 
@@ -139,14 +146,34 @@ def run_compare(data_path: Path, reference: Path, others: list[Path], out_json: 
                              progress=False)  # fmt: skip
     blocks = CMTF(RANK).prepare(store)
 
+    def loadings(res: CMTFResult, b) -> np.ndarray:
+        """The block's scaled loadings ``K``: its fitted model is ``A Kᵀ``."""
+        K = khatri_rao([np.asarray(f, dtype=np.float64) for f in res.factors[b.name]])
+        return K * (res.weights[b.name] * math.sqrt(b.norm_sq))
+
     def data_loss(res: CMTFResult) -> float:
         total, AtA = 0.0, res.A.T @ res.A
         for b in blocks:
-            K = khatri_rao([np.asarray(f, dtype=np.float64) for f in res.factors[b.name]])
-            K = K * (res.weights[b.name] * math.sqrt(b.norm_sq))
+            K = loadings(res, b)
             T = b.right(res.A)
             total += b.norm_sq - 2 * float(np.sum(T * K)) + float(np.sum(AtA * (K.T @ K)))
         return total
+
+    def model_diff(one: CMTFResult, two: CMTFResult) -> float:
+        """``Σ‖X̂₁ − X̂₂‖² / Σ‖X̂₁‖²`` over the blocks: how far apart the fitted models are."""
+        num = den = 0.0
+        for b in blocks:
+            k1, k2 = loadings(one, b), loadings(two, b)
+            m11 = float(np.sum((one.A.T @ one.A) * (k1.T @ k1)))
+            m22 = float(np.sum((two.A.T @ two.A) * (k2.T @ k2)))
+            num += m11 + m22 - 2 * float(np.sum((one.A.T @ two.A) * (k1.T @ k2)))
+            den += m11
+        return num / den
+
+    def span_cos(one: np.ndarray, two: np.ndarray) -> float:
+        """The least cosine of the principal angles between the spans of two ``A``."""
+        q1, q2 = np.linalg.qr(one)[0], np.linalg.qr(two)[0]
+        return float(np.linalg.svd(q1.T @ q2, compute_uv=False).min())
 
     def modes(res: CMTFResult) -> list[np.ndarray]:
         return [res.A] + [np.asarray(f) for n in res.block_names for f in res.factors[n]]
@@ -159,6 +186,8 @@ def run_compare(data_path: Path, reference: Path, others: list[Path], out_json: 
         figures[path.name] = {
             "fms_vs_full": float(factor_match_score(modes(ref), modes(res))),
             "loss_ratio": data_loss(res) / ref_loss,
+            "model_diff": model_diff(ref, res),
+            "span_cos": span_cos(ref.A, res.A),
         }
     out_json.write_text(json.dumps(figures))
 
@@ -181,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "model":
             run_model(rest[0], Path(rest[1]), Path(rest[2]), Path(rest[3]))
         elif kind == "reference":
-            run_reference(Path(rest[0]), Path(rest[1]))
+            run_reference(Path(rest[0]), Path(rest[1]), int(rest[2]))
         else:
             run_compare(Path(rest[0]), Path(rest[1]), [Path(p) for p in rest[3:]], Path(rest[2]))
         return 0
@@ -200,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     r18 = [m for m in names if m == "resnet18"]
     if r18 and not args.no_reference:
         data = args.cache / "shapes224-256.npz"
-        reference = args.cache / "resnet18-uncompressed"
-        if not (reference / "factors.npz").is_file():
-            child("--child", "reference", str(data), str(reference))
+        # two uncompressed fits, seeds 0 and 1: how far apart two equally good fits are
+        reference, other_seed = (args.cache / f"resnet18-uncompressed{s}" for s in ("", "-seed1"))
+        for seed, path in enumerate((reference, other_seed)):
+            if not (path / "factors.npz").is_file():
+                child("--child", "reference", str(data), str(path), str(seed))
         out = args.cache / "compare.json"
-        child("--child", "compare", str(data), str(reference), str(out),
+        child("--child", "compare", str(data), str(reference), str(out), str(other_seed),
               *[str(args.cache / f"{m}-result") for m in r18])  # fmt: skip
         compare = json.loads(out.read_text())
     for name in names:
@@ -217,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             f"activations_gb={f['activations_gb']:.1f} forward_s={f['forward_s']:.1f} "
             f"analyze_s={f['analyze_s']:.1f} ratio={ratio:.2f} "
             f"peak_rss_gb={f['peak_rss_gb']:.2f} "
-            f"fms_vs_full={c['fms_vs_full']:.4f} loss_ratio={c['loss_ratio']:.4f}"
+            f"fms_vs_full={c['fms_vs_full']:.4f} loss_ratio={c['loss_ratio']:.4f} "
+            f"model_diff={c['model_diff']:.2e} span_cos={c['span_cos']:.4f}"
             if c
             else f"model={name} samples={MODELS[name][1]} blocks={f['blocks']} "
             f"activations_gb={f['activations_gb']:.1f} forward_s={f['forward_s']:.1f} "
@@ -236,8 +268,19 @@ def main(argv: list[str] | None = None) -> int:
     default = [m for m in names if m != "resnet18-whole"]
     worst_ratio = max(figures[m]["ratio"] for m in default)
     worst_rss = max(figures[m]["peak_rss_gb"] for m in default)
-    fms = compare.get("resnet18-result", {}).get("fms_vs_full", math.nan)
-    print(f"wide_ratio={worst_ratio:.2f} wide_peak_rss_gb={worst_rss:.2f} wide_fms={fms:.4f}")
+    r18, seeds = compare.get("resnet18-result", {}), compare.get("resnet18-uncompressed-seed1", {})
+    if seeds:  # the same measures between the two uncompressed fits: what agreement can be
+        print(
+            f"model=resnet18-uncompressed-seed1 fms_vs_full={seeds['fms_vs_full']:.4f} "
+            f"loss_ratio={seeds['loss_ratio']:.4f} model_diff={seeds['model_diff']:.2e} "
+            f"span_cos={seeds['span_cos']:.4f}"
+        )
+    print(
+        f"wide_ratio={worst_ratio:.2f} wide_peak_rss_gb={worst_rss:.2f} "
+        f"wide_fms={r18.get('fms_vs_full', math.nan):.4f} "
+        f"wide_model_diff={r18.get('model_diff', math.nan):.2e} "
+        f"seed_fms={seeds.get('fms_vs_full', math.nan):.4f}"
+    )
     return 0
 
 

@@ -99,6 +99,26 @@ def test_a_truncated_sketch_states_each_layers_captured_energy(tmp_path) -> None
     assert "captured" in (out / "index.html").read_text()
 
 
+def test_8_bit_inputs_stay_levels_through_a_sketched_store_and_fit_alike(tmp_path) -> None:
+    from factorlens.data import ImageData
+    from factorlens.pipeline import analyze
+    from factorlens.rows import Levels
+
+    levels = (_images(48) * 255).round().astype(np.uint8)
+    as_float = levels.astype(np.float32) / np.float32(255.0)
+    store = capture_sketched(_net(), Levels(levels), sketch=64, memory_budget=1, progress=False)
+    held = store.block("input")  # not the float32 array (4x the memory) on every call
+    assert isinstance(held, Levels) and held.shape == (48, 3, 12, 12)
+    data = ImageData(Levels(levels), None, None, "levels")
+    res = analyze(_net(), data, out=tmp_path / "a", rank=3, sketch=64, memory_budget=1,
+                  progress=False)  # fmt: skip
+    ref = analyze(_net(), as_float, out=tmp_path / "b", rank=3, sketch=64, memory_budget=1,
+                  progress=False)  # fmt: skip
+    assert np.load(tmp_path / "a" / "inputs.npz")["images_uint8"].shape == (48, 3, 12, 12)
+    assert _fms(res, ref) >= 0.999
+    assert res.loss == pytest.approx(ref.loss, rel=1e-4)
+
+
 def test_auto_holds_every_layer_whole_when_the_activations_fit() -> None:
     store = capture_sketched(_net(), _images(20), progress=False)
     assert not isinstance(store, SketchedStore)

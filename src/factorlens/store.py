@@ -386,9 +386,17 @@ class MemoryStore(ActivationStore):
         else:
             self._parts[spec.name].append(arr)  # append() copied it or was handed it
 
-    def block(self, name: str) -> np.ndarray:
-        """Return the block as a float32 ndarray ``(N, ...)`` (read-only once closed)."""
+    def block(self, name: str) -> Any:
+        """Return the block as a float32 ndarray ``(N, ...)`` (read-only once closed).
+
+        8-bit images held as :class:`~factorlens.rows.Levels` are returned as levels (read by
+        rows where they are used): slicing them would make the whole float32 array, 1.2 GB
+        for 2,000 colour images at 224 px, on every call.
+        """
         spec = self._spec(name)
+        held: Any = self._arrays.get(name)
+        if getattr(held, "lazy", False):
+            return held if len(held) == spec.n_rows else held[np.arange(spec.n_rows)]
         if spec.expected is not None:
             arr = self._arrays[name][: spec.n_rows]
         else:
