@@ -378,6 +378,33 @@ def test_bad_penalty_is_refused(bad) -> None:
         cmtf(blocks, 2, l1_penalty=bad)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"tol": 2}, "`tol` must be a number from 0"),
+        ({"tol": -1e-9}, "`tol` must be"),
+        ({"tol": float("nan")}, "`tol` must be"),
+        ({"n_iter_max": -1}, "`n_iter_max` must be an integer >= 1"),
+        ({"n_iter_max": 2.5}, "`n_iter_max` must be"),
+        ({"n_init": 0}, "`n_init` must be"),
+        ({"inner_sweeps": True}, "`inner_sweeps` must be"),
+        ({"weighting": "equal"}, "`weighting` must be 'unit', 'none' or a mapping"),
+        ({"weighting": {"input": -1.0}}, "finite weight > 0"),
+        ({"random_state": -3}, "`random_state` must be None, an integer >= 0"),
+        ({"memory_budget": -1}, "`memory_budget` must be"),
+        ({"backend": "jax"}, "`backend` must be"),
+        ({"device": "gpu"}, "unknown device 'gpu'"),
+    ],
+)
+def test_settings_out_of_range_are_refused_through_the_api_too(setting, message) -> None:
+    blocks, _ = planted_blocks(N=40)
+    with pytest.raises(FactorlensError, match=message):
+        CMTF(2, **setting).fit(blocks)
+    model = CMTF(2, n_init=1).set_params(**setting)  # checked in fit, as scikit-learn does
+    with pytest.raises(FactorlensError, match=message):
+        model.fit_blocks(CMTF(2).prepare(blocks))
+
+
 def test_presence_and_its_floor_survive_save_and_load(tmp_path) -> None:
     from factorlens.testing import acar_blocks
 

@@ -221,7 +221,8 @@ class CMTF:
     n_iter_max : int
         Iteration cap (TensorLy's name).
     tol : float
-        Relative loss change at which the fit stops.
+        Relative loss change at which the fit stops, in ``[0, 1)``; 0 runs every one of
+        ``n_iter_max`` iterations.
     inner_sweeps : int
         Coordinate sweeps per block update when an exact solve does not apply.
     refit : str
@@ -242,7 +243,7 @@ class CMTF:
         torch on any other device.
     memory_budget : int
         Blocks up to this many bytes are read into memory once; larger on-disk blocks are
-        streamed chunk by chunk on every pass.
+        streamed chunk by chunk on every pass (0: every on-disk block is streamed).
     verbose : bool
         Show a progress bar for every run of iterations (plain lines when stderr is not a
         terminal).
@@ -396,6 +397,7 @@ class CMTF:
         of its coordinates; the fit's loadings stay in its basis until :meth:`fit` maps them
         back (:func:`~factorlens.factorize.reduced.expand_result`).
         """
+        self._check_params()
         names, arrays = _as_named_arrays(blocks)
         self._validate(names, arrays)
         data = [
@@ -418,6 +420,7 @@ class CMTF:
 
     def fit_blocks(self, data: list[Block]) -> CMTF:
         """Fit to blocks returned by :meth:`prepare` (same weighting and centring)."""
+        self._check_params()
         names = [b.name for b in data]
         self._validate_rank(data[0].n_rows, sum(b.width for b in data))
         if self._compressing(data):
@@ -552,6 +555,61 @@ class CMTF:
                 f"got {self.init.shape}"
             )
 
+    def _check_params(self) -> None:
+        """One-line errors for settings out of range, as the CLI refuses its flags.
+
+        Run by :meth:`prepare` and :meth:`fit_blocks`, so a setting changed with
+        :meth:`set_params` is checked too (scikit-learn checks in ``fit``).
+        """
+        for name in ("n_init", "screen_iter", "n_iter_max", "inner_sweeps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise FactorlensError(f"`{name}` must be an integer >= 1, got {value!r}")
+        tol = self.tol
+        if (
+            isinstance(tol, bool)
+            or not isinstance(tol, int | float | np.floating)
+            or not (0 <= tol < 1)
+        ):
+            raise FactorlensError(
+                f"`tol` must be a number from 0 (every iteration) to below 1 (e.g. 1e-7), "
+                f"got {tol!r}"
+            )
+        if isinstance(self.weighting, str):
+            if self.weighting not in ("unit", "none"):
+                raise FactorlensError(
+                    f"`weighting` must be 'unit', 'none' or a mapping block name → weight, "
+                    f"got {self.weighting!r}"
+                )
+        elif not isinstance(self.weighting, Mapping) or not all(
+            isinstance(w, int | float) and math.isfinite(w) and w > 0
+            for w in self.weighting.values()
+        ):
+            raise FactorlensError(
+                "`weighting` must be 'unit', 'none' or a mapping block name → finite weight > 0, "
+                f"got {self.weighting!r}"
+            )
+        seed = self.random_state
+        if not (
+            seed is None
+            or isinstance(seed, np.random.Generator)
+            or (isinstance(seed, int | np.integer) and not isinstance(seed, bool) and seed >= 0)
+        ):
+            raise FactorlensError(
+                f"`random_state` must be None, an integer >= 0 or a numpy Generator, got {seed!r}"
+            )
+        budget = self.memory_budget
+        if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 0:
+            raise FactorlensError(f"`memory_budget` must be a number of bytes >= 0, got {budget!r}")
+        if self.backend not in (None, "numpy", "torch", "dask"):
+            raise FactorlensError(
+                f"`backend` must be None, 'numpy', 'torch' or 'dask', got {self.backend!r}"
+            )
+        if str(self.device) != "cpu":
+            from factorlens.modelio import resolve_device  # torch, only for another device
+
+            resolve_device(str(self.device))  # "gpu", or cuda where there is none: one line
+
     def _validate(self, names: list[str], arrays: list[Any]) -> None:
         n = check_blocks(names, [tuple(a.shape) for a in arrays])
         self._validate_rank(n, sum(int(np.prod(a.shape[1:])) for a in arrays))
@@ -593,8 +651,6 @@ class CMTF:
             raise FactorlensError(
                 f"refit must be 'guarded', 'always' or 'never', got {self.refit!r}"
             )
-        if self.n_init < 1:
-            raise FactorlensError(f"n_init must be >= 1, got {self.n_init}")
 
     def _block_models(self, names: list[str], shapes: list[tuple[int, ...]]) -> list[str]:
         if self.tensor_blocks is not None:
