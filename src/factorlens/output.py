@@ -58,8 +58,8 @@ def _owner() -> str:
 def _alive(owner: str) -> bool:
     """Whether the process ``"<pid> [<start time>]"`` still runs (on this machine)."""
     pid_text, _, started = owner.partition(" ")
-    pid = int(pid_text) if pid_text.isdigit() else 0
-    if pid <= 0:
+    pid = int(pid_text) if pid_text.isascii() and pid_text.isdigit() else 0
+    if not 0 < pid < 2**31:  # no process has it (a damaged lock's number)
         return False
     try:
         os.kill(pid, 0)
@@ -83,7 +83,9 @@ def _tag_owner(name: str, prefix: str) -> str | None:
     """Return the owner ``"<pid> [<start>]"`` in a name ``<prefix><pid>[.<start>]-<random>``."""
     head = name[len(prefix) :].split("-", 1)[0]
     pid, _, start = head.partition(".")
-    if not pid.isdigit() or (start and not start.isdigit()):
+    if not (pid.isascii() and pid.isdigit()) or (
+        start and not (start.isascii() and start.isdigit())
+    ):
         return None
     return f"{pid} {start}".strip()
 
@@ -296,7 +298,7 @@ def _busy(out: Path, lock: Path, owner: str) -> str:
 def _lock_owner(lock: Path) -> str:
     try:
         return lock.read_text().strip()
-    except OSError:
+    except (OSError, ValueError):  # gone, or not text (a damaged lock: refused, never removed)
         return ""
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from factorlens.capture import _run_capture, capture, finish_store, select_layers
-from factorlens.errors import FactorlensError
+from factorlens.errors import FactorlensError, FactorlensRuntimeError
 from factorlens.options import CaptureOptions
 from factorlens.store import ZarrStore, default_chunk_rows
 
@@ -132,6 +132,10 @@ def _capture_shard(
         )
         store.flush()
         return counts
+    except FactorlensRuntimeError:
+        if abandoned.exists():  # given up by the client: stop quietly (a raise is logged)
+            return {}
+        raise
     finally:
         torch.set_num_threads(threads)
 

@@ -35,6 +35,7 @@ An interrupted capture can be continued with :meth:`ZarrStore.resume`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -466,6 +467,7 @@ class ZarrStore(ActivationStore):
         self._marks: list[tuple[int, dict[str, int]]] = []
         self._fsynced: dict[str, int] = {}  # chunks of each block known to be on disk
         self._resume_row = 0
+        self._capture: dict[str, Any] = {}  # the capture's settings, which a progress file names
         self._synced = time.monotonic()
         self._compression = "none"
         self._chunk_multiple = 1
@@ -542,6 +544,7 @@ class ZarrStore(ActivationStore):
             p, group, chunk_rows=None if chunk_rows is None else int(chunk_rows), readonly=False
         )
         store._created_dir = not existed
+        store._capture = json_safe(dict(fingerprint or {}))
         store._compression = compression
         store._chunk_multiple = max(1, int(chunk_multiple))
         return store
@@ -692,7 +695,7 @@ class ZarrStore(ActivationStore):
         self._marks = [m for m in self._marks if m[0] > row]
         self._resume_row = row
         self._sync_chunks(row)  # on disk before the progress file names them
-        atomic_write_text(self.path / PROGRESS_JSON, json.dumps({"rows": row, "nonfinite": at}))
+        atomic_write_text(self.path / PROGRESS_JSON, _progress_text(row, at, self._capture))
 
     def _sync_chunks(self, row: int) -> None:
         """Flush to disk the chunk files that hold rows ``[0, row)`` not flushed yet."""
@@ -754,20 +757,13 @@ class ZarrStore(ActivationStore):
                 f"{', '.join(named)}); resume with the same model, weights, data and options, "
                 "or pass `overwrite=True` to start again"
             )
-        try:
-            progress = json.loads((p / PROGRESS_JSON).read_text())
-            rows, counts = int(progress["rows"]), dict(progress["nonfinite"])
-        except FileNotFoundError:
-            rows, counts = 0, {}
-        except (OSError, ValueError, KeyError, TypeError):
-            raise FactorlensRuntimeError(
-                f"{p / PROGRESS_JSON} is damaged; pass `overwrite=True` to start the capture again"
-            ) from None
+        rows, counts = _read_progress(p, before)
         _check_progress(p, attrs, want, rows)
         for debris in p.rglob("*.partial"):  # zarr's temporary file of a chunk being written
             debris.unlink()
         store = cls._writable(p, attrs, rows)
         store._resume_row = rows
+        store._capture = before
         return store, rows, counts
 
     @classmethod
@@ -933,6 +929,53 @@ def _chunk_dir(path: Path, key: str, i: int) -> Path:
     return path / str(key) / "c" / str(i)
 
 
+def _progress_check(rows: Any, counts: Any, capture: Any) -> str:
+    """Return the digest a progress file carries of its rows, counts and capture settings."""
+    text = json.dumps([rows, counts, capture], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _progress_text(rows: int, counts: Mapping[str, int], capture: Mapping[str, Any]) -> str:
+    """Return the text of ``capture-progress.json``: the resume point and its digest.
+
+    The digest binds the rows and counts to the capture's settings, so a hand-edited or
+    copied-in progress file is refused.
+    """
+    counts = {str(k): int(v) for k, v in counts.items()}
+    check = _progress_check(int(rows), counts, capture)
+    return json.dumps({"rows": int(rows), "nonfinite": counts, "check": check})
+
+
+def _read_progress(path: Path, capture: Mapping[str, Any]) -> tuple[int, dict[str, int]]:
+    """Return ``(rows, non-finite counts)`` of the progress file at ``path`` (none: ``0, {}``).
+
+    Refuses one that does not parse, holds other types, or whose digest does not match its
+    content and this capture's settings (edited by hand, or copied from another store).
+    """
+    file = path / PROGRESS_JSON
+    try:
+        doc = json.loads(file.read_text())
+    except FileNotFoundError:
+        return 0, {}
+    except (OSError, ValueError):
+        doc = None
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    counts = doc.get("nonfinite") if isinstance(doc, dict) else None
+    well_formed = (
+        type(rows) is int
+        and rows >= 0
+        and isinstance(counts, dict)
+        and all(type(v) is int and v >= 0 for v in counts.values())
+    )
+    if not well_formed or doc.get("check") != _progress_check(rows, counts, dict(capture)):
+        raise FactorlensRuntimeError(
+            f"{file} is damaged, was edited or belongs to another capture, so the resume point "
+            "cannot be trusted; pass `overwrite=True` to start the capture again"
+        )
+    assert isinstance(rows, int) and isinstance(counts, dict)
+    return rows, counts
+
+
 def _check_progress(
     path: Path, attrs: Mapping[str, Any], capture: Mapping[str, Any], rows: int
 ) -> None:
@@ -949,8 +992,8 @@ def _check_progress(
         bad = rows > n or (rows % batch != 0 and rows != n)
     for rec in attrs.get("blocks", []) if not bad else []:
         step = int(rec.get("chunk_rows") or 0)
-        if step > 0 and any(
-            not _chunk_dir(path, rec["array"], i).exists() for i in range(rows // step)
+        if step > 0 and any(  # every chunk up to the one that holds row ``rows - 1``
+            not _chunk_dir(path, rec["array"], i).exists() for i in range(-(-rows // step))
         ):
             bad = True
             break

@@ -245,9 +245,18 @@ def test_resume_accepts_a_copy_of_the_weights_and_a_relative_model_path(slow) ->
 
 @pytest.mark.parametrize("edit", ["mid-batch", "past the disk"])
 def test_resume_refuses_a_progress_file_the_store_does_not_back(slow, edit) -> None:
+    from factorlens.store import _progress_check, _read_root_attrs
+
     base, store = _api_capture_killed_at(slow, 128)
     doc = json.loads((store / PROGRESS_JSON).read_text())
     doc["rows"] = 13 if edit == "mid-batch" else doc["rows"] + 192
+    (store / PROGRESS_JSON).write_text(json.dumps(doc))  # edited by hand: its digest fails
+    res = subprocess.run([*base, store, "--resume"], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "was edited" in res.stderr.splitlines()[-1]
+    # forged with a matching digest: the chunk files on disk still refuse it
+    capture = _read_root_attrs(store)["capture"]
+    doc["check"] = _progress_check(doc["rows"], doc["nonfinite"], capture)
     (store / PROGRESS_JSON).write_text(json.dumps(doc))
     res = subprocess.run([*base, store, "--resume"], capture_output=True, text=True)
     assert res.returncode != 0
@@ -313,3 +322,38 @@ def test_the_cli_starts_without_torch_so_an_early_ctrl_c_is_caught() -> None:
         "assert all(hasattr(factorlens, n) for n in factorlens.__all__)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_dask_capture_ends_it_cleanly(slow) -> None:
+    """Ctrl-C at a terminal reaches the whole process group: the CLI and the local cluster's
+    worker processes. The run ends with exit 130, one line, no worker traceback, and no store
+    that looks complete (the partial one is removed)."""
+    pytest.importorskip("distributed")
+    store, out = slow["root"] / "acts", slow["root"] / "out"
+    proc = subprocess.Popen(
+        [*_capture_args(slow, store, out), "--dask"],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    _wait_until(lambda: _chunks(store) >= 1, proc, limit=180)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc = proc.wait(timeout=120)
+    err = proc.stderr.read()
+    assert rc == 130, err
+    assert "interrupted" in _one_error(err)
+    assert "Error" not in err.replace("error: ", ""), err  # no worker's logged exception
+    assert not out.exists()
+    assert not store.exists() or not (store / "zarr.json").is_file() or _opens_not(store)
+
+
+def _opens_not(store: Path) -> bool:
+    from factorlens.errors import FactorlensError
+
+    try:
+        open_store(store)
+    except FactorlensError:
+        return True
+    return False

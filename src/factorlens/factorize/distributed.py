@@ -261,13 +261,34 @@ def dask_cluster(
         with _connect(distributed, scheduler) as client:
             yield client
         return
-    with (
-        distributed.LocalCluster(
+    with _sigint_ignored():  # the worker processes inherit it (see _sigint_ignored)
+        cluster = distributed.LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
             dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+        )
+    with cluster, distributed.Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while the local cluster's processes start, so they keep ignoring it.
+
+    Ctrl-C at a terminal reaches the whole process group. Without this each worker would die
+    of it with a traceback while it runs a task, and the client would see its futures fail
+    instead of the interruption; with it the client alone is interrupted, stops the work and
+    closes the cluster. (Outside the main thread signals cannot be changed: nothing is done.)
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
