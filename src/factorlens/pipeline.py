@@ -702,10 +702,11 @@ def _check_store_path(
     ``overwrite`` (then only a factorlens store, complete or not, is replaced); with
     ``resume`` it must hold an interrupted capture.
     """
-    from factorlens.store import store_state
+    from factorlens.store import check_not_being_written, store_state
 
     if path.exists() and not path.is_dir():
         raise FactorlensError(f"store path {path} is a file; choose another `store`")
+    check_not_being_written(path)
     if out is not None:
         check_not_nested(out, path)
     if resume:

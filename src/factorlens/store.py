@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches
-from factorlens.output import atomic_write_text, json_safe
+from factorlens.output import _alive, _owner, atomic_write_text, json_safe, write_new_file
 
 #: the on-disk format version written by this module.
 FORMAT_VERSION = 1
@@ -64,6 +64,8 @@ CHUNK_BYTES = 16 * 1024**2
 KINDS = ("input", "layer", "output")
 #: the file an unfinished store keeps its resume point in
 PROGRESS_JSON = "capture-progress.json"
+#: inside a store being written: the writing process, ``"<pid> <start time>"``
+WRITER_FILE = ".factorlens-writer"
 
 
 @dataclass
@@ -512,6 +514,7 @@ class ZarrStore(ActivationStore):
                     f"{p} exists and is a file, not a store directory; choose another path"
                 )
             if any(p.iterdir()):
+                check_not_being_written(p)
                 if not overwrite:
                     raise FactorlensError(
                         f"{p} already exists and is not empty; pass `overwrite=True` to "
@@ -545,6 +548,7 @@ class ZarrStore(ActivationStore):
         )
         store._created_dir = not existed
         store._capture = json_safe(dict(fingerprint or {}))
+        _mark_writer(p)
         store._compression = compression
         store._chunk_multiple = max(1, int(chunk_multiple))
         return store
@@ -568,6 +572,7 @@ class ZarrStore(ActivationStore):
                 "upgrade factorlens"
             )
         if attrs.get("complete") is not True:
+            check_not_being_written(p)
             raise FactorlensError(
                 f"incomplete store at {p}: its capture was interrupted; rerun the same capture "
                 "with `resume=True` to continue it, or with `overwrite=True` to start again"
@@ -738,6 +743,7 @@ class ZarrStore(ActivationStore):
             raise FactorlensError(
                 f"no interrupted capture at {p} to resume; run the capture without `resume=True`"
             )
+        check_not_being_written(p)
         if state == "complete":
             raise FactorlensError(
                 f"the capture at {p} is already complete; drop `resume=True` to use it"
@@ -764,6 +770,7 @@ class ZarrStore(ActivationStore):
         store = cls._writable(p, attrs, rows)
         store._resume_row = rows
         store._capture = before
+        _mark_writer(p)
         return store, rows, counts
 
     @classmethod
@@ -868,6 +875,7 @@ class ZarrStore(ActivationStore):
         # the completion marker goes last: a store without it is never read as complete
         self._group.attrs["complete"] = True
         (self.path / PROGRESS_JSON).unlink(missing_ok=True)
+        (self.path / WRITER_FILE).unlink(missing_ok=True)
         import zarr
 
         self._group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
@@ -914,6 +922,28 @@ def _read_root_attrs(path: Path) -> dict[str, Any]:
         return {}
     attrs = doc.get("attributes", {})
     return attrs if isinstance(attrs, dict) else {}
+
+
+def check_not_being_written(path: Path) -> None:
+    """Refuse a store that another running process is writing (its :data:`WRITER_FILE`).
+
+    A marker left by a process that is gone (killed, interrupted), or by this process (an
+    interrupted capture resumed in the same session), does not count.
+    """
+    try:
+        owner = (Path(path) / WRITER_FILE).read_text().strip()
+    except (OSError, ValueError):
+        return
+    if owner and owner != _owner() and _alive(owner):
+        raise FactorlensError(
+            f"store {path} is being written right now by process {owner.split()[0]}; wait for "
+            "that capture to finish (or stop it) before reading, resuming or replacing the store"
+        )
+
+
+def _mark_writer(path: Path) -> None:
+    """Record this process as the writer of the store at ``path`` (replacing a stale mark)."""
+    write_new_file(Path(path) / WRITER_FILE, _owner())  # never through a planted link
 
 
 def store_state(path: Path) -> str | None:

@@ -346,14 +346,30 @@ def test_ctrl_c_in_a_dask_capture_ends_it_cleanly(slow) -> None:
     assert "interrupted" in _one_error(err)
     assert "Error" not in err.replace("error: ", ""), err  # no worker's logged exception
     assert not out.exists()
-    assert not store.exists() or not (store / "zarr.json").is_file() or _opens_not(store)
+    assert not store.exists(), sorted(p.name for p in store.rglob("*"))  # no debris left
 
 
-def _opens_not(store: Path) -> bool:
-    from factorlens.errors import FactorlensError
-
+def test_a_store_another_run_is_writing_is_refused_as_busy_not_interrupted(slow) -> None:
+    store, out = slow["root"] / "acts", slow["root"] / "out"
+    slower = slow["root"] / "slower.py"  # a second a batch: the first run outlasts the checks
+    slower.write_text(SLOW_MODEL.replace("time.sleep(0.15)", "time.sleep(1.0)"))
+    args = _capture_args(slow, store, out)
+    args[args.index(f"{slow['model']}:Wide")] = f"{slower}:Wide"
+    first = _start(args, stderr=subprocess.PIPE, text=True)
     try:
-        open_store(store)
-    except FactorlensError:
-        return True
-    return False
+        _wait_until(lambda: _chunks(store) >= 1, first)
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            other = _capture_args(slow, store, slow["root"] / "out2")
+            res = subprocess.run([*other, *extra], capture_output=True, text=True)
+            assert res.returncode == 2, res.stderr
+            line = _one_error(res.stderr)
+            assert "is being written right now by process" in line and "interrupted" not in line
+        assert first.poll() is None  # the first run was not disturbed
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    # once that run is gone, its store is an interrupted capture again (here of another model)
+    res = subprocess.run(
+        [*_capture_args(slow, store, out), "--resume"], capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "other settings" in _one_error(res.stderr)
