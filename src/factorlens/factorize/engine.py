@@ -144,7 +144,8 @@ def _column_updates(
             if nonneg:
                 np.maximum(z, 0.0, out=z)
             nz = math.sqrt(float(z @ z))
-            shrink = max(0.0, 1.0 - penalty[r] / (2.0 * nz)) if nz > 0 else 0.0
+            # max(0, 1 - p / 2‖z‖), without dividing by a tiny ‖z‖ (a huge penalty overflowed)
+            shrink = 1.0 - penalty[r] / (2.0 * nz) if penalty[r] < 2.0 * nz else 0.0
             F[:, r] = z * (shrink / g)
     return F
 

@@ -123,7 +123,10 @@ class StackedMatrices:
                     if nonneg:
                         np.maximum(z, 0.0, out=z)
                     nz = np.sqrt(np.add.reduceat(z * z, self.starts))
-                    shrink = np.where(nz > 0, np.maximum(0.0, 1.0 - pen[:, r] / (2.0 * nz)), 0.0)
+                    # max(0, 1 - p / 2‖z‖), dividing only where it is below 1 (no overflow)
+                    live = pen[:, r] < 2.0 * nz
+                    ratio = np.divide(pen[:, r], 2.0 * nz, out=np.ones_like(nz), where=live)
+                    shrink = 1.0 - ratio
                     Fs[:, r] = z * np.repeat(shrink / g, self.widths)
         return self._split(Fs)
 
