@@ -584,6 +584,7 @@ class ZarrStore(ActivationStore):
         # before every chunk got a file, all-zero ones included, is refused: capture it again)
         for rec in attrs.get("blocks", []):
             _check_chunks(p, rec["name"], group, rec["array"])
+            _check_seals(p, rec["name"], rec["array"], attrs)
         for rec in attrs.get("blocks", []):
             shape = tuple(int(s) for s in rec["shape"])
             store._specs[rec["name"]] = _Spec(
@@ -598,6 +599,7 @@ class ZarrStore(ActivationStore):
             )
         if attrs.get("has_labels"):
             _check_chunks(p, "labels", group, "labels")
+            _check_seals(p, "labels", "labels", attrs)
             store._labels = np.asarray(
                 _CheckedArray(group["labels"], "labels", p)[:], dtype=np.int64
             )
@@ -864,12 +866,16 @@ class ZarrStore(ActivationStore):
             )
             if len(self._labels):
                 lab[:] = self._labels
+        keys = [spec.key for spec in self._specs.values()]
+        keys += ["labels"] if self._labels is not None else []
         self._group.attrs.update(
             {
                 "blocks": self._records(),
                 "meta": self._meta,
                 "n_samples": n,
                 "has_labels": self._labels is not None,
+                # each chunk's checksum, bound to its place: a chunk from elsewhere is refused
+                "chunk_seals": {key: _chunk_seals(self.path, key) for key in keys},
             }
         )
         # the completion marker goes last: a store without it is never read as complete
@@ -1049,6 +1055,48 @@ def _check_chunks(path: Path, name: str, group: Any, key: str) -> None:
             f"store {path} is damaged: block {name!r} is missing {want - have} of its {want} "
             "chunk files; capture it again (`overwrite=True`)"
         )
+
+
+def _chunk_seals(path: Path, key: str) -> dict[str, str]:
+    """Return every chunk file's seal of array ``key``, by its path under ``key/c``.
+
+    A chunk file ends with zarr's crc32c of its content; those 4 bytes (hex) are its seal.
+    Recorded in the store's attributes when it is completed, they bind each chunk's content to
+    its place: a chunk file copied from another store (or from another row range) carries a
+    checksum of other content, so it no longer matches, at the cost of 4 bytes read a chunk.
+    """
+    root = path / key / "c"
+    seals: dict[str, str] = {}
+    for f in sorted(root.rglob("*")) if root.is_dir() else []:
+        if f.is_file() and not f.name.endswith(".partial"):
+            with open(f, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(size - 4, 0))
+                seals[f.relative_to(root).as_posix()] = fh.read(4).hex()
+    return seals
+
+
+def _check_seals(path: Path, name: str, key: str, attrs: Mapping[str, Any]) -> None:
+    """Refuse a block whose chunk files are not the ones the store was completed with.
+
+    Stores completed before seals were recorded have none, and are read as before.
+    """
+    recorded = attrs.get("chunk_seals")
+    if recorded is None:
+        return
+    want = recorded.get(key) if isinstance(recorded, dict) else None
+    if not isinstance(want, dict):
+        raise FactorlensRuntimeError(
+            f"store {path} is damaged: the chunk seals of block {name!r} are missing or "
+            "unreadable; capture it again (`overwrite=True`)"
+        )
+    for rel, seal in _chunk_seals(path, key).items():
+        if want.get(rel) != seal:
+            raise FactorlensRuntimeError(
+                f"store {path} is damaged: block {name!r} holds a chunk file ({key}/c/{rel}) "
+                "that this store did not write (copied from another store, or replaced); "
+                "capture it again (`overwrite=True`)"
+            )
 
 
 def _fsync(path: Path) -> None:

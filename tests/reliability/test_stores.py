@@ -13,12 +13,12 @@ from factorlens.errors import FactorlensError
 from factorlens.store import PROGRESS_JSON, ZarrStore, open_store
 
 
-def _store(tmp_path: Path) -> Path:
-    path = tmp_path / "acts"
+def _store(tmp_path: Path, name: str = "acts", seed: int = 0) -> Path:
+    path = tmp_path / name
     store = ZarrStore.create(path, chunk_rows=4)
     store.create_block("input", (3,), "input", "input", n_samples=10)
     store.create_block("fc", (2,), "layer", "Linear", n_samples=10)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     store.append("input", rng.random((10, 3)))
     store.append("fc", rng.random((10, 2)))
     store.set_labels(np.arange(10) % 3)
@@ -64,6 +64,22 @@ def test_a_corrupt_chunk_fails_its_checksum_with_the_block_named(tmp_path: Path)
     np.testing.assert_array_equal(store.block("fc")[:].shape, (10, 2))  # other blocks read
     with pytest.raises(FactorlensError, match=r"block 'input' fails its checksum"):
         store.block("input")[:]
+
+
+@pytest.mark.parametrize("source", ["another store", "another row range"])
+def test_a_chunk_file_from_elsewhere_is_refused_though_its_checksum_holds(tmp_path, source):
+    path = _store(tmp_path)
+    if source == "another store":  # same layout, other values: a valid chunk of its own
+        donor = _chunk_files(_store(tmp_path, "other", seed=1), "b001")[1]
+    else:
+        donor = _chunk_files(path, "b001")[0]
+    target = _chunk_files(path, "b001")[1]
+    target.write_bytes(donor.read_bytes())
+    with pytest.raises(FactorlensError, match=r"block 'fc' holds a chunk file .* did not write"):
+        open_store(path)
+    assert open_store(
+        tmp_path / "other" if source == "another store" else _store(tmp_path, "again")
+    )
 
 
 def test_analyze_of_a_damaged_store_is_a_one_line_error(cli, project) -> None:
