@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from factorlens.errors import FactorlensError
+from factorlens.errors import FactorlensError, FactorlensRuntimeError
 
 #: the manifest of the files factorlens wrote into a result folder (relative POSIX paths)
 MANIFEST = ".factorlens-files.json"
@@ -433,15 +433,49 @@ def publish(
                         continue
                     (out / f).unlink(missing_ok=True)
                 _prune_empty_dirs(out, stale)
-            out.mkdir(exist_ok=True)
-            for f in new:
-                (out / f).parent.mkdir(parents=True, exist_ok=True)
-                (stage / f).replace(out / f)
-            kept = {f for f in old if (out / f).exists()}
-            write_manifest(out, kept | set(new))
+            _move_in(stage, out, new, {f for f in old if (out / f).exists()})
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _move_in(stage: Path, out: Path, new: list[str], kept: set[str]) -> None:
+    """Move the files ``new`` from ``stage`` into ``out``, the manifest first.
+
+    The manifest lists ``kept`` and ``new`` before anything moves, so whatever happens next
+    every file factorlens puts in ``out`` is listed (and ``overwrite`` can replace it). When
+    the disk fails midway (out of space or inodes: a folder or the manifest needs one), a new
+    ``out`` is taken back whole; an existing one keeps the part moved, and the message says so.
+    """
+    existed = out.exists()
+    moved: list[str] = []
+    try:
+        out.mkdir(exist_ok=True)
+        write_manifest(out, kept | set(new))
+        for f in new:
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            (stage / f).replace(out / f)
+            moved.append(f)
+    except OSError as exc:
+        if not existed:  # all or nothing: nothing of it stays
+            for f in moved:
+                (out / f).unlink(missing_ok=True)
+            (out / MANIFEST).unlink(missing_ok=True)
+            _prune_empty_dirs(out, new)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        if not existed:
+            left = "nothing was written there"
+        elif not moved:
+            left = "none of the new result was moved in; rerun once there is room"
+        else:
+            left = (
+                "it holds part of the new result (its manifest lists every file); rerun with "
+                "`overwrite=True` once there is room"
+            )
+        raise FactorlensRuntimeError(
+            f"could not finish writing {out}: {exc.strerror or exc}; {left}"
+        ) from exc
 
 
 def _prune_empty_dirs(out: Path, removed: Iterable[str]) -> None:

@@ -221,3 +221,63 @@ def test_report_of_several_into_one_of_them_needs_overwrite(cli, project) -> Non
     cli.fails(["report", d1, d2], "would replace")  # in place is d1 too
     cli.ok(["report", d1, d2, "--out", d1, "--overwrite"])
     assert 'id="checkpoints-summary"' in (d1 / "index.html").read_text()
+
+
+def _result(text: str):
+    def produce(stage: Path) -> None:
+        (stage / "figures").mkdir()
+        for i in range(3):
+            (stage / "figures" / f"f{i}.png").write_text(text)
+        (stage / "result.json").write_text(json.dumps({"format": "factorlens-result", "x": text}))
+
+    return produce
+
+
+NAMES = ("result.json", "figures")
+
+
+def _disk_full_at(monkeypatch, call: int, what: str = "replace") -> None:
+    """Make the ``call``-th ``Path.replace`` (a file moved in) or ``Path.mkdir`` under ``out``
+    fail as a disk out of inodes does."""
+    import errno
+
+    real = getattr(Path, what)
+    seen = [0]
+
+    def failing(self, *args, **kwargs):
+        if "out" in self.parts or any("out" in Path(a).parts for a in args if isinstance(a, Path)):
+            seen[0] += 1
+            if seen[0] == call:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, what, failing)
+
+
+@pytest.mark.parametrize("what", ["replace", "mkdir"])
+def test_a_publish_that_runs_out_of_room_leaves_no_part_of_a_new_result(
+    tmp_path, monkeypatch, what
+) -> None:
+    out = tmp_path / "out"
+    _disk_full_at(monkeypatch, 2, what)
+    with pytest.raises(FactorlensError, match=r"could not finish writing .*nothing was written"):
+        publish(out, _result("new"), NAMES)
+    monkeypatch.undo()
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder or lock left either
+    publish(out, _result("new"), NAMES)  # once there is room it simply works
+    assert json.loads((out / "result.json").read_text())["x"] == "new"
+
+
+def test_a_replace_that_runs_out_of_room_keeps_every_file_listed(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    publish(out, _result("old"), NAMES)
+    (out / "notes.txt").write_text("mine")
+    _disk_full_at(monkeypatch, 3)  # two files of the new result moved in, then the disk fails
+    with pytest.raises(FactorlensError, match="holds part of the new result"):
+        publish(out, _result("new"), NAMES, overwrite=True)
+    monkeypatch.undo()
+    assert read_manifest(out) >= {"result.json", "figures/f0.png", "figures/f1.png"}
+    publish(out, _result("new"), NAMES, overwrite=True)  # the rerun is not refused
+    assert json.loads((out / "result.json").read_text())["x"] == "new"
+    assert (out / "notes.txt").read_text() == "mine"
