@@ -667,6 +667,11 @@ def _picture_array(pic, gray: bool, path: Path) -> np.ndarray:
 # preprocessing
 
 
+#: the largest mean and smallest std ``--normalize`` takes (inputs then stay below ~1e6)
+MAX_NORMALIZE_MEAN = 1e6
+MIN_NORMALIZE_STD = 1e-6
+
+
 def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Parse ``--normalize MEAN,STD``: ``"m,s"`` for 1 channel, ``"m1,m2,m3,s1,s2,s3"`` for 3.
 
@@ -696,6 +701,14 @@ def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         raise FactorlensError(
             f"`normalize` {text!r} has a standard deviation <= 0 ({', '.join(map(str, stds))}); "
             "every std must be positive"
+        )
+    # images are in [0, 1]: beyond these the normalized inputs (and their squares, summed over
+    # a layer in float32) overflow, which reads later as a layer full of Inf
+    if any(abs(m) > MAX_NORMALIZE_MEAN for m in means) or any(s < MIN_NORMALIZE_STD for s in stds):
+        raise FactorlensError(
+            f"`normalize` {text!r} would scale [0, 1] pixels past float32's range (means must "
+            f"lie within ±{MAX_NORMALIZE_MEAN:g}, stds be at least {MIN_NORMALIZE_STD:g}); "
+            "give the mean and std of the [0, 1] images the model was trained on"
         )
     return means, stds
 

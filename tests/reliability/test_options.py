@@ -69,3 +69,10 @@ def test_a_huge_l1_penalty_gives_a_result_not_a_traceback(cli, project) -> None:
     res = cli.ok(analyze_args(project, out, "--l1", "1e308"))
     assert "the data hold at most" in res.out + res.err  # every strength shrunk to zero
     assert (out / "result.json").is_file()
+
+
+@pytest.mark.parametrize("normalize", ["1e38,1", "0,1e-38", "1e300,1"])
+def test_an_extreme_normalization_is_refused_before_the_work(cli, project, normalize) -> None:
+    out = project["root"] / "out"  # it overflowed float32 and was blamed on a layer's Inf
+    cli.fails(analyze_args(project, out, "--normalize", normalize), "past float32's range")
+    assert not out.exists()
