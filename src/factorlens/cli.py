@@ -20,6 +20,7 @@ from typing import Any
 from factorlens import __version__
 from factorlens.errors import FactorlensError, cli_wording, flags_for_cli
 from factorlens.options import (
+    DEFAULT_RANK,
     CaptureOptions,
     EngineOptions,
     QualityOptions,
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", default="factorlens-demo", help="output directory (default ./factorlens-demo)"
     )
-    _add_engine_options(demo, default_rank=10)
+    _add_engine_options(demo, default_rank=DEFAULT_RANK)
     _add_common(demo, overwrite_help="replace an existing result in --out")
 
     ana = sub.add_parser(
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_data(ana, weights=True, store=True)
     ana.add_argument("--out", required=True, help="output directory")
-    _add_engine_options(ana, default_rank=10)
+    _add_engine_options(ana, default_rank=DEFAULT_RANK)
     _add_common(ana)
 
     rnk = sub.add_parser(

@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+#: the number of components R where none is given (analyze, demo, a sketch's plan)
+DEFAULT_RANK = 10
+
+#: the seed of every random draw where none is given (fits, splits, perturbations)
+DEFAULT_SEED = 0
+
 #: the largest seed the CLI accepts: seeds reach torch.manual_seed and numpy's SeedSequence,
 #: and 0 <= seed < 2**32 suits both
 MAX_SEED = 2**32 - 1
@@ -324,7 +330,7 @@ class EngineOptions:
     refit: str = "guarded"
     extrapolate: bool = True
     random_state: int | None = field(
-        default=0,
+        default=DEFAULT_SEED,
         metadata=_flag(
             Flag(
                 "--seed",

@@ -27,7 +27,7 @@ import numpy as np
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, note
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
-from factorlens.options import CaptureOptions, EngineOptions
+from factorlens.options import DEFAULT_RANK, CaptureOptions, EngineOptions
 from factorlens.output import (
     check_not_nested,
     check_output_dir,
@@ -398,7 +398,7 @@ def capture_for_analysis(
     sharded: bool = False,
     sketch: int | str = _C.sketch,
     memory_budget: int = _C.memory_budget,
-    sketch_rank: int = 10,
+    sketch_rank: int = DEFAULT_RANK,
     center: bool = False,
     seed: int = 0,
 ) -> ActivationStore:
@@ -499,7 +499,7 @@ def analyze(
     data: Any,
     *,
     out: str | Path,
-    rank: int = 10,
+    rank: int = DEFAULT_RANK,
     layers: list[str] | str | None = None,
     preprocess: Callable | None = None,
     store: str | Path | None = None,
@@ -608,7 +608,7 @@ def analyze_store(
     acts: ActivationStore,
     *,
     out: str | Path,
-    rank: int = 10,
+    rank: int = DEFAULT_RANK,
     overwrite: bool = False,
     progress: bool = True,
     report: bool = True,

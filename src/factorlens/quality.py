@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from factorlens.errors import FactorlensError
-from factorlens.options import CaptureOptions, QualityOptions
+from factorlens.options import DEFAULT_SEED, CaptureOptions, QualityOptions, RankOptions
 from factorlens.rows import in_memory, row_chunks
 from factorlens.spectra import effective_rank
 
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 #: the capture and scoring defaults (one place: the options dataclasses)
 _C = CaptureOptions()
 _Q = QualityOptions()
+_R = RankOptions()
 #: shift of the moved copy, as a fraction of the image side (at least 1 pixel)
 SHIFT_FRACTION = 1 / 14
 #: standard deviation of the noise added to the noisy copy (pixels in [0, 1])
@@ -228,7 +229,7 @@ def prediction_rank(outputs: np.ndarray) -> float:
     return effective_rank(class_probabilities(outputs))
 
 
-def perturbations(inputs: Any, random_state: int = 0) -> list[np.ndarray]:
+def perturbations(inputs: Any, random_state: int = DEFAULT_SEED) -> list[np.ndarray]:
     """Return the perturbed copies of ``inputs`` that the stability compares against.
 
     Images ``(N, C, H, W)`` give ``[moved, noisy]``, any other shape ``[noisy]``; float32 in
@@ -306,7 +307,7 @@ def score_spread(
     outputs: np.ndarray,
     perturbed: Sequence[np.ndarray],
     n_boot: int = N_BOOTSTRAP,
-    random_state: int = 0,
+    random_state: int = DEFAULT_SEED,
 ) -> float:
     """Return the bootstrap standard deviation of the single-checkpoint score.
 
@@ -356,7 +357,7 @@ def capture_for_score(
     *,
     layers: list[str] | str | None = None,
     scan: bool = True,
-    max_rank: int = 10,
+    max_rank: int = _R.max_rank,
     **options: Any,
 ) -> ActivationStore:
     """Capture in one forward pass what the score (and the rank scan) needs.
@@ -408,11 +409,11 @@ def assess(
     data: Any,
     *,
     layers: list[str] | str | None = None,
-    max_rank: int = 10,
+    max_rank: int = _R.max_rank,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = _C.batch_size,
     device: str = _C.device,
-    random_state: int = 0,
+    random_state: int = DEFAULT_SEED,
     checkpoint: str | None = None,
     scan: bool = True,
     scratch: str | os.PathLike[str] | None = _Q.scratch,
@@ -476,8 +477,8 @@ def assess_store(
     store: ActivationStore,
     perturbed: Sequence[np.ndarray],
     *,
-    max_rank: int = 10,
-    random_state: int = 0,
+    max_rank: int = _R.max_rank,
+    random_state: int = DEFAULT_SEED,
     checkpoint: str | None = None,
     scan: bool = True,
     progress: bool = False,
@@ -555,7 +556,7 @@ def score_checkpoints(
     *,
     mode: str = _Q.mode,
     names: Sequence[str] | None = None,
-    random_state: int = 0,
+    random_state: int = DEFAULT_SEED,
     **options: Any,
 ) -> list[QualityReport]:
     """Score several checkpoints (built models) on the same ``data``; no rank scan.
@@ -593,7 +594,7 @@ def assess_checkpoints(
     data: Any,
     *,
     names: Sequence[str] | None = None,
-    random_state: int = 0,
+    random_state: int = DEFAULT_SEED,
     **options: Any,
 ) -> tuple[list[QualityReport], list[np.ndarray]]:
     """Score each checkpoint on its own and keep its ``(N, K)`` outputs; no rank scan.
@@ -621,7 +622,7 @@ def score_model(
     *,
     layers: list[str] | str | None = None,
     n_samples: int | None = None,
-    random_state: int = 0,
+    random_state: int = DEFAULT_SEED,
     **kwargs: Any,
 ) -> QualityReport:
     """Run :func:`assess` on a random subset of ``n_samples`` inputs (all when None).

@@ -56,7 +56,7 @@ from factorlens.errors import FactorlensError, FactorlensRuntimeError
 from factorlens.factorize.penalty import MAX_SIDE
 from factorlens.factorize.reduced import ReducedBlock
 from factorlens.modelio import resolve_device
-from factorlens.options import CaptureOptions
+from factorlens.options import DEFAULT_RANK, CaptureOptions
 from factorlens.rows import Levels
 from factorlens.store import ActivationStore, MemoryStore, _Spec
 from factorlens.writer import check_finite
@@ -413,7 +413,7 @@ def capture_sketched(
     data: Any,
     layers: Sequence[str] | str | None = None,
     *,
-    rank: int = 10,
+    rank: int = DEFAULT_RANK,
     sketch: int | str = _C.sketch,
     memory_budget: int = _C.memory_budget,
     batch_size: int = _C.batch_size,

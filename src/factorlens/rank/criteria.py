@@ -12,7 +12,7 @@ from factorlens.factorize.blocks import Block
 from factorlens.factorize.engine import khatri_rao
 from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.sketch import summed
-from factorlens.options import EngineOptions
+from factorlens.options import DEFAULT_SEED, EngineOptions
 
 
 def core_consistency(result: CMTFResult, block: Block, *, normalised: bool = False) -> float:
@@ -61,7 +61,7 @@ def bi_cross_validation(
     max_rank: int,
     *,
     folds: int = 2,
-    random_state: int = 0,
+    random_state: int = DEFAULT_SEED,
     memory_budget: int = EngineOptions.memory_budget,
 ) -> np.ndarray:
     """Bi-cross-validation error (Owen & Perry 2009) of the weighted concatenation, R = 1..max.

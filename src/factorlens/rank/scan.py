@@ -39,7 +39,7 @@ from factorlens.factorize.engine import _as_named_arrays, khatri_rao, progress_b
 from factorlens.factorize.reduced import ReducedBlock, expand_result
 from factorlens.factorize.sketch import compress_samples
 from factorlens.interrupt import CANCEL
-from factorlens.options import EngineOptions, RankOptions
+from factorlens.options import DEFAULT_SEED, EngineOptions, RankOptions
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
 
 RULE = (
@@ -117,7 +117,7 @@ def estimate_rank(
     *,
     stability_threshold: float = _R.stability_threshold,
     n_splits: int = _R.n_splits,
-    random_state: int = 0,
+    random_state: int = DEFAULT_SEED,
     n_iter_max: int = _R.n_iter_max,
     tol: float = _R.tol,
     keep_results: bool = False,
