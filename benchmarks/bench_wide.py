@@ -137,7 +137,7 @@ def run_compare(data_path: Path, reference: Path, others: list[Path], out_json: 
     """Child: FMS and data-loss ratio of each result against the reference, on full blocks."""
     from factorlens.data import load_data
     from factorlens.factorize import CMTF, CMTFResult, factor_match_score
-    from factorlens.factorize.engine import khatri_rao
+    from factorlens.factorize.linalg import khatri_rao
     from factorlens.research import torchvision_layout as tvl
     from factorlens.sketched import capture_sketched
 

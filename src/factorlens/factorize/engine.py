@@ -38,6 +38,7 @@ from factorlens.factorize.blocks import (
     block_weights,
     check_blocks,
 )
+from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.reduced import ReducedBlock, as_block, expand_result
 from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.rowspace import through_rowspace
@@ -67,14 +68,6 @@ def _refit_penalties(state: _State) -> list[np.ndarray]:
 
 
 # ------------------------------------------------------------------------ small linear algebra
-def khatri_rao(factors: Sequence[np.ndarray]) -> np.ndarray:
-    """Row-major Khatri–Rao product: rows ordered like ``shape[1:]`` flattened in C order."""
-    out = factors[0]
-    for f in factors[1:]:
-        out = (out[:, None, :] * f[None, :, :]).reshape(-1, out.shape[1])
-    return out
-
-
 def _gram(factors: Sequence[np.ndarray], skip: int | None = None) -> np.ndarray:
     """Hadamard product of the Gram matrices of ``factors`` (all but ``skip``)."""
     R = factors[0].shape[1]

@@ -18,6 +18,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, one_line
+from factorlens.factorize.linalg import khatri_rao
 from factorlens.output import atomic_write_text, json_safe, save_npz
 
 RESULT_JSON = "result.json"
@@ -203,7 +204,6 @@ class CMTFResult:
         directions.
         """
         from factorlens.factorize.compare import pair_congruences
-        from factorlens.factorize.engine import khatri_rao
 
         out = []
         for b, name in enumerate(self.block_names):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from factorlens.factorize.blocks import Block
-from factorlens.factorize.engine import khatri_rao
+from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.sketch import summed
 from factorlens.options import DEFAULT_SEED, EngineOptions

@@ -35,7 +35,8 @@ from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, matched_congruences
 from factorlens.factorize.blocks import RowSubset
 from factorlens.factorize.compress import compressed
-from factorlens.factorize.engine import _as_named_arrays, khatri_rao, progress_bar
+from factorlens.factorize.engine import _as_named_arrays, progress_bar
+from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.reduced import ReducedBlock, expand_result
 from factorlens.factorize.sketch import compress_samples
 from factorlens.interrupt import CANCEL
