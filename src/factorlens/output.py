@@ -50,12 +50,12 @@ def _started(pid: int) -> str:
         return ""
 
 
-def _owner() -> str:
+def process_owner() -> str:
     """Return the current process as a lock owner: ``"<pid> <start time>"``."""
     return f"{os.getpid()} {_started(os.getpid())}".strip()
 
 
-def _alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
     """Whether the process ``"<pid> [<start time>]"`` still runs (on this machine)."""
     pid_text, _, started = owner.partition(" ")
     pid = int(pid_text) if pid_text.isascii() and pid_text.isdigit() else 0
@@ -76,7 +76,7 @@ def process_tag() -> str:
     ``<pid>.<start time>``: with the start time a reused pid does not keep a dead run's
     folder alive.
     """
-    return _owner().replace(" ", ".")
+    return process_owner().replace(" ", ".")
 
 
 def _tag_owner(name: str, prefix: str) -> str | None:
@@ -101,7 +101,7 @@ def remove_stale(parent: Path, prefix: str) -> None:
         if owner is None:
             print(f"note: {entry} is left over from an interrupted run; remove it", file=sys.stderr)
             continue
-        if _alive(owner):
+        if owner_alive(owner):
             continue
         if entry.is_symlink():
             entry.unlink()
@@ -135,7 +135,7 @@ def clean_stale(out: Path) -> None:
     _remove_if_dead(lock)
     for entry in parent.glob(f"{glob.escape(lock.name)}.*"):  # a lock's helper files
         owner = entry.name.rsplit("-", 1)[-1].rsplit(".", 1)[-1]
-        if owner.isdigit() and not _alive(owner):
+        if owner.isdigit() and not owner_alive(owner):
             entry.unlink(missing_ok=True)
 
 
@@ -265,7 +265,7 @@ def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()
                 )
     lock = _lock_path(out)
     owner = _lock_owner(lock)
-    if owner and _alive(owner):  # refused now, not after the work
+    if owner and owner_alive(owner):  # refused now, not after the work
         raise FactorlensError(_busy(out, lock, owner))
     probe = out.parent
     while not probe.exists():
@@ -309,7 +309,7 @@ def _remove_if_dead(lock: Path) -> None:
     if another run took it over meanwhile.
     """
     owner = _lock_owner(lock)
-    if not owner or _alive(owner):
+    if not owner or owner_alive(owner):
         return
     taken = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
     try:
@@ -333,7 +333,7 @@ def _locked(out: Path) -> Iterator[None]:
     """
     lock = _lock_path(out)
     mine = lock.with_name(f"{lock.name}.{os.getpid()}")
-    write_new_file(mine, _owner())
+    write_new_file(mine, process_owner())
     try:
         for _ in range(3):
             try:
@@ -341,7 +341,7 @@ def _locked(out: Path) -> Iterator[None]:
                 break
             except FileExistsError:
                 owner = _lock_owner(lock)
-                if owner and _alive(owner):
+                if owner and owner_alive(owner):
                     raise FactorlensError(_busy(out, lock, owner)) from None
                 _remove_if_dead(lock)
         else:

@@ -50,7 +50,13 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches
-from factorlens.output import _alive, _owner, atomic_write_text, json_safe, write_new_file
+from factorlens.output import (
+    atomic_write_text,
+    json_safe,
+    owner_alive,
+    process_owner,
+    write_new_file,
+)
 
 #: the on-disk format version written by this module.
 FORMAT_VERSION = 1
@@ -940,7 +946,7 @@ def check_not_being_written(path: Path) -> None:
         owner = (Path(path) / WRITER_FILE).read_text().strip()
     except (OSError, ValueError):
         return
-    if owner and owner != _owner() and _alive(owner):
+    if owner and owner != process_owner() and owner_alive(owner):
         raise FactorlensError(
             f"store {path} is being written right now by process {owner.split()[0]}; wait for "
             "that capture to finish (or stop it) before reading, resuming or replacing the store"
@@ -949,7 +955,7 @@ def check_not_being_written(path: Path) -> None:
 
 def _mark_writer(path: Path) -> None:
     """Record this process as the writer of the store at ``path`` (replacing a stale mark)."""
-    write_new_file(Path(path) / WRITER_FILE, _owner())  # never through a planted link
+    write_new_file(Path(path) / WRITER_FILE, process_owner())  # never through a planted link
 
 
 def store_state(path: Path) -> str | None:
