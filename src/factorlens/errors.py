@@ -40,21 +40,28 @@ class FactorlensRuntimeError(FactorlensError):
     exit_code = 1
 
 
-#: argument name, as library messages write it in backticks -> what a CLI user types
+def _option_flags() -> dict[str, str]:
+    """Return field name -> flag of every options field with a CLI flag (``options.py``)."""
+    from factorlens.options import (
+        CaptureOptions,
+        EngineOptions,
+        QualityOptions,
+        RankOptions,
+        flagged,
+    )
+
+    stages = (CaptureOptions, EngineOptions, RankOptions, QualityOptions)
+    return {name: flag.name for stage in stages for name, flag, _ in flagged(stage)}
+
+
+#: argument name, as library messages write it in backticks -> what a CLI user types: the
+#: options' own flags (``--max-iter`` for ``n_iter_max``), and the arguments that are not
+#: options fields
 CLI_FLAGS: dict[str, str] = {
+    **_option_flags(),
     # the factorization (CMTF, analyze, estimate_rank)
     "rank": "--rank",
-    "max_rank": "--max-rank",
-    "nonneg": "--nonneg",
-    "center": "--center",
-    "l1_penalty": "--l1",
-    "weighting": "--weighting",
     "tensor_layers": "--tensor-layers",
-    "n_init": "--n-init",
-    "n_iter_max": "--max-iter",
-    "tol": "--tol",
-    "compress_rows": "--compress-rows",
-    "random_state": "--seed",
     "seed": "--seed",
     # the model, the data and the capture
     "model": "--model",
@@ -65,9 +72,6 @@ CLI_FLAGS: dict[str, str] = {
     "normalize": "--normalize",
     "layers": "--layers",
     "select": "--select",
-    "nonfinite": "--nonfinite",
-    "batch_size": "--batch-size",
-    "device": "--device",
     # where results go
     "store": "--store",
     "resume": "--resume",
