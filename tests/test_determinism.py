@@ -35,3 +35,20 @@ def test_a_model_random_in_eval_mode_is_warned_about(random_in_eval, capsys) -> 
     assert warned == random_in_eval, err
     if random_in_eval:
         assert "F.dropout(x, p) without training=self.training" in err
+
+
+def test_a_sketched_capture_checks_the_model_once_not_once_a_pass(monkeypatch) -> None:
+    import importlib
+
+    from factorlens.sketched import SketchedStore, capture_sketched
+
+    capture_module = importlib.import_module("factorlens.capture")  # not the function
+    calls = []
+    real = capture_module.check_deterministic
+    monkeypatch.setattr(
+        capture_module, "check_deterministic", lambda *a: calls.append(1) or real(*a)
+    )
+    x = np.random.default_rng(0).uniform(0, 1, (40, 4, 4)).astype(np.float32)
+    store = capture_sketched(_Net(False), x, sketch=12, memory_budget=1, progress=False)
+    assert isinstance(store, SketchedStore)  # three passes: the probe, the sketch, the project
+    assert len(calls) == 1

@@ -738,7 +738,9 @@ class ForwardPass:
         self.first_calls: dict[str, int] = {}
         self.batch_n = 0
         self.start = 0
-        self.checked_determinism = False  # the model answers the same twice (once per pass set)
+        #: whether the model was checked to answer the same twice (set beforehand by a
+        #: caller whose earlier pass over the same model checked it)
+        self.checked_determinism = False
 
     # ------------------------------------------------------------------ what subclasses do
     def on_block(self, block: str, module: str, out: torch.Tensor) -> None:
@@ -945,14 +947,16 @@ def _run_capture(
     counts: dict[str, int] | None = None,
     stop_if: Callable[[], bool] | None = None,
     drop_unused: bool = False,
+    check_determinism: bool = True,
 ) -> dict[str, int]:
     """Run the batch loop of :func:`capture`, from sample ``start_row``, into ``store``.
 
     ``start_row`` is a batch boundary; the store then already holds the rows before it, and
     ``counts`` their non-finite counts. ``stop_if`` is asked before every batch; when it says
     so the loop stops with a :class:`FactorlensRuntimeError` (a sharded capture given up).
-    ``drop_unused`` leaves out (default) layers that do not run, with a note. Returns the
-    non-finite counts replaced per block.
+    ``drop_unused`` leaves out (default) layers that do not run, with a note.
+    ``check_determinism`` runs a few inputs twice first (:func:`check_deterministic`).
+    Returns the non-finite counts replaced per block.
     """
     run = _StorePass(
         model,
@@ -968,6 +972,7 @@ def _run_capture(
         output=output,
         drop_unused=drop_unused,
     )
+    run.checked_determinism = not check_determinism
     try:
         run.run(
             images, batch_size=batch_size, progress=progress, start_row=start_row, stop_if=stop_if

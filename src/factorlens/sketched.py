@@ -56,7 +56,7 @@ from factorlens.errors import FactorlensError, FactorlensRuntimeError
 from factorlens.factorize.penalty import MAX_SIDE
 from factorlens.factorize.reduced import ReducedBlock
 from factorlens.modelio import resolve_device
-from factorlens.options import DEFAULT_RANK, CaptureOptions
+from factorlens.options import DEFAULT_RANK, DEFAULT_SEED, CaptureOptions
 from factorlens.rows import Levels
 from factorlens.store import ActivationStore, MemoryStore, _Spec
 from factorlens.writer import check_finite
@@ -426,7 +426,7 @@ def capture_sketched(
     meta: Mapping[str, Any] | None = None,
     output: str | None = None,
     center: bool = False,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
 ) -> ActivationStore:
     """Capture ``model`` on ``data`` in memory, sketching the layers too wide to hold.
 
@@ -514,6 +514,7 @@ def capture_sketched(
         center=center,
         **options,
     )
+    first.checked_determinism = True  # the probe ran a few inputs twice already
     first.run(
         images,
         batch_size=batch_size,
@@ -526,6 +527,7 @@ def capture_sketched(
         bases[name] = _orthonormal(first.sketch.pop(name))
     wide = [m for m in chosen if any(first.blocks.get(b) == m for b in plan.sketched)]
     second = _ProjectPass(model, wide, bases=bases, n=n, nonfinite=nonfinite, **options)
+    second.checked_determinism = True  # and the two passes' energies are compared below
     second.run(
         images,
         batch_size=batch_size,
