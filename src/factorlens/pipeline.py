@@ -27,7 +27,7 @@ import numpy as np
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, note
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
-from factorlens.options import DEFAULT_RANK, CaptureOptions, EngineOptions
+from factorlens.options import DEFAULT_RANK, DEFAULT_SEED, CaptureOptions, EngineOptions
 from factorlens.output import (
     check_not_nested,
     check_output_dir,
@@ -400,7 +400,7 @@ def capture_for_analysis(
     memory_budget: int = _C.memory_budget,
     sketch_rank: int = DEFAULT_RANK,
     center: bool = False,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
 ) -> ActivationStore:
     """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store.
 
