@@ -17,9 +17,14 @@ import pytest
 from sklearn.datasets import load_digits
 
 from factorlens.factorize.result import CMTFResult
-from factorlens.pipeline import checkpoints_report, save_inputs, write_checkpoints_report
+from factorlens.pipeline import (
+    checkpoints_report,
+    compare_store,
+    save_inputs,
+    write_checkpoints_report,
+)
 from factorlens.report import write_report
-from factorlens.testing import random_result, unit_columns
+from factorlens.testing import memory_store, model_pair_blocks, random_result, unit_columns
 
 CHROMIUM = os.environ.get("FACTORLENS_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -146,7 +151,18 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         write_report(d, res, images, labels, classes)
         zoo.append(d)
     ckpts = checkpoints_report(root / "zoo", zoo, title="zoo")
-    return {"main": main, "evil": evil, "traj": traj, "zoo": ckpts, "resnet": resnet}
+    # two models with planted shared and unique components, through the real comparison
+    blocks, _ = model_pair_blocks(0, N=120, labels=("clean", "noisy"))
+    store = memory_store(blocks, {"models": {"clean": "clean.pt", "noisy": "<b>noisy</b>.pt"}})
+    compare_store(store, out=root / "compare", rank=7, progress=False)
+    return {
+        "main": main,
+        "evil": evil,
+        "traj": traj,
+        "zoo": ckpts,
+        "resnet": resnet,
+        "compare": root / "compare" / "index.html",
+    }
 
 
 DOUBT = "most checkpoints look poor (median estimated accuracy 0.40): <b>shared</b> mistakes"
@@ -569,6 +585,32 @@ def test_estimated_ranks_are_charted(browser, pages) -> None:
         assert "rank R (estimated)" in ticks
         assert [t for t in ticks if t.isdigit()]  # whole numbers only on the rank axis
         assert not [t for t in ticks if "." in t]
+        watch.check()
+    finally:
+        context.close()
+
+
+def test_comparison_of_models(browser, pages) -> None:
+    context, page, watch = _open(browser, pages["compare"])
+    try:
+        assert page.is_visible("#compare")
+        rows = page.locator("table.sharing tbody tr")
+        assert rows.count() == 7
+        text = page.inner_text("table.sharing")
+        assert text.count("shared by all models") == 3
+        assert text.count("unique to clean") == 2 and text.count("unique to noisy") == 2
+        assert page.inner_text("#compare ul.models").count("<b>noisy</b>.pt") == 1  # as text
+        # the flow map groups its columns by model
+        heads = page.locator("#flow tr.stages th.stage button")
+        assert [heads.nth(i).inner_text() for i in range(heads.count())] == [
+            "clean ▾",
+            "noisy ▾",
+        ]
+        assert page.locator("table.cka tbody tr").count() == 3  # three matched layers
+        # a cell opens that component at the layer named in it
+        page.click("table.sharing tbody tr:nth-child(4) td.carried a")
+        assert _shown(page)[0] == "component-4"
+        _screenshot(page, "compare.png")
         watch.check()
     finally:
         context.close()

@@ -11,6 +11,7 @@ Quick use::
     result = factorlens.cmtf(store, rank=10)          # or CMTF(10).fit(store).result_
     result.flow                                        # (R, n_blocks) component strengths
     factorlens.analyze(model, data, out="results")    # everything, with the HTML report
+    factorlens.compare({"clean": m1, "noisy": m2}, data, out="cmp")  # models in one space
     result = factorlens.load("results")
     scan = factorlens.estimate_rank(store, max_rank=10)   # evidence per R, scan.chosen
     factorlens.score_model(model, data).score           # label-free training quality
@@ -37,7 +38,9 @@ _EXPORTS = {
     "congruence": "factorize",
     "factor_match_score": "factorize",
     "analyze": "pipeline",
+    "compare": "pipeline",
     "load": "pipeline",
+    "component_sharing": "comparison",
     "QualityReport": "quality",
     "score_checkpoints": "quality",
     "score_model": "quality",
@@ -49,10 +52,11 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
     from factorlens.capture import capture, default_layers, select_layers
+    from factorlens.comparison import component_sharing
     from factorlens.data import ImageData, load_data
     from factorlens.errors import FactorlensError
     from factorlens.factorize import CMTF, CMTFResult, cmtf, congruence, factor_match_score
-    from factorlens.pipeline import analyze, load
+    from factorlens.pipeline import analyze, compare, load
     from factorlens.quality import QualityReport, score_checkpoints, score_model
     from factorlens.rank import RankScan, estimate_rank
     from factorlens.report import write_report
@@ -104,6 +108,8 @@ __all__ = [
     "capture",
     "capture_sharded",
     "cmtf",
+    "compare",
+    "component_sharing",
     "congruence",
     "default_layers",
     "estimate_rank",

@@ -1,4 +1,4 @@
-"""Command-line front end: ``factorlens demo | analyze | rank | quality | report | zoo``.
+"""Command-line front end: ``factorlens demo | analyze | rank | compare | quality | report | zoo``.
 
 A thin door onto :mod:`factorlens.pipeline`. User errors print ``error: <message>`` on one line
 and exit with status 2; ``--debug`` shows the traceback instead.
@@ -46,6 +46,8 @@ EPILOG = """examples:
       ckpt/epoch01.pt ckpt/epoch05.pt ckpt/epoch20.pt --json quality.json
   factorlens analyze --model resnet.py:ResNet50 --weights r50.pth --data npz:val224.npz \\
       --memory 4G --out results/r50     # layers too wide for --memory are sketched
+  factorlens compare --model net.py:Net --weights clean.pt --weights noisy.pt \\
+      --data mnist:/data/mnist --n-samples 2000 --out results/clean-vs-noisy
   factorlens zoo --data digits --arch digitscnn --out zoo/digits
 """
 
@@ -194,6 +196,69 @@ def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -
         )
 
 
+def _add_compare_models(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``compare``: several models and checkpoints, one data set."""
+    g = p.add_argument_group("models and data")
+    g.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="FILE.py:Class",
+        help="a model class (built with no arguments); once per model, or once for all "
+        "the --weights",
+    )
+    g.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="CKPT",
+        help="a checkpoint, once per model (in the order of --model)",
+    )
+    g.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a model's name in block names and the report, once per model (default: the "
+        "checkpoint's file name, else the class name)",
+    )
+    g.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a checkpoint that is a pickled full model (runs its code)",
+    )
+    g.add_argument("--data", help="test inputs SPEC (see below), the same for every model")
+    g.add_argument(
+        "--n-samples",
+        type=_positive_int,
+        help="use a random subset of this many inputs (default: all)",
+    )
+    g.add_argument(
+        "--normalize",
+        metavar="MEAN,STD",
+        help="per-channel normalization the models were trained with, e.g. 0.1307,0.3081",
+    )
+    g.add_argument(
+        "--layers",
+        action="append",
+        default=[],
+        metavar="[LABEL=]NAMES",
+        help="comma-separated layer names or globs of one model (LABEL=NAMES) or of every "
+        "model (NAMES); default: every conv, linear, activation and pooling layer",
+    )
+    _add_flags(g, CaptureOptions)
+    g.add_argument(
+        "--store",
+        help="write the activations of all models to this on-disk (zarr) store; given "
+        "without --model, compare the models of an existing comparison store",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted capture in --store (same command otherwise)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``factorlens`` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(
@@ -250,6 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
     rnk.add_argument("--out", required=True, help="output directory")
     _add_engine_options(rnk, default_rank=None)
     _add_common(rnk)
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="compare two or more models in one joint factorization",
+        description="Capture every model (or checkpoint) on the same test inputs into one "
+        "store, its layers named LABEL.layer, factorize the input and all the layers jointly "
+        "and write the result and a report: which input patterns all models carry, which some "
+        "and which only one, in which layers, with linear CKA between matched layers of every "
+        "pair of models beside it. Give --model and --weights once per model, or one --model "
+        "and several --weights (checkpoints of one architecture).",
+        epilog=DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_compare_models(cmp_)
+    cmp_.add_argument("--out", required=True, help="output directory")
+    _add_engine_options(cmp_, default_rank=DEFAULT_RANK)
+    _add_common(cmp_)
 
     qua = sub.add_parser(
         "quality",
@@ -418,6 +500,8 @@ def _print_summary(result, out: Path, seconds: float) -> None:
     absent = int((~result.presence()).sum())
     if absent:
         print(f"  {absent} component-block strengths are at or below their block's floor: absent")
+    if "comparison" in (result.meta or {}):
+        print("\n".join(commands.sharing_lines(result)))
     for note in result.spare_components():
         print(f"note: {note}")
     print(commands.report_line(out))
@@ -489,10 +573,12 @@ def _run(args: argparse.Namespace) -> int:
     from factorlens import commands
 
     start = time.perf_counter()
-    if args.command in ("demo", "analyze", "rank"):
-        runner = {"demo": commands.run_demo, "analyze": commands.run_analyze}.get(
-            args.command, commands.run_rank
-        )
+    if args.command in ("demo", "analyze", "rank", "compare"):
+        runner = {
+            "demo": commands.run_demo,
+            "analyze": commands.run_analyze,
+            "compare": commands.run_compare,
+        }.get(args.command, commands.run_rank)
         engine = _engine_kwargs(args)
         with _cluster(args, engine):
             result, out = runner(args, engine)

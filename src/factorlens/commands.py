@@ -235,6 +235,158 @@ def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
     return result, out
 
 
+def compare_models(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
+    """Return ``(label, model spec, weights)`` per model of ``compare``'s repeated options.
+
+    One ``--model`` serves every ``--weights``; otherwise they pair in order. Labels come
+    from ``--label``, else the checkpoint's file name, else the class name (made unique).
+    """
+    specs, weights, labels = list(args.model), list(args.weights), list(args.label)
+    if len(specs) == 1 and len(weights) > 1:
+        specs = specs * len(weights)
+    n = len(specs)
+    if n < 2:
+        raise FactorlensError(
+            "compare needs two or more models: give --model and --weights once per model, or "
+            "one --model and two or more --weights"
+        )
+    if weights and len(weights) != n:
+        raise FactorlensError(
+            f"{n} --model but {len(weights)} --weights; give one --weights per --model (or one "
+            "--model for all the --weights)"
+        )
+    if labels and len(labels) != n:
+        raise FactorlensError(f"{n} models but {len(labels)} --label; give one per model")
+    weights_or_none: list[str | None] = list(weights) if weights else [None] * n
+    if not labels:
+        from factorlens.modelset import LABEL
+
+        for spec, w in zip(specs, weights_or_none, strict=True):
+            stem = Path(w).stem if w else spec.rpartition(":")[2]
+            base = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem).lstrip("_-")
+            base = base[:40] if base and LABEL.fullmatch(base[:40]) else "model"
+            label, k = base, 2
+            while label in labels:
+                label, k = f"{base}-{k}", k + 1
+            labels.append(label)
+    elif len(set(labels)) != n:
+        raise FactorlensError(f"--label names a model twice ({labels}); give each its own label")
+    return list(zip(labels, specs, weights_or_none, strict=True))
+
+
+def compare_layers(items: list[str], labels: list[str]) -> dict[str, str]:
+    """``--layers [LABEL=]NAMES`` → ``{label: names}``; NAMES without a label apply to all."""
+    out: dict[str, str] = {}
+    for item in items:
+        label, sep, names = item.partition("=")
+        if sep and label in labels:
+            out[label] = names
+        elif sep and "," not in label and "*" not in label and "." not in label:
+            raise FactorlensError(
+                f"--layers {item!r} names model {label!r}, which is not one of {labels}"
+            )
+        else:
+            out.update(dict.fromkeys(labels, item))
+    return out
+
+
+def run_compare(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
+    """Capture several models on the same inputs, factorize them jointly, write ``--out``."""
+    from factorlens.pipeline import compare, compare_store
+
+    out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
+    rest = _with_tensor_blocks
+    if not args.model:
+        if not args.store:
+            raise FactorlensError(
+                "give --model and --weights for each model and --data SPEC (or --store PATH of "
+                "an existing comparison store)"
+            )
+        from factorlens.store import open_store
+
+        acts = open_store(args.store)
+        _check_rank(args.rank, acts.n_samples)
+        result = compare_store(
+            acts,
+            out=out,
+            rank=args.rank,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            device=_device(args),
+            **rest(acts, engine),
+        )
+        return result, out
+    if not args.data:
+        raise FactorlensError("--data SPEC is required with --model (e.g. --data mnist:DIR)")
+    from factorlens.data import load_data, make_preprocess, parse_normalize
+    from factorlens.modelio import build_model, find_preprocess_hook
+
+    chosen = compare_models(args)
+    labels = [label for label, _, _ in chosen]
+    layers = compare_layers(args.layers, labels)
+    device = _device(args)
+    data = load_data(args.data).subset(args.n_samples, random_state=args.seed)
+    _check_rank(args.rank, data.n_samples)
+    models, hooks, described = {}, {}, {}
+    for label, spec, weights in chosen:
+        models[label] = build_model(spec, weights, trust_pickle=args.trust_pickle, device=device)
+        hooks[label] = find_preprocess_hook(spec)
+        described[label] = spec + (f" with weights {weights}" if weights else "")
+    normalize = parse_normalize(args.normalize) if args.normalize else None
+    meta = {
+        "models": described,
+        "data": data.description,
+        "class_names": data.class_names,
+        "normalize": args.normalize,
+    }
+    tensor_layers = engine.get("tensor_layers") or []
+    engine = {k: v for k, v in engine.items() if k != "tensor_layers"}
+    if tensor_layers:
+        engine["tensor_blocks"] = tensor_layers
+    result = compare(
+        models,
+        data,
+        out=out,
+        rank=args.rank,
+        layers=layers,
+        preprocess=make_preprocess(normalize) if normalize else None,
+        model_preprocess=hooks,
+        store=args.store,
+        batch_size=args.batch_size,
+        device=device,
+        nonfinite=args.nonfinite,
+        compression=args.compression,
+        sketch=args.sketch,
+        memory_budget=args.memory,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        meta=meta,
+        resume=args.resume,
+        sharded=engine.get("backend") == "dask" and args.store is not None and not args.resume,
+        **engine,
+    )
+    return result, out
+
+
+def sharing_lines(result: CMTFResult) -> list[str]:
+    """Return the lines that say which models carry which component (``compare``)."""
+    from factorlens.comparison import component_sharing
+
+    sharing = component_sharing(result)
+    counts = sharing.counts()
+    lines = [
+        f"  components shared by all {len(sharing.labels)} models: {counts['all']}, by some: "
+        f"{counts['some']}, unique to one: {counts['unique']}, in no model's layers: "
+        f"{counts['none']}"
+    ]
+    for r, kind in enumerate(sharing.kinds):
+        if kind == "all":  # the counts said it; the report has the layers
+            continue
+        where = ", ".join(f"{e.block} {e.strength:.2f}" for e in sharing.evidence[r] if e.present)
+        lines.append(f"  C{r + 1}: {sharing.describe(r)}" + (f" (in {where})" if where else ""))
+    return lines
+
+
 def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
     """Scan the rank, print the evidence, write the analysis at the chosen rank."""
     from factorlens.rank import estimate_rank

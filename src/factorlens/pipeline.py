@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -646,14 +647,36 @@ def analyze_store(
         The fitted factorization.
     """
     out = check_output_dir(out, overwrite)
+    result = _fit_store(acts, rank, progress, device, engine)
+    result.meta.update(extra_meta or {})
+    names = (acts.meta or {}).get("class_names")
+    predictions = predicted_classes(acts, len(names) if names else None)
+    _write_store_result(acts, out, result, overwrite, report, engine, predictions)
+    return result
+
+
+def _fit_store(
+    acts: ActivationStore, rank: int, progress: bool, device: str, engine: dict[str, Any]
+) -> CMTFResult:
+    """Fit ``acts`` at ``rank`` (the samples compressed too when wide layers were sketched)."""
     if not engine.get("compress_rows") and truncated_sketch(acts):
         # wide layers were sketched: the fit's cost is the input block's (150,528 features
         # a 224 px image), so the samples are compressed too (CMTF compress_rows)
         engine = {**engine, "compress_rows": sketched_compress_rows(rank, acts.n_samples)}
-    result = factorize_store(acts, rank, progress=progress, device=device, **engine)
-    result.meta.update(extra_meta or {})
+    return factorize_store(acts, rank, progress=progress, device=device, **engine)
+
+
+def _write_store_result(
+    acts: ActivationStore,
+    out: Path,
+    result: CMTFResult,
+    overwrite: bool,
+    report: bool,
+    engine: dict[str, Any],
+    predictions: np.ndarray | None,
+) -> None:
+    """Write ``result`` with the store's inputs, labels and class names into ``out``."""
     meta = acts.meta or {}
-    names = meta.get("class_names")
     write_outputs(
         out,
         result,
@@ -663,8 +686,153 @@ def analyze_store(
         overwrite=overwrite,
         report=report,
         title=_title(meta),
-        predictions=predicted_classes(acts, len(names) if names else None),
+        predictions=predictions,
     )
+
+
+def compare(
+    models: Mapping[str, Any],
+    data: Any,
+    *,
+    out: str | Path,
+    rank: int = DEFAULT_RANK,
+    layers: Mapping[str, Sequence[str] | str | None] | None = None,
+    preprocess: Callable | None = None,
+    model_preprocess: Mapping[str, Callable | None] | None = None,
+    store: str | Path | None = None,
+    batch_size: int = _C.batch_size,
+    device: str = _C.device,
+    nonfinite: str = _C.nonfinite,
+    compression: str = _C.compression,
+    sketch: int | str = _C.sketch,
+    memory_budget: int = _C.memory_budget,
+    overwrite: bool = False,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+    report: bool = True,
+    resume: bool = False,
+    sharded: bool = False,
+    **engine: Any,
+) -> CMTFResult:
+    """Capture several models on the same inputs, factorize all their layers jointly, write ``out``.
+
+    Every chosen layer of every model is a block, named ``label.layer``, next to the one
+    input block; one joint factorization then gives each component a strength in every layer
+    of every model. ``result.meta["comparison"]`` holds which models carry each component
+    (:func:`factorlens.comparison.component_sharing`) and linear CKA between matched layers of
+    every pair of models (:func:`factorlens.comparison.linear_cka`); the report shows both.
+
+    Parameters
+    ----------
+    models : mapping of str to torch.nn.Module
+        ``{label: model}``, two or more, in the order to show them (architectures may differ).
+    data : ImageData
+        The test inputs, the same for every model.
+    out : str or pathlib.Path
+        The output directory.
+    rank : int
+        The number of components R.
+    layers : mapping of str to names, optional
+        ``{label: names or globs}`` per model (see :func:`factorlens.capture.select_layers`);
+        a model left out gets its default layers.
+    preprocess : callable, optional
+        Applied to each batch before every model (e.g. the normalization they share).
+    model_preprocess : mapping of str to callable, optional
+        ``{label: f}`` applied after ``preprocess``, before that model only.
+    store : str or pathlib.Path, optional
+        Capture into an on-disk store at this path (else in memory, wide layers sketched).
+    resume : bool
+        Continue the interrupted capture in ``store`` (the same call otherwise).
+    sharded : bool
+        Run a capture into ``store`` on the workers of the current Dask client.
+    **engine
+        The rest as in :func:`analyze` (``batch_size`` … ``report``) and the options of
+        :class:`factorlens.factorize.CMTF`.
+
+    Returns
+    -------
+    CMTFResult
+        The joint factorization, its ``meta["comparison"]`` filled in.
+    """
+    from factorlens.modelset import ModelSet, model_layers
+
+    modelset = ModelSet(models, model_preprocess)
+    names = model_layers(modelset, layers)
+    given = (meta or {}).get("models") or {}
+    described = {
+        label: str(given.get(label) or type(getattr(modelset, label)).__name__)
+        for label in modelset.labels
+    }
+    meta = {**(meta or {}), "models": described}
+    meta.setdefault("model", f"{len(described)} models: " + ", ".join(described))
+    acts = capture_for_analysis(
+        modelset,
+        data,
+        out=out,
+        layers=names,
+        preprocess=preprocess,
+        store=store,
+        batch_size=batch_size,
+        device=device,
+        nonfinite=nonfinite,
+        compression=compression,
+        overwrite=overwrite,
+        progress=progress,
+        meta=meta,
+        resume=resume,
+        sharded=sharded,
+        sketch=sketch,
+        memory_budget=memory_budget,
+        sketch_rank=rank,
+        center=bool(engine.get("center", False)),
+        seed=int(engine.get("random_state") or DEFAULT_SEED),
+    )
+    return compare_store(
+        acts,
+        out=out,
+        rank=rank,
+        overwrite=overwrite,
+        progress=progress,
+        report=report,
+        device=device,
+        **engine,
+    )
+
+
+def compare_store(
+    acts: ActivationStore,
+    *,
+    out: str | Path,
+    rank: int = DEFAULT_RANK,
+    overwrite: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    device: str = "cpu",
+    **engine: Any,
+) -> CMTFResult:
+    """Factorize a store of several models' layers (from :func:`compare`) and write ``out``.
+
+    Parameters are those of :func:`analyze_store`; the store's ``meta["models"]`` names the
+    models (each block is ``label.layer``).
+    """
+    from factorlens.comparison import component_sharing, linear_cka
+
+    labels = [str(k) for k in ((acts.meta or {}).get("models") or {})]
+    if len(labels) < 2:
+        raise FactorlensError(
+            "this store holds one model's layers (its meta names no 'models'); analyse it "
+            "with analyze, or capture several models with compare"
+        )
+    out = check_output_dir(out, overwrite)
+    start = time.perf_counter()
+    result = _fit_store(acts, rank, progress, device, engine)
+    fitted = time.perf_counter()
+    sharing = component_sharing(result, labels)
+    cka = linear_cka(acts, labels, seed=int(engine.get("random_state") or DEFAULT_SEED))
+    seconds = {"fit": round(fitted - start, 2), "cka": round(time.perf_counter() - fitted, 2)}
+    result.meta["comparison"] = {"sharing": sharing.to_dict(), "cka": cka, "seconds": seconds}
+    # several models answer: no one model's predictions are the inputs' predictions
+    _write_store_result(acts, out, result, overwrite, report, engine, None)
     return result
 
 

@@ -276,14 +276,15 @@ def _model_bytes(model: nn.Module) -> bytes:
     """
     import cloudpickle
 
-    module = sys.modules.get(type(model).__module__)
-    by_value = module is not None and module.__name__.startswith(USER_MODULE_PREFIX)
-    if by_value:
+    names = {type(m).__module__ for m in model.modules()}  # several model files in a ModelSet
+    modules = [sys.modules[n] for n in sorted(names) if n in sys.modules]
+    by_value = [m for m in modules if m.__name__.startswith(USER_MODULE_PREFIX)]
+    for module in by_value:
         cloudpickle.register_pickle_by_value(module)
     try:
         return cloudpickle.dumps(model)
     finally:
-        if by_value:
+        for module in by_value:
             cloudpickle.unregister_pickle_by_value(module)
 
 

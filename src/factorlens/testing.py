@@ -1,7 +1,9 @@
 """Helpers for testing code that uses factorlens, in the spirit of ``numpy.testing``.
 
 Synthetic blocks generated from known factors (:func:`planted_blocks`, :func:`acar_blocks`,
-:func:`rank_blocks`), the same blocks written to a store on disk (:func:`zarr_store`), noise of a given relative size (:func:`add_noise`), unit-norm factor
+:func:`rank_blocks`; two models' layers with shared and unique components,
+:func:`model_pair_blocks`), the same blocks written to a store on disk (:func:`zarr_store`) or
+held in one (:func:`memory_store`), noise of a given relative size (:func:`add_noise`), unit-norm factor
 matrices (:func:`unit_columns`, :func:`random_unit`) and a consistent
 :class:`~factorlens.factorize.result.CMTFResult` with random factors (:func:`random_result`),
 for code that reads results (reports, plots, trajectories) without fitting one.
@@ -25,6 +27,8 @@ from factorlens.factorize.result import CMTFResult
 __all__ = [
     "acar_blocks",
     "add_noise",
+    "memory_store",
+    "model_pair_blocks",
     "planted_blocks",
     "random_result",
     "random_unit",
@@ -165,6 +169,67 @@ def planted_blocks(
         truth[name] = [V]
         blocks[name] = add_noise(A @ V.T, noise, rng).astype(np.float32)
     return blocks, truth
+
+
+def memory_store(
+    blocks: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any] | None = None,
+    labels: np.ndarray | None = None,
+) -> Any:
+    """Return a closed :class:`~factorlens.store.MemoryStore` holding ``blocks``.
+
+    The first block is the input; ``meta`` and ``labels`` are set as a capture sets them.
+    """
+    from factorlens.store import MemoryStore
+
+    store = MemoryStore()
+    for i, (name, arr) in enumerate(blocks.items()):
+        kind = "input" if i == 0 else "layer"
+        store.create_block(name, arr.shape[1:], kind, kind, n_samples=arr.shape[0])
+        store.append(name, np.asarray(arr, dtype=np.float32))
+    if labels is not None:
+        store.set_labels(labels)
+    store.set_meta(dict(meta or {}))
+    store.close()
+    return store
+
+
+def model_pair_blocks(
+    seed: int,
+    N: int = 300,
+    shared: int = 3,
+    unique: tuple[int, int] = (2, 2),
+    layers: Sequence[int] = (60, 40, 20),
+    noise: float = 0.1,
+    labels: tuple[str, str] = ("a", "b"),
+) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+    """Make an input and two models' layers that share some components and each hold others.
+
+    Every component is in the input (``(N, 120)``); the first ``shared`` are in every layer
+    of both models, the next ``unique[0]`` only in the first model's layers, the last
+    ``unique[1]`` only in the second's. Each component's strength varies from layer to layer
+    (a factor drawn from [0.5, 1.5]); every block has Gaussian noise of relative size
+    ``noise``.
+
+    Returns
+    -------
+    blocks : dict of str to array
+        ``input``, then ``<label>.layer<k>`` (``(N, layers[k-1])``) model by model.
+    carried_by : list of list of str
+        Per planted component (the columns of the sample factor, in order), the labels of the
+        models whose layers hold it.
+    """
+    rng = np.random.default_rng(seed)
+    R = shared + sum(unique)
+    A = random_unit(rng, N, R)
+    blocks = {"input": add_noise(A @ rng.standard_normal((R, 120)), noise, rng)}
+    owners = [list(labels)] * shared + [[labels[0]]] * unique[0] + [[labels[1]]] * unique[1]
+    for label in labels:
+        held = np.array([label in o for o in owners], dtype=float)
+        for k, width in enumerate(layers, start=1):
+            V = random_unit(rng, width, R) * held * rng.uniform(0.5, 1.5, R)
+            blocks[f"{label}.layer{k}"] = add_noise(A @ V.T, noise, rng)
+    return {k: v.astype(np.float32) for k, v in blocks.items()}, owners
 
 
 def acar_blocks(seed: int, noise: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:

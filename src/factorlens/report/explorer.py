@@ -46,6 +46,24 @@ def stage_groups(names: Sequence[str], min_blocks: int = 24) -> list[dict]:
     return []
 
 
+def model_groups(names: Sequence[str], labels: Sequence[str]) -> list[dict]:
+    """Group a comparison's blocks by model: ``[{"name": label, "start", "count"}]``.
+
+    A block ``label.layer`` belongs to model ``label``; the input (and any block of no model)
+    stays a column of its own.
+    """
+    groups: list[dict] = []
+    for i, name in enumerate(names):
+        head, dot, _ = name.partition(".")
+        if not dot or head not in labels:
+            continue
+        if groups and groups[-1]["name"] == head and groups[-1]["start"] + groups[-1]["count"] == i:
+            groups[-1]["count"] += 1
+        else:
+            groups.append({"name": head, "start": i, "count": 1})
+    return groups
+
+
 def block_view(sample_shape: Sequence[int]) -> str:
     """``"dense"`` for (d,), ``"conv"`` for (C, L) or (C, H, W), ``"units"`` otherwise."""
     n = len(tuple(sample_shape))

@@ -23,6 +23,7 @@ from factorlens.report import charts
 from factorlens.report import explorer as X
 from factorlens.report import pixels as P
 from factorlens.report.assets import Assets, Inputs, format_value
+from factorlens.report.view_compare import comparison_view
 from factorlens.report.view_component import ComponentView
 from factorlens.report.view_flow import flow_map
 from factorlens.rows import in_memory
@@ -291,6 +292,7 @@ def build_page(
     assets = Assets()
     cv = ComponentView(result, inp, assets)
     flow = flow_map(result, cv)
+    compare = comparison_view(result, cv)
     components = [cv.section(r) for r in range(result.rank)]
     checkpoints = None
     if trajectory is not None:
@@ -314,6 +316,7 @@ def build_page(
             "model": format_value((result.meta or {}).get("model") or "", 80),
         },
         "flow": flow,
+        "compare": compare,
         "nav": _nav(result, cv),
         "components": components,
         "top_k": inp.top_k,

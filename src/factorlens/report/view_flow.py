@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from factorlens.comparison import labels_in
 from factorlens.report import explorer as X
 from factorlens.report import pixels as P
 from factorlens.report.assets import scale
@@ -75,7 +76,11 @@ def flow_map(result: CMTFResult, cv: ComponentView) -> dict[str, Any]:
         for n, c in zip(names, cut, strict=True)
     ]
     size = "normal" if flow.shape[0] <= 24 else ("compact" if flow.shape[0] <= 60 else "tiny")
-    groups = X.stage_groups([str(n) for n in names])
+    labels = labels_in(result.meta)
+    if labels:  # a comparison: the models are the column groups
+        groups = X.model_groups([str(n) for n in names], labels)
+    else:
+        groups = X.stage_groups([str(n) for n in names])
     if groups:
         _group_cells(groups, heads, rows, flow, present)
     return {
@@ -85,6 +90,7 @@ def flow_map(result: CMTFResult, cv: ComponentView) -> dict[str, Any]:
         "spare": list(spare),
         "scale": scale("shade", "0", "row's max"),
         "groups": groups,
+        "grouped_by": "model" if labels else "stage",
         "collapsed": bool(groups) and len(names) > COLLAPSE_ABOVE,
     }
 
