@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -370,7 +371,7 @@ def run_compare(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
 
 def sharing_lines(result: CMTFResult) -> list[str]:
     """Return the lines that say which models carry which component (``compare``)."""
-    from factorlens.comparison import component_sharing
+    from factorlens.comparison import component_sharing, strength_contrasts
 
     sharing = component_sharing(result)
     counts = sharing.counts()
@@ -384,6 +385,21 @@ def sharing_lines(result: CMTFResult) -> list[str]:
             continue
         where = ", ".join(f"{e.block} {e.strength:.2f}" for e in sharing.evidence[r] if e.present)
         lines.append(f"  C{r + 1}: {sharing.describe(r)}" + (f" (in {where})" if where else ""))
+    if len(sharing.labels) > 3:  # the report has every pair
+        return lines
+    cka = {
+        (p["a"], p["b"]): p["layers"]
+        for p in result.meta["comparison"].get("cka", {}).get("pairs", [])
+    }
+    for a, b in itertools.combinations(sharing.labels, 2):
+        values = " ".join(f"{float(v):.2f}" for _, _, v in cka.get((a, b), []))
+        if values:
+            lines.append(f"  linear CKA of {a} and {b}, matched layers in order: {values}")
+        for c in strength_contrasts(result, a, b)[:3]:
+            lines.append(
+                f"    C{c.component + 1} is {c.ratio:.2f}× stronger in {c.stronger}'s {c.layer} "
+                f"than in {c.weaker}'s {c.other_layer}"
+            )
     return lines
 
 
