@@ -202,3 +202,25 @@ def test_cli_compare_refuses_unpaired_models(project, tmp_path, capsys, extra, m
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_set_of_model_files_travels_to_dask_workers(project, tmp_path) -> None:
+    """Each model file's classes go by value: a worker cannot import a file by name."""
+    import subprocess
+    import sys
+
+    from factorlens.modelio import build_model
+    from factorlens.sharded import _model_bytes
+
+    spec = f"{project['model']}:TinyNet"
+    models = ModelSet({"a": build_model(spec, project["weights"]), "b": build_model(spec)})
+    pickled = tmp_path / "models.pkl"
+    pickled.write_bytes(_model_bytes(models))
+    code = (
+        "import cloudpickle, sys, torch; m = cloudpickle.loads(open(sys.argv[1], 'rb').read()); "
+        "print(type(m.a).__name__, tuple(m(torch.zeros(2, 1, 8, 8)).shape))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(pickled)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["TinyNet", "(2,", "3)"]

@@ -62,7 +62,8 @@ class Sharing:
     carried : numpy.ndarray
         ``(R, M)`` bool: component r is present in some layer of model m.
     evidence : list of list of Evidence
-        ``[r][m]``: the layer of model m where component r stands out most over the floor.
+        ``[r][m]``: the layer of model m where component r is strongest among those where it
+        is present (among all of m's layers where it is present in none).
     """
 
     labels: list[str]
@@ -176,9 +177,8 @@ def component_sharing(result: CMTFResult, labels: Sequence[str] | None = None) -
         for m, lab in enumerate(labels):
             cols = [j for j, o in enumerate(owner) if o == lab]
             carried[r, m] = bool(present[r, cols].any())
-
             pool = [j for j in cols if present[r, j]] or cols
-            j = max(pool, key=lambda j, r=r: _standing(float(flow[r, j]), floors.get(names[j])))
+            j = pool[int(np.argmax([flow[r, j] for j in pool]))]
             row.append(
                 Evidence(
                     block=names[j],
@@ -189,12 +189,6 @@ def component_sharing(result: CMTFResult, labels: Sequence[str] | None = None) -
             )
         evidence.append(row)
     return Sharing(labels=labels, carried=carried, evidence=evidence)
-
-
-def _standing(strength: float, floor: Any) -> float:
-    """How far above its floor (or, with none, how strong) a component is in a block."""
-    floor = float(floor or 0.0)
-    return strength / floor if floor > 0 else strength
 
 
 # ------------------------------------------------------------------------------------ CKA

@@ -765,6 +765,7 @@ def compare(
     }
     meta = {**(meta or {}), "models": described}
     meta.setdefault("model", f"{len(described)} models: " + ", ".join(described))
+    meta.setdefault("model_name", " vs ".join(described))
     acts = capture_for_analysis(
         modelset,
         data,

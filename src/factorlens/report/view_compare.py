@@ -46,7 +46,7 @@ def comparison_view(result: CMTFResult, cv: ComponentView) -> dict[str, Any] | N
                     "floor": f"floor {e.floor:.2f}" if e.floor >= 0.005 else "floor ≈ 0",
                     "href": f"#component-{r + 1}-block-{index[e.block]}",
                     "tip": (
-                        f"C{r + 1} in {label}: strongest over its floor in {layer}, strength "
+                        f"C{r + 1} in {label}: strongest in {layer}, strength "
                         f"{e.strength:.3f} against a floor of {e.floor:.3g}"
                         if e.present
                         else f"C{r + 1} is at or below the floor in every layer of {label} "
