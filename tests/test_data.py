@@ -478,3 +478,40 @@ def test_preprocess_errors() -> None:
 
     with pytest.raises(FactorlensError):
         make_preprocess(((0.5,), (0.0,)))
+
+
+def test_named_data_sets_come_from_entry_points_not_imports(monkeypatch) -> None:
+    import ast
+    from pathlib import Path
+
+    import factorlens.data as data_module
+
+    tree = ast.parse(Path(data_module.__file__).read_text())
+    imported = [
+        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    ] + [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+    assert not [m for m in imported if "research" in m]  # data.py never reaches up
+
+    class Entry:  # an installed package's entry point
+        def __init__(self, value, fn) -> None:
+            self.value, self._fn = value, fn
+
+        def load(self):
+            return self._fn
+
+    good = data_module.from_arrays(np.zeros((3, 2, 2)), None, None, "three blanks", "blank")
+    fake = {
+        "blank": Entry("pkg:blank", lambda: good),
+        "broken": Entry("pkg:broken", lambda: 1 / 0),
+        "wrong": Entry("pkg:wrong", lambda: np.zeros(3)),
+    }
+    monkeypatch.setattr(data_module, "named_datasets", lambda: fake)
+    assert data_module.load_data("blank") is good
+    with pytest.raises(FactorlensError, match=r"'broken' .*failed to load: ZeroDivisionError"):
+        data_module.load_data("broken")
+    with pytest.raises(FactorlensError, match="returned a ndarray, not an ImageData"):
+        data_module.load_data("wrong")
+    with pytest.raises(FactorlensError, match="takes no argument"):
+        data_module.load_data("blank:x")
+    with pytest.raises(FactorlensError, match="use one of: digits, blank, broken, wrong, mnist"):
+        data_module.load_data("other")

@@ -3,8 +3,11 @@
 Accepted SPEC forms:
 
 * ``digits`` — scikit-learn's bundled 8×8 digits (1797 images, 1×8×8, labels 0–9).
-* ``glyphs`` / ``shapes`` — the fixed 2,000-image test sets of the procedural domains of
-  :mod:`factorlens.research.synthetic` (1×28×28 letters, 3×32×32 coloured shapes; 10 classes).
+* a named data set that an installed package registers in the entry-point group
+  ``factorlens.datasets`` (a function with no arguments returning an :class:`ImageData`);
+  factorlens registers ``glyphs`` / ``shapes``, the fixed 2,000-image test sets of the
+  procedural domains of its research tooling (1×28×28 letters, 3×32×32 coloured shapes;
+  10 classes). This module never imports them: the entry point is read when the name is used.
 * ``mnist:DIR`` / ``mnist:DIR:train`` / ``mnist:DIR:test`` — the MNIST IDX files as distributed
   (``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]`` for the default test split,
   ``train-…`` for ``:train``); the label file is optional.
@@ -28,6 +31,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,12 +44,16 @@ __all__ = [
     "SPEC_FORMS",
     "ImageData",
     "Preprocess",
+    "from_arrays",
     "load_data",
     "make_preprocess",
     "parse_normalize",
 ]
 
-SPEC_FORMS = "digits, glyphs, shapes, mnist:DIR, mnist:DIR:train, npz:FILE.npz, folder:DIR"
+SPEC_FORMS = "digits, mnist:DIR, mnist:DIR:train, npz:FILE.npz, folder:DIR"
+#: the entry-point group of named data sets: ``name = "package.module:function"``, the function
+#: taking no arguments and returning an :class:`ImageData`
+DATASETS_GROUP = "factorlens.datasets"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 _IDX_UINT8 = 0x08
@@ -179,7 +187,7 @@ def load_data(spec: str) -> ImageData:
         For an unknown SPEC or data that cannot be read.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise FactorlensError(f"empty data SPEC; use one of: {SPEC_FORMS}")
+        raise FactorlensError(f"empty data SPEC; use one of: {_spec_forms()}")
     spec = spec.strip()
     scheme, sep, rest = spec.partition(":")
     scheme_l = scheme.lower()
@@ -187,17 +195,18 @@ def load_data(spec: str) -> ImageData:
         if sep and rest:
             raise FactorlensError(f"'digits' takes no argument, got {spec!r}; use just: digits")
         return _load_digits()
-    if scheme_l in ("glyphs", "shapes"):
+    named = named_datasets() if scheme_l not in ("mnist", "npz", "folder") else {}
+    if scheme_l in named:
         if sep and rest:
             raise FactorlensError(f"{scheme_l!r} takes no argument, got {spec!r}; use: {scheme_l}")
-        return _load_synthetic(scheme_l)
+        return _load_named(scheme_l, named[scheme_l])
     if not sep or scheme_l not in ("mnist", "npz", "folder"):
         hint = ""
         if not sep and Path(spec).suffix.lower() == ".npz":
             hint = f" (did you mean npz:{spec}?)"
         elif not sep and Path(spec).is_dir():
             hint = f" (did you mean folder:{spec} or mnist:{spec}?)"
-        raise FactorlensError(f"unknown data SPEC {spec!r}{hint}; use one of: {SPEC_FORMS}")
+        raise FactorlensError(f"unknown data SPEC {spec!r}{hint}; use one of: {_spec_forms()}")
     if not rest:
         raise FactorlensError(
             f"data SPEC {spec!r} needs a path after '{scheme}:'; e.g. {scheme}:PATH"
@@ -286,18 +295,51 @@ def _wrap(
 # digits
 
 
-def _load_synthetic(domain: str) -> ImageData:
-    from factorlens.research.synthetic import DOMAINS, N_TEST, synthetic_split
+def named_datasets() -> dict[str, Any]:
+    """Return the named data sets installed packages register: ``{name: entry point}``."""
+    from importlib.metadata import entry_points
 
-    _x, _y, images, labels = synthetic_split(domain)
-    c, h, w, names = DOMAINS[domain]
-    return _finish(
-        np.array(images),
-        np.array(labels),
-        list(names),
-        f"{domain} (factorlens.research.synthetic), the fixed {N_TEST} test images ({c}×{h}×{w}, 10 classes)",
-        domain,
-    )
+    return {ep.name.lower(): ep for ep in entry_points(group=DATASETS_GROUP)}
+
+
+def _spec_forms() -> str:
+    """Return the SPEC forms, the installed named data sets included."""
+    names = sorted(set(named_datasets()) - {"digits"})
+    return ", ".join(["digits", *names, *SPEC_FORMS.split(", ")[1:]])
+
+
+def _load_named(name: str, entry: Any) -> ImageData:
+    """Load the named data set ``name`` through its entry point (a one-line error if it fails)."""
+    try:
+        data = entry.load()()
+    except FactorlensError:
+        raise
+    except Exception as exc:
+        raise FactorlensError(
+            f"the data set {name!r} ({entry.value}) failed to load: {type(exc).__name__}: "
+            f"{exc}; reinstall the package that provides it"
+        ) from exc
+    if not isinstance(data, ImageData):
+        raise FactorlensError(
+            f"the data set {name!r} ({entry.value}) returned a {type(data).__name__}, not an "
+            "ImageData; its function must return factorlens.data.from_arrays(...)"
+        )
+    return data
+
+
+def from_arrays(
+    images: np.ndarray | Levels,
+    labels: np.ndarray | None,
+    class_names: list[str] | None,
+    description: str,
+    source: str,
+) -> ImageData:
+    """Return checked :class:`ImageData` from arrays (what a named data set's function returns).
+
+    ``images``: ``N×H×W``, ``N×C×H×W`` or ``N×D``, values in [0, 1]; ``labels`` (N,) or None;
+    ``description`` says what the data is; ``source`` names it in error messages.
+    """
+    return _finish(images, labels, class_names, description, source)
 
 
 def _load_digits() -> ImageData:

@@ -23,10 +23,14 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from factorlens.errors import FactorlensError
+
+if TYPE_CHECKING:
+    from factorlens.data import ImageData
 
 __all__ = ["DOMAINS", "N_TEST", "N_TRAIN", "make_images", "synthetic_retest", "synthetic_split"]
 
@@ -310,3 +314,29 @@ def synthetic_retest(domain: str, n_test: int = N_TEST) -> tuple[np.ndarray, np.
     """
     _check_domain(domain)
     return _cached(domain, int(n_test), (_TEST_STREAM, 3))
+
+
+def test_set(domain: str) -> ImageData:
+    """Return the fixed test set of ``domain`` as :class:`~factorlens.data.ImageData`."""
+    from factorlens.data import from_arrays
+
+    _x, _y, images, labels = synthetic_split(domain)
+    c, h, w, names = DOMAINS[domain]
+    return from_arrays(
+        np.array(images),
+        np.array(labels),
+        list(names),
+        f"{domain} (factorlens.research.synthetic), the fixed {N_TEST} test images "
+        f"({c}×{h}×{w}, 10 classes)",
+        domain,
+    )
+
+
+def glyphs_test_set() -> ImageData:
+    """Return the ``glyphs`` test set (the data SPEC ``glyphs``, registered as an entry point)."""
+    return test_set("glyphs")
+
+
+def shapes_test_set() -> ImageData:
+    """Return the ``shapes`` test set (the data SPEC ``shapes``, registered as an entry point)."""
+    return test_set("shapes")
