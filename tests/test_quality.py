@@ -402,3 +402,43 @@ def test_quality_scratch_on_the_command_line(checkpoints, tmp_path, capsys) -> N
     with pytest.raises(SystemExit):  # refused by the parser, before any work
         main(missing)
     assert "argument --scratch: no folder" in capsys.readouterr().err
+
+
+def test_assess_quality_is_the_quality_command_from_python(checkpoints, tmp_path) -> None:
+    from factorlens import assess_quality
+    from factorlens.modelio import build_model
+    from factorlens.pipeline import load
+
+    data = load_data("digits").subset(120, random_state=0)
+    built: list[str] = []
+
+    def lazy(name: str):  # built when its turn comes, one model held at a time
+        def build():
+            built.append(name)
+            return build_model(MODEL, checkpoints[name])
+
+        return build
+
+    models = {"init": lazy("init"), "trained": build_model(MODEL, checkpoints["trained"])}
+    reports = assess_quality(
+        models,
+        data,
+        out=tmp_path / "q",
+        scan=False,
+        rank=2,
+        layers="features.4,classifier.3",
+        progress=False,
+    )
+    assert built == ["init"] and [r.checkpoint for r in reports] == ["init", "trained"]
+    for report, d in zip(reports, sorted((tmp_path / "q" / "checkpoints").iterdir()), strict=True):
+        saved = load(d)
+        assert saved.rank == 2 and saved.meta["quality_score"] == pytest.approx(report.score)
+        assert saved.meta["checkpoint"] == report.checkpoint
+    assert (tmp_path / "q" / "index.html").is_file()
+    assert [r.score for r in assess_quality(models, data, scan=False, progress=False)] == [
+        pytest.approx(r.score) for r in reports
+    ]
+    with pytest.raises(FactorlensError, match="`rank` fixes the rank"):
+        assess_quality(models, data, rank=3)
+    with pytest.raises(FactorlensError, match="no checkpoints"):
+        assess_quality({}, data)

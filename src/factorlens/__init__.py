@@ -15,6 +15,7 @@ Quick use::
     result = factorlens.load("results")
     scan = factorlens.estimate_rank(store, max_rank=10)   # evidence per R, scan.chosen
     factorlens.score_model(model, data).score           # label-free training quality
+    factorlens.assess_quality({"ep1": m1, "ep9": m9}, data, out="q")  # + analyses, report
 """
 
 import sys
@@ -29,6 +30,7 @@ _EXPORTS = {
     "default_layers": "capture",
     "select_layers": "capture",
     "capture_sharded": "sharded",
+    "assess_quality": "assess",
     "ImageData": "data",
     "load_data": "data",
     "FactorlensError": "errors",
@@ -51,6 +53,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
+    from factorlens.assess import assess_quality
     from factorlens.capture import capture, default_layers, select_layers
     from factorlens.comparison import component_sharing
     from factorlens.data import ImageData, load_data
@@ -105,6 +108,7 @@ __all__ = [
     "RankScan",
     "__version__",
     "analyze",
+    "assess_quality",
     "capture",
     "capture_sharded",
     "cmtf",

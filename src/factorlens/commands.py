@@ -27,8 +27,6 @@ from factorlens.pipeline import (
 )
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from factorlens.quality import QualityReport
     from factorlens.store import ActivationStore, ZarrStore
 
@@ -438,21 +436,16 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
 RECOMMENDED_QUALITY_INPUTS = 2000
 
 
-#: the rank of every checkpoint's analysis with ``quality --no-rank --out`` and no ``--rank``
-FIXED_RANK = 10
-
-#: what ``quality --out DIR`` writes into DIR
-QUALITY_JSON = "quality.json"
-CHECKPOINTS_DIR = "checkpoints"
-
-
 def run_quality(args: argparse.Namespace) -> int:
     """Score every checkpoint on the same unlabelled inputs.
 
     Print a table, write JSON and, with ``--out``, every checkpoint's analysis at its chosen
-    rank plus the trajectory report.
+    rank plus the checkpoints report (:func:`factorlens.assess.assess_quality`).
     """
-    from factorlens.pipeline import FIGURES_DIR, REPORT_HTML, publish
+    import functools
+
+    from factorlens.assess import assess_quality
+    from factorlens.modelio import build_model
     from factorlens.quality import resolve_mode
 
     resolve_mode(args.mode, len(args.checkpoints))  # a mode that cannot run: before any work
@@ -467,168 +460,49 @@ def run_quality(args: argparse.Namespace) -> int:
             raise FactorlensError(
                 f"cannot write {json_path}: folder {json_path.parent} does not exist"
             )
-    out = (
-        check_output_dir(args.out, args.overwrite, (QUALITY_JSON, REPORT_HTML))
-        if args.out
-        else None
-    )
     if getattr(args, "rank", None) is not None and not args.no_rank:
         raise FactorlensError(
             "--rank fixes the rank of the analyses only with --no-rank; without it the rank "
             "scan chooses each checkpoint's rank (drop --rank, or add --no-rank)"
         )
-    reports: list[QualityReport] = []
-    if out is None:
-        _score_checkpoints(args, reports, None)
-    else:
-        publish(
-            out,
-            lambda stage: _score_checkpoints(args, reports, stage),
-            (QUALITY_JSON, CHECKPOINTS_DIR, REPORT_HTML, FIGURES_DIR),
-            overwrite=args.overwrite,
-        )
+    data, device, preprocess = _inputs(args)
+    build = functools.partial(
+        build_model, args.model, trust_pickle=args.trust_pickle, device=device
+    )
+    checkpoints = [(ckpt, functools.partial(build, ckpt)) for ckpt in args.checkpoints]
+    reports = assess_quality(
+        checkpoints,
+        data,
+        out=args.out,
+        mode=args.mode,
+        scan=not args.no_rank,
+        max_rank=args.max_rank,
+        rank=args.rank,
+        layers=args.layers,
+        preprocess=preprocess,
+        batch_size=args.batch_size,
+        device=device,
+        select=parse_select(args.select),
+        nonfinite=args.nonfinite,
+        sketch=args.sketch,
+        memory_budget=args.memory,
+        scratch=args.scratch,
+        random_state=args.seed,
+        meta={
+            "model": args.model,
+            "data": data.description,
+            "class_names": data.class_names,
+            "normalize": args.normalize,
+        },
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     _print_quality_table(reports, with_acc=reports[0].accuracy is not None)
     if json_path is not None:
         atomic_write_text(json_path, json.dumps([r.to_dict() for r in reports], indent=1))
-    if out is not None:
-        print(report_line(out))
+    if args.out is not None:
+        print(report_line(Path(args.out)))
     return 0
-
-
-def _score_checkpoints(
-    args: argparse.Namespace, reports: list[QualityReport], stage: Path | None
-) -> None:
-    """Capture and score each checkpoint, appending to ``reports``.
-
-    With a ``stage`` folder also write its analysis at the chosen rank, the trajectory report
-    and quality.json. With ``--scratch`` each checkpoint is captured into a temporary store
-    there, removed once the checkpoint is scored (and analysed).
-    """
-    from factorlens.modelio import build_model
-    from factorlens.progress import progress_bar
-    from factorlens.quality import perturbations, resolve_mode, score_together, scratch_store
-    from factorlens.report.assets import safe_name
-
-    mode = resolve_mode(args.mode, len(args.checkpoints))
-    data, device, preprocess = _inputs(args)
-    copies = perturbations(data.images, args.seed)  # the same copies for every checkpoint
-    analyses: list[Path] = []
-    outputs, single = [], []
-    bar = progress_bar(len(args.checkpoints), "quality", unit="checkpoint", disable=args.quiet)
-    try:
-        for i, ckpt in enumerate(args.checkpoints):
-            bar.set_postfix_str(Path(ckpt).name)
-            model = build_model(args.model, ckpt, trust_pickle=args.trust_pickle, device=device)
-            target = None
-            if stage is not None:
-                target = stage / CHECKPOINTS_DIR / f"{i + 1:02d}-{safe_name(Path(ckpt).stem)}"
-            with scratch_store(args.scratch) as where:  # None: in memory
-                report, out = _score_one(
-                    args,
-                    model,
-                    data,
-                    ckpt,
-                    copies,
-                    store=where,
-                    target=target,
-                    device=device,
-                    preprocess=preprocess,
-                )
-            single.append(report)
-            outputs.append(out)
-            if target is not None:
-                analyses.append(target)
-            bar.update(1)
-    finally:
-        bar.close()  # before any message, which would otherwise share its line
-    reports.extend(score_together(single, outputs, mode))
-    if stage is None:
-        return
-    for target, report in zip(analyses, reports, strict=True):  # the scores of the mode
-        _record_quality(target / "result.json", report)
-    from factorlens.pipeline import checkpoints_report
-
-    title = f"factorlens quality — {type(model).__name__}"
-    checkpoints_report(stage, analyses, title=title)
-    (stage / QUALITY_JSON).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
-
-
-def _score_one(
-    args: argparse.Namespace,
-    model: Any,
-    data: Any,
-    ckpt: str,
-    copies: list[np.ndarray],
-    *,
-    store: Path | None,
-    target: Path | None,
-    device: str,
-    preprocess: Any,
-) -> tuple[QualityReport, np.ndarray]:
-    """Capture one checkpoint (into the store path ``store``, or memory) and score it alone.
-
-    Returns its report and its ``(N, K)`` outputs; with a ``target`` folder also writes its
-    analysis there, at the scan's rank (or at ``--rank`` with ``--no-rank``).
-    """
-    from factorlens.quality import (
-        OUTPUT_BLOCK,
-        assess_store,
-        capture_for_score,
-        model_outputs,
-        perturbed_outputs,
-    )
-    from factorlens.store import StoreView
-
-    acts = capture_for_score(
-        model,
-        data,
-        layers=args.layers,
-        scan=not args.no_rank or target is not None,  # --out analyses the layers
-        batch_size=args.batch_size,
-        device=device,
-        preprocess=preprocess,
-        select=parse_select(args.select),
-        nonfinite=args.nonfinite,
-        meta={**_meta(args, model, data, ckpt), "checkpoint": ckpt},
-        store=store,
-        max_rank=max(args.max_rank, args.rank or FIXED_RANK),  # a sketch's directions
-        sketch=args.sketch,
-        memory_budget=args.memory,
-    )
-    options = {"batch_size": args.batch_size, "device": device, "preprocess": preprocess}
-    report = assess_store(
-        acts,
-        perturbed_outputs(model, copies, **options),
-        max_rank=args.max_rank,
-        random_state=args.seed,
-        checkpoint=ckpt,
-        scan=not args.no_rank,
-        progress=not args.quiet,
-    )
-    if target is not None:  # at the scan's rank, or at --rank (default 10)
-        rank = (args.rank or FIXED_RANK) if args.no_rank else report.rank
-        analyze_store(
-            StoreView(acts, [OUTPUT_BLOCK, *report.degenerate]),
-            out=target,
-            rank=rank,
-            progress=False,
-            device=device,
-            extra_meta={
-                "overview": "../../index.html",  # DIR/checkpoints/NN-name/ -> DIR/index.html
-                "rank_scan": report.rank_scan,
-                "quality_score": report.score,
-                "quality": {k: v for k, v in report.to_dict().items() if k != "rank_scan"},
-            },
-        )
-    return report, model_outputs(acts)
-
-
-def _record_quality(result_json: Path, report) -> None:
-    """Write a checkpoint's final scores into the meta of its (staged) analysis."""
-    summary = json.loads(result_json.read_text())
-    quality = {k: v for k, v in report.to_dict().items() if k != "rank_scan"}
-    summary["meta"].update(quality_score=report.score, quality=quality)
-    result_json.write_text(json.dumps(summary, indent=1))
 
 
 def _print_quality_table(reports: list[QualityReport], with_acc: bool) -> None:
