@@ -475,6 +475,11 @@ def test_a_result_prints_as_a_few_lines_not_its_arrays(n_blocks: int) -> None:
         assert f"… {n_blocks - 9} more blocks" in text
     else:
         assert len(lines) == 1 + n_blocks
+    # summary() is the text with every block; to_dict() the data of result.json
+    assert result.summary().splitlines()[0] == lines[0]
+    assert len(result.summary().splitlines()) == 1 + n_blocks
+    data = result.to_dict()
+    assert data["format"] == "factorlens-result" and len(data["blocks"]) == n_blocks
 
 
 def test_the_old_name_of_block_fit_still_reads_it_with_a_warning() -> None:
@@ -484,3 +489,18 @@ def test_the_old_name_of_block_fit_still_reads_it_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning, match="block_fit"):
         old = result.fit
     assert old is result.block_fit
+
+
+def test_the_loss_history_says_where_each_objective_starts() -> None:
+    from factorlens.testing import planted_blocks
+
+    blocks, _ = planted_blocks(N=120, R=3, noise=0.2, seed=1)
+    result = cmtf(blocks, 3, n_init=2, check_fewer=False)
+    stages = result.options["loss_stages"]
+    assert [what for what, _ in stages] == ["fit", "refine", "refit"]
+    assert stages[0][1] == 0 < stages[1][1] <= stages[2][1] < len(result.loss_history)
+    at = stages[2][1]  # the refit drops the penalty: its objective is another, much lower
+    assert result.loss_history[at] < 0.5 * result.loss_history[at - 1]
+    compressed = cmtf(blocks, 3, compress_rows=10, check_fewer=False)
+    names = [what for what, _ in compressed.options["loss_stages"]]
+    assert names[0] == "fit (compressed)" and names[-1] == "refine on all rows"

@@ -436,10 +436,12 @@ class CMTF:
                 best = (hist[-1], state, hist, blk)
         assert best is not None
         _, state, hist, blk = best
+        stages: list[list[Any]] = [["fit", 0]]  # [what, its first entry in the history]
         if len(starts) > 1 and len(hist) < self.n_iter_max and not self._converged(hist):
             state, more, blk = self._als(
                 data, models, state, self.n_iter_max - len(hist), label="refine"
             )
+            stages.append(["refine", len(hist)])
             hist = hist + more[1:]  # more[0] is the loss the refine started from
         if self.l1_penalty == "auto" and self.refit != "never" and not _degenerate_pair(state):
             # relaxed lasso: the penalty chose which strengths are zero; refit the others
@@ -451,11 +453,13 @@ class CMTF:
             self._pen = _refit_penalties(state)
             refit, more, refit_blk = self._als(data, models, state, self.n_iter_max, label="refit")
             if self.refit == "always" or not _cancelling_pair(refit):
+                stages.append(["refit", len(hist)])  # another objective: no penalty
                 state, blk, hist = refit, refit_blk, hist + more[1:]
                 self._refitted = True
             self._pen = chosen
         self._state = state
         self.result_ = self._result(data, models, state, hist, blk, scales)
+        self.result_.options["loss_stages"] = stages
         if self.check_fewer and self.rank >= 2:
             self.result_.options["gain_over_fewer"] = self._gain_over_fewer(data)
         return self._publish(hist)
@@ -504,9 +508,12 @@ class CMTF:
         state, more, blk = self._als(data, models, start, REFINE_ITER + 1, label="refine")
         self._pen = inner._pen
         hist = inner.result_.loss_history + more[1:]
+        stages = [[f"{what} (compressed)", at] for what, at in inner.result_.options["loss_stages"]]
+        stages.append(["refine on all rows", len(inner.result_.loss_history)])
         self._state = state
         self.result_ = self._result(data, models, state, hist, blk, [b.scale for b in data])
         self.result_.options["compressed_loss"] = float(more[0])
+        self.result_.options["loss_stages"] = stages
         if self.check_fewer and self.rank >= 2:  # both fits on the compressed blocks
             fewer = CMTF(**{**inner.get_params(), "rank": self.rank - 1}).fit_blocks(small)
             self.result_.options["gain_over_fewer"] = {
@@ -1005,8 +1012,22 @@ class CMTF:
 
 
 def cmtf(blocks: Any, rank: int, **kwargs: Any) -> CMTFResult:
-    """Functional form: ``CMTF(rank, **kwargs).fit(blocks).result_``."""
+    """Fit the joint factorization of ``blocks`` at ``rank``: ``CMTF(rank, ...).fit(blocks).result_``.
+
+    The keyword arguments are :class:`CMTF`'s (``help(cmtf)`` and the docs list them with
+    their defaults); ``blocks`` is what :meth:`CMTF.fit` takes.
+    """
     return CMTF(rank, **kwargs).fit(blocks).result_
+
+
+def _cmtf_signature() -> inspect.Signature:
+    """``cmtf``'s signature as ``help()`` and the docs show it: blocks, then CMTF's parameters."""
+    params = list(inspect.signature(CMTF.__init__).parameters.values())[1:]  # without self
+    blocks = inspect.Parameter("blocks", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Any)
+    return inspect.Signature([blocks, *params], return_annotation="CMTFResult")
+
+
+cmtf.__signature__ = _cmtf_signature()  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------ helpers

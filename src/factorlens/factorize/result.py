@@ -54,7 +54,10 @@ class CMTFResult:
         Per block, 1 − ‖Y − model‖² / ‖Y‖² clipped to [0, 1]. (``fit``, its old name,
         still reads it with a ``DeprecationWarning``: it read like ``CMTF.fit()``.)
     loss_history : list of float
-        The objective after every ALS iteration of the kept run.
+        The objective after every ALS iteration of the kept run. It holds one objective per
+        stage: ``options["loss_stages"]`` lists ``[stage, first index]`` (``"fit"``, then
+        ``"refine"`` of the best start and ``"refit"``, the strengths refitted without the
+        penalty: another objective, so the history drops there).
     options : dict of str to Any
         The settings the engine ran with (for provenance).
     meta : dict of str to Any
@@ -276,6 +279,17 @@ class CMTFResult:
 
     def __repr__(self) -> str:
         """Return a few lines (as TensorLy's ``CPTensor`` shows shapes): rank, loss, blocks, fits."""
+        return self._text(REPR_BLOCKS)
+
+    def summary(self) -> str:
+        """Return the result as text: rank, loss, and one line per block (every block).
+
+        The data form (what ``result.json`` holds) is :meth:`to_dict`; until version 0.1 this
+        method returned that dict.
+        """
+        return self._text(None)
+
+    def _text(self, max_blocks: int | None) -> str:
         state = "converged" if self.options.get("converged") else "not converged"
         head = (
             f"CMTFResult(rank={self.rank}, n_samples={self.n_samples}, "
@@ -283,12 +297,12 @@ class CMTFResult:
         )
         rows = list(zip(self.block_names, self.block_shapes, self.block_models, strict=True))
         shown = rows
-        if len(rows) > REPR_BLOCKS:  # the first and the last blocks, the middle counted
-            shown = rows[: REPR_BLOCKS // 2] + rows[len(rows) - REPR_BLOCKS // 2 + 1 :]
+        if max_blocks is not None and len(rows) > max_blocks:  # the ends, the middle counted
+            shown = rows[: max_blocks // 2] + rows[len(rows) - max_blocks // 2 + 1 :]
         width = max(len(name) for name, _, _ in shown)
         lines = [head]
         for i, (name, shape, model) in enumerate(shown):
-            if len(shown) < len(rows) and i == REPR_BLOCKS // 2:
+            if len(shown) < len(rows) and i == (max_blocks or 0) // 2:
                 lines.append(f"  … {len(rows) - len(shown)} more blocks")
             w = self.weights[name]
             top = int(np.argmax(w)) if w.size else 0
@@ -306,7 +320,7 @@ class CMTFResult:
         return summary_html(self)
 
     # ---------------------------------------------------------------- persistence
-    def summary(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Return the JSON-able summary written to ``result.json``."""
         return {
             "format": "factorlens-result",
@@ -346,7 +360,7 @@ class CMTFResult:
         tmp = d / (FACTORS_NPZ + ".tmp.npz")
         save_npz(tmp, arrays)  # as np.load in load() reads it
         tmp.replace(d / FACTORS_NPZ)
-        atomic_write_text(d / RESULT_JSON, json.dumps(self.summary(), indent=1))
+        atomic_write_text(d / RESULT_JSON, json.dumps(self.to_dict(), indent=1))
         return d
 
     @classmethod

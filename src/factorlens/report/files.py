@@ -58,7 +58,7 @@ def _remove_stale(out: Path, fig_dir: Path) -> None:
 
 
 def write_report(
-    out_dir: str | Path,
+    out: str | Path,
     result: CMTFResult,
     images: np.ndarray,
     labels: np.ndarray | None = None,
@@ -71,12 +71,12 @@ def write_report(
     main: int = 0,
     checkpoint_links: Sequence[str | None] | None = None,
 ) -> Path:
-    """Write ``out_dir/index.html`` and ``out_dir/figures/``.
+    """Write ``out/index.html`` and ``out/figures/``.
 
     Parameters
     ----------
-    out_dir : str or pathlib.Path
-        The report folder (created when missing).
+    out : str or pathlib.Path
+        The report folder (created when missing); ``out``, as in every writing function.
     result : CMTFResult
         The fitted factorization.
     images : numpy.ndarray
@@ -98,7 +98,7 @@ def write_report(
     main : int
         With ``trajectory``: the checkpoint ``result`` is, 0-based.
     checkpoint_links : sequence of str or None, optional
-        With ``trajectory``: each checkpoint's own report relative to ``out_dir`` (None:
+        With ``trajectory``: each checkpoint's own report relative to ``out`` (None:
         none).
 
     Returns
@@ -106,7 +106,7 @@ def write_report(
     pathlib.Path
         The path of ``index.html``.
     """
-    out = Path(out_dir)
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise FactorlensError(f"{out} exists and is not a directory; choose another folder")
     check_inputs(result, images, labels, class_names, top_k, predictions)  # before any write
