@@ -150,3 +150,50 @@ def test_analyze_on_a_cluster_captures_into_the_store_on_its_workers(
     store = open_store(root / "acts")
     assert store.n_samples == 60 and store.meta["batch_size"] == 16
     assert load(root / "out").n_samples == 60
+
+
+def test_compare_on_a_cluster_captures_every_model_on_its_workers(
+    cluster, project, monkeypatch
+) -> None:
+    """``compare --dask --store``: the models of two model files' checkpoints travel to the
+    workers by value, the store holds every model's layers, the fit runs there too."""
+    import contextlib
+
+    import torch
+
+    from factorlens import load, open_store
+    from factorlens.cli import main
+    from factorlens.factorize import distributed as D
+
+    @contextlib.contextmanager
+    def this_cluster(scheduler=None, **_):
+        yield cluster
+
+    from factorlens import sharded
+
+    calls = []
+    real = sharded.capture_sharded
+
+    def spy(model, *args, **kwargs):
+        calls.append(sorted(model.labels))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(D, "dask_cluster", this_cluster)
+    monkeypatch.setattr(sharded, "capture_sharded", spy)
+    root = project["root"]
+    other = root / "other.pt"
+    state = torch.load(project["weights"])["state_dict"]
+    torch.save({k: -v for k, v in state.items()}, other)
+    args = [
+        "compare", "--model", f"{project['model']}:TinyNet",
+        "--weights", str(project["weights"]), "--weights", str(other),
+        "--data", f"npz:{project['data']}", "--rank", "3", "--batch-size", "16",
+        "--store", str(root / "acts"), "--out", str(root / "cmp"), "--dask", "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    store = open_store(root / "acts")
+    assert store.n_samples == 60 and store.meta["batch_size"] == 16
+    assert {n.split(".")[0] for n in store.names[1:]} == {"tiny", "other"}
+    assert calls == [["other", "tiny"]]  # one sharded capture of the model set
+    result = load(root / "cmp")
+    assert result.meta["comparison"]["sharing"]["labels"] == ["tiny", "other"]
