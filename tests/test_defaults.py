@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 
 from factorlens.cli import build_parser
@@ -109,3 +110,24 @@ def test_capture_and_quality_take_their_defaults_from_their_options() -> None:
     args = build_parser().parse_args(["quality", "--model", "m.py:N", "--data", "digits", "c.pt"])
     assert from_args(QualityOptions, args) == QualityOptions()
     assert from_args(CaptureOptions, args) == CaptureOptions()
+
+
+def test_engine_options_travel_as_one_object_and_keywords_win() -> None:
+    from factorlens.errors import FactorlensError
+    from factorlens.options import EngineOptions, engine_options
+    from factorlens.pipeline import factorize_store
+    from factorlens.testing import memory_store, planted_blocks
+
+    base = EngineOptions(n_init=1, check_fewer=False, l1_penalty=0.0)
+    merged = engine_options(base, tol=1e-5)
+    assert merged.n_init == 1 and merged.tol == 1e-5 and base.tol == EngineOptions.tol
+    with pytest.raises(FactorlensError, match=r"unknown engine option.*'n_iter'"):
+        engine_options(base, n_iter=3)
+    with pytest.raises(FactorlensError, match=r"must be a factorlens\.options\.EngineOptions"):
+        engine_options({"n_init": 1})  # type: ignore[arg-type]
+    blocks, _ = planted_blocks(N=80, R=2, seed=3, missing=None)
+    store = memory_store(blocks)
+    by_object = factorize_store(store, 2, options=merged)
+    by_keywords = factorize_store(store, 2, n_init=1, check_fewer=False, l1_penalty=0.0, tol=1e-5)
+    assert by_object.options["tol"] == 1e-5 and by_object.options["n_init"] == 1
+    np.testing.assert_allclose(by_object.A, by_keywords.A)

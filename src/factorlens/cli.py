@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -444,28 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _cluster(args: argparse.Namespace, engine: dict) -> Iterator[None]:
-    """Run the factorization's products on Dask with ``--dask`` / ``--scheduler``."""
+def _cluster(args: argparse.Namespace, engine: EngineOptions) -> Iterator[EngineOptions]:
+    """Give the engine's options, on Dask (a cluster up) with ``--dask`` / ``--scheduler``."""
     if not (args.dask or args.scheduler):
-        yield
+        yield engine
         return
     from factorlens.factorize.distributed import dask_cluster
 
-    engine["backend"] = "dask"
     with dask_cluster(args.scheduler):
-        yield
-
-
-def _engine_kwargs(args: argparse.Namespace) -> dict:
-    """Return CMTF's parameters from the factorization flags.
-
-    Plus ``tensor_layers``, which the commands turn into ``tensor_blocks`` once the store's
-    input shape is known.
-    """
-    opts = from_args(EngineOptions, args)
-    engine = {name: getattr(opts, name) for name, _, _ in flagged(EngineOptions)}
-    engine["tensor_layers"] = [t.strip() for t in args.tensor_layers.split(",") if t.strip()]
-    return engine
+        yield replace(engine, backend="dask")
 
 
 def _print_summary(result, out: Path, seconds: float) -> None:
@@ -579,8 +567,9 @@ def _run(args: argparse.Namespace) -> int:
             "analyze": commands.run_analyze,
             "compare": commands.run_compare,
         }.get(args.command, commands.run_rank)
-        engine = _engine_kwargs(args)
-        with _cluster(args, engine):
+        # the engine's settings travel as one EngineOptions from the flags to CMTF;
+        # --tensor-layers become its tensor_blocks once the store's input shape is known
+        with _cluster(args, from_args(EngineOptions, args)) as engine:
             result, out = runner(args, engine)
     elif args.command == "quality":
         return commands.run_quality(args)

@@ -6,12 +6,13 @@ import argparse
 import itertools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTFResult
-from factorlens.options import CaptureOptions
+from factorlens.options import CaptureOptions, EngineOptions
 from factorlens.output import atomic_write_text
 from factorlens.pipeline import (
     OUTPUT_NAMES,
@@ -60,7 +61,7 @@ def _check_rank(rank: int, n_samples: int) -> None:
         )
 
 
-def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
+def run_demo(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResult, Path]:
     """Train the digits CNN, analyse it on held-out digits, write the report."""
     from factorlens.research.demo import train_demo_model
 
@@ -75,10 +76,9 @@ def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
         "data": data.description,
         "class_names": data.class_names,
     }
-    engine = dict(engine)
-    layers = engine.pop("tensor_layers", None)
+    layers = tensor_layers(args)
     if layers:  # the digits are 8×8 images: the input is a CP block too
-        engine["tensor_blocks"] = ["input", *[t for t in layers if t != "input"]]
+        engine = replace(engine, tensor_blocks=("input", *[t for t in layers if t != "input"]))
     result = analyze(
         model,
         data,
@@ -87,7 +87,7 @@ def run_demo(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
         overwrite=args.overwrite,
         progress=not args.quiet,
         meta=meta,
-        **engine,
+        options=engine,
     )
     return result, out
 
@@ -157,7 +157,7 @@ def _captured(
     out: Path,
     rank: int | None,
     sharded: bool = False,
-    engine: dict[str, Any] | None = None,
+    engine: EngineOptions | None = None,
 ) -> ActivationStore:
     """Return the activation store for ``analyze``/``rank``: reopened, or captured anew.
 
@@ -198,30 +198,37 @@ def _captured(
         sketch=args.sketch,
         memory_budget=args.memory,
         sketch_rank=rank if rank is not None else args.max_rank,
-        center=bool((engine or {}).get("center", False)),
+        center=bool(engine and engine.center),
         seed=args.seed,
     )
 
 
-def _with_tensor_blocks(store: ActivationStore, engine: dict[str, Any]) -> dict[str, Any]:
+def tensor_layers(args: argparse.Namespace) -> list[str]:
+    """Return the layers ``--tensor-layers`` names (none when the command has no such flag)."""
+    text = getattr(args, "tensor_layers", "") or ""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _with_tensor_blocks(
+    store: ActivationStore, engine: EngineOptions, args: argparse.Namespace
+) -> EngineOptions:
     """Return the engine options with ``--tensor-layers`` turned into CMTF's ``tensor_blocks``.
 
     That is the input (when it has two or more feature axes) plus those layers; without
-    ``--tensor-layers`` the engine's default (None).
+    ``--tensor-layers`` the options as they are.
     """
-    engine = dict(engine)
-    layers = engine.pop("tensor_layers", None)
-    if layers:
-        first = store.names[0]
-        base = [first] if len(store.block(first).shape) >= 3 else []
-        engine["tensor_blocks"] = base + [t for t in layers if t != first]
-    return engine
+    layers = tensor_layers(args)
+    if not layers:
+        return engine
+    first = store.names[0]
+    base = [first] if len(store.block(first).shape) >= 3 else []
+    return replace(engine, tensor_blocks=(*base, *[t for t in layers if t != first]))
 
 
-def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
+def run_analyze(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResult, Path]:
     """Analyse the user's model on the user's data (or an existing store)."""
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    acts = _captured(args, out, args.rank, sharded=engine.get("backend") == "dask", engine=engine)
+    acts = _captured(args, out, args.rank, sharded=engine.backend == "dask", engine=engine)
     result = analyze_store(
         acts,
         out=out,
@@ -229,7 +236,7 @@ def run_analyze(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
         overwrite=args.overwrite,
         progress=not args.quiet,
         device=_device(args),
-        **_with_tensor_blocks(acts, engine),
+        options=_with_tensor_blocks(acts, engine, args),
     )
     return result, out
 
@@ -289,12 +296,11 @@ def compare_layers(items: list[str], labels: list[str]) -> dict[str, str]:
     return out
 
 
-def run_compare(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
+def run_compare(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResult, Path]:
     """Capture several models on the same inputs, factorize them jointly, write ``--out``."""
     from factorlens.pipeline import compare, compare_store
 
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    rest = _with_tensor_blocks
     if not args.model:
         if not args.store:
             raise FactorlensError(
@@ -312,7 +318,7 @@ def run_compare(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
             overwrite=args.overwrite,
             progress=not args.quiet,
             device=_device(args),
-            **rest(acts, engine),
+            options=_with_tensor_blocks(acts, engine, args),
         )
         return result, out
     if not args.data:
@@ -338,10 +344,8 @@ def run_compare(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
         "class_names": data.class_names,
         "normalize": args.normalize,
     }
-    tensor_layers = engine.get("tensor_layers") or []
-    engine = {k: v for k, v in engine.items() if k != "tensor_layers"}
-    if tensor_layers:
-        engine["tensor_blocks"] = tensor_layers
+    if tensor_layers(args):  # block names with their label: LABEL.layer
+        engine = replace(engine, tensor_blocks=tuple(tensor_layers(args)))
     result = compare(
         models,
         data,
@@ -361,8 +365,8 @@ def run_compare(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFR
         progress=not args.quiet,
         meta=meta,
         resume=args.resume,
-        sharded=engine.get("backend") == "dask" and args.store is not None and not args.resume,
-        **engine,
+        sharded=engine.backend == "dask" and args.store is not None and not args.resume,
+        options=engine,
     )
     return result, out
 
@@ -401,17 +405,19 @@ def sharing_lines(result: CMTFResult) -> list[str]:
     return lines
 
 
-def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResult, Path]:
+def run_rank(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResult, Path]:
     """Scan the rank, print the evidence, write the analysis at the chosen rank."""
     from factorlens.rank import estimate_rank
 
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    acts = _captured(args, out, None, sharded=engine.get("backend") == "dask", engine=engine)
+    acts = _captured(args, out, None, sharded=engine.backend == "dask", engine=engine)
     # the scan fits the same model as the analysis (constraints, penalty, weighting, CP
     # blocks); its own iteration cap and tolerance keep twenty ranks affordable
-    engine = _with_tensor_blocks(acts, engine)
-    scan_opts = {k: engine[k] for k in ("nonneg", "l1_penalty", "weighting", "center")}
-    scan_opts["tensor_blocks"] = engine.get("tensor_blocks")
+    engine = _with_tensor_blocks(acts, engine, args)
+    scan_opts = {
+        k: getattr(engine, k)
+        for k in ("nonneg", "l1_penalty", "weighting", "center", "tensor_blocks")
+    }
     scan = estimate_rank(
         acts, args.max_rank, random_state=args.seed, verbose=not args.quiet, **scan_opts
     )
@@ -427,7 +433,7 @@ def run_rank(args: argparse.Namespace, engine: dict[str, Any]) -> tuple[CMTFResu
         progress=not args.quiet,
         device=_device(args),
         extra_meta={"rank_scan": scan.to_dict()},
-        **engine,
+        options=engine,
     )
     return result, out
 

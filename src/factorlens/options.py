@@ -430,6 +430,37 @@ def flagged(options: type) -> list[tuple[str, Flag, Any]]:
     ]
 
 
+def engine_options(options: EngineOptions | None = None, **changes: Any) -> EngineOptions:
+    """Return ``options`` (default: every default) with ``changes``, as one object that travels.
+
+    The API's functions take the engine's settings as an :class:`EngineOptions` (``options``),
+    as keyword arguments, or both (the keywords win); this merges them once, at the door, and
+    names a keyword that is not a setting. Values are checked where they are used
+    (:class:`factorlens.CMTF`), by the one validator the CLI's flags also reach.
+    """
+    from dataclasses import replace
+
+    from factorlens.errors import FactorlensError
+
+    if options is not None and not isinstance(options, EngineOptions):
+        raise FactorlensError(
+            f"`options` must be a factorlens.options.EngineOptions, got {type(options).__name__}"
+        )
+    names = {f.name for f in fields(EngineOptions)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise FactorlensError(
+            f"unknown engine option(s) {', '.join(map(repr, unknown))}; the options are those of "
+            f"factorlens.CMTF: {', '.join(sorted(names))}"
+        )
+    return replace(options or EngineOptions(), **changes)
+
+
+def as_params(options: Any) -> dict[str, Any]:
+    """Return an options object's fields as keyword arguments (arrays and callables as they are)."""
+    return {f.name: getattr(options, f.name) for f in fields(options)}
+
+
 def from_args(options: type, args: Any, **extra: Any) -> Any:
     """Build the options object of ``options`` from parsed CLI ``args``.
 

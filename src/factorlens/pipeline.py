@@ -20,6 +20,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,13 @@ import numpy as np
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, note
 from factorlens.factorize import CMTF, CMTFResult
 from factorlens.factorize.result import FACTORS_NPZ, RESULT_JSON
-from factorlens.options import DEFAULT_RANK, DEFAULT_SEED, CaptureOptions, EngineOptions
+from factorlens.options import (
+    DEFAULT_RANK,
+    DEFAULT_SEED,
+    CaptureOptions,
+    EngineOptions,
+    engine_options,
+)
 from factorlens.output import (
     check_not_nested,
     check_output_dir,
@@ -363,15 +370,23 @@ def input_images(store: ActivationStore, memory_budget: int = _BUDGET) -> Any:
 
 
 def factorize_store(
-    store: ActivationStore, rank: int, *, progress: bool = False, **engine: Any
+    store: ActivationStore,
+    rank: int,
+    *,
+    progress: bool = False,
+    options: EngineOptions | None = None,
+    **engine: Any,
 ) -> CMTFResult:
     """Fit the joint model to every block of ``store`` and attach its metadata.
 
-    ``engine`` are :class:`~factorlens.factorize.CMTF`'s parameters (``tensor_blocks`` lists
-    every block fitted with a CP model; by default the input, when it has two or more
-    feature axes); ``progress`` shows the fit's progress bars (CMTF's ``verbose``).
+    ``options`` (an :class:`~factorlens.options.EngineOptions`) and ``engine`` (the same
+    settings as keywords, which win) are :class:`~factorlens.factorize.CMTF`'s parameters
+    (``tensor_blocks`` lists every block fitted with a CP model; by default the input, when it
+    has two or more feature axes); ``progress`` shows the fit's progress bars (CMTF's
+    ``verbose``).
     """
-    model = CMTF(rank, verbose=progress, **engine).fit(store)
+    opts = engine_options(options, **engine)
+    model = CMTF.from_options(rank, replace(opts, verbose=progress)).fit(store)
     result = model.result_
     meta = dict(getattr(store, "meta", {}) or {})
     meta.setdefault("n_samples", store.n_samples)
@@ -515,6 +530,7 @@ def analyze(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     report: bool = True,
+    options: EngineOptions | None = None,
     **engine: Any,
 ) -> CMTFResult:
     """Capture ``model`` on ``data``, factorize, write everything to ``out``.
@@ -563,8 +579,11 @@ def analyze(
         Extra JSON-able metadata for the store and the result.
     report : bool
         Also write ``index.html`` and ``figures/``.
+    options : EngineOptions, optional
+        The factorization's settings as one object (see :mod:`factorlens.options`).
     **engine
-        Options of :class:`factorlens.factorize.CMTF` (``nonneg``, ``l1``, ``weighting``,
+        The same settings as keywords, which win over ``options``: the parameters of
+        :class:`factorlens.factorize.CMTF` (``nonneg``, ``l1_penalty``, ``weighting``,
         ``center``, ``tensor_blocks``, ``n_init``, ``n_iter_max``, ``tol``, ``random_state``).
 
     Returns
@@ -572,6 +591,7 @@ def analyze(
     CMTFResult
         The fitted factorization.
     """
+    opts = engine_options(options, **engine)
     acts = capture_for_analysis(
         model,
         data,
@@ -590,8 +610,8 @@ def analyze(
         sketch=sketch,
         memory_budget=memory_budget,
         sketch_rank=rank,
-        center=bool(engine.get("center", False)),
-        seed=int(engine.get("random_state") or 0),
+        center=opts.center,
+        seed=int(opts.random_state or DEFAULT_SEED),
     )
     return analyze_store(
         acts,
@@ -601,7 +621,7 @@ def analyze(
         progress=progress,
         report=report,
         device=device,
-        **engine,
+        options=opts,
     )
 
 
@@ -615,6 +635,7 @@ def analyze_store(
     report: bool = True,
     device: str = "cpu",
     extra_meta: dict[str, Any] | None = None,
+    options: EngineOptions | None = None,
     **engine: Any,
 ) -> CMTFResult:
     """Factorize an activation store (in memory or reopened from disk) and write ``out``.
@@ -638,8 +659,10 @@ def analyze_store(
         ``"cpu"`` or ``"cuda"`` for the factorization's data products.
     extra_meta : dict, optional
         Merged into the result's metadata (e.g. the rank scan's evidence).
+    options : EngineOptions, optional
+        The factorization's settings as one object.
     **engine
-        Options of :class:`factorlens.factorize.CMTF`.
+        The same as keywords (they win): the parameters of :class:`factorlens.factorize.CMTF`.
 
     Returns
     -------
@@ -647,23 +670,22 @@ def analyze_store(
         The fitted factorization.
     """
     out = check_output_dir(out, overwrite)
-    result = _fit_store(acts, rank, progress, device, engine)
+    opts = replace(engine_options(options, **engine), device=device)
+    result = _fit_store(acts, rank, progress, opts)
     result.meta.update(extra_meta or {})
     names = (acts.meta or {}).get("class_names")
     predictions = predicted_classes(acts, len(names) if names else None)
-    _write_store_result(acts, out, result, overwrite, report, engine, predictions)
+    _write_store_result(acts, out, result, overwrite, report, opts, predictions)
     return result
 
 
-def _fit_store(
-    acts: ActivationStore, rank: int, progress: bool, device: str, engine: dict[str, Any]
-) -> CMTFResult:
+def _fit_store(acts: ActivationStore, rank: int, progress: bool, opts: EngineOptions) -> CMTFResult:
     """Fit ``acts`` at ``rank`` (the samples compressed too when wide layers were sketched)."""
-    if not engine.get("compress_rows") and truncated_sketch(acts):
+    if not opts.compress_rows and truncated_sketch(acts):
         # wide layers were sketched: the fit's cost is the input block's (150,528 features
         # a 224 px image), so the samples are compressed too (CMTF compress_rows)
-        engine = {**engine, "compress_rows": sketched_compress_rows(rank, acts.n_samples)}
-    return factorize_store(acts, rank, progress=progress, device=device, **engine)
+        opts = replace(opts, compress_rows=sketched_compress_rows(rank, acts.n_samples))
+    return factorize_store(acts, rank, progress=progress, options=opts)
 
 
 def _write_store_result(
@@ -672,7 +694,7 @@ def _write_store_result(
     result: CMTFResult,
     overwrite: bool,
     report: bool,
-    engine: dict[str, Any],
+    opts: EngineOptions,
     predictions: np.ndarray | None,
 ) -> None:
     """Write ``result`` with the store's inputs, labels and class names into ``out``."""
@@ -680,7 +702,7 @@ def _write_store_result(
     write_outputs(
         out,
         result,
-        input_images(acts, engine.get("memory_budget", _BUDGET)),
+        input_images(acts, opts.memory_budget),
         acts.labels,
         meta.get("class_names"),
         overwrite=overwrite,
@@ -712,6 +734,7 @@ def compare(
     report: bool = True,
     resume: bool = False,
     sharded: bool = False,
+    options: EngineOptions | None = None,
     **engine: Any,
 ) -> CMTFResult:
     """Capture several models on the same inputs, factorize all their layers jointly, write ``out``.
@@ -745,9 +768,9 @@ def compare(
         Continue the interrupted capture in ``store`` (the same call otherwise).
     sharded : bool
         Run a capture into ``store`` on the workers of the current Dask client.
-    **engine
-        The rest as in :func:`analyze` (``batch_size`` … ``report``) and the options of
-        :class:`factorlens.factorize.CMTF`.
+    options, **engine
+        The factorization's settings, as in :func:`analyze`; the rest (``batch_size`` …
+        ``report``) as there too.
 
     Returns
     -------
@@ -756,6 +779,7 @@ def compare(
     """
     from factorlens.modelset import ModelSet, model_layers
 
+    opts = engine_options(options, **engine)
     modelset = ModelSet(models, model_preprocess)
     names = model_layers(modelset, layers)
     given = (meta or {}).get("models") or {}
@@ -785,8 +809,8 @@ def compare(
         sketch=sketch,
         memory_budget=memory_budget,
         sketch_rank=rank,
-        center=bool(engine.get("center", False)),
-        seed=int(engine.get("random_state") or DEFAULT_SEED),
+        center=opts.center,
+        seed=int(opts.random_state or DEFAULT_SEED),
     )
     return compare_store(
         acts,
@@ -796,7 +820,7 @@ def compare(
         progress=progress,
         report=report,
         device=device,
-        **engine,
+        options=opts,
     )
 
 
@@ -809,6 +833,7 @@ def compare_store(
     progress: bool = True,
     report: bool = True,
     device: str = "cpu",
+    options: EngineOptions | None = None,
     **engine: Any,
 ) -> CMTFResult:
     """Factorize a store of several models' layers (from :func:`compare`) and write ``out``.
@@ -825,15 +850,16 @@ def compare_store(
             "with analyze, or capture several models with compare"
         )
     out = check_output_dir(out, overwrite)
+    opts = replace(engine_options(options, **engine), device=device)
     start = time.perf_counter()
-    result = _fit_store(acts, rank, progress, device, engine)
+    result = _fit_store(acts, rank, progress, opts)
     fitted = time.perf_counter()
     sharing = component_sharing(result, labels)
-    cka = linear_cka(acts, labels, seed=int(engine.get("random_state") or DEFAULT_SEED))
+    cka = linear_cka(acts, labels, seed=int(opts.random_state or DEFAULT_SEED))
     seconds = {"fit": round(fitted - start, 2), "cka": round(time.perf_counter() - fitted, 2)}
     result.meta["comparison"] = {"sharing": sharing.to_dict(), "cka": cka, "seconds": seconds}
     # several models answer: no one model's predictions are the inputs' predictions
-    _write_store_result(acts, out, result, overwrite, report, engine, None)
+    _write_store_result(acts, out, result, overwrite, report, opts, None)
     return result
 
 

@@ -464,6 +464,13 @@ class CMTF:
             self.result_.options["gain_over_fewer"] = self._gain_over_fewer(data)
         return self._publish(hist)
 
+    @classmethod
+    def from_options(cls, rank: int, options: Any) -> CMTF:
+        """Return ``CMTF(rank, ...)`` with every setting of an :class:`~factorlens.options.EngineOptions`."""
+        from factorlens.options import as_params
+
+        return cls(rank, **as_params(options))
+
     def _publish(self, hist: list[float]) -> CMTF:
         """Set the fitted attributes from ``result_``."""
         self.A_ = self.result_.A
