@@ -66,7 +66,7 @@ def test_dask_and_scheduler_flags_run_the_fit_on_that_cluster(project, monkeypat
             seen.append(("closed", scheduler))
 
     def fake_run(args, engine):
-        seen.append(("run", engine["backend"]))
+        seen.append(("run", engine.backend))  # an EngineOptions, replaced, not edited
         raise SystemExit(0)
 
     monkeypatch.setattr(D, "dask_cluster", fake_cluster)
