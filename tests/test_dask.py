@@ -144,7 +144,7 @@ def test_analyze_on_a_cluster_captures_into_the_store_on_its_workers(
     monkeypatch.setattr(sharded, "capture_sharded", spy)
     root = project["root"]
     args = analyze_args(project, root / "out", "--dask", "--store", str(root / "acts"),
-                        "--batch-size", "16")  # fmt: skip
+                        "--batch-size", "16", "--n-init", "1", "--max-iter", "5")  # fmt: skip
     assert main(args) == 0
     assert calls == [16]
     store = open_store(root / "acts")
@@ -189,6 +189,7 @@ def test_compare_on_a_cluster_captures_every_model_on_its_workers(
         "--weights", str(project["weights"]), "--weights", str(other),
         "--data", f"npz:{project['data']}", "--rank", "3", "--batch-size", "16",
         "--store", str(root / "acts"), "--out", str(root / "cmp"), "--dask", "--quiet",
+        "--n-init", "1", "--max-iter", "5",  # the fit on dask is checked above; keep it short
     ]  # fmt: skip
     assert main(args) == 0
     store = open_store(root / "acts")
