@@ -131,3 +131,42 @@ def test_engine_options_travel_as_one_object_and_keywords_win() -> None:
     by_keywords = factorize_store(store, 2, n_init=1, check_fewer=False, l1_penalty=0.0, tol=1e-5)
     assert by_object.options["tol"] == 1e-5 and by_object.options["n_init"] == 1
     np.testing.assert_allclose(by_object.A, by_keywords.A)
+
+
+def test_no_default_of_an_option_is_written_twice() -> None:
+    """A parameter named like an options field takes its default from there, not a literal."""
+    import ast
+    from dataclasses import fields
+    from pathlib import Path
+
+    from factorlens.options import CaptureOptions, QualityOptions
+
+    literal: dict[str, set] = {}
+    for options in (CaptureOptions, EngineOptions, RankOptions, QualityOptions):
+        for f in fields(options):  # numbers and strings; a True/False default is no choice
+            if isinstance(f.default, int | float | str) and not isinstance(f.default, bool):
+                literal.setdefault(f.name, set()).add(f.default)
+    src = Path(__file__).resolve().parents[1] / "src" / "factorlens"
+    written = []
+    for path in sorted(src.rglob("*.py")):
+        if path.name == "options.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            a = node.args
+            positional = a.posonlyargs + a.args
+            pairs = list(
+                zip(positional[len(positional) - len(a.defaults) :], a.defaults, strict=True)
+            )
+            pairs += [
+                (k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None
+            ]
+            for arg, default in pairs:
+                if (
+                    isinstance(default, ast.Constant)
+                    and not isinstance(default.value, bool)
+                    and default.value in literal.get(arg.arg, ())
+                ):
+                    written.append(f"{path.relative_to(src)}:{node.lineno} {arg.arg}")
+    assert not written, f"defaults written again instead of read from options.py: {written}"

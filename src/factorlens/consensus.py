@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from factorlens.errors import FactorlensError
+from factorlens.options import DEFAULT_SEED
 
 __all__ = ["COPY_AGREEMENT", "ConsensusFit", "consensus_accuracy", "copy_groups"]
 
@@ -78,7 +79,7 @@ class ConsensusFit:
     n_iter: int
     converged: bool
 
-    def spread(self, n_boot: int = 200, random_state: int = 0) -> np.ndarray:
+    def spread(self, n_boot: int = 200, random_state: int = DEFAULT_SEED) -> np.ndarray:
         """Return the ``(M,)`` bootstrap standard deviation of each ``accuracy``.
 
         The inputs are resampled, the consensus kept fixed: estimates closer than a few of

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from factorlens.errors import FactorlensError, close_matches
+from factorlens.options import CaptureOptions
 
 __all__ = [
     "HOOK_NAME",
@@ -505,7 +506,7 @@ def build_model(
     spec: str,
     weights: str | Path | None = None,
     trust_pickle: bool = False,
-    device: str = "cpu",
+    device: str = CaptureOptions.device,
 ) -> nn.Module:
     """Build ``Class()`` from SPEC ``FILE.py:Class``, load ``weights`` (strict), eval mode, on device.
 

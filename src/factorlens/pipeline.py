@@ -633,7 +633,7 @@ def analyze_store(
     overwrite: bool = False,
     progress: bool = True,
     report: bool = True,
-    device: str = "cpu",
+    device: str = _C.device,
     extra_meta: dict[str, Any] | None = None,
     options: EngineOptions | None = None,
     **engine: Any,
@@ -832,7 +832,7 @@ def compare_store(
     overwrite: bool = False,
     progress: bool = True,
     report: bool = True,
-    device: str = "cpu",
+    device: str = _C.device,
     options: EngineOptions | None = None,
     **engine: Any,
 ) -> CMTFResult:

@@ -681,7 +681,7 @@ def resolve_mode(mode: str, n_checkpoints: int) -> str:
 
 
 def score_together(
-    reports: Sequence[QualityReport], outputs: Sequence[np.ndarray], mode: str = "auto"
+    reports: Sequence[QualityReport], outputs: Sequence[np.ndarray], mode: str = _Q.mode
 ) -> list[QualityReport]:
     """Score checkpoints that answered the same inputs in ``mode`` (auto, single, consensus).
 

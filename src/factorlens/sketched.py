@@ -95,7 +95,7 @@ def plan_sketch(
     widths: Mapping[str, int],
     n_samples: int,
     rank: int,
-    sketch: int | str = "auto",
+    sketch: int | str = _C.sketch,
     memory_budget: int = _C.memory_budget,
 ) -> SketchPlan:
     """Choose the sketched layers and ``k`` for layers of ``widths`` (features per input).

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, close_matches
+from factorlens.options import CaptureOptions
 from factorlens.output import (
     atomic_write_text,
     json_safe,
@@ -489,7 +490,7 @@ class ZarrStore(ActivationStore):
         overwrite: bool = False,
         chunk_rows: int | None = None,
         fingerprint: Mapping[str, Any] | None = None,
-        compression: str = "none",
+        compression: str = CaptureOptions.compression,
         chunk_multiple: int = 1,
     ) -> ZarrStore:
         """Start a new store at directory ``path``.

@@ -59,7 +59,7 @@ class Block:
         *,
         center: bool = False,
         chunk_rows: int | None = None,
-        device: str = "cpu",
+        device: str = EngineOptions.device,
         backend: str | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:

@@ -36,6 +36,7 @@ from torch import nn
 
 from factorlens.capture import capture, select_layers
 from factorlens.errors import FactorlensError
+from factorlens.options import CaptureOptions
 from factorlens.spectra import effective_rank, singular_values, spectral_entropy_rank
 
 __all__ = [
@@ -94,7 +95,7 @@ def penultimate_embeddings(
     model: nn.Module,
     images: Any,
     *,
-    batch_size: int = 256,
+    batch_size: int = CaptureOptions.batch_size,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Return the input of the model's last ``nn.Linear`` for every image.
@@ -148,7 +149,7 @@ def layer_effective_ranks(
     images: Any,
     layers: Sequence[str] | str | None = None,
     *,
-    batch_size: int = 256,
+    batch_size: int = CaptureOptions.batch_size,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Effective rank of each layer's outputs (flattened to N × features, each feature centred).
