@@ -144,6 +144,26 @@ def _add_common(
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
+def _add_data(g: Any, *, required: bool, what: str) -> None:
+    """Add ``--trust-pickle`` and the options that say which inputs, and how prepared."""
+    g.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a checkpoint that is a pickled full model (runs its code)",
+    )
+    g.add_argument("--data", required=required, help="test inputs SPEC (see below)")
+    g.add_argument(
+        "--n-samples",
+        type=_positive_int,
+        help="use a random subset of this many inputs (default: all)",
+    )
+    g.add_argument(
+        "--normalize",
+        metavar="MEAN,STD",
+        help=f"per-channel normalization {what} trained with, e.g. 0.1307,0.3081",
+    )
+
+
 def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -> None:
     """Add the options that say which model runs on which inputs (analyze, rank, quality)."""
     g = p.add_argument_group("model and data")
@@ -154,22 +174,7 @@ def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -
     )
     if weights:
         g.add_argument("--weights", help="checkpoint (state dict, or a dict holding one)")
-    g.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a checkpoint that is a pickled full model (runs its code)",
-    )
-    g.add_argument("--data", required=not store, help="test inputs SPEC (see below)")
-    g.add_argument(
-        "--n-samples",
-        type=_positive_int,
-        help="use a random subset of this many inputs (default: all)",
-    )
-    g.add_argument(
-        "--normalize",
-        metavar="MEAN,STD",
-        help="per-channel normalization the model was trained with, e.g. 0.1307,0.3081",
-    )
+    _add_data(g, required=not store, what="the model was")
     g.add_argument(
         "--layers",
         help="comma-separated layer names or globs as in named_modules() "
@@ -223,22 +228,7 @@ def _add_compare_models(p: argparse.ArgumentParser) -> None:
         help="a model's name in block names and the report, once per model (default: the "
         "checkpoint's file name, else the class name)",
     )
-    g.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a checkpoint that is a pickled full model (runs its code)",
-    )
-    g.add_argument("--data", help="test inputs SPEC (see below), the same for every model")
-    g.add_argument(
-        "--n-samples",
-        type=_positive_int,
-        help="use a random subset of this many inputs (default: all)",
-    )
-    g.add_argument(
-        "--normalize",
-        metavar="MEAN,STD",
-        help="per-channel normalization the models were trained with, e.g. 0.1307,0.3081",
-    )
+    _add_data(g, required=False, what="the models were")
     g.add_argument(
         "--layers",
         action="append",

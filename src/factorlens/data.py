@@ -222,14 +222,19 @@ def load_data(spec: str) -> ImageData:
     return _load_folder(Path(rest).expanduser())
 
 
-def _finish(
+def from_arrays(
     images: np.ndarray | Levels,
     labels: np.ndarray | None,
     class_names: list[str] | None,
     description: str,
     source: str,
 ) -> ImageData:
-    """Validate loaded arrays (non-empty, finite, in [0, 1], labels matching) and wrap them."""
+    """Return checked :class:`ImageData` from arrays: non-empty, finite, in [0, 1].
+
+    Every loader returns it, and so must a named data set's function. ``images``: ``N×H×W``,
+    ``N×C×H×W`` or ``N×D``; ``labels`` (N,) or None; ``description`` says what the data is;
+    ``source`` names it in error messages.
+    """
     if images.shape[0] == 0:
         raise FactorlensError(
             f"{source} holds no samples (N=0); give data with at least one sample"
@@ -327,28 +332,13 @@ def _load_named(name: str, entry: Any) -> ImageData:
     return data
 
 
-def from_arrays(
-    images: np.ndarray | Levels,
-    labels: np.ndarray | None,
-    class_names: list[str] | None,
-    description: str,
-    source: str,
-) -> ImageData:
-    """Return checked :class:`ImageData` from arrays (what a named data set's function returns).
-
-    ``images``: ``N×H×W``, ``N×C×H×W`` or ``N×D``, values in [0, 1]; ``labels`` (N,) or None;
-    ``description`` says what the data is; ``source`` names it in error messages.
-    """
-    return _finish(images, labels, class_names, description, source)
-
-
 def _load_digits() -> ImageData:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = (np.asarray(bunch.images, dtype=np.float32) / 16.0)[:, None, :, :]
     labels = np.asarray(bunch.target, dtype=np.int64)
-    return _finish(
+    return from_arrays(
         images,
         labels,
         [str(i) for i in range(10)],
@@ -460,7 +450,7 @@ def _load_mnist(directory: Path, split: str) -> ImageData:
     images = Levels(images_u8[:, None, :, :])
     n_cls = max(10, int(labels.max()) + 1) if labels is not None and labels.size else 10
     h, w = images.shape[2:]
-    return _finish(
+    return from_arrays(
         images,
         labels,
         [str(i) for i in range(n_cls)] if labels is not None else None,
@@ -537,7 +527,7 @@ def _load_npz(path: Path) -> ImageData:
         ]
     shape = "×".join(map(str, images.shape[1:]))
     kind = "images" if images.ndim == 4 else "samples"
-    return _finish(
+    return from_arrays(
         images,
         labels,
         class_names,
@@ -562,7 +552,7 @@ def _npz_images(raw: np.ndarray | bytes, src: str) -> np.ndarray | Levels:
     if arr.dtype == np.uint8:  # kept as levels: a quarter of the memory (rows.Levels)
         return Levels(arr[:, None, :, :] if arr.ndim == 3 else arr)
     elif arr.dtype.kind in "fb":
-        out = arr  # _finish checks the range, then casts to float32 (no overflow warning)
+        out = arr  # from_arrays checks the range, then casts to float32 (no overflow warning)
     else:
         raise FactorlensError(
             f"{src} has integer dtype {arr.dtype}; give uint8 (0..255) or float images scaled "
@@ -661,7 +651,7 @@ def _load_folder(directory: Path) -> ImageData:
         images[i] = _picture_array(pic, all_gray, f)
     labels = None if class_names is None else np.array([c for _, c in entries], dtype=np.int64)
     what = f"{len(class_names)} classes" if class_names is not None else "no labels"
-    return _finish(
+    return from_arrays(
         images,
         labels,
         class_names,
