@@ -229,7 +229,18 @@ def run_analyze(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFRe
     """Analyse the user's model on the user's data (or an existing store)."""
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
     acts = _captured(args, out, args.rank, sharded=engine.backend == "dask", engine=engine)
-    result = analyze_store(
+    return _fit_and_write(analyze_store, args, acts, engine, out), out
+
+
+def _fit_and_write(
+    fit_store: Any,
+    args: argparse.Namespace,
+    acts: ActivationStore,
+    engine: EngineOptions,
+    out: Path,
+) -> CMTFResult:
+    """Run ``fit_store`` (analyze_store or compare_store) on ``acts`` at ``--rank`` into ``out``."""
+    return fit_store(
         acts,
         out=out,
         rank=args.rank,
@@ -238,7 +249,6 @@ def run_analyze(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFRe
         device=_device(args),
         options=_with_tensor_blocks(acts, engine, args),
     )
-    return result, out
 
 
 def compare_models(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
@@ -311,16 +321,7 @@ def run_compare(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFRe
 
         acts = open_store(args.store)
         _check_rank(args.rank, acts.n_samples)
-        result = compare_store(
-            acts,
-            out=out,
-            rank=args.rank,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            device=_device(args),
-            options=_with_tensor_blocks(acts, engine, args),
-        )
-        return result, out
+        return _fit_and_write(compare_store, args, acts, engine, out), out
     if not args.data:
         raise FactorlensError("--data SPEC is required with --model (e.g. --data mnist:DIR)")
     from factorlens.data import load_data, make_preprocess, parse_normalize
