@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError
+from factorlens.factorize import linalg
 from factorlens.factorize.blocks import (
     Block,
     block_weights,
@@ -49,7 +49,6 @@ from factorlens.options import EngineOptions
 #: the defaults of every parameter but the rank (one place: the options dataclass)
 _E = EngineOptions()
 
-_TINY = 1e-300
 #: ALS iterations on the full data after a fit on compressed samples (``compress_rows``)
 REFINE_ITER = 5
 
@@ -65,114 +64,6 @@ class _State:
 def _refit_penalties(state: _State) -> list[np.ndarray]:
     """Return the penalties of a refit: 0 on every live strength, infinite on a zero one."""
     return [np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in state.F]
-
-
-# ------------------------------------------------------------------------ small linear algebra
-def _gram(factors: Sequence[np.ndarray], skip: int | None = None) -> np.ndarray:
-    """Hadamard product of the Gram matrices of ``factors`` (all but ``skip``)."""
-    R = factors[0].shape[1]
-    G = np.ones((R, R))
-    for k, f in enumerate(factors):
-        if k != skip:
-            G *= f.T @ f
-    return G
-
-
-def _mttkrp(T: np.ndarray, factors: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """Contract ``T`` (shape ``(I_1, …, I_m, R)``) with every factor but ``k``: ``(I_k, R)``.
-
-    One mode at a time, the last first, each a two-operand ``einsum`` that keeps ``R`` last:
-    no transposed copy of ``T`` (an optimised many-operand ``einsum`` made several, and took
-    five times as long on a 3×224×224 input).
-    """
-    letters = string.ascii_lowercase
-    out = T
-    for j in range(len(factors) - 1, -1, -1):
-        if j == k:
-            continue
-        axes = letters[: out.ndim - 1]
-        kept = axes[:j] + axes[j + 1 :]
-        out = np.einsum(f"{axes}z,{axes[j]}z->{kept}z", out, factors[j])
-    return out
-
-
-def _solve_ls(Z: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """Return ``Z G⁺`` for a symmetric PSD ``G`` (R×R): the least-squares update.
-
-    Minimum-norm when ``G`` is singular. Computed through an eigendecomposition of ``G``:
-    LAPACK's lstsq is ~100× slower here because of the thousands of right-hand sides.
-    """
-    evals, evecs = np.linalg.eigh(G)
-    keep = evals > max(evals.max(), 0.0) * 1e-12
-    inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
-    return Z @ inv
-
-
-def _column_updates(
-    Z: np.ndarray,
-    G: np.ndarray,
-    F: np.ndarray,
-    penalty: np.ndarray,
-    nonneg: bool,
-    sweeps: int,
-) -> np.ndarray:
-    """Return ``F`` after exact coordinate updates of its columns.
-
-    The updates solve, column by column,
-    ``min_F  tr(Fᵀ F G) − 2 tr(Fᵀ Z) + Σ_r penalty_r ‖f_r‖``  (optionally ``F ≥ 0``):
-    ``f_r = z₊/G_rr · max(0, 1 − penalty_r / (2‖z₊‖))`` with ``z = Z_r − Σ_{s≠r} f_s G_sr``.
-
-    A column with ``G_rr = 0`` does not enter the objective (another mode of its component is
-    zero) and is left as it is: zeroing it too would make a component that the penalty switched
-    off in one mode unable ever to come back.
-    """
-    F = F.copy()
-    R = F.shape[1]
-    for _ in range(sweeps):
-        for r in range(R):
-            g = G[r, r]
-            if g <= _TINY:
-                continue
-            z = Z[:, r] - F @ G[:, r] + F[:, r] * g
-            if nonneg:
-                np.maximum(z, 0.0, out=z)
-            nz = math.sqrt(float(z @ z))
-            # max(0, 1 - p / 2‖z‖), without dividing by a tiny ‖z‖ (a huge penalty overflowed)
-            shrink = 1.0 - penalty[r] / (2.0 * nz) if penalty[r] < 2.0 * nz else 0.0
-            F[:, r] = z * (shrink / g)
-    return F
-
-
-def _rank_one(t: np.ndarray, n_iter: int = 10) -> list[np.ndarray]:
-    """Best rank-one approximation of a small tensor by power iterations; first factor scaled."""
-    if t.ndim == 1:
-        return [t.copy()]
-    vecs = []
-    for k in range(1, t.ndim):
-        unf = np.moveaxis(t, k, 0).reshape(t.shape[k], -1)
-        # the leading left singular vector, from the small side's Gram matrix (an SVD of a
-        # 224×672 unfolding took 7× as long)
-        u = np.linalg.eigh(unf @ unf.T)[1][:, -1]
-        vecs.append(u)
-    for _ in range(n_iter if t.ndim > 2 else 1):
-        first = t
-        for v in reversed(vecs):
-            first = first @ v
-        if t.ndim == 2:
-            break
-        for k in range(1, t.ndim):
-            x = t
-            for j in range(t.ndim - 1, 0, -1):
-                if j != k:
-                    x = np.tensordot(x, vecs[j - 1], axes=([j], [0]))
-            # x now has axes (0, k): contract mode 0 with `first`
-            v = first @ x
-            n = np.linalg.norm(v)
-            vecs[k - 1] = v / n if n > 0 else vecs[k - 1]
-    first = t
-    for v in reversed(vecs):
-        first = first @ v
-    return [first, *vecs]
 
 
 # ------------------------------------------------------------------------------ the estimator
@@ -701,22 +592,22 @@ class CMTF:
             A = np.array(how, dtype=np.float64)
             if self.nonneg:
                 A = np.abs(A)
-            A /= np.maximum(np.linalg.norm(A, axis=0), _TINY)
+            A /= np.maximum(np.linalg.norm(A, axis=0), linalg.TINY)
             T = [b.right(A) for b in data]
         elif how == "svd":
             A, T = _randomized_svd_factor(data, R, rng)
             if self.nonneg:
                 A = np.abs(A)
-                A /= np.maximum(np.linalg.norm(A, axis=0), _TINY)
+                A /= np.maximum(np.linalg.norm(A, axis=0), linalg.TINY)
                 T = [b.right(A) for b in data]
         else:
             A = rng.random((N, R)) if self.nonneg else rng.standard_normal((N, R))
-            A /= np.maximum(np.linalg.norm(A, axis=0), _TINY)
+            A /= np.maximum(np.linalg.norm(A, axis=0), linalg.TINY)
             T = [b.right(A) for b in data]
         G = A.T @ A
         F = []
         for b, model, Tb in zip(data, models, T, strict=True):
-            V = _solve_ls(Tb, G)
+            V = linalg.solve_ls(Tb, G)
             if self.nonneg:
                 V = np.abs(V)
             if model == "matrix":
@@ -725,10 +616,10 @@ class CMTF:
             dims = b.shape[1:]
             parts = [np.empty((d, R)) for d in dims]
             for r in range(R):
-                ones = _rank_one(V[:, r].reshape(dims))
+                ones = linalg.rank_one(V[:, r].reshape(dims))
                 for k, v in enumerate(ones):
                     parts[k][:, r] = np.abs(v) if self.nonneg else v
-            F.append(_normalise_modes(parts))
+            F.append(linalg.normalise_modes(parts))
         return _State(A=A, F=F)
 
     def _update_block(
@@ -741,34 +632,34 @@ class CMTF:
         sweeps = self.inner_sweeps
         if len(Fb) == 1:
             if self._exact:
-                Fb[0] = _solve_ls(Tb, AtA)
+                Fb[0] = linalg.solve_ls(Tb, AtA)
             else:
-                Fb[0] = _column_updates(Tb, AtA, Fb[0], pen, self.nonneg, sweeps)
+                Fb[0] = linalg.column_updates(Tb, AtA, Fb[0], pen, self.nonneg, sweeps)
             return
         T = Tb.reshape(*dims, -1)
         for k in range(len(Fb)):
-            Z = _mttkrp(T, Fb, k)
-            G = AtA * _gram(Fb, skip=k)
+            Z = linalg.mttkrp(T, Fb, k)
+            G = AtA * linalg.gram(Fb, skip=k)
             if self._exact:
-                Fb[k] = _solve_ls(Z, G)
+                Fb[k] = linalg.solve_ls(Z, G)
             else:
                 others = np.prod(
                     [np.linalg.norm(f, axis=0) for j, f in enumerate(Fb) if j != k], axis=0
                 )
                 # an infinite penalty (a strength held at zero) stays infinite: no inf · 0
                 pen_k = np.where(np.isinf(pen), np.inf, np.where(np.isinf(pen), 0.0, pen) * others)
-                Fb[k] = _column_updates(Z, G, Fb[k], pen_k, self.nonneg, sweeps)
+                Fb[k] = linalg.column_updates(Z, G, Fb[k], pen_k, self.nonneg, sweeps)
             if k > 0:
                 n = np.linalg.norm(Fb[k], axis=0)
-                ok = n > _TINY
+                ok = n > linalg.TINY
                 Fb[k][:, ok] /= n[ok]
                 Fb[0][:, ok] *= n[ok]
 
     def _update_A(self, A: np.ndarray, M: np.ndarray, G: np.ndarray, F) -> np.ndarray:
         if self._exact:
-            new = _solve_ls(M, G)
+            new = linalg.solve_ls(M, G)
             n = np.linalg.norm(new, axis=0)
-            ok = n > _TINY
+            ok = n > linalg.TINY
             new[:, ok] /= n[ok]
             new[:, ~ok] = A[:, ~ok]  # a component absent from every block keeps its loadings
             for Fb in F:
@@ -781,7 +672,7 @@ class CMTF:
                 if self.nonneg:
                     np.maximum(z, 0.0, out=z)
                 nz = math.sqrt(float(z @ z))
-                if nz > _TINY:
+                if nz > linalg.TINY:
                     A[:, r] = z / nz
         return A
 
@@ -801,7 +692,7 @@ class CMTF:
                 continue
             K = khatri_rao(Fb)
             cross = float(np.einsum("pr,pr->", Tb, K))  # ⟨T, K⟩ without a P×R temporary
-            res = b.norm_sq - 2.0 * cross + float(np.sum(AtA * _gram(Fb)))
+            res = b.norm_sq - 2.0 * cross + float(np.sum(AtA * linalg.gram(Fb)))
             per_block[i] = max(res, 0.0)
             sigmas[i] = np.linalg.norm(Fb[0], axis=0)
         penalty = 0.0
@@ -828,7 +719,7 @@ class CMTF:
         if len(hist) < 2:
             return False
         prev, cur = hist[-2], hist[-1]
-        return abs(prev - cur) <= self.tol * max(abs(prev), _TINY)
+        return abs(prev - cur) <= self.tol * max(abs(prev), linalg.TINY)
 
     def _step(self, data, dims, state: _State, T: list[np.ndarray]) -> _State:
         """One ALS sweep from ``state``: every block's factors from ``T = Ỹᵀ A``, then ``A``."""
@@ -873,11 +764,11 @@ class CMTF:
                 for f in Fb:
                     np.maximum(f, 0.0, out=f)
         n = np.linalg.norm(A, axis=0)
-        ok = n > _TINY
+        ok = n > linalg.TINY
         A[:, ok] /= n[ok]
         for Fb in F:
             Fb[0][:, ok] *= n[ok]
-            _normalise_modes(Fb)
+            linalg.normalise_modes(Fb)
         return _State(A, F)
 
     def _als(self, data, models, state: _State, iters: int, label: str):
@@ -942,9 +833,9 @@ class CMTF:
         unit: dict[str, list[np.ndarray]] = {}
         for b, Fb in zip(data, state.F, strict=True):
             sigma = np.linalg.norm(Fb[0], axis=0)
-            f0 = Fb[0] / np.where(sigma > _TINY, sigma, 1.0)
-            if np.any(sigma <= _TINY):
-                f0 = _absent_directions(b, A, Fb, f0, sigma <= _TINY)
+            f0 = Fb[0] / np.where(sigma > linalg.TINY, sigma, 1.0)
+            if np.any(sigma <= linalg.TINY):
+                f0 = _absent_directions(b, A, Fb, f0, sigma <= linalg.TINY)
             unit[b.name] = [f0] + [f.copy() for f in Fb[1:]]
             norm = math.sqrt(b.norm_sq)
             strength[b.name] = sigma / norm if norm > 0 else np.zeros(R)
@@ -1045,16 +936,6 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _normalise_modes(parts: list[np.ndarray]) -> list[np.ndarray]:
-    """Make every mode but the first unit-norm, pushing the norms into the first."""
-    for k in range(1, len(parts)):
-        n = np.linalg.norm(parts[k], axis=0)
-        ok = n > _TINY
-        parts[k][:, ok] /= n[ok]
-        parts[0][:, ok] *= n[ok]
-    return parts
-
-
 def _degenerate_pair(state: _State, threshold: float = 0.9) -> bool:
     """Return whether two components that live in the same block share their loadings.
 
@@ -1101,10 +982,10 @@ def _absent_directions(
     idx = np.flatnonzero(absent)
     T = block.right(A[:, idx])  # (P_b, m)
     if len(Fb) > 1:
-        T = _mttkrp(T.reshape(*block.shape[1:], -1), [f[:, idx] for f in Fb], 0)
+        T = linalg.mttkrp(T.reshape(*block.shape[1:], -1), [f[:, idx] for f in Fb], 0)
     for j, r in enumerate(idx):
         n = float(np.linalg.norm(T[:, j]))
-        if n > _TINY:
+        if n > linalg.TINY:
             f0[:, r] = T[:, j] / n
         else:
             f0[:, r] = 0.0

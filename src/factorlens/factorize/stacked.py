@@ -25,13 +25,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from factorlens.factorize.blocks import Block
+from factorlens.factorize.linalg import TINY as _TINY
+from factorlens.factorize.linalg import solve_ls
 
 #: a fit stacks its matrix blocks when it has at least this many of them
 MIN_BLOCKS = 3
 #: and when their stacked copy holds at most this many bytes
 MAX_BYTES = 512 * 1024**2
-
-_TINY = 1e-300
 
 
 def stackable(block: Block, model: str) -> bool:
@@ -105,11 +105,9 @@ class StackedMatrices:
         sweeps over the columns, each block's penalty ``penalties[b]`` (``(R,)``) on the norm
         of its own part of a column.
         """
-        from factorlens.factorize.engine import _solve_ls
-
         Z = np.concatenate(list(T), axis=0)
         if exact:
-            return self._split(_solve_ls(Z, AtA))
+            return self._split(solve_ls(Z, AtA))
         Fs = np.concatenate(list(F), axis=0)
         pen = np.stack(list(penalties))  # (blocks, R)
         R = Fs.shape[1]
