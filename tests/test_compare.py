@@ -59,6 +59,11 @@ def test_planted_shared_and_unique_components_are_recovered(tmp_path) -> None:
     assert recovered >= 4
     kinds = sharing.kinds
     assert kinds.count("all") == 3 and kinds.count("unique") == 4
+    # a unique component has no strength at all in the other model: an infinite contrast
+    unique = {r for r, k in enumerate(kinds) if k == "unique"}
+    assert {
+        c.component for c in strength_contrasts(result, "a", "b") if c.ratio == np.inf
+    } == unique
     saved = json.loads((tmp_path / "4" / "result.json").read_text())
     assert saved["meta"]["comparison"]["sharing"]["labels"] == ["a", "b"]
     assert saved["meta"]["comparison"]["cka"]["pairs"][0]["a"] == "a"
@@ -176,6 +181,8 @@ def test_cli_compare_two_checkpoints_then_from_the_store(project, tmp_path, caps
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "components shared by all 2 models" in out and "report:" in out
+    assert "linear CKA of tiny and other, matched layers in order:" in out
+    assert "inf×" not in out
     result = load(tmp_path / "cmp")
     assert list(result.meta["models"]) == ["tiny", "other"]
     assert [n for n in result.block_names if n.startswith("other.")] == ["other.classifier.1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -399,6 +400,12 @@ def sharing_lines(result: CMTFResult) -> list[str]:
         if values:
             lines.append(f"  linear CKA of {a} and {b}, matched layers in order: {values}")
         for c in strength_contrasts(result, a, b)[:3]:
+            if math.isinf(c.ratio):  # zero in the other model's layer
+                lines.append(
+                    f"    C{c.component + 1} is in {c.stronger}'s {c.layer} and has no strength "
+                    f"in {c.weaker}'s {c.other_layer}"
+                )
+                continue
             lines.append(
                 f"    C{c.component + 1} is {c.ratio:.2f}× stronger in {c.stronger}'s {c.layer} "
                 f"than in {c.weaker}'s {c.other_layer}"

@@ -111,8 +111,7 @@ def _cka(result: CMTFResult, cka: Any, sharing: Any, labels: list[str]) -> dict[
                 "contrasts": [
                     {
                         "id": c.component + 1,
-                        "text": f"{_ratio(c.ratio)} stronger in {c.stronger}'s {c.layer} than "
-                        f"in {c.weaker}'s {c.other_layer}",
+                        "text": _contrast_text(c),
                     }
                     for c in strength_contrasts(result, a, b)[:CONTRASTS_SHOWN]
                 ],
@@ -122,5 +121,10 @@ def _cka(result: CMTFResult, cka: Any, sharing: Any, labels: list[str]) -> dict[
     return {"n": cka.get("n"), "pairs": pairs, "sketched": len(sketched)}
 
 
-def _ratio(ratio: float) -> str:
-    return f"{ratio:.2f}×" if ratio < 1e6 else "only"
+def _contrast_text(c: Any) -> str:
+    """Say a strength contrast in words (a zero strength in the other model: "no strength")."""
+    if c.ratio == float("inf"):
+        return f"in {c.stronger}'s {c.layer}, no strength in {c.weaker}'s {c.other_layer}"
+    return (
+        f"{c.ratio:.2f}× stronger in {c.stronger}'s {c.layer} than in {c.weaker}'s {c.other_layer}"
+    )
