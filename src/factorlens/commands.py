@@ -93,16 +93,20 @@ def run_demo(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResul
     return result, out
 
 
-def _inputs(args: argparse.Namespace):
-    """Return the data (sub-sampled), the device and the preprocessing the options ask for."""
+def _inputs(args: argparse.Namespace, model_hook: bool = True):
+    """Return the data (sub-sampled), the device and the preprocessing the options ask for.
+
+    ``model_hook``: the model file's own ``factorlens_preprocess`` too (``compare`` applies
+    each model's hook to that model only, after this shared part).
+    """
     from factorlens.data import load_data, make_preprocess, parse_normalize
     from factorlens.modelio import find_preprocess_hook
 
     device = _device(args)
     data = load_data(args.data).subset(args.n_samples, random_state=args.seed)
     normalize = parse_normalize(args.normalize) if args.normalize else None
-    preprocess = make_preprocess(normalize, find_preprocess_hook(args.model))
-    return data, device, preprocess
+    hook = find_preprocess_hook(args.model) if model_hook else None
+    return data, device, make_preprocess(normalize, hook)
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -325,36 +329,33 @@ def run_compare(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFRe
         return _fit_and_write(compare_store, args, acts, engine, out), out
     if not args.data:
         raise FactorlensError("--data SPEC is required with --model (e.g. --data mnist:DIR)")
-    from factorlens.data import load_data, make_preprocess, parse_normalize
     from factorlens.modelio import build_model, find_preprocess_hook
 
     chosen = compare_models(args)
     labels = [label for label, _, _ in chosen]
     layers = compare_layers(args.layers, labels)
-    device = _device(args)
-    data = load_data(args.data).subset(args.n_samples, random_state=args.seed)
+    data, device, preprocess = _inputs(args, model_hook=False)  # each model's hook: its own
     _check_rank(args.rank, data.n_samples)
     models, hooks, described = {}, {}, {}
     for label, spec, weights in chosen:
         models[label] = build_model(spec, weights, trust_pickle=args.trust_pickle, device=device)
         hooks[label] = find_preprocess_hook(spec)
         described[label] = spec + (f" with weights {weights}" if weights else "")
-    normalize = parse_normalize(args.normalize) if args.normalize else None
     meta = {
         "models": described,
         "data": data.description,
         "class_names": data.class_names,
         "normalize": args.normalize,
     }
-    if tensor_layers(args):  # block names with their label: LABEL.layer
-        engine = replace(engine, tensor_blocks=tuple(tensor_layers(args)))
+    if layers_cp := tensor_layers(args):  # block names with their label: LABEL.layer
+        engine = replace(engine, tensor_blocks=tuple(layers_cp))
     result = compare(
         models,
         data,
         out=out,
         rank=args.rank,
         layers=layers,
-        preprocess=make_preprocess(normalize) if normalize else None,
+        preprocess=preprocess,
         model_preprocess=hooks,
         store=args.store,
         batch_size=args.batch_size,

@@ -21,6 +21,7 @@ import numpy as np
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize.reduced import ReducedBlock
+from factorlens.options import DEFAULT_SEED
 
 if TYPE_CHECKING:
     from factorlens.factorize.result import CMTFResult
@@ -239,9 +240,7 @@ def strength_contrasts(
     from both layers of a pair are not compared there.
     """
     names = [str(n) for n in result.block_names]
-    by_model = _layers_by_model(names, [a, b])
-    short = {lab: [n.split(".", 1)[1] for n in by_model[lab]] for lab in (a, b)}
-    pairs = [(by_model[a][i], by_model[b][j]) for i, j in matched_layers(short[a], short[b])]
+    pairs = _matched_blocks(names, a, b)
     flow, present = result.flow, result.presence()
     out = []
     for r in range(result.rank):
@@ -268,13 +267,11 @@ def strength_contrasts(
     return sorted(out, key=lambda c: -c.ratio)
 
 
-def _layers_by_model(names: Sequence[str], labels: Sequence[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {lab: [] for lab in labels}
-    for n in names:
-        lab = label_of(n, labels)
-        if lab is not None:
-            out[lab].append(n)
-    return out
+def _matched_blocks(names: Sequence[str], a: str, b: str) -> list[tuple[str, str]]:
+    """Return the block names of models ``a`` and ``b`` paired by :func:`matched_layers`."""
+    blocks = {lab: [n for n in names if label_of(n, [lab])] for lab in (a, b)}
+    layers = {lab: [n.split(".", 1)[1] for n in blocks[lab]] for lab in (a, b)}
+    return [(blocks[a][i], blocks[b][j]) for i, j in matched_layers(layers[a], layers[b])]
 
 
 def _normalized_gram(data: Any, rows: np.ndarray | None, memory_budget: int) -> np.ndarray:
@@ -303,7 +300,7 @@ def linear_cka(
     labels: Sequence[str],
     *,
     memory_budget: int = CKA_MEMORY,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
     """Linear CKA between the matched layers of every pair of models in ``store``.
 
@@ -314,7 +311,7 @@ def linear_cka(
     Parameters
     ----------
     store : ActivationStore
-        A store captured by :func:`factorlens.comparison.compare` (blocks ``label.layer``).
+        A store captured by :func:`factorlens.pipeline.compare` (blocks ``label.layer``).
     labels : sequence of str
         The model labels.
     memory_budget : int
@@ -329,13 +326,9 @@ def linear_cka(
         ``{"n": inputs used, "pairs": [{"a", "b", "layers": [[layer_a, layer_b, cka], …]}],
         "sketched": [blocks whose CKA is that of their sketched share]}``.
     """
-    by_model = _layers_by_model(store.names, labels)
-    plans = []
-    for a, b in itertools.combinations(labels, 2):
-        short_a = [n.split(".", 1)[1] for n in by_model[a]]
-        short_b = [n.split(".", 1)[1] for n in by_model[b]]
-        pairs = matched_layers(short_a, short_b)
-        plans.append((a, b, [(by_model[a][i], by_model[b][j]) for i, j in pairs]))
+    plans = [
+        (a, b, _matched_blocks(store.names, a, b)) for a, b in itertools.combinations(labels, 2)
+    ]
     needed = sorted({n for _, _, ps in plans for p in ps for n in p}, key=store.names.index)
     n = store.n_samples
     fit = int(np.sqrt(memory_budget / (4 * max(len(needed), 1))))

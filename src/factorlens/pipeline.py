@@ -591,29 +591,63 @@ def analyze(
     CMTFResult
         The fitted factorization.
     """
-    opts = engine_options(options, **engine)
-    acts = capture_for_analysis(
+    return _capture_and_fit(
+        analyze_store,
         model,
         data,
         out=out,
+        rank=rank,
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
+        report=report,
+        opts=engine_options(options, **engine),
         layers=layers,
         preprocess=preprocess,
         store=store,
         batch_size=batch_size,
-        device=device,
         select=select,
         nonfinite=nonfinite,
         compression=compression,
-        overwrite=overwrite,
-        progress=progress,
         meta=meta,
         sketch=sketch,
         memory_budget=memory_budget,
+    )
+
+
+def _capture_and_fit(
+    fit_store: Callable[..., CMTFResult],
+    model: Any,
+    data: Any,
+    *,
+    out: str | Path,
+    rank: int,
+    device: str,
+    overwrite: bool,
+    progress: bool,
+    report: bool,
+    opts: EngineOptions,
+    **capture: Any,
+) -> CMTFResult:
+    """Capture ``model`` for a fit at ``rank``, then run ``fit_store`` on it into ``out``.
+
+    ``fit_store`` is :func:`analyze_store` or :func:`compare_store`; ``capture`` the rest of
+    :func:`capture_for_analysis`'s arguments. A sketch keeps directions for ``rank``
+    components, centred and seeded as the fit will be.
+    """
+    acts = capture_for_analysis(
+        model,
+        data,
+        out=out,
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
         sketch_rank=rank,
         center=opts.center,
         seed=int(opts.random_state or DEFAULT_SEED),
+        **capture,
     )
-    return analyze_store(
+    return fit_store(
         acts,
         out=out,
         rank=rank,
@@ -790,37 +824,28 @@ def compare(
     meta = {**(meta or {}), "models": described}
     meta.setdefault("model", f"{len(described)} models: " + ", ".join(described))
     meta.setdefault("model_name", " vs ".join(described))
-    acts = capture_for_analysis(
+    return _capture_and_fit(
+        compare_store,
         modelset,
         data,
         out=out,
+        rank=rank,
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
+        report=report,
+        opts=opts,
         layers=names,
         preprocess=preprocess,
         store=store,
         batch_size=batch_size,
-        device=device,
         nonfinite=nonfinite,
         compression=compression,
-        overwrite=overwrite,
-        progress=progress,
         meta=meta,
         resume=resume,
         sharded=sharded,
         sketch=sketch,
         memory_budget=memory_budget,
-        sketch_rank=rank,
-        center=opts.center,
-        seed=int(opts.random_state or DEFAULT_SEED),
-    )
-    return compare_store(
-        acts,
-        out=out,
-        rank=rank,
-        overwrite=overwrite,
-        progress=progress,
-        report=report,
-        device=device,
-        options=opts,
     )
 
 
@@ -841,10 +866,10 @@ def compare_store(
     Parameters are those of :func:`analyze_store`; the store's ``meta["models"]`` names the
     models (each block is ``label.layer``).
     """
-    from factorlens.comparison import component_sharing, linear_cka
+    from factorlens.comparison import component_sharing, labels_in, linear_cka
 
-    labels = [str(k) for k in ((acts.meta or {}).get("models") or {})]
-    if len(labels) < 2:
+    labels = labels_in(acts.meta)
+    if not labels:
         raise FactorlensError(
             "this store holds one model's layers (its meta names no 'models'); analyse it "
             "with analyze, or capture several models with compare"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from factorlens.comparison import label_of
 from factorlens.report.pixels import top_indices
 
 
@@ -34,13 +35,7 @@ def stage_groups(names: Sequence[str], min_blocks: int = 24) -> list[dict]:
         return []
     depth_max = max(len(n.split(".")) for n in names)
     for depth in range(1, depth_max):
-        keys = [".".join(n.split("#")[0].split(".")[:depth]) for n in names]
-        runs: list[dict] = []
-        for i, key in enumerate(keys):
-            if runs and runs[-1]["name"] == key:
-                runs[-1]["count"] += 1
-            else:
-                runs.append({"name": key, "start": i, "count": 1})
+        runs = _runs([".".join(n.split("#")[0].split(".")[:depth]) for n in names])
         if len(runs) >= 4 and max(r["count"] for r in runs) <= len(names) / 2:
             return [r for r in runs if r["count"] >= 2]
     return []
@@ -52,16 +47,24 @@ def model_groups(names: Sequence[str], labels: Sequence[str]) -> list[dict]:
     A block ``label.layer`` belongs to model ``label``; the input (and any block of no model)
     stays a column of its own.
     """
-    groups: list[dict] = []
-    for i, name in enumerate(names):
-        head, dot, _ = name.partition(".")
-        if not dot or head not in labels:
+    return _runs([label_of(n, labels) for n in names])
+
+
+def _runs(keys: Sequence[str | None]) -> list[dict]:
+    """Return the runs of equal consecutive keys as ``[{"name", "start", "count"}]``.
+
+    A ``None`` key belongs to no run (and ends the one before it).
+    """
+    runs: list[dict] = []
+    for i, key in enumerate(keys):
+        if key is None:
             continue
-        if groups and groups[-1]["name"] == head and groups[-1]["start"] + groups[-1]["count"] == i:
-            groups[-1]["count"] += 1
+        last = runs[-1] if runs else None
+        if last is not None and last["name"] == key and last["start"] + last["count"] == i:
+            last["count"] += 1
         else:
-            groups.append({"name": head, "start": i, "count": 1})
-    return groups
+            runs.append({"name": key, "start": i, "count": 1})
+    return runs
 
 
 def block_view(sample_shape: Sequence[int]) -> str:
