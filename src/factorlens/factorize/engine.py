@@ -568,8 +568,17 @@ class CMTF:
 
     # ------------------------------------------------------------------------- the algorithm
     @property
-    def _exact(self) -> bool:
-        return not self.nonneg and all(not np.any(p) for p in self._pen)
+    def _pen(self) -> list[np.ndarray]:
+        """Per block, the penalty on each component's strength, ``(R,)`` (see _penalties)."""
+        return self._penalty
+
+    @_pen.setter
+    def _pen(self, penalty: list[np.ndarray]) -> None:
+        # whether the updates are plain least squares (no penalty, no constraint): read
+        # several times per ALS step, so decided once per penalty (the rank scan's small
+        # fits spent 4 % of their time deciding it)
+        self._penalty = penalty
+        self._exact = not self.nonneg and all(not np.any(p) for p in penalty)
 
     def _penalties(self, data: list[Block], rng: np.random.Generator) -> list[np.ndarray]:
         """Return, per block, the penalty on each component's strength, ``(R,)``.
@@ -665,16 +674,7 @@ class CMTF:
             for Fb in F:
                 Fb[0][:, ok] *= n[ok]
             return new
-        A = A.copy()
-        for _ in range(self.inner_sweeps):
-            for r in range(A.shape[1]):
-                z = M[:, r] - A @ G[:, r] + A[:, r] * G[r, r]
-                if self.nonneg:
-                    np.maximum(z, 0.0, out=z)
-                nz = math.sqrt(float(z @ z))
-                if nz > linalg.TINY:
-                    A[:, r] = z / nz
-        return A
+        return linalg.unit_column_updates(M, G, A, self.nonneg, self.inner_sweeps)
 
     def _loss(self, data, state, T) -> tuple[float, list[float]]:
         AtA = state.A.T @ state.A

@@ -9,7 +9,6 @@ rank-one start of a CP block.
 
 from __future__ import annotations
 
-import math
 import string
 from collections.abc import Sequence
 
@@ -77,32 +76,49 @@ def column_updates(
     penalty: np.ndarray,
     nonneg: bool,
     sweeps: int,
+    starts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return ``F`` after exact coordinate updates of its columns.
 
     The updates solve, column by column,
     ``min_F  tr(Fᵀ F G) − 2 tr(Fᵀ Z) + Σ_r penalty_r ‖f_r‖``  (optionally ``F ≥ 0``):
     ``f_r = z₊/G_rr · max(0, 1 − penalty_r / (2‖z₊‖))`` with ``z = Z_r − Σ_{s≠r} f_s G_sr``.
+    With ``starts`` (the first row of each of ``S`` segments, ascending from 0) the rows are
+    the stacked factors of ``S`` blocks and ``penalty`` is ``(S, R)``: each block's part of a
+    column is penalized on its own norm. Run by the compiled loop of
+    :func:`factorlens.factorize.kernels.group_lasso_sweeps`.
 
     A column with ``G_rr = 0`` does not enter the objective (another mode of its component is
     zero) and is left as it is: zeroing it too would make a component that the penalty switched
     off in one mode unable ever to come back.
     """
-    F = F.copy()
-    R = F.shape[1]
-    for _ in range(sweeps):
-        for r in range(R):
-            g = G[r, r]
-            if g <= TINY:
-                continue
-            z = Z[:, r] - F @ G[:, r] + F[:, r] * g
-            if nonneg:
-                np.maximum(z, 0.0, out=z)
-            nz = math.sqrt(float(z @ z))
-            # max(0, 1 - p / 2‖z‖), without dividing by a tiny ‖z‖ (a huge penalty overflowed)
-            shrink = 1.0 - penalty[r] / (2.0 * nz) if penalty[r] < 2.0 * nz else 0.0
-            F[:, r] = z * (shrink / g)
-    return F
+    from factorlens.factorize.kernels import group_lasso_sweeps
+
+    if starts is None:
+        starts = np.zeros(1, dtype=np.int64)
+        penalty = np.asarray(penalty, dtype=np.float64).reshape(1, -1)
+    return group_lasso_sweeps(
+        _f64(Z), _f64(G), _f64(F), _f64(penalty), np.asarray(starts, np.int64), nonneg, sweeps
+    )
+
+
+def unit_column_updates(
+    M: np.ndarray, G: np.ndarray, A: np.ndarray, nonneg: bool, sweeps: int
+) -> np.ndarray:
+    """Return ``A`` after coordinate updates of its unit-norm columns (the shared factor).
+
+    Column ``r`` becomes the unit vector along ``M_r − Σ_{s≠r} a_s G_sr`` (its positive part
+    with ``nonneg``); the compiled loop of
+    :func:`factorlens.factorize.kernels.unit_column_sweeps`.
+    """
+    from factorlens.factorize.kernels import unit_column_sweeps
+
+    return unit_column_sweeps(_f64(M), _f64(G), _f64(A), nonneg, sweeps)
+
+
+def _f64(x: np.ndarray) -> np.ndarray:
+    """``x`` as a C-contiguous float64 array (the compiled loops' one signature)."""
+    return np.ascontiguousarray(x, dtype=np.float64)
 
 
 def rank_one(t: np.ndarray, n_iter: int = 10) -> list[np.ndarray]:
@@ -156,4 +172,5 @@ __all__ = [
     "normalise_modes",
     "rank_one",
     "solve_ls",
+    "unit_column_updates",
 ]

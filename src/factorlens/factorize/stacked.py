@@ -10,8 +10,8 @@ arithmetic for all of them at once:
 * ``Ỹ_bᵀ A`` of every block is one product ``Sᵀ A``, split by rows;
 * ``Σ_b Ỹ_b K_b`` is ``S [K₁; K₂; …]``;
 * the column updates (exact solves, or the coordinate updates of the penalty and of
-  nonnegativity) run on the stacked factors, each block's column norm a segment sum
-  (``np.add.reduceat``), so the ACMTF penalty still acts per block;
+  nonnegativity, one compiled loop) run on the stacked factors, each block's part of a
+  column a segment of rows, so the ACMTF penalty still acts per block;
 * each block's loss terms are segment sums too.
 
 The arithmetic is the per-block arithmetic of :mod:`factorlens.factorize.engine`, in another
@@ -25,8 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from factorlens.factorize.blocks import Block
-from factorlens.factorize.linalg import TINY as _TINY
-from factorlens.factorize.linalg import solve_ls
+from factorlens.factorize.linalg import column_updates, solve_ls
 
 #: a fit stacks its matrix blocks when it has at least this many of them
 MIN_BLOCKS = 3
@@ -110,22 +109,7 @@ class StackedMatrices:
             return self._split(solve_ls(Z, AtA))
         Fs = np.concatenate(list(F), axis=0)
         pen = np.stack(list(penalties))  # (blocks, R)
-        R = Fs.shape[1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for _ in range(sweeps):
-                for r in range(R):
-                    g = AtA[r, r]
-                    if g <= _TINY:  # the column does not enter the objective: left as it is
-                        continue
-                    z = Z[:, r] - Fs @ AtA[:, r] + Fs[:, r] * g
-                    if nonneg:
-                        np.maximum(z, 0.0, out=z)
-                    nz = np.sqrt(np.add.reduceat(z * z, self.starts))
-                    # max(0, 1 - p / 2‖z‖), dividing only where it is below 1 (no overflow)
-                    live = pen[:, r] < 2.0 * nz
-                    ratio = np.divide(pen[:, r], 2.0 * nz, out=np.ones_like(nz), where=live)
-                    shrink = 1.0 - ratio
-                    Fs[:, r] = z * np.repeat(shrink / g, self.widths)
+        Fs = column_updates(Z, AtA, Fs, pen, nonneg, sweeps, starts=self.starts)
         return self._split(Fs)
 
     # ------------------------------------------------------------------ loss
