@@ -21,7 +21,7 @@ from factorlens.testing import planted_blocks
 def test_scan_finds_the_planted_rank() -> None:
     blocks, _ = planted_blocks(N=240, R=3, noise=0.05, missing=None, seed=1)
     scan = factorlens.estimate_rank(blocks, 6, random_state=0)  # the public name
-    assert scan.ranks == [1, 2, 3, 4, 5, 6]
+    assert scan.ranks == [1, 2, 3, 4]  # R > 4 lower the bi-CV error no more (4 shows it)
     assert scan.chosen == 3, scan.table()
     c = scan.criteria
     assert np.all(np.diff(c["fit"]) >= -1e-6)  # more components never fit worse
@@ -34,7 +34,7 @@ def test_scan_finds_the_planted_rank() -> None:
     assert c["bicv"][2] < c["bicv"][1]
     assert set(scan.block_fit) == set(blocks)
     d = scan.to_dict()
-    assert d["chosen"] == 3 and len(d["criteria"]["bicv"]) == 6
+    assert d["chosen"] == 3 and len(d["criteria"]["bicv"]) == 4
     assert "*" in scan.table().splitlines()[3]
 
 
@@ -50,10 +50,21 @@ def test_parallel_chains_give_the_sequential_scan() -> None:
 def test_max_rank_is_clipped_and_said() -> None:
     blocks, _ = planted_blocks(N=12, R=2, noise=0.05, missing=None, seed=2)
     scan = estimate_rank(blocks, 50)
-    assert scan.ranks[-1] == 6
-    assert any("clipped" in n for n in scan.notes)
+    assert any("max rank 50 clipped to 6" in n for n in scan.notes)
+    assert any("R = 4..6 were not fitted" in n for n in scan.notes)
     with pytest.raises(FactorlensError, match="positive integer"):
         estimate_rank(blocks, 0)
+
+
+def test_ranks_the_rule_cannot_choose_are_not_fitted_and_said() -> None:
+    blocks, _ = planted_blocks(N=160, R=3, noise=0.05, missing=None, seed=3)
+    scan = estimate_rank(blocks, 8, random_state=4)
+    assert scan.chosen == 3
+    bicv = scan.criteria["bicv"]
+    last = scan.ranks[-1]
+    assert last < 8 and bicv[-1] >= bicv[-2]  # the last fitted R shows the turn
+    assert any(f"R = {last + 1}..8 were not fitted" in n for n in scan.notes)
+    assert all(len(row) == last for row in scan.split_stability)
 
 
 def test_core_consistency_is_100_for_an_exact_cp_model() -> None:
@@ -171,7 +182,7 @@ def test_a_failed_threaded_scan_does_not_cancel_later_fits(monkeypatch) -> None:
     import factorlens.rank.scan as scan_module
 
     blocks, _ = planted_blocks(N=80, R=2, noise=0.05, missing=None, seed=1)
-    real = scan_module._fit_chain
+    real = scan_module._Chains._fit
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -180,7 +191,7 @@ def test_a_failed_threaded_scan_does_not_cancel_later_fits(monkeypatch) -> None:
             raise FactorlensError("one chain fails")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scan_module, "_fit_chain", failing)
+    monkeypatch.setattr(scan_module._Chains, "_fit", failing)
     with pytest.raises(FactorlensError, match="one chain fails"):
         estimate_rank(blocks, 3, n_jobs=3)
     CMTF(2, n_init=1).fit(blocks)  # would raise Cancelled if the flag stayed set

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -134,21 +134,23 @@ def estimate_rank(
     warm-started start per R. ``max_rank`` larger than the data allows (half the samples, for
     the split halves, or the total feature count) is clipped, and the clipping is recorded in
     ``notes``. The ``1 + 2·n_splits`` warm-start chains (all inputs and both halves of each
-    split) run in ``n_jobs`` threads, each with one BLAS thread (default: one after another
-    when compressed — on 2,000 MNIST inputs three threads took 0.88× the sequential speed —,
-    else one per core, at most 3). ``n_iter_max``/``tol`` are tighter than a quick scan needs for
-    the fit alone: with loosely converged fits the halves disagreed by chance, and the chosen
-    rank of the README example moved with the seed (8 of 10 seeds agreed at ``100``/``1e-5``,
-    9 or 10 of 10 here, with the sketches drawn in either order). With ``compress``
-    (default) every fit runs on the matrix blocks compressed to their leading
-    ``max_rank + 10`` row-space directions
+    split) advance one R at a time, in ``n_jobs`` threads, each with one BLAS thread
+    (default: one after another when compressed — on 2,000 MNIST inputs three threads took
+    0.88× the sequential speed —, else one per core, at most 3). They stop one R after the
+    largest R whose bi-cross-validation error (known for every R before any fit) falls below
+    the one before: the rule can choose no R above it, on all inputs or on any split, so the
+    ranks beyond the next are not fitted (a note says so). ``n_iter_max``/``tol`` are
+    tighter than a quick scan needs for the fit alone: with loosely converged fits the halves
+    disagreed by chance, and the chosen rank of the README example moved with the seed (8 of
+    10 seeds agreed at ``100``/``1e-5``, 9 or 10 of 10 here, with the sketches drawn in
+    either order). With ``compress`` (default) every fit runs on the matrix blocks compressed
+    to their leading ``max_rank + 10`` row-space directions
     (:mod:`factorlens.factorize.compress`); the evidence's fits are then those of loadings
     kept in that space, and ``keep_results`` gives factors mapped back to the full blocks.
     """
-    if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise FactorlensError(f"max_rank must be a positive integer, got {max_rank!r}")
-    if not isinstance(n_splits, (int, np.integer)) or n_splits < 1:
-        raise FactorlensError(f"n_splits must be a positive integer, got {n_splits!r}")
+    for name, value in (("max_rank", max_rank), ("n_splits", n_splits)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise FactorlensError(f"{name} must be a positive integer, got {value!r}")
     names, arrays = _as_named_arrays(blocks)
     if not names:
         raise FactorlensError("no blocks to scan; give the input and at least one layer")
@@ -180,6 +182,105 @@ def estimate_rank(
     opts["random_state"] = random_state
     full = CMTF(1, **opts).prepare(blocks)
     rng = np.random.default_rng(random_state)
+    bicv = bi_cross_validation(
+        full, max_rank, random_state=random_state, memory_budget=opts.get("memory_budget", _BUDGET)
+    )
+    chains_data, sample_bases = _chain_data(
+        full, names, arrays, n_splits, max_rank, opts, rng, compress=compress
+    )
+    if n_jobs is None:  # compressed fits are too small for threads to beat the GIL (measured)
+        n_jobs = 1 if compress else min(3, _usable_cpus())
+    criteria: dict[str, list[float]] = {"fit": [], "corcondia": [], "bicv": [], "stability": []}
+    block_fit: dict[str, list[float]] = {nm: [] for nm in names}
+    results: dict[int, CMTFResult] = {}
+    split_stability: list[list[float]] = [[] for _ in range(n_splits)]
+    # the largest R that the rule can choose (its bi-CV error is below R - 1's), and one more
+    # to show the criteria past it
+    last = max([1, *(r for r in range(2, max_rank + 1) if bicv[r - 1] < bicv[r - 2])])
+    stop = min(max_rank, last + 1)
+    if stop < max_rank:
+        notes.append(
+            f"the bi-cross-validation error falls no more after R = {last}, so the rule cannot "
+            f"choose a larger R: R = {stop + 1}..{max_rank} were not fitted"
+        )
+    chains = _Chains(chains_data, opts, random_state, max(1, int(n_jobs)))
+    bar = progress_bar(stop, "rank scan") if verbose else None
+    try:
+        for R in range(1, stop + 1):
+            # loadings back in each block's full space: the halves' compressed bases differ
+            # (a sketched layer's to its sketch's coordinates, which every chain shares), on
+            # copies: each chain's next R starts from its compressed fit
+            fitted = [
+                expand_result(_copy(fit), used, sample_bases.get(k), to_sketch=True)
+                for k, (fit, used) in enumerate(zip(chains.next_rank(), chains_data, strict=True))
+            ]
+            res = fitted[0]
+            for k, row in enumerate(split_stability):
+                a, b = fitted[1 + 2 * k], fitted[2 + 2 * k]
+                worst = matched_congruences([joint_signature(a)], [joint_signature(b)])[0]
+                row.append(float(worst.min()))
+            total_sq = sum(b.norm_sq for b in full)
+            loss = sum((1.0 - res.block_fit[b.name]) * b.norm_sq for b in full)
+            criteria["fit"].append(1.0 - loss / total_sq if total_sq > 0 else 0.0)
+            cp_blocks = [b for b, m in zip(full, res.block_models, strict=True) if m == "cp"]
+            criteria["corcondia"].append(
+                core_consistency(res, cp_blocks[0]) if cp_blocks else float("nan")
+            )
+            criteria["bicv"].append(float(bicv[R - 1]))
+            criteria["stability"].append(float(np.median([row[-1] for row in split_stability])))
+            for nm in names:
+                block_fit[nm].append(res.block_fit[nm])
+            if keep_results:
+                results[R] = res
+            if bar is not None:
+                bar.update(1)
+    finally:
+        chains.close()
+        if bar is not None:
+            bar.close()  # before any message, which would otherwise share its line
+    chosen = choose_rank(criteria["stability"], criteria["bicv"], stability_threshold)
+    per_split = [choose_rank(row, criteria["bicv"], stability_threshold) for row in split_stability]
+    return RankScan(
+        ranks=list(range(1, len(criteria["fit"]) + 1)),
+        criteria=criteria,
+        block_fit=block_fit,
+        chosen=chosen,
+        rule=RULE.format(threshold=stability_threshold, splits=n_splits),
+        plausible=(min([*per_split, chosen]), max([*per_split, chosen])),
+        split_stability=split_stability,
+        notes=notes,
+        results=results,
+    )
+
+
+def _copy(result: CMTFResult) -> CMTFResult:
+    """Return a copy of ``result`` that :func:`expand_result` may change in place."""
+    return replace(
+        result,
+        factors=dict(result.factors),
+        means=dict(result.means),
+        block_shapes=list(result.block_shapes),
+    )
+
+
+def _chain_data(
+    full: list,
+    names: list[str],
+    arrays: list[Any],
+    n_splits: int,
+    max_rank: int,
+    opts: dict[str, Any],
+    rng: np.random.Generator,
+    *,
+    compress: bool,
+) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
+    """Return each chain's prepared blocks (all inputs, then both halves of every split).
+
+    With ``compress`` (and not ``nonneg``) every chain's matrix blocks are compressed to
+    their leading row space and its samples to a few directions; the second value maps a
+    chain to the basis ``Q`` (N×k) of its compressed samples.
+    """
+    n = full[0].n_rows
     parts = []  # the rows of each half: split k's are parts[2k] and parts[2k + 1]
     for _ in range(n_splits):
         order = rng.permutation(n)
@@ -196,104 +297,75 @@ def estimate_rank(
         }
         return CMTF(1, **half_opts).prepare(sub)
 
-    budget = opts.get("memory_budget", _BUDGET)
-    bicv = bi_cross_validation(full, max_rank, random_state=random_state, memory_budget=budget)
-    sample_bases: dict[int, np.ndarray] = {}  # chain -> Q (N×k) of its compressed samples
-    if compress and not opts.get("nonneg"):  # fits on the leading row spaces (compress.py);
+    sample_bases: dict[int, np.ndarray] = {}
+    if not compress or opts.get("nonneg"):
         # not with nonneg: B̃ >= 0 does not make V B̃ >= 0
-        models = CMTF(1, **opts)._block_models(names, [b.shape for b in full])
-        # and the samples to a few directions (sketch.py): every fit of the scan is then the
-        # fit restricted to them, at a cost that no longer grows with N. One chain at a
-        # time, each half prepared only then: a half's data (and its N×k feature-compressed
-        # blocks) are dropped once it is compressed, keeping what the loadings need of it
-        size = max_rank + SAMPLE_OVERSAMPLE
-        chains_data: list[list[Any]] = []
-        for k in range(1 + len(parts)):
-            d = full if k == 0 else half(parts[k - 1])
-            small = [
-                compressed(b, max_rank, rng) if m == "matrix" else b
-                for b, m in zip(d, models, strict=True)
-            ]
-            if small[0].n_rows > 2 * size:
-                sample_bases[k], small = compress_samples(small, size, rng)
-            chains_data.append(small)
-    else:
-        chains_data = [full, *(half(p) for p in parts)]
-    criteria: dict[str, list[float]] = {"fit": [], "corcondia": [], "bicv": [], "stability": []}
-    block_fit: dict[str, list[float]] = {nm: [] for nm in names}
-    results: dict[int, CMTFResult] = {}
-    n_chains = len(chains_data)
-    bar = progress_bar(n_chains * max_rank, "rank scan") if verbose else None
-    seeds = np.random.SeedSequence(random_state).spawn(n_chains)
-    jobs = [(data, seeds[k]) for k, data in enumerate(chains_data)]
-    if n_jobs is None:  # compressed fits are too small for threads to beat the GIL (measured)
-        n_jobs = 1 if compress else min(3, _usable_cpus())
-    n_jobs = max(1, int(n_jobs))
-
-    def chain(job) -> list[CMTFResult]:
-        return _fit_chain(job[0], max_rank, opts, np.random.default_rng(job[1]), bar)
-
-    futures: list = []
-    try:
-        if n_jobs > 1:
-            # the chains (all inputs, each half) are independent: run them side by side, one
-            # BLAS thread each, instead of one chain at a time on every core
-            with ThreadPoolExecutor(n_jobs) as pool, threadpool_limits(limits=1):
-                CANCEL.clear()
-                futures = [pool.submit(chain, job) for job in jobs]
-                try:
-                    chains = [f.result() for f in futures]
-                except BaseException:  # Ctrl-C in the main thread: stop the chains at once
-                    CANCEL.set()
-                    for f in futures:
-                        f.cancel()
-                    raise
-        else:
-            chains = [chain(job) for job in jobs]
-    finally:
-        if not any(f.running() for f in futures):  # the pool has stopped: later fits may run
-            CANCEL.clear()
-        if bar is not None:
-            bar.close()  # before any message, which would otherwise share its line
-    split_stability: list[list[float]] = [[] for _ in range(n_splits)]
-    for R in range(1, max_rank + 1):
-        # loadings back in each block's full space: the halves' compressed bases differ
-        # (a sketched layer's to its sketch's coordinates, which every chain shares)
-        fitted = [
-            expand_result(c[R - 1], used, sample_bases.get(k), to_sketch=True)
-            for k, (c, used) in enumerate(zip(chains, chains_data, strict=True))
+        return [full, *(half(p) for p in parts)], sample_bases
+    # fits on the leading row spaces (compress.py), and the samples to a few directions
+    # (sketch.py): every fit of the scan is then the fit restricted to them, at a cost that
+    # no longer grows with N. One chain at a time, each half prepared only then: a half's
+    # data (and its N×k feature-compressed blocks) are dropped once it is compressed,
+    # keeping what the loadings need of it
+    models = CMTF(1, **opts)._block_models(names, [b.shape for b in full])
+    size = max_rank + SAMPLE_OVERSAMPLE
+    chains_data: list[list[Any]] = []
+    for k in range(1 + len(parts)):
+        d = full if k == 0 else half(parts[k - 1])
+        small = [
+            compressed(b, max_rank, rng) if m == "matrix" else b
+            for b, m in zip(d, models, strict=True)
         ]
-        res = fitted[0]
-        for k, row in enumerate(split_stability):
-            a, b = fitted[1 + 2 * k], fitted[2 + 2 * k]
-            worst = matched_congruences([joint_signature(a)], [joint_signature(b)])[0].min()
-            row.append(float(worst))
-        total_sq = sum(b.norm_sq for b in full)
-        loss = sum((1.0 - res.block_fit[b.name]) * b.norm_sq for b in full)
-        criteria["fit"].append(1.0 - loss / total_sq if total_sq > 0 else 0.0)
-        cp_blocks = [b for b, m in zip(full, res.block_models, strict=True) if m == "cp"]
-        criteria["corcondia"].append(
-            core_consistency(res, cp_blocks[0]) if cp_blocks else float("nan")
-        )
-        criteria["bicv"].append(float(bicv[R - 1]))
-        criteria["stability"].append(float(np.median([row[-1] for row in split_stability])))
-        for nm in names:
-            block_fit[nm].append(res.block_fit[nm])
-        if keep_results:
-            results[R] = res
-    chosen = choose_rank(criteria["stability"], criteria["bicv"], stability_threshold)
-    per_split = [choose_rank(row, criteria["bicv"], stability_threshold) for row in split_stability]
-    return RankScan(
-        ranks=list(range(1, max_rank + 1)),
-        criteria=criteria,
-        block_fit=block_fit,
-        chosen=chosen,
-        rule=RULE.format(threshold=stability_threshold, splits=n_splits),
-        plausible=(min([*per_split, chosen]), max([*per_split, chosen])),
-        split_stability=split_stability,
-        notes=notes,
-        results=results,
-    )
+        if small[0].n_rows > 2 * size:
+            sample_bases[k], small = compress_samples(small, size, rng)
+        chains_data.append(small)
+    return chains_data, sample_bases
+
+
+class _Chains:
+    """The scan's warm-start chains, advanced one rank at a time (in threads with ``n_jobs``)."""
+
+    def __init__(
+        self, data: list[list[Any]], opts: dict[str, Any], random_state: int, n_jobs: int
+    ) -> None:
+        self.data, self.opts = data, opts
+        seeds = np.random.SeedSequence(random_state).spawn(len(data))
+        self.rngs = [np.random.default_rng(s) for s in seeds]
+        self.last: list[CMTFResult | None] = [None] * len(data)
+        self.rank = 0
+        # the chains (all inputs, each half) are independent: side by side, one BLAS thread
+        # each, instead of one chain at a time on every core
+        self.pool = ThreadPoolExecutor(n_jobs) if n_jobs > 1 else None
+        self.limits = threadpool_limits(limits=1) if self.pool is not None else None
+        CANCEL.clear()
+
+    def _fit(self, k: int) -> CMTFResult:
+        init = _warm_start(self.last[k], self.data[k], self.rngs[k])
+        opts = {**self.opts, "init": init}
+        return CMTF(self.rank, **opts).fit_blocks(self.data[k]).result_
+
+    def next_rank(self) -> list[CMTFResult]:
+        """Fit every chain at the next R, each warm-started from its fit at R − 1."""
+        self.rank += 1
+        if self.pool is None:
+            self.last = [self._fit(k) for k in range(len(self.data))]
+            return list(self.last)  # type: ignore[arg-type]
+        futures = [self.pool.submit(self._fit, k) for k in range(len(self.data))]
+        try:
+            self.last = [f.result() for f in futures]
+        except BaseException:  # Ctrl-C in the main thread: stop the chains at once
+            CANCEL.set()
+            for f in futures:
+                f.cancel()
+            raise
+        return list(self.last)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Stop the threads (waiting for running fits) and let later fits run."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.limits is not None:
+            self.limits.restore_original_limits()
+        CANCEL.clear()
 
 
 def choose_rank(stability: list[float], bicv: list[float], threshold: float) -> int:
@@ -334,21 +406,6 @@ def _usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
-
-
-def _fit_chain(
-    data: list, max_rank: int, opts: dict[str, Any], rng: np.random.Generator, bar: Any
-) -> list[CMTFResult]:
-    """Fits at R = 1..max_rank on prepared blocks, each warm-started from the one before."""
-    fitted: list[CMTFResult] = []
-    previous = None
-    for R in range(1, max_rank + 1):
-        init = _warm_start(previous, data, rng)
-        previous = CMTF(R, **{**opts, "init": init}).fit_blocks(data).result_
-        fitted.append(previous)
-        if bar is not None:
-            bar.update(1)
-    return fitted
 
 
 def _warm_start(
