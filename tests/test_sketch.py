@@ -39,6 +39,17 @@ def test_compressed_blocks_keep_the_full_norms_and_shapes(planted) -> None:
         assert 0.99 * full.norm_sq < own <= full.norm_sq * (1 + 1e-9)
 
 
+def test_a_fit_without_the_auto_penalty_reads_no_spectrum(planted) -> None:
+    """The spectra feed only l1_penalty="auto"'s floors: a fixed penalty skips that pass."""
+    blocks, _ = planted
+    fixed = CMTF(4, l1_penalty=0.0, compress_rows=20, check_fewer=False)
+    fixed.fit_blocks(data := fixed.prepare(blocks))
+    assert all(b.spectrum is None for b in data)
+    auto = CMTF(4, compress_rows=20, check_fewer=False)
+    auto.fit_blocks(data := auto.prepare(blocks))
+    assert all(b.spectrum is not None for b in data)
+
+
 def test_the_compressed_fit_matches_the_full_one(planted) -> None:
     blocks, truth = planted
     full = CMTF(4, random_state=0).fit(blocks)

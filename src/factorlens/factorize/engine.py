@@ -392,7 +392,8 @@ class CMTF:
         from factorlens.factorize.sketch import compress_samples
 
         rng = np.random.default_rng(self.random_state)
-        Q, small = compress_samples(data, int(self.compress_rows), rng)
+        auto = isinstance(self.l1_penalty, str)  # "auto": the floors need the spectra
+        Q, small = compress_samples(data, int(self.compress_rows), rng, spectrum=auto)
         inner = CMTF(**{**self.get_params(), "compress_rows": 0, "check_fewer": False})
         inner.fit_blocks(small)
         self._pen = inner._pen
