@@ -10,9 +10,10 @@ input and four layers on 2,000 MNIST test images, scales every block to unit Fro
 
 Ours is also fitted with ``compress_rows=4R`` (the samples compressed to 40 directions, then 5
 ALS iterations on all rows). All final losses are recomputed the same way, from the returned factors, as
-``‖X − [[A, B, C]]‖² + ‖[Y_1 … Y_4] − A Vᵀ‖²``. The last line is
-``speedup_vs_tensorly=<x> loss_ratio=<ours/tensorly> compressed_speedup=<x>
-compressed_loss_ratio=<compressed/tensorly>``.
+``‖X − [[A, B, C]]‖² + ‖[Y_1 … Y_4] − A Vᵀ‖²``. The second-last line gives both fits'
+speedups and loss ratios; the last line (issue 27) the faster of the fits whose loss is at
+most 1.001× TensorLy's: ``speedup_vs_tensorly=<x> loss_ratio=<y> iterations=<ours>/<TensorLy's>
+fit=<full|compressed>``.
 
 Run: ``.venv/bin/python benchmarks/bench_factorize.py [--mnist DIR] [--n 2000] [--rank 10]``
 """
@@ -102,9 +103,19 @@ def main() -> int:
         f"{loss_small:.6f} ({loss_small / loss_ours:.5f}× the full fit's)"
     )
     print(f"tensorly: {t_tl:8.2f} s  {len(errs) + 1:4d} iterations  loss {loss_tl:.6f}")
+    # the line issue 27 reads: the faster of our two fits whose loss on the full data is within
+    # 1.001 of TensorLy's (a compressed fit counts: its loss is measured on all rows)
+    fits = [("full", t_ours, loss_ours, ours), ("compressed", t_small, loss_small, small)]
+    name, t_best, loss_best, best = min(
+        (f for f in fits if f[2] <= 1.001 * loss_tl), key=lambda f: f[1], default=fits[0]
+    )
     print(
-        f"speedup_vs_tensorly={t_tl / t_ours:.2f} loss_ratio={loss_ours / loss_tl:.4f} "
+        f"full_speedup={t_tl / t_ours:.2f} full_loss_ratio={loss_ours / loss_tl:.4f} "
         f"compressed_speedup={t_tl / t_small:.2f} compressed_loss_ratio={loss_small / loss_tl:.4f}"
+    )
+    print(
+        f"speedup_vs_tensorly={t_tl / t_best:.2f} loss_ratio={loss_best / loss_tl:.4f} "
+        f"iterations={best.options['n_iter']}/{len(errs) + 1} fit={name}"
     )
     return 0
 
