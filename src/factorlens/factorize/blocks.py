@@ -74,6 +74,15 @@ class Block:
         self.width = int(np.prod(shape[1:]))
         self.center = center
         self.device = device
+        self._describe()
+        self._place(data, backend, chunk_rows, memory_budget)
+        self.mean = np.zeros(self.width)
+        self._centred = False  # set once the data are centred (after the statistics pass)
+        self.sumsq = 0.0  # ‖Y − 1μᵀ‖² before scaling
+        self._compute_stats()
+
+    def _describe(self) -> None:
+        """Set what the engine and the rank scan learn about the block besides its data."""
         self.scale = 1.0
         #: (ascending unscaled singular values, sample shape, (N, P)) once
         #: penalty.block_spectrum ran
@@ -83,7 +92,7 @@ class Block:
         #: columns, or a chain of them (reduced.map_back); None for a block fitted as it is
         self.basis: Any = None
         #: the full block's shape and, when centred, its per-feature means (a compressed copy)
-        self.full_shape: tuple[int, ...] = shape
+        self.full_shape: tuple[int, ...] = self.shape
         self.full_mean: np.ndarray | None = None
         #: the first map of ``basis`` belongs to the data, not to a fit: a sketched layer's
         #: basis (reduced.as_block) or the exact row space (rowspace.coordinates). Random
@@ -94,8 +103,13 @@ class Block:
         self.exact_basis = False
         #: the full block whose noise floor this compressed copy reads (rowspace.coordinates)
         self.source: Block | None = None
+
+    def _place(
+        self, data: Any, backend: str | None, chunk_rows: int | None, memory_budget: int
+    ) -> None:
+        """Hold ``data`` in memory, on the torch device or a dask cluster, or read it by chunks."""
         nbytes = self.n_rows * self.width * 4
-        backend = backend or ("numpy" if device == "cpu" else "torch")
+        backend = backend or ("numpy" if self.device == "cpu" else "torch")
         if backend not in ("numpy", "torch", "dask"):
             raise FactorlensError(f"backend must be 'numpy', 'torch' or 'dask', got {backend!r}")
         #: the block's products on a dask cluster (backend "dask"), else None
@@ -130,16 +144,12 @@ class Block:
         if self._torch and in_memory:
             import torch
 
-            self._data = torch.as_tensor(self._data).to(device)
+            self._data = torch.as_tensor(self._data).to(self.device)
         self._dtype = np.float64 if getattr(data, "dtype", None) == np.float64 else np.float32
         if self._torch:
             import torch
 
             self._dtype_torch = torch.float64 if self._dtype == np.float64 else torch.float32
-        self.mean = np.zeros(self.width)
-        self._centred = False  # set once the data are centred (after the statistics pass)
-        self.sumsq = 0.0  # ‖Y − 1μᵀ‖² before scaling
-        self._compute_stats()
 
     # ----------------------------------------------------------------- chunks
     def chunks(self) -> Iterator[tuple[slice, Any]]:

@@ -840,21 +840,7 @@ class CMTF:
             unit[b.name] = [f0] + [f.copy() for f in Fb[1:]]
             norm = math.sqrt(b.norm_sq)
             strength[b.name] = sigma / norm if norm > 0 else np.zeros(R)
-        # signs: A's columns sum to >= 0; in each block every mode but the last points to its
-        # largest entry, the last mode carries the sign.
-        flip = np.where(A.sum(axis=0) < 0, -1.0, 1.0)
-        A *= flip
-        for facs in unit.values():
-            facs[-1] *= flip
-            for k in range(len(facs) - 1):
-                idx = np.abs(facs[k]).argmax(axis=0)
-                s = np.where(facs[k][idx, np.arange(R)] < 0, -1.0, 1.0)
-                facs[k] *= s
-                facs[-1] *= s
-        order = np.argsort(-sum(strength.values()), kind="stable")
-        A = A[:, order]
-        unit = {n: [f[:, order] for f in fs] for n, fs in unit.items()}
-        strength = {n: s[order] for n, s in strength.items()}
+        A, unit, strength = _canonical(A, unit, strength)
         fit = {}
         degenerate = []
         for b, loss_b in zip(data, blk, strict=True):
@@ -908,6 +894,30 @@ class CMTF:
             options=options,
             means=means,
         )
+
+
+def _canonical(
+    A: np.ndarray, unit: dict[str, list[np.ndarray]], strength: dict[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
+    """Return the factors with fixed signs and the components ordered by total strength.
+
+    Signs: ``A``'s columns sum to >= 0; in each block every mode but the last points to its
+    largest entry, the last mode carries the sign. ``A`` (N, R) and the factors are changed
+    in place before the reordering.
+    """
+    R = A.shape[1]
+    flip = np.where(A.sum(axis=0) < 0, -1.0, 1.0)
+    A *= flip
+    for facs in unit.values():
+        facs[-1] *= flip
+        for k in range(len(facs) - 1):
+            idx = np.abs(facs[k]).argmax(axis=0)
+            s = np.where(facs[k][idx, np.arange(R)] < 0, -1.0, 1.0)
+            facs[k] *= s
+            facs[-1] *= s
+    order = np.argsort(-sum(strength.values()), kind="stable")
+    unit = {n: [f[:, order] for f in fs] for n, fs in unit.items()}
+    return A[:, order], unit, {n: s[order] for n, s in strength.items()}
 
 
 def cmtf(blocks: Any, rank: int, **kwargs: Any) -> CMTFResult:

@@ -155,16 +155,62 @@ def estimate_rank(
     names, arrays = _as_named_arrays(blocks)
     if not names:
         raise FactorlensError("no blocks to scan; give the input and at least one layer")
+    notes: list[str] = []
+    max_rank = _clipped(max_rank, arrays, notes)
+    opts = _scan_options(engine, n_iter_max, tol, random_state)
+    full = CMTF(1, **opts).prepare(blocks)
+    rng = np.random.default_rng(random_state)
+    bicv = bi_cross_validation(
+        full, max_rank, random_state=random_state, memory_budget=opts.get("memory_budget", _BUDGET)
+    )
+    chains_data, sample_bases = _chain_data(
+        full, names, arrays, n_splits, max_rank, opts, rng, compress=compress
+    )
+    if n_jobs is None:  # compressed fits are too small for threads to beat the GIL (measured)
+        n_jobs = 1 if compress else min(3, _usable_cpus())
+    stop = _last_choosable(bicv, notes)
+    evidence = _Evidence(full, n_splits)
+    chains = _Chains(chains_data, opts, random_state, max(1, int(n_jobs)))
+    bar = progress_bar(stop, "rank scan") if verbose else None
+    try:
+        for R in range(1, stop + 1):
+            # loadings back in each block's full space: the halves' compressed bases differ
+            # (a sketched layer's to its sketch's coordinates, which every chain shares), on
+            # copies: each chain's next R starts from its compressed fit
+            fitted = [
+                expand_result(_copy(fit), used, sample_bases.get(k), to_sketch=True)
+                for k, (fit, used) in enumerate(zip(chains.next_rank(), chains_data, strict=True))
+            ]
+            evidence.add(fitted, float(bicv[R - 1]), keep=keep_results)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        chains.close()
+        if bar is not None:
+            bar.close()  # before any message, which would otherwise share its line
+    return evidence.scan(stability_threshold, notes)
+
+
+def _clipped(max_rank: int, arrays: list[Any], notes: list[str]) -> int:
+    """Return ``max_rank`` within what the data allow (noted when clipped).
+
+    At most half the samples (each split half fits every R) and the total feature count.
+    """
     n = int(arrays[0].shape[0])
     total = sum(int(np.prod(a.shape[1:])) for a in arrays)
-    notes: list[str] = []
     limit = max(1, min(n // 2, total))
     if max_rank > limit:
         notes.append(
             f"max rank {max_rank} clipped to {limit} (split halves of {n} samples, "
             f"{total} features)"
         )
-        max_rank = limit
+    return min(max_rank, limit)
+
+
+def _scan_options(
+    engine: dict[str, Any], n_iter_max: int, tol: float, random_state: int
+) -> dict[str, Any]:
+    """Return the CMTF settings of every fit of the scan (one warm-started start per R)."""
     # the scan fits the same model as the analysis, the refit of l1="auto" included and kept
     # even where it turns degenerate (a sign of too many components that the split halves
     # then show): without the refit the shrunk strengths of weak components made the halves
@@ -181,22 +227,16 @@ def estimate_rank(
     if opts.get("tensor_blocks") is None:
         opts.pop("tensor_blocks", None)
     opts["random_state"] = random_state
-    full = CMTF(1, **opts).prepare(blocks)
-    rng = np.random.default_rng(random_state)
-    bicv = bi_cross_validation(
-        full, max_rank, random_state=random_state, memory_budget=opts.get("memory_budget", _BUDGET)
-    )
-    chains_data, sample_bases = _chain_data(
-        full, names, arrays, n_splits, max_rank, opts, rng, compress=compress
-    )
-    if n_jobs is None:  # compressed fits are too small for threads to beat the GIL (measured)
-        n_jobs = 1 if compress else min(3, _usable_cpus())
-    criteria: dict[str, list[float]] = {"fit": [], "corcondia": [], "bicv": [], "stability": []}
-    block_fit: dict[str, list[float]] = {nm: [] for nm in names}
-    results: dict[int, CMTFResult] = {}
-    split_stability: list[list[float]] = [[] for _ in range(n_splits)]
-    # the largest R that the rule can choose (its bi-CV error is below R - 1's), and one more
-    # to show the criteria past it
+    return opts
+
+
+def _last_choosable(bicv: np.ndarray, notes: list[str]) -> int:
+    """Return the last R to fit: one past the largest R that the rule can choose.
+
+    The rule can choose only an R whose bi-CV error is below R − 1's; the R after the
+    largest such one shows the criteria past it. The ranks beyond are noted as not fitted.
+    """
+    max_rank = len(bicv)
     last = max([1, *(r for r in range(2, max_rank + 1) if bicv[r - 1] < bicv[r - 2])])
     stop = min(max_rank, last + 1)
     if stop < max_rank:
@@ -204,54 +244,62 @@ def estimate_rank(
             f"the bi-cross-validation error falls no more after R = {last}, so the rule cannot "
             f"choose a larger R: R = {stop + 1}..{max_rank} were not fitted"
         )
-    chains = _Chains(chains_data, opts, random_state, max(1, int(n_jobs)))
-    bar = progress_bar(stop, "rank scan") if verbose else None
-    try:
-        for R in range(1, stop + 1):
-            # loadings back in each block's full space: the halves' compressed bases differ
-            # (a sketched layer's to its sketch's coordinates, which every chain shares), on
-            # copies: each chain's next R starts from its compressed fit
-            fitted = [
-                expand_result(_copy(fit), used, sample_bases.get(k), to_sketch=True)
-                for k, (fit, used) in enumerate(zip(chains.next_rank(), chains_data, strict=True))
-            ]
-            res = fitted[0]
-            for k, row in enumerate(split_stability):
-                a, b = fitted[1 + 2 * k], fitted[2 + 2 * k]
-                worst = matched_congruences([joint_signature(a)], [joint_signature(b)])[0]
-                row.append(float(worst.min()))
-            total_sq = sum(b.norm_sq for b in full)
-            loss = sum((1.0 - res.block_fit[b.name]) * b.norm_sq for b in full)
-            criteria["fit"].append(1.0 - loss / total_sq if total_sq > 0 else 0.0)
-            cp_blocks = [b for b, m in zip(full, res.block_models, strict=True) if m == "cp"]
-            criteria["corcondia"].append(
-                core_consistency(res, cp_blocks[0]) if cp_blocks else float("nan")
-            )
-            criteria["bicv"].append(float(bicv[R - 1]))
-            criteria["stability"].append(float(np.median([row[-1] for row in split_stability])))
-            for nm in names:
-                block_fit[nm].append(res.block_fit[nm])
-            if keep_results:
-                results[R] = res
-            if bar is not None:
-                bar.update(1)
-    finally:
-        chains.close()
-        if bar is not None:
-            bar.close()  # before any message, which would otherwise share its line
-    chosen = choose_rank(criteria["stability"], criteria["bicv"], stability_threshold)
-    per_split = [choose_rank(row, criteria["bicv"], stability_threshold) for row in split_stability]
-    return RankScan(
-        ranks=list(range(1, len(criteria["fit"]) + 1)),
-        criteria=criteria,
-        block_fit=block_fit,
-        chosen=chosen,
-        rule=RULE.format(threshold=stability_threshold, splits=n_splits),
-        plausible=(min([*per_split, chosen]), max([*per_split, chosen])),
-        split_stability=split_stability,
-        notes=notes,
-        results=results,
-    )
+    return stop
+
+
+class _Evidence:
+    """The scan's criteria, gathered one R at a time from the chains' fits."""
+
+    def __init__(self, full: list, n_splits: int) -> None:
+        self.full = full
+        self.criteria: dict[str, list[float]] = {
+            "fit": [],
+            "corcondia": [],
+            "bicv": [],
+            "stability": [],
+        }
+        self.block_fit: dict[str, list[float]] = {b.name: [] for b in full}
+        self.split_stability: list[list[float]] = [[] for _ in range(n_splits)]
+        self.results: dict[int, CMTFResult] = {}
+
+    def add(self, fitted: list[CMTFResult], bicv: float, *, keep: bool) -> None:
+        """Record the next R from its fits (all inputs first, then each split's two halves)."""
+        res, full = fitted[0], self.full
+        for k, row in enumerate(self.split_stability):
+            a, b = fitted[1 + 2 * k], fitted[2 + 2 * k]
+            worst = matched_congruences([joint_signature(a)], [joint_signature(b)])[0]
+            row.append(float(worst.min()))
+        total_sq = sum(b.norm_sq for b in full)
+        loss = sum((1.0 - res.block_fit[b.name]) * b.norm_sq for b in full)
+        self.criteria["fit"].append(1.0 - loss / total_sq if total_sq > 0 else 0.0)
+        cp_blocks = [b for b, m in zip(full, res.block_models, strict=True) if m == "cp"]
+        self.criteria["corcondia"].append(
+            core_consistency(res, cp_blocks[0]) if cp_blocks else float("nan")
+        )
+        self.criteria["bicv"].append(bicv)
+        stability = float(np.median([row[-1] for row in self.split_stability]))
+        self.criteria["stability"].append(stability)
+        for name, values in self.block_fit.items():
+            values.append(res.block_fit[name])
+        if keep:
+            self.results[len(self.criteria["fit"])] = res
+
+    def scan(self, threshold: float, notes: list[str]) -> RankScan:
+        """Return the :class:`RankScan`: the rule applied to all inputs and to each split."""
+        stability, bicv = self.criteria["stability"], self.criteria["bicv"]
+        chosen = choose_rank(stability, bicv, threshold)
+        per_split = [choose_rank(row, bicv, threshold) for row in self.split_stability]
+        return RankScan(
+            ranks=list(range(1, len(stability) + 1)),
+            criteria=self.criteria,
+            block_fit=self.block_fit,
+            chosen=chosen,
+            rule=RULE.format(threshold=threshold, splits=len(self.split_stability)),
+            plausible=(min([*per_split, chosen]), max([*per_split, chosen])),
+            split_stability=self.split_stability,
+            notes=notes,
+            results=self.results,
+        )
 
 
 def _copy(result: CMTFResult) -> CMTFResult:
