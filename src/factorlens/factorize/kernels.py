@@ -30,6 +30,29 @@ _TINY = 1e-300
 
 
 @numba.njit(cache=True, nogil=True)
+def _residual(
+    Z: np.ndarray, F: np.ndarray, G: np.ndarray, r: int, nonneg: bool, z: np.ndarray
+) -> float:
+    """Fill ``z`` with ``Z_r − Σ_{t≠r} F_t G_tr`` (``z₊`` with ``nonneg``); return ``‖z‖²``.
+
+    Column ``r``'s right-hand side once the other columns' share is taken out: what both
+    sweeps update the column from.
+    """
+    P, R = F.shape
+    sq = 0.0
+    for p in range(P):
+        acc = Z[p, r]
+        for t in range(R):
+            if t != r:
+                acc -= F[p, t] * G[t, r]
+        if nonneg and acc < 0.0:
+            acc = 0.0
+        z[p] = acc
+        sq += acc * acc
+    return sq
+
+
+@numba.njit(cache=True, nogil=True)
 def group_lasso_sweeps(
     Z: np.ndarray,
     G: np.ndarray,
@@ -59,14 +82,7 @@ def group_lasso_sweeps(
             g = G[r, r]
             if g <= _TINY:
                 continue
-            for p in range(P):
-                acc = Z[p, r]
-                for t in range(R):
-                    if t != r:
-                        acc -= F[p, t] * G[t, r]
-                if nonneg and acc < 0.0:
-                    acc = 0.0
-                z[p] = acc
+            _residual(Z, F, G, r, nonneg, z)
             for s in range(S):
                 a = starts[s]
                 b = starts[s + 1] if s + 1 < S else P
@@ -98,17 +114,7 @@ def unit_column_sweeps(
     z = np.empty(N)
     for _ in range(sweeps):
         for r in range(R):
-            sq = 0.0
-            for n in range(N):
-                acc = M[n, r]
-                for t in range(R):
-                    if t != r:
-                        acc -= A[n, t] * G[t, r]
-                if nonneg and acc < 0.0:
-                    acc = 0.0
-                z[n] = acc
-                sq += acc * acc
-            norm = math.sqrt(sq)
+            norm = math.sqrt(_residual(M, A, G, r, nonneg, z))
             if norm > _TINY:
                 for n in range(N):
                     A[n, r] = z[n] / norm
