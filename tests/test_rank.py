@@ -153,6 +153,37 @@ def test_a_compressed_block_fits_like_the_full_one_with_loadings_in_its_basis() 
     assert compressed(small, 20, rng) is small  # not narrower: left as it is
 
 
+def test_a_cp_block_compressed_in_its_modes_fits_like_the_full_one() -> None:
+    from factorlens.factorize.compress import compressed_modes
+    from factorlens.factorize.penalty import noise_threshold
+    from factorlens.factorize.reduced import expand_result
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((200, 3))
+    X = np.einsum("nr,ar,br->nab", A, rng.standard_normal((30, 3)), rng.standard_normal((4, 3)))
+    X = X + 0.1 * rng.standard_normal(X.shape)
+    full = CMTF(1).prepare({"input": X})[0]
+    small = compressed_modes(full, 2, np.random.default_rng(1))  # k = 12: mode 1 only
+    assert small.shape == (200, 12, 4) and small.mode_bases[1] is None
+    U = small.mode_bases[0]
+    np.testing.assert_allclose(U.T @ U, np.eye(12), atol=1e-10)
+    assert small.norm_sq == pytest.approx(full.norm_sq)
+    assert noise_threshold(small, 3) == pytest.approx(noise_threshold(full, 3))  # full spectrum
+    fit = {"n_init": 1, "random_state": 0, "l1_penalty": 0}
+    on_small = CMTF(3, **fit).fit_blocks([small]).result_
+    on_full = CMTF(3, **fit).fit_blocks([full]).result_
+    assert on_small.block_fit["input"] == pytest.approx(on_full.block_fit["input"], abs=1e-4)
+    # mapped back (b = U b̃), the factors' loss on the full block is the fit the copy reported
+    res = expand_result(on_small, [small])
+    assert res.block_shapes[0] == (200, 30, 4) and res.factors["input"][0].shape == (30, 3)
+    b, c = res.factors["input"]
+    weights = res.weights["input"] * math.sqrt(full.norm_sq)
+    model = np.einsum("nr,ar,br->nab", res.A * weights, b, c).reshape(200, -1)
+    full_fit = 1 - np.sum((full.dense() - model) ** 2) / full.norm_sq
+    assert full_fit == pytest.approx(on_small.block_fit["input"], abs=1e-8)
+    assert compressed_modes(small, 20, rng) is small  # no mode wider than k: left as it is
+
+
 def test_the_compressed_scan_gives_the_rank_and_evidence_of_the_full_one() -> None:
     from factorlens.testing import rank_blocks
 

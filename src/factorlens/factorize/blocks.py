@@ -91,6 +91,9 @@ class Block:
         #: (compress.compressed, reduced.as_block): a ``(P, k)`` matrix with orthonormal
         #: columns, or a chain of them (reduced.map_back); None for a block fitted as it is
         self.basis: Any = None
+        #: a CP block compressed in its modes (compress.compressed_modes): per mode, the
+        #: ``(d_j, k)`` basis that maps the copy's mode factor back, or None for a whole mode
+        self.mode_bases: list[np.ndarray | None] | None = None
         #: the full block's shape and, when centred, its per-feature means (a compressed copy)
         self.full_shape: tuple[int, ...] = self.shape
         self.full_mean: np.ndarray | None = None

@@ -9,10 +9,20 @@ A fit on the compressed block is the fit on the full block with the block's load
 compressed block keeps the full block's ``‖Ỹ‖²`` (its fit is the full-data fit of that model)
 and its spectrum (the noise floor of ``l1="auto"`` is the full data's). With ``k`` a little
 above the largest rank fitted, the lost part is the data's tail, which no R-component model
-explains either. CP blocks (natural-shape tensors) are left as they are.
+explains either.
+
+A CP block (``N×d₁×…×d_m``, an input image) is compressed in every mode wider than ``k`` to
+its leading ``k`` mode directions ``U_j`` (``d_j×k``, the eigenvectors of the mode's Gram
+matrix, one pass): ``Ỹ ×_j U_jᵀ`` (Tucker compression; CANDELINC, Carroll, Pruzansky &
+Kruskal 1980, and Bro & Andersson 1998 for CP). A CP fit there is the fit with each mode's
+factor kept in ``span(U_j)``, and its loss, measured against the full block's ``‖Ỹ‖²``, is the
+full-data loss of those factors, as for a matrix block. On a 3×224×224 input each fit of the
+rank scan touched 150,528 values a sample; at R ≤ 20 it touches 3×30×30.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +60,51 @@ def compressed(block: Block, rank: int, rng: np.random.Generator, power: int = P
         block.full_mean if block.basis is not None else (block.mean if block.center else None)
     )
     return small
+
+
+def compressed_modes(block: Block, rank: int, rng: np.random.Generator) -> Block:
+    """``block`` (a CP block) with every mode wider than ``rank + OVERSAMPLE`` compressed.
+
+    The copy keeps the name, scale, ``norm_sq`` and spectrum of ``block``; ``mode_bases`` holds
+    each mode's ``U_j`` (``None`` for a mode left whole), which maps the copy's mode factors
+    back (``b_j = U_j b̃_j``). ``block`` itself when no mode is wider. Two passes over the
+    block's chunks (centred as fitted, unscaled): the mode Gram matrices, then the projection.
+    """
+    k = int(rank) + OVERSAMPLE
+    dims = block.shape[1:]
+    if len(dims) < 2 or all(d <= k for d in dims):
+        return block
+    block_spectrum(block, rng)  # the noise floor must come from the full data
+    grams = [np.zeros((d, d)) for d in dims]
+    for _, piece in block.sub_chunks():
+        y = _float64(piece).reshape(-1, *dims)
+        for j, d in enumerate(dims):
+            if d > k:
+                unfolded = np.moveaxis(y, j + 1, 0).reshape(d, -1)
+                grams[j] += unfolded @ unfolded.T
+    bases = [
+        np.linalg.eigh(g)[1][:, ::-1][:, :k].copy() if d > k else None
+        for g, d in zip(grams, dims, strict=True)
+    ]
+    core = np.empty(
+        (block.n_rows, *(d if u is None else k for u, d in zip(bases, dims, strict=True)))
+    )
+    for start, piece in block.sub_chunks():
+        y = _float64(piece).reshape(-1, *dims)
+        for j, u in enumerate(bases):
+            if u is not None:  # mode j + 1 of y times U_j, kept in place
+                y = np.moveaxis(np.tensordot(y, u, axes=([j + 1], [0])), -1, j + 1)
+        core[start : start + y.shape[0]] = y
+    small = Block(block.name, core)
+    small.scale = block.scale
+    small.sumsq = block.sumsq  # the fit is measured against the whole block
+    small.spectrum = block.spectrum
+    small.mode_bases = bases
+    small.full_shape = block.full_shape
+    small.full_mean = block.mean if block.center else None
+    return small
+
+
+def _float64(piece: Any) -> np.ndarray:
+    """Return a chunk (numpy, or a torch tensor on any device) as a float64 numpy array."""
+    return np.asarray(piece if isinstance(piece, np.ndarray) else piece.cpu().numpy(), np.float64)

@@ -236,7 +236,18 @@ def expand_result(
     """
     if samples is not None:
         result.A = samples @ result.A
+        result.block_shapes = [(samples.shape[0], *s[1:]) for s in result.block_shapes]
     for i, b in enumerate(blocks):
+        modes = getattr(b, "mode_bases", None)
+        if modes is not None:  # a CP block compressed in its modes: b_j = U_j b̃_j
+            result.factors[b.name] = [
+                f if u is None else u @ f
+                for u, f in zip(modes, result.factors[b.name], strict=True)
+            ]
+            result.block_shapes[i] = tuple(b.full_shape)
+            if b.full_mean is not None:
+                result.means[b.name] = np.asarray(b.full_mean).reshape(b.full_shape[1:])
+            continue
         basis = getattr(b, "basis", None)
         if basis is None:
             continue

@@ -84,6 +84,7 @@ def compress_samples(
         s.sumsq = b.sumsq  # the fit is measured against the whole block
         s.spectrum = b.spectrum
         s.basis = b.basis  # a block compressed in its features too keeps its V
+        s.mode_bases = b.mode_bases  # and a CP block compressed in its modes, its U_j
         s.full_shape, s.full_mean, s.data_basis = b.full_shape, b.full_mean, b.data_basis
         s.exact_basis = b.exact_basis
         small.append(s)

@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, matched_congruences
 from factorlens.factorize.blocks import RowSubset
-from factorlens.factorize.compress import compressed
+from factorlens.factorize.compress import compressed, compressed_modes
 from factorlens.factorize.engine import _as_named_arrays, progress_bar
 from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.penalty import block_spectrum
@@ -368,7 +368,7 @@ def _chain_data(
     for k in range(1 + len(parts)):
         d = full if k == 0 else half(parts[k - 1])
         small = [
-            compressed(b, max_rank, rng) if m == "matrix" else b
+            compressed(b, max_rank, rng) if m == "matrix" else compressed_modes(b, max_rank, rng)
             for b, m in zip(d, models, strict=True)
         ]
         if small[0].n_rows > 2 * size:
