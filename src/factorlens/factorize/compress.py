@@ -22,11 +22,9 @@ rank scan touched 150,528 values a sample; at R ≤ 20 it touches 3×30×30.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from factorlens.factorize.blocks import Block
+from factorlens.factorize.blocks import Block, _to_numpy
 from factorlens.factorize.penalty import block_spectrum
 from factorlens.factorize.reduced import chain
 
@@ -48,14 +46,25 @@ def compressed(block: Block, rank: int, rng: np.random.Generator, power: int = P
     basis = np.linalg.qr(block.right(rng.standard_normal((block.n_rows, k))))[0]
     for _ in range(power):
         basis = np.linalg.qr(block.right(block.left(basis)))[0]
-    scale = block.scale or 1.0
-    small = Block(block.name, block.left(basis) / scale)
-    small.scale = block.scale
-    small.sumsq = block.sumsq  # the fit is measured against the whole block
-    small.spectrum = block.spectrum
+    small = _compressed_copy(block, block.left(basis) / (block.scale or 1.0))
     small.basis = chain(block.basis, basis)  # a sketched block keeps its own basis first
-    small.full_shape, small.data_basis = block.full_shape, block.data_basis
+    small.data_basis = block.data_basis
     small.exact_basis = False  # the leading directions only
+    return small
+
+
+def _compressed_copy(block: Block, data: np.ndarray) -> Block:
+    """Return ``data`` (``block``'s compressed coordinates, unscaled) as a block of its own.
+
+    The copy keeps what the fit and its noise floor read of the full block: the name, the
+    scale, ``sumsq`` (the fit is measured against the whole block), the spectrum, and the
+    full shape and means that the mapped-back result reports.
+    """
+    small = Block(block.name, data)
+    small.scale = block.scale
+    small.sumsq = block.sumsq
+    small.spectrum = block.spectrum
+    small.full_shape = block.full_shape
     small.full_mean = (
         block.full_mean if block.basis is not None else (block.mean if block.center else None)
     )
@@ -82,7 +91,7 @@ def compressed_modes(block: Block, rank: int, rng: np.random.Generator) -> Block
     block_spectrum(block, rng)  # the noise floor must come from the full data
     grams = [np.zeros((d, d)) for d in dims]
     for _, piece in block.sub_chunks():
-        y = _float64(piece).reshape(-1, *dims)
+        y = _to_numpy(piece).reshape(-1, *dims)
         for j, d in enumerate(dims):
             if wide[j]:
                 unfolded = np.moveaxis(y, j + 1, 0).reshape(d, -1)
@@ -95,21 +104,11 @@ def compressed_modes(block: Block, rank: int, rng: np.random.Generator) -> Block
         (block.n_rows, *(d if u is None else k for u, d in zip(bases, dims, strict=True)))
     )
     for start, piece in block.sub_chunks():
-        y = _float64(piece).reshape(-1, *dims)
+        y = _to_numpy(piece).reshape(-1, *dims)
         for j, u in enumerate(bases):
             if u is not None:  # mode j + 1 of y times U_j, kept in place
                 y = np.moveaxis(np.tensordot(y, u, axes=([j + 1], [0])), -1, j + 1)
         core[start : start + y.shape[0]] = y
-    small = Block(block.name, core)
-    small.scale = block.scale
-    small.sumsq = block.sumsq  # the fit is measured against the whole block
-    small.spectrum = block.spectrum
+    small = _compressed_copy(block, core)
     small.mode_bases = bases
-    small.full_shape = block.full_shape
-    small.full_mean = block.mean if block.center else None
     return small
-
-
-def _float64(piece: Any) -> np.ndarray:
-    """Return a chunk (numpy, or a torch tensor on any device) as a float64 numpy array."""
-    return np.asarray(piece if isinstance(piece, np.ndarray) else piece.cpu().numpy(), np.float64)

@@ -25,8 +25,7 @@ import math
 import numba
 import numpy as np
 
-#: below this a norm or a Gram diagonal counts as zero (linalg.TINY)
-_TINY = 1e-300
+from factorlens.factorize.linalg import TINY as _TINY  # a compile-time constant to numba
 
 
 @numba.njit(cache=True, nogil=True)

@@ -252,6 +252,7 @@ class _Evidence:
 
     def __init__(self, full: list, n_splits: int) -> None:
         self.full = full
+        self.total_sq = sum(b.norm_sq for b in full)
         self.criteria: dict[str, list[float]] = {
             "fit": [],
             "corcondia": [],
@@ -269,8 +270,8 @@ class _Evidence:
             a, b = fitted[1 + 2 * k], fitted[2 + 2 * k]
             worst = matched_congruences([joint_signature(a)], [joint_signature(b)])[0]
             row.append(float(worst.min()))
-        total_sq = sum(b.norm_sq for b in full)
         loss = sum((1.0 - res.block_fit[b.name]) * b.norm_sq for b in full)
+        total_sq = self.total_sq
         self.criteria["fit"].append(1.0 - loss / total_sq if total_sq > 0 else 0.0)
         cp_blocks = [b for b, m in zip(full, res.block_models, strict=True) if m == "cp"]
         self.criteria["corcondia"].append(
@@ -402,18 +403,20 @@ class _Chains:
     def next_rank(self) -> list[CMTFResult]:
         """Fit every chain at the next R, each warm-started from its fit at R − 1."""
         self.rank += 1
+        chains = range(len(self.data))
         if self.pool is None:
-            self.last = [self._fit(k) for k in range(len(self.data))]
-            return list(self.last)  # type: ignore[arg-type]
-        futures = [self.pool.submit(self._fit, k) for k in range(len(self.data))]
-        try:
-            self.last = [f.result() for f in futures]
-        except BaseException:  # Ctrl-C in the main thread: stop the chains at once
-            CANCEL.set()
-            for f in futures:
-                f.cancel()
-            raise
-        return list(self.last)  # type: ignore[arg-type]
+            fits = [self._fit(k) for k in chains]
+        else:
+            futures = [self.pool.submit(self._fit, k) for k in chains]
+            try:
+                fits = [f.result() for f in futures]
+            except BaseException:  # Ctrl-C in the main thread: stop the chains at once
+                CANCEL.set()
+                for f in futures:
+                    f.cancel()
+                raise
+        self.last = list(fits)
+        return fits
 
     def close(self) -> None:
         """Stop the threads (waiting for running fits) and let later fits run."""
