@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from factorlens.capture import capture, default_layers, select_layers
-from factorlens.errors import FactorlensError, flags_for_cli
+from factorlens.errors import FactorlensError
 from factorlens.store import MemoryStore, ZarrStore, open_store
+from factorlens.wording import flags_for_cli
 
 CNN_DEFAULT = [
     "features.0",

@@ -23,6 +23,8 @@ import types
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from factorlens import views as _views
+
 #: public name -> the module that defines it; imported on first use, so that ``import
 #: factorlens`` (and the CLI's start, where Ctrl-C must be honoured) does not load torch
 _EXPORTS = {
@@ -93,6 +95,11 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+# a result's notebook view lives in report/, above the result: registered here, by name
+_views.register_html(
+    "factorlens.factorize.result.CMTFResult", "factorlens.report.summary", "summary_html"
+)
 
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from factorlens import __version__
-from factorlens.errors import FactorlensError, cli_wording, flags_for_cli
+from factorlens.errors import FactorlensError
 from factorlens.options import (
     DEFAULT_RANK,
     CaptureOptions,
@@ -34,6 +34,7 @@ from factorlens.options import (
     seed,
     tolerance,
 )
+from factorlens.wording import cli_wording, flags_for_cli
 
 EPILOG = """examples:
   factorlens demo --out factorlens-demo

@@ -15,8 +15,9 @@ import pytest
 import torch
 from harness import analyze_args
 
-from factorlens.errors import CLI_FLAGS, FactorlensError, cli_wording, flags_for_cli, note
+from factorlens.errors import FactorlensError, note
 from factorlens.modelio import build_model, load_model_class
+from factorlens.wording import CLI_FLAGS, cli_wording, flags_for_cli
 
 
 def _edit_json(path: Path, edit) -> None:

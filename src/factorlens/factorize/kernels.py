@@ -25,8 +25,6 @@ import math
 import numba
 import numpy as np
 
-from factorlens.factorize.linalg import TINY as _TINY  # a compile-time constant to numba
-
 
 @numba.njit(cache=True, nogil=True)
 def _residual(
@@ -60,6 +58,7 @@ def group_lasso_sweeps(
     starts: np.ndarray,
     nonneg: bool,
     sweeps: int,
+    tiny: float,
 ) -> np.ndarray:
     """Return ``F`` after ``sweeps`` exact coordinate updates of each of its columns.
 
@@ -70,7 +69,8 @@ def group_lasso_sweeps(
     ``f_r = z₊ / G_rr · max(0, 1 − penalty / (2‖z₊‖))`` per segment, with
     ``z = Z_r − Σ_{t≠r} f_t G_tr``. A column with ``G_rr = 0`` does not enter the objective
     and is left as it is. ``Z``: ``(P, R)``, ``G``: ``(R, R)``, ``penalty``: ``(S, R)``
-    (``inf`` holds a segment at zero), ``starts``: ``(S,)`` int64.
+    (``inf`` holds a segment at zero), ``starts``: ``(S,)`` int64; a Gram diagonal at or
+    below ``tiny`` counts as zero.
     """
     F = F.copy()
     P, R = F.shape
@@ -79,7 +79,7 @@ def group_lasso_sweeps(
     for _ in range(sweeps):
         for r in range(R):
             g = G[r, r]
-            if g <= _TINY:
+            if g <= tiny:
                 continue
             _residual(Z, F, G, r, nonneg, z)
             for s in range(S):
@@ -99,14 +99,14 @@ def group_lasso_sweeps(
 
 @numba.njit(cache=True, nogil=True)
 def unit_column_sweeps(
-    M: np.ndarray, G: np.ndarray, A: np.ndarray, nonneg: bool, sweeps: int
+    M: np.ndarray, G: np.ndarray, A: np.ndarray, nonneg: bool, sweeps: int, tiny: float
 ) -> np.ndarray:
     """Return ``A`` after ``sweeps`` coordinate updates of its unit-norm columns.
 
     Each update sets column ``r`` of ``A`` (``(N, R)``) to the unit vector along
     ``z = M_r − Σ_{t≠r} a_t G_tr`` (``z₊`` with ``nonneg``): the best unit column for
-    ``tr(Aᵀ A G) − 2 tr(Aᵀ M)`` when the norm goes to the other factors. A zero ``z`` leaves
-    the column as it is. ``M``: ``(N, R)``, ``G``: ``(R, R)``.
+    ``tr(Aᵀ A G) − 2 tr(Aᵀ M)`` when the norm goes to the other factors. A ``z`` of norm at most
+    ``tiny`` leaves the column as it is. ``M``: ``(N, R)``, ``G``: ``(R, R)``.
     """
     A = A.copy()
     N, R = A.shape
@@ -114,7 +114,7 @@ def unit_column_sweeps(
     for _ in range(sweeps):
         for r in range(R):
             norm = math.sqrt(_residual(M, A, G, r, nonneg, z))
-            if norm > _TINY:
+            if norm > tiny:
                 for n in range(N):
                     A[n, r] = z[n] / norm
     return A

@@ -98,7 +98,14 @@ def column_updates(
         starts = np.zeros(1, dtype=np.int64)
         penalty = np.asarray(penalty, dtype=np.float64).reshape(1, -1)
     return group_lasso_sweeps(
-        _f64(Z), _f64(G), _f64(F), _f64(penalty), np.asarray(starts, np.int64), nonneg, sweeps
+        _f64(Z),
+        _f64(G),
+        _f64(F),
+        _f64(penalty),
+        np.asarray(starts, np.int64),
+        nonneg,
+        sweeps,
+        TINY,
     )
 
 
@@ -113,7 +120,7 @@ def unit_column_updates(
     """
     from factorlens.factorize.kernels import unit_column_sweeps
 
-    return unit_column_sweeps(_f64(M), _f64(G), _f64(A), nonneg, sweeps)
+    return unit_column_sweeps(_f64(M), _f64(G), _f64(A), nonneg, sweeps, TINY)
 
 
 def _f64(x: np.ndarray) -> np.ndarray:

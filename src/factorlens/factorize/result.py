@@ -20,6 +20,7 @@ import numpy as np
 from factorlens.errors import FactorlensError, FactorlensRuntimeError, one_line
 from factorlens.factorize.linalg import khatri_rao
 from factorlens.output import atomic_write_text, json_safe, save_npz
+from factorlens.views import html_view
 
 RESULT_JSON = "result.json"
 FACTORS_NPZ = "factors.npz"
@@ -313,11 +314,14 @@ class CMTFResult:
             )
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        """Jupyter's view: a compact HTML summary (header, blocks, the flow map)."""
-        from factorlens.report.summary import summary_html
+    def _repr_html_(self) -> str | None:
+        """Jupyter's view: a compact HTML summary (header, blocks, the flow map).
 
-        return summary_html(self)
+        Rendered by :func:`factorlens.report.summary.summary_html`, which the package
+        registers in :mod:`factorlens.views` (the report imports this module, not the
+        reverse); None (the plain repr) without a registered view.
+        """
+        return html_view(self)
 
     # ---------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
