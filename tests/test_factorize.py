@@ -374,7 +374,9 @@ def test_cmtf_follows_the_estimator_contract() -> None:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, "big"])
 def test_bad_penalty_is_refused(bad) -> None:
     blocks, _ = planted_blocks(N=40)
-    with pytest.raises(FactorlensError, match="l1_penalty must be"):
+    with pytest.raises(
+        FactorlensError, match="`l1_penalty` must be 'auto' or a finite number >= 0"
+    ):
         cmtf(blocks, 2, l1_penalty=bad)
 
 
@@ -390,10 +392,10 @@ def test_bad_penalty_is_refused(bad) -> None:
         ({"inner_sweeps": True}, "`inner_sweeps` must be"),
         ({"weighting": "equal"}, "`weighting` must be 'unit', 'none' or a mapping"),
         ({"weighting": {"input": -1.0}}, "finite weight > 0"),
-        ({"random_state": -3}, "`random_state` must be None, an integer >= 0"),
+        ({"random_state": -3}, "`random_state` must be an integer from 0 to 4294967295"),
         ({"memory_budget": -1}, "`memory_budget` must be"),
         ({"backend": "jax"}, "`backend` must be"),
-        ({"device": "gpu"}, "unknown device 'gpu'"),
+        ({"device": "gpu"}, "`device` must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got 'gpu'"),
     ],
 )
 def test_settings_out_of_range_are_refused_through_the_api_too(setting, message) -> None:

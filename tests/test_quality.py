@@ -401,7 +401,10 @@ def test_quality_scratch_on_the_command_line(checkpoints, tmp_path, capsys) -> N
     missing = [*args[:12], str(tmp_path / "nope"), *args[13:]]
     with pytest.raises(SystemExit):  # refused by the parser, before any work
         main(missing)
-    assert "argument --scratch: no folder" in capsys.readouterr().err
+    assert (
+        "argument --scratch: must be an existing folder (create it first)"
+        in capsys.readouterr().err
+    )
 
 
 def test_assess_quality_is_the_quality_command_from_python(checkpoints, tmp_path) -> None:

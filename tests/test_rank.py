@@ -52,7 +52,7 @@ def test_max_rank_is_clipped_and_said() -> None:
     scan = estimate_rank(blocks, 50)
     assert any("max rank 50 clipped to 6" in n for n in scan.notes)
     assert any("R = 4..6 were not fitted" in n for n in scan.notes)
-    with pytest.raises(FactorlensError, match="positive integer"):
+    with pytest.raises(FactorlensError, match="`max_rank` must be an integer >= 1, got 0"):
         estimate_rank(blocks, 0)
 
 

@@ -87,7 +87,9 @@ def test_few_rows_fit_on_the_full_data_and_bad_values_are_refused(planted) -> No
     assert "compressed_loss" not in fit.result_.options  # 50 rows: nothing to gain
     with pytest.raises(FactorlensError, match=r"`compress_rows` \(3\) is below the rank 4"):
         CMTF(4, compress_rows=3).fit(blocks)
-    with pytest.raises(FactorlensError, match=r"`compress_rows` must be an integer >= 0, got -1"):
+    with pytest.raises(
+        FactorlensError, match=r"`compress_rows` must be an integer >= 0 \(0 = off\), got -1"
+    ):
         CMTF(4, compress_rows=-1).fit(blocks)
     with pytest.raises(FactorlensError, match=r"rank scan .* takes no `compress_rows`"):
         estimate_rank(blocks, 3, compress_rows=20)

@@ -21,18 +21,20 @@ from typing import Any
 from factorlens import __version__
 from factorlens.errors import FactorlensError
 from factorlens.options import (
+    COUNT,
     DEFAULT_RANK,
+    DEFAULT_SEED,
+    FLAG,
+    SEED,
     CaptureOptions,
     EngineOptions,
     QualityOptions,
     RankOptions,
+    Rule,
     flagged,
     from_args,
-    penalty,
-    positive_int,
+    rule_of,
     scheduler_address,
-    seed,
-    tolerance,
 )
 from factorlens.wording import cli_wording, flags_for_cli
 
@@ -63,7 +65,7 @@ DATA_EPILOG = (
 
 
 def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """Wrap an options parser (``ValueError`` on bad text) as an argparse type."""
+    """Wrap a parser of text (``ValueError`` on bad text) as an argparse type."""
 
     def wrapped(text: str) -> Any:
         try:
@@ -75,30 +77,47 @@ def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return wrapped
 
 
-_positive_int = _argtype(positive_int)
-_seed = _argtype(seed)
-_tolerance = _argtype(tolerance)
-_penalty = _argtype(penalty)
+def _rule_type(rule: Rule) -> Callable[[str], Any]:
+    """Return the argparse type of a setting: its text read, then checked, by its rule.
+
+    The check is the API's (:class:`factorlens.options.Rule`): ``--tol 2`` is refused with
+    "must be a number from 0 ... got 2", as ``CMTF(tol=2)`` is.
+    """
+
+    def parse(text: str) -> Any:
+        value = rule.from_text(text)
+        if not rule.accepts(value):
+            raise ValueError(rule.refusal(value))
+        return value
+
+    parse.__name__ = getattr(rule.from_text, "__name__", "value")
+    return _argtype(parse)
+
+
+_positive_int = _rule_type(COUNT)
+_seed = _rule_type(SEED)
 
 
 def _add_flags(group: Any, options: type, skip: tuple[str, ...] = ()) -> None:
     """Add a flag for every field of an options dataclass that has one (its default, help).
 
     ``skip`` names fields whose flag this command does not take (they keep their default).
+    A flag's text is read and checked by its field's rule, as the API checks the field.
     """
     for name, flag, default in flagged(options):
         if name in skip:
             continue
         text = flag.help.format(default=default)
-        if isinstance(default, bool) and flag.parse is None and flag.choices is None:
+        rule = rule_of(options, name)
+        if rule is FLAG:
             group.add_argument(flag.name, action="store_true", help=text)
             continue
+        choices = "{" + ",".join(map(str, rule.choices)) + "}" if rule.choices else None
         group.add_argument(
             flag.name,
-            type=_argtype(flag.parse) if flag.parse is not None else None,
-            choices=flag.choices,
+            type=_rule_type(rule),
             default=default,
-            metavar=flag.metavar,
+            metavar=flag.metavar or choices,
             help=text,
         )
 
@@ -352,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_flags(qua, QualityOptions)
     qua.add_argument(
-        "--seed", type=_seed, default=0, help="seed of --n-samples, the perturbations and the scan"
+        "--seed",
+        type=_seed,
+        default=DEFAULT_SEED,
+        help="seed of --n-samples, the perturbations and the scan",
     )
     qua.add_argument("--json", help="also write the scores to this JSON file")
     qua.add_argument(
@@ -421,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of steps,noise,data,width (default steps,noise,data; "
         "width: the architecture at widths 4, 8, 16, 32, same budget)",
     )
-    zoo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    zoo.add_argument("--seed", type=_seed, default=DEFAULT_SEED, help="random seed (default 0)")
     zoo.add_argument(
         "--steps",
         type=_positive_int,

@@ -4,19 +4,31 @@ Each stage's settings are a frozen dataclass — :class:`CaptureOptions`, :class
 (the joint factorization, :class:`~factorlens.factorize.CMTF`), :class:`RankOptions`
 (:func:`~factorlens.rank.estimate_rank`) and :class:`QualityOptions` — and that dataclass is
 the only place a default is written. The API's signatures take their defaults from it, and
-the CLI builds its flags from the fields that carry a :class:`Flag` (its name, help text and
-parser); :func:`from_args` turns parsed flags back into the options object.
+the CLI builds its flags from the fields that carry a :class:`Flag` (its name and help text);
+:func:`from_args` turns parsed flags back into the options object.
+
+Each field also carries its :class:`Rule` (what values it takes): the options objects check
+every field when they are made, :class:`~factorlens.CMTF` checks its parameters in ``fit`` by
+the same rules (:func:`check_fields`), and the CLI turns a flag's text into a value and checks
+it by that rule too, so a bad value reads the same from Python and from the command line.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import numbers
+import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from factorlens.errors import FactorlensError
 
 if TYPE_CHECKING:
     import numpy as np
+
+_T = TypeVar("_T")
 
 #: the number of components R where none is given (analyze, demo, a sketch's plan)
 DEFAULT_RANK = 10
@@ -39,19 +51,15 @@ class Flag:
         The flag, e.g. ``"--max-iter"``.
     help : str
         Its help text; ``{default}`` is replaced by the field's default.
-    parse : callable, optional
-        Turns the flag's text into the value; raises ``ValueError`` with a message for bad
-        text. None for ``store_true`` flags and free text.
-    choices : sequence of str, optional
-        The allowed values.
     metavar : str, optional
-        The placeholder shown in ``--help``.
+        The placeholder shown in ``--help`` (default: the rule's choices, ``{raise,zero}``).
+
+    The flag's text becomes a value by its field's :class:`Rule` (``from_text``), and is
+    checked by the same rule as the API's arguments. A ``bool`` field is a ``store_true`` flag.
     """
 
     name: str
     help: str
-    parse: Callable[[str], Any] | None = None
-    choices: Sequence[str] | None = None
     metavar: str | None = None
 
     @property
@@ -60,66 +68,225 @@ class Flag:
         return self.name.lstrip("-").replace("-", "_")
 
 
-def _flag(flag: Flag) -> dict[str, Flag]:
-    return {"flag": flag}
+@dataclass(frozen=True)
+class Rule:
+    """The values a setting takes: the one check of the API, the options objects and the CLI.
+
+    Parameters
+    ----------
+    must : str
+        What a value must be, completing "`tol` must be ...".
+    accepts : callable
+        ``value -> bool``.
+    from_text : callable
+        The CLI's text -> a value of the setting's type, before the check (``ValueError`` for
+        text that is no such value, e.g. ``"abc"`` for a number).
+    choices : tuple, optional
+        The allowed values, where they are a short list (shown in ``--help``).
+    """
+
+    must: str
+    accepts: Callable[[Any], bool]
+    from_text: Callable[[str], Any] = str
+    choices: tuple[Any, ...] | None = None
+
+    def refusal(self, value: Any) -> str:
+        """Return why ``value`` is refused, without the setting's name: "must be ..., got 2"."""
+        return f"must be {self.must}, got {_shown(value)}"
 
 
-# ---------------------------------------------------------------------------- value parsers
-def positive_int(text: str) -> int:
-    """Parse a count: an integer ≥ 1 (``ValueError`` with the reason otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"expected a positive integer, got {value}")
+class OptionError(FactorlensError):
+    """A setting outside its :class:`Rule`: "`tol` must be a number ..., got 2".
+
+    :attr:`requirement` is the message without the name ("must be ..., got 2"), which the
+    CLI prints after its flag.
+    """
+
+    def __init__(self, name: str, rule: Rule, value: Any) -> None:
+        self.name = name
+        self.requirement = rule.refusal(value)
+        super().__init__(f"`{name}` {self.requirement}")
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of a value as a user wrote it (numpy scalars as Python numbers), on one line."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check(name: str, value: Any, rule: Rule) -> Any:
+    """Return ``value`` if ``rule`` accepts it; raise :class:`OptionError` naming ``name``."""
+    if not rule.accepts(value):
+        raise OptionError(name, rule, value)
     return value
 
 
-def nonnegative_int(text: str) -> int:
-    """Parse a count that may be 0 (off): an integer ≥ 0."""
+def check_fields(options: type, values: Mapping[str, Any]) -> None:
+    """Check ``values`` (field name -> value) against the rules of ``options``' fields.
+
+    Names that are not fields of ``options``, and fields without a rule, are not checked.
+    """
+    rules = {f.name: f.metadata["rule"] for f in fields(options) if "rule" in f.metadata}
+    for name, value in values.items():
+        if name in rules:
+            check(name, value, rules[name])
+
+
+class _Checked:
+    """Base of the options dataclasses: each field is checked by its rule when they are made."""
+
+    def __post_init__(self) -> None:
+        check_fields(type(self), {f.name: getattr(self, f.name) for f in fields(self)})  # type: ignore[arg-type]
+
+
+def _field(default: Any, rule: Rule, flag: Flag | None = None) -> Any:
+    """Return a dataclass field with its default, its rule and (optionally) its CLI flag."""
+    metadata: dict[str, Any] = {"rule": rule}
+    if flag is not None:
+        metadata["flag"] = flag
+    return field(default=default, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------- text -> value
+def integer(text: str) -> int:
+    """Read an integer from the CLI's text (``ValueError`` otherwise); its range is the rule's."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {value}")
-    return value
+        raise ValueError(f"expected an integer, got {text!r}") from None
 
 
-def seed(text: str) -> int:
-    """Parse a seed: an integer in 0..:data:`MAX_SEED`."""
+def number(text: str) -> int | float:
+    """Read a number from the CLI's text: an int where it is written as one (``2``), else a float."""
     try:
-        value: int | None = int(text)
+        return int(text)
     except ValueError:
-        value = None
-    if value is None or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
-    return value
-
-
-def tolerance(text: str) -> float:
-    """Parse a relative tolerance: a number strictly between 0 and 1."""
+        pass
     try:
-        value = float(text)
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def _auto_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text == "auto":
+            return "auto"
+        try:
+            return convert(text)
+        except ValueError:
+            raise ValueError(f"expected 'auto' or a {convert.__name__}, got {text!r}") from None
+
+    parse.__name__ = f"auto_or_{convert.__name__}"  # argparse names the type in its messages
+    return parse
+
+
+def byte_size(text: str) -> int:
+    """Read a memory size from the CLI's text: bytes, or with a unit (``500M``, ``2G``, ``1.5GB``)."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)] if unit else t)
     except ValueError:
         value = math.nan
-    if not 0 < value < 1:  # NaN fails this too
-        raise ValueError(f"expected a number between 0 and 1 (e.g. 1e-7), got {text!r}")
-    return value
+    if not math.isfinite(value):
+        raise ValueError(f"expected a size such as 500M or 4G, got {text!r}")
+    size = int(value * units[unit])
+    return max(1, size) if value > 0 else size  # a fraction of a byte is still some memory
 
 
-def penalty(text: str) -> float | str:
-    """Parse an ACMTF penalty: ``auto`` or a finite number ≥ 0."""
-    if text == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected 'auto' or a number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"expected 'auto' or a finite number >= 0, got {text!r}")
-    return value
+# ---------------------------------------------------------------------------- the rules
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool too
+
+
+def _at_least(low: int) -> Callable[[Any], bool]:
+    return lambda value: _is_int(value) and value >= low
+
+
+def one_of(*values: Any) -> Rule:
+    """Return the rule of a setting that takes one of a few values (strings, or None)."""
+    shown = [repr(v) for v in values]
+    return Rule(
+        ", ".join(shown[:-1]) + f" or {shown[-1]}",
+        lambda value: isinstance(value, str | type(None)) and value in values,
+        choices=values,
+    )
+
+
+COUNT = Rule("an integer >= 1", _at_least(1), integer)
+COUNT_OR_OFF = Rule("an integer >= 0 (0 = off)", _at_least(0), integer)
+TOLERANCE = Rule(
+    "a number from 0 (every iteration) to below 1, e.g. 1e-7",
+    lambda value: _is_real(value) and 0 <= value < 1,
+    number,
+)
+FRACTION = Rule("a number from 0 to 1", lambda value: _is_real(value) and 0 <= value <= 1, number)
+SEED = Rule(
+    f"an integer from 0 to {MAX_SEED} (or, through the API, None or a numpy Generator)",
+    lambda value: (
+        value is None
+        or type(value).__name__ == "Generator"
+        or (_is_int(value) and 0 <= value <= MAX_SEED)
+    ),
+    integer,
+)
+PENALTY = Rule(
+    "'auto' or a finite number >= 0",
+    lambda value: value == "auto" if isinstance(value, str) else _is_real(value) and value >= 0,
+    _auto_or(number),
+)
+SKETCH = Rule(
+    "'auto', 0 (off) or a number of directions >= 1",
+    lambda value: value == "auto" if isinstance(value, str) else _at_least(0)(value),
+    _auto_or(integer),
+)
+BYTES = Rule("a number of bytes >= 0, e.g. 2G", _at_least(0), byte_size)
+SOME_BYTES = Rule("a number of bytes >= 1, e.g. 2G", _at_least(1), byte_size)
+FLAG = Rule("True or False", _is_bool)
+#: what :func:`factorlens.modelio.resolve_device` turns into a device (is it there: at use)
+DEVICE = Rule(
+    "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'",
+    lambda value: re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", str(value).strip().lower()) is not None,
+)
+WEIGHTING = Rule(
+    "'unit', 'none' or a mapping block name -> finite weight > 0",
+    lambda value: (
+        value in ("unit", "none")
+        if isinstance(value, str)
+        else isinstance(value, Mapping) and all(_is_real(w) and w > 0 for w in value.values())
+    ),
+    choices=("unit", "none"),
+)
+INIT = Rule(
+    "'svd', 'random' or an (N, R) array",
+    lambda value: (
+        getattr(value, "ndim", None) == 2 or (isinstance(value, str) and value in ("svd", "random"))
+    ),
+)
+BLOCK_NAMES = Rule(
+    "None or a sequence of block names",
+    lambda value: (
+        value is None or (not isinstance(value, str) and all(isinstance(v, str) for v in value))
+    ),
+)
+CALLBACK = Rule("None or a function of (iteration, loss)", lambda v: v is None or callable(v))
+JOBS = Rule("None or an integer >= 1", lambda value: value is None or _at_least(1)(value), integer)
+FOLDER = Rule(
+    "an existing folder (create it first), or None",
+    lambda value: value is None or (isinstance(value, str | os.PathLike) and os.path.isdir(value)),
+)
 
 
 #: the address schemes a Dask scheduler listens on
@@ -159,209 +326,134 @@ def scheduler_address(text: str) -> str:
     return url
 
 
-def existing_dir(text: str) -> str:
-    """Parse a folder that must exist already."""
-    from pathlib import Path
-
-    if not Path(text).is_dir():
-        raise ValueError(f"no folder {text!r}; create it first or give another")
-    return text
-
-
-def sketch_size(text: str) -> int | str:
-    """Parse ``--sketch``: ``auto``, ``0`` (off) or a number of directions >= 1."""
-    if text == "auto":
-        return "auto"
-    try:
-        return nonnegative_int(text)
-    except ValueError:
-        raise ValueError(f"expected 'auto', 0 or a number of directions, got {text!r}") from None
-
-
-def byte_size(text: str) -> int:
-    """Parse a memory size: bytes, or a number with a unit (``500M``, ``2G``, ``1.5GB``)."""
-    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1] if t and t[-1] in units else ""
-    try:
-        value = float(t[: len(t) - len(unit)] if unit else t)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"expected a size such as 500M or 4G, got {text!r}")
-    return max(1, int(value * units[unit]))
-
-
 # ---------------------------------------------------------------------------- the stages
 @dataclass(frozen=True)
-class CaptureOptions:
+class CaptureOptions(_Checked):
     """Settings of the forward passes that record the layers (see :func:`factorlens.capture`)."""
 
-    batch_size: int = field(
-        default=256,
-        metadata=_flag(
-            Flag("--batch-size", "inputs per forward pass (default {default})", parse=positive_int)
+    batch_size: int = _field(
+        256, COUNT, Flag("--batch-size", "inputs per forward pass (default {default})")
+    )
+    device: str = _field("cpu", DEVICE, Flag("--device", "cpu (default), cuda, cuda:N or auto"))
+    nonfinite: str = _field(
+        "raise",
+        one_of("raise", "zero"),
+        Flag("--nonfinite", "NaN/Inf in an activation: stop with an error (default) or set to 0"),
+    )
+    compression: str = _field(
+        "none",
+        one_of("none", "zstd"),
+        Flag(
+            "--compression",
+            "how a store's chunks are written: 'none' (default; raw float32, the fastest to "
+            "write and read) or 'zstd' (about half the disk for ReLU outputs, slower)",
         ),
     )
-    device: str = field(
-        default="cpu", metadata=_flag(Flag("--device", "cpu (default), cuda, cuda:N"))
-    )
-    nonfinite: str = field(
-        default="raise",
-        metadata=_flag(
-            Flag(
-                "--nonfinite",
-                "NaN/Inf in an activation: stop with an error (default) or set to 0",
-                choices=("raise", "zero"),
-            )
+    sketch: int | str = _field(
+        "auto",
+        SKETCH,
+        Flag(
+            "--sketch",
+            "layers too wide to hold (ResNets, ViTs at full size) are kept as their "
+            "coordinates in K sketched directions, over two forward passes, without a "
+            "store: 'auto' (default) sketches only when the activations exceed "
+            "--memory, with K = rank + 30 where the memory allows; 0 holds every layer "
+            "whole; K sketches every layer wider than K. Exact when K >= the number of "
+            "inputs; otherwise each layer's captured energy is reported",
+            metavar="K",
         ),
     )
-    compression: str = field(
-        default="none",
-        metadata=_flag(
-            Flag(
-                "--compression",
-                "how a store's chunks are written: 'none' (default; raw float32, the fastest to "
-                "write and read) or 'zstd' (about half the disk for ReLU outputs, slower)",
-                choices=("none", "zstd"),
-            )
-        ),
-    )
-    sketch: int | str = field(
-        default="auto",
-        metadata=_flag(
-            Flag(
-                "--sketch",
-                "layers too wide to hold (ResNets, ViTs at full size) are kept as their "
-                "coordinates in K sketched directions, over two forward passes, without a "
-                "store: 'auto' (default) sketches only when the activations exceed "
-                "--memory, with K = rank + 30 where the memory allows; 0 holds every layer "
-                "whole; K sketches every layer wider than K. Exact when K >= the number of "
-                "inputs; otherwise each layer's captured energy is reported",
-                parse=sketch_size,
-                metavar="K",
-            )
-        ),
-    )
-    memory_budget: int = field(
-        default=2 * 1024**3,
-        metadata=_flag(
-            Flag(
-                "--memory",
-                "activations held in memory without --store (default 2G); beyond it the widest "
-                "layers are sketched",
-                parse=byte_size,
-                metavar="SIZE",
-            )
+    memory_budget: int = _field(
+        2 * 1024**3,
+        SOME_BYTES,
+        Flag(
+            "--memory",
+            "activations held in memory without --store (default 2G); beyond it the widest "
+            "layers are sketched",
+            metavar="SIZE",
         ),
     )
 
 
 @dataclass(frozen=True)
-class EngineOptions:
+class EngineOptions(_Checked):
     """Settings of the joint factorization besides the rank (see :class:`factorlens.CMTF`)."""
 
-    nonneg: bool = field(
-        default=False,
-        metadata=_flag(
-            Flag(
-                "--nonneg", "nonnegative factors (pixels and ReLU outputs are >= 0; easier to read)"
-            )
+    nonneg: bool = _field(
+        False,
+        FLAG,
+        Flag("--nonneg", "nonnegative factors (pixels and ReLU outputs are >= 0; easier to read)"),
+    )
+    l1_penalty: float | str = _field(
+        "auto",
+        PENALTY,
+        Flag(
+            "--l1",
+            "ACMTF penalty on component strengths, which sets a component's strength in a "
+            "block that does not hold it to exactly zero. 'auto' (default): per block from its "
+            "noise floor (Gavish-Donoho threshold of its singular values), then the remaining "
+            "strengths refitted without shrinkage; a number: one penalty for every block "
+            "(0 = plain CMTF)",
         ),
     )
-    l1_penalty: float | str = field(
-        default="auto",
-        metadata=_flag(
-            Flag(
-                "--l1",
-                "ACMTF penalty on component strengths, which sets a component's strength in a "
-                "block that does not hold it to exactly zero. 'auto' (default): per block from its "
-                "noise floor (Gavish-Donoho threshold of its singular values), then the remaining "
-                "strengths refitted without shrinkage; a number: one penalty for every block "
-                "(0 = plain CMTF)",
-                parse=penalty,
-            )
+    weighting: str | dict[str, float] = _field(
+        "unit",
+        WEIGHTING,
+        Flag(
+            "--weighting",
+            "block weighting: 'unit' scales every block to unit Frobenius norm so each counts "
+            "equally (default); 'none' lets the largest layer dominate",
         ),
     )
-    weighting: str | dict[str, float] = field(
-        default="unit",
-        metadata=_flag(
-            Flag(
-                "--weighting",
-                "block weighting: 'unit' scales every block to unit Frobenius norm so each counts "
-                "equally (default); 'none' lets the largest layer dominate",
-                choices=("unit", "none"),
-            )
+    center: bool = _field(False, FLAG, Flag("--center", "centre every block (not with --nonneg)"))
+    tensor_blocks: tuple[str, ...] | None = _field(None, BLOCK_NAMES)
+    init: str | np.ndarray = _field("svd", INIT)
+    n_init: int = _field(
+        3,
+        COUNT,
+        Flag("--n-init", "starts (SVD-based, then random); the best is kept (default {default})"),
+    )
+    screen_iter: int = _field(20, COUNT)
+    n_iter_max: int = _field(
+        500, COUNT, Flag("--max-iter", "ALS iteration cap (default {default})")
+    )
+    tol: float = _field(
+        1e-7,
+        TOLERANCE,
+        Flag("--tol", "stop when the loss changes by less than this fraction (default {default})"),
+    )
+    inner_sweeps: int = _field(3, COUNT)
+    refit: str = _field("guarded", one_of("guarded", "always", "never"))
+    extrapolate: bool = _field(True, FLAG)
+    random_state: int | None = _field(
+        DEFAULT_SEED,
+        SEED,
+        Flag(
+            "--seed",
+            "random seed for sub-sampling, initialisation and the rank scan (default {default})",
         ),
     )
-    center: bool = field(
-        default=False, metadata=_flag(Flag("--center", "centre every block (not with --nonneg)"))
-    )
-    tensor_blocks: tuple[str, ...] | None = None
-    init: str | np.ndarray = "svd"
-    n_init: int = field(
-        default=3,
-        metadata=_flag(
-            Flag(
-                "--n-init",
-                "starts (SVD-based, then random); the best is kept (default {default})",
-                parse=positive_int,
-            )
-        ),
-    )
-    screen_iter: int = 20
-    n_iter_max: int = field(
-        default=500,
-        metadata=_flag(
-            Flag("--max-iter", "ALS iteration cap (default {default})", parse=positive_int)
-        ),
-    )
-    tol: float = field(
-        default=1e-7,
-        metadata=_flag(
-            Flag(
-                "--tol",
-                "stop when the loss changes by less than this fraction (default {default})",
-                parse=tolerance,
-            )
-        ),
-    )
-    inner_sweeps: int = 3
-    refit: str = "guarded"
-    extrapolate: bool = True
-    random_state: int | None = field(
-        default=DEFAULT_SEED,
-        metadata=_flag(
-            Flag(
-                "--seed",
-                "random seed for sub-sampling, initialisation and the rank scan (default {default})",
-                parse=seed,
-            )
-        ),
-    )
-    device: str = "cpu"
-    backend: str | None = None
-    memory_budget: int = 2 * 1024**3
-    verbose: bool = False
-    check_fewer: bool = True
-    callback: Callable[[int, float], Any] | None = None
-    compress_rows: int = field(
-        default=0,
-        metadata=_flag(
-            Flag(
-                "--compress-rows",
-                "for many inputs: fit on the data compressed to this many sample directions "
-                "(a randomized range finder, 4 passes over the data), then refine a few "
-                "iterations on all inputs; 0 = off (default)",
-                parse=nonnegative_int,
-                metavar="K",
-            )
+    device: str = _field("cpu", DEVICE)
+    backend: str | None = _field(None, one_of(None, "numpy", "torch", "dask"))
+    memory_budget: int = _field(2 * 1024**3, BYTES)
+    verbose: bool = _field(False, FLAG)
+    check_fewer: bool = _field(True, FLAG)
+    callback: Callable[[int, float], Any] | None = _field(None, CALLBACK)
+    compress_rows: int = _field(
+        0,
+        COUNT_OR_OFF,
+        Flag(
+            "--compress-rows",
+            "for many inputs: fit on the data compressed to this many sample directions "
+            "(a randomized range finder, 4 passes over the data), then refine a few "
+            "iterations on all inputs; 0 = off (default)",
+            metavar="K",
         ),
     )
 
 
 @dataclass(frozen=True)
-class RankOptions:
+class RankOptions(_Checked):
     """Settings of the rank scan (see :func:`factorlens.estimate_rank`).
 
     Its fits are converged tighter per iteration than a quick scan needs: with loosely
@@ -369,47 +461,40 @@ class RankOptions:
     seed.
     """
 
-    max_rank: int = field(
-        default=10,
-        metadata=_flag(
-            Flag("--max-rank", "largest R of the rank scan (default {default})", parse=positive_int)
-        ),
+    max_rank: int = _field(
+        10, COUNT, Flag("--max-rank", "largest R of the rank scan (default {default})")
     )
-    stability_threshold: float = 0.8
-    n_splits: int = 3
-    n_iter_max: int = 200
-    tol: float = 1e-6
-    compress: bool = True
-    n_jobs: int | None = None
+    stability_threshold: float = _field(0.8, FRACTION)
+    n_splits: int = _field(3, COUNT)
+    n_iter_max: int = _field(200, COUNT)
+    tol: float = _field(1e-6, TOLERANCE)
+    compress: bool = _field(True, FLAG)
+    n_jobs: int | None = _field(None, JOBS)
 
 
 @dataclass(frozen=True)
-class QualityOptions:
+class QualityOptions(_Checked):
     """Settings of the label-free quality scores (see :func:`factorlens.score_checkpoints`)."""
 
-    mode: str = field(
-        default="auto",
-        metadata=_flag(
-            Flag(
-                "--mode",
-                "consensus: score the checkpoints against each other (needs >= 3, and is "
-                "unreliable when most of few checkpoints are poor); single: each on its own; "
-                "auto (default): consensus from 5 checkpoints on",
-                choices=("auto", "consensus", "single"),
-            )
+    mode: str = _field(
+        "auto",
+        one_of("auto", "consensus", "single"),
+        Flag(
+            "--mode",
+            "consensus: score the checkpoints against each other (needs >= 3, and is "
+            "unreliable when most of few checkpoints are poor); single: each on its own; "
+            "auto (default): consensus from 5 checkpoints on",
         ),
     )
-    scratch: str | None = field(
-        default=None,
-        metadata=_flag(
-            Flag(
-                "--scratch",
-                "capture each checkpoint into a temporary zarr store in this folder (removed "
-                "once it is scored) instead of memory: the rank scan and --out's analysis then "
-                "read layers above the memory budget (2 GiB) from disk, chunk by chunk",
-                parse=existing_dir,
-                metavar="DIR",
-            )
+    scratch: str | None = _field(
+        None,
+        FOLDER,
+        Flag(
+            "--scratch",
+            "capture each checkpoint into a temporary zarr store in this folder (removed "
+            "once it is scored) instead of memory: the rank scan and --out's analysis then "
+            "read layers above the memory budget (2 GiB) from disk, chunk by chunk",
+            metavar="DIR",
         ),
     )
 
@@ -430,30 +515,71 @@ def flagged(options: type) -> list[tuple[str, Flag, Any]]:
     ]
 
 
-def engine_options(options: EngineOptions | None = None, **changes: Any) -> EngineOptions:
-    """Return ``options`` (default: every default) with ``changes``, as one object that travels.
+def rule_of(options: type, name: str) -> Rule:
+    """Return the :class:`Rule` of field ``name`` of ``options``."""
+    return next(f.metadata["rule"] for f in fields(options) if f.name == name)
 
-    The API's functions take the engine's settings as an :class:`EngineOptions` (``options``),
-    as keyword arguments, or both (the keywords win); this merges them once, at the door, and
-    names a keyword that is not a setting. Values are checked where they are used
-    (:class:`factorlens.CMTF`), by the one validator the CLI's flags also reach.
+
+def merged(kind: type[_T], options: _T | None, changes: Mapping[str, Any], what: str) -> _T:
+    """Return ``options`` of class ``kind`` (default: every default) with ``changes`` applied.
+
+    The API's functions take a stage's settings as its options object, as keyword arguments,
+    or both (the keywords win); this merges them once, at the door, checks the result by the
+    fields' rules, and names a keyword that is not a setting (``what`` says whose, e.g.
+    ``"engine"``).
     """
     from dataclasses import replace
 
-    from factorlens.errors import FactorlensError
-
-    if options is not None and not isinstance(options, EngineOptions):
+    if options is not None and not isinstance(options, kind):
         raise FactorlensError(
-            f"`options` must be a factorlens.options.EngineOptions, got {type(options).__name__}"
+            f"{what} options must be a factorlens.options.{kind.__name__}, "
+            f"got {type(options).__name__}"
         )
-    names = {f.name for f in fields(EngineOptions)}
+    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
     unknown = sorted(set(changes) - names)
     if unknown:
         raise FactorlensError(
-            f"unknown engine option(s) {', '.join(map(repr, unknown))}; the options are those of "
-            f"factorlens.CMTF: {', '.join(sorted(names))}"
+            f"unknown {what} option(s) {', '.join(map(repr, unknown))}; the options are the "
+            f"fields of factorlens.options.{kind.__name__}: {', '.join(sorted(names))}"
         )
-    return replace(options or EngineOptions(), **changes)
+    return replace(options or kind(), **changes)  # type: ignore[type-var]
+
+
+def engine_options(options: EngineOptions | None = None, **changes: Any) -> EngineOptions:
+    """Return the engine's settings: ``options`` with ``changes`` (see :func:`merged`)."""
+    return merged(EngineOptions, options, changes, "engine")
+
+
+def capture_options(options: CaptureOptions | None = None, **changes: Any) -> CaptureOptions:
+    """Return the capture's settings: ``options`` with ``changes`` (see :func:`merged`)."""
+    return merged(CaptureOptions, options, changes, "capture")
+
+
+def split_settings(
+    settings: Mapping[str, Any],
+    capture: CaptureOptions | None = None,
+    engine: EngineOptions | None = None,
+) -> tuple[CaptureOptions, EngineOptions]:
+    """Return the capture's and the engine's settings, keywords sorted by whose field they name.
+
+    For the functions that capture and then fit (``analyze``, ``compare``): a keyword that
+    names a field of both (``device``, ``memory_budget``) sets it in both, so
+    ``device="cuda"`` runs the forward passes and the fit there, and ``memory_budget`` bounds
+    what either holds; one that names neither is refused.
+    """
+    capture_names = {f.name for f in fields(CaptureOptions)}
+    engine_names = {f.name for f in fields(EngineOptions)}
+    unknown = sorted(set(settings) - capture_names - engine_names)
+    if unknown:
+        raise FactorlensError(
+            f"unknown option(s) {', '.join(map(repr, unknown))}; the options are the fields "
+            "of factorlens.options.CaptureOptions and EngineOptions (the parameters of "
+            "factorlens.CMTF)"
+        )
+    return (
+        capture_options(capture, **{k: v for k, v in settings.items() if k in capture_names}),
+        engine_options(engine, **{k: v for k, v in settings.items() if k in engine_names}),
+    )
 
 
 def as_params(options: Any) -> dict[str, Any]:

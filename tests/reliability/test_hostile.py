@@ -224,10 +224,6 @@ CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
         _analyze_with("--device", "cuda"),
         ("cuda",),
     ),
-    "device nonsense": (
-        _analyze_with("--device", "tpu9"),
-        ("tpu9",),
-    ),
     "tensor layer unknown": (
         _analyze_with("--tensor-layers", "nope"),
         ("nope",),

@@ -117,7 +117,7 @@ def test_a_rank_below_one_is_refused_by_the_parser_in_one_whole_line(cli, projec
     args = analyze_args(project, project["root"] / "out")
     args[args.index("--rank") + 1] = "0"
     line = cli.usage_error(args)
-    assert line == "factorlens analyze: error: argument --rank: expected a positive integer, got 0"
+    assert line == "factorlens analyze: error: argument --rank: must be an integer >= 1, got 0"
     assert not (project["root"] / "out").exists()
 
 

@@ -44,7 +44,7 @@ from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.rowspace import through_rowspace
 from factorlens.factorize.stacked import StackedMatrices
 from factorlens.interrupt import check as check_cancelled
-from factorlens.options import EngineOptions
+from factorlens.options import EngineOptions, check_fields
 
 #: the defaults of every parameter but the rank (one place: the options dataclass)
 _E = EngineOptions()
@@ -372,9 +372,7 @@ class CMTF:
 
     # ------------------------------------------------------------------- compressed samples
     def _compressing(self, data: list[Block]) -> bool:
-        k = self.compress_rows
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise FactorlensError(f"`compress_rows` must be an integer >= 0, got {k!r}")
+        k = self.compress_rows  # an integer >= 0: checked with the other settings
         if k and k < self.rank:
             raise FactorlensError(
                 f"`compress_rows` ({k}) is below the rank {self.rank}; give at least the rank "
@@ -456,59 +454,18 @@ class CMTF:
             )
 
     def _check_params(self) -> None:
-        """One-line errors for settings out of range, as the CLI refuses its flags.
+        """One-line errors for settings out of range, by the rules the CLI checks its flags by.
 
         Run by :meth:`prepare` and :meth:`fit_blocks`, so a setting changed with
-        :meth:`set_params` is checked too (scikit-learn checks in ``fit``).
+        :meth:`set_params` is checked too (scikit-learn checks in ``fit``); the rules are the
+        fields' of :class:`~factorlens.options.EngineOptions`. Whether a device is there is
+        asked of torch only for a device other than the CPU.
         """
-        for name in ("n_init", "screen_iter", "n_iter_max", "inner_sweeps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise FactorlensError(f"`{name}` must be an integer >= 1, got {value!r}")
-        tol = self.tol
-        if (
-            isinstance(tol, bool)
-            or not isinstance(tol, int | float | np.floating)
-            or not (0 <= tol < 1)
-        ):
-            raise FactorlensError(
-                f"`tol` must be a number from 0 (every iteration) to below 1 (e.g. 1e-7), "
-                f"got {tol!r}"
-            )
-        if isinstance(self.weighting, str):
-            if self.weighting not in ("unit", "none"):
-                raise FactorlensError(
-                    f"`weighting` must be 'unit', 'none' or a mapping block name → weight, "
-                    f"got {self.weighting!r}"
-                )
-        elif not isinstance(self.weighting, Mapping) or not all(
-            isinstance(w, int | float) and math.isfinite(w) and w > 0
-            for w in self.weighting.values()
-        ):
-            raise FactorlensError(
-                "`weighting` must be 'unit', 'none' or a mapping block name → finite weight > 0, "
-                f"got {self.weighting!r}"
-            )
-        seed = self.random_state
-        if not (
-            seed is None
-            or isinstance(seed, np.random.Generator)
-            or (isinstance(seed, int | np.integer) and not isinstance(seed, bool) and seed >= 0)
-        ):
-            raise FactorlensError(
-                f"`random_state` must be None, an integer >= 0 or a numpy Generator, got {seed!r}"
-            )
-        budget = self.memory_budget
-        if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 0:
-            raise FactorlensError(f"`memory_budget` must be a number of bytes >= 0, got {budget!r}")
-        if self.backend not in (None, "numpy", "torch", "dask"):
-            raise FactorlensError(
-                f"`backend` must be None, 'numpy', 'torch' or 'dask', got {self.backend!r}"
-            )
+        check_fields(EngineOptions, self.get_params())
         if str(self.device) != "cpu":
             from factorlens.modelio import resolve_device  # torch, only for another device
 
-            resolve_device(str(self.device))  # "gpu", or cuda where there is none: one line
+            resolve_device(str(self.device))  # cuda where there is none: one line
 
     def _validate(self, names: list[str], arrays: list[Any]) -> None:
         n = check_blocks(names, [tuple(a.shape) for a in arrays])
@@ -529,27 +486,6 @@ class CMTF:
             raise FactorlensError(
                 f"a CP model needs a layer's natural shape, but {sorted(cp)[0]!r} was sketched; "
                 "capture it whole (`sketch=0`, or into a store) or fit it as a matrix"
-            )
-        if isinstance(self.l1_penalty, str):
-            if self.l1_penalty != "auto":
-                raise FactorlensError(
-                    f"l1_penalty must be a number >= 0 or 'auto', got {self.l1_penalty!r}"
-                )
-        elif not (
-            isinstance(self.l1_penalty, (int, float))
-            and math.isfinite(self.l1_penalty)
-            and self.l1_penalty >= 0
-        ):
-            raise FactorlensError(
-                f"l1_penalty must be a finite number >= 0 or 'auto', got {self.l1_penalty!r}"
-            )
-        if not isinstance(self.init, np.ndarray) and self.init not in ("svd", "random"):
-            raise FactorlensError(
-                f"init must be 'svd', 'random' or an (N, R) array, got {self.init!r}"
-            )
-        if self.refit not in ("guarded", "always", "never"):
-            raise FactorlensError(
-                f"refit must be 'guarded', 'always' or 'never', got {self.refit!r}"
             )
 
     def _block_models(self, names: list[str], shapes: list[tuple[int, ...]]) -> list[str]:

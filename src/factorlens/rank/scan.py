@@ -149,9 +149,9 @@ def estimate_rank(
     (:mod:`factorlens.factorize.compress`); the evidence's fits are then those of loadings
     kept in that space, and ``keep_results`` gives factors mapped back to the full blocks.
     """
-    for name, value in (("max_rank", max_rank), ("n_splits", n_splits)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise FactorlensError(f"{name} must be a positive integer, got {value!r}")
+    RankOptions(  # the scan's settings, checked by their rules (as the CLI's flags are)
+        max_rank, stability_threshold, n_splits, n_iter_max, tol, compress, n_jobs
+    )
     names, arrays = _as_named_arrays(blocks)
     if not names:
         raise FactorlensError("no blocks to scan; give the input and at least one layer")
