@@ -286,7 +286,7 @@ def test_analyze_honours_tensor_blocks(project) -> None:
     assert models["features.0"] == "cp" and models["input"] == "matrix"
     # one name for one thing: the library takes tensor_blocks only (--tensor-layers is the
     # CLI's way to name layers on top of the input); refused at the door, before the capture
-    with pytest.raises(factorlens.FactorlensError, match=r"unknown engine option.*'tensor_layers'"):
+    with pytest.raises(factorlens.FactorlensError, match=r"unknown option.*'tensor_layers'"):
         factorlens.analyze(
             model, data, out=project["root"] / "api2", rank=2, progress=False, report=False,
             tensor_layers=["features.0"],

@@ -65,7 +65,7 @@ def test_dask_and_scheduler_flags_run_the_fit_on_that_cluster(project, monkeypat
         finally:  # closed however the command ends
             seen.append(("closed", scheduler))
 
-    def fake_run(args, engine):
+    def fake_run(args, engine, capture):
         seen.append(("run", engine.backend))  # an EngineOptions, replaced, not edited
         raise SystemExit(0)
 
@@ -133,7 +133,7 @@ def test_analyze_on_a_cluster_captures_into_the_store_on_its_workers(
     real = sharded.capture_sharded
 
     def spy(*args, **kwargs):
-        calls.append(kwargs.get("batch_size"))
+        calls.append(kwargs["options"].batch_size)  # the CaptureOptions, travelled
         return real(*args, **kwargs)
 
     @contextlib.contextmanager

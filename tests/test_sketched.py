@@ -191,7 +191,7 @@ def test_bad_sketch_settings_are_one_line_errors() -> None:
     for sketch, match in (("all", "`sketch` must be"), (-3, "`sketch` must be"), (2, "exceed")):
         with pytest.raises(FactorlensError, match=match):
             capture_sketched(_net(), x, rank=5, sketch=sketch, progress=False)
-    with pytest.raises(FactorlensError, match="`memory_budget` must be positive"):
+    with pytest.raises(FactorlensError, match="`memory_budget` must be a number of bytes >= 1"):
         capture_sketched(_net(), x, memory_budget=0, progress=False)
 
 

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from factorlens.errors import FactorlensError
-from factorlens.options import DEFAULT_SEED, CaptureOptions, QualityOptions, RankOptions
+from factorlens.options import (
+    DEFAULT_SEED,
+    CaptureOptions,
+    QualityOptions,
+    RankOptions,
+    capture_settings,
+)
 from factorlens.output import check_output_dir
 
 if TYPE_CHECKING:
@@ -23,7 +29,7 @@ if TYPE_CHECKING:
 
     from factorlens.quality import QualityReport
 
-_C, _Q, _R = CaptureOptions(), QualityOptions(), RankOptions()
+_Q, _R = QualityOptions(), RankOptions()
 
 #: what ``out`` receives: the scores, every checkpoint's analysis, the checkpoints report
 QUALITY_JSON = "quality.json"
@@ -41,17 +47,14 @@ def assess_quality(
     rank: int | None = None,
     layers: list[str] | str | None = None,
     preprocess: Callable | None = None,
-    batch_size: int = _C.batch_size,
-    device: str = _C.device,
     select: dict[str, Any] | None = None,
-    nonfinite: str = _C.nonfinite,
-    sketch: int | str = _C.sketch,
-    memory_budget: int = _C.memory_budget,
     scratch: str | Path | None = _Q.scratch,
     random_state: int = DEFAULT_SEED,
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    capture_options: CaptureOptions | None = None,
+    **settings: Any,
 ) -> list[QualityReport]:
     """Score checkpoints on the same unlabelled inputs; with ``out``, analyse each and report.
 
@@ -74,7 +77,7 @@ def assess_quality(
         ``max_rank``); the score does not need it.
     rank : int, optional
         Without ``scan``: the rank of every analysis written into ``out`` (default 10).
-    layers, preprocess, batch_size, device, select, nonfinite, sketch, memory_budget
+    layers, preprocess, select
         As in :func:`factorlens.pipeline.analyze`.
     scratch : str or pathlib.Path, optional
         Capture each checkpoint into a temporary store in this folder instead of memory.
@@ -86,6 +89,12 @@ def assess_quality(
         Replace results factorlens wrote into ``out`` before.
     progress : bool
         Show a progress bar on stderr.
+    capture_options : CaptureOptions, optional
+        The capture's settings (:class:`~factorlens.options.CaptureOptions`: ``batch_size``,
+        ``device``, ``nonfinite``, and in memory ``sketch`` and ``memory_budget``); the
+        analyses' factorizations run on its ``device`` too.
+    **settings
+        Those fields as keywords (``batch_size=64``), which win over ``capture_options``.
 
     Returns
     -------
@@ -109,21 +118,15 @@ def assess_quality(
             "`rank` fixes the rank of the analyses only with `scan=False`; with the scan each "
             "checkpoint's rank is its estimated one (drop `rank`, or pass `scan=False`)"
         )
-    settings = {
+    plan = {
         "mode": mode,
         "scan": scan,
         "max_rank": max_rank,
         "rank": rank,
-        "capture": {
-            "layers": layers,
-            "batch_size": batch_size,
-            "device": device,
-            "preprocess": preprocess,
-            "select": select or {},
-            "nonfinite": nonfinite,
-            "sketch": sketch,
-            "memory_budget": memory_budget,
-        },
+        "capture": capture_settings(capture_options, **settings),
+        "layers": layers,
+        "preprocess": preprocess,
+        "select": select or {},
         "scratch": scratch,
         "random_state": random_state,
         "meta": dict(meta or {}),
@@ -131,12 +134,12 @@ def assess_quality(
     }
     reports: list[QualityReport] = []
     if out is None:
-        reports = _score_all(pairs, data, settings, None)
+        reports = _score_all(pairs, data, plan, None)
         return reports
     target = check_output_dir(out, overwrite, (QUALITY_JSON, REPORT_HTML))
 
     def produce(stage: Path) -> None:
-        reports.extend(_score_all(pairs, data, settings, stage))
+        reports.extend(_score_all(pairs, data, plan, stage))
 
     publish(
         target,
@@ -223,21 +226,23 @@ def _score_one(
     )
     from factorlens.store import StoreView
 
-    capture = settings["capture"]
+    capture: CaptureOptions = settings["capture"]
     scan, fixed = settings["scan"], settings["rank"] or DEFAULT_RANK
     acts = capture_for_score(
         model,
         data,
+        options=capture,
+        layers=settings["layers"],
         scan=scan or target is not None,  # an analysis needs the layers
-        store=store,
         max_rank=max(settings["max_rank"], fixed),  # a sketch's directions
+        preprocess=settings["preprocess"],
+        store=store,
+        select=settings["select"],
         meta={"model_name": type(model).__name__, **settings["meta"], "checkpoint": name},
-        **capture,
     )
-    options = {k: capture[k] for k in ("batch_size", "device", "preprocess")}
     report = assess_store(
         acts,
-        perturbed_outputs(model, copies, **options),
+        perturbed_outputs(model, copies, capture, settings["preprocess"]),
         max_rank=settings["max_rank"],
         random_state=settings["random_state"],
         checkpoint=name,
@@ -250,7 +255,7 @@ def _score_one(
             out=target,
             rank=report.rank if scan else fixed,
             progress=False,
-            device=capture["device"],
+            device=capture.device,
             extra_meta={
                 "overview": "../../index.html",  # DIR/checkpoints/NN-name/ -> DIR/index.html
                 "rank_scan": report.rank_scan,

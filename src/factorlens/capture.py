@@ -16,7 +16,7 @@ import errno
 import fnmatch
 import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,10 @@ from factorlens.errors import (
     warn,
 )
 from factorlens.modelio import resolve_device
-from factorlens.options import CaptureOptions
+from factorlens.options import CaptureOptions, capture_settings
 from factorlens.rows import Levels, row_chunks
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
 from factorlens.writer import BatchWriter
-
-#: the defaults of the capture (one place: the options dataclass)
-_C = CaptureOptions()
 
 #: leaf module types whose output is a new representation (captured by default).
 REPRESENTATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -100,7 +97,6 @@ REPRESENTATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.FractionalMaxPool3d,
 )
 
-NONFINITE_POLICIES = ("raise", "zero")
 _GLOB_CHARS = set("*?[")
 
 
@@ -447,22 +443,15 @@ def _check_capture_args(
     model: nn.Module,
     data: Any,
     layers: Sequence[str] | str | None,
-    batch_size: Any,
     labels: Any,
     select: Mapping[str, int | str] | None,
-    nonfinite: str,
     output: str | None,
 ) -> tuple[Any, int, np.ndarray | None, list[str], dict[str, Any], dict[str, Any]]:
     """Check a capture's arguments (one-line errors); return what the passes need.
 
-    That is ``(images, N, labels or None, chosen layers, select, the data's meta)``.
+    That is ``(images, N, labels or None, chosen layers, select, the data's meta)``. The
+    settings (:class:`~factorlens.options.CaptureOptions`) check themselves.
     """
-    if nonfinite not in NONFINITE_POLICIES:
-        raise FactorlensError(f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise FactorlensError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if batch_size < 1:
-        raise FactorlensError(f"batch_size must be a positive integer, got {batch_size}")
     images, data_labels, data_meta = _unpack_data(data)
     n = int(images.shape[0])
     if labels is None:
@@ -504,24 +493,21 @@ def capture(
     data: Any,
     layers: Sequence[str] | str | None = None,
     *,
-    batch_size: int = _C.batch_size,
-    device: str | torch.device = _C.device,
+    options: CaptureOptions | None = None,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     labels: Any = None,
     store: ActivationStore | str | os.PathLike[str] | None = None,
     select: Mapping[str, int | str] | None = None,
-    nonfinite: str = _C.nonfinite,
-    compression: str = _C.compression,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     output: str | None = None,
     resume: bool = False,
+    **settings: Any,
 ) -> ActivationStore:
-    """Run ``model`` over ``data`` and store the input and the chosen layers' outputs.
+    """Run ``model`` over ``data``; return the closed store of its input and layers' outputs.
 
-    On an error a store that capture created on disk is removed again; on an interruption
-    (``KeyboardInterrupt``, ``SystemExit``) it is kept, for ``resume``.
+    A store it created on disk is removed on an error, and kept to ``resume`` on Ctrl-C.
 
     Parameters
     ----------
@@ -531,111 +517,145 @@ def capture(
         Inputs ``(N, C, H, W)`` (float32 in [0, 1]) or ``(N, D)`` as numpy/torch, or an
         object with ``.images`` (and ``.labels``, ``.description``, ``.class_names``).
     layers : sequence of str or str, optional
-        Module names / globs / comma-separated string (see :func:`select_layers`); an empty
-        list records no layer, only the input and (with ``output``) the model's output.
-        Every call of a chosen module is its own block (``name``, ``name#2``, ...), in call
-        order.
-    batch_size : int
-        Samples per forward pass.
-    device : str or torch.device
-        Where the model runs (the model is moved there and back if needed).
+        Module names, globs or a comma-separated string (:func:`select_layers`); ``[]``: only
+        the input (and ``output``). Each call of a module is a block (``name``, ``name#2``).
+    options : CaptureOptions, optional
+        The settings (:class:`~factorlens.options.CaptureOptions`): ``batch_size``,
+        ``device`` (the model is moved there and back), ``nonfinite`` (``"raise"`` on NaN/Inf,
+        or ``"zero"``, counted in ``meta["nonfinite"]``), ``compression`` of a store on disk;
+        every layer is held whole. Keywords (``**settings``: ``batch_size=64``) win over it.
     preprocess : callable, optional
-        Applied to each ``(B, C, H, W)`` batch before the model (not to the stored input
-        block, which keeps the data as given, ``N×H×W`` for one channel).
+        Applied to each ``(B, C, H, W)`` batch before the model (not to the stored input).
     labels : array-like, optional
         ``(N,)`` integer labels (default: ``data.labels`` when present).
     store : ActivationStore or str or os.PathLike, optional
-        None (a :class:`MemoryStore`), a directory path (a new :class:`ZarrStore`, refused if
-        it exists unless ``overwrite``), or an empty store object.
+        None (a :class:`MemoryStore`), a directory path (a new :class:`ZarrStore`; an existing
+        one is replaced only with ``overwrite``), or an empty store object.
     select : mapping of str to int or str, optional
-        ``{layer: index or key}`` for layers that return a tuple/list/dict (applies to every
-        call of the layer).
-    nonfinite : str
-        ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0 (counts per
-        block in ``meta["nonfinite"]``).
-    compression : str
-        Chunks of a store on disk: ``"none"`` (raw float32, fastest) or ``"zstd"`` (smaller);
-        see :meth:`ZarrStore.create`.
+        ``{layer: index or key}`` for layers that return a tuple/list/dict.
     progress : bool
         Show a progress bar on stderr when there is more than one batch.
     meta : mapping, optional
         Extra JSON-able metadata (model / data description, class names).
-    overwrite : bool
-        Let a path ``store`` replace an existing factorlens store there.
     output : str, optional
-        Also store what the model itself returns (``(N, K)`` class scores, say) as a block of
-        this name and kind ``"output"`` — the same forward pass, not a second one.
+        Also store what the model returns (class scores, say) as a block of this name.
     resume : bool
-        Continue the interrupted capture in the store directory ``store`` from its last batch
-        whose rows are all on disk; the model, weights, data and settings must be the ones it
-        started with (checked), and the store ends bit-identical to an uninterrupted capture.
-
-    Returns
-    -------
-    ActivationStore
-        The closed (complete, read-only) store.
+        Continue the interrupted capture in ``store`` (same model, data, settings: checked).
     """
+    opts = whole_layer_options(options, settings)
     images, n, labels, chosen, select, data_meta = _check_capture_args(
-        model, data, layers, batch_size, labels, select, nonfinite, output
+        model, data, layers, labels, select, output
     )
-    batch_size = int(batch_size)
-    dev = resolve_device(str(device))  # one device rule for capture and model loading
-
-    settings = {
-        "n_samples": n,
-        "batch_size": batch_size,
-        "layers": chosen,
-        "select": select,
-        "nonfinite": nonfinite,
-        "output": output,
-        "device": str(dev),
-        "compression": compression,  # a resume keeps the store's codec: refuse another
-        "meta": dict(meta or {}),
-    }
-    on_disk = isinstance(store, str | os.PathLike)
-    fingerprint = _fingerprint(model, images, settings, preprocess) if on_disk else {}
-    start_row = 0
-    counts: dict[str, int] = {}
-    the_store: ActivationStore
-    if resume:
-        if not isinstance(store, str | os.PathLike):  # on_disk, narrowed for the type checker
-            raise FactorlensError("resume needs the store's directory path (store=PATH)")
-        the_store, start_row, counts = ZarrStore.resume(store, fingerprint)
-        created = False
-    else:
-        the_store, created = _make_store(store, overwrite, fingerprint, compression, batch_size)
-    try:
+    recorded = _recorded(opts, n, chosen, select, output, meta)
+    the_store, created, start_row, counts = _open_for_capture(
+        store, resume, overwrite, opts, (model, images, recorded, preprocess)
+    )
+    with _discarded_on_failure(the_store, created):
         counts = _run_capture(
             model,
             images,
             chosen,
             the_store,
+            opts,
             drop_unused=layers is None,
-            batch_size=batch_size,
-            device=dev,
             preprocess=preprocess,
             select=select,
-            nonfinite=nonfinite,
             progress=progress,
             output=output,
             start_row=start_row,
             counts=counts,
         )
-        finish_store(the_store, model, labels, {**data_meta, **dict(meta or {})}, settings, counts)
+        finish_store(the_store, model, labels, {**data_meta, **dict(meta or {})}, recorded, counts)
+    return the_store
+
+
+def _recorded(
+    options: CaptureOptions,
+    n: int,
+    chosen: list[str],
+    select: dict[str, Any],
+    output: str | None,
+    meta: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Return a capture's settings as its store records them (a resume must match them)."""
+    return {
+        "n_samples": n,
+        "batch_size": int(options.batch_size),
+        "layers": chosen,
+        "select": select,
+        "nonfinite": options.nonfinite,
+        "output": output,
+        "device": str(resolve_device(str(options.device))),  # one rule for capture and loading
+        "compression": options.compression,  # a resume keeps the store's codec: refuse another
+        "meta": dict(meta or {}),
+    }
+
+
+def whole_layer_options(
+    options: CaptureOptions | None, settings: Mapping[str, Any]
+) -> CaptureOptions:
+    """Return the settings of a capture that holds every layer whole (``capture``, sharded).
+
+    ``settings`` (keywords) win over ``options``; ``sketch`` and ``memory_budget`` as keywords
+    are refused, as this capture would not use them.
+    """
+    unused = sorted({"sketch", "memory_budget"} & set(settings))
+    if unused:
+        raise FactorlensError(
+            f"{', '.join(map(repr, unused))} decide which layers are sketched when a capture is "
+            "held in memory for an analysis; capture() keeps every layer whole: drop them, "
+            "or use factorlens.analyze"
+        )
+    return capture_settings(options, **settings)
+
+
+def _open_for_capture(
+    store: ActivationStore | str | os.PathLike[str] | None,
+    resume: bool,
+    overwrite: bool,
+    options: CaptureOptions,
+    fingerprinted: tuple[nn.Module, Any, dict[str, Any], Any],
+) -> tuple[ActivationStore, bool, int, dict[str, int]]:
+    """Return ``(store, created here, first row to capture, non-finite counts so far)``.
+
+    ``fingerprinted`` is ``(model, inputs, recorded settings, preprocess)``: what a store on
+    disk is fingerprinted by, so that a resume continues the same capture only.
+    """
+    on_disk = isinstance(store, str | os.PathLike)
+    fingerprint = _fingerprint(*fingerprinted) if on_disk else {}
+    if not resume:
+        made, created = _make_store(
+            store, overwrite, fingerprint, options.compression, int(options.batch_size)
+        )
+        return made, created, 0, {}
+    if not isinstance(store, str | os.PathLike):
+        raise FactorlensError("resume needs the store's directory path (store=PATH)")
+    resumed, start_row, counts = ZarrStore.resume(store, fingerprint)
+    return resumed, False, start_row, counts
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(store: ActivationStore, created: bool) -> Iterator[None]:
+    """Remove a store on disk that this capture created when it fails.
+
+    An interruption (``KeyboardInterrupt``, ``SystemExit``) keeps what is on disk, to be
+    resumed; so does a full disk (:class:`StoreDiskFull`), once there is room.
+    """
+    try:
+        yield
     except (KeyboardInterrupt, SystemExit):
-        raise  # interrupted: what is on disk stays, to be resumed
+        raise
     except BaseException as exc:
-        if not isinstance(the_store, ZarrStore):
+        if not isinstance(store, ZarrStore):
             raise
         if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
             raise StoreDiskFull(  # kept: it resumes once there is room
-                f"the disk holding the store {the_store.path} is full ({exc.strerror}); free "
+                f"the disk holding the store {store.path} is full ({exc.strerror}); free "
                 "some space and rerun the same capture with `resume=True` to continue it"
             ) from exc
         if created:
-            the_store.discard()
+            store.discard()
         raise
-    return the_store
 
 
 #: errnos of a full disk or quota: a store that meets them is kept, to be resumed
@@ -935,12 +955,10 @@ def _run_capture(
     images: Any,
     chosen: list[str],
     store: ActivationStore,
+    options: CaptureOptions,
     *,
-    batch_size: int,
-    device: torch.device,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
     select: dict[str, Any],
-    nonfinite: str,
     progress: bool,
     output: str | None = None,
     start_row: int = 0,
@@ -951,6 +969,7 @@ def _run_capture(
 ) -> dict[str, int]:
     """Run the batch loop of :func:`capture`, from sample ``start_row``, into ``store``.
 
+    ``options`` gives the batch size, the device and the non-finite policy.
     ``start_row`` is a batch boundary; the store then already holds the rows before it, and
     ``counts`` their non-finite counts. ``stop_if`` is asked before every batch; when it says
     so the loop stops with a :class:`FactorlensRuntimeError` (a sharded capture given up).
@@ -962,11 +981,11 @@ def _run_capture(
         model,
         chosen,
         store,
-        nonfinite=nonfinite,
+        nonfinite=options.nonfinite,
         counts=dict(counts or {}),
         resumed=start_row > 0 or len(store) > 0,
         n_samples=int(images.shape[0]),
-        device=device,
+        device=resolve_device(str(options.device)),
         preprocess=preprocess,
         select=select,
         output=output,
@@ -975,7 +994,11 @@ def _run_capture(
     run.checked_determinism = not check_determinism
     try:
         run.run(
-            images, batch_size=batch_size, progress=progress, start_row=start_row, stop_if=stop_if
+            images,
+            batch_size=int(options.batch_size),
+            progress=progress,
+            start_row=start_row,
+            stop_if=stop_if,
         )
         if run.writer is not None:
             run.writer.close()  # every batch written (or the writer's error raised here)

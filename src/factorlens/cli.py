@@ -580,12 +580,13 @@ def _run(args: argparse.Namespace) -> int:
             "analyze": commands.run_analyze,
             "compare": commands.run_compare,
         }.get(args.command, commands.run_rank)
-        # the engine's settings travel as one EngineOptions from the flags to CMTF;
-        # --tensor-layers become its tensor_blocks once the store's input shape is known
+        # the capture's and the engine's settings travel as one CaptureOptions and one
+        # EngineOptions from the flags to the stages; --tensor-layers become the engine's
+        # tensor_blocks once the store's input shape is known
         with _cluster(args, from_args(EngineOptions, args)) as engine:
-            result, out = runner(args, engine)
+            result, out = runner(args, engine, from_args(CaptureOptions, args))
     elif args.command == "quality":
-        return commands.run_quality(args)
+        return commands.run_quality(args, from_args(CaptureOptions, args))
     elif args.command == "zoo":
         return commands.run_zoo(args)
     else:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTFResult
-from factorlens.options import CaptureOptions, EngineOptions
+from factorlens.options import CaptureOptions, EngineOptions, flagged
 from factorlens.output import atomic_write_text
 from factorlens.pipeline import (
     OUTPUT_NAMES,
@@ -62,7 +62,9 @@ def _check_rank(rank: int, n_samples: int) -> None:
         )
 
 
-def run_demo(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResult, Path]:
+def run_demo(
+    args: argparse.Namespace, engine: EngineOptions, capture: CaptureOptions
+) -> tuple[CMTFResult, Path]:
     """Train the digits CNN, analyse it on held-out digits, write the report."""
     from factorlens.research.demo import train_demo_model
 
@@ -88,13 +90,14 @@ def run_demo(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResul
         overwrite=args.overwrite,
         progress=not args.quiet,
         meta=meta,
+        capture_options=capture,
         options=engine,
     )
     return result, out
 
 
-def _inputs(args: argparse.Namespace, model_hook: bool = True):
-    """Return the data (sub-sampled), the device and the preprocessing the options ask for.
+def _inputs(args: argparse.Namespace, model_hook: bool = True) -> tuple[Any, Any]:
+    """Return the data (sub-sampled) and the preprocessing the options ask for.
 
     ``model_hook``: the model file's own ``factorlens_preprocess`` too (``compare`` applies
     each model's hook to that model only, after this shared part).
@@ -102,18 +105,24 @@ def _inputs(args: argparse.Namespace, model_hook: bool = True):
     from factorlens.data import load_data, make_preprocess, parse_normalize
     from factorlens.modelio import find_preprocess_hook
 
-    device = _device(args)
     data = load_data(args.data).subset(args.n_samples, random_state=args.seed)
     normalize = parse_normalize(args.normalize) if args.normalize else None
     hook = find_preprocess_hook(args.model) if model_hook else None
-    return data, device, make_preprocess(normalize, hook)
+    return data, make_preprocess(normalize, hook)
 
 
-def _device(args: argparse.Namespace) -> str:
-    """``--device`` checked (a one-line error when CUDA is asked for but absent)."""
+def on_device(
+    capture: CaptureOptions, engine: EngineOptions | None = None
+) -> tuple[CaptureOptions, EngineOptions]:
+    """Return the capture's and the engine's settings on the device ``--device`` names.
+
+    ``auto`` becomes the device it means; CUDA asked for where there is none is a one-line
+    error, before any work. The factorization runs where the forward passes do.
+    """
     from factorlens.modelio import resolve_device
 
-    return str(resolve_device(args.device))
+    device = str(resolve_device(capture.device))
+    return replace(capture, device=device), replace(engine or EngineOptions(), device=device)
 
 
 def _meta(args: argparse.Namespace, model: Any, data: Any, weights: str | None) -> dict:
@@ -126,7 +135,7 @@ def _meta(args: argparse.Namespace, model: Any, data: Any, weights: str | None) 
     }
 
 
-def _existing_store(args: argparse.Namespace) -> ZarrStore:
+def _existing_store(args: argparse.Namespace, capture: CaptureOptions) -> ZarrStore:
     """``--store PATH`` without ``--model``: reopen that store (nothing else may be given)."""
     if not args.store:
         raise FactorlensError(
@@ -140,12 +149,13 @@ def _existing_store(args: argparse.Namespace) -> ZarrStore:
         "--n-samples": args.n_samples,
         "--select": args.select,
         "--trust-pickle": args.trust_pickle,
-        "--batch-size": args.batch_size != CaptureOptions.batch_size,
-        "--nonfinite": args.nonfinite != CaptureOptions.nonfinite,
-        "--compression": args.compression != CaptureOptions.compression,
-        "--sketch": args.sketch != CaptureOptions.sketch,
-        "--memory": args.memory != CaptureOptions.memory_budget,
         "--resume": args.resume,
+        # the capture's flags, but --device (where the fit runs, too)
+        **{
+            flag.name: getattr(capture, name) != default
+            for name, flag, default in flagged(CaptureOptions)
+            if name != "device"
+        },
     }
     extra = [flag for flag, value in given.items() if value]
     if extra:
@@ -161,17 +171,17 @@ def _captured(
     args: argparse.Namespace,
     out: Path,
     rank: int | None,
-    sharded: bool = False,
-    engine: EngineOptions | None = None,
+    capture: CaptureOptions,
+    engine: EngineOptions,
 ) -> ActivationStore:
     """Return the activation store for ``analyze``/``rank``: reopened, or captured anew.
 
-    ``sharded`` (a Dask cluster is up): a capture into ``--store`` runs on its workers.
+    With the engine's Dask backend a capture into ``--store`` runs on the cluster's workers.
     Without ``--store`` the layers too wide for ``--memory`` are sketched for up to
     ``--rank`` (or ``--max-rank``) components.
     """
     if args.model is None:
-        acts = _existing_store(args)
+        acts = _existing_store(args, capture)
         if rank is not None:
             _check_rank(rank, acts.n_samples)
         return acts
@@ -179,33 +189,35 @@ def _captured(
         raise FactorlensError("--data SPEC is required with --model (e.g. --data mnist:DIR)")
     from factorlens.modelio import build_model
 
-    data, device, preprocess = _inputs(args)
+    data, preprocess = _inputs(args)
     if rank is not None:
         _check_rank(rank, data.n_samples)
-    model = build_model(args.model, args.weights, trust_pickle=args.trust_pickle, device=device)
+    model = build_model(
+        args.model, args.weights, trust_pickle=args.trust_pickle, device=capture.device
+    )
     return capture_for_analysis(
         model,
         data,
         out=out,
+        options=capture,
         layers=args.layers,
         preprocess=preprocess,
         store=args.store,
-        batch_size=args.batch_size,
-        device=device,
         select=parse_select(args.select),
-        nonfinite=args.nonfinite,
-        compression=args.compression,
         overwrite=args.overwrite,
         progress=not args.quiet,
         meta=_meta(args, model, data, args.weights),
         resume=args.resume,
-        sharded=sharded and args.store is not None and not args.resume,
-        sketch=args.sketch,
-        memory_budget=args.memory,
+        sharded=_sharded(args, engine),
         sketch_rank=rank if rank is not None else args.max_rank,
-        center=bool(engine and engine.center),
+        center=engine.center,
         seed=args.seed,
     )
+
+
+def _sharded(args: argparse.Namespace, engine: EngineOptions) -> bool:
+    """Whether the capture runs on a Dask cluster: a new ``--store`` with ``--dask``/``--scheduler``."""
+    return engine.backend == "dask" and args.store is not None and not args.resume
 
 
 def tensor_layers(args: argparse.Namespace) -> list[str]:
@@ -230,10 +242,13 @@ def _with_tensor_blocks(
     return replace(engine, tensor_blocks=(*base, *[t for t in layers if t != first]))
 
 
-def run_analyze(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResult, Path]:
+def run_analyze(
+    args: argparse.Namespace, engine: EngineOptions, capture: CaptureOptions
+) -> tuple[CMTFResult, Path]:
     """Analyse the user's model on the user's data (or an existing store)."""
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    acts = _captured(args, out, args.rank, sharded=engine.backend == "dask", engine=engine)
+    capture, engine = on_device(capture, engine)
+    acts = _captured(args, out, args.rank, capture, engine)
     return _fit_and_write(analyze_store, args, acts, engine, out), out
 
 
@@ -251,7 +266,6 @@ def _fit_and_write(
         rank=args.rank,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        device=_device(args),
         options=_with_tensor_blocks(acts, engine, args),
     )
 
@@ -311,11 +325,14 @@ def compare_layers(items: list[str], labels: list[str]) -> dict[str, str]:
     return out
 
 
-def run_compare(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResult, Path]:
+def run_compare(
+    args: argparse.Namespace, engine: EngineOptions, capture: CaptureOptions
+) -> tuple[CMTFResult, Path]:
     """Capture several models on the same inputs, factorize them jointly, write ``--out``."""
     from factorlens.pipeline import compare, compare_store
 
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
+    capture, engine = on_device(capture, engine)
     if not args.model:
         if not args.store:
             raise FactorlensError(
@@ -334,11 +351,13 @@ def run_compare(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFRe
     chosen = compare_models(args)
     labels = [label for label, _, _ in chosen]
     layers = compare_layers(args.layers, labels)
-    data, device, preprocess = _inputs(args, model_hook=False)  # each model's hook: its own
+    data, preprocess = _inputs(args, model_hook=False)  # each model's hook: its own
     _check_rank(args.rank, data.n_samples)
     models, hooks, described = {}, {}, {}
     for label, spec, weights in chosen:
-        models[label] = build_model(spec, weights, trust_pickle=args.trust_pickle, device=device)
+        models[label] = build_model(
+            spec, weights, trust_pickle=args.trust_pickle, device=capture.device
+        )
         hooks[label] = find_preprocess_hook(spec)
         described[label] = spec + (f" with weights {weights}" if weights else "")
     meta = {
@@ -358,17 +377,12 @@ def run_compare(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFRe
         preprocess=preprocess,
         model_preprocess=hooks,
         store=args.store,
-        batch_size=args.batch_size,
-        device=device,
-        nonfinite=args.nonfinite,
-        compression=args.compression,
-        sketch=args.sketch,
-        memory_budget=args.memory,
         overwrite=args.overwrite,
         progress=not args.quiet,
         meta=meta,
         resume=args.resume,
-        sharded=engine.backend == "dask" and args.store is not None and not args.resume,
+        sharded=_sharded(args, engine),
+        capture_options=capture,
         options=engine,
     )
     return result, out
@@ -414,12 +428,15 @@ def sharing_lines(result: CMTFResult) -> list[str]:
     return lines
 
 
-def run_rank(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResult, Path]:
+def run_rank(
+    args: argparse.Namespace, engine: EngineOptions, capture: CaptureOptions
+) -> tuple[CMTFResult, Path]:
     """Scan the rank, print the evidence, write the analysis at the chosen rank."""
     from factorlens.rank import estimate_rank
 
     out = check_output_dir(args.out, args.overwrite, OUTPUT_NAMES)
-    acts = _captured(args, out, None, sharded=engine.backend == "dask", engine=engine)
+    capture, engine = on_device(capture, engine)
+    acts = _captured(args, out, None, capture, engine)
     # the scan fits the same model as the analysis (constraints, penalty, weighting, CP
     # blocks); its own iteration cap and tolerance keep twenty ranks affordable
     engine = _with_tensor_blocks(acts, engine, args)
@@ -440,7 +457,6 @@ def run_rank(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResul
         rank=scan.chosen,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        device=_device(args),
         extra_meta={"rank_scan": scan.to_dict()},
         options=engine,
     )
@@ -451,7 +467,7 @@ def run_rank(args: argparse.Namespace, engine: EngineOptions) -> tuple[CMTFResul
 RECOMMENDED_QUALITY_INPUTS = 2000
 
 
-def run_quality(args: argparse.Namespace) -> int:
+def run_quality(args: argparse.Namespace, capture: CaptureOptions) -> int:
     """Score every checkpoint on the same unlabelled inputs.
 
     Print a table, write JSON and, with ``--out``, every checkpoint's analysis at its chosen
@@ -480,9 +496,10 @@ def run_quality(args: argparse.Namespace) -> int:
             "--rank fixes the rank of the analyses only with --no-rank; without it the rank "
             "scan chooses each checkpoint's rank (drop --rank, or add --no-rank)"
         )
-    data, device, preprocess = _inputs(args)
+    data, preprocess = _inputs(args)
+    capture, _ = on_device(capture)
     build = functools.partial(
-        build_model, args.model, trust_pickle=args.trust_pickle, device=device
+        build_model, args.model, trust_pickle=args.trust_pickle, device=capture.device
     )
     checkpoints = [(ckpt, functools.partial(build, ckpt)) for ckpt in args.checkpoints]
     reports = assess_quality(
@@ -495,12 +512,7 @@ def run_quality(args: argparse.Namespace) -> int:
         rank=args.rank,
         layers=args.layers,
         preprocess=preprocess,
-        batch_size=args.batch_size,
-        device=device,
         select=parse_select(args.select),
-        nonfinite=args.nonfinite,
-        sketch=args.sketch,
-        memory_budget=args.memory,
         scratch=args.scratch,
         random_state=args.seed,
         meta={
@@ -511,6 +523,7 @@ def run_quality(args: argparse.Namespace) -> int:
         },
         overwrite=args.overwrite,
         progress=not args.quiet,
+        capture_options=capture,
     )
     _print_quality_table(reports, with_acc=reports[0].accuracy is not None)
     if json_path is not None:

@@ -550,7 +550,7 @@ def engine_options(options: EngineOptions | None = None, **changes: Any) -> Engi
     return merged(EngineOptions, options, changes, "engine")
 
 
-def capture_options(options: CaptureOptions | None = None, **changes: Any) -> CaptureOptions:
+def capture_settings(options: CaptureOptions | None = None, **changes: Any) -> CaptureOptions:
     """Return the capture's settings: ``options`` with ``changes`` (see :func:`merged`)."""
     return merged(CaptureOptions, options, changes, "capture")
 
@@ -577,7 +577,7 @@ def split_settings(
             "factorlens.CMTF)"
         )
     return (
-        capture_options(capture, **{k: v for k, v in settings.items() if k in capture_names}),
+        capture_settings(capture, **{k: v for k, v in settings.items() if k in capture_names}),
         engine_options(engine, **{k: v for k, v in settings.items() if k in engine_names}),
     )
 

@@ -15,6 +15,7 @@ files factorlens wrote (see :mod:`factorlens.output`).
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import time
@@ -35,6 +36,7 @@ from factorlens.options import (
     CaptureOptions,
     EngineOptions,
     engine_options,
+    split_settings,
 )
 from factorlens.output import (
     check_not_nested,
@@ -50,7 +52,6 @@ if TYPE_CHECKING:
     from factorlens.store import ActivationStore
 
 #: the capture defaults (one place: the options dataclass)
-_C = CaptureOptions()
 _BUDGET = EngineOptions.memory_budget
 INPUTS_NPZ = "inputs.npz"
 #: the input block of a result whose inputs were read from disk (too large for memory)
@@ -399,29 +400,25 @@ def capture_for_analysis(
     data: Any,
     *,
     out: str | Path,
+    options: CaptureOptions | None = None,
     layers: list[str] | str | None = None,
     preprocess: Callable | None = None,
     store: str | Path | None = None,
-    batch_size: int = _C.batch_size,
-    device: str = _C.device,
     select: dict[str, Any] | None = None,
-    nonfinite: str = _C.nonfinite,
-    compression: str = _C.compression,
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     resume: bool = False,
     sharded: bool = False,
-    sketch: int | str = _C.sketch,
-    memory_budget: int = _C.memory_budget,
     sketch_rank: int = DEFAULT_RANK,
     center: bool = False,
     seed: int = DEFAULT_SEED,
 ) -> ActivationStore:
     """Check ``out`` (and ``store``) first, then capture ``model`` on ``data`` into a store.
 
-    Without ``store`` the capture is held in memory, the layers too wide for
-    ``memory_budget`` sketched (:func:`factorlens.sketched.capture_sketched`, with
+    ``options`` are the capture's settings (:class:`~factorlens.options.CaptureOptions`).
+    Without ``store`` the capture is held in memory, the layers too wide for its
+    ``memory_budget`` sketched (:func:`factorlens.sketched.capture_sketched`, with its
     ``sketch``, ``sketch_rank`` the largest rank that will be fitted, ``center`` and
     ``seed``). ``resume`` continues the interrupted capture in ``store`` (see
     :func:`capture`); a new capture into a new ``store`` that is interrupted can be resumed
@@ -432,7 +429,8 @@ def capture_for_analysis(
     from factorlens.sketched import capture_sketched
     from factorlens.store import open_store
 
-    if sharded and (store is None or resume or str(device) != "cpu"):
+    options = options or CaptureOptions()
+    if sharded and (store is None or resume or str(options.device) != "cpu"):
         raise FactorlensError(
             "a capture on a Dask cluster writes a new on-disk store on the workers' CPUs: give "
             "`store`, and drop `resume` and a `device` other than cpu"
@@ -451,11 +449,10 @@ def capture_for_analysis(
         clean_stale(target)
         stage = target.with_name(f".{target.name}.staging-{process_tag()}-capture")
     where = target if stage is None else stage
-    options: dict[str, Any] = {
-        "batch_size": batch_size,
+    passes: dict[str, Any] = {
+        "options": options,
         "preprocess": preprocess,
         "select": select,
-        "nonfinite": nonfinite,
         "progress": progress,
         "meta": meta,
     }
@@ -463,27 +460,15 @@ def capture_for_analysis(
     try:
         if where is None:  # in memory: the layers too wide to hold are sketched
             acts = capture_sketched(
-                model,
-                data,
-                layers,
-                rank=sketch_rank,
-                sketch=sketch,
-                memory_budget=memory_budget,
-                device=device,
-                center=center,
-                seed=seed,
-                **options,
+                model, data, layers, rank=sketch_rank, center=center, seed=seed, **passes
             )
             return acts
-        options["compression"] = compression
         if sharded:
             from factorlens.sharded import capture_sharded
 
-            acts = capture_sharded(model, data, where, layers, **options)
+            acts = capture_sharded(model, data, where, layers, **passes)
         else:
-            acts = capture(
-                model, data, layers, device=device, store=where, resume=resume, **options
-            )
+            acts = capture(model, data, layers, store=where, resume=resume, **passes)
     except (KeyboardInterrupt, SystemExit):
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
@@ -519,19 +504,16 @@ def analyze(
     layers: list[str] | str | None = None,
     preprocess: Callable | None = None,
     store: str | Path | None = None,
-    batch_size: int = _C.batch_size,
-    device: str = _C.device,
     select: dict[str, Any] | None = None,
-    nonfinite: str = _C.nonfinite,
-    compression: str = _C.compression,
-    sketch: int | str = _C.sketch,
-    memory_budget: int = _C.memory_budget,
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     report: bool = True,
+    resume: bool = False,
+    sharded: bool = False,
+    capture_options: CaptureOptions | None = None,
     options: EngineOptions | None = None,
-    **engine: Any,
+    **settings: Any,
 ) -> CMTFResult:
     """Capture ``model`` on ``data``, factorize, write everything to ``out``.
 
@@ -555,22 +537,8 @@ def analyze(
         Applied to each batch before the model (not to the stored input block).
     store : str or pathlib.Path, optional
         Capture into a :class:`~factorlens.store.ZarrStore` at this path instead of memory.
-    batch_size : int
-        Samples per forward pass.
-    device : str
-        ``"cpu"`` or ``"cuda"``, for the capture and the factorization.
     select : dict, optional
         ``{layer: index or key}`` for layers that return a tuple, list or dict.
-    nonfinite : str
-        ``"raise"`` on NaN/Inf activations, or ``"zero"`` to replace them with 0.
-    compression : str
-        Chunks of the ``store``: ``"none"`` (raw float32, fastest) or ``"zstd"`` (smaller).
-    sketch : int or str
-        Without ``store``: ``"auto"`` sketches the layers too wide for ``memory_budget``
-        (two forward passes; :mod:`factorlens.sketched`), ``0`` holds every layer whole, a
-        number ``k`` keeps ``k`` directions of every wider layer.
-    memory_budget : int
-        Bytes of activations held in memory without ``store``.
     overwrite : bool
         Replace a result factorlens wrote into ``out`` (and a store at ``store``) before.
     progress : bool
@@ -579,83 +547,92 @@ def analyze(
         Extra JSON-able metadata for the store and the result.
     report : bool
         Also write ``index.html`` and ``figures/``.
+    resume : bool
+        Continue the interrupted capture in ``store`` (the same call otherwise).
+    sharded : bool
+        Run a capture into ``store`` on the workers of the current Dask client.
+    capture_options : CaptureOptions, optional
+        The capture's settings as one object (:class:`~factorlens.options.CaptureOptions`):
+        ``batch_size``, ``device``, ``nonfinite``, the ``compression`` of ``store``, and
+        without ``store`` ``sketch`` (``"auto"`` sketches the layers too wide for
+        ``memory_budget``, in two forward passes, :mod:`factorlens.sketched`; ``0`` holds
+        every layer whole; ``k`` keeps ``k`` directions of every wider layer) and
+        ``memory_budget`` (bytes of activations held in memory).
     options : EngineOptions, optional
-        The factorization's settings as one object (see :mod:`factorlens.options`).
-    **engine
-        The same settings as keywords, which win over ``options``: the parameters of
-        :class:`factorlens.factorize.CMTF` (``nonneg``, ``l1_penalty``, ``weighting``,
-        ``center``, ``tensor_blocks``, ``n_init``, ``n_iter_max``, ``tol``, ``random_state``).
+        The factorization's settings as one object (:class:`~factorlens.options.EngineOptions`,
+        the parameters of :class:`factorlens.factorize.CMTF`).
+    **settings
+        Fields of either as keywords, which win over the objects (``batch_size=64``,
+        ``nonneg=True``, ``n_iter_max=200``); a field of both (``device``, ``memory_budget``)
+        sets both: ``device="cuda"`` runs the forward passes and the fit there.
 
     Returns
     -------
     CMTFResult
         The fitted factorization.
     """
+    capture, engine = split_settings(settings, capture_options, options)
     return _capture_and_fit(
-        analyze_store,
         model,
         data,
         out=out,
         rank=rank,
-        device=device,
         overwrite=overwrite,
         progress=progress,
         report=report,
-        opts=engine_options(options, **engine),
+        capture=capture,
+        engine=engine,
         layers=layers,
         preprocess=preprocess,
         store=store,
-        batch_size=batch_size,
         select=select,
-        nonfinite=nonfinite,
-        compression=compression,
         meta=meta,
-        sketch=sketch,
-        memory_budget=memory_budget,
+        resume=resume,
+        sharded=sharded,
     )
 
 
 def _capture_and_fit(
-    fit_store: Callable[..., CMTFResult],
     model: Any,
     data: Any,
     *,
     out: str | Path,
     rank: int,
-    device: str,
     overwrite: bool,
     progress: bool,
     report: bool,
-    opts: EngineOptions,
-    **capture: Any,
+    capture: CaptureOptions,
+    engine: EngineOptions,
+    **where: Any,
 ) -> CMTFResult:
-    """Capture ``model`` for a fit at ``rank``, then run ``fit_store`` on it into ``out``.
+    """Capture ``model`` for a fit at ``rank``, then fit it into ``out`` (:func:`analyze_store`).
 
-    ``fit_store`` is :func:`analyze_store` or :func:`compare_store`; ``capture`` the rest of
-    :func:`capture_for_analysis`'s arguments. A sketch keeps directions for ``rank``
-    components, centred and seeded as the fit will be.
+    ``capture`` and ``engine`` are the two stages' settings; ``where`` the rest of
+    :func:`capture_for_analysis`'s arguments (layers, store, metadata). A sketch keeps
+    directions for ``rank`` components, centred and seeded as the fit will be.
     """
+    seed = engine.random_state  # a sketch's draws seeded as the fit's (a Generator: the default)
+    seed = int(seed) if isinstance(seed, numbers.Integral) else DEFAULT_SEED
     acts = capture_for_analysis(
         model,
         data,
         out=out,
-        device=device,
+        options=capture,
         overwrite=overwrite,
         progress=progress,
         sketch_rank=rank,
-        center=opts.center,
-        seed=int(opts.random_state or DEFAULT_SEED),
-        **capture,
+        center=engine.center,
+        seed=seed,
+        **where,
     )
-    return fit_store(
+    return analyze_store(
         acts,
         out=out,
         rank=rank,
         overwrite=overwrite,
         progress=progress,
         report=report,
-        device=device,
-        options=opts,
+        options=engine,
     )
 
 
@@ -667,12 +644,15 @@ def analyze_store(
     overwrite: bool = False,
     progress: bool = True,
     report: bool = True,
-    device: str = _C.device,
     extra_meta: dict[str, Any] | None = None,
     options: EngineOptions | None = None,
     **engine: Any,
 ) -> CMTFResult:
     """Factorize an activation store (in memory or reopened from disk) and write ``out``.
+
+    A store of several models' layers (from :func:`compare`; its ``meta["models"]`` names
+    them, each block ``label.layer``) also gets ``result.meta["comparison"]``: which models
+    carry each component and linear CKA between their matched layers.
 
     Parameters
     ----------
@@ -689,28 +669,53 @@ def analyze_store(
         Show a progress bar on stderr.
     report : bool
         Also write ``index.html`` and ``figures/``.
-    device : str
-        ``"cpu"`` or ``"cuda"`` for the factorization's data products.
     extra_meta : dict, optional
         Merged into the result's metadata (e.g. the rank scan's evidence).
     options : EngineOptions, optional
         The factorization's settings as one object.
     **engine
-        The same as keywords (they win): the parameters of :class:`factorlens.factorize.CMTF`.
+        The same as keywords (they win): the parameters of :class:`factorlens.factorize.CMTF`,
+        ``device`` (where the factorization's data products run) among them.
 
     Returns
     -------
     CMTFResult
         The fitted factorization.
     """
+    from factorlens.comparison import labels_in
+
     out = check_output_dir(out, overwrite)
-    opts = replace(engine_options(options, **engine), device=device)
+    opts = engine_options(options, **engine)
+    start = time.perf_counter()
     result = _fit_store(acts, rank, progress, opts)
     result.meta.update(extra_meta or {})
-    names = (acts.meta or {}).get("class_names")
-    predictions = predicted_classes(acts, len(names) if names else None)
+    labels = labels_in(acts.meta)
+    predictions = None  # several models answer: no one model's predictions are the inputs'
+    if labels:
+        _compared(result, acts, labels, opts, time.perf_counter() - start)
+    else:
+        names = (acts.meta or {}).get("class_names")
+        predictions = predicted_classes(acts, len(names) if names else None)
     _write_store_result(acts, out, result, overwrite, report, opts, predictions)
     return result
+
+
+def _compared(
+    result: CMTFResult, acts: ActivationStore, labels: list[str], opts: EngineOptions, fit: float
+) -> None:
+    """Add ``meta["comparison"]`` to the fit of a store of several models' layers.
+
+    Which models carry each component, and linear CKA between their matched layers; ``fit``
+    is the fit's seconds, recorded beside CKA's.
+    """
+    from factorlens.comparison import component_sharing, linear_cka
+
+    start = time.perf_counter()
+    sharing = component_sharing(result, labels)
+    seed = opts.random_state if isinstance(opts.random_state, numbers.Integral) else None
+    cka = linear_cka(acts, labels, seed=int(seed or DEFAULT_SEED))
+    seconds = {"fit": round(fit, 2), "cka": round(time.perf_counter() - start, 2)}
+    result.meta["comparison"] = {"sharing": sharing.to_dict(), "cka": cka, "seconds": seconds}
 
 
 def _fit_store(acts: ActivationStore, rank: int, progress: bool, opts: EngineOptions) -> CMTFResult:
@@ -756,20 +761,15 @@ def compare(
     preprocess: Callable | None = None,
     model_preprocess: Mapping[str, Callable | None] | None = None,
     store: str | Path | None = None,
-    batch_size: int = _C.batch_size,
-    device: str = _C.device,
-    nonfinite: str = _C.nonfinite,
-    compression: str = _C.compression,
-    sketch: int | str = _C.sketch,
-    memory_budget: int = _C.memory_budget,
     overwrite: bool = False,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     report: bool = True,
     resume: bool = False,
     sharded: bool = False,
+    capture_options: CaptureOptions | None = None,
     options: EngineOptions | None = None,
-    **engine: Any,
+    **settings: Any,
 ) -> CMTFResult:
     """Capture several models on the same inputs, factorize all their layers jointly, write ``out``.
 
@@ -802,9 +802,9 @@ def compare(
         Continue the interrupted capture in ``store`` (the same call otherwise).
     sharded : bool
         Run a capture into ``store`` on the workers of the current Dask client.
-    options, **engine
-        The factorization's settings, as in :func:`analyze`; the rest (``batch_size`` …
-        ``report``) as there too.
+    capture_options, options, **settings
+        The capture's and the factorization's settings, as in :func:`analyze`; the rest
+        (``overwrite`` … ``report``) as there too.
 
     Returns
     -------
@@ -813,9 +813,7 @@ def compare(
     """
     from factorlens.modelset import ModelSet, model_layers
 
-    opts = engine_options(options, **engine)
     modelset = ModelSet(models, model_preprocess)
-    names = model_layers(modelset, layers)
     given = (meta or {}).get("models") or {}
     described = {
         label: str(given.get(label) or type(getattr(modelset, label)).__name__)
@@ -824,68 +822,40 @@ def compare(
     meta = {**(meta or {}), "models": described}
     meta.setdefault("model", f"{len(described)} models: " + ", ".join(described))
     meta.setdefault("model_name", " vs ".join(described))
-    return _capture_and_fit(
-        compare_store,
+    return analyze(  # one store of every model's layers: analyze_store adds the comparison
         modelset,
         data,
         out=out,
         rank=rank,
-        device=device,
-        overwrite=overwrite,
-        progress=progress,
-        report=report,
-        opts=opts,
-        layers=names,
+        layers=model_layers(modelset, layers),
         preprocess=preprocess,
         store=store,
-        batch_size=batch_size,
-        nonfinite=nonfinite,
-        compression=compression,
+        overwrite=overwrite,
+        progress=progress,
         meta=meta,
+        report=report,
         resume=resume,
         sharded=sharded,
-        sketch=sketch,
-        memory_budget=memory_budget,
+        capture_options=capture_options,
+        options=options,
+        **settings,
     )
 
 
-def compare_store(
-    acts: ActivationStore,
-    *,
-    out: str | Path,
-    rank: int = DEFAULT_RANK,
-    overwrite: bool = False,
-    progress: bool = True,
-    report: bool = True,
-    device: str = _C.device,
-    options: EngineOptions | None = None,
-    **engine: Any,
-) -> CMTFResult:
+def compare_store(acts: ActivationStore, **kwargs: Any) -> CMTFResult:
     """Factorize a store of several models' layers (from :func:`compare`) and write ``out``.
 
-    Parameters are those of :func:`analyze_store`; the store's ``meta["models"]`` names the
-    models (each block is ``label.layer``).
+    :func:`analyze_store` with the same keyword arguments (``out``, ``rank``, ...), which
+    adds the comparison to such a store's result; this also refuses a store of one model.
     """
-    from factorlens.comparison import component_sharing, labels_in, linear_cka
+    from factorlens.comparison import labels_in
 
-    labels = labels_in(acts.meta)
-    if not labels:
+    if not labels_in(acts.meta):
         raise FactorlensError(
             "this store holds one model's layers (its meta names no 'models'); analyse it "
             "with analyze, or capture several models with compare"
         )
-    out = check_output_dir(out, overwrite)
-    opts = replace(engine_options(options, **engine), device=device)
-    start = time.perf_counter()
-    result = _fit_store(acts, rank, progress, opts)
-    fitted = time.perf_counter()
-    sharing = component_sharing(result, labels)
-    cka = linear_cka(acts, labels, seed=int(opts.random_state or DEFAULT_SEED))
-    seconds = {"fit": round(fitted - start, 2), "cka": round(time.perf_counter() - fitted, 2)}
-    result.meta["comparison"] = {"sharing": sharing.to_dict(), "cka": cka, "seconds": seconds}
-    # several models answer: no one model's predictions are the inputs' predictions
-    _write_store_result(acts, out, result, overwrite, report, opts, None)
-    return result
+    return analyze_store(acts, **kwargs)
 
 
 def _title(meta: dict[str, Any]) -> str:

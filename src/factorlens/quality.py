@@ -54,7 +54,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from factorlens.errors import FactorlensError
-from factorlens.options import DEFAULT_SEED, CaptureOptions, QualityOptions, RankOptions
+from factorlens.options import (
+    DEFAULT_SEED,
+    CaptureOptions,
+    QualityOptions,
+    RankOptions,
+    capture_settings,
+)
 from factorlens.rows import in_memory, row_chunks
 from factorlens.spectra import effective_rank
 
@@ -64,7 +70,6 @@ if TYPE_CHECKING:
     from factorlens.store import ActivationStore
 
 #: the capture and scoring defaults (one place: the options dataclasses)
-_C = CaptureOptions()
 _Q = QualityOptions()
 _R = RankOptions()
 #: shift of the moved copy, as a fraction of the image side (at least 1 pixel)
@@ -355,51 +360,67 @@ def capture_for_score(
     model: Any,
     data: Any,
     *,
+    options: CaptureOptions | None = None,
     layers: list[str] | str | None = None,
     scan: bool = True,
     max_rank: int = _R.max_rank,
-    **options: Any,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    store: str | os.PathLike[str] | None = None,
+    select: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> ActivationStore:
     """Capture in one forward pass what the score (and the rank scan) needs.
 
     The pass records the input, the model's output (block ``OUTPUT_BLOCK``) and, when
-    ``scan`` (the joint rank is scanned), ``layers`` (default: every representation layer);
-    ``options`` go to :func:`factorlens.capture.capture` (``store=PATH`` captures to disk, e.g.
-    a path from :func:`scratch_store`). In memory, layers too wide for ``memory_budget`` are
+    ``scan`` (the joint rank is scanned), ``layers`` (default: every representation layer),
+    with the capture's settings ``options``. ``store=PATH`` captures to disk (e.g. a path from
+    :func:`scratch_store`); in memory, layers too wide for the options' ``memory_budget`` are
     sketched for up to ``max_rank`` components (:func:`factorlens.sketched.capture_sketched`:
-    two passes; ``sketch`` and ``memory_budget`` among ``options``).
+    two passes).
     """
     from factorlens.capture import capture
     from factorlens.sketched import capture_sketched
 
-    sketching = {k: options.pop(k) for k in ("sketch", "memory_budget") if k in options}
+    where: dict[str, Any] = {
+        "options": options,
+        "preprocess": preprocess,
+        "select": select,
+        "meta": meta,
+    }
     if not scan:  # the score needs no layer
-        return capture(model, data, [], progress=False, output=OUTPUT_BLOCK, **options)
-    if options.get("store") is None:  # in memory: layers too wide to hold are sketched
-        options.pop("store", None)
+        return capture(model, data, [], store=store, progress=False, output=OUTPUT_BLOCK, **where)
+    if store is None:  # in memory: layers too wide to hold are sketched
         return capture_sketched(
-            model,
-            data,
-            layers,
-            rank=max_rank,
-            progress=False,
-            output=OUTPUT_BLOCK,
-            **sketching,
-            **options,
+            model, data, layers, rank=max_rank, progress=False, output=OUTPUT_BLOCK, **where
         )
-    return capture(model, data, layers, progress=False, output=OUTPUT_BLOCK, **options)
+    return capture(model, data, layers, store=store, progress=False, output=OUTPUT_BLOCK, **where)
 
 
-def perturbed_outputs(model: Any, copies: Sequence[np.ndarray], **options: Any) -> list[np.ndarray]:
+def perturbed_outputs(
+    model: Any,
+    copies: Sequence[np.ndarray],
+    options: CaptureOptions | None = None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[np.ndarray]:
     """Return the model's outputs ``(N, K)`` on each perturbed copy of the inputs.
 
-    The copies come from :func:`perturbations`; ``options`` (batch_size, device, preprocess)
-    go to :func:`factorlens.capture.capture`.
+    The copies come from :func:`perturbations`; ``options`` (the capture's settings) and
+    ``preprocess`` go to :func:`factorlens.capture.capture`.
     """
     from factorlens.capture import capture
 
     return [
-        model_outputs(capture(model, c, [], progress=False, output=OUTPUT_BLOCK, **options))
+        model_outputs(
+            capture(
+                model,
+                c,
+                [],
+                options=options,
+                preprocess=preprocess,
+                progress=False,
+                output=OUTPUT_BLOCK,
+            )
+        )
         for c in copies
     ]
 
@@ -411,12 +432,12 @@ def assess(
     layers: list[str] | str | None = None,
     max_rank: int = _R.max_rank,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    batch_size: int = _C.batch_size,
-    device: str = _C.device,
     random_state: int = DEFAULT_SEED,
     checkpoint: str | None = None,
     scan: bool = True,
     scratch: str | os.PathLike[str] | None = _Q.scratch,
+    capture_options: CaptureOptions | None = None,
+    **settings: Any,
 ) -> QualityReport:
     """Capture ``model`` on ``data``, score it on its own and scan its joint rank.
 
@@ -436,10 +457,6 @@ def assess(
         The rank scan tries every R from 1 to ``max_rank``.
     preprocess : callable, optional
         Applied to each batch before the model.
-    batch_size : int
-        Samples per forward pass.
-    device : str
-        ``"cpu"`` or ``"cuda"``.
     random_state : int
         Draws the perturbations and the scan.
     checkpoint : str, optional
@@ -450,18 +467,30 @@ def assess(
         Capture into a temporary zarr store in this folder (removed before returning)
         instead of memory, so that the rank scan reads layers above the engine's memory
         budget from disk chunk by chunk.
+    capture_options : CaptureOptions, optional
+        The capture's settings (``batch_size``, ``device``, ...;
+        :class:`~factorlens.options.CaptureOptions`).
+    **settings
+        Those fields as keywords (``batch_size=64``), which win over ``capture_options``.
 
     Returns
     -------
     QualityReport
         The single-checkpoint assessment.
     """
-    options = {"batch_size": batch_size, "device": device, "preprocess": preprocess}
+    options = capture_settings(capture_options, **settings)
     images = np.asarray(getattr(data, "images", data), dtype=np.float32)
-    perturbed = perturbed_outputs(model, perturbations(images, random_state), **options)
+    perturbed = perturbed_outputs(model, perturbations(images, random_state), options, preprocess)
     with scratch_store(scratch) as where:
         store = capture_for_score(
-            model, data, layers=layers, scan=scan, max_rank=max_rank, store=where, **options
+            model,
+            data,
+            options=options,
+            layers=layers,
+            scan=scan,
+            max_rank=max_rank,
+            preprocess=preprocess,
+            store=where,
         )
         return assess_store(
             store,
@@ -557,7 +586,9 @@ def score_checkpoints(
     mode: str = _Q.mode,
     names: Sequence[str] | None = None,
     random_state: int = DEFAULT_SEED,
-    **options: Any,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    capture_options: CaptureOptions | None = None,
+    **settings: Any,
 ) -> list[QualityReport]:
     """Score several checkpoints (built models) on the same ``data``; no rank scan.
 
@@ -574,8 +605,12 @@ def score_checkpoints(
         The checkpoints' names in the reports.
     random_state : int
         Draws the perturbations and the bootstrap.
-    **options
-        ``batch_size``, ``device``, ``preprocess``: go to the capture.
+    preprocess : callable, optional
+        Applied to each batch before the model.
+    capture_options : CaptureOptions, optional
+        The capture's settings (``batch_size``, ``device``, ...).
+    **settings
+        Those fields as keywords, which win over ``capture_options``.
 
     Returns
     -------
@@ -584,7 +619,12 @@ def score_checkpoints(
     """
     chosen = resolve_mode(mode, len(models))
     reports, outputs = assess_checkpoints(
-        models, data, names=names, random_state=random_state, **options
+        models,
+        data,
+        names=names,
+        random_state=random_state,
+        preprocess=preprocess,
+        options=capture_settings(capture_options, **settings),
     )
     return score_together(reports, outputs, chosen)
 
@@ -595,19 +635,21 @@ def assess_checkpoints(
     *,
     names: Sequence[str] | None = None,
     random_state: int = DEFAULT_SEED,
-    **options: Any,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    options: CaptureOptions | None = None,
 ) -> tuple[list[QualityReport], list[np.ndarray]]:
     """Score each checkpoint on its own and keep its ``(N, K)`` outputs; no rank scan.
 
     The two lists feed :func:`score_together`, once or for several subsets of the
-    checkpoints; the parameters are :func:`score_checkpoints`'.
+    checkpoints; the parameters are :func:`score_checkpoints`' (``options`` the capture's
+    settings).
     """
     images = np.asarray(getattr(data, "images", data), dtype=np.float32)
     copies = perturbations(images, random_state)
     reports, outputs = [], []
     for i, model in enumerate(models):
-        store = capture_for_score(model, data, scan=False, **options)
-        perturbed = perturbed_outputs(model, copies, **options)
+        store = capture_for_score(model, data, options=options, scan=False, preprocess=preprocess)
+        perturbed = perturbed_outputs(model, copies, options, preprocess)
         name = None if names is None else names[i]
         reports.append(
             assess_store(store, perturbed, random_state=random_state, checkpoint=name, scan=False)

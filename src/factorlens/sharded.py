@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from factorlens.capture import _run_capture, capture, finish_store, select_layers
+from factorlens.capture import (
+    _run_capture,
+    capture,
+    finish_store,
+    select_layers,
+    whole_layer_options,
+)
 from factorlens.errors import FactorlensError, FactorlensRuntimeError
 from factorlens.options import CaptureOptions
 from factorlens.store import ZarrStore, default_chunk_rows
-
-_C = CaptureOptions()
 
 
 class _FirstRows:
@@ -102,9 +107,12 @@ def _capture_shard(
     layers: list[str],
     start: int,
     stop: int,
-    options: dict[str, Any],
+    task: tuple[CaptureOptions, dict[str, Any]],
 ) -> dict[str, int]:
     """Run on a worker: capture rows ``[start, stop)`` into the store; return non-finite counts.
+
+    ``task`` is the capture's settings and the rest of :func:`_run_capture`'s arguments
+    (``preprocess``, ``select``, ``output``); the model runs on the worker's CPU.
 
     Stops before its next batch once the client has given the capture up (:data:`ABANDONED`).
     """
@@ -123,13 +131,13 @@ def _capture_shard(
             _FirstRows(rows, stop),
             layers,
             store,
-            device=torch.device("cpu"),
+            replace(task[0], device="cpu"),
             progress=False,
             start_row=start,
             counts={},
             stop_if=abandoned.exists,
             check_determinism=False,  # the client's first batch checked the model
-            **options,
+            **task[1],
         )
         store.flush()
         return counts
@@ -147,16 +155,15 @@ def capture_sharded(
     store: str | os.PathLike[str],
     layers: Sequence[str] | str | None = None,
     *,
-    batch_size: int = _C.batch_size,
+    options: CaptureOptions | None = None,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     labels: Any = None,
     select: Mapping[str, int | str] | None = None,
-    nonfinite: str = _C.nonfinite,
-    compression: str = _C.compression,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     output: str | None = None,
+    **settings: Any,
 ) -> ZarrStore:
     """Capture like :func:`factorlens.capture`, sharded over the current Dask client's workers.
 
@@ -171,8 +178,8 @@ def capture_sharded(
         so an object that makes or reads its rows lazily keeps that cheap).
     store : str or os.PathLike
         The new store's directory, on a file system every worker can write to.
-    layers, batch_size, preprocess, labels, select, nonfinite, compression, meta, output
-        As for :func:`factorlens.capture`.
+    layers, options, settings, preprocess, labels, select, meta, output
+        As for :func:`factorlens.capture` (the ``device`` is the workers' CPU).
     progress : bool
         Show a progress bar of finished shards on stderr.
     overwrite : bool
@@ -187,6 +194,8 @@ def capture_sharded(
     from factorlens.factorize.distributed import current_client
     from factorlens.progress import progress_bar
 
+    opts = whole_layer_options(options, settings)
+    batch_size = int(opts.batch_size)
     rows, data_labels, data_meta = _row_source(data)
     n = int(rows.shape[0])
     labels = data_labels if labels is None else labels
@@ -205,10 +214,9 @@ def capture_sharded(
         model,
         np.asarray(rows[0 : min(batch_size, n)], dtype=np.float32),
         None if layers is None and not only_output else chosen,
-        batch_size=batch_size,
+        options=replace(opts, device="cpu"),
         preprocess=preprocess,
         select=select,
-        nonfinite=nonfinite,
         output=output,
         progress=False,
     )
@@ -218,19 +226,19 @@ def capture_sharded(
     chunks, shard = chunk_layout(
         {b: first.shape(b)[1:] for b in first.names}, n, batch_size, n_workers
     )
-    settings = {
+    recorded = {
         "n_samples": n,
         "batch_size": batch_size,
         "layers": chosen,
         "select": dict(select or {}),
-        "nonfinite": nonfinite,
+        "nonfinite": opts.nonfinite,
         "output": output,
         "device": "cpu",
         "meta": dict(meta or {}),
         "sharded": shard,
     }
     target = ZarrStore.create(
-        store, overwrite=overwrite, fingerprint=settings, compression=compression
+        store, overwrite=overwrite, fingerprint=recorded, compression=opts.compression
     )
     try:
         for b in first.names:
@@ -251,17 +259,11 @@ def capture_sharded(
             chosen,
             n,
             shard,
-            {
-                "batch_size": batch_size,
-                "preprocess": preprocess,
-                "select": dict(select or {}),
-                "nonfinite": nonfinite,
-                "output": output,
-            },
+            (opts, {"preprocess": preprocess, "select": dict(select or {}), "output": output}),
             progress_bar(-(-n // shard), "capture shards", unit="shard", disable=not progress),
         )
         target.finish_shards(n)
-        finish_store(target, model, labels, {**data_meta, **dict(meta or {})}, settings, counts)
+        finish_store(target, model, labels, {**data_meta, **dict(meta or {})}, recorded, counts)
     except BaseException:
         target.discard()  # after every shard has stopped (_run_shards waits for them)
         raise
@@ -296,7 +298,7 @@ def _run_shards(
     layers: list[str],
     n: int,
     shard: int,
-    options: dict[str, Any],
+    task: tuple[CaptureOptions, dict[str, Any]],
     bar: Any,
 ) -> dict[str, int]:
     """Submit every shard, wait for all of them; return the summed non-finite counts.
@@ -309,7 +311,7 @@ def _run_shards(
     model_f, rows_f = client.scatter([_model_bytes(model), rows], broadcast=True, hash=False)
     futures = [
         client.submit(
-            _capture_shard, path, model_f, rows_f, layers, s, min(s + shard, n), options, pure=False
+            _capture_shard, path, model_f, rows_f, layers, s, min(s + shard, n), task, pure=False
         )
         for s in range(0, n, shard)
     ]

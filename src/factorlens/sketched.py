@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -56,7 +56,7 @@ from factorlens.errors import FactorlensError, FactorlensRuntimeError
 from factorlens.factorize.penalty import MAX_SIDE
 from factorlens.factorize.reduced import ReducedBlock
 from factorlens.modelio import resolve_device
-from factorlens.options import DEFAULT_RANK, DEFAULT_SEED, CaptureOptions
+from factorlens.options import DEFAULT_RANK, DEFAULT_SEED, CaptureOptions, capture_settings
 from factorlens.rows import Levels
 from factorlens.store import ActivationStore, MemoryStore, _Spec
 from factorlens.writer import check_finite
@@ -413,20 +413,17 @@ def capture_sketched(
     data: Any,
     layers: Sequence[str] | str | None = None,
     *,
+    options: CaptureOptions | None = None,
     rank: int = DEFAULT_RANK,
-    sketch: int | str = _C.sketch,
-    memory_budget: int = _C.memory_budget,
-    batch_size: int = _C.batch_size,
-    device: str | torch.device = _C.device,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     labels: Any = None,
     select: Mapping[str, int | str] | None = None,
-    nonfinite: str = _C.nonfinite,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
     output: str | None = None,
     center: bool = False,
     seed: int = DEFAULT_SEED,
+    **settings: Any,
 ) -> ActivationStore:
     """Capture ``model`` on ``data`` in memory, sketching the layers too wide to hold.
 
@@ -437,15 +434,17 @@ def capture_sketched(
 
     Parameters
     ----------
-    model, data, layers, batch_size, device, preprocess, labels, select, nonfinite, meta, output
+    model, data, layers, preprocess, labels, select, meta, output
         As for :func:`factorlens.capture`.
+    options : CaptureOptions, optional
+        The capture's settings; here ``sketch`` (``"auto"``, ``0``: every block whole, or
+        ``k``; see :func:`plan_sketch`) and ``memory_budget`` (bytes of activations, or their
+        sketches, held in memory) count too.
+    **settings
+        Those fields as keywords; they win over ``options``.
     rank : int
         The largest number of components that will be fitted (the rank, or the rank scan's
         largest R): ``sketch="auto"`` keeps ``rank + 30`` directions where the budget allows.
-    sketch : int or str
-        ``"auto"``, ``0`` (hold every block whole) or ``k`` (see :func:`plan_sketch`).
-    memory_budget : int
-        Bytes of activations (or their sketches) held in memory.
     progress : bool
         Show each pass's progress on stderr.
     center : bool
@@ -460,13 +459,15 @@ def capture_sketched(
         else a :class:`SketchedStore` whose ``meta["sketch"]`` records the plan and each
         sketched layer's captured energy.
     """
+    opts = capture_settings(options, **settings)
     images, n, labels, chosen, select_map, data_meta = _check_capture_args(
-        model, data, layers, batch_size, labels, select, nonfinite, output
+        model, data, layers, labels, select, output
     )
-    _check_sketch(sketch, memory_budget, rank)
-    dev = resolve_device(str(device))
-    options = {"device": dev, "preprocess": preprocess, "select": select_map, "output": output}
-    probe = _Probe(model, chosen, drop_unused=layers is None, **options)  # blocks and widths
+    sketch, memory_budget, batch_size = opts.sketch, opts.memory_budget, int(opts.batch_size)
+    _check_sketch(sketch, rank)
+    dev = resolve_device(str(opts.device))
+    passes = {"device": dev, "preprocess": preprocess, "select": select_map, "output": output}
+    probe = _Probe(model, chosen, drop_unused=layers is None, **passes)  # blocks and widths
     size = min(n, int(batch_size), PROBE_INPUTS)
     probe.run(images[:size], batch_size=size, progress=False)
     chosen = probe.chosen  # default layers that never ran are left out
@@ -486,12 +487,10 @@ def capture_sketched(
             model,
             data,
             chosen,
-            batch_size=batch_size,
-            device=dev,
+            options=replace(opts, device=str(dev)),
             preprocess=preprocess,
             labels=labels,
             select=select_map,
-            nonfinite=nonfinite,
             progress=progress,
             meta=meta,
             output=output,
@@ -510,9 +509,9 @@ def capture_sketched(
         sketched=plan.sketched,
         size=plan.size,
         seed=seed,
-        nonfinite=nonfinite,
+        nonfinite=opts.nonfinite,
         center=center,
-        **options,
+        **passes,
     )
     first.checked_determinism = True  # the probe ran a few inputs twice already
     first.run(
@@ -526,7 +525,7 @@ def capture_sketched(
     for name in plan.sketched:  # each sketch replaced by its orthonormal basis, one at a time
         bases[name] = _orthonormal(first.sketch.pop(name))
     wide = [m for m in chosen if any(first.blocks.get(b) == m for b in plan.sketched)]
-    second = _ProjectPass(model, wide, bases=bases, n=n, nonfinite=nonfinite, **options)
+    second = _ProjectPass(model, wide, bases=bases, n=n, nonfinite=opts.nonfinite, **passes)
     second.checked_determinism = True  # and the two passes' energies are compared below
     second.run(
         images,
@@ -581,7 +580,7 @@ def capture_sketched(
         "n_samples": n,
         "device": str(dev),
         "select": select_map,
-        "nonfinite_policy": nonfinite,
+        "nonfinite_policy": opts.nonfinite,
         "nonfinite": {b: int(first.counts.get(b, 0)) for b, *_ in blocks},
         "sketch": {
             "size": plan.size,
@@ -594,24 +593,13 @@ def capture_sketched(
     return SketchedStore(blocks, labels, full_meta)
 
 
-def _check_sketch(sketch: Any, memory_budget: Any, rank: Any) -> None:
-    """One-line errors for a bad ``sketch``, ``memory_budget`` or ``rank``."""
-    if not (sketch == "auto" or (isinstance(sketch, int | np.integer) and sketch >= 0)) or (
-        isinstance(sketch, bool)
-    ):
-        raise FactorlensError(
-            f"`sketch` must be 'auto', 0 (every layer whole) or a number of directions >= 1, "
-            f"got {sketch!r}"
-        )
+def _check_sketch(sketch: int | str, rank: int) -> None:
+    """One-line error for a ``sketch`` size not above ``rank`` (its range: CaptureOptions)."""
     if isinstance(sketch, int | np.integer) and 0 < sketch <= rank:
         raise FactorlensError(
             f"`sketch` ({sketch}) must exceed the rank {rank}: give rank + 10 directions or "
             "more (rank + 30 is the default)"
         )
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | np.integer):
-        raise FactorlensError(f"`memory_budget` must be a number of bytes, got {memory_budget!r}")
-    if memory_budget <= 0:
-        raise FactorlensError(f"`memory_budget` must be positive, got {memory_budget}")
 
 
 def _check_deterministic(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray]) -> None:
