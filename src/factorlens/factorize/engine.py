@@ -26,24 +26,23 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import linalg
+from factorlens.factorize.als import ALS, State, converged, refit_penalties
 from factorlens.factorize.blocks import (
     Block,
     block_weights,
     check_blocks,
 )
-from factorlens.factorize.linalg import khatri_rao
+from factorlens.factorize.diagnostics import cancelling_pair, degenerate_pair
+from factorlens.factorize.initial import initial_state
 from factorlens.factorize.reduced import ReducedBlock, as_block, expand_result
 from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.rowspace import through_rowspace
-from factorlens.factorize.stacked import StackedMatrices
-from factorlens.interrupt import check as check_cancelled
 from factorlens.options import EngineOptions, check_fields
 
 #: the defaults of every parameter but the rank (one place: the options dataclass)
@@ -51,19 +50,6 @@ _E = EngineOptions()
 
 #: ALS iterations on the full data after a fit on compressed samples (``compress_rows``)
 REFINE_ITER = 5
-
-
-@dataclass
-class _State:
-    """Factors during the fit: ``F[b][0]`` absorbs σ (unnormalised), the other modes unit-norm."""
-
-    A: np.ndarray
-    F: list[list[np.ndarray]]
-
-
-def _refit_penalties(state: _State) -> list[np.ndarray]:
-    """Return the penalties of a refit: 0 on every live strength, infinite on a zero one."""
-    return [np.where(np.linalg.norm(Fb[0], axis=0) > 0, 0.0, np.inf) for Fb in state.F]
 
 
 # ------------------------------------------------------------------------------ the estimator
@@ -312,42 +298,39 @@ class CMTF:
             return self._fit_compressed(data)
         scales = [b.scale for b in data]
         models = self._block_models(names, [b.shape for b in data])
-        self._stack = StackedMatrices.build(data, models)  # many matrix blocks: one product
         rng = np.random.default_rng(self.random_state)
-        self._pen = self._penalties(data, rng)
+        als = self._iterations(data, models, self._penalties(data, rng))
+        self._pen = als.penalty
         self._refitted = False  # strengths unshrunk: refitted without the penalty
 
         starts = [self.init] + ["random"] * (self.n_init - 1)
-        best: tuple[float, _State, list[float], list[float]] | None = None
+        best: tuple[float, State, list[float], list[float]] | None = None
         for k, how in enumerate(starts):
-            state = self._initial_state(data, models, how, rng)
+            state = initial_state(data, models, how, rng, self.rank, self.nonneg)
             iters = self.n_iter_max if len(starts) == 1 else min(self.screen_iter, self.n_iter_max)
-            state, hist, blk = self._als(data, models, state, iters, label=f"start {k + 1}")
+            state, hist, blk = als.run(state, iters, label=f"start {k + 1}")
             if best is None or hist[-1] < best[0]:
                 best = (hist[-1], state, hist, blk)
         assert best is not None
         _, state, hist, blk = best
         stages: list[list[Any]] = [["fit", 0]]  # [what, its first entry in the history]
-        if len(starts) > 1 and len(hist) < self.n_iter_max and not self._converged(hist):
-            state, more, blk = self._als(
-                data, models, state, self.n_iter_max - len(hist), label="refine"
-            )
+        if len(starts) > 1 and len(hist) < self.n_iter_max and not converged(hist, self.tol):
+            state, more, blk = als.run(state, self.n_iter_max - len(hist), label="refine")
             stages.append(["refine", len(hist)])
             hist = hist + more[1:]  # more[0] is the loss the refine started from
-        if self.l1_penalty == "auto" and self.refit != "never" and not _degenerate_pair(state):
+        if self.l1_penalty == "auto" and self.refit != "never" and not degenerate_pair(state):
             # relaxed lasso: the penalty chose which strengths are zero; refit the others
             # without it (zeros held by an infinite penalty), so strengths are not shrunk.
             # Skipped when two live components share their loadings, and undone when the
             # refit makes two components cancel: without the penalty such strengths diverge
             # in opposite directions (a degenerate pair), which the penalty prevents.
-            chosen = self._pen
-            self._pen = _refit_penalties(state)
-            refit, more, refit_blk = self._als(data, models, state, self.n_iter_max, label="refit")
-            if self.refit == "always" or not _cancelling_pair(refit):
+            als.penalty = refit_penalties(state)
+            refit, more, refit_blk = als.run(state, self.n_iter_max, label="refit")
+            if self.refit == "always" or not cancelling_pair(refit):
                 stages.append(["refit", len(hist)])  # another objective: no penalty
                 state, blk, hist = refit, refit_blk, hist + more[1:]
                 self._refitted = True
-            self._pen = chosen
+            als.penalty = self._pen  # the chosen penalties: the result's noise floors
         self._state = state
         self.result_ = self._result(data, models, state, hist, blk, scales)
         self.result_.options["loss_stages"] = stages
@@ -394,15 +377,15 @@ class CMTF:
         Q, small = compress_samples(data, int(self.compress_rows), rng, spectrum=auto)
         inner = CMTF(**{**self.get_params(), "compress_rows": 0, "check_fewer": False})
         inner.fit_blocks(small)
-        self._pen = inner._pen
+        penalty = inner._pen
         if inner._refitted:  # refine as the refit ran: the kept strengths unpenalized
-            self._pen = _refit_penalties(inner._state)
+            penalty = refit_penalties(inner._state)
         self._refitted = inner._refitted
         names = [b.name for b in data]
         models = self._block_models(names, [b.shape for b in data])
-        self._stack = StackedMatrices.build(data, models)
-        start = _State(A=Q @ inner._state.A, F=[list(f) for f in inner._state.F])
-        state, more, blk = self._als(data, models, start, REFINE_ITER + 1, label="refine")
+        start = State(A=Q @ inner._state.A, F=[list(f) for f in inner._state.F])
+        als = self._iterations(data, models, penalty)
+        state, more, blk = als.run(start, REFINE_ITER + 1, label="refine")
         self._pen = inner._pen
         hist = inner.result_.loss_history + more[1:]
         stages = [[f"{what} (compressed)", at] for what, at in inner.result_.options["loss_stages"]]
@@ -503,20 +486,7 @@ class CMTF:
                 )
         return ["cp" if n in wanted else "matrix" for n in names]
 
-    # ------------------------------------------------------------------------- the algorithm
-    @property
-    def _pen(self) -> list[np.ndarray]:
-        """Per block, the penalty on each component's strength, ``(R,)`` (see _penalties)."""
-        return self._penalty
-
-    @_pen.setter
-    def _pen(self, penalty: list[np.ndarray]) -> None:
-        # whether the updates are plain least squares (no penalty, no constraint): read
-        # several times per ALS step, so decided once per penalty (the rank scan's small
-        # fits spent 4 % of their time deciding it)
-        self._penalty = penalty
-        self._exact = not self.nonneg and all(not np.any(p) for p in penalty)
-
+    # ------------------------------------------------------------------------- the iterations
     def _penalties(self, data: list[Block], rng: np.random.Generator) -> list[np.ndarray]:
         """Return, per block, the penalty on each component's strength, ``(R,)``.
 
@@ -530,236 +500,19 @@ class CMTF:
             return [np.full(R, 2.0 * noise_threshold(b, R, rng)) for b in data]
         return [np.full(R, float(self.l1_penalty)) for _ in data]
 
-    def _initial_state(
-        self, data: list[Block], models: list[str], how: str | np.ndarray, rng: np.random.Generator
-    ) -> _State:
-        R, N = self.rank, data[0].n_rows
-        if isinstance(how, np.ndarray):  # a given sample factor (warm start)
-            A = np.array(how, dtype=np.float64)
-            if self.nonneg:
-                A = np.abs(A)
-            A /= np.maximum(np.linalg.norm(A, axis=0), linalg.TINY)
-            T = [b.right(A) for b in data]
-        elif how == "svd":
-            A, T = _randomized_svd_factor(data, R, rng)
-            if self.nonneg:
-                A = np.abs(A)
-                A /= np.maximum(np.linalg.norm(A, axis=0), linalg.TINY)
-                T = [b.right(A) for b in data]
-        else:
-            A = rng.random((N, R)) if self.nonneg else rng.standard_normal((N, R))
-            A /= np.maximum(np.linalg.norm(A, axis=0), linalg.TINY)
-            T = [b.right(A) for b in data]
-        G = A.T @ A
-        F = []
-        for b, model, Tb in zip(data, models, T, strict=True):
-            V = linalg.solve_ls(Tb, G)
-            if self.nonneg:
-                V = np.abs(V)
-            if model == "matrix":
-                F.append([V])
-                continue
-            dims = b.shape[1:]
-            parts = [np.empty((d, R)) for d in dims]
-            for r in range(R):
-                ones = linalg.rank_one(V[:, r].reshape(dims))
-                for k, v in enumerate(ones):
-                    parts[k][:, r] = np.abs(v) if self.nonneg else v
-            F.append(linalg.normalise_modes(parts))
-        return _State(A=A, F=F)
-
-    def _update_block(
-        self, Tb: np.ndarray, AtA: np.ndarray, Fb: list[np.ndarray], dims, pen: np.ndarray
-    ) -> None:
-        """Update the non-shared factors of one block in place from ``Tb = Ỹ_bᵀ A``.
-
-        ``pen`` (R,) is the block's penalty on each component's strength.
-        """
-        sweeps = self.inner_sweeps
-        if len(Fb) == 1:
-            if self._exact:
-                Fb[0] = linalg.solve_ls(Tb, AtA)
-            else:
-                Fb[0] = linalg.column_updates(Tb, AtA, Fb[0], pen, self.nonneg, sweeps)
-            return
-        T = Tb.reshape(*dims, -1)
-        for k in range(len(Fb)):
-            Z = linalg.mttkrp(T, Fb, k)
-            G = AtA * linalg.gram(Fb, skip=k)
-            if self._exact:
-                Fb[k] = linalg.solve_ls(Z, G)
-            else:
-                others = np.prod(
-                    [np.linalg.norm(f, axis=0) for j, f in enumerate(Fb) if j != k], axis=0
-                )
-                # an infinite penalty (a strength held at zero) stays infinite: no inf · 0
-                pen_k = np.where(np.isinf(pen), np.inf, np.where(np.isinf(pen), 0.0, pen) * others)
-                Fb[k] = linalg.column_updates(Z, G, Fb[k], pen_k, self.nonneg, sweeps)
-            if k > 0:
-                n = np.linalg.norm(Fb[k], axis=0)
-                ok = n > linalg.TINY
-                Fb[k][:, ok] /= n[ok]
-                Fb[0][:, ok] *= n[ok]
-
-    def _update_A(self, A: np.ndarray, M: np.ndarray, G: np.ndarray, F) -> np.ndarray:
-        if self._exact:
-            new = linalg.solve_ls(M, G)
-            n = np.linalg.norm(new, axis=0)
-            ok = n > linalg.TINY
-            new[:, ok] /= n[ok]
-            new[:, ~ok] = A[:, ~ok]  # a component absent from every block keeps its loadings
-            for Fb in F:
-                Fb[0][:, ok] *= n[ok]
-            return new
-        return linalg.unit_column_updates(M, G, A, self.nonneg, self.inner_sweeps)
-
-    def _loss(self, data, state, T) -> tuple[float, list[float]]:
-        AtA = state.A.T @ state.A
-        per_block: list[float] = [0.0] * len(data)
-        st = self._stack
-        stacked = set(st.index) if st is not None else set()
-        sigmas: list[np.ndarray] = [np.empty(0)] * len(data)
-        if st is not None:
-            F0 = [state.F[i][0] for i in st.index]
-            losses = st.losses([T[i] for i in st.index], F0, AtA)
-            for i, value, sigma in zip(st.index, losses, st.strengths(F0), strict=True):
-                per_block[i], sigmas[i] = float(value), sigma
-        for i, (b, Fb, Tb) in enumerate(zip(data, state.F, T, strict=True)):
-            if i in stacked:
-                continue
-            K = khatri_rao(Fb)
-            cross = float(np.einsum("pr,pr->", Tb, K))  # ⟨T, K⟩ without a P×R temporary
-            res = b.norm_sq - 2.0 * cross + float(np.sum(AtA * linalg.gram(Fb)))
-            per_block[i] = max(res, 0.0)
-            sigmas[i] = np.linalg.norm(Fb[0], axis=0)
-        penalty = 0.0
-        for sigma, pen in zip(sigmas, self._pen, strict=True):
-            live = sigma > 0  # an infinite penalty holds a zero strength: it adds nothing
-            penalty += float(np.sum(pen[live] * sigma[live]))
-        return sum(per_block) + penalty, per_block
-
-    def _rights(self, data: list[Block], A: np.ndarray) -> list[np.ndarray]:
-        """Return ``Ỹ_bᵀ A`` of every block (the stacked ones from one product)."""
-        T: list[Any] = [None] * len(data)
-        if self._stack is not None:
-            for i, t in zip(self._stack.index, self._stack.right(A), strict=True):
-                T[i] = t
-        return [b.right(A) if t is None else t for b, t in zip(data, T, strict=True)]
-
-    def _converged(self, hist: list[float]) -> bool:
-        """Return whether the relative loss change is ≤ ``tol``.
-
-        With float32 blocks the loss carries round-off of about 1e-7 of the data norm, so a
-        tiny ``tol`` may run to ``max_iter``; the factors are then as good as the data
-        products allow.
-        """
-        if len(hist) < 2:
-            return False
-        prev, cur = hist[-2], hist[-1]
-        return abs(prev - cur) <= self.tol * max(abs(prev), linalg.TINY)
-
-    def _step(self, data, dims, state: _State, T: list[np.ndarray]) -> _State:
-        """One ALS sweep from ``state``: every block's factors from ``T = Ỹᵀ A``, then ``A``."""
-        A, F = state.A, [list(f) for f in state.F]
-        AtA = A.T @ A
-        st = self._stack
-        stacked = set(st.index) if st is not None else set()
-        for i, (Tb, Fb, d, pen) in enumerate(zip(T, F, dims, self._pen, strict=True)):
-            if i not in stacked:
-                self._update_block(Tb, AtA, Fb, d, pen)
-        if st is not None:  # the stacked matrix blocks in one update
-            new = st.update(
-                [T[i] for i in st.index],
-                AtA,
-                [F[i][0] for i in st.index],
-                [self._pen[i] for i in st.index],
-                exact=self._exact,
-                nonneg=self.nonneg,
-                sweeps=self.inner_sweeps,
-            )
-            for i, f in zip(st.index, new, strict=True):
-                F[i][0] = f
-        K = [khatri_rao(Fb) for Fb in F]
-        M = sum(
-            b.left(Kb) for i, (b, Kb) in enumerate(zip(data, K, strict=True)) if i not in stacked
+    def _iterations(self, data: list[Block], models: list[str], penalty: list[np.ndarray]) -> ALS:
+        """Return the ALS iterations of a fit of ``data`` with this estimator's settings."""
+        return ALS(
+            data,
+            models,
+            penalty,
+            nonneg=self.nonneg,
+            inner_sweeps=self.inner_sweeps,
+            tol=self.tol,
+            extrapolate=self.extrapolate,
+            callback=self.callback,
+            verbose=self.verbose,
         )
-        if st is not None:
-            M = M + st.left([K[i] for i in st.index])
-        G = sum(Kb.T @ Kb for Kb in K)
-        return _State(self._update_A(A, M, G, F), F)
-
-    def _extrapolate(self, new: _State, old: _State, beta: float) -> _State:
-        """Return ``new + β (new − old)`` for every factor, projected onto the constraints."""
-        A = new.A + beta * (new.A - old.A)
-        F = [
-            [f + beta * (f - g) for f, g in zip(fn, fo, strict=True)]
-            for fn, fo in zip(new.F, old.F, strict=True)
-        ]
-        if self.nonneg:
-            np.maximum(A, 0.0, out=A)
-            for Fb in F:
-                for f in Fb:
-                    np.maximum(f, 0.0, out=f)
-        n = np.linalg.norm(A, axis=0)
-        ok = n > linalg.TINY
-        A[:, ok] /= n[ok]
-        for Fb in F:
-            Fb[0][:, ok] *= n[ok]
-            linalg.normalise_modes(Fb)
-        return _State(A, F)
-
-    def _als(self, data, models, state: _State, iters: int, label: str):
-        """Run up to ``iters`` ALS iterations; return state, loss history, per-block losses.
-
-        With ``extrapolate`` each sweep is followed by a step ``x_k + β (x_k − x_{k−1})``
-        (Ang & Gillis 2019, extrapolated block coordinate descent) that is kept only when its
-        loss is below the last accepted loss; ``β`` grows after a success and shrinks after a
-        failure. The accepted losses therefore never increase.
-        """
-        dims = [b.shape[1:] for b in data]
-        state = _State(state.A, [list(f) for f in state.F])
-        T = self._rights(data, state.A)
-        loss, blk = self._loss(data, state, T)
-        hist: list[float] = [loss]
-        beta, beta_max = 0.5, 1.0
-        previous: _State | None = None  # the last plain ALS iterate x_{k−1}
-        # iters counts losses, the first one before any update: iters - 1 updates at most
-        bar = progress_bar(iters - 1, f"CMTF {label}") if self.verbose else None
-        try:
-            for _ in range(iters - 1):
-                check_cancelled()
-                plain = self._step(data, dims, state, T)
-                if self.extrapolate and previous is not None:
-                    trial = self._extrapolate(plain, previous, beta)
-                    # one pass gives Ỹᵀ[A_plain, A_trial]: the GEMM reads each block once for both
-                    both = self._rights(data, np.hstack([plain.A, trial.A]))
-                    R = plain.A.shape[1]
-                    T_trial = [t[:, R:] for t in both]
-                    loss_trial, blk_trial = self._loss(data, trial, T_trial)
-                    if loss_trial < loss:
-                        state, T, loss, blk = trial, T_trial, loss_trial, blk_trial
-                        beta, beta_max = min(beta_max, beta * 1.05), min(1.0, beta_max * 1.01)
-                    else:
-                        beta_max, beta = beta, beta / 1.5
-                        state, T = plain, [t[:, :R] for t in both]
-                        loss, blk = self._loss(data, state, T)
-                else:
-                    state = plain
-                    T = self._rights(data, state.A)
-                    loss, blk = self._loss(data, state, T)
-                previous = plain
-                hist.append(loss)
-                if self.callback is not None:
-                    self.callback(len(hist) - 1, float(loss))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.5g}")
-                if self._converged(hist):
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-        return state, hist, blk
 
     # ------------------------------------------------------------------------- the result
     def _result(self, data, models, state, hist, blk, scales) -> CMTFResult:
@@ -811,7 +564,7 @@ class CMTF:
             "random_state": self.random_state,
             "compress_rows": int(self.compress_rows),
             "n_iter": len(hist),
-            "converged": self._converged(hist),
+            "converged": converged(hist, self.tol),
             "block_norms": {b.name: math.sqrt(b.sumsq) for b in data},
             "block_scales": dict(zip(names, scales, strict=True)),
             "degenerate_blocks": degenerate,
@@ -883,38 +636,6 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _degenerate_pair(state: _State, threshold: float = 0.9) -> bool:
-    """Return whether two components that live in the same block share their loadings.
-
-    Shared means sample loadings with |congruence| ≥ ``threshold`` (``A``'s columns are
-    unit-norm during the fit).
-    """
-    cos = np.abs(state.A.T @ state.A) - np.eye(state.A.shape[1])
-    for Fb in state.F:
-        live = np.linalg.norm(Fb[0], axis=0) > 0
-        if np.any(cos[np.ix_(live, live)] >= threshold):
-            return True
-    return False
-
-
-def _cancelling_pair(state: _State, threshold: float = -0.8) -> bool:
-    """Return whether two components that live in the same block nearly cancel there.
-
-    Nearly cancel means: the product of their signed congruences over all modes (loadings
-    times the block's non-shared factor, strengths positive) is at most ``threshold`` — the
-    two-factor degeneracy.
-    """
-    from factorlens.factorize.compare import pair_congruences  # scipy: only after a refit
-
-    for Fb in state.F:
-        live = np.linalg.norm(Fb[0], axis=0) > 0
-        triple = pair_congruences(state.A, khatri_rao(Fb))
-        np.fill_diagonal(triple, 0.0)
-        if np.any(triple[np.ix_(live, live)] <= threshold):
-            return True
-    return False
-
-
 def _absent_directions(
     block: Block, A: np.ndarray, Fb: list[np.ndarray], f0: np.ndarray, absent: np.ndarray
 ) -> np.ndarray:
@@ -940,47 +661,6 @@ def _absent_directions(
     return f0
 
 
-def _randomized_svd_factor(
-    data: list[Block], R: int, rng: np.random.Generator, oversample: int = 10, power: int = 2
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Return the top-R left singular vectors of ``[Ỹ_1 | Ỹ_2 | …]`` (Halko et al. 2011).
-
-    Only the blocks' row-chunk products are used; also returns ``Ỹ_bᵀ A`` per block (no
-    extra pass).
-    """
-    N = data[0].n_rows
-    total = sum(b.width for b in data)
-    k = min(R + oversample, N, total)
-    Y = sum(b.left(_test_matrix(b, rng, k)) for b in data)
-    for _ in range(power):
-        Q = np.linalg.qr(Y)[0]
-        Z = [b.right(Q) for b in data]
-        Y = sum(b.left(Zb) for b, Zb in zip(data, Z, strict=True))
-    Q = np.linalg.qr(Y)[0]
-    Z = [b.right(Q) for b in data]
-    S = sum(Zb.T @ Zb for Zb in Z)
-    evals, U = np.linalg.eigh(S)
-    U = U[:, np.argsort(evals)[::-1][:R]]
-    return Q @ U, [Zb @ U for Zb in Z]
-
-
-def _test_matrix(block: Block, rng: np.random.Generator, k: int) -> np.ndarray:
-    """Return a Gaussian test matrix for ``block`` (its width × ``k``).
-
-    A block whose basis spans its whole row space (fitted through its row space, or sketched
-    with ``k ≥ N``) has its matrix drawn at the full width and mapped into the basis
-    (``Qᵀ Ω``): the draws, and so the start, are the uncompressed fit's. (A truncated sketch
-    gets a matrix of its own width: ``Qᵀ Ω`` is Gaussian too, and the full width would cost a
-    ResNet-50 418 M draws.)
-    """
-    if not block.exact_basis:
-        return rng.standard_normal((block.width, k))
-    omega = rng.standard_normal((int(np.prod(block.full_shape[1:])), k))
-    for q in block.basis:  # Q₁ first: Ω ↦ Q₂ᵀ (Q₁ᵀ Ω)
-        omega = q.T @ omega
-    return omega
-
-
 def _as_named_arrays(blocks: Any) -> tuple[list[str], list[Any]]:
     if hasattr(blocks, "names") and hasattr(blocks, "block"):
         names = list(blocks.names)
@@ -998,24 +678,3 @@ def _chunk_rows(array: Any) -> int | None:
     if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int):
         return int(chunks[0])
     return None
-
-
-def progress_bar(total: int, desc: str) -> Any:
-    """Return the progress counter of one run of iterations (:func:`factorlens.progress.progress_bar`).
-
-    Parameters
-    ----------
-    total : int
-        The number of steps.
-    desc : str
-        The label shown before the bar.
-
-    Returns
-    -------
-    tqdm.tqdm or factorlens.progress.LineProgress
-        A bar on a terminal (removed when closed), plain lines in a log; call ``update`` once
-        per step and ``close`` at the end.
-    """
-    from factorlens.progress import progress_bar as bar
-
-    return bar(total, desc)

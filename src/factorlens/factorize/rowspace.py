@@ -11,7 +11,7 @@ What it saves: an ALS iteration then reads ``N×r`` numbers instead of ``N×P``;
 matrix costs ``N²P`` once, about ``N / 4R`` iterations' worth. On 256 ResNet-18 activations
 at 224 px (40 layers, 5 M features per input) an iteration fell from seconds to milliseconds.
 The start is the uncompressed fit's (the random test matrix is drawn at the full width and
-mapped, :func:`factorlens.factorize.engine._test_matrix`), and the noise floor is read from
+mapped, :func:`factorlens.factorize.initial.test_matrix`), and the noise floor is read from
 the full block (:func:`factorlens.factorize.penalty.block_spectrum` follows ``source``), so
 the fit is the uncompressed fit, up to float rounding.
 """

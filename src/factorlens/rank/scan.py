@@ -33,9 +33,10 @@ from threadpoolctl import threadpool_limits
 
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF, CMTFResult, matched_congruences
+from factorlens.factorize.als import progress_bar
 from factorlens.factorize.blocks import RowSubset
 from factorlens.factorize.compress import compressed, compressed_modes
-from factorlens.factorize.engine import _as_named_arrays, progress_bar
+from factorlens.factorize.engine import _as_named_arrays
 from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.penalty import block_spectrum
 from factorlens.factorize.reduced import ReducedBlock, expand_result
