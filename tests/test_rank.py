@@ -279,3 +279,16 @@ def test_the_scan_of_a_store_on_disk_reads_chunks_and_matches_the_in_memory_scan
     assert disk.chosen == memory.chosen == 4
     for name in ("fit", "bicv", "stability"):
         np.testing.assert_allclose(disk.criteria[name], memory.criteria[name], atol=1e-3)
+
+
+def test_the_scan_takes_the_model_from_engine_options_and_keywords_win() -> None:
+    from factorlens.options import EngineOptions
+
+    blocks, _ = planted_blocks(N=40, R=2, noise=0.05, missing=None, seed=4)
+    model = EngineOptions(nonneg=True, l1_penalty=0.0, n_iter_max=3)  # iterations: the scan's
+    by_object = estimate_rank(blocks, 4, model=model)
+    by_keywords = estimate_rank(blocks, 4, nonneg=True, l1_penalty=0.0)
+    assert by_object.table() == by_keywords.table()
+    overridden = estimate_rank(blocks, 4, model=model, nonneg=False)
+    plain = estimate_rank(blocks, 4, l1_penalty=0.0)
+    assert overridden.table() == plain.table()

@@ -440,12 +440,8 @@ def run_rank(
     # the scan fits the same model as the analysis (constraints, penalty, weighting, CP
     # blocks); its own iteration cap and tolerance keep twenty ranks affordable
     engine = _with_tensor_blocks(acts, engine, args)
-    scan_opts = {
-        k: getattr(engine, k)
-        for k in ("nonneg", "l1_penalty", "weighting", "center", "tensor_blocks")
-    }
     scan = estimate_rank(
-        acts, args.max_rank, random_state=args.seed, verbose=not args.quiet, **scan_opts
+        acts, args.max_rank, random_state=args.seed, verbose=not args.quiet, model=engine
     )
     for note in scan.notes:
         print(f"note: {note}")

@@ -127,12 +127,16 @@ def estimate_rank(
     verbose: bool = False,
     n_jobs: int | None = _R.n_jobs,
     compress: bool = _R.compress,
+    model: EngineOptions | None = None,
     **engine: Any,
 ) -> RankScan:
     """Scan R = 1..``max_rank`` on ``blocks`` (mapping or activation store) and choose a rank.
 
-    ``engine`` options (``nonneg``, ``l1``, ``weighting``, ``center``, ``tensor_blocks``) go
-    to :class:`~factorlens.factorize.CMTF`, with its defaults; the scan itself uses one
+    The scan fits the model an analysis would: ``model`` (an
+    :class:`~factorlens.options.EngineOptions`) gives its ``nonneg``, ``l1_penalty``,
+    ``weighting``, ``center`` and ``tensor_blocks`` (its iteration settings are the scan's
+    own), and ``engine`` keywords, which win, go to :class:`~factorlens.factorize.CMTF`
+    as they are, with its defaults; the scan itself uses one
     warm-started start per R. ``max_rank`` larger than the data allows (half the samples, for
     the split halves, or the total feature count) is clipped, and the clipping is recorded in
     ``notes``. The ``1 + 2·n_splits`` warm-start chains (all inputs and both halves of each
@@ -158,6 +162,8 @@ def estimate_rank(
         raise FactorlensError("no blocks to scan; give the input and at least one layer")
     notes: list[str] = []
     max_rank = _clipped(max_rank, arrays, notes)
+    if model is not None:
+        engine = {**{k: getattr(model, k) for k in MODEL_FIELDS}, **engine}
     opts = _scan_options(engine, n_iter_max, tol, random_state)
     full = CMTF(1, **opts).prepare(blocks)
     rng = np.random.default_rng(random_state)
@@ -190,6 +196,10 @@ def estimate_rank(
         if bar is not None:
             bar.close()  # before any message, which would otherwise share its line
     return evidence.scan(stability_threshold, notes)
+
+
+#: the fields of an EngineOptions that say which model is fitted (not how it is iterated)
+MODEL_FIELDS = ("nonneg", "l1_penalty", "weighting", "center", "tensor_blocks")
 
 
 def _clipped(max_rank: int, arrays: list[Any], notes: list[str]) -> int:
