@@ -32,7 +32,7 @@ format: $(STAMP)
 # The Sphinx site in docs/_build/html, built offline with warnings as errors, then the >>>
 # examples in the docstrings of these modules (docs/make_gallery.py, run by hand, makes the
 # gallery's screenshots; the build only shows them).
-DOCTEST_MODULES := src/factorlens/capture.py src/factorlens/data.py src/factorlens/errors.py \
+DOCTEST_MODULES := src/factorlens/capture.py src/factorlens/data.py src/factorlens/wording.py \
 	src/factorlens/report/pixels.py src/factorlens/report/trajectory.py
 
 docs: $(STAMP)
