@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from factorlens.cli import build_parser
 from factorlens.errors import FactorlensError
@@ -210,3 +212,34 @@ def test_no_default_of_an_option_is_written_twice() -> None:
                 ):
                     written.append(f"{path.relative_to(src)}:{node.lineno} {arg.arg}")
     assert not written, f"defaults written again instead of read from options.py: {written}"
+
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.one_of(st.integers(), st.text(max_size=4)), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.one_of(st.floats(), st.text(max_size=3)), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_rule_refuses_any_value_with_its_one_line_message(data) -> None:
+    from dataclasses import fields
+
+    from factorlens.options import CaptureOptions, OptionError, QualityOptions, check_fields
+
+    options = data.draw(
+        st.sampled_from([CaptureOptions, EngineOptions, RankOptions, QualityOptions])
+    )
+    name = data.draw(st.sampled_from([f.name for f in fields(options)]))
+    value = data.draw(_ANY_VALUE)
+    try:
+        check_fields(options, {name: value})  # accepted: then the options object takes it too
+    except OptionError as err:  # never a TypeError from inside a rule
+        assert str(err).startswith(f"`{name}` must be ") and "\n" not in str(err)
+    else:
+        options(**{name: value})

@@ -19,7 +19,7 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -278,7 +278,12 @@ INIT = Rule(
 BLOCK_NAMES = Rule(
     "None or a sequence of block names",
     lambda value: (
-        value is None or (not isinstance(value, str) and all(isinstance(v, str) for v in value))
+        value is None
+        or (
+            isinstance(value, Sequence | set | frozenset)
+            and not isinstance(value, str)
+            and all(isinstance(v, str) for v in value)
+        )
     ),
 )
 CALLBACK = Rule("None or a function of (iteration, loss)", lambda v: v is None or callable(v))
