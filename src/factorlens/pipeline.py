@@ -51,7 +51,7 @@ from factorlens.rows import Levels, NpyRows, in_memory, rows_equal, write_npy
 if TYPE_CHECKING:
     from factorlens.store import ActivationStore
 
-#: the capture defaults (one place: the options dataclass)
+#: the engine's memory budget by default: inputs on disk above it are read by chunks
 _BUDGET = EngineOptions.memory_budget
 INPUTS_NPZ = "inputs.npz"
 #: the input block of a result whose inputs were read from disk (too large for memory)
