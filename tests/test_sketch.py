@@ -96,3 +96,24 @@ def test_few_rows_fit_on_the_full_data_and_bad_values_are_refused(planted) -> No
     warm = np.ones((4000, 4))
     with pytest.raises(FactorlensError, match=r"warm start .* cannot be combined"):
         CMTF(4, compress_rows=20, init=warm).fit(blocks)
+
+
+def test_a_wide_cp_input_is_compressed_in_its_modes_and_fits_like_the_full_one() -> None:
+    """compress_rows with an image-like input: the compressed fit also shrinks the wide
+    modes (here 40 -> 13 directions at R = 3), maps them back, and refines on everything."""
+    rng = np.random.default_rng(2)
+    n, R = 600, 3
+    A = rng.random((n, R))
+    image = np.einsum("nr,ar,br->nab", A, rng.random((40, R)), rng.random((36, R)))
+    layer = A @ rng.standard_normal((R, 50))
+    blocks = {
+        "input": image + 0.02 * rng.standard_normal(image.shape),
+        "layer": layer + 0.02 * rng.standard_normal(layer.shape),
+    }
+    settings = {"random_state": 0, "check_fewer": False, "l1_penalty": 0.0}
+    full = CMTF(R, **settings).fit(blocks).result_
+    fast = CMTF(R, compress_rows=30, **settings).fit(blocks).result_
+    assert fast.block_shapes[0] == (n, 40, 36) and fast.factors["input"][0].shape == (40, R)
+    assert fast.loss_history[-1] / full.loss_history[-1] <= 1.001
+    fms = factor_match_score([fast.A, *fast.factors["input"]], [full.A, *full.factors["input"]])
+    assert fms >= 0.99

@@ -369,21 +369,39 @@ class CMTF:
         return bool(k) and data[0].n_rows > 2 * k
 
     def _fit_compressed(self, data: list[Block]) -> CMTF:
-        """Fit on the blocks compressed to ``compress_rows`` sample directions, then refine."""
+        """Fit on the blocks compressed to ``compress_rows`` sample directions, then refine.
+
+        A CP block is compressed in its wide modes too (an image's 224-pixel sides to
+        ``rank + 10`` directions, :func:`~factorlens.factorize.compress.compressed_modes`):
+        the compressed fit's iterations then touch ``k × 3 × 20 × 20`` values of a ResNet's
+        input instead of ``k × 3 × 224 × 224``. Its mode factors are mapped back
+        (``b_j = U_j b̃_j``) before the refinement on all rows and full sides, whose loss is
+        the result's.
+        """
+        from factorlens.factorize.compress import compressed_modes
         from factorlens.factorize.sketch import compress_samples
 
         rng = np.random.default_rng(self.random_state)
         auto = isinstance(self.l1_penalty, str)  # "auto": the floors need the spectra
         Q, small = compress_samples(data, int(self.compress_rows), rng, spectrum=auto)
+        names = [b.name for b in data]
+        models = self._block_models(names, [b.shape for b in data])
+        small = [
+            compressed_modes(b, self.rank, rng) if m == "cp" else b
+            for b, m in zip(small, models, strict=True)
+        ]
         inner = CMTF(**{**self.get_params(), "compress_rows": 0, "check_fewer": False})
         inner.fit_blocks(small)
         penalty = inner._pen
         if inner._refitted:  # refine as the refit ran: the kept strengths unpenalized
             penalty = refit_penalties(inner._state)
         self._refitted = inner._refitted
-        names = [b.name for b in data]
-        models = self._block_models(names, [b.shape for b in data])
-        start = State(A=Q @ inner._state.A, F=[list(f) for f in inner._state.F])
+        F = [list(f) for f in inner._state.F]
+        for b, Fb in zip(small, F, strict=True):  # CP modes back to their full sides
+            for j, u in enumerate(getattr(b, "mode_bases", None) or []):
+                if u is not None:
+                    Fb[j] = u @ Fb[j]
+        start = State(A=Q @ inner._state.A, F=F)
         als = self._iterations(data, models, penalty)
         state, more, blk = als.run(start, REFINE_ITER + 1, label="refine")
         self._pen = inner._pen
