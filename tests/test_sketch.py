@@ -91,6 +91,8 @@ def test_few_rows_fit_on_the_full_data_and_bad_values_are_refused(planted) -> No
         FactorlensError, match=r"`compress_rows` must be an integer >= 0 \(0 = off\), got -1"
     ):
         CMTF(4, compress_rows=-1).fit(blocks)
+    with pytest.raises(FactorlensError, match=r"a nonnegative fit cannot use"):
+        CMTF(4, compress_rows=20, nonneg=True).fit(blocks)
     with pytest.raises(FactorlensError, match=r"rank scan .* takes no `compress_rows`"):
         estimate_rank(blocks, 3, compress_rows=20)
     warm = np.ones((4000, 4))
