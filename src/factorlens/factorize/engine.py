@@ -377,12 +377,12 @@ class CMTF:
     def _fit_compressed(self, data: list[Block]) -> CMTF:
         """Fit on the blocks compressed to ``compress_rows`` sample directions, then refine.
 
-        A CP block is compressed in its wide modes too (an image's
-        224-pixel sides to ``rank + 10`` directions,
-        :func:`~factorlens.factorize.compress.compressed_modes`): the compressed fit's
-        iterations then touch ``k × 3 × 20 × 20`` values of a ResNet's input instead of
-        ``k × 3 × 224 × 224``. Its mode factors are mapped back (``b_j = U_j b̃_j``) before
-        the refinement on all rows and full sides, whose loss is the result's.
+        A CP block is compressed in its wide modes too (an image's 224-pixel sides to
+        ``rank + 10`` directions, :func:`~factorlens.factorize.compress.compressed_modes`):
+        the compressed fit's iterations then touch ``k × 3 × 20 × 20`` values of a ResNet's
+        input instead of ``k × 3 × 224 × 224``. Its mode factors are mapped back
+        (``b_j = U_j b̃_j``) before the refinement on all rows and full sides, whose loss is
+        the result's.
         """
         from factorlens.factorize.compress import compressed_modes
         from factorlens.factorize.sketch import compress_samples
