@@ -443,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of steps,noise,data,width (default steps,noise,data; "
         "width: the architecture at widths 4, 8, 16, 32, same budget)",
     )
-    zoo.add_argument("--seed", type=_seed, default=DEFAULT_SEED, help="random seed (default 0)")
+    zoo.add_argument(
+        "--seed", type=_seed, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})"
+    )
     zoo.add_argument(
         "--steps",
         type=_positive_int,

@@ -611,8 +611,6 @@ def _capture_and_fit(
     :func:`capture_for_analysis`'s arguments (layers, store, metadata). A sketch keeps
     directions for ``rank`` components, centred and seeded as the fit will be.
     """
-    seed = engine.random_state  # a sketch's draws seeded as the fit's (a Generator: the default)
-    seed = int(seed) if isinstance(seed, numbers.Integral) else DEFAULT_SEED
     acts = capture_for_analysis(
         model,
         data,
@@ -622,7 +620,7 @@ def _capture_and_fit(
         progress=progress,
         sketch_rank=rank,
         center=engine.center,
-        seed=seed,
+        seed=_seed_of(engine),  # a sketch's draws seeded as the fit's
         **where,
     )
     return analyze_store(
@@ -700,6 +698,15 @@ def analyze_store(
     return result
 
 
+def _seed_of(options: EngineOptions) -> int:
+    """Return the fit's seed as an integer, for the draws beside it (sketch, CKA's subset).
+
+    A numpy Generator or None (no integer to reuse) gives :data:`DEFAULT_SEED`.
+    """
+    seed = options.random_state
+    return int(seed) if isinstance(seed, numbers.Integral) else DEFAULT_SEED
+
+
 def _compared(
     result: CMTFResult, acts: ActivationStore, labels: list[str], opts: EngineOptions, fit: float
 ) -> None:
@@ -712,8 +719,7 @@ def _compared(
 
     start = time.perf_counter()
     sharing = component_sharing(result, labels)
-    seed = opts.random_state if isinstance(opts.random_state, numbers.Integral) else None
-    cka = linear_cka(acts, labels, seed=int(seed or DEFAULT_SEED))
+    cka = linear_cka(acts, labels, seed=_seed_of(opts))
     seconds = {"fit": round(fit, 2), "cka": round(time.perf_counter() - start, 2)}
     result.meta["comparison"] = {"sharing": sharing.to_dict(), "cka": cka, "seconds": seconds}
 

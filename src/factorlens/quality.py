@@ -60,6 +60,7 @@ from factorlens.options import (
     QualityOptions,
     RankOptions,
     capture_settings,
+    check_fields,
 )
 from factorlens.rows import in_memory, row_chunks
 from factorlens.spectra import effective_rank
@@ -84,8 +85,6 @@ SCRATCH_PREFIX = ".factorlens-scratch-"
 OUTPUT_BLOCK = "model output"
 
 
-#: the scoring modes: one checkpoint on its own, or several checkpoints together
-MODES = ("single", "consensus")
 #: fewest checkpoints the consensus mode takes (with two, neither can outvote the other)
 MIN_CONSENSUS = 3
 #: a consensus whose median estimated accuracy (one value per voter) is below this is flagged:
@@ -710,10 +709,9 @@ def resolve_mode(mode: str, n_checkpoints: int) -> str:
     ``"auto"`` -> ``"consensus"`` for at least AUTO_CONSENSUS checkpoints, else ``"single"``;
     an explicit mode is checked against the number of checkpoints.
     """
+    check_fields(QualityOptions, {"mode": mode})  # the rule the CLI's --mode is read by
     if mode == "auto":
         return "consensus" if n_checkpoints >= AUTO_CONSENSUS else "single"
-    if mode not in MODES:
-        raise FactorlensError(f"unknown quality mode {mode!r}; use auto, single or consensus")
     if mode == "consensus" and n_checkpoints < MIN_CONSENSUS:
         raise FactorlensError(
             f"the consensus mode scores checkpoints against each other and needs at least "

@@ -112,7 +112,7 @@ def _capture_shard(
     """Run on a worker: capture rows ``[start, stop)`` into the store; return non-finite counts.
 
     ``task`` is the capture's settings and the rest of :func:`_run_capture`'s arguments
-    (``preprocess``, ``select``, ``output``); the model runs on the worker's CPU.
+    (``preprocess``, ``select``, ``output``); the settings' device is the workers' CPU.
 
     Stops before its next batch once the client has given the capture up (:data:`ABANDONED`).
     """
@@ -131,7 +131,7 @@ def _capture_shard(
             _FirstRows(rows, stop),
             layers,
             store,
-            replace(task[0], device="cpu"),
+            task[0],
             progress=False,
             start_row=start,
             counts={},
@@ -194,7 +194,7 @@ def capture_sharded(
     from factorlens.factorize.distributed import current_client
     from factorlens.progress import progress_bar
 
-    opts = whole_layer_options(options, settings)
+    opts = replace(whole_layer_options(options, settings), device="cpu")  # the workers'
     batch_size = int(opts.batch_size)
     rows, data_labels, data_meta = _row_source(data)
     n = int(rows.shape[0])
@@ -214,7 +214,7 @@ def capture_sharded(
         model,
         np.asarray(rows[0 : min(batch_size, n)], dtype=np.float32),
         None if layers is None and not only_output else chosen,
-        options=replace(opts, device="cpu"),
+        options=opts,
         preprocess=preprocess,
         select=select,
         output=output,

@@ -155,7 +155,13 @@ def estimate_rank(
     kept in that space, and ``keep_results`` gives factors mapped back to the full blocks.
     """
     RankOptions(  # the scan's settings, checked by their rules (as the CLI's flags are)
-        max_rank, stability_threshold, n_splits, n_iter_max, tol, compress, n_jobs
+        max_rank=max_rank,
+        stability_threshold=stability_threshold,
+        n_splits=n_splits,
+        n_iter_max=n_iter_max,
+        tol=tol,
+        compress=compress,
+        n_jobs=n_jobs,
     )
     names, arrays = _as_named_arrays(blocks)
     if not names:
