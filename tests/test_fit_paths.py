@@ -1,5 +1,6 @@
-"""The engine's faster paths give the plain fit: wide blocks through their row space, and many
-matrix blocks stacked into one product; the progress lines of a log."""
+"""The engine's faster paths give the plain fit: wide blocks through their row space, many
+matrix blocks stacked into one product, a small fit as one compiled loop; the progress lines
+of a log."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import numpy as np
 import pytest
 
+import factorlens.factorize.compiled as compiled
 import factorlens.factorize.rowspace as rowspace
 import factorlens.factorize.stacked as stacked
 from factorlens.factorize import CMTF, factor_match_score
@@ -42,12 +44,14 @@ def _fms(a, b) -> float:
 
 @pytest.fixture
 def plain(monkeypatch):
-    """Fit without the row-space coordinates and without stacking (the per-block engine)."""
+    """Fit without the row-space coordinates, stacking or the compiled loop (the per-block
+    engine in Python)."""
 
     def fit(blocks, rank, **opts):
         with monkeypatch.context() as m:
             m.setattr(rowspace, "WIDTH_RATIO", 10**9)
             m.setattr(stacked, "MIN_BLOCKS", 10**9)
+            m.setattr(compiled, "MAX_ENTRIES", 0)
             return CMTF(rank, random_state=0, **opts).fit(blocks).result_
 
     return fit

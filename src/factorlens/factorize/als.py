@@ -20,6 +20,16 @@ import numpy as np
 
 from factorlens.factorize import linalg
 from factorlens.factorize.blocks import Block
+from factorlens.factorize.compiled import (
+    BETA_MAX_START,
+    BETA_START,
+    als_run,
+    announce_compile,
+    one_blas_thread,
+    pack,
+    split_factors,
+    stacked_factors,
+)
 from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.stacked import StackedMatrices
 from factorlens.interrupt import check as check_cancelled
@@ -89,7 +99,10 @@ class ALS:
     ) -> None:
         self.data = data
         self.dims = [b.shape[1:] for b in data]
-        self.stack = StackedMatrices.build(data, models)  # many matrix blocks: one product
+        # a small in-memory fit runs as one compiled loop (compiled.py), unless a callback
+        # must see every iteration; else many matrix blocks make one product (stacked.py)
+        self.packed = pack(data, models) if callback is None else None
+        self.stack = StackedMatrices.build(data, models) if self.packed is None else None
         self.nonneg, self.sweeps, self.tol = nonneg, inner_sweeps, tol
         self.extrapolate, self.callback, self.verbose = extrapolate, callback, verbose
         self.penalty = penalty
@@ -256,13 +269,16 @@ class ALS:
         With ``extrapolate`` each sweep is followed by a step ``x_k + β (x_k − x_{k−1})``
         (Ang & Gillis 2019, extrapolated block coordinate descent) that is kept only when its
         loss is below the last accepted loss; ``β`` grows after a success and shrinks after a
-        failure. The accepted losses therefore never increase.
+        failure. The accepted losses therefore never increase. A small in-memory fit runs
+        the same iterations as one compiled loop (:meth:`run_compiled`).
         """
+        if self.packed is not None:
+            return self.run_compiled(state, iters, label)
         state = state.copy()
         T = self.rights(state.A)
         loss, blk = self.loss(state, T)
         hist: list[float] = [loss]
-        beta, beta_max = 0.5, 1.0
+        beta, beta_max = BETA_START, BETA_MAX_START
         previous: State | None = None  # the last plain ALS iterate x_{k−1}
         # iters counts losses, the first one before any update: iters - 1 updates at most
         bar = progress_bar(iters - 1, f"CMTF {label}") if self.verbose else None
@@ -301,6 +317,43 @@ class ALS:
             if bar is not None:
                 bar.close()
         return state, hist, blk
+
+    def run_compiled(
+        self, state: State, iters: int, label: str
+    ) -> tuple[State, list[float], list[float]]:
+        """:meth:`run` as one compiled loop on the packed blocks (:mod:`.compiled`).
+
+        With ``verbose`` the run's bar is shown once it is over (the run takes a moment).
+        """
+        check_cancelled()
+        p = self.packed
+        assert p is not None
+        announce_compile()
+        with one_blas_thread:
+            A, F, hist, blk = als_run(
+                p.S,
+                p.cols,
+                p.modes,
+                p.dims,
+                p.rows,
+                p.norm_sq,
+                np.ascontiguousarray(np.stack(self.penalty), dtype=np.float64),
+                np.ascontiguousarray(state.A, dtype=np.float64),
+                stacked_factors(state.F),
+                int(iters),
+                self.exact,
+                self.nonneg,
+                int(self.sweeps),
+                float(self.tol),
+                self.extrapolate,
+                linalg.TINY,
+            )
+        if self.verbose:
+            bar = progress_bar(iters - 1, f"CMTF {label}")
+            bar.update(len(hist) - 1)
+            bar.set_postfix(loss=f"{hist[-1]:.5g}")
+            bar.close()
+        return State(A, split_factors(F, p)), hist.tolist(), blk.tolist()
 
 
 def progress_bar(total: int, desc: str) -> Any:

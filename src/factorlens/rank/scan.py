@@ -141,8 +141,8 @@ def estimate_rank(
     the split halves, or the total feature count) is clipped, and the clipping is recorded in
     ``notes``. The ``1 + 2·n_splits`` warm-start chains (all inputs and both halves of each
     split) advance one R at a time, in ``n_jobs`` threads, each with one BLAS thread
-    (default: one after another when compressed — on 2,000 MNIST inputs three threads took
-    0.88× the sequential speed —, else one per core, at most 3). They stop one R after the
+    (default: one per core, at most 3; the compressed chains' fits run as compiled loops
+    that release the GIL, :mod:`factorlens.factorize.compiled`). They stop one R after the
     largest R whose bi-cross-validation error (known for every R before any fit) falls below
     the one before: the rule can choose no R above it, on all inputs or on any split, so the
     ranks beyond the next are not fitted (a note says so). ``n_iter_max``/``tol`` are
@@ -179,8 +179,8 @@ def estimate_rank(
     chains_data, sample_bases = _chain_data(
         full, names, arrays, n_splits, max_rank, opts, rng, compress=compress
     )
-    if n_jobs is None:  # compressed fits are too small for threads to beat the GIL (measured)
-        n_jobs = 1 if compress else min(3, _usable_cpus())
+    if n_jobs is None:
+        n_jobs = min(3, _usable_cpus())
     stop = _last_choosable(bicv, notes)
     evidence = _Evidence(full, n_splits)
     chains = _Chains(chains_data, opts, random_state, max(1, int(n_jobs)))
