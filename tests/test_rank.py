@@ -256,6 +256,32 @@ def test_streamed_bi_cross_validation_matches_the_dense_one(tmp_path) -> None:
         np.testing.assert_allclose(over[:4], want[:4], rtol=1e-6)
 
 
+def test_the_dense_quarters_are_the_held_out_pairs_for_any_number_of_folds() -> None:
+    """The fold-ordered concatenation (quarters as views) against plain boolean indexing."""
+    from factorlens.rank.criteria import _dense_quarters, top_singular
+    from factorlens.testing import rank_blocks
+
+    blocks, _ = rank_blocks(N=90, R=3, noise=0.1, seed=4)
+    data = CMTF(1, center=True).prepare(blocks)
+    Z = np.concatenate([b.dense() for b in data], axis=1)
+    rng = np.random.default_rng(0)
+    for folds in (2, 3):
+        row_fold, col_fold = rng.permutation(90) % folds, rng.permutation(Z.shape[1]) % folds
+        got = list(_dense_quarters(data, 5, row_fold, col_fold, folds))
+        assert len(got) == folds * folds
+        for (fi, fj), (left, right, cross, d_sq) in zip(np.ndindex(folds, folds), got, strict=True):
+            r, c = row_fold == fi, col_fold == fj
+            A_, D_ = Z[np.ix_(~r, ~c)], Z[np.ix_(r, c)]
+            U, s, Vt = top_singular(A_, 5)
+            np.testing.assert_allclose(
+                left @ right.T,
+                (Z[np.ix_(r, ~c)] @ Vt.T / s) @ (Z[np.ix_(~r, c)].T @ U).T,
+                atol=1e-10,
+            )
+            assert d_sq == pytest.approx(float(np.sum(D_**2)), rel=1e-12)
+            np.testing.assert_allclose(cross, np.einsum("it,it->t", left, D_ @ right), atol=1e-10)
+
+
 def test_the_scan_of_a_store_on_disk_reads_chunks_and_matches_the_in_memory_scan(
     tmp_path, monkeypatch
 ) -> None:
