@@ -544,10 +544,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from factorlens.interrupt import Terminated, raise_terminated
+    from factorlens.interrupt import TERMINATED, Terminated, raise_terminated
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main else None
+    TERMINATED.clear()  # a run in this process before may have been terminated
     try:
         with cli_wording():
             return _run(args)

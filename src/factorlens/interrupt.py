@@ -12,6 +12,10 @@ import threading
 
 #: set by the main thread when it is interrupted; cleared when the pool has stopped
 CANCEL = threading.Event()
+#: set for good by SIGTERM: a Terminated raised in the handler can be swallowed (Python only
+#: prints an exception raised while a weakref callback or a __del__ runs), so every loop's
+#: check and the move of a command's output into place look at this too
+TERMINATED = threading.Event()
 
 
 class Cancelled(KeyboardInterrupt):
@@ -19,7 +23,9 @@ class Cancelled(KeyboardInterrupt):
 
 
 def check() -> None:
-    """Raise :class:`Cancelled` when the work has been cancelled."""
+    """Raise :class:`Terminated` after SIGTERM, :class:`Cancelled` when the work was cancelled."""
+    if TERMINATED.is_set():
+        raise Terminated("terminated")
     if CANCEL.is_set():
         raise Cancelled("cancelled")
 
@@ -32,5 +38,6 @@ class Terminated(KeyboardInterrupt):
 
 
 def raise_terminated(signum: int, frame: object) -> None:
-    """Handle SIGTERM: raise :class:`Terminated` in the main thread."""
+    """Handle SIGTERM: raise :class:`Terminated` in the main thread, and remember it."""
+    TERMINATED.set()
     raise Terminated("terminated")

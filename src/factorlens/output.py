@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from factorlens.errors import FactorlensError, FactorlensRuntimeError
+from factorlens.interrupt import check as check_interrupted
 
 #: the manifest of the files factorlens wrote into a result folder (relative POSIX paths)
 MANIFEST = ".factorlens-files.json"
@@ -408,6 +409,7 @@ def publish(
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{process_tag()}-", dir=out.parent))
     try:
         produce(stage)
+        check_interrupted()  # after a SIGTERM whose exception was swallowed: move nothing in
         new = [f for f in _files_under(stage, names) if f != MANIFEST]
         new.sort(key=lambda f: f == "result.json")
         with _locked(out):

@@ -373,3 +373,23 @@ def test_a_store_another_run_is_writing_is_refused_as_busy_not_interrupted(slow)
         [*_capture_args(slow, store, out), "--resume"], capture_output=True, text=True
     )
     assert res.returncode == 2 and "other settings" in _one_error(res.stderr)
+
+
+def test_a_swallowed_sigterm_still_stops_the_work_and_moves_no_output_in(tmp_path) -> None:
+    """SIGTERM's exception can be lost (raised while a weakref callback runs, Python only
+    prints it); the flag it leaves stops the next loop and the move of the output."""
+    from factorlens.interrupt import TERMINATED, Terminated, check, raise_terminated
+    from factorlens.output import publish
+
+    out = tmp_path / "out"
+    try:
+        with pytest.raises(Terminated):
+            raise_terminated(signal.SIGTERM, None)  # as if its exception was then swallowed
+        with pytest.raises(Terminated):
+            check()
+        with pytest.raises(Terminated):
+            publish(out, lambda stage: (stage / "result.json").write_text("{}"), ("result.json",))
+    finally:
+        TERMINATED.clear()
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    check()  # cleared: later work runs
