@@ -247,7 +247,9 @@ def test_streamed_bi_cross_validation_matches_the_dense_one(tmp_path) -> None:
         disk = CMTF(1, center=center, memory_budget=0).prepare(store)
         assert not any(b.in_memory for b in disk)  # read chunk by chunk: the streamed path
         want = bi_cross_validation(dense, 8, random_state=3)
-        got = bi_cross_validation(disk, 8, random_state=3)
+        # within the budget the blocks on disk are read once into the same concatenation
+        np.testing.assert_allclose(bi_cross_validation(disk, 8, random_state=3), want, rtol=1e-9)
+        got = bi_cross_validation(disk, 8, random_state=3, memory_budget=0)
         np.testing.assert_allclose(got[:4], want[:4], rtol=1e-6)  # to the true rank: exact
         np.testing.assert_allclose(got, want, atol=1e-4)  # the noise tail: randomized, close
         assert int(np.argmin(got)) == int(np.argmin(want))
@@ -269,17 +271,39 @@ def test_the_dense_quarters_are_the_held_out_pairs_for_any_number_of_folds() -> 
         row_fold, col_fold = rng.permutation(90) % folds, rng.permutation(Z.shape[1]) % folds
         got = list(_dense_quarters(data, 5, row_fold, col_fold, folds))
         assert len(got) == folds * folds
-        for (fi, fj), (left, right, cross, d_sq) in zip(np.ndindex(folds, folds), got, strict=True):
+        for (fi, fj), (left, right_gram, cross, d_sq) in zip(
+            np.ndindex(folds, folds), got, strict=True
+        ):
             r, c = row_fold == fi, col_fold == fj
             A_, D_ = Z[np.ix_(~r, ~c)], Z[np.ix_(r, c)]
             U, s, Vt = top_singular(A_, 5)
+            want_left, want_right = Z[np.ix_(r, ~c)] @ Vt.T / s, Z[np.ix_(~r, c)].T @ U
+            # what bi-CV reads of them (free of the singular vectors' signs)
             np.testing.assert_allclose(
-                left @ right.T,
-                (Z[np.ix_(r, ~c)] @ Vt.T / s) @ (Z[np.ix_(~r, c)].T @ U).T,
+                (left.T @ left) * right_gram,
+                (want_left.T @ want_left) * (want_right.T @ want_right),
                 atol=1e-10,
             )
+            want_cross = np.einsum("it,it->t", want_left, D_ @ want_right)
+            np.testing.assert_allclose(cross, want_cross, atol=1e-10)
             assert d_sq == pytest.approx(float(np.sum(D_**2)), rel=1e-12)
-            np.testing.assert_allclose(cross, np.einsum("it,it->t", left, D_ @ right), atol=1e-10)
+
+
+def test_bi_cross_validation_from_the_samples_grams_is_the_dense_one(monkeypatch) -> None:
+    """Blocks too large together but not one at a time, few samples: the Gram path, exact."""
+    import factorlens.rank.criteria as criteria
+    from factorlens.testing import rank_blocks
+
+    blocks, _ = rank_blocks(N=60, R=4, noise=0.1, seed=5)  # 60 samples, 200 features
+    data = CMTF(1, center=True).prepare(blocks)
+    width = sum(b.width for b in data)
+    want = bi_cross_validation(data, 8, random_state=1)
+    taken: list[str] = []
+    real = criteria._gram_quarters
+    monkeypatch.setattr(criteria, "_gram_quarters", lambda *a: taken.append("gram") or real(*a))
+    got = bi_cross_validation(data, 8, random_state=1, memory_budget=8 * 60 * width - 1)
+    assert taken == ["gram"]
+    np.testing.assert_allclose(got, want, rtol=1e-8)
 
 
 def test_the_scan_of_a_store_on_disk_reads_chunks_and_matches_the_in_memory_scan(
