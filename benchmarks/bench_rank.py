@@ -2,8 +2,8 @@
 
 Trains MnistCNN (seed 0, 2 epochs on train-10k.npz), captures the input and four layers
 (``mnist_blocks.LAYERS``) on 2,000 test images and times ``factorlens.estimate_rank`` for
-R = 1..20 with its defaults (every fit on the compressed matrix blocks, the seven
-warm-start chains one after another), then, as the baseline in the same process, the
+R = 1..20 with its defaults (every fit on the compressed matrix blocks, run compiled, the
+seven warm-start chains in one thread per core), then, as the baseline in the same process, the
 uncompressed scan (``compress=False``, chains in three threads: the default before
 compression). Target (issue 12): 5 s. Last line:
 ``scan_seconds=<s> chosen_rank=<R> uncompressed_seconds=<s> uncompressed_rank=<R>
