@@ -21,7 +21,10 @@ import numpy as np
 from factorlens.factorize import linalg
 from factorlens.factorize.blocks import Block
 from factorlens.factorize.compiled import (
+    BETA_GROW,
+    BETA_MAX_GROW,
     BETA_MAX_START,
+    BETA_SHRINK,
     BETA_START,
     als_run,
     announce_compile,
@@ -295,9 +298,10 @@ class ALS:
                     loss_trial, blk_trial = self.loss(trial, T_trial)
                     if loss_trial < loss:
                         state, T, loss, blk = trial, T_trial, loss_trial, blk_trial
-                        beta, beta_max = min(beta_max, beta * 1.05), min(1.0, beta_max * 1.01)
+                        beta = min(beta_max, beta * BETA_GROW)
+                        beta_max = min(1.0, beta_max * BETA_MAX_GROW)
                     else:
-                        beta_max, beta = beta, beta / 1.5
+                        beta_max, beta = beta, beta / BETA_SHRINK
                         state, T = plain, [t[:, :R] for t in both]
                         loss, blk = self.loss(state, T)
                 else:

@@ -40,8 +40,11 @@ from factorlens.factorize.kernels import group_lasso_sweeps, unit_column_sweeps
 #: costs the same
 MAX_ENTRIES = 1 << 20
 
-#: how the extrapolation's step ``β`` starts and moves (as in :meth:`ALS.run`)
+#: how the extrapolation's step ``β`` starts and moves, here and in :meth:`ALS.run`: after a
+#: kept step ``β`` grows by BETA_GROW (up to its cap, which grows by BETA_MAX_GROW up to 1),
+#: after a refused one the cap becomes ``β`` and ``β`` shrinks by BETA_SHRINK
 BETA_START, BETA_MAX_START = 0.5, 1.0
+BETA_GROW, BETA_MAX_GROW, BETA_SHRINK = 1.05, 1.01, 1.5
 
 
 @dataclass
@@ -260,15 +263,30 @@ def _column_norms(X):
 
 
 @numba.njit(cache=True, nogil=True)
-def _normalise_modes(F, rows, first, last, tiny):
-    """Make modes ``first+1..last-1`` unit-norm, their norms moved into mode ``first``."""
-    for m in range(first + 1, last):
-        f = F[rows[m] : rows[m + 1]]
-        n = _column_norms(f)
-        for r in range(F.shape[1]):
-            if n[r] > tiny:
-                f[:, r] /= n[r]
-                F[rows[first] : rows[first + 1], r] *= n[r]
+def _unit_mode(F, rows, m, first, tiny):
+    """Make mode ``m``'s columns unit-norm, their norms moved into mode ``first``."""
+    f = F[rows[m] : rows[m + 1]]
+    n = _column_norms(f)
+    for r in range(F.shape[1]):
+        if n[r] > tiny:
+            f[:, r] /= n[r]
+            F[rows[first] : rows[first + 1], r] *= n[r]
+
+
+@numba.njit(cache=True, nogil=True)
+def _unit_shared(A, F, modes, rows, tiny):
+    """Make ``A``'s columns unit-norm in place, their norms moved into each block's first mode.
+
+    Return the norms; a column at or below ``tiny`` is left as it is.
+    """
+    n = _column_norms(A)
+    for r in range(A.shape[1]):
+        if n[r] > tiny:
+            A[:, r] /= n[r]
+            for b in range(modes.shape[0] - 1):
+                m = modes[b]
+                F[rows[m] : rows[m + 1], r] *= n[r]
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -300,11 +318,7 @@ def _update_block(T, AtA, inv, F, pen, dims, rows, first, last, exact, nonneg, s
                 Z, G, np.ascontiguousarray(f), pk, zero, nonneg, sweeps, tiny
             )
         if k > first:
-            n = _column_norms(f)
-            for r in range(R):
-                if n[r] > tiny:
-                    f[:, r] /= n[r]
-                    F[rows[first] : rows[first + 1], r] *= n[r]
+            _unit_mode(F, rows, k, first, tiny)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -345,14 +359,9 @@ def _step(S, A, F, T, pen, cols, modes, dims, rows, exact, nonneg, sweeps, tiny)
     if not exact:
         return unit_column_sweeps(M, G, A, nonneg, sweeps, tiny), F
     new = M @ _pinv(G)
-    n = _column_norms(new)
+    n = _unit_shared(new, F, modes, rows, tiny)
     for r in range(A.shape[1]):
-        if n[r] > tiny:
-            new[:, r] /= n[r]
-            for b in range(cols.shape[0] - 1):
-                m = modes[b]
-                F[rows[m] : rows[m + 1], r] *= n[r]
-        else:  # a component absent from every block keeps its loadings
+        if n[r] <= tiny:  # a component absent from every block keeps its loadings
             new[:, r] = A[:, r]
     return new, F
 
@@ -368,17 +377,14 @@ def _extrapolated(A1, F1, A0, F0, beta, cols, modes, rows, nonneg, tiny):
     if nonneg:
         A = np.maximum(A, 0.0)
         F = np.maximum(F, 0.0)
-    n = _column_norms(A)
+    n = _unit_shared(A, F, modes, rows, tiny)
     scale = np.ones(A.shape[1])
     for r in range(A.shape[1]):
         if n[r] > tiny:
-            A[:, r] /= n[r]
             scale[r] = 1.0 / n[r]
-            for b in range(cols.shape[0] - 1):
-                m = modes[b]
-                F[rows[m] : rows[m + 1], r] *= n[r]
     for b in range(cols.shape[0] - 1):
-        _normalise_modes(F, rows, modes[b], modes[b + 1], tiny)
+        for m in range(modes[b] + 1, modes[b + 1]):
+            _unit_mode(F, rows, m, modes[b], tiny)
     return A, F, scale
 
 
@@ -457,9 +463,10 @@ def als_run(
             if loss_trial < loss:
                 A, F, T, loss = A_trial, F_trial, T_trial, loss_trial
                 blk[:] = blk_trial
-                beta, beta_max = min(beta_max, beta * 1.05), min(1.0, beta_max * 1.01)
+                beta = min(beta_max, beta * BETA_GROW)
+                beta_max = min(1.0, beta_max * BETA_MAX_GROW)
             else:
-                beta_max, beta = beta, beta / 1.5
+                beta_max, beta = beta, beta / BETA_SHRINK
                 A, F, T = A_plain, F_plain, T_plain
                 loss = _loss(A, F, T, pen, norm_sq, cols, modes, dims, rows, blk)
         else:
@@ -475,6 +482,11 @@ def als_run(
 
 
 __all__ = [
+    "BETA_GROW",
+    "BETA_MAX_GROW",
+    "BETA_MAX_START",
+    "BETA_SHRINK",
+    "BETA_START",
     "MAX_ENTRIES",
     "OneBlasThread",
     "Packed",

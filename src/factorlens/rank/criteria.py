@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from factorlens.factorize.blocks import Block
+from factorlens.factorize.blocks import Block, _to_numpy
 from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.sketch import summed
@@ -175,11 +175,9 @@ def _gram_quarters(data: list[Block], max_rank: int, row_fold, col_fold, folds: 
         out, inn = row_fold == fi, row_fold != fi
         for fj in range(folds):
             held = grams[fj]  # the held-out columns; the others fit
-            values, vectors = np.linalg.eigh((total - held)[np.ix_(inn, inn)])
-            order = np.argsort(values)[::-1][:max_rank]
-            s = np.sqrt(np.clip(values[order], 0.0, None))
+            s, U = _leading((total - held)[np.ix_(inn, inn)], max_rank)
             k = _kept(s)
-            U, s = vectors[:, order[:k]], s[:k]
+            U, s = U[:, :k], s[:k]
             left = (total - held)[np.ix_(out, inn)] @ U / s**2
             cross = np.einsum("it,it->t", left, held[np.ix_(out, inn)] @ U)
             right_gram = U.T @ held[np.ix_(inn, inn)] @ U
@@ -211,8 +209,7 @@ def _fold_ordered(
             col_next[f] += idx.size
         row_next = row_edges[:-1].copy()
         for start, piece in b.sub_chunks():
-            y = piece if isinstance(piece, np.ndarray) else piece.cpu().numpy()
-            y = np.asarray(y, dtype=np.float64).reshape(y.shape[0], -1) * b.scale
+            y = _to_numpy(piece).reshape(piece.shape[0], -1) * b.scale
             for f in range(folds):
                 ridx = np.flatnonzero(row_fold[start : start + y.shape[0]] == f)
                 rows = slice(row_next[f], row_next[f] + ridx.size)
@@ -289,14 +286,24 @@ def _fold_column_squares(data: list[Block], row_fold: np.ndarray, folds: int) ->
     for b in data:
         hi = lo + b.width
         for start, piece in b.sub_chunks():
-            y = piece if isinstance(piece, np.ndarray) else piece.cpu().numpy()
-            y = np.asarray(y, dtype=np.float64)
+            y = _to_numpy(piece)
             fold = row_fold[start : start + y.shape[0]]
             for f in range(folds):
                 out[f, lo:hi] += np.einsum("ij,ij->j", y[fold == f], y[fold == f])
         out[:, lo:hi] *= b.scale**2
         lo = hi
     return out
+
+
+def _leading(gram: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the ``k`` leading singular values a Gram matrix holds, and its eigenvectors.
+
+    The values are the square roots of ``gram``'s eigenvalues, descending; the vectors follow
+    them.
+    """
+    values, vectors = np.linalg.eigh(gram)
+    order = np.argsort(values)[::-1][:k]
+    return np.sqrt(np.clip(values[order], 0.0, None)), vectors[:, order]
 
 
 def top_singular(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -325,11 +332,7 @@ def top_singular(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np
     n, p = matrix.shape
     k = min(int(k), n, p)
     wide = n <= p
-    gram = matrix @ matrix.T if wide else matrix.T @ matrix
-    values, vectors = np.linalg.eigh(gram)
-    order = np.argsort(values)[::-1][:k]
-    s = np.sqrt(np.clip(values[order], 0.0, None))
-    basis = vectors[:, order]
+    s, basis = _leading(matrix @ matrix.T if wide else matrix.T @ matrix, k)
     safe = np.where(s > 0, s, 1.0)
     if wide:
         U = basis
