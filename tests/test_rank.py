@@ -13,6 +13,7 @@ import factorlens
 from factorlens.errors import FactorlensError
 from factorlens.factorize import CMTF
 from factorlens.rank import bi_cross_validation, core_consistency, estimate_rank
+from factorlens.rank import scan as scan_module
 from factorlens.rank.criteria import top_singular
 from factorlens.rank.scan import choose_rank
 from factorlens.testing import planted_blocks
@@ -65,6 +66,45 @@ def test_ranks_the_rule_cannot_choose_are_not_fitted_and_said() -> None:
     assert last < 8 and bicv[-1] >= bicv[-2]  # the last fitted R shows the turn
     assert any(f"R = {last + 1}..8 were not fitted" in n for n in scan.notes)
     assert all(len(row) == last for row in scan.split_stability)
+
+
+def test_the_scan_stops_once_stability_failed_on_every_split_for_patience_ranks(
+    monkeypatch,
+) -> None:
+    blocks, _ = planted_blocks(N=160, R=3, noise=0.05, missing=None, seed=3)
+    # a bi-CV error that falls at every R (as on real data): only the patience stop can act
+    falling = lambda data, max_rank, **kw: np.linspace(1.0, 0.5, max_rank)  # noqa: E731
+    monkeypatch.setattr(scan_module, "bi_cross_validation", falling)
+    stopped = estimate_rank(blocks, 10, random_state=4)
+    every = estimate_rank(blocks, 10, random_state=4, patience=0)
+    assert every.ranks == list(range(1, 11)) and stopped.chosen == every.chosen == 3
+    last = stopped.ranks[-1]
+    assert 6 <= last < 10  # R = 4, 5, 6 fail on every split (spurious components)
+    failed = np.array(stopped.split_stability)[:, last - 3 :]
+    assert failed.max() < 0.8
+    assert any(f"R = {last + 1}..10 were not fitted (patience=3" in n for n in stopped.notes)
+    for name, values in stopped.criteria.items():  # the same fits up to the stop
+        np.testing.assert_allclose(values, every.criteria[name][:last], rtol=1e-6, atol=1e-9)
+    with pytest.raises(FactorlensError, match="`patience` must be an integer >= 0"):
+        estimate_rank(blocks, 4, patience=-1)
+
+
+def test_failures_before_a_rank_above_one_qualified_do_not_stop_the_scan() -> None:
+    evidence = scan_module._Evidence([], n_splits=2)
+    for stability in ([1.0, 1.0], [0.3, 0.5], [0.2, 0.6], [0.4, 0.1]):  # too few: unstable
+        evidence.split_stability[0].append(stability[0])
+        evidence.split_stability[1].append(stability[1])
+        evidence.criteria["stability"].append(float(np.median(stability)))
+        evidence.criteria["bicv"].append(1.0 - len(evidence.criteria["bicv"]) / 10)
+    assert not evidence.turned(0.8, 3)  # nothing above R = 1 qualified yet
+    for stability in ([0.9, 0.95], [0.5, 0.7], [0.1, 0.2], [0.3, 0.79]):  # R = 5 qualifies
+        evidence.split_stability[0].append(stability[0])
+        evidence.split_stability[1].append(stability[1])
+        evidence.criteria["stability"].append(float(np.median(stability)))
+        evidence.criteria["bicv"].append(1.0 - len(evidence.criteria["bicv"]) / 10)
+    assert evidence.qualified(0.8) == 5 and evidence.turned(0.8, 3)
+    assert not evidence.turned(0.8, 4) and not evidence.turned(0.8, 0)
+    assert not evidence.turned(0.75, 3)  # one split's 0.79 passes a lower threshold
 
 
 def test_core_consistency_is_100_for_an_exact_cp_model() -> None:

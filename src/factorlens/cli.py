@@ -317,7 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
         "matches across split halves with congruence >= 0.8, median of 3 splits, and whose "
         "R-th component lowers the bi-cross-validation error), print the range of ranks the "
         "splits support one at a time, and write the analysis at the chosen rank, with the "
-        "evidence in the report.",
+        "evidence in the report. The scan fits no R past one the rule can no longer choose: "
+        "one past the last R whose bi-cross-validation error falls, or after 3 ranks in a "
+        "row that fail on every split once an R > 1 qualified (a note names the ranks left "
+        "out).",
         epilog=DATA_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -471,6 +471,7 @@ class RankOptions(_Checked):
     )
     stability_threshold: float = _field(0.8, FRACTION)
     n_splits: int = _field(3, COUNT)
+    patience: int = _field(3, COUNT_OR_OFF)
     n_iter_max: int = _field(200, COUNT)
     tol: float = _field(1e-6, TOLERANCE)
     compress: bool = _field(True, FLAG)
