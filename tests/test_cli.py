@@ -64,6 +64,28 @@ def test_store_reuse_refuses_capture_options(project, capsys) -> None:
     assert "--n-samples" in err and "--batch-size" in err and "--compression" in err
 
 
+def test_a_float16_store_halves_its_chunks_and_fits_like_float32(project, capsys) -> None:
+    root = project["root"]
+    fits = {}
+    for dtype in ("float32", "float16"):
+        out, store = root / f"out-{dtype}", root / f"acts-{dtype}.zarr"
+        args = _analyze_args(project, out, "--store", str(store), "--store-dtype", dtype)
+        assert main(args) == 0
+        array = json.loads((store / "b001" / "zarr.json").read_text())
+        assert array["data_type"] == dtype
+        fits[dtype] = factorlens.load(out)
+    a, b = fits["float32"].A, fits["float16"].A
+    # the same components: rounding each value to 11 bits moves the fit by round-off only
+    cosines = np.abs(np.sum(a * b, axis=0)) / (
+        np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0)
+    )
+    assert cosines.min() > 0.999, cosines
+    args = _analyze_args(project, root / "mem", "--store-dtype", "float16")
+    assert main(args) == 2
+    err = _error(capsys)
+    assert "--store-dtype float16 is how a store on disk holds its chunks; give --store PATH" in err
+
+
 def test_quality_captures_into_memory_so_it_has_no_compression_flag(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["quality", "--model", "m.py:N", "--data", "digits", "--compression", "zstd", "c.pt"])

@@ -348,3 +348,76 @@ def test_store_view_leaves_blocks_out_without_copying(tmp_path):
             StoreView(store, ["b"])
         with pytest.raises(FactorlensError):
             view.append("a", np.zeros((1, 2), np.float32))
+
+
+def _float16_bound(x: np.ndarray) -> np.ndarray:
+    """The stated rounding error of float16 chunks: 2⁻¹¹ relative, 2⁻²⁵ absolute near zero."""
+    return np.maximum(np.abs(x) * 2.0**-11, 2.0**-25)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.floats(-65_000, 65_000, allow_nan=False, width=32), min_size=1, max_size=40),
+    tiny=st.booleans(),
+)
+def test_float16_chunks_read_back_as_float32_within_the_stated_error(values, tiny):
+    x = np.asarray(values, np.float32)[:, None] * np.float32(1e-6 if tiny else 1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ZarrStore.create(Path(tmp) / "s", chunk_rows=7, dtype="float16")
+        store.create_block("x", (1,), "layer", "Linear")
+        store.append("x", x)
+        store.close()
+        back = open_store(Path(tmp) / "s").block("x")
+        assert back.dtype == np.float32
+        got = back[:]
+        assert got.dtype == np.float32 and got.shape == x.shape
+        assert np.all(np.abs(got - x) <= _float16_bound(x))
+        assert [r.dtype for _, r in open_store(Path(tmp) / "s").iter_rows("x")] == [np.float32] * -(
+            -len(x) // 7
+        )
+
+
+def test_a_float16_store_holds_half_the_bytes_and_says_its_format(tmp_path):
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        path = tmp_path / dtype
+        store = ZarrStore.create(path, chunk_rows=4, dtype=dtype)
+        data = _fill(store)
+        store.close()
+        again = open_store(path)
+        for name, arr in data.items():
+            assert np.all(np.abs(again.block(name)[:] - arr) <= _float16_bound(arr))
+        attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+        assert attrs["factorlens_store"] == (2 if dtype == "float16" else 1)
+        key = next(r["array"] for r in attrs["blocks"] if r["name"] == "fc")
+        assert json.loads((path / key / "zarr.json").read_text())["data_type"] == dtype
+        sizes[dtype] = sum(p.stat().st_size for p in path.rglob("c/**/*") if p.is_file())
+    # each chunk's 4-byte checksum does not halve
+    assert sizes["float16"] < 0.6 * sizes["float32"]
+
+
+def test_a_float16_store_refuses_a_value_beyond_its_range_and_names_the_block(tmp_path):
+    store = ZarrStore.create(tmp_path / "s", chunk_rows=4, dtype="float16")
+    store.create_block("logits", (2,), "layer", "Linear")
+    store.append("logits", np.ones((3, 2)))
+    with pytest.raises(
+        FactorlensError,
+        match=r"block 'logits' holds values up to ±7e\+04 \(rows from 3 on\), beyond "
+        r"float16's ±65,504; capture it with `store_dtype='float32'`",
+    ):
+        store.append("logits", np.array([[1.0, -70_000.0]]))
+    lent = np.array([[2.0, 1e5]], np.float32)
+    lent.setflags(write=False)  # numpy casts what torch may not share: the same check
+    with pytest.raises(FactorlensError, match=r"values up to ±1e\+05 \(rows from 3 on\)"):
+        store.append("logits", lent, copy=False)
+    store.append("logits", np.array([[np.nan, 65_504.0]]))  # NaN is the capture's to check
+    lent = np.array([[0.5, -65_504.0]], np.float32)
+    lent.setflags(write=False)
+    store.append("logits", lent, copy=False)
+    store.close()
+    np.testing.assert_array_equal(
+        open_store(tmp_path / "s").block("logits")[3:], [[np.nan, 65_504.0], [0.5, -65_504.0]]
+    )
+    with pytest.raises(FactorlensError, match=r"dtype must be one of float32, float16, got 'int8'"):
+        ZarrStore.create(tmp_path / "t", dtype="int8")
+    assert not (tmp_path / "t").exists()

@@ -348,14 +348,23 @@ def _as_rows(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> np
     return _to_rows(_as_tensor(name, out, select, batch_n))
 
 
+def check_store_dtype(options: CaptureOptions, *, on_disk: bool) -> None:
+    """Refuse a ``store_dtype`` other than float32 for a capture that writes no store on disk."""
+    if options.store_dtype != "float32" and not on_disk:
+        raise FactorlensError(
+            f"`store_dtype={options.store_dtype!r}` is how a store on disk holds its chunks; "
+            "give `store=PATH`, or drop `store_dtype` (blocks in memory are float32)"
+        )
+
+
 def _make_store(
     store: ActivationStore | str | os.PathLike[str] | None,
     overwrite: bool,
     fingerprint: dict[str, Any],
-    compression: str,
-    batch_size: int,
+    options: CaptureOptions,
 ) -> tuple[ActivationStore, bool]:
     """Return ``(store, created_here)``; a new zarr store gets chunks of whole batches."""
+    check_store_dtype(options, on_disk=isinstance(store, str | os.PathLike))
     if store is None:
         return MemoryStore(), True
     if isinstance(store, str | os.PathLike):
@@ -363,8 +372,9 @@ def _make_store(
             store,
             overwrite=overwrite,
             fingerprint=fingerprint,
-            compression=compression,
-            chunk_multiple=batch_size,
+            compression=options.compression,
+            chunk_multiple=int(options.batch_size),
+            dtype=options.store_dtype,
         )
         return created, True
     if isinstance(store, ActivationStore):
@@ -522,8 +532,8 @@ def capture(
     options : CaptureOptions, optional
         The settings (:class:`~factorlens.options.CaptureOptions`): ``batch_size``,
         ``device`` (the model is moved there and back), ``nonfinite`` (``"raise"`` on NaN/Inf,
-        or ``"zero"``, counted in ``meta["nonfinite"]``), ``compression`` of a store on disk;
-        every layer is held whole. Keywords (``**settings``: ``batch_size=64``) win over it.
+        or ``"zero"``, counted in ``meta["nonfinite"]``), ``compression`` and ``store_dtype``
+        (float32 or float16 chunks) of a store on disk; every layer is held whole. Keywords (``**settings``: ``batch_size=64``) win over it.
     preprocess : callable, optional
         Applied to each ``(B, C, H, W)`` batch before the model (not to the stored input).
     labels : array-like, optional
@@ -588,6 +598,9 @@ def _recorded(
         "device": str(resolve_device(str(options.device))),  # one rule for capture and loading
         "compression": options.compression,  # a resume keeps the store's codec: refuse another
         "meta": dict(meta or {}),
+        # and its number type (recorded only when not the default: an interrupted capture
+        # from before the option resumes as it was)
+        **({"store_dtype": options.store_dtype} if options.store_dtype != "float32" else {}),
     }
 
 
@@ -624,9 +637,7 @@ def _open_for_capture(
     on_disk = isinstance(store, str | os.PathLike)
     fingerprint = _fingerprint(*fingerprinted) if on_disk else {}
     if not resume:
-        made, created = _make_store(
-            store, overwrite, fingerprint, options.compression, int(options.batch_size)
-        )
+        made, created = _make_store(store, overwrite, fingerprint, options)
         return made, created, 0, {}
     if not isinstance(store, str | os.PathLike):
         raise FactorlensError("resume needs the store's directory path (store=PATH)")

@@ -207,7 +207,8 @@ def _add_model_data(p: argparse.ArgumentParser, *, weights: bool, store: bool) -
         metavar="LAYER=INDEX",
         help="for a layer whose output is a tuple or dict, the element to use",
     )
-    _add_flags(g, CaptureOptions, skip=() if store else ("compression",))  # memory: no chunks
+    # in memory: no chunks, so neither their codec nor their number type
+    _add_flags(g, CaptureOptions, skip=() if store else ("compression", "store_dtype"))
     if store:
         g.add_argument(
             "--store",

@@ -354,6 +354,17 @@ class CaptureOptions(_Checked):
             "write and read) or 'zstd' (about half the disk for ReLU outputs, slower)",
         ),
     )
+    store_dtype: str = _field(
+        "float32",
+        one_of("float32", "float16"),
+        Flag(
+            "--store-dtype",
+            "the number type of a store's chunks: 'float32' (default) or 'float16' (half the "
+            "bytes written and read; each value rounded to 11 significant bits: a relative "
+            "error of at most 2^-11 = 4.9e-4, or 3e-8 absolute below 6.1e-5; a value beyond "
+            "±65,504 is refused); read back as float32 either way",
+        ),
+    )
     sketch: int | str = _field(
         "auto",
         SKETCH,

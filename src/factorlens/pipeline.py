@@ -425,7 +425,7 @@ def capture_for_analysis(
     that way. ``sharded`` runs a capture into ``store`` on the workers of the current Dask
     client (:func:`factorlens.sharded.capture_sharded`; not resumable).
     """
-    from factorlens.capture import StoreDiskFull, capture
+    from factorlens.capture import StoreDiskFull, capture, check_store_dtype
     from factorlens.sketched import capture_sketched
     from factorlens.store import open_store
 
@@ -443,6 +443,7 @@ def capture_for_analysis(
         _check_store_path(target, overwrite, out, resume)
     elif resume:
         raise FactorlensError("`resume=True` continues a capture into a store; give `store=PATH`")
+    check_store_dtype(options, on_disk=store is not None)
     # an existing store being replaced is kept until the new capture has succeeded
     stage: Path | None = None  # where it is captured first, when it replaces one
     if target is not None and target.exists() and not resume:

@@ -236,9 +236,14 @@ def capture_sharded(
         "device": "cpu",
         "meta": dict(meta or {}),
         "sharded": shard,
+        **({"store_dtype": opts.store_dtype} if opts.store_dtype != "float32" else {}),
     }
     target = ZarrStore.create(
-        store, overwrite=overwrite, fingerprint=recorded, compression=opts.compression
+        store,
+        overwrite=overwrite,
+        fingerprint=recorded,
+        compression=opts.compression,
+        dtype=opts.store_dtype,
     )
     try:
         for b in first.names:

@@ -225,3 +225,42 @@ def test_a_capture_that_fills_the_disk_keeps_its_store_to_resume(tmp_path, monke
     )
     for name in whole.names:
         np.testing.assert_array_equal(resumed.block(name)[:], whole.block(name)[:])
+
+
+def test_a_float16_capture_resumes_mid_chunk_and_refuses_another_number_type(
+    tmp_path, monkeypatch
+) -> None:
+    import torch
+
+    from factorlens.capture import capture
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU())
+    images = np.random.default_rng(0).random((12, 1, 2, 2)).astype(np.float32)
+    whole = capture(model, images, store=tmp_path / "whole", batch_size=4, progress=False)
+    monkeypatch.setattr(ZarrStore, "sync_seconds", 0.0)  # every batch on disk at once
+    real_mark = ZarrStore.mark_batch
+
+    def stopped_after_two(self, stop, counts):
+        if stop > 8:
+            raise KeyboardInterrupt
+        real_mark(self, stop, counts)
+
+    half = {"batch_size": 4, "progress": False, "store_dtype": "float16"}
+    monkeypatch.setattr(ZarrStore, "mark_batch", stopped_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        capture(model, images, store=tmp_path / "acts", **half)
+    monkeypatch.setattr(ZarrStore, "mark_batch", real_mark)
+    with pytest.raises(
+        FactorlensError, match=r"started with other settings \(differs in store_dtype"
+    ):
+        capture(model, images, store=tmp_path / "acts", batch_size=4, progress=False, resume=True)
+    # one chunk of 12 rows per block: the resume reads rows 0-7 back and rewrites the chunk
+    resumed = capture(model, images, store=tmp_path / "acts", resume=True, **half)
+    for name in whole.names:
+        want = whole.block(name)[:]
+        got = resumed.block(name)[:]
+        assert got.dtype == np.float32
+        assert np.all(np.abs(got - want) <= np.maximum(np.abs(want) * 2.0**-11, 2.0**-25))
+        assert not np.array_equal(got, want)  # rounded: float16 on disk
+    with pytest.raises(FactorlensError, match=r"`store_dtype='float16'` is how a store on disk"):
+        capture(model, images, progress=False, store_dtype="float16")
