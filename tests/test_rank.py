@@ -382,3 +382,39 @@ def test_the_scan_takes_the_model_from_engine_options_and_keywords_win() -> None
     overridden = estimate_rank(blocks, 4, model=model, nonneg=False)
     plain = estimate_rank(blocks, 4, l1_penalty=0.0)
     assert overridden.table() == plain.table()
+
+
+def test_an_interrupted_scan_stops_its_side_threads_before_the_error_goes_on(
+    monkeypatch,
+) -> None:
+    import threading
+    import time
+
+    from factorlens.interrupt import CANCEL, Cancelled, check
+
+    blocks, _ = planted_blocks(N=60, R=2, noise=0.05, missing=None, seed=1)
+    started, stopped = threading.Event(), threading.Event()
+
+    def slow_bicv(data, max_rank, **kw):  # a long bi-CV that checks, as the real one does
+        started.set()
+        try:
+            for _ in range(2000):
+                check()
+                time.sleep(0.005)
+        except Cancelled:
+            stopped.set()
+            raise
+        return np.linspace(1.0, 0.5, max_rank)
+
+    def interrupted(*args, **kw):
+        assert started.wait(5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_module, "bi_cross_validation", slow_bicv)
+    monkeypatch.setattr(scan_module, "_chain_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        estimate_rank(blocks, 3)
+    # cancelled at its next check (not run on to its end), and later fits may run
+    assert stopped.is_set() and not CANCEL.is_set()
+    monkeypatch.undo()
+    assert estimate_rank(blocks, 3).chosen == 2

@@ -13,6 +13,7 @@ from factorlens.factorize.blocks import Block, _to_numpy
 from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.sketch import summed
+from factorlens.interrupt import check
 from factorlens.options import DEFAULT_SEED, EngineOptions
 
 
@@ -102,6 +103,7 @@ def bi_cross_validation(
         quarters = _streamed_quarters(data, max_rank, row_fold, col_fold, folds, rng)
     errors = np.zeros(max_rank)
     for left, right_gram, cross, d_sq in quarters:
+        check()  # in a thread of the rank scan: stop when the scan is cancelled
         # with (A_k)⁺ = V_k diag(1/s) U_kᵀ the rank-r prediction is Σ_{t<r} left_t right_tᵀ; its
         # error ‖D − P_r‖² = ‖D‖² − 2 Σ_t ⟨D, left_t right_tᵀ⟩ + Σ_{t,u} (LᵀL ∘ RᵀR)_tu comes
         # from k×k matrices, without forming P_r
@@ -165,6 +167,7 @@ def _gram_quarters(data: list[Block], max_rank: int, row_fold, col_fold, folds: 
     grams = np.zeros((folds, n, n))
     lo = 0
     for b in data:
+        check()
         y = b.dense()
         here = col_fold[lo : lo + b.width]
         for f in range(folds):
@@ -202,6 +205,7 @@ def _fold_ordered(
     col_next = col_edges[:-1].copy()
     lo = 0
     for b in data:
+        check()
         here = col_fold[lo : lo + b.width]
         columns = []
         for f in range(folds):
@@ -262,6 +266,7 @@ def _streamed_quarters(
             # a range of A = Z[rows_in, cols_in]: zeros outside its rows and columns
             Q = np.linalg.qr(z_left(rng.standard_normal((edges[-1], size)) * cols_in) * rows_in)[0]
             for _ in range(BICV_POWER):
+                check()
                 Q = np.linalg.qr(z_left(z_right(Q) * cols_in) * rows_in)[0]
             # Aᵀ Q = V s Wᵀ, from its k×k Gram: LAPACK's SVD of this P×k matrix took a tenth
             # of a ResNet-18 rank scan (P = 150,528 input features and 40 layers)

@@ -49,7 +49,7 @@ from factorlens.factorize.linalg import khatri_rao
 from factorlens.factorize.penalty import block_spectrum
 from factorlens.factorize.reduced import ReducedBlock, expand_result
 from factorlens.factorize.sketch import compress_samples
-from factorlens.interrupt import CANCEL
+from factorlens.interrupt import CANCEL, check
 from factorlens.options import DEFAULT_SEED, EngineOptions, RankOptions
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
 
@@ -185,21 +185,9 @@ def estimate_rank(
     opts = _scan_options(engine, n_iter_max, tol, random_state)
     full = CMTF(1, **opts).prepare(blocks)
     rng = np.random.default_rng(random_state)
-    # bi-CV and the chains' blocks side by side, one BLAS thread each: both are mostly
-    # LAPACK calls on a few hundred rows (eigendecompositions of Grams, QR), which gain
-    # little from a second thread each (MNIST: 1.2 s and 1.9 s one after the other)
-    with one_blas_thread, ThreadPoolExecutor(1) as side:
-        pending = side.submit(
-            bi_cross_validation,
-            full,
-            max_rank,
-            random_state=random_state,
-            memory_budget=opts.get("memory_budget", _BUDGET),
-        )
-        chains_data, sample_bases = _chain_data(
-            full, names, arrays, n_splits, max_rank, opts, rng, compress=compress
-        )
-        bicv = pending.result()
+    chains_data, sample_bases, bicv = _prepared(
+        full, names, arrays, n_splits, max_rank, opts, rng, compress, random_state
+    )
     if n_jobs is None:
         n_jobs = min(3, _usable_cpus())
     stop = _last_choosable(bicv, notes)
@@ -231,6 +219,59 @@ def estimate_rank(
         if bar is not None:
             bar.close()  # before any message, which would otherwise share its line
     return evidence.scan(stability_threshold, notes)
+
+
+def _prepared(
+    full: list,
+    names: list[str],
+    arrays: list[Any],
+    n_splits: int,
+    max_rank: int,
+    opts: dict[str, Any],
+    rng: np.random.Generator,
+    compress: bool,
+    random_state: int,
+) -> tuple[list[list[Any]], dict[int, np.ndarray], np.ndarray]:
+    """Return the chains' blocks and bases (:func:`_chain_data`) and the bi-CV errors.
+
+    Two threads beside the main one, one BLAS thread each: the blocks' noise-floor spectra
+    first (one eigendecomposition of a sampled Gram matrix each, with its own draws: 5.7 s
+    of a `quality` scan of MnistCNN's 10 blocks one after another), then bi-cross-
+    validation while the main thread prepares the chains. These are LAPACK calls on a few
+    hundred to 2,000 rows, which gain little from a second BLAS thread each. Interrupted,
+    the threads stop at their next check before the error goes on.
+    """
+    side = ThreadPoolExecutor(2)
+    try:
+        with one_blas_thread:
+            draws = rng.spawn(len(full))
+            spectra = [side.submit(_spectrum, b, r) for b, r in zip(full, draws, strict=True)]
+            pending = side.submit(
+                bi_cross_validation,
+                full,
+                max_rank,
+                random_state=random_state,
+                memory_budget=opts.get("memory_budget", _BUDGET),
+            )
+            for done in spectra:
+                done.result()
+            chains_data, sample_bases = _chain_data(
+                full, names, arrays, n_splits, max_rank, opts, rng, compress=compress
+            )
+            bicv = pending.result()
+    except BaseException:
+        CANCEL.set()  # the threads' loops stop at their next check
+        side.shutdown(wait=True, cancel_futures=True)
+        CANCEL.clear()
+        raise
+    side.shutdown()
+    return chains_data, sample_bases, bicv
+
+
+def _spectrum(block: Any, rng: np.random.Generator) -> None:
+    """Compute ``block``'s noise-floor spectrum (cached on it) unless the scan was cancelled."""
+    check()
+    block_spectrum(block, rng)
 
 
 #: the fields of an EngineOptions that say which model is fitted (not how it is iterated)
