@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -185,8 +187,11 @@ def estimate_rank(
     opts = _scan_options(engine, n_iter_max, tol, random_state)
     full = CMTF(1, **opts).prepare(blocks)
     rng = np.random.default_rng(random_state)
-    chains_data, sample_bases, bicv = _prepared(
-        full, names, arrays, n_splits, max_rank, opts, rng, compress, random_state
+    chain_data = partial(
+        _chain_data, full, names, arrays, n_splits, max_rank, opts, rng, compress=compress
+    )
+    (chains_data, sample_bases), bicv = _beside_spectra_and_bicv(
+        chain_data, full, max_rank, opts, rng, random_state
     )
     if n_jobs is None:
         n_jobs = min(3, _usable_cpus())
@@ -221,25 +226,22 @@ def estimate_rank(
     return evidence.scan(stability_threshold, notes)
 
 
-def _prepared(
+def _beside_spectra_and_bicv(
+    prepare: Callable[[], Any],
     full: list,
-    names: list[str],
-    arrays: list[Any],
-    n_splits: int,
     max_rank: int,
     opts: dict[str, Any],
     rng: np.random.Generator,
-    compress: bool,
     random_state: int,
-) -> tuple[list[list[Any]], dict[int, np.ndarray], np.ndarray]:
-    """Return the chains' blocks and bases (:func:`_chain_data`) and the bi-CV errors.
+) -> tuple[Any, np.ndarray]:
+    """Return what ``prepare()`` returns (the chains' blocks) and the bi-CV errors.
 
-    Two threads beside the main one, one BLAS thread each: the blocks' noise-floor spectra
-    first (one eigendecomposition of a sampled Gram matrix each, with its own draws: 5.7 s
-    of a `quality` scan of MnistCNN's 10 blocks one after another), then bi-cross-
-    validation while the main thread prepares the chains. These are LAPACK calls on a few
-    hundred to 2,000 rows, which gain little from a second BLAS thread each. Interrupted,
-    the threads stop at their next check before the error goes on.
+    Two threads beside the main one, one BLAS thread each, compute the noise-floor spectra
+    of the blocks ``full`` first (one eigendecomposition of a sampled Gram matrix each, with
+    its own draws: 5.7 s of a `quality` scan of MnistCNN's 10 blocks one after another),
+    then bi-cross-validation while the main thread runs ``prepare``. These are LAPACK calls
+    on a few hundred to 2,000 rows, which gain little from a second BLAS thread each.
+    Interrupted, the threads stop at their next check before the error goes on.
     """
     side = ThreadPoolExecutor(2)
     try:
@@ -255,9 +257,7 @@ def _prepared(
             )
             for done in spectra:
                 done.result()
-            chains_data, sample_bases = _chain_data(
-                full, names, arrays, n_splits, max_rank, opts, rng, compress=compress
-            )
+            prepared = prepare()
             bicv = pending.result()
     except BaseException:
         CANCEL.set()  # the threads' loops stop at their next check
@@ -265,7 +265,7 @@ def _prepared(
         CANCEL.clear()
         raise
     side.shutdown()
-    return chains_data, sample_bases, bicv
+    return prepared, bicv
 
 
 def _spectrum(block: Any, rng: np.random.Generator) -> None:
