@@ -533,7 +533,8 @@ def capture(
         The settings (:class:`~factorlens.options.CaptureOptions`): ``batch_size``,
         ``device`` (the model is moved there and back), ``nonfinite`` (``"raise"`` on NaN/Inf,
         or ``"zero"``, counted in ``meta["nonfinite"]``), ``compression`` and ``store_dtype``
-        (float32 or float16 chunks) of a store on disk; every layer is held whole. Keywords (``**settings``: ``batch_size=64``) win over it.
+        (float32 or float16 chunks) of a store on disk; every layer is held whole. Keywords
+        (``**settings``: ``batch_size=64``) win over it.
     preprocess : callable, optional
         Applied to each ``(B, C, H, W)`` batch before the model (not to the stored input).
     labels : array-like, optional
