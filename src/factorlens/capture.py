@@ -599,10 +599,17 @@ def _recorded(
         "device": str(resolve_device(str(options.device))),  # one rule for capture and loading
         "compression": options.compression,  # a resume keeps the store's codec: refuse another
         "meta": dict(meta or {}),
-        # and its number type (recorded only when not the default: an interrupted capture
-        # from before the option resumes as it was)
-        **({"store_dtype": options.store_dtype} if options.store_dtype != "float32" else {}),
+        **dtype_record(options),
     }
+
+
+def dtype_record(options: CaptureOptions) -> dict[str, str]:
+    """Return the store's number type as a capture records it: ``{}`` for the default.
+
+    Recorded only when not float32, so that an interrupted capture from before the option
+    resumes as it was.
+    """
+    return {} if options.store_dtype == "float32" else {"store_dtype": options.store_dtype}
 
 
 def whole_layer_options(

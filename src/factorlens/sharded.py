@@ -29,6 +29,7 @@ from torch import nn
 from factorlens.capture import (
     _run_capture,
     capture,
+    dtype_record,
     finish_store,
     select_layers,
     whole_layer_options,
@@ -236,7 +237,7 @@ def capture_sharded(
         "device": "cpu",
         "meta": dict(meta or {}),
         "sharded": shard,
-        **({"store_dtype": opts.store_dtype} if opts.store_dtype != "float32" else {}),
+        **dtype_record(opts),
     }
     target = ZarrStore.create(
         store,

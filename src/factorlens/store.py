@@ -62,10 +62,10 @@ from factorlens.output import (
     write_new_file,
 )
 
-#: the newest on-disk format version this module reads: 1 (float32 chunks) or 2 (float16)
-FORMAT_VERSION = 2
 #: the format version written for each number type of the chunks
 DTYPE_VERSIONS = {"float32": 1, "float16": 2}
+#: the newest on-disk format version this module reads
+FORMAT_VERSION = max(DTYPE_VERSIONS.values())
 #: the largest magnitude float16 holds
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: the attribute that identifies a factorlens store.

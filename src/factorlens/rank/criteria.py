@@ -179,10 +179,11 @@ def _gram_quarters(data: list[Block], max_rank: int, row_fold, col_fold, folds: 
         out, inn = row_fold == fi, row_fold != fi
         for fj in range(folds):
             held = grams[fj]  # the held-out columns; the others fit
-            s, U = _leading((total - held)[np.ix_(inn, inn)], max_rank)
+            fitted = total - held
+            s, U = _leading(fitted[np.ix_(inn, inn)], max_rank)
             k = _kept(s)
             U, s = U[:, :k], s[:k]
-            left = (total - held)[np.ix_(out, inn)] @ U / s**2
+            left = fitted[np.ix_(out, inn)] @ U / s**2
             cross = np.einsum("it,it->t", left, held[np.ix_(out, inn)] @ U)
             right_gram = U.T @ held[np.ix_(inn, inn)] @ U
             yield left, right_gram, cross, float(np.trace(held[np.ix_(out, out)]))
