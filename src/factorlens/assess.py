@@ -23,6 +23,7 @@ from factorlens.options import (
     capture_settings,
 )
 from factorlens.output import check_output_dir
+from factorlens.pages import small_pages
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +37,7 @@ QUALITY_JSON = "quality.json"
 CHECKPOINTS_DIR = "checkpoints"
 
 
+@small_pages()
 def assess_quality(
     checkpoints: Mapping[str, Any] | Sequence[tuple[str, Any]],
     data: Any,

@@ -34,6 +34,7 @@ from factorlens.errors import (
 )
 from factorlens.modelio import resolve_device
 from factorlens.options import CaptureOptions, capture_settings
+from factorlens.pages import small_pages
 from factorlens.rows import Levels, row_chunks
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
 from factorlens.writer import BatchWriter
@@ -498,6 +499,7 @@ def _check_capture_args(
 
 
 # --------------------------------------------------------------------------- capture
+@small_pages()
 def capture(
     model: nn.Module,
     data: Any,

@@ -46,6 +46,7 @@ from factorlens.output import (
     publish,
     save_npz,
 )
+from factorlens.pages import small_pages
 from factorlens.rows import Levels, NpyRows, in_memory, rows_equal, write_npy
 
 if TYPE_CHECKING:
@@ -496,6 +497,7 @@ def capture_for_analysis(
     return acts
 
 
+@small_pages()
 def analyze(
     model: Any,
     data: Any,
@@ -635,6 +637,7 @@ def _capture_and_fit(
     )
 
 
+@small_pages()
 def analyze_store(
     acts: ActivationStore,
     *,
@@ -758,6 +761,7 @@ def _write_store_result(
     )
 
 
+@small_pages()
 def compare(
     models: Mapping[str, Any],
     data: Any,
@@ -849,6 +853,7 @@ def compare(
     )
 
 
+@small_pages()
 def compare_store(acts: ActivationStore, **kwargs: Any) -> CMTFResult:
     """Factorize a store of several models' layers (from :func:`compare`) and write ``out``.
 

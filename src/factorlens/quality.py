@@ -62,6 +62,7 @@ from factorlens.options import (
     capture_settings,
     check_fields,
 )
+from factorlens.pages import small_pages
 from factorlens.rows import in_memory, row_chunks
 from factorlens.spectra import effective_rank
 
@@ -578,6 +579,7 @@ def is_constant(array: Any) -> bool:
     return True
 
 
+@small_pages()
 def score_checkpoints(
     models: Sequence[Any],
     data: Any,
@@ -657,6 +659,7 @@ def assess_checkpoints(
     return reports, outputs
 
 
+@small_pages()
 def score_model(
     model: Any,
     data: Any,

@@ -36,6 +36,7 @@ from factorlens.capture import (
 )
 from factorlens.errors import FactorlensError, FactorlensRuntimeError
 from factorlens.options import CaptureOptions
+from factorlens.pages import small_pages
 from factorlens.store import ZarrStore, default_chunk_rows
 
 
@@ -150,6 +151,7 @@ def _capture_shard(
         torch.set_num_threads(threads)
 
 
+@small_pages()
 def capture_sharded(
     model: nn.Module,
     data: Any,

@@ -57,6 +57,7 @@ from factorlens.factorize.penalty import MAX_SIDE
 from factorlens.factorize.reduced import ReducedBlock
 from factorlens.modelio import resolve_device
 from factorlens.options import DEFAULT_RANK, DEFAULT_SEED, CaptureOptions, capture_settings
+from factorlens.pages import small_pages
 from factorlens.rows import Levels
 from factorlens.store import ActivationStore, MemoryStore, _Spec
 from factorlens.writer import check_finite
@@ -408,6 +409,7 @@ def _orthonormal(sketch: torch.Tensor, rows: int = 1 << 16) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------- capture
+@small_pages()
 def capture_sketched(
     model: nn.Module,
     data: Any,

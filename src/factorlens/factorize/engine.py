@@ -44,6 +44,7 @@ from factorlens.factorize.reduced import ReducedBlock, as_block, expand_result
 from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.rowspace import through_rowspace
 from factorlens.options import EngineOptions, check_fields
+from factorlens.pages import small_pages
 
 #: the defaults of every parameter but the rank (one place: the options dataclass)
 _E = EngineOptions()
@@ -235,6 +236,7 @@ class CMTF:
         return f"CMTF({', '.join(changed)})"
 
     # ------------------------------------------------------------------------- public API
+    @small_pages()
     def fit(self, blocks: Any, y: Any = None) -> CMTF:
         """Fit the model to ``blocks``.
 
@@ -289,6 +291,7 @@ class CMTF:
             b.scale = s
         return data
 
+    @small_pages()
     def fit_blocks(self, data: list[Block]) -> CMTF:
         """Fit to blocks returned by :meth:`prepare` (same weighting and centring)."""
         self._check_params()

@@ -53,6 +53,7 @@ from factorlens.factorize.reduced import ReducedBlock, expand_result
 from factorlens.factorize.sketch import compress_samples
 from factorlens.interrupt import CANCEL, check
 from factorlens.options import DEFAULT_SEED, EngineOptions, RankOptions
+from factorlens.pages import small_pages
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
 
 RULE = (
@@ -124,6 +125,7 @@ def _num(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+@small_pages()
 def estimate_rank(
     blocks: Any,
     max_rank: int = _R.max_rank,
