@@ -151,6 +151,29 @@ def test_the_rank_scan_runs_on_the_sketched_coordinates() -> None:
     assert all(0.0 <= f <= 1.0 for f in scan.criteria["fit"])
 
 
+def test_the_scans_halves_read_a_sketched_layers_noise_floor_at_its_full_width() -> None:
+    """A half holds k coordinates of a P-wide layer; its floor is that of N/2 rows × P."""
+    from factorlens.factorize.engine import _as_named_arrays
+    from factorlens.factorize.penalty import noise_threshold
+    from factorlens.rank.scan import _chain_data, _scan_options
+
+    store = capture_sketched(_net(), _images(90), sketch=20, memory_budget=1, progress=False)
+    opts = _scan_options({}, 50, 1e-5, 0)
+    full = CMTF(1, **opts).prepare(store)
+    names, arrays = _as_named_arrays(store)
+    chains, _ = _chain_data(
+        full, names, arrays, 1, 4, opts, np.random.default_rng(0), compress=True
+    )
+    sketched = [i for i, a in enumerate(arrays) if isinstance(a, ReducedBlock)]
+    assert sketched
+    for i in sketched:
+        whole, halves = full[i], [chain[i] for chain in chains[1:]]
+        for h in halves:
+            assert h.spectrum[2] == (45, whole.spectrum[2][1])  # half the rows, every feature
+            # the same noise per entry: a floor of the same size (it was under a tenth)
+            assert noise_threshold(h, 0) / h.scale > 0.5 * noise_threshold(whole, 0) / whole.scale
+
+
 def test_a_reduced_block_splits_by_rows_with_exact_energies() -> None:
     store = capture_sketched(_net(), _images(30), rank=3, sketch=8, memory_budget=1, progress=False)
     block = store.block("conv1")

@@ -452,11 +452,13 @@ def _chain_data(
         }
         blocks = CMTF(1, **half_opts).prepare(sub)
         # a half's noise floor from the whole block's singular values (the noise per entry
-        # does not depend on how many rows there are) and the half's own shape: one
-        # spectrum per block instead of seven (they were 15 % of a `quality` scan)
+        # does not depend on how many rows there are) and the half's own rows: one
+        # spectrum per block instead of seven (they were 15 % of a `quality` scan). The
+        # width is the full block's: a sketched layer's half holds its k coordinates, and
+        # with k for P its floor was some 50 times too low on a ResNet-18 layer
         for hb, fb in zip(blocks, full, strict=True):
-            values, sample, _ = block_spectrum(fb, rng)
-            hb.spectrum = (values, sample, (hb.n_rows, hb.width))
+            values, sample, (_, width) = block_spectrum(fb, rng)
+            hb.spectrum = (values, sample, (hb.n_rows, width))
         return blocks
 
     sample_bases: dict[int, np.ndarray] = {}
