@@ -215,17 +215,23 @@ class Block:
         total = np.zeros(self.width)
         sumsq = 0.0
         bad = 0
+        # a NaN or an infinity makes the piece's sum of squares NaN or infinite (float32
+        # squares cannot overflow float64), so the values are counted only then: one pass
+        # fewer over every block (the rank scan prepares each block seven times)
         for _, y in self.sub_chunks():
             if self._torch:
                 y64 = y.double()
-                bad += int((~torch_isfinite(y64)).sum())
                 total += y64.sum(dim=0).cpu().numpy()
-                sumsq += float((y64 * y64).sum())
+                squares = float((y64 * y64).sum())
+                if not math.isfinite(squares):
+                    bad += int((~torch_isfinite(y64)).sum())
             else:
                 y64 = y.astype(np.float64)
-                bad += int(y64.size - np.isfinite(y64).sum())
                 total += y64.sum(axis=0)
-                sumsq += float(np.einsum("ij,ij->", y64, y64))
+                squares = float(np.einsum("ij,ij->", y64, y64))
+                if not math.isfinite(squares):
+                    bad += int(y64.size - np.isfinite(y64).sum())
+            sumsq += squares
         return total, sumsq, bad
 
     def _centre_data(self) -> None:

@@ -55,6 +55,7 @@ from factorlens.interrupt import CANCEL, check
 from factorlens.options import DEFAULT_SEED, EngineOptions, RankOptions
 from factorlens.pages import small_pages
 from factorlens.rank.criteria import bi_cross_validation, core_consistency, joint_signature
+from factorlens.rows import Levels
 
 RULE = (
     "largest R whose every component is stable across split halves (worst-component match "
@@ -447,7 +448,7 @@ def _chain_data(
 
     def half(part: np.ndarray) -> list:
         sub = {
-            nm: a[part] if isinstance(a, np.ndarray | ReducedBlock) else RowSubset(a, part)
+            nm: a[part] if isinstance(a, np.ndarray | ReducedBlock | Levels) else RowSubset(a, part)
             for nm, a in zip(names, arrays, strict=True)
         }
         blocks = CMTF(1, **half_opts).prepare(sub)
