@@ -26,13 +26,17 @@ procedural ``shapes`` test images (3×32×32) upsampled bilinearly to 224 px.
   activations fit the budget (held whole, one pass), for its time and memory.
 * ``resnet50`` (105 layers, 20.9 M floats per input) and ``vit_small`` (ViT-S/16: 38 layers)
   at 2,000 inputs.
+* ``resnet18-scan`` at 500 inputs: the rank scan (R = 1..10, defaults) on the sketched
+  capture that ``factorlens rank`` makes, timed apart from the capture (its two passes are
+  ``capture_s``); ``ratio`` is the scan's time over the bare forward pass.
 
 One line per model:
 ``model=… samples=… blocks=… activations_gb=… forward_s=… analyze_s=… ratio=… peak_rss_gb=…
 fms_vs_full=… loss_ratio=…`` (and, where layers were sketched, ``sketch_k``, the least and
 the median captured energy); the last line ``wide_ratio=<worst ratio> wide_peak_rss_gb=<worst
 peak> wide_fms=<resnet18 FMS vs uncompressed> wide_model_diff=<its model_diff> seed_fms=<FMS
-between the two uncompressed fits>``, the worst over the default ``--memory``. Run on a quiet box: ``.venv/bin/python
+between the two uncompressed fits> wide_scan_ratio=<the scan's ratio>``, the worst over the
+default ``--memory``, the scan apart. Run on a quiet box: ``.venv/bin/python
 benchmarks/bench_wide.py [--models resnet18,resnet50,vit_small] [--no-reference]``.
 """
 
@@ -61,6 +65,8 @@ MODELS = {
     "resnet50": ("resnet50", 2000, None),
     "vit_small": ("vit_small", 2000, None),
 }
+#: rank scans: name -> (builder, inputs)
+SCANS = {"resnet18-scan": ("resnet18", 500)}
 
 
 def make_inputs(n: int, path: Path) -> None:
@@ -114,6 +120,41 @@ def run_model(name: str, data_path: Path, out_json: Path, result_dir: Path) -> N
         "sketch": res.meta.get("sketch", {}),
     }
     res.save(result_dir)  # for the comparison with the uncompressed fit
+    out_json.write_text(json.dumps(figures, default=float))
+
+
+def run_scan(name: str, data_path: Path, out_json: Path) -> None:
+    """Child: time the bare forward pass, the sketched capture and the rank scan apart."""
+    import torch
+
+    from factorlens.capture import _batch_tensor
+    from factorlens.data import load_data
+    from factorlens.rank import estimate_rank
+    from factorlens.research import torchvision_layout as tvl
+    from factorlens.sketched import capture_sketched
+
+    builder, n = SCANS[name]
+    data = load_data(f"npz:{data_path}")
+    model = getattr(tvl, builder)().eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, n, BATCH):
+            model(_batch_tensor(data.images, start, start + BATCH))
+    forward = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store = capture_sketched(model, data, rank=RANK, batch_size=BATCH, progress=False)
+    captured = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scan = estimate_rank(store, RANK)
+    seconds = time.perf_counter() - t0
+    figures = {
+        "blocks": len(store.names) - 1,
+        "forward_s": forward,
+        "capture_s": captured,
+        "scan_s": seconds,
+        "peak_rss_gb": peak_rss_gb(),
+        "chosen": scan.chosen,
+    }
     out_json.write_text(json.dumps(figures, default=float))
 
 
@@ -200,7 +241,9 @@ def child(*args: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet18,resnet18-whole,resnet50,vit_small")
+    parser.add_argument(
+        "--models", default="resnet18,resnet18-whole,resnet50,vit_small,resnet18-scan"
+    )
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--no-reference", action="store_true", help="skip the FMS comparison")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -209,21 +252,32 @@ def main(argv: list[str] | None = None) -> int:
         kind, *rest = args.child
         if kind == "model":
             run_model(rest[0], Path(rest[1]), Path(rest[2]), Path(rest[3]))
+        elif kind == "scan":
+            run_scan(rest[0], Path(rest[1]), Path(rest[2]))
         elif kind == "reference":
             run_reference(Path(rest[0]), Path(rest[1]), int(rest[2]))
         else:
             run_compare(Path(rest[0]), Path(rest[1]), [Path(p) for p in rest[3:]], Path(rest[2]))
         return 0
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    picked = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in picked if m not in MODELS and m not in SCANS]
+    if unknown:
+        parser.error(
+            f"unknown model(s) {', '.join(unknown)}: pick from {', '.join([*MODELS, *SCANS])}"
+        )
+    names, scans = [m for m in picked if m in MODELS], [m for m in picked if m in SCANS]
     args.cache.mkdir(parents=True, exist_ok=True)
     lines, figures = [], {}
-    for name in names:
-        n = MODELS[name][1]
+    for name in picked:
+        n = (MODELS.get(name) or SCANS[name])[1]
         data = args.cache / f"shapes224-{n}.npz"
         if not data.is_file():
             make_inputs(n, data)
         out = args.cache / f"{name}.json"
-        child("--child", "model", name, str(data), str(out), str(args.cache / f"{name}-result"))
+        if name in SCANS:
+            child("--child", "scan", name, str(data), str(out))
+        else:
+            child("--child", "model", name, str(data), str(out), str(args.cache / f"{name}-result"))
         figures[name] = json.loads(out.read_text())
     compare: dict[str, dict] = {}
     r18 = [m for m in names if m == "resnet18"]
@@ -265,9 +319,20 @@ def main(argv: list[str] | None = None) -> int:
             )
         lines.append(line)
         print(line, flush=True)
+    scan_ratio = math.nan
+    for name in scans:
+        f = figures[name]
+        scan_ratio = f["scan_s"] / f["forward_s"]
+        print(
+            f"model={name} samples={SCANS[name][1]} blocks={f['blocks']} "
+            f"forward_s={f['forward_s']:.1f} capture_s={f['capture_s']:.1f} "
+            f"scan_s={f['scan_s']:.1f} ratio={scan_ratio:.2f} "
+            f"peak_rss_gb={f['peak_rss_gb']:.2f} chosen_rank={f['chosen']}",
+            flush=True,
+        )
     default = [m for m in names if m != "resnet18-whole"]
-    worst_ratio = max(figures[m]["ratio"] for m in default)
-    worst_rss = max(figures[m]["peak_rss_gb"] for m in default)
+    worst_ratio = max((figures[m]["ratio"] for m in default), default=math.nan)
+    worst_rss = max((figures[m]["peak_rss_gb"] for m in default), default=math.nan)
     r18, seeds = compare.get("resnet18-result", {}), compare.get("resnet18-uncompressed-seed1", {})
     if seeds:  # the same measures between the two uncompressed fits: what agreement can be
         print(
@@ -279,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         f"wide_ratio={worst_ratio:.2f} wide_peak_rss_gb={worst_rss:.2f} "
         f"wide_fms={r18.get('fms_vs_full', math.nan):.4f} "
         f"wide_model_diff={r18.get('model_diff', math.nan):.2e} "
-        f"seed_fms={seeds.get('fms_vs_full', math.nan):.4f}"
+        f"seed_fms={seeds.get('fms_vs_full', math.nan):.4f} wide_scan_ratio={scan_ratio:.2f}"
     )
     return 0
 
