@@ -174,6 +174,36 @@ def test_the_scans_halves_read_a_sketched_layers_noise_floor_at_its_full_width()
             assert noise_threshold(h, 0) / h.scale > 0.5 * noise_threshold(whole, 0) / whole.scale
 
 
+def test_the_scans_halves_of_a_wide_block_held_whole_come_from_its_row_space(monkeypatch) -> None:
+    """Rows of its exact coordinates: the same halves (Gram, norm, floor) as rows of the block."""
+    from factorlens.factorize.engine import _as_named_arrays
+    from factorlens.rank import scan
+
+    store = capture(_net(), _images(120), progress=False)  # every layer whole, N <= 1,024
+    opts = scan._scan_options({}, 50, 1e-5, 0)
+
+    def chains(exact: bool) -> list:
+        if not exact:
+            monkeypatch.setattr(scan, "_row_space_coordinates", lambda *args: {})
+        full = CMTF(1, **opts).prepare(store)
+        names, arrays = _as_named_arrays(store)
+        data, _ = scan._chain_data(
+            full, names, arrays, 1, 4, opts, np.random.default_rng(0), compress=True
+        )
+        monkeypatch.undo()
+        return data
+
+    through, rows = chains(True), chains(False)
+    for half_through, half_rows in zip(through[1:], rows[1:], strict=True):
+        for a, b in zip(half_through, half_rows, strict=True):
+            assert a.sumsq == pytest.approx(b.sumsq, rel=1e-5) and a.spectrum[2] == b.spectrum[2]
+            ga, gb = (np.asarray(x._data, dtype=np.float64) for x in (a, b))
+            np.testing.assert_allclose(ga @ ga.T, gb @ gb.T, atol=1e-5 * np.abs(gb @ gb.T).max())
+    wide = [b for b in through[1] if b.data_basis]
+    assert {b.name for b in wide} == {"conv1", "relu", "conv2", "relu#2"}  # 576+ wide, 60 rows
+    assert all(b.basis[0].shape[1] <= 120 for b in wide)  # the whole block's row space
+
+
 def test_a_reduced_block_splits_by_rows_with_exact_energies() -> None:
     store = capture_sketched(_net(), _images(30), rank=3, sketch=8, memory_budget=1, progress=False)
     block = store.block("conv1")
