@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,23 +88,32 @@ def peak_rss_gb() -> float:
 
 
 # ----------------------------------------------------------------------------- children
-def run_model(name: str, data_path: Path, out_json: Path, result_dir: Path) -> None:
-    """Child: time the bare forward pass and ``analyze``; write figures and keep the result."""
+def timed_forward(builder: str, data_path: Path, n: int) -> tuple[Any, Any, float]:
+    """Load the inputs, build the model; return them and the bare forward pass's seconds.
+
+    The pass runs over the same batches (``BATCH``) the capture uses, without hooks.
+    """
     import torch
 
     from factorlens.capture import _batch_tensor
     from factorlens.data import load_data
-    from factorlens.pipeline import analyze
     from factorlens.research import torchvision_layout as tvl
 
-    builder, n, memory = MODELS[name]
     data = load_data(f"npz:{data_path}")
     model = getattr(tvl, builder)().eval()
     t0 = time.perf_counter()
     with torch.no_grad():
         for start in range(0, n, BATCH):
             model(_batch_tensor(data.images, start, start + BATCH))
-    forward = time.perf_counter() - t0
+    return data, model, time.perf_counter() - t0
+
+
+def run_model(name: str, data_path: Path, out_json: Path, result_dir: Path) -> None:
+    """Child: time the bare forward pass and ``analyze``; write figures and keep the result."""
+    from factorlens.pipeline import analyze
+
+    builder, n, memory = MODELS[name]
+    data, model, forward = timed_forward(builder, data_path, n)
     options = {} if memory is None else {"memory_budget": memory}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -125,22 +135,11 @@ def run_model(name: str, data_path: Path, out_json: Path, result_dir: Path) -> N
 
 def run_scan(name: str, data_path: Path, out_json: Path) -> None:
     """Child: time the bare forward pass, the sketched capture and the rank scan apart."""
-    import torch
-
-    from factorlens.capture import _batch_tensor
-    from factorlens.data import load_data
     from factorlens.rank import estimate_rank
-    from factorlens.research import torchvision_layout as tvl
     from factorlens.sketched import capture_sketched
 
     builder, n = SCANS[name]
-    data = load_data(f"npz:{data_path}")
-    model = getattr(tvl, builder)().eval()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for start in range(0, n, BATCH):
-            model(_batch_tensor(data.images, start, start + BATCH))
-    forward = time.perf_counter() - t0
+    data, model, forward = timed_forward(builder, data_path, n)
     t0 = time.perf_counter()
     store = capture_sketched(model, data, rank=RANK, batch_size=BATCH, progress=False)
     captured = time.perf_counter() - t0
