@@ -23,7 +23,9 @@ procedural ``shapes`` test images (3×32×32) upsampled bilinearly to 224 px.
   factors (a low FMS) and the same model and span; its line says how much agreement there is
   to have.
 * ``resnet18-whole`` at 256 inputs with ``--memory 6G``: the default path when the
-  activations fit the budget (held whole, one pass), for its time and memory.
+  activations fit the budget (held whole, one pass), for its time and memory, and against
+  the same uncompressed fit (its 224 px input makes the fit compress the samples and the
+  image's sides before refining on all of it, as the sketched path does).
 * ``resnet50`` (105 layers, 20.9 M floats per input) and ``vit_small`` (ViT-S/16: 38 layers)
   at 2,000 inputs.
 * ``resnet18-scan`` at 500 inputs: the rank scan (R = 1..10, defaults) on the sketched
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             child("--child", "model", name, str(data), str(out), str(args.cache / f"{name}-result"))
         figures[name] = json.loads(out.read_text())
     compare: dict[str, dict] = {}
-    r18 = [m for m in names if m == "resnet18"]
+    r18 = [m for m in names if MODELS[m][:2] == ("resnet18", 256)]  # both paths, one reference
     if r18 and not args.no_reference:
         data = args.cache / "shapes224-256.npz"
         # two uncompressed fits, seeds 0 and 1: how far apart two equally good fits are

@@ -294,3 +294,22 @@ def test_the_cli_sketches_when_told_and_reports_it(project, capsys) -> None:
     share = 100 * summary["meta"]["sketch"]["captured_energy"]["features.0"]
     assert f"{share:.1f}%" in row  # the table states what share of the layer was fitted
     assert "layers were sketched" in printed.out
+
+
+def test_a_large_image_input_held_whole_is_fitted_compressed_then_refined(tmp_path) -> None:
+    from factorlens.pipeline import analyze, wide_input
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                        nn.Flatten(), nn.Linear(64, 5)).eval()  # fmt: skip
+    x = np.repeat(np.repeat(_images(70), 2, axis=2), 2, axis=3)  # 3×24×24: a side of 2(R + 10)
+    store = capture(net, x, progress=False)
+    assert wide_input(store, 2) and not wide_input(store, 3)  # 24 px against 26 at R = 3
+    res = analyze(net, x, out=tmp_path / "a", rank=2, progress=False)
+    assert res.options["compress_rows"] == 32  # max(4R, R + 30), with 70 > 2 × 32 inputs
+    assert "refine on all rows" in [stage for stage, _ in res.options["loss_stages"]]
+    plain = CMTF(2, random_state=0).fit(store).result_  # every row, full image sides
+    assert res.loss / plain.loss == pytest.approx(1.0, abs=2e-3)
+    assert res.factors["input"][2].shape == (24, 2)  # the image's sides mapped back
+    kept = analyze(net, x, out=tmp_path / "b", rank=2, nonneg=True, progress=False)
+    assert kept.options["compress_rows"] == 0  # a nonnegative fit is never compressed

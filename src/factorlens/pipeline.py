@@ -730,9 +730,12 @@ def _compared(
 
 def _fit_store(acts: ActivationStore, rank: int, progress: bool, opts: EngineOptions) -> CMTFResult:
     """Fit ``acts`` at ``rank`` (the samples compressed too when wide layers were sketched)."""
-    if not opts.compress_rows and truncated_sketch(acts):
-        # wide layers were sketched: the fit's cost is the input block's (150,528 features
-        # a 224 px image), so the samples are compressed too (CMTF compress_rows)
+    if not opts.compress_rows and (
+        truncated_sketch(acts) or (not opts.nonneg and wide_input(acts, rank))
+    ):
+        # wide layers were sketched, or the input is a large image: the fit's cost is the
+        # input block's (150,528 features a 224 px image), so the samples and the image's
+        # sides are compressed (CMTF compress_rows), then refined on all of it
         opts = replace(opts, compress_rows=sketched_compress_rows(rank, acts.n_samples))
     return factorize_store(acts, rank, progress=progress, options=opts)
 
@@ -883,6 +886,20 @@ def truncated_sketch(store: Any) -> bool:
 
     blocks = [store.block(n) for n in getattr(store, "names", [])]
     return any(isinstance(b, ReducedBlock) and not b.exact for b in blocks)
+
+
+def wide_input(store: Any, rank: int) -> bool:
+    """Whether the input of ``store`` is an image whose sides a compressed fit would shrink.
+
+    True for an input of two or more feature axes with a side at least ``2 (rank + 10)``
+    long (a 224 px image; not a 28 px digit), where the plain fit spends its time on the
+    input's values (:func:`~factorlens.factorize.compress.compressed_modes`).
+    """
+    from factorlens.factorize.compress import OVERSAMPLE
+
+    names = getattr(store, "names", [])
+    dims = tuple(store.block(names[0]).shape[1:]) if names else ()
+    return len(dims) >= 2 and max(dims) >= 2 * (int(rank) + OVERSAMPLE)
 
 
 def sketched_compress_rows(rank: int, n_samples: int) -> int:
