@@ -25,20 +25,26 @@ from factorlens.sketched import (
 
 
 class WideNet(nn.Module):
-    """Two wide conv layers on 3×12×12 inputs (1,152 and 576 features), a linear head."""
+    """Two wide conv layers on 3×12×12 inputs (1,152 and 576 features), a linear head.
 
-    def __init__(self, dropout: float = 0.0) -> None:
+    ``dropout`` is on in eval mode too (not deterministic): after the wide layers, or between
+    them with ``between``.
+    """
+
+    def __init__(self, dropout: float = 0.0, between: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.relu = nn.ReLU()
         self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
         self.fc = nn.Linear(4 * 12 * 12, 5)
-        self.dropout = dropout
+        self.dropout, self.between = dropout, between
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.relu(self.conv1(x))
+        if self.dropout and self.between:
+            h = nn.functional.dropout(h, self.dropout, training=True)
         h = self.relu(self.conv2(h))
-        if self.dropout:  # on in eval mode too: not deterministic (after the wide layers)
+        if self.dropout and not self.between:
             h = nn.functional.dropout(h, self.dropout, training=True)
         return self.fc(h.flatten(1))
 
@@ -127,9 +133,19 @@ def test_auto_holds_every_layer_whole_when_the_activations_fit() -> None:
 
 def test_a_model_that_answers_differently_twice_is_refused() -> None:
     torch.manual_seed(0)
-    model = WideNet(dropout=0.5).eval()
+    model = WideNet(dropout=0.5, between=True).eval()  # the second wide layer changes
     with pytest.raises(FactorlensRuntimeError, match="not deterministic in eval mode"):
         capture_sketched(model, _images(30), rank=3, sketch=8, memory_budget=1, progress=False)
+
+
+def test_randomness_after_the_sketched_layers_is_warned_about_as_in_one_pass(capsys) -> None:
+    # pass 2 stops before the dropout: every block then comes from one evaluation (the head
+    # from pass 1), which the one-pass capture also takes, with the same warning
+    torch.manual_seed(0)
+    model = WideNet(dropout=0.5).eval()
+    store = capture_sketched(model, _images(30), rank=3, sketch=8, memory_budget=1, progress=False)
+    assert set(store.sketched) == {"conv1", "relu", "conv2", "relu#2"}
+    assert "different outputs for the same inputs in eval mode" in capsys.readouterr().err
 
 
 def test_sketched_layers_refuse_nonneg_and_cp_models_with_one_line() -> None:
@@ -313,3 +329,21 @@ def test_a_large_image_input_held_whole_is_fitted_compressed_then_refined(tmp_pa
     assert res.factors["input"][2].shape == (24, 2)  # the image's sides mapped back
     kept = analyze(net, x, out=tmp_path / "b", rank=2, nonneg=True, progress=False)
     assert kept.options["compress_rows"] == 0  # a nonnegative fit is never compressed
+
+
+def test_the_second_pass_stops_each_batch_after_the_last_sketched_layer() -> None:
+    net, calls = _net(), {"conv1": 0, "fc": 0}
+    for name in calls:  # counted in every run of the model: probe, check, both passes
+        getattr(net, name).register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))  # fmt: skip
+    x = _images(40)
+    store = capture_sketched(
+        net, x, rank=3, sketch=8, memory_budget=1, batch_size=16, progress=False
+    )
+    assert set(store.sketched) == {"conv1", "relu", "conv2", "relu#2"}
+    assert calls["conv1"] - calls["fc"] == 3  # the head never ran in pass 2's three batches
+    assert store.block("fc").shape == (40, 5)  # kept whole from pass 1
+    full = capture(_net(), x, progress=False)
+    for name in ("conv1", "relu#2"):  # the coordinates are the layer's own rows in its basis
+        block = store.block(name)
+        rows = full.block(name)[:].reshape(40, -1)
+        assert np.allclose(block.coords, rows @ block.basis.astype(np.float32), atol=1e-3)

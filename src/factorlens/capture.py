@@ -719,6 +719,13 @@ def finish_store(
     store.close()
 
 
+class EnoughOfThisBatch(Exception):
+    """A signal, not an error: the pass holds every block of this batch it needs.
+
+    Raised by :meth:`ForwardPass.on_block`; the rest of the batch's forward pass is skipped.
+    """
+
+
 class ForwardPass:
     """One run of a model over its inputs in batches, with forward hooks on chosen modules.
 
@@ -731,7 +738,8 @@ class ForwardPass:
     Subclasses say what happens to the outputs: :meth:`on_block` is called inside the hook with
     a block's output (a float32 tensor on ``device``, checked to have one row per input; later
     in-place operations may change it, so keep a copy or reduce it at once), :meth:`on_batch`
-    after each forward pass.
+    after each forward pass. :meth:`on_block` may raise :class:`EnoughOfThisBatch` to stop
+    the batch's forward pass there (:meth:`on_batch` then sees no model output).
 
     Parameters
     ----------
@@ -855,6 +863,8 @@ class ForwardPass:
                     self.batch_n, self.start = stop - start, start
                     try:
                         returned = model(x)
+                    except EnoughOfThisBatch:
+                        returned = None  # the pass had what it needs of this batch
                     except FactorlensError:
                         raise
                     except Exception as exc:
@@ -867,7 +877,7 @@ class ForwardPass:
                     self._check_calls(start, start_row)
                     self.model_output = returned  # what on_batch may look at too
                     rows = {}
-                    if self.output is not None:
+                    if self.output is not None and returned is not None:
                         rows[self.output] = _as_rows(
                             self.output, returned, self.select, stop - start
                         )
