@@ -554,9 +554,9 @@ def capture_sketched(
         desc=f"pass 2/2: project {len(plan.sketched)} layers",
     )
     # the output is compared only where pass 2 ran to it; the probe checked the whole model
-    output = {} if second.stopped_early else {"the model's output": first.output_sumsq}
+    returned = {} if second.stopped_early else {"the model's output": first.output_sumsq}
     _check_deterministic(
-        {**first.sumsq, **output},
+        {**first.sumsq, **returned},
         {**second.sumsq, "the model's output": second.output_sumsq},
     )
     exact = first.gaussian  # k >= N: every basis spans its layer's row space
