@@ -312,15 +312,20 @@ def test_the_cli_sketches_when_told_and_reports_it(project, capsys) -> None:
     assert "layers were sketched" in printed.out
 
 
-def test_a_large_image_input_held_whole_is_fitted_compressed_then_refined(tmp_path) -> None:
-    from factorlens.pipeline import analyze, wide_input
+def test_a_large_image_input_held_whole_is_fitted_compressed_then_refined(
+    tmp_path, monkeypatch
+) -> None:
+    from factorlens import pipeline
+    from factorlens.pipeline import analyze
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
                         nn.Flatten(), nn.Linear(64, 5)).eval()  # fmt: skip
     x = np.repeat(np.repeat(_images(70), 2, axis=2), 2, axis=3)  # 3×24×24: a side of 2(R + 10)
     store = capture(net, x, progress=False)
-    assert wide_input(store, 2) and not wide_input(store, 3)  # 24 px against 26 at R = 3
+    assert not pipeline.wide_input(store, 2)  # 1,728 features (MNIST-size): fitted plainly
+    monkeypatch.setattr(pipeline, "WIDE_INPUT", 1024)  # as if it were a 224 px image
+    assert pipeline.wide_input(store, 2) and not pipeline.wide_input(store, 3)  # 24 < 26
     res = analyze(net, x, out=tmp_path / "a", rank=2, progress=False)
     assert res.options["compress_rows"] == 32  # max(4R, R + 30), with 70 > 2 × 32 inputs
     assert "refine on all rows" in [stage for stage, _ in res.options["loss_stages"]]

@@ -888,18 +888,28 @@ def truncated_sketch(store: Any) -> bool:
     return any(isinstance(b, ReducedBlock) and not b.exact for b in blocks)
 
 
-def wide_input(store: Any, rank: int) -> bool:
-    """Whether the input of ``store`` is an image whose sides a compressed fit would shrink.
+#: input features from which a plain fit's time goes to the input image (a 3×224×224 image
+#: has 150,528; MNIST 784 and CIFAR 3,072 are fitted plainly, as they always were)
+WIDE_INPUT = 1 << 15
 
-    True for an input of two or more feature axes with a side at least ``2 (rank + 10)``
-    long (a 224 px image; not a 28 px digit), where the plain fit spends its time on the
-    input's values (:func:`~factorlens.factorize.compress.compressed_modes`).
+
+def wide_input(store: Any, rank: int) -> bool:
+    """Whether the input of ``store`` is a large image whose sides a compressed fit shrinks.
+
+    True for an input of two or more feature axes, at least :data:`WIDE_INPUT` features a
+    sample, with a side at least ``2 (rank + 10)`` long
+    (:func:`~factorlens.factorize.compress.compressed_modes`): a 224 px image, where the
+    plain fit spends its time on the input's values; not a 28 px digit at a low rank.
     """
     from factorlens.factorize.compress import OVERSAMPLE
 
     names = getattr(store, "names", [])
     dims = tuple(store.block(names[0]).shape[1:]) if names else ()
-    return len(dims) >= 2 and max(dims) >= 2 * (int(rank) + OVERSAMPLE)
+    return (
+        len(dims) >= 2
+        and int(np.prod(dims)) >= WIDE_INPUT
+        and max(dims) >= 2 * (int(rank) + OVERSAMPLE)
+    )
 
 
 def sketched_compress_rows(rank: int, n_samples: int) -> int:
