@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,29 @@ def test_compare_on_a_cluster_captures_every_model_on_its_workers(
     assert calls == [["other", "tiny"]]  # one sharded capture of the model set
     result = load(root / "cmp")
     assert result.meta["comparison"]["sharing"]["labels"] == ["tiny", "other"]
+
+
+def test_a_sharded_float16_capture_writes_what_one_process_writes(cluster, tmp_path) -> None:
+    import torch
+
+    from factorlens.capture import capture
+    from factorlens.data import load_data
+    from factorlens.research.models import DigitsCNN
+    from factorlens.sharded import capture_sharded
+    from factorlens.store import open_store
+
+    data = load_data("digits").subset(600, random_state=0)
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    half = {"batch_size": 64, "progress": False, "store_dtype": "float16"}
+    one = capture(model, data, store=tmp_path / "one", **half)
+    capture_sharded(model, data, tmp_path / "many", **half)
+    again = open_store(tmp_path / "many")
+    assert again.names == one.names
+    attrs = json.loads((tmp_path / "many" / "zarr.json").read_text())["attributes"]
+    assert attrs["factorlens_store"] == 2  # the format of float16 chunks
+    for record in attrs["blocks"]:
+        array = json.loads((tmp_path / "many" / record["array"] / "zarr.json").read_text())
+        assert array["data_type"] == "float16", record["name"]
+    for name in one.names:  # the same rounding on the workers as in one process
+        np.testing.assert_array_equal(again.block(name)[:], one.block(name)[:])

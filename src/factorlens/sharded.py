@@ -212,12 +212,13 @@ def capture_sharded(
     client = current_client()
     only_output = output is not None and isinstance(layers, list | tuple) and not layers
     chosen = [] if only_output else select_layers(model, layers)
-    # one batch on the client: the blocks, their kinds and shapes (and every check of capture)
+    # one batch on the client: the blocks, their kinds and shapes (and every check of capture),
+    # held in memory, so as float32 whatever the store's number type
     first = capture(
         model,
         np.asarray(rows[0 : min(batch_size, n)], dtype=np.float32),
         None if layers is None and not only_output else chosen,
-        options=opts,
+        options=replace(opts, store_dtype="float32"),
         preprocess=preprocess,
         select=select,
         output=output,
@@ -239,6 +240,7 @@ def capture_sharded(
         "device": "cpu",
         "meta": dict(meta or {}),
         "sharded": shard,
+        "compression": opts.compression,  # as the one-process capture records it
         **dtype_record(opts),
     }
     target = ZarrStore.create(
