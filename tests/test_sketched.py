@@ -352,3 +352,16 @@ def test_the_second_pass_stops_each_batch_after_the_last_sketched_layer() -> Non
         block = store.block(name)
         rows = full.block(name)[:].reshape(40, -1)
         assert np.allclose(block.coords, rows @ block.basis.astype(np.float32), atol=1e-3)
+
+
+def test_a_sketched_class_output_leaves_the_predictions_out_instead_of_failing(tmp_path) -> None:
+    from factorlens.data import ImageData
+    from factorlens.pipeline import analyze
+
+    x = _images(40)
+    data = ImageData(x, np.arange(40) % 5, ["a", "b", "c", "d", "e"], "five")
+    res = analyze(_net(), data, out=tmp_path / "o", rank=2, sketch=3, memory_budget=1,
+                  progress=False)  # fmt: skip
+    assert "fc" in res.meta["sketch"]["layers"]  # the 5 class outputs, wider than k = 3
+    assert "predictions" not in np.load(tmp_path / "o" / "inputs.npz").files
+    assert (tmp_path / "o" / "index.html").is_file()

@@ -131,11 +131,16 @@ def predicted_classes(store: ActivationStore, n_classes: int | None) -> np.ndarr
     """Return the model's predicted class per input, or None.
 
     The prediction is the argmax of the store's last block when that block has one output per
-    class (``n_classes`` of them); else None.
+    class (``n_classes`` of them); else None, and None when that block was sketched (its
+    rows are not held; an argmax of their truncated coordinates could name another class).
     """
+    from factorlens.factorize.reduced import ReducedBlock
+
     if not n_classes or len(store.names) < 2:
         return None
     block = store.block(store.names[-1])
+    if isinstance(block, ReducedBlock):
+        return None
     if len(block.shape) != 2 or int(block.shape[1]) != int(n_classes):
         return None
     n, step = int(block.shape[0]), 4096
