@@ -342,9 +342,10 @@ class _ProjectPass(ForwardPass):
         self.sumsq = {nm: np.zeros(n) for nm in bases}
         self.output_sumsq = np.zeros(n)
         self.stopped_early = False  # the forward passes stopped after the last sketched block
-        self._seen: tuple[int, set[str]] = (-1, set())  # (batch start, its blocks projected)
+        self._seen: set[str] = set()  # the current batch's blocks projected
 
     def on_batch(self, start, stop, batch, returned) -> None:
+        self._seen.clear()
         if self.model_output is None:
             self.stopped_early = True
         else:
@@ -354,10 +355,8 @@ class _ProjectPass(ForwardPass):
         if block not in self.bases:
             return
         self._project(block, out)
-        if self._seen[0] != self.start:
-            self._seen = (self.start, set())
-        self._seen[1].add(block)
-        if len(self._seen[1]) == len(self.bases):  # the later layers were captured in pass 1
+        self._seen.add(block)
+        if len(self._seen) == len(self.bases):  # the later layers were captured in pass 1
             raise EnoughOfThisBatch
 
     def _project(self, block: str, out: torch.Tensor) -> None:

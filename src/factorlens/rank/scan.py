@@ -512,8 +512,9 @@ def _row_space_coordinates(full: list, models: list[str], max_rank: int) -> dict
     range finders span the same directions (up to signs, so the later random draws fall on
     other, equally distributed coordinates). On a ResNet-18 at 500 inputs this replaced
     copying each half's rows of about a million features held whole and 280 range finders
-    over them (the scan 32-36 s -> 21-22 s). The chains' loadings of such a block stay in its coordinates, which they share
-    (as a sketched layer's do), so their matches are those of the full loadings.
+    over them (the scan 32-36 s -> 21-22 s). The chains' loadings of such a block stay in its
+    coordinates, which they share (as a sketched layer's do), so their matches are those of
+    the full loadings.
     """
     n = full[0].n_rows if full else 0
     if n > GRAM_MAX_ROWS:
