@@ -297,7 +297,8 @@ def test_quality_out_writes_analyses_and_the_trajectory(checkpoints, tmp_path, c
     assert main([*args[:-2], "--rank", "3", "--overwrite", *args[-2:]]) == 2
     assert "--no-rank" in capsys.readouterr().err  # --rank fixes the rank only without a scan
     # without the scan, every analysis is at the fixed rank and the report still links them
-    assert main([*args[:-2], "--no-rank", "--rank", "3", "--overwrite", *args[-2:]]) == 0
+    fixed = [a for a in args[:-2] if a not in ("--max-rank", "2")]  # no scan: no --max-rank
+    assert main([*fixed, "--no-rank", "--rank", "3", "--overwrite", *args[-2:]]) == 0
     for d in sorted((out / "checkpoints").iterdir()):
         assert json.loads((d / "result.json").read_text())["rank"] == 3
         assert (d / "index.html").is_file()

@@ -24,6 +24,7 @@ from factorlens.options import (
 )
 from factorlens.output import check_output_dir
 from factorlens.pages import small_pages
+from factorlens.pipeline import REPORT_HTML, REPORT_NAMES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +36,7 @@ _Q, _R = QualityOptions(), RankOptions()
 #: what ``out`` receives: the scores, every checkpoint's analysis, the checkpoints report
 QUALITY_JSON = "quality.json"
 CHECKPOINTS_DIR = "checkpoints"
+QUALITY_NAMES = (QUALITY_JSON, CHECKPOINTS_DIR, *REPORT_NAMES)
 
 
 @small_pages()
@@ -104,7 +106,6 @@ def assess_quality(
         One per checkpoint, in the order given, scored in the chosen mode.
     """
     from factorlens.output import publish
-    from factorlens.pipeline import FIGURES_DIR, REPORT_HTML
     from factorlens.quality import resolve_mode
 
     pairs = list(checkpoints.items()) if isinstance(checkpoints, Mapping) else list(checkpoints)
@@ -120,12 +121,22 @@ def assess_quality(
             "`rank` fixes the rank of the analyses only with `scan=False`; with the scan each "
             "checkpoint's rank is its estimated one (drop `rank`, or pass `scan=False`)"
         )
+    if not scan and max_rank != _R.max_rank:
+        raise FactorlensError(
+            "`max_rank` bounds the rank scan, which `scan=False` turns off; drop one of them"
+        )
+    captured = capture_settings(capture_options, **settings)
+    if scratch is not None and captured.sketch != CaptureOptions.sketch:
+        raise FactorlensError(
+            "`sketch` applies to a capture held in memory; with `scratch` every layer is "
+            "captured whole on disk: drop one of them"
+        )
     plan = {
         "mode": mode,
         "scan": scan,
         "max_rank": max_rank,
         "rank": rank,
-        "capture": capture_settings(capture_options, **settings),
+        "capture": captured,
         "layers": layers,
         "preprocess": preprocess,
         "select": select or {},
@@ -143,12 +154,7 @@ def assess_quality(
     def produce(stage: Path) -> None:
         reports.extend(_score_all(pairs, data, plan, stage))
 
-    publish(
-        target,
-        produce,
-        (QUALITY_JSON, CHECKPOINTS_DIR, REPORT_HTML, FIGURES_DIR),
-        overwrite=overwrite,
-    )
+    publish(target, produce, QUALITY_NAMES, overwrite=overwrite)
     return reports
 
 
@@ -236,7 +242,8 @@ def _score_one(
         options=capture,
         layers=settings["layers"],
         scan=scan or target is not None,  # an analysis needs the layers
-        max_rank=max(settings["max_rank"], fixed),  # a sketch's directions
+        # a sketch's directions: for the scan's largest rank, or the one fixed rank fitted
+        max_rank=settings["max_rank"] if scan else fixed,
         preprocess=settings["preprocess"],
         store=store,
         select=settings["select"],

@@ -311,7 +311,10 @@ def _select_output(name: str, out: Any, select: Mapping[str, Any]) -> Any:
             f"`select={{{name!r}: {key!r}}}` does not fit the {type(out).__name__} output of "
             f"layer {name!r} ({one_line(exc, 80)}); choose one of {keys}"
         ) from None
-    return out
+    raise FactorlensError(
+        f"`select={{{name!r}: {key!r}}}` picks one element of a tuple, list or dict output, "
+        f"but layer {name!r} returns a {type(out).__name__}; drop {name!r} from `select`"
+    )
 
 
 def _as_tensor(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> torch.Tensor:

@@ -86,8 +86,9 @@ def _rule_type(rule: Rule) -> Callable[[str], Any]:
 
     def parse(text: str) -> Any:
         value = rule.from_text(text)
-        if not rule.accepts(value):
-            raise ValueError(rule.refusal(value))
+        if not rule.accepts(value):  # a flag's text is never None: not offered as a value
+            must = rule.must.removeprefix("None or ").removesuffix(", or None")
+            raise ValueError(rule.refusal(value).replace(rule.must, must, 1))
         return value
 
     parse.__name__ = getattr(rule.from_text, "__name__", "value")

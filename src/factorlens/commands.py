@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from factorlens.errors import FactorlensError
+from factorlens.errors import FactorlensError, note
 from factorlens.factorize import CMTFResult
-from factorlens.options import CaptureOptions, EngineOptions, flagged
+from factorlens.options import CaptureOptions, EngineOptions, RankOptions, flagged
 from factorlens.output import atomic_write_text
 from factorlens.pipeline import (
     OUTPUT_NAMES,
@@ -105,7 +105,13 @@ def _inputs(args: argparse.Namespace, model_hook: bool = True) -> tuple[Any, Any
     from factorlens.data import load_data, make_preprocess, parse_normalize
     from factorlens.modelio import find_preprocess_hook
 
-    data = load_data(args.data).subset(args.n_samples, random_state=args.seed)
+    data = load_data(args.data)
+    if args.n_samples is not None and args.n_samples > data.n_samples:
+        note(
+            f"--n-samples {args.n_samples} is more than the data holds; all its "
+            f"{data.n_samples} inputs are used"
+        )
+    data = data.subset(args.n_samples, random_state=args.seed)
     normalize = parse_normalize(args.normalize) if args.normalize else None
     hook = find_preprocess_hook(args.model) if model_hook else None
     return data, make_preprocess(normalize, hook)
@@ -193,8 +199,13 @@ def _captured(
     if rank is not None:
         _check_rank(rank, data.n_samples)
     model = build_model(
-        args.model, args.weights, trust_pickle=args.trust_pickle, device=capture.device
+        args.model,
+        args.weights,
+        trust_pickle=args.trust_pickle,
+        device=capture.device,
+        seed=args.seed,
     )
+    _check_tensor_layers(args, model)
     return capture_for_analysis(
         model,
         data,
@@ -213,6 +224,23 @@ def _captured(
         center=engine.center,
         seed=args.seed,
     )
+
+
+def _check_tensor_layers(args: argparse.Namespace, model: Any) -> None:
+    """Refuse a ``--tensor-layers`` name that is not among the layers to capture, before it."""
+    from factorlens.capture import select_layers
+
+    wanted = tensor_layers(args)
+    if not wanted:
+        return
+    layers = select_layers(model, args.layers)
+    for name in wanted:  # a module called twice gives blocks NAME and NAME#2
+        if name != "input" and name.split("#")[0] not in layers:
+            shown = ", ".join(layers[:8]) + (", …" if len(layers) > 8 else "")
+            raise FactorlensError(
+                f"--tensor-layers names {name!r}, which is not among the layers to capture "
+                f"(input, {shown}); name captured layers, or add it to --layers"
+            )
 
 
 def _sharded(args: argparse.Namespace, engine: EngineOptions) -> bool:
@@ -356,7 +384,11 @@ def run_compare(
     models, hooks, described = {}, {}, {}
     for label, spec, weights in chosen:
         models[label] = build_model(
-            spec, weights, trust_pickle=args.trust_pickle, device=capture.device
+            spec,
+            weights,
+            trust_pickle=args.trust_pickle,
+            device=capture.device,
+            seed=args.seed,
         )
         hooks[label] = find_preprocess_hook(spec)
         described[label] = spec + (f" with weights {weights}" if weights else "")
@@ -443,8 +475,8 @@ def run_rank(
     scan = estimate_rank(
         acts, args.max_rank, random_state=args.seed, verbose=not args.quiet, model=engine
     )
-    for note in scan.notes:
-        print(f"note: {note}")
+    for text in scan.notes:
+        print(f"note: {text}")
     print(scan.table())
     print(scan.summary())
     result = analyze_store(
@@ -478,12 +510,22 @@ def run_quality(args: argparse.Namespace, capture: CaptureOptions) -> int:
     resolve_mode(args.mode, len(args.checkpoints))  # a mode that cannot run: before any work
     json_path = Path(args.json) if args.json else None
     if json_path is not None:
+        if json_path.is_dir():
+            raise FactorlensError(
+                f"--json {json_path} is a folder; give a file path (e.g. {json_path}/scores.json)"
+            )
+        if args.out is not None and _written_by_quality(json_path, Path(args.out)):
+            raise FactorlensError(
+                f"--json {json_path} is a file the result in --out {args.out} writes; --out "
+                "already holds the scores (quality.json): drop --json or give another path"
+            )
         if json_path.exists() and not args.overwrite:
             raise FactorlensError(
                 f"{json_path} already exists; pass --overwrite to replace it or choose another "
                 "--json"
             )
-        if not json_path.parent.is_dir():
+        in_out = args.out is not None and json_path.parent.resolve() == Path(args.out).resolve()
+        if not json_path.parent.is_dir() and not in_out:  # --out is made by the run
             raise FactorlensError(
                 f"cannot write {json_path}: folder {json_path.parent} does not exist"
             )
@@ -492,10 +534,18 @@ def run_quality(args: argparse.Namespace, capture: CaptureOptions) -> int:
             "--rank fixes the rank of the analyses only with --no-rank; without it the rank "
             "scan chooses each checkpoint's rank (drop --rank, or add --no-rank)"
         )
+    if args.no_rank and args.max_rank != RankOptions.max_rank:
+        raise FactorlensError(
+            "--max-rank bounds the rank scan, which --no-rank turns off; drop one of them"
+        )
     data, preprocess = _inputs(args)
     capture, _ = on_device(capture)
     build = functools.partial(
-        build_model, args.model, trust_pickle=args.trust_pickle, device=capture.device
+        build_model,
+        args.model,
+        trust_pickle=args.trust_pickle,
+        device=capture.device,
+        seed=args.seed,
     )
     checkpoints = [(ckpt, functools.partial(build, ckpt)) for ckpt in args.checkpoints]
     reports = assess_quality(
@@ -529,6 +579,18 @@ def run_quality(args: argparse.Namespace, capture: CaptureOptions) -> int:
     return 0
 
 
+def _written_by_quality(path: Path, out: Path) -> bool:
+    """Tell whether ``path`` is, or lies under, an entry that ``quality --out OUT`` writes."""
+    from factorlens.assess import QUALITY_NAMES
+    from factorlens.output import MANIFEST
+
+    try:
+        rel = path.resolve().relative_to(out.resolve())
+    except ValueError:
+        return False
+    return bool(rel.parts) and rel.parts[0] in (*QUALITY_NAMES, MANIFEST)
+
+
 def _print_quality_table(reports: list[QualityReport], with_acc: bool) -> None:
     """Print the quality table on stdout (and Spearman with accuracy when there are labels)."""
     width = max(len("checkpoint"), *(len(r.checkpoint or "") for r in reports))
@@ -551,8 +613,12 @@ def _print_quality_table(reports: list[QualityReport], with_acc: bool) -> None:
     if len(reports) > 1 and with_acc:
         from scipy.stats import spearmanr
 
-        rho = spearmanr([r.score for r in reports], [r.accuracy for r in reports])[0]
-        print(f"Spearman(score, accuracy) = {rho:.3f}")
+        scores, accuracies = [r.score for r in reports], [r.accuracy for r in reports]
+        if len(set(scores)) > 1 and len(set(accuracies)) > 1:
+            print(f"Spearman(score, accuracy) = {spearmanr(scores, accuracies)[0]:.3f}")
+        else:  # a rank correlation with a constant has no value (scipy warns and gives nan)
+            what = "score" if len(set(scores)) == 1 else "accuracy"
+            print(f"Spearman(score, accuracy): undefined, every checkpoint has the same {what}")
     if reports[0].mode == "consensus":
         print(
             "score: each checkpoint's estimated accuracy in the consensus of all "
@@ -562,8 +628,8 @@ def _print_quality_table(reports: list[QualityReport], with_acc: bool) -> None:
     else:
         print("score: each checkpoint on its own (stability × sqrt(pred.rank / K))")
     notes = {n for r in reports for n in (r.rank_scan or {}).get("notes", [])}
-    for note in sorted(notes):
-        print(f"note: rank scan: {note}")
+    for text in sorted(notes):
+        print(f"note: rank scan: {text}")
     if reports[0].copies and reports[0].mode == "consensus":
         groups = "; ".join(", ".join(g) for g in reports[0].copies)
         print(f"note: near-identical answers (>= 99 % the same) count as one voter: {groups}")
@@ -597,6 +663,10 @@ def run_report(args: argparse.Namespace) -> Path:
             "folder, or pass --overwrite to replace it"
         )
     replace = args.overwrite or bool(inside)
+    # a result shown that lives in `out` (or under it, as a quality run's checkpoints do)
+    # keeps its files: only the old report is replaced; elsewhere the new report replaces
+    # the whole old result, which it would no longer match
+    beside_result = any(out.resolve() in (s.resolve(), *s.resolve().parents) for s in sources)
     if not inside:
         out = check_output_dir(out, args.overwrite, (REPORT_HTML,))
     title = f"factorlens — {result.meta.get('model_name', 'model')}"
@@ -615,6 +685,7 @@ def run_report(args: argparse.Namespace) -> Path:
             main=None if main is None else main - 1,
             title=title,
             overwrite=replace,
+            beside_result=beside_result,
         )
     if main is not None:
         raise FactorlensError("--main chooses among several result directories; give several")
@@ -627,6 +698,7 @@ def run_report(args: argparse.Namespace) -> Path:
         title=title,
         overwrite=replace,
         predictions=load_predictions(source),
+        beside_result=beside_result,
     )
 
 

@@ -507,17 +507,23 @@ def build_model(
     weights: str | Path | None = None,
     trust_pickle: bool = False,
     device: str = CaptureOptions.device,
+    seed: int | None = None,
 ) -> nn.Module:
     """Build ``Class()`` from SPEC ``FILE.py:Class``, load ``weights`` (strict), eval mode, on device.
 
-    With ``weights=None`` the model keeps the weights its constructor gives it. A trusted full
-    pickle (``trust_pickle=True``) may hold the whole module, which is then used as the model.
+    With ``weights=None`` the model keeps the weights its constructor gives it: random ones
+    repeat from run to run when ``seed`` is given (the constructor runs with torch's
+    generators seeded; their state is restored afterwards). A trusted full pickle
+    (``trust_pickle=True``) may hold the whole module, which is then used as the model.
     """
     dev = resolve_device(device)
     factory = load_model_class(spec)
     name = getattr(factory, "__name__", repr(factory))
     try:
-        model = factory()
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = factory()
     except KeyboardInterrupt:
         raise
     except Exception as exc:

@@ -377,6 +377,7 @@ def publish(
     names: tuple[str, ...],
     *,
     overwrite: bool = False,
+    replaces: tuple[str, ...] | None = None,
 ) -> Path:
     """Produce files in a staging folder, then move them into ``out``.
 
@@ -385,7 +386,9 @@ def publish(
 
     The move runs under the folder's lock and refuses, before moving anything, a target that
     exists unless ``overwrite`` and the manifest lists it. With ``overwrite``, files of the old
-    manifest under ``names`` that the new result does not write are removed.
+    manifest that the new result does not write are removed: all of them (a folder holds one
+    result: an analysis written over a quality run leaves none of its files behind), or only
+    those under ``replaces`` (a report rewritten beside the result it shows).
 
     Parameters
     ----------
@@ -397,6 +400,8 @@ def publish(
         The entries of the staging folder to move into ``out``.
     overwrite : bool
         Replace files that the manifest of ``out`` lists.
+    replaces : tuple of str, optional
+        The entries of the old result that the new one replaces (default: all of them).
 
     Returns
     -------
@@ -414,7 +419,9 @@ def publish(
         new.sort(key=lambda f: f == "result.json")
         with _locked(out):
             old = (read_manifest(out) if out.is_dir() else None) or set()
-            stale = sorted(f for f in old if _in_scope(f, names) and f not in new)
+            stale = sorted(
+                f for f in old if (replaces is None or _in_scope(f, replaces)) and f not in new
+            )
             for f in [*new, *(stale if overwrite else [])]:
                 check_no_links(out, f)
             clash = [f for f in new if (out / f).exists() and not (overwrite and f in old)]

@@ -60,6 +60,8 @@ IMAGES_NPY = "images.npy"
 REPORT_HTML = "index.html"
 FIGURES_DIR = "figures"
 OUTPUT_NAMES = (RESULT_JSON, FACTORS_NPZ, INPUTS_NPZ, IMAGES_NPY, REPORT_HTML, FIGURES_DIR)
+#: what a report alone writes
+REPORT_NAMES = (REPORT_HTML, FIGURES_DIR)
 
 
 def save_inputs(directory: Path, images: Any, labels, class_names, predictions=None) -> None:
@@ -249,17 +251,20 @@ def write_report_files(
     title: str = "factorlens report",
     overwrite: bool = False,
     predictions: np.ndarray | None = None,
+    beside_result: bool = False,
 ) -> Path:
     """Write only ``index.html`` and ``figures/`` into ``out``.
 
-    The files are staged, then moved; with ``overwrite`` the report factorlens wrote there
-    before is replaced.
+    The files are staged, then moved; with ``overwrite`` what factorlens wrote there before is
+    replaced: only the old report when ``beside_result`` (``out`` holds the result shown),
+    else every file of the old result, which the new report would not match.
     """
     return publish(
         Path(out),
         lambda stage: _report(stage, result, images, labels, class_names, title, predictions),
-        (REPORT_HTML, FIGURES_DIR),
+        REPORT_NAMES,
         overwrite=overwrite,
+        replaces=REPORT_NAMES if beside_result else None,
     )
 
 
@@ -347,18 +352,20 @@ def write_checkpoints_report(
     main: int | None = None,
     title: str = "factorlens report",
     overwrite: bool = False,
+    beside_result: bool = False,
 ) -> Path:
     """Write :func:`checkpoints_report` into ``out``.
 
-    Staged then moved like :func:`write_report_files` (``overwrite`` replaces a report
-    factorlens wrote there).
+    Staged then moved like :func:`write_report_files` (``overwrite`` replaces what
+    factorlens wrote there: its old report only when ``beside_result``).
     """
     out = Path(out).absolute()
     return publish(
         out,
         lambda stage: checkpoints_report(stage, sources, main=main, title=title, link_base=out),
-        (REPORT_HTML, FIGURES_DIR),
+        REPORT_NAMES,
         overwrite=overwrite,
+        replaces=REPORT_NAMES if beside_result else None,
     )
 
 
@@ -444,8 +451,13 @@ def capture_for_analysis(
 
     out = check_output_dir(out, overwrite)
     target = None
+    if store is not None and options.sketch != CaptureOptions.sketch:
+        raise FactorlensError(
+            "`sketch` applies to a capture held in memory; a capture into `store` keeps every "
+            "layer whole: drop one of them"
+        )
     if store is not None:
-        target = Path(store)
+        target = _followed_link(Path(store))
         _check_store_path(target, overwrite, out, resume)
     elif resume:
         raise FactorlensError("`resume=True` continues a capture into a store; give `store=PATH`")
@@ -925,6 +937,22 @@ def sketched_compress_rows(rank: int, n_samples: int) -> int:
     """
     k = max(4 * rank, rank + 30)
     return k if n_samples > 2 * k else 0
+
+
+def _followed_link(path: Path) -> Path:
+    """Return the folder a ``store`` path names: a link is followed (and kept as it is).
+
+    A capture that replaces a store replaces the folder the link points at, so the link then
+    names the new store; a link to nothing is refused (a folder cannot be made through it).
+    """
+    if not path.is_symlink():
+        return path
+    if not path.exists():
+        raise FactorlensError(
+            f"`store` {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+            "remove the link or choose another `store`"
+        )
+    return Path(os.path.realpath(path))
 
 
 def _check_store_path(

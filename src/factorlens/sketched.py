@@ -619,8 +619,9 @@ def _check_sketch(sketch: int | str, rank: int) -> None:
     """One-line error for a ``sketch`` size not above ``rank`` (its range: CaptureOptions)."""
     if isinstance(sketch, int | np.integer) and 0 < sketch <= rank:
         raise FactorlensError(
-            f"`sketch` ({sketch}) must exceed the rank {rank}: give rank + 10 directions or "
-            "more (rank + 30 is the default)"
+            f"`sketch` ({sketch}) must exceed the rank {rank}: give at least rank + 1 "
+            "directions (rank + 10 or more keep the fit close to the whole layers'; rank + 30 "
+            "is the default)"
         )
 
 

@@ -774,7 +774,8 @@ class ZarrStore(ActivationStore):
         check_not_being_written(p)
         if state == "complete":
             raise FactorlensError(
-                f"the capture at {p} is already complete; drop `resume=True` to use it"
+                f"the capture at {p} is already complete, nothing to resume; analyse it with "
+                "`analyze_store` (or pass `overwrite=True`, not `resume=True`, to capture again)"
             )
         attrs = _read_root_attrs(p)
         before = attrs.get("capture") or {}

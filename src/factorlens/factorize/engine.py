@@ -43,7 +43,7 @@ from factorlens.factorize.initial import initial_state
 from factorlens.factorize.reduced import ReducedBlock, as_block, expand_result
 from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.rowspace import through_rowspace
-from factorlens.options import EngineOptions, check_fields
+from factorlens.options import EngineOptions, check_combination, check_fields
 from factorlens.pages import small_pages
 
 #: the defaults of every parameter but the rank (one place: the options dataclass)
@@ -364,12 +364,6 @@ class CMTF:
                 f"`compress_rows` ({k}) is below the rank {self.rank}; give at least the rank "
                 "(a few times it is better) or 0 to fit on all rows"
             )
-        if k and self.nonneg:
-            raise FactorlensError(
-                "`compress_rows` fits on samples compressed by a signed basis, which a "
-                "nonnegative fit cannot use (its loss ended 58x the full fit's on planted "
-                "data); drop `compress_rows` or `nonneg`"
-            )
         if k and isinstance(self.init, np.ndarray):
             raise FactorlensError(
                 "a warm start (`init` as an array) cannot be combined with `compress_rows`; "
@@ -480,10 +474,7 @@ class CMTF:
     def _validate(self, names: list[str], arrays: list[Any]) -> None:
         n = check_blocks(names, [tuple(a.shape) for a in arrays])
         self._validate_rank(n, sum(int(np.prod(a.shape[1:])) for a in arrays))
-        if self.nonneg and self.center:
-            raise FactorlensError(
-                "`nonneg` and `center` cannot be combined (centred data is signed); drop one"
-            )
+        check_combination(self.nonneg, self.center, self.compress_rows)
         sketched = [nm for nm, a in zip(names, arrays, strict=True) if isinstance(a, ReducedBlock)]
         if sketched and self.nonneg:
             raise FactorlensError(

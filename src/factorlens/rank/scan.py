@@ -123,6 +123,9 @@ class RankScan:
         return f"chosen rank: {self.chosen} (plausible {span} over the splits; {self.rule})"
 
 
+#: the fewest inputs a scan takes: split halves of two, so that R = 2 can be set against R = 1
+MIN_SCAN_SAMPLES = 4
+
 #: the scan's defaults (one place: the options dataclasses)
 _R = RankOptions()
 _BUDGET = EngineOptions.memory_budget
@@ -192,6 +195,12 @@ def estimate_rank(
     names, arrays = _as_named_arrays(blocks)
     if not names:
         raise FactorlensError("no blocks to scan; give the input and at least one layer")
+    if (n := int(arrays[0].shape[0])) < MIN_SCAN_SAMPLES:  # halves of 2 compare R = 1 and 2
+        raise FactorlensError(
+            f"the rank scan compares ranks fitted on split halves of the inputs and needs at "
+            f"least {MIN_SCAN_SAMPLES} inputs, got {n}; use more inputs (two per rank scanned "
+            "or more)"
+        )
     notes: list[str] = []
     max_rank = _clipped(max_rank, arrays, notes)
     if model is not None:
