@@ -196,6 +196,15 @@ def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -
     ['features.0', 'classifier.1']
     """
     names = _module_names(model)
+    if not (
+        layers is None
+        or isinstance(layers, str)
+        or (isinstance(layers, Sequence) and all(isinstance(x, str) for x in layers))
+    ):
+        raise FactorlensError(
+            f"`layers` must be layer names (a list of str, or one str with commas), got "
+            f"{type(layers).__name__}"
+        )
     if layers is None:
         chosen = default_layers(model)
         if not chosen:
@@ -259,11 +268,23 @@ def _unpack_data(data: Any) -> tuple[Any, Any, dict[str, Any]]:
         data = data.images
     if isinstance(data, np.ndarray | torch.Tensor | Levels):
         images = data
+    elif isinstance(data, str):
+        raise FactorlensError(
+            f"data must be an array, not the text {data!r}; read a data SPEC with "
+            "factorlens.load_data(SPEC) first"
+        )
     else:
         raise FactorlensError(
             f"data must be a numpy array, a torch tensor or an ImageData with .images, got "
             f"{type(data).__name__}; convert it with numpy.asarray first"
         )
+    if isinstance(images, np.ndarray) and images.dtype.kind not in "biuf":
+        raise FactorlensError(
+            f"data holds {images.dtype} values; give real numbers (pixel values as float32, "
+            "or uint8 levels)"
+        )
+    if isinstance(images, torch.Tensor) and (images.is_complex() or images.dtype == torch.bool):
+        raise FactorlensError(f"data holds {images.dtype} values; give real numbers (float32)")
     if images.ndim < 2:
         raise FactorlensError(
             f"data has shape {tuple(images.shape)}; it needs a sample axis and at least one "
@@ -453,6 +474,19 @@ def _fingerprint(
     }
 
 
+def check_model(model: Any) -> None:
+    """Refuse a model that is not a ``torch.nn.Module`` instance (one line, with the fix)."""
+    if isinstance(model, nn.Module):
+        return
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        hint = f"the class itself was given: pass an instance, {model.__name__}()"
+    elif isinstance(model, str | os.PathLike):
+        hint = "build it first: factorlens.modelio.build_model('FILE.py:Class', weights)"
+    else:
+        hint = "pass the network as a torch.nn.Module"
+    raise FactorlensError(f"`model` must be a torch.nn.Module, got {type(model).__name__}; {hint}")
+
+
 def _check_capture_args(
     model: nn.Module,
     data: Any,
@@ -466,6 +500,7 @@ def _check_capture_args(
     That is ``(images, N, labels or None, chosen layers, select, the data's meta)``. The
     settings (:class:`~factorlens.options.CaptureOptions`) check themselves.
     """
+    check_model(model)
     images, data_labels, data_meta = _unpack_data(data)
     n = int(images.shape[0])
     if labels is None:

@@ -86,9 +86,8 @@ def _rule_type(rule: Rule) -> Callable[[str], Any]:
 
     def parse(text: str) -> Any:
         value = rule.from_text(text)
-        if not rule.accepts(value):  # a flag's text is never None: not offered as a value
-            must = rule.must.removeprefix("None or ").removesuffix(", or None")
-            raise ValueError(rule.refusal(value).replace(rule.must, must, 1))
+        if not rule.accepts(value):
+            raise ValueError(rule.refusal(value, flag=True))
         return value
 
     parse.__name__ = getattr(rule.from_text, "__name__", "value")
@@ -257,7 +256,8 @@ def _add_compare_models(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="[LABEL=]NAMES",
         help="comma-separated layer names or globs of one model (LABEL=NAMES) or of every "
-        "model (NAMES); default: every conv, linear, activation and pooling layer",
+        "model (NAMES); repeated, they add up, and a model given LABEL=NAMES takes only "
+        "those; default: every conv, linear, activation and pooling layer",
     )
     _add_flags(g, CaptureOptions)
     g.add_argument(

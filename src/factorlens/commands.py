@@ -147,15 +147,20 @@ def _existing_store(args: argparse.Namespace, capture: CaptureOptions) -> ZarrSt
         raise FactorlensError(
             "give --model FILE.py:Class and --data SPEC (or --store PATH of an existing store)"
         )
-    given = {
-        "--data": args.data,
-        "--weights": args.weights,
-        "--layers": args.layers,
-        "--normalize": args.normalize,
-        "--n-samples": args.n_samples,
-        "--select": args.select,
-        "--trust-pickle": args.trust_pickle,
-        "--resume": args.resume,
+    given = {  # what only a capture reads (compare has --label, analyze and rank --select)
+        flag: getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        for flag in (
+            "--data",
+            "--weights",
+            "--label",
+            "--layers",
+            "--normalize",
+            "--n-samples",
+            "--select",
+            "--trust-pickle",
+            "--resume",
+        )
+    } | {
         # the capture's flags, but --device (where the fit runs, too)
         **{
             flag.name: getattr(capture, name) != default
@@ -205,7 +210,7 @@ def _captured(
         device=capture.device,
         seed=args.seed,
     )
-    _check_tensor_layers(args, model)
+    _check_tensor_layers(args, {"": (model, args.layers)})
     return capture_for_analysis(
         model,
         data,
@@ -226,20 +231,28 @@ def _captured(
     )
 
 
-def _check_tensor_layers(args: argparse.Namespace, model: Any) -> None:
-    """Refuse a ``--tensor-layers`` name that is not among the layers to capture, before it."""
+def _check_tensor_layers(args: argparse.Namespace, models: dict[str, tuple[Any, Any]]) -> None:
+    """Refuse a ``--tensor-layers`` name that is not among the blocks to capture, before it.
+
+    ``models``: block-name prefix (``""`` for one model, ``"LABEL."`` in a comparison) →
+    ``(model, its --layers)``.
+    """
     from factorlens.capture import select_layers
 
     wanted = tensor_layers(args)
     if not wanted:
         return
-    layers = select_layers(model, args.layers)
+    blocks = ["input"] + [
+        prefix + layer
+        for prefix, (model, layers) in models.items()
+        for layer in select_layers(model, layers)
+    ]
     for name in wanted:  # a module called twice gives blocks NAME and NAME#2
-        if name != "input" and name.split("#")[0] not in layers:
-            shown = ", ".join(layers[:8]) + (", …" if len(layers) > 8 else "")
+        if name.split("#")[0] not in blocks:
+            shown = ", ".join(blocks[:8]) + (", …" if len(blocks) > 8 else "")
             raise FactorlensError(
-                f"--tensor-layers names {name!r}, which is not among the layers to capture "
-                f"(input, {shown}); name captured layers, or add it to --layers"
+                f"--tensor-layers names {name!r}, which is not among the blocks to capture "
+                f"({shown}); name captured blocks, or add the layer to --layers"
             )
 
 
@@ -337,20 +350,40 @@ def compare_models(args: argparse.Namespace) -> list[tuple[str, str, str | None]
     return list(zip(labels, specs, weights_or_none, strict=True))
 
 
+def _note_identical(chosen: list[tuple[str, str, str | None]]) -> None:
+    """Say when two of the models compared are one: the same model file and the same weights."""
+    first: dict[tuple[str, str | None], str] = {}
+    for label, spec, weights in chosen:
+        file, _, cls = spec.rpartition(":")
+        key = (f"{Path(file).resolve()}:{cls}", str(Path(weights).resolve()) if weights else None)
+        if key in first:
+            note(
+                f"models {first[key]!r} and {label!r} are the same model file and weights, so "
+                "they are one model and every comparison between them is trivial (CKA 1)"
+            )
+        first.setdefault(key, label)
+
+
 def compare_layers(items: list[str], labels: list[str]) -> dict[str, str]:
-    """``--layers [LABEL=]NAMES`` → ``{label: names}``; NAMES without a label apply to all."""
-    out: dict[str, str] = {}
+    """``--layers [LABEL=]NAMES`` → ``{label: names}``; NAMES without a label apply to all.
+
+    Repeated, they add up; a model named by a LABEL= spec takes only its own specs, whatever
+    the order (``--layers 'features.*' --layers b=fc``: ``b`` fc, the others features.*).
+    """
+    plain: list[str] = []
+    own: dict[str, list[str]] = {}
     for item in items:
         label, sep, names = item.partition("=")
         if sep and label in labels:
-            out[label] = names
+            own.setdefault(label, []).append(names)
         elif sep and "," not in label and "*" not in label and "." not in label:
             raise FactorlensError(
                 f"--layers {item!r} names model {label!r}, which is not one of {labels}"
             )
         else:
-            out.update(dict.fromkeys(labels, item))
-    return out
+            plain.append(item)
+    chosen = {label: own.get(label, plain) for label in labels}
+    return {label: ",".join(names) for label, names in chosen.items() if names}
 
 
 def run_compare(
@@ -367,9 +400,7 @@ def run_compare(
                 "give --model and --weights for each model and --data SPEC (or --store PATH of "
                 "an existing comparison store)"
             )
-        from factorlens.store import open_store
-
-        acts = open_store(args.store)
+        acts = _existing_store(args, capture)  # its labels and layers are the capture's
         _check_rank(args.rank, acts.n_samples)
         return _fit_and_write(compare_store, args, acts, engine, out), out
     if not args.data:
@@ -378,6 +409,7 @@ def run_compare(
 
     chosen = compare_models(args)
     labels = [label for label, _, _ in chosen]
+    _note_identical(chosen)
     layers = compare_layers(args.layers, labels)
     data, preprocess = _inputs(args, model_hook=False)  # each model's hook: its own
     _check_rank(args.rank, data.n_samples)
@@ -398,6 +430,7 @@ def run_compare(
         "class_names": data.class_names,
         "normalize": args.normalize,
     }
+    _check_tensor_layers(args, {f"{k}.": (m, layers.get(k)) for k, m in models.items()})
     if layers_cp := tensor_layers(args):  # block names with their label: LABEL.layer
         engine = replace(engine, tensor_blocks=tuple(layers_cp))
     result = compare(
@@ -650,6 +683,11 @@ def run_report(args: argparse.Namespace) -> Path:
     Several results (checkpoints): the report of the first plus the checkpoints view.
     """
     sources = [Path(p) for p in args.results]
+    seen: dict[Path, Path] = {}
+    for s in sources:
+        if (same := seen.setdefault(s.resolve(), s)) is not s:
+            also = "" if str(same) == str(s) else f" (also as {same})"
+            raise FactorlensError(f"result folder {s} is given twice{also}; give each result once")
     source = sources[0]
     result = load(source)
     images, labels, class_names = load_inputs(source)

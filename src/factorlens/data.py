@@ -186,7 +186,11 @@ def load_data(spec: str) -> ImageData:
     FactorlensError
         For an unknown SPEC or data that cannot be read.
     """
-    if not isinstance(spec, str) or not spec.strip():
+    if not isinstance(spec, str):
+        raise FactorlensError(
+            f"a data SPEC is text, got {type(spec).__name__}; use one of: {_spec_forms()}"
+        )
+    if not spec.strip():
         raise FactorlensError(f"empty data SPEC; use one of: {_spec_forms()}")
     spec = spec.strip()
     scheme, sep, rest = spec.partition(":")

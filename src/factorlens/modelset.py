@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from factorlens.capture import select_layers
-from factorlens.errors import FactorlensError
+from factorlens.capture import EnoughOfThisBatch, select_layers
+from factorlens.errors import FactorlensError, FactorlensRuntimeError, one_line
 
 #: a label: letters, digits, ``_`` and ``-``, starting with a letter or digit (it becomes the
 #: first dotted part of every block name of its model)
@@ -88,7 +88,16 @@ class ModelSet(nn.Module):
         out = None
         for label in self.labels:
             hook = self.preprocess.get(label)
-            out = getattr(self, label)(hook(x) if hook is not None else x)
+            try:
+                out = getattr(self, label)(hook(x) if hook is not None else x)
+            except (FactorlensError, EnoughOfThisBatch):
+                raise
+            except Exception as exc:  # say which of the models it was
+                raise FactorlensRuntimeError(
+                    f"model {label!r} failed on an input batch of shape {tuple(x.shape)}: "
+                    f"{type(exc).__name__}: {one_line(exc, 400)}; check that the data shape, "
+                    "channels and preprocessing match what that model expects"
+                ) from exc
         return out
 
 
@@ -101,6 +110,11 @@ def model_layers(
     takes them (within that model, without the label); a label left out gets its default
     layers. Returns ``["label.name", ...]``, model by model in ``models.labels`` order.
     """
+    if layers is not None and not isinstance(layers, Mapping):
+        raise FactorlensError(
+            f"`layers` of a comparison must map each model's label to its layers, e.g. "
+            f"{{{models.labels[0]!r}: 'features.*'}}, got {type(layers).__name__}"
+        )
     layers = dict(layers or {})
     extra = set(layers) - set(models.labels)
     if extra:

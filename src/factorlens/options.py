@@ -83,16 +83,26 @@ class Rule:
         text that is no such value, e.g. ``"abc"`` for a number).
     choices : tuple, optional
         The allowed values, where they are a short list (shown in ``--help``).
+    flag_must : str, optional
+        ``must`` as the CLI words it, where a flag's text differs (``500M or 2G``); by
+        default ``must`` without its "None or".
     """
 
     must: str
     accepts: Callable[[Any], bool]
     from_text: Callable[[str], Any] = str
     choices: tuple[Any, ...] | None = None
+    flag_must: str | None = None
 
-    def refusal(self, value: Any) -> str:
-        """Return why ``value`` is refused, without the setting's name: "must be ..., got 2"."""
-        return f"must be {self.must}, got {_shown(value)}"
+    def refusal(self, value: Any, *, flag: bool = False) -> str:
+        """Return why ``value`` is refused, without the setting's name: "must be ..., got 2".
+
+        ``flag``: worded for a flag's text (a flag is never None, so that is not offered).
+        """
+        must = self.must
+        if flag:
+            must = self.flag_must or must.removeprefix("None or ").removesuffix(", or None")
+        return f"must be {must}, got {_shown(value)}"
 
 
 class OptionError(FactorlensError):
@@ -241,6 +251,7 @@ SEED = Rule(
         or (_is_int(value) and 0 <= value <= MAX_SEED)
     ),
     integer,
+    flag_must=f"an integer from 0 to {MAX_SEED}",
 )
 PENALTY = Rule(
     "'auto' or a finite number >= 0",
@@ -252,8 +263,18 @@ SKETCH = Rule(
     lambda value: value == "auto" if isinstance(value, str) else _at_least(0)(value),
     _auto_or(integer),
 )
-BYTES = Rule("a number of bytes >= 0, e.g. 2G", _at_least(0), byte_size)
-SOME_BYTES = Rule("a number of bytes >= 1, e.g. 2G", _at_least(1), byte_size)
+BYTES = Rule(
+    "a number of bytes >= 0 (e.g. 2 * 1024**3)",
+    _at_least(0),
+    byte_size,
+    flag_must="a size >= 0, such as 500M or 2G",
+)
+SOME_BYTES = Rule(
+    "a number of bytes >= 1 (e.g. 2 * 1024**3)",
+    _at_least(1),
+    byte_size,
+    flag_must="a size >= 1 byte, such as 500M or 2G",
+)
 FLAG = Rule("True or False", _is_bool)
 #: what :func:`factorlens.modelio.resolve_device` turns into a device (is it there: at use)
 DEVICE = Rule(
@@ -581,12 +602,12 @@ def merged(kind: type[_T], options: _T | None, changes: Mapping[str, Any], what:
     return replace(options or kind(), **changes)  # type: ignore[type-var]
 
 
-def engine_options(options: EngineOptions | None = None, **changes: Any) -> EngineOptions:
+def engine_options(options: EngineOptions | None = None, /, **changes: Any) -> EngineOptions:
     """Return the engine's settings: ``options`` with ``changes`` (see :func:`merged`)."""
     return merged(EngineOptions, options, changes, "engine")
 
 
-def capture_settings(options: CaptureOptions | None = None, **changes: Any) -> CaptureOptions:
+def capture_settings(options: CaptureOptions | None = None, /, **changes: Any) -> CaptureOptions:
     """Return the capture's settings: ``options`` with ``changes`` (see :func:`merged`)."""
     return merged(CaptureOptions, options, changes, "capture")
 

@@ -237,6 +237,8 @@ def check_output_dir(out: str | Path, overwrite: bool, names: Iterable[str] = ()
     of its manifest may be replaced, and a file among ``names`` (the fixed names the result
     writes) that factorlens did not write is refused now rather than after the work.
     """
+    if not isinstance(out, str | os.PathLike):
+        raise FactorlensError(f"`out` must be a folder path, got {type(out).__name__}")
     out = Path(os.path.abspath(out))  # "." and ".." have no name to stage or lock beside
     if out.is_symlink() and not out.exists():
         raise FactorlensError(

@@ -55,11 +55,14 @@ import numpy as np
 
 from factorlens.errors import FactorlensError
 from factorlens.options import (
+    COUNT,
     DEFAULT_SEED,
+    SEED,
     CaptureOptions,
     QualityOptions,
     RankOptions,
     capture_settings,
+    check,
     check_fields,
 )
 from factorlens.pages import small_pages
@@ -619,6 +622,11 @@ def score_checkpoints(
         One report per checkpoint, in the order given.
     """
     chosen = resolve_mode(mode, len(models))
+    check("random_state", random_state, SEED)
+    if names is not None and len(names) != len(models):
+        raise FactorlensError(
+            f"{len(models)} models but {len(names)} `names`; give one name per model"
+        )
     reports, outputs = assess_checkpoints(
         models,
         data,
@@ -691,6 +699,9 @@ def score_model(
     QualityReport
         The single-checkpoint assessment.
     """
+    check("random_state", random_state, SEED)
+    if n_samples is not None:
+        check("n_samples", n_samples, COUNT)
     if n_samples is not None and hasattr(data, "subset"):
         data = data.subset(n_samples, random_state=random_state)
     return assess(model, data, layers=layers, random_state=random_state, **kwargs)

@@ -223,3 +223,88 @@ def test_the_seed_sets_the_random_weights_of_a_model_without_weights(project) ->
     np.testing.assert_array_equal(first_weight(1), first_weight(1))
     assert not np.array_equal(first_weight(1), first_weight(2))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is untouched
+
+
+# ----------------------------------------------------------------------- compare and report
+def _compare(p: dict[str, Path], out: Path, *extra: object) -> list[object]:
+    """``factorlens compare`` of the tiny model's checkpoint against a second one."""
+    _quality(p)  # writes second.pt
+    return ["compare", "--model", f"{p['model']}:TinyNet", "--weights", p["weights"],
+            "--weights", p["root"] / "second.pt", "--data", f"npz:{p['data']}", "--rank", "2",
+            "--n-init", "1", "--out", out, "--quiet", *extra]  # fmt: skip
+
+
+def test_compare_of_an_existing_store_refuses_the_capture_options(cli, project) -> None:
+    store = project["root"] / "cs"
+    cli.ok(_compare(project, project["root"] / "first", "--store", store))
+    for extra in (("--label", "x", "--label", "y"), ("--batch-size", "7"), ("--n-samples", "9")):
+        args = ["compare", "--store", store, "--rank", "2", "--out", project["root"] / "out",
+                *extra]  # fmt: skip
+        cli.fails(args, "--store without --model", extra[0])
+    assert not (project["root"] / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("layers", "blocks"),
+    [  # a model given LABEL=NAMES takes only those; plain NAMES go to the others
+        (("tiny=features.0", "tiny=features.2"), ["tiny.features.0", "tiny.features.2"]),
+        (("features.0", "classifier.1"),
+         ["tiny.features.0", "tiny.classifier.1", "second.features.0", "second.classifier.1"]),
+        (("tiny=features.0", "classifier.1"), ["tiny.features.0", "second.classifier.1"]),
+    ],
+)  # fmt: skip
+def test_repeated_compare_layers_add_up(cli, project, layers, blocks) -> None:
+    out = project["root"] / "out"
+    cli.ok(_compare(project, out, *[x for spec in layers for x in ("--layers", spec)]))
+    names = [b["name"] for b in json.loads((out / "result.json").read_text())["blocks"]][1:]
+    if len(layers) == 2 and all(spec.startswith("tiny=") for spec in layers):
+        names = [n for n in names if n.startswith("tiny.")]  # second keeps its defaults
+    assert names == blocks
+
+
+def test_compare_checks_its_tensor_layers_before_the_capture(cli, project) -> None:
+    store = project["root"] / "cs"
+    cli.fails(_compare(project, project["root"] / "out", "--tensor-layers", "features.0",
+                       "--store", store), "--tensor-layers", "tiny.features.0")  # fmt: skip
+    assert not store.exists()
+
+
+def test_compare_names_the_model_that_failed(cli, project) -> None:
+    failing = project["root"] / "failing.py"
+    failing.write_text(
+        "import torch\nclass Failing(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(64, 3)\n"
+        "    def forward(self, x):\n        raise RuntimeError('boom in forward')\n"
+    )
+    args = ["compare", "--model", f"{project['model']}:TinyNet", "--model", f"{failing}:Failing",
+            "--data", f"npz:{project['data']}", "--rank", "2", "--out",
+            project["root"] / "out", "--quiet"]  # fmt: skip
+    cli.fails(args, "model 'Failing' failed", "boom in forward", rc=1)
+
+
+def test_compare_of_one_model_twice_says_so(cli, project) -> None:
+    spec = f"{project['model']}:TinyNet"
+    args = ["compare", "--model", spec, "--model", spec, "--data", f"npz:{project['data']}",
+            "--rank", "2", "--n-init", "1", "--out", project["root"] / "out", "--quiet"]  # fmt: skip
+    assert "are the same model file and weights" in cli.ok(args).err
+
+
+def test_report_refuses_a_result_given_twice(cli, project) -> None:
+    out = project["root"] / "a"
+    cli.ok(analyze_args(project, out))
+    cli.fails(["report", out, project["root"] / "." / "a", "--out", project["root"] / "r"],
+              "given twice")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ['"x"', '{"cka": {"pairs": [1]}}', '{"cka": {"pairs": [{"a": "tiny", "layers": [[1]]}]}}'],
+)
+def test_report_of_a_damaged_comparison_is_one_line(cli, project, damage: str) -> None:
+    out = project["root"] / "c"
+    cli.ok(_compare(project, out))
+    doc = json.loads((out / "result.json").read_text())
+    doc["meta"]["comparison"] = json.loads(damage)
+    (out / "result.json").write_text(json.dumps(doc))
+    cli.fails(["report", out, "--out", project["root"] / "r"], "is damaged", "comparison", rc=1)

@@ -443,7 +443,11 @@ class CMTF:
 
     # ------------------------------------------------------------------------- validation
     def _validate_rank(self, n: int, total: int) -> None:
-        if not isinstance(self.rank, (int, np.integer)) or self.rank <= 0:
+        if (
+            not isinstance(self.rank, (int, np.integer))
+            or isinstance(self.rank, bool)
+            or self.rank <= 0
+        ):
             raise FactorlensError(f"rank must be a positive integer, got {self.rank!r}")
         limit = min(n, total)
         if self.rank > limit:
@@ -475,6 +479,11 @@ class CMTF:
         n = check_blocks(names, [tuple(a.shape) for a in arrays])
         self._validate_rank(n, sum(int(np.prod(a.shape[1:])) for a in arrays))
         check_combination(self.nonneg, self.center, self.compress_rows)
+        if isinstance(self.weighting, Mapping) and (unknown := set(self.weighting) - set(names)):
+            raise FactorlensError(
+                f"`weighting` names {sorted(unknown)[0]!r}, which is not a block; the blocks "
+                f"are {names}"
+            )
         sketched = [nm for nm, a in zip(names, arrays, strict=True) if isinstance(a, ReducedBlock)]
         if sketched and self.nonneg:
             raise FactorlensError(
@@ -684,11 +693,41 @@ def _as_named_arrays(blocks: Any) -> tuple[list[str], list[Any]]:
         names = list(blocks.names)
         return names, [blocks.block(n) for n in names]
     if isinstance(blocks, Mapping):
+        for name, array in blocks.items():
+            _check_block(name, array)
         return list(blocks.keys()), list(blocks.values())
     raise FactorlensError(
         "blocks must be a mapping name → array (input first) or an activation store, "
         f"got {type(blocks).__name__}"
     )
+
+
+def _check_block(name: Any, array: Any) -> None:
+    """Refuse a block the engine cannot fit: a name not a string, or not an array of reals."""
+    if not isinstance(name, str) or not name:
+        raise FactorlensError(
+            f"block names must be non-empty strings, got {name!r}; name each block (e.g. "
+            "'input', 'conv1')"
+        )
+    if isinstance(array, ReducedBlock):
+        return
+    shape, dtype = getattr(array, "shape", None), getattr(array, "dtype", None)
+    if shape is None or dtype is None:
+        raise FactorlensError(
+            f"block {name!r} is a {type(array).__name__}, not an array; give an array (N, …), "
+            "e.g. numpy.asarray(values, dtype=numpy.float32)"
+        )
+    if len(shape) < 2:
+        raise FactorlensError(
+            f"block {name!r} has shape {tuple(shape)}; a block needs a sample axis and at least "
+            "one feature axis (N, …)"
+        )
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:  # a torch dtype
+        kind = "c" if "complex" in str(dtype) else "f"
+    if kind not in "biuf":
+        raise FactorlensError(f"block {name!r} holds {dtype} values; give real numbers")
 
 
 def _chunk_rows(array: Any) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -387,6 +388,10 @@ class CMTFResult:
             A one-line error when the result is foreign; when it is damaged, a
             :class:`~factorlens.errors.FactorlensRuntimeError` (a subclass).
         """
+        if not isinstance(directory, str | os.PathLike):
+            raise FactorlensError(
+                f"`directory` must be a result folder's path, got {type(directory).__name__}"
+            )
         d = Path(directory)
         jpath, npath = d / RESULT_JSON, d / FACTORS_NPZ
         if not jpath.is_file() or not npath.is_file():
@@ -569,6 +574,32 @@ def _problems(doc: dict[str, Any]) -> Iterator[str]:
     for key in _PER_BLOCK_OPTIONS:
         if key in doc["options"] and not _number_map(doc["options"][key]):
             yield f"options.{key} should map block names to numbers"
+    if "comparison" in doc["meta"]:
+        yield from _comparison_problems(doc["meta"]["comparison"])
+
+
+def _comparison_problems(comparison: Any) -> Iterator[str]:
+    """Yield what is wrong with ``meta.comparison`` (compare's CKA tables, which the report reads)."""
+    if not isinstance(comparison, dict):
+        yield f"meta.comparison should be an object, got {_brief(comparison)}"
+        return
+    cka = comparison.get("cka", {})
+    pairs = cka.get("pairs", []) if isinstance(cka, dict) else None
+    if not isinstance(pairs, list):
+        yield f"meta.comparison.cka should be an object with a list of pairs, got {_brief(cka)}"
+        return
+    for i, pair in enumerate(pairs):
+        at = f"meta.comparison.cka.pairs[{i}]"
+        if not isinstance(pair, dict):
+            yield f"{at} should be an object, got {_brief(pair)}"
+        elif not isinstance(pair.get("layers", []), list) or not all(
+            isinstance(row, list)
+            and len(row) == 3
+            and isinstance(row[2], int | float)
+            and not isinstance(row[2], bool)
+            for row in pair.get("layers", [])
+        ):
+            yield f"{at}.layers should be a list of [layer, layer, number]"
 
 
 def _field_problems(obj: Any, fields: dict[str, tuple[Any, str]], at: str) -> Iterator[str]:

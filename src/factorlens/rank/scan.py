@@ -33,7 +33,7 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Any
 
@@ -203,6 +203,16 @@ def estimate_rank(
         )
     notes: list[str] = []
     max_rank = _clipped(max_rank, arrays, notes)
+    if model is not None and not isinstance(model, EngineOptions):
+        raise FactorlensError(
+            f"`model` must be a factorlens.options.EngineOptions (the fit's settings), got "
+            f"{type(model).__name__}"
+        )
+    if unknown := sorted(set(engine) - {f.name for f in fields(EngineOptions)}):
+        raise FactorlensError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} of the scan's fits; they are "
+            "the fields of factorlens.options.EngineOptions (the parameters of CMTF)"
+        )
     if model is not None:
         engine = {**{k: getattr(model, k) for k in MODEL_FIELDS}, **engine}
     opts = _scan_options(engine, n_iter_max, tol, random_state)
