@@ -67,16 +67,19 @@ def test_dask_and_scheduler_flags_run_the_fit_on_that_cluster(project, monkeypat
         finally:  # closed however the command ends
             seen.append(("closed", scheduler))
 
+    class Stop(Exception):
+        """Ends the command after the run was entered (the CLI lets it through)."""
+
     def fake_run(args, engine, capture):
         seen.append(("run", engine.backend))  # an EngineOptions, replaced, not edited
-        raise SystemExit(0)
+        raise Stop
 
     monkeypatch.setattr(D, "dask_cluster", fake_cluster)
     monkeypatch.setattr(commands, "run_analyze", fake_run)
     root = project["root"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(Stop):
         main(analyze_args(project, root / "a", "--dask"))
-    with pytest.raises(SystemExit):
+    with pytest.raises(Stop):
         main(analyze_args(project, root / "b", "--scheduler", "tcp://10.0.0.5:8786"))
     assert seen == [
         ("open", None), ("run", "dask"), ("closed", None),

@@ -251,7 +251,7 @@ def _score_one(
     )
     report = assess_store(
         acts,
-        perturbed_outputs(model, copies, capture, settings["preprocess"]),
+        perturbed_outputs(model, copies, capture, settings["preprocess"], settings["select"]),
         max_rank=settings["max_rank"],
         random_state=settings["random_state"],
         checkpoint=name,

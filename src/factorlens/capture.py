@@ -355,6 +355,11 @@ def _as_tensor(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> 
         raise FactorlensError(
             f"layer {name!r} returns {type(out).__name__}, not a tensor; choose another layer"
         )
+    if out.is_complex():
+        raise FactorlensError(
+            f"layer {name!r} returns complex values ({out.dtype}), which a factorization of "
+            "real blocks would cut to their real part; choose another layer"
+        )
     if out.ndim == 0 or out.shape[0] != batch_n:
         raise FactorlensError(
             f"layer {name!r} output has shape {tuple(out.shape)} whose first axis is not the "
@@ -553,6 +558,7 @@ def capture(
     overwrite: bool = False,
     output: str | None = None,
     resume: bool = False,
+    check_determinism: bool = True,
     **settings: Any,
 ) -> ActivationStore:
     """Run ``model`` over ``data``; return the closed store of its input and layers' outputs.
@@ -592,6 +598,9 @@ def capture(
         Also store what the model returns (class scores, say) as a block of this name.
     resume : bool
         Continue the interrupted capture in ``store`` (same model, data, settings: checked).
+    check_determinism : bool
+        Run a few inputs twice first and warn when the answers differ (or when the model's
+        forward puts modules back in training mode); False where a caller just did.
     """
     opts = whole_layer_options(options, settings)
     images, n, labels, chosen, select, data_meta = _check_capture_args(
@@ -602,7 +611,7 @@ def capture(
         store, resume, overwrite, opts, (model, images, recorded, preprocess)
     )
     with _discarded_on_failure(the_store, created):
-        counts = _run_capture(
+        counts, output_meta = _run_capture(
             model,
             images,
             chosen,
@@ -615,8 +624,16 @@ def capture(
             output=output,
             start_row=start_row,
             counts=counts,
+            check_determinism=check_determinism,
         )
-        finish_store(the_store, model, labels, {**data_meta, **dict(meta or {})}, recorded, counts)
+        finish_store(
+            the_store,
+            model,
+            labels,
+            {**data_meta, **dict(meta or {}), **output_meta},
+            recorded,
+            counts,
+        )
     return the_store
 
 
@@ -828,6 +845,12 @@ class ForwardPass:
         #: whether the model was checked to answer the same twice (set beforehand by a
         #: caller whose earlier pass over the same model checked it)
         self.checked_determinism = False
+        #: the block that holds what the model returns (its predictions), as seen in the
+        #: first batch: ``output`` when given, else a layer whose output is the returned
+        #: tensor; None when none is (a hidden last layer, an output changed after it)
+        self.output_block: str | None = None
+        self.output_known = False  # whether a batch has shown it
+        self._seen_outputs: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ what subclasses do
     def on_block(self, block: str, module: str, out: torch.Tensor) -> None:
@@ -849,7 +872,10 @@ class ForwardPass:
                     "'#'); capture only one of those modules"
                 )
             self.blocks[block] = name
-            self.on_block(block, name, _as_tensor(name, out, self.select, self.batch_n))
+            tensor = _as_tensor(name, out, self.select, self.batch_n)
+            if self._seen_outputs is not None:  # the first batch: to find the model's output
+                self._seen_outputs[block] = tensor
+            self.on_block(block, name, tensor)
 
         return hook
 
@@ -896,11 +922,16 @@ class ForwardPass:
                         raise FactorlensRuntimeError("the capture was given up; nothing was kept")
                     stop = min(start + batch_size, n)
                     batch = _batch_tensor(images, start, stop)
-                    x = _apply_preprocess(self.preprocess, batch).to(device)
+                    # a copy: a model or hook that changes its input in place must not change
+                    # the input block, read from `batch` afterwards
+                    x = _apply_preprocess(self.preprocess, batch.clone()).to(device)
                     self.calls.clear()
                     self.batch_n, self.start = stop - start, start
+                    self._seen_outputs = None if self.output_known else {}
                     try:
                         returned = model(x)
+                        if not self.output_known:
+                            self._find_output_block(returned)
                     except EnoughOfThisBatch:
                         returned = None  # the pass had what it needs of this batch
                     except FactorlensError:
@@ -929,6 +960,20 @@ class ForwardPass:
                 submodule.training = mode
             if moved_from is not None:
                 model.to(moved_from)
+
+    def _find_output_block(self, returned: Any) -> None:
+        """Set :attr:`output_block` from the first batch's returned value and block outputs."""
+        seen, self._seen_outputs, self.output_known = self._seen_outputs or {}, None, True
+        if self.output is not None:
+            self.output_block = self.output
+            return
+        if not isinstance(returned, torch.Tensor) or returned.ndim != 2:
+            return
+        answer = returned.detach().float()
+        for block, tensor in reversed(seen.items()):
+            if tensor.shape == answer.shape and torch.equal(tensor, answer):
+                self.output_block = block
+                return
 
     def _check_calls(self, start: int, start_row: int) -> None:
         """Every chosen module ran, and as often as in the first batch.
@@ -1035,7 +1080,7 @@ def _run_capture(
     stop_if: Callable[[], bool] | None = None,
     drop_unused: bool = False,
     check_determinism: bool = True,
-) -> dict[str, int]:
+) -> tuple[dict[str, int], dict[str, str | None]]:
     """Run the batch loop of :func:`capture`, from sample ``start_row``, into ``store``.
 
     ``options`` gives the batch size, the device and the non-finite policy.
@@ -1044,7 +1089,9 @@ def _run_capture(
     so the loop stops with a :class:`FactorlensRuntimeError` (a sharded capture given up).
     ``drop_unused`` leaves out (default) layers that do not run, with a note.
     ``check_determinism`` runs a few inputs twice first (:func:`check_deterministic`).
-    Returns the non-finite counts replaced per block.
+    Returns the non-finite counts replaced per block, and what the store's metadata records
+    of the model's output: ``{"model_output_block": block or None}`` (see
+    :func:`factorlens.pipeline.predicted_classes`), empty when no batch ran.
     """
     run = _StorePass(
         model,
@@ -1075,7 +1122,12 @@ def _run_capture(
         if run.writer is not None:
             run.writer.close()  # after an error or interruption: what was queued, in order
     note_unused(run.dropped)
-    return run.counts
+    return run.counts, output_record(run)
+
+
+def output_record(run: ForwardPass) -> dict[str, str | None]:
+    """Return what a store records of the model's output block (empty when no batch ran)."""
+    return {"model_output_block": run.output_block} if run.output_known else {}
 
 
 #: inputs run twice to check that the model answers the same each time
@@ -1093,10 +1145,17 @@ def check_deterministic(
     """
     stop = min(start + DETERMINISM_ROWS, int(images.shape[0]))
     x = _apply_preprocess(preprocess, _batch_tensor(images, start, stop)).to(device)
-    try:
-        first, second = model(x), model(x)
+    try:  # each on its own copy: a model may change its input in place
+        first, second = model(x.clone()), model(x.clone())
     except Exception:  # the capture itself reports a failing model, with its context
         return True
+    training = sorted({type(m).__name__ for m in model.modules() if m.training})
+    if training:  # put back by the model itself: batch statistics, dropout
+        warn(
+            f"the model's forward() puts modules back in training mode ({', '.join(training)}); "
+            "batch normalisation then uses each batch's statistics and dropout stays on, so "
+            "results depend on `batch_size`; call self.train() outside forward()"
+        )
     if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)):
         return True
     if first.shape == second.shape and torch.allclose(

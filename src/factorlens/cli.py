@@ -563,6 +563,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"error: interrupted (Ctrl-C); {_left_behind(args)}", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # the arguments were parsed: only code factorlens runs exits
+        if getattr(args, "debug", False):
+            raise
+        print(
+            f"error: the model's code called sys.exit({exc.code!r}) while factorlens ran it "
+            f"(its constructor, forward or preprocessing hook); {_left_behind(args)}",
+            file=sys.stderr,
+        )
+        return 1
     except FactorlensError as exc:
         if getattr(args, "debug", False):
             raise

@@ -14,10 +14,11 @@ Accepted SPEC forms:
 * ``npz:FILE`` — array ``images`` (``N×H×W`` or ``N×C×H×W``; uint8 is divided by 255, float must
   already lie in [0, 1]; ``N×D`` float for non-image data), optional ``labels`` (N,) and
   ``class_names``.
-* ``folder:DIR`` — image files (png/jpg/jpeg/bmp/gif) in one subfolder per class (class names are
-  the sorted subfolder names); all images must have the same size. Grayscale images give C=1,
-  anything else is converted to RGB (C=3). A folder holding images but no class subfolders is
-  loaded without labels.
+* ``folder:DIR`` — image files (png/jpg/jpeg/bmp/gif/tif/tiff/webp) directly in one subfolder
+  per class (class names are the sorted subfolder names; hidden ones, ``.name``, are skipped and
+  a class folder without images is refused); all images must have the same size. Grayscale
+  images give C=1, anything else is converted to RGB (C=3). A folder holding images but no
+  class subfolders is loaded without labels. What is not read is said in a note.
 
 Images are always float32 in [0, 1] with shape ``N×C×H×W`` (``N×D`` for non-image data).
 """
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from factorlens.errors import FactorlensError, one_line
+from factorlens.errors import FactorlensError, note, one_line
 from factorlens.rows import Levels
 
 __all__ = [
@@ -54,7 +55,7 @@ SPEC_FORMS = "digits, mnist:DIR, mnist:DIR:train, npz:FILE.npz, folder:DIR"
 #: the entry-point group of named data sets: ``name = "package.module:function"``, the function
 #: taking no arguments and returning an :class:`ImageData`
 DATASETS_GROUP = "factorlens.datasets"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _IDX_UINT8 = 0x08
 
@@ -259,7 +260,7 @@ def from_arrays(
     lo, hi = float(images.min()), float(images.max())
     if lo < 0.0 or hi > 1.0:
         raise FactorlensError(
-            f"{source} has values in [{lo:.4g}, {hi:.4g}] but images must lie in [0, 1]; "
+            f"{source} has values in [{lo:.8g}, {hi:.8g}] but images must lie in [0, 1]; "
             "scale them to [0, 1] (e.g. divide 0..255 data by 255) and use `normalize` for "
             "the model's normalization"
         )
@@ -597,6 +598,43 @@ def _image_files(directory: Path) -> list[Path]:
     )
 
 
+def _check_class_folders(
+    directory: Path, class_dirs: list[Path], found: list[str], hidden: list[str]
+) -> None:
+    """Refuse a class folder without images: it would shift the later classes' labels.
+
+    Note what a folder of class folders leaves out: hidden folders, images beside the class
+    folders or in folders below them, files of other types.
+    """
+    empty = [d.name for d in class_dirs if d.name not in found]
+    if empty:
+        raise FactorlensError(
+            f"class folder {directory / empty[0]} holds no images "
+            f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) directly, so the classes after it "
+            "would take other labels; put its images in it, or move the folder out"
+        )
+    left = [*hidden]
+    top = _image_files(directory)
+    if top:
+        left.append(f"{len(top)} image(s) directly in {directory.name}")
+    below = sum(1 for d in class_dirs for sub in d.iterdir() if sub.is_dir())
+    if below:
+        left.append(f"{below} folder(s) inside class folders")
+    other = [
+        p.name
+        for d in class_dirs
+        for p in d.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_EXTENSIONS
+    ]
+    if other:
+        left.append(f"{len(other)} file(s) that are not images (e.g. {other[0]})")
+    if left:
+        note(
+            f"image folder {directory}: one subfolder per class, its images directly in it; "
+            f"not read: {'; '.join(left)}"
+        )
+
+
 def _load_folder(directory: Path) -> ImageData:
     from PIL import Image, UnidentifiedImageError
 
@@ -606,7 +644,9 @@ def _load_folder(directory: Path) -> ImageData:
         )
     if not directory.is_dir():
         raise FactorlensError(f"{directory} is not a folder; folder:DIR needs a folder of images")
-    class_dirs = sorted((d for d in directory.iterdir() if d.is_dir()), key=lambda d: d.name)
+    folders = sorted((d for d in directory.iterdir() if d.is_dir()), key=lambda d: d.name)
+    hidden = [d.name for d in folders if d.name.startswith(".")]  # .ipynb_checkpoints, .git
+    class_dirs = [d for d in folders if not d.name.startswith(".")]
     entries: list[tuple[Path, int]] = []
     found: list[str] = []
     for d in class_dirs:
@@ -615,6 +655,8 @@ def _load_folder(directory: Path) -> ImageData:
             entries.extend((f, len(found)) for f in files)
             found.append(d.name)
     class_names: list[str] | None = found
+    if entries:
+        _check_class_folders(directory, class_dirs, found, hidden)
     if not entries:
         top = _image_files(directory)
         if not top:
@@ -637,6 +679,10 @@ def _load_folder(directory: Path) -> ImageData:
             raise FactorlensError(
                 f"cannot read image {f} ({type(exc).__name__}: {exc}); fix or remove the file"
             ) from exc
+        except Image.DecompressionBombError as exc:
+            raise FactorlensError(
+                f"cannot read image {f}: {one_line(exc, 120)}; resize it to the model's input size"
+            ) from exc
         if expected is None:
             expected, first = pic.size, f
         elif pic.size != expected:
@@ -646,7 +692,15 @@ def _load_folder(directory: Path) -> ImageData:
             )
         pictures.append(pic)
 
-    all_gray = all(_is_gray(p) for p in pictures)
+    gray = [_is_gray(p) for p in pictures]
+    all_gray = all(gray)
+    if not all_gray and sum(gray) > len(gray) // 2:  # a few colour files make it all colour
+        colour = [f for (f, _), g in zip(entries, gray, strict=True) if not g]
+        note(
+            f"{len(colour)} of the {len(gray)} images are in colour (e.g. {colour[0]}, "
+            f"{pictures[gray.index(False)].mode}), so every image is read with 3 channels; "
+            "convert those to grayscale if the model takes one channel"
+        )
     assert expected is not None  # entries is not empty, so the loop set it
     n, (w, h) = len(pictures), expected
     channels = 1 if all_gray else 3

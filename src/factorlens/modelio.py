@@ -523,7 +523,8 @@ def build_model(
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            model = factory()
+            # a SPEC may name a module built in the file (Net = nn.Sequential(...)): used as is
+            model = factory if isinstance(factory, nn.Module) else factory()
     except KeyboardInterrupt:
         raise
     except Exception as exc:

@@ -133,12 +133,17 @@ def predicted_classes(store: ActivationStore, n_classes: int | None) -> np.ndarr
     """Return the model's predicted class per input, or None.
 
     The prediction is the argmax of the store's last block when that block has one output per
-    class (``n_classes`` of them); else None, and None when that block was sketched (its
-    rows are not held; an argmax of their truncated coordinates could name another class).
+    class (``n_classes`` of them) and is what the model returns; else None: when the capture
+    saw that the model's output is another block's or none (``meta["model_output_block"]``:
+    a hidden last layer of ``n_classes`` units, an output changed after its layer), and when
+    the block was sketched (an argmax of truncated coordinates could name another class).
     """
     from factorlens.factorize.reduced import ReducedBlock
 
     if not n_classes or len(store.names) < 2:
+        return None
+    meta = getattr(store, "meta", None) or {}
+    if "model_output_block" in meta and meta["model_output_block"] != store.names[-1]:
         return None
     block = store.block(store.names[-1])
     if isinstance(block, ReducedBlock):

@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,14 +404,17 @@ def perturbed_outputs(
     copies: Sequence[np.ndarray],
     options: CaptureOptions | None = None,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    select: Mapping[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """Return the model's outputs ``(N, K)`` on each perturbed copy of the inputs.
 
-    The copies come from :func:`perturbations`; ``options`` (the capture's settings) and
-    ``preprocess`` go to :func:`factorlens.capture.capture`.
+    The copies come from :func:`perturbations`; ``options`` (the capture's settings),
+    ``preprocess`` and the element of a tuple or dict output that ``select`` names for
+    :data:`OUTPUT_BLOCK` go to :func:`factorlens.capture.capture`.
     """
     from factorlens.capture import capture
 
+    chosen = {k: v for k, v in (select or {}).items() if k == OUTPUT_BLOCK}
     return [
         model_outputs(
             capture(
@@ -420,6 +423,7 @@ def perturbed_outputs(
                 [],
                 options=options,
                 preprocess=preprocess,
+                select=chosen,
                 progress=False,
                 output=OUTPUT_BLOCK,
             )

@@ -128,7 +128,7 @@ def _capture_shard(
     torch.set_num_threads(1)  # one task per worker thread: no oversubscribed cores
     try:
         store = ZarrStore.open_shard(path, start)
-        counts = _run_capture(
+        counts, _ = _run_capture(  # the client's first batch says where the output is
             model,
             _FirstRows(rows, stop),
             layers,
@@ -273,7 +273,10 @@ def capture_sharded(
             progress_bar(-(-n // shard), "capture shards", unit="shard", disable=not progress),
         )
         target.finish_shards(n)
-        finish_store(target, model, labels, {**data_meta, **dict(meta or {})}, recorded, counts)
+        seen = {k: first.meta[k] for k in ("model_output_block",) if k in first.meta}
+        finish_store(
+            target, model, labels, {**data_meta, **dict(meta or {}), **seen}, recorded, counts
+        )
     except BaseException:
         target.discard()  # after every shard has stopped (_run_shards waits for them)
         raise

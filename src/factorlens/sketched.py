@@ -56,6 +56,7 @@ from factorlens.capture import (
     _to_rows,
     capture,
     note_unused,
+    output_record,
 )
 from factorlens.errors import FactorlensError, FactorlensRuntimeError
 from factorlens.factorize.penalty import MAX_SIDE
@@ -514,6 +515,7 @@ def capture_sketched(
             progress=progress,
             meta=meta,
             output=output,
+            check_determinism=False,  # the probe ran a few inputs twice already
         )
     shapes = {**probe.shapes, **probe.returned}
     n_layers = len(probe.shapes)
@@ -595,6 +597,7 @@ def capture_sketched(
         "model": type(model).__name__,
         **data_meta,
         **dict(meta or {}),
+        **output_record(probe),  # where the model's predictions are
         "layers": list(probe.shapes),
         "modules": {b: m for b, _, m, _ in blocks[1:] if b in probe.shapes},
         "shapes": {b: [n, *shapes.get(b, inputs.shape[1:])] for b, *_ in blocks},

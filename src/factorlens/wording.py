@@ -74,8 +74,9 @@ def _as_flag(match: re.Match[str]) -> str:
         literal = ast.literal_eval(value)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return f"{flag} {value}"
-    if isinstance(literal, dict):  # select={'fc': 0} -> --select fc=0
-        return f"{flag} " + ",".join(f"{k}={v}" for k, v in literal.items())
+    if isinstance(literal, dict):  # select={'fc': 0} -> --select fc=0 ('a b=0' quoted)
+        pairs = (f"{k}={v}" for k, v in literal.items())
+        return " ".join(f"{flag} " + (f"'{p}'" if " " in p else p) for p in pairs)
     if isinstance(literal, bool | type(None)):  # overwrite=False: no flag says that
         return f"{name}={value}"
     return f"{flag} {literal}"
