@@ -368,6 +368,17 @@ def _as_tensor(name: str, out: Any, select: Mapping[str, Any], batch_n: int) -> 
     return out.detach().float()
 
 
+def _failure_hint(exc: Exception) -> str:
+    """Return what to check when the model raised in its forward pass."""
+    text = str(exc)
+    if isinstance(exc, TypeError) and "forward()" in text and "argument" in text:
+        return (
+            "factorlens calls model(x) with one batch tensor: give forward()'s other "
+            "arguments defaults, or wrap the model in a module whose forward takes x alone"
+        )
+    return "check that the data shape, channels and preprocessing match what the model expects"
+
+
 def _fingerprint_of(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Return a few values that tell a ``(n, K)`` output apart: its first 8 columns, row sums.
 
@@ -947,9 +958,8 @@ class ForwardPass:
                     except Exception as exc:
                         raise FactorlensRuntimeError(
                             f"the model failed on an input batch of shape {tuple(x.shape)} "
-                            f"({x.dtype}): {type(exc).__name__}: {one_line(exc, 400)}; check "
-                            "that the data shape, channels and preprocessing match what the "
-                            "model expects"
+                            f"({x.dtype}): {type(exc).__name__}: {one_line(exc, 400)}; "
+                            + _failure_hint(exc)
                         ) from exc
                     self._check_calls(start, start_row)
                     self.model_output = returned  # what on_batch may look at too
@@ -1165,13 +1175,15 @@ def check_deterministic(
             "batch normalisation then uses each batch's statistics and dropout stays on, so "
             "results depend on `batch_size`; call self.train() outside forward()"
         )
-    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)):
-        return True
-    if first.shape == second.shape and torch.allclose(
-        first, second, rtol=1e-4, atol=1e-6, equal_nan=True
+    pairs = list(zip(_tensors_in(first), _tensors_in(second), strict=False))
+    if all(
+        a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-6, equal_nan=True)
+        for a, b in pairs
     ):
-        return True
-    gap = float((first.float() - second.float()).abs().max()) if first.shape == second.shape else 0
+        return True  # (a model that returns no tensor has nothing to compare)
+    gap = max(
+        float((a.float() - b.float()).abs().max()) if a.shape == b.shape else 0.0 for a, b in pairs
+    )
     warn(
         f"the model gives different outputs for the same inputs in eval mode (largest "
         f"difference {gap:.3g}): randomness such as F.dropout(x, p) without "
@@ -1179,6 +1191,16 @@ def check_deterministic(
         "make forward() deterministic in eval mode"
     )
     return False
+
+
+def _tensors_in(out: Any) -> list[torch.Tensor]:
+    """Return the tensors a model returned: itself, or those of a tuple, list or dict."""
+    items = out.values() if isinstance(out, Mapping) else out
+    if isinstance(out, torch.Tensor):
+        items = [out]
+    elif not isinstance(out, Mapping | list | tuple):
+        items = []
+    return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 def note_unused(dropped: Sequence[str]) -> None:

@@ -23,6 +23,7 @@ MODELS = {
     "Exits": "sys.exit(0)",
     "Dict": "return {'logits': self.fc2(torch.relu(self.fc1(x.flatten(1))))}",
     "TrainMode": "self.train()\n        return self.fc2(torch.relu(self.fc1(x.flatten(1))))",
+    "RandomDict": "return {'y': self.fc2(torch.nn.functional.dropout(self.fc1(x.flatten(1))))}",
 }
 
 
@@ -170,3 +171,20 @@ def test_a_stray_colour_image_is_named(cli, project) -> None:
     Image.new("RGBA", (8, 8), (9, 9, 9, 255)).save(top / "b" / "stray.png")
     res = cli.run(_on_folder(project, top))
     assert "1 of the 7 images are in colour" in res.err and "stray.png" in res.err
+
+
+def test_randomness_is_warned_about_when_the_model_returns_a_dict(cli, project) -> None:
+    res = cli.ok(_analyze(project, "RandomDict", "out", "--layers", "fc1"))
+    assert "gives different outputs for the same inputs" in res.err
+
+
+def test_a_forward_that_needs_more_arguments_is_told_how_it_is_called(cli, project) -> None:
+    needs = project["root"] / "needs.py"
+    needs.write_text(
+        "import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.fc = torch.nn.Linear(64, 3)\n"
+        "    def forward(self, x, *, mask):\n        return self.fc(x.flatten(1) * mask)\n"
+    )
+    args = ["analyze", "--model", f"{needs}:Net", "--data", f"npz:{project['data']}", "--rank",
+            "2", "--out", project["root"] / "out", "--quiet"]  # fmt: skip
+    cli.fails(args, "'mask'", "calls model(x) with one batch tensor", rc=1)
