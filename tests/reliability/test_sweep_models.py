@@ -40,6 +40,8 @@ def _model_file(root: Path) -> Path:
         "        self.c = Fourier()\n        self.fc = nn.Linear(64, 3)\n"
         "    def forward(self, x):\n        return self.fc(self.c(x).real.flatten(1))\n"
         "Instance = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))\n"
+        "class NeedsMask(Plain):\n    def forward(self, x, *, mask):\n"
+        "        return super().forward(x * mask)\n"
     )
     path = root / "zoo_of_models.py"
     path.write_text(text)
@@ -179,12 +181,5 @@ def test_randomness_is_warned_about_when_the_model_returns_a_dict(cli, project) 
 
 
 def test_a_forward_that_needs_more_arguments_is_told_how_it_is_called(cli, project) -> None:
-    needs = project["root"] / "needs.py"
-    needs.write_text(
-        "import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
-        "        super().__init__()\n        self.fc = torch.nn.Linear(64, 3)\n"
-        "    def forward(self, x, *, mask):\n        return self.fc(x.flatten(1) * mask)\n"
-    )
-    args = ["analyze", "--model", f"{needs}:Net", "--data", f"npz:{project['data']}", "--rank",
-            "2", "--out", project["root"] / "out", "--quiet"]  # fmt: skip
+    args = _analyze(project, "NeedsMask", "out")
     cli.fails(args, "'mask'", "calls model(x) with one batch tensor", rc=1)
