@@ -183,3 +183,29 @@ def test_randomness_is_warned_about_when_the_model_returns_a_dict(cli, project) 
 def test_a_forward_that_needs_more_arguments_is_told_how_it_is_called(cli, project) -> None:
     args = _analyze(project, "NeedsMask", "out")
     cli.fails(args, "'mask'", "calls model(x) with one batch tensor", rc=1)
+
+
+# ------------------------------------------------------------------ data with nothing to fit
+def test_constant_blocks_are_named_and_all_constant_data_is_refused(project) -> None:
+    from factorlens import CMTF
+    from factorlens.errors import FactorlensError
+
+    rng = np.random.default_rng(0)
+    blocks = {"input": rng.random((30, 8)), "dead": np.zeros((30, 5)), "h": rng.random((30, 6))}
+    notes = CMTF(2, n_init=1).fit(blocks).result_.spare_components()
+    assert "dead is constant across the inputs (e.g. all zeros): no component can be in it" in notes
+    same = {"input": np.ones((30, 8)), "h": np.tile(rng.random(6), (30, 1))}
+    with pytest.raises(FactorlensError, match="every block is constant across the inputs"):
+        CMTF(1, center=True).fit(same)
+
+
+def test_a_penalty_that_zeroes_everything_says_so(project) -> None:
+    from factorlens import CMTF
+
+    rng = np.random.default_rng(0)
+    blocks = {"input": rng.random((30, 8)), "h": rng.random((30, 6))}
+    notes = CMTF(2, n_init=1, l1_penalty=1e6).fit(blocks).result_.spare_components()
+    assert notes == [
+        "the penalty (`l1_penalty` = 1e+06) set every component's strength to zero in every "
+        "block: use a smaller one, or 'auto'"
+    ]

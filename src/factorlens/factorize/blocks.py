@@ -27,6 +27,11 @@ from factorlens.options import EngineOptions
 DEFAULT_MEMORY_BUDGET = EngineOptions.memory_budget
 
 
+#: a centred block whose energy is at most this share of its raw energy is constant across
+#: the inputs (what centring leaves of the same row repeated is float rounding, ~1e-16)
+CONSTANT_SHARE = 1e-10
+
+
 class Block:
     """One data block ``Y`` (shape ``(N, ...)``) with lazy centring and scaling.
 
@@ -79,6 +84,7 @@ class Block:
         self.mean = np.zeros(self.width)
         self._centred = False  # set once the data are centred (after the statistics pass)
         self.sumsq = 0.0  # ‖Y − 1μᵀ‖² before scaling
+        self.constant = True  # the same row for every input (set by the statistics pass)
         self._compute_stats()
 
     def _describe(self) -> None:
@@ -193,11 +199,14 @@ class Block:
                 f"block {self.name!r} holds {bad} NaN or Inf values; recapture with "
                 '`nonfinite="zero"` or remove the offending inputs'
             )
+        raw = sumsq
         if self.center:
             self.mean = total / self.n_rows
             sumsq -= self.n_rows * float(self.mean @ self.mean)
             self._centre_data()
         self.sumsq = max(sumsq, 0.0)
+        # constant across the inputs: all zeros, or (centred) what is left is rounding
+        self.constant = self.sumsq <= CONSTANT_SHARE * raw
 
     def sub_chunks(self) -> Iterator[tuple[int, Any]]:
         """Yield ``(first row, Y[rows])`` in pieces small enough for a float64 copy (16 MiB).

@@ -287,6 +287,13 @@ class CMTF:
             )
             for n, a in zip(names, arrays, strict=True)
         ]
+        if all(b.constant for b in data):
+            raise FactorlensError(
+                "every block is constant across the inputs"
+                + (" (after centring)" if self.center else "")
+                + ", so there is nothing to factorize; check the data (all inputs the same?) "
+                "and the layers (outputs all zero?)"
+            )
         for b, s in zip(data, block_weights(data, self.weighting), strict=True):
             b.scale = s
         return data
@@ -564,6 +571,7 @@ class CMTF:
                 fit[b.name] = float(min(1.0, max(0.0, 1.0 - loss_b / b.norm_sq)))
             else:
                 fit[b.name] = 0.0
+            if b.norm_sq <= 0 or b.constant:
                 degenerate.append(b.name)
         floors = {
             b.name: float(pen[0] / 2.0 / math.sqrt(b.norm_sq)) if b.norm_sq > 0 else 0.0

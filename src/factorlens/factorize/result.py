@@ -142,9 +142,27 @@ class CMTFResult:
             One note per sign found; empty when there is none.
         """
         present = self.presence()  # (R, n_blocks)
-        notes = [
-            f"C{r + 1} has no strength in any block (the data hold fewer than {self.rank} "
-            "components)"
+        options = self.options or {}
+        constant = list(options.get("degenerate_blocks") or [])
+        notes = []
+        if constant:
+            centred = " after centring" if options.get("center") else ""
+            notes.append(
+                f"{', '.join(constant[:5])}{', …' if len(constant) > 5 else ''} "
+                f"{'is' if len(constant) == 1 else 'are'} constant across the inputs{centred} "
+                "(e.g. all zeros): no component can be in "
+                f"{'it' if len(constant) == 1 else 'them'}"
+            )
+        penalty = options.get("l1_penalty")
+        if not present.any() and isinstance(penalty, int | float) and penalty > 0:
+            return [
+                *notes,
+                f"the penalty (`l1_penalty` = {penalty:g}) set every component's strength to "
+                "zero in every block: use a smaller one, or 'auto'",
+            ]
+        held = "no component" if self.rank == 1 else f"fewer than {self.rank} components"
+        notes += [
+            f"C{r + 1} has no strength in any block (the data hold {held})"
             for r in np.flatnonzero(~present.any(axis=1))
         ]
         from factorlens.factorize.compare import congruence
@@ -193,7 +211,7 @@ class CMTFResult:
             f"more than one component of noise would (largest gain: {worst}, "
             f"{100 * float(gains[worst]):.2f}% of the block against a floor of "
             f"{100 * floor2[worst]:.2f}%): the data hold at most {self.rank - 1} "
-            "components"
+            f"component{'s' if self.rank - 1 != 1 else ''}"
         )
 
     def _degenerate_pairs(
