@@ -303,6 +303,20 @@ def test_escaping(tmp_path: Path) -> None:
     assert any(t.startswith("fc$\\nosuchcommand{$: ") for t in tips)
 
 
+def test_a_very_long_class_name_is_shortened_on_the_page(tmp_path: Path) -> None:
+    long = "x" * 5000
+    path = write_report(
+        tmp_path,
+        make_result(),
+        np.random.default_rng(3).uniform(0, 1, (N, 8, 8)),
+        np.arange(N) % 2,
+        [long, "b"],
+        top_k=N,
+    )
+    text = path.read_text()
+    assert long not in text and "x" * 39 + "…" in text
+
+
 def test_colour_input(tmp_path: Path) -> None:
     res = make_result((3, 8, 8))
     images = np.random.default_rng(4).uniform(0, 1, (N, 3, 8, 8)).astype(np.float32)

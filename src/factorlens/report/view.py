@@ -95,10 +95,20 @@ def check_inputs(
         images=x,
         kind=P.sample_kind(x.shape[1:]),
         labels=None if labels is None else np.asarray(labels).ravel(),
-        class_names=[str(c) for c in class_names] if class_names is not None else None,
+        class_names=[_short_name(str(c)) for c in class_names] if class_names is not None else None,
         predictions=None if predictions is None else np.asarray(predictions).ravel(),
         top_k=min(int(top_k), n),
     )
+
+
+#: class names longer than this are shortened on the page (a 5,000-character name
+#: overflowed its table cells and menus)
+NAME_CHARS = 40
+
+
+def _short_name(name: str) -> str:
+    """Return ``name``, shortened to :data:`NAME_CHARS` characters with "…" when longer."""
+    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
 
 
 def _shape(shape: Sequence[int]) -> str:
