@@ -773,6 +773,7 @@ class ZarrStore(ActivationStore):
             )
         check_not_being_written(p)
         if state == "complete":
+            cls.open(p)  # a damaged one says so here (the advice below would lead to it)
             raise FactorlensError(
                 f"the capture at {p} is already complete, nothing to resume; analyse it with "
                 "`analyze_store` (or pass `overwrite=True`, not `resume=True`, to capture again)"

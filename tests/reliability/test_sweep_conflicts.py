@@ -308,3 +308,13 @@ def test_report_of_a_damaged_comparison_is_one_line(cli, project, damage: str) -
     doc["meta"]["comparison"] = json.loads(damage)
     (out / "result.json").write_text(json.dumps(doc))
     cli.fails(["report", out, "--out", project["root"] / "r"], "is damaged", "comparison", rc=1)
+
+
+def test_resume_of_a_complete_but_damaged_store_names_the_damage(cli, project) -> None:
+    store = project["root"] / "acts"
+    cli.ok(analyze_args(project, project["root"] / "a", "--store", store))
+    chunk = next(p for p in sorted(store.rglob("c/*")) if p.is_file())
+    chunk.unlink()
+    err = cli.fails(analyze_args(project, project["root"] / "b", "--store", store, "--resume"),
+                    "is damaged", rc=1)  # fmt: skip
+    assert "already complete" not in err
