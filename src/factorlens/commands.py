@@ -723,7 +723,7 @@ def run_report(args: argparse.Namespace) -> Path:
             main=None if main is None else main - 1,
             title=title,
             overwrite=replace,
-            beside_result=beside_result,
+            replace_result=not beside_result,
         )
     if main is not None:
         raise FactorlensError("--main chooses among several result directories; give several")
@@ -736,7 +736,7 @@ def run_report(args: argparse.Namespace) -> Path:
         title=title,
         overwrite=replace,
         predictions=load_predictions(source),
-        beside_result=beside_result,
+        replace_result=not beside_result,
     )
 
 

@@ -256,20 +256,20 @@ def write_report_files(
     title: str = "factorlens report",
     overwrite: bool = False,
     predictions: np.ndarray | None = None,
-    beside_result: bool = False,
+    replace_result: bool = False,
 ) -> Path:
     """Write only ``index.html`` and ``figures/`` into ``out``.
 
-    The files are staged, then moved; with ``overwrite`` what factorlens wrote there before is
-    replaced: only the old report when ``beside_result`` (``out`` holds the result shown),
-    else every file of the old result, which the new report would not match.
+    The files are staged, then moved; with ``overwrite`` the report factorlens wrote there
+    before is replaced, and with ``replace_result`` every other file of the result there too
+    (``out`` holds another result, which the new report would not match).
     """
     return publish(
         Path(out),
         lambda stage: _report(stage, result, images, labels, class_names, title, predictions),
         REPORT_NAMES,
         overwrite=overwrite,
-        replaces=REPORT_NAMES if beside_result else None,
+        replaces=None if replace_result else REPORT_NAMES,
     )
 
 
@@ -357,12 +357,12 @@ def write_checkpoints_report(
     main: int | None = None,
     title: str = "factorlens report",
     overwrite: bool = False,
-    beside_result: bool = False,
+    replace_result: bool = False,
 ) -> Path:
     """Write :func:`checkpoints_report` into ``out``.
 
-    Staged then moved like :func:`write_report_files` (``overwrite`` replaces what
-    factorlens wrote there: its old report only when ``beside_result``).
+    Staged then moved like :func:`write_report_files` (``overwrite`` replaces the report
+    factorlens wrote there, ``replace_result`` the rest of the result there too).
     """
     out = Path(out).absolute()
     return publish(
@@ -370,7 +370,7 @@ def write_checkpoints_report(
         lambda stage: checkpoints_report(stage, sources, main=main, title=title, link_base=out),
         REPORT_NAMES,
         overwrite=overwrite,
-        replaces=REPORT_NAMES if beside_result else None,
+        replaces=None if replace_result else REPORT_NAMES,
     )
 
 
