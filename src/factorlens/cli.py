@@ -476,6 +476,16 @@ def _cluster(args: argparse.Namespace, engine: EngineOptions) -> Iterator[Engine
         yield replace(engine, backend="dask")
 
 
+def _iterations(opts: dict) -> str:
+    """Return ``"99 iterations (fit 50, refit 49)"``: by stage, each with its own --max-iter."""
+    n, stages = opts.get("n_iter"), opts.get("loss_stages") or []
+    if not isinstance(n, int) or len(stages) < 2:
+        return f"{n} iterations"
+    starts = [int(at) for _, at in stages] + [n]
+    parts = ", ".join(f"{what} {b - a}" for (what, a), b in zip(stages, starts[1:], strict=True))
+    return f"{n} iterations ({parts})"
+
+
 def _print_summary(result, out: Path, seconds: float) -> None:
     from factorlens import commands
 
@@ -483,7 +493,7 @@ def _print_summary(result, out: Path, seconds: float) -> None:
     state = "converged" if opts.get("converged") else "stopped at --max-iter"
     print(
         f"joint factorization of {result.n_samples} inputs, R = {result.rank}: "
-        f"{opts.get('n_iter')} iterations, {state}; {seconds:.1f} s in all"
+        f"{_iterations(opts)}, {state}; {seconds:.1f} s in all"
     )
     width = max(len(n) for n in result.block_names)
     captured = result.captured_energy()

@@ -537,7 +537,7 @@ def _load_npz(path: Path) -> ImageData:
         labels,
         class_names,
         f"npz file {path} ({images.shape[0]} {kind}, {shape})",
-        src,
+        str(path),  # its checks name the labels and class names too, not only 'images'
     )
 
 
@@ -573,6 +573,11 @@ def _npz_labels(raw: np.ndarray, path: Path) -> np.ndarray:
     if labels.ndim != 1:
         raise FactorlensError(
             f"{path} 'labels' has shape {labels.shape}; give a 1-D array of N class indices"
+        )
+    if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+        raise FactorlensError(
+            f"{path} 'labels' holds values up to {int(labels.max())}, beyond any class index; "
+            "give class indices 0, 1, 2, ..."
         )
     if labels.dtype.kind in "ui":
         return labels.astype(np.int64)

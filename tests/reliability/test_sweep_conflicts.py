@@ -318,3 +318,10 @@ def test_resume_of_a_complete_but_damaged_store_names_the_damage(cli, project) -
     err = cli.fails(analyze_args(project, project["root"] / "b", "--store", store, "--resume"),
                     "is damaged", rc=1)  # fmt: skip
     assert "already complete" not in err
+
+
+def test_the_iteration_count_is_given_by_stage(cli, project) -> None:
+    """Each stage has its own --max-iter: 9 iterations under --max-iter 5 is fit 5, refit 4."""
+    res = cli.ok(analyze_args(project, project["root"] / "out", "--tol", "0", "--max-iter", "5"))
+    line = next(x for x in res.out.splitlines() if x.startswith("joint factorization"))
+    assert "iterations (fit 5, refit " in line and "stopped at --max-iter" in line

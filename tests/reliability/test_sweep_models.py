@@ -209,3 +209,18 @@ def test_a_penalty_that_zeroes_everything_says_so(project) -> None:
         "the penalty (`l1_penalty` = 1e+06) set every component's strength to zero in every "
         "block: use a smaller one, or 'auto'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("labels", "needle"),
+    [(np.array([2**63 + 5] * 60, np.uint64), "beyond any class index"),
+     (-np.ones(60, np.int64), "has negative labels")],
+)  # fmt: skip
+def test_npz_label_errors_name_the_labels_not_the_images(cli, project, labels, needle) -> None:
+    bad = project["root"] / "bad.npz"
+    with np.load(project["data"]) as f:
+        np.savez(bad, images=f["images"], labels=labels)
+    args = analyze_args(project, project["root"] / "out")
+    args[args.index("--data") + 1] = f"npz:{bad}"
+    err = cli.fails(args, needle)
+    assert "'images' has" not in err
