@@ -426,6 +426,7 @@ def perturbed_outputs(
                 select=chosen,
                 progress=False,
                 output=OUTPUT_BLOCK,
+                check_determinism=False,  # the checkpoint's own capture checks it, once
             )
         )
         for c in copies
