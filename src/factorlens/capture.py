@@ -35,7 +35,7 @@ from factorlens.errors import (
 from factorlens.modelio import resolve_device
 from factorlens.options import CaptureOptions, capture_settings
 from factorlens.pages import small_pages
-from factorlens.rows import Levels, row_chunks
+from factorlens.rows import Levels, holds_reals, row_chunks
 from factorlens.store import ActivationStore, MemoryStore, ZarrStore
 from factorlens.writer import BatchWriter
 
@@ -278,13 +278,11 @@ def _unpack_data(data: Any) -> tuple[Any, Any, dict[str, Any]]:
             f"data must be a numpy array, a torch tensor or an ImageData with .images, got "
             f"{type(data).__name__}; convert it with numpy.asarray first"
         )
-    if isinstance(images, np.ndarray) and images.dtype.kind not in "biuf":
+    if not isinstance(images, Levels) and not holds_reals(images.dtype):
         raise FactorlensError(
             f"data holds {images.dtype} values; give real numbers (pixel values as float32, "
             "or uint8 levels)"
         )
-    if isinstance(images, torch.Tensor) and (images.is_complex() or images.dtype == torch.bool):
-        raise FactorlensError(f"data holds {images.dtype} values; give real numbers (float32)")
     if images.ndim < 2:
         raise FactorlensError(
             f"data has shape {tuple(images.shape)}; it needs a sample axis and at least one "
@@ -868,8 +866,14 @@ class ForwardPass:
         #: first batch: ``output`` when given, else a layer whose output is the returned
         #: tensor; None when none is (a hidden last layer, an output changed after it)
         self.output_block: str | None = None
-        self.output_known = False  # whether a batch has shown it
-        self._seen_outputs: dict[str, tuple[torch.Tensor, ...]] | None = None
+        #: fingerprints of the 2-D blocks of the batch running, until a batch has shown the
+        #: output block (then None)
+        self._seen_outputs: dict[str, tuple[torch.Tensor, ...]] | None = {}
+
+    @property
+    def output_known(self) -> bool:
+        """Whether a batch has shown which block holds the model's output."""
+        return self._seen_outputs is None
 
     # ------------------------------------------------------------------ what subclasses do
     def on_block(self, block: str, module: str, out: torch.Tensor) -> None:
@@ -946,7 +950,6 @@ class ForwardPass:
                     x = _apply_preprocess(self.preprocess, batch.clone()).to(device)
                     self.calls.clear()
                     self.batch_n, self.start = stop - start, start
-                    self._seen_outputs = None if self.output_known else {}
                     try:
                         returned = model(x)
                         if not self.output_known:
@@ -981,7 +984,7 @@ class ForwardPass:
 
     def _find_output_block(self, returned: Any) -> None:
         """Set :attr:`output_block` from the first batch's returned value and block outputs."""
-        seen, self._seen_outputs, self.output_known = self._seen_outputs or {}, None, True
+        seen, self._seen_outputs = self._seen_outputs or {}, None
         if self.output is not None:
             self.output_block = self.output
             return
@@ -1109,7 +1112,7 @@ def _run_capture(
     ``drop_unused`` leaves out (default) layers that do not run, with a note.
     ``check_determinism`` runs a few inputs twice first (:func:`check_deterministic`).
     Returns the non-finite counts replaced per block, and what the store's metadata records
-    of the model's output: ``{"model_output_block": block or None}`` (see
+    of the model's output: ``{OUTPUT_BLOCK_KEY: block or None}`` (see
     :func:`factorlens.pipeline.predicted_classes`), empty when no batch ran.
     """
     run = _StorePass(
@@ -1144,9 +1147,13 @@ def _run_capture(
     return run.counts, output_record(run)
 
 
+#: the key of a store's metadata that names the block holding the model's output
+OUTPUT_BLOCK_KEY = "model_output_block"
+
+
 def output_record(run: ForwardPass) -> dict[str, str | None]:
     """Return what a store records of the model's output block (empty when no batch ran)."""
-    return {"model_output_block": run.output_block} if run.output_known else {}
+    return {OUTPUT_BLOCK_KEY: run.output_block} if run.output_known else {}
 
 
 #: inputs run twice to check that the model answers the same each time
@@ -1195,11 +1202,9 @@ def check_deterministic(
 
 def _tensors_in(out: Any) -> list[torch.Tensor]:
     """Return the tensors a model returned: itself, or those of a tuple, list or dict."""
-    items = out.values() if isinstance(out, Mapping) else out
-    if isinstance(out, torch.Tensor):
-        items = [out]
-    elif not isinstance(out, Mapping | list | tuple):
-        items = []
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    items = out if isinstance(out, list | tuple) else [out]
     return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 

@@ -134,7 +134,7 @@ def predicted_classes(store: ActivationStore, n_classes: int | None) -> np.ndarr
 
     The prediction is the argmax of the store's last block when that block has one output per
     class (``n_classes`` of them) and is what the model returns; else None: when the capture
-    saw that the model's output is another block's or none (``meta["model_output_block"]``:
+    saw that the model's output is another block's or none (``meta[OUTPUT_BLOCK_KEY]``:
     a hidden last layer of ``n_classes`` units, an output changed after its layer), and when
     the block was sketched (an argmax of truncated coordinates could name another class).
     """
@@ -142,8 +142,10 @@ def predicted_classes(store: ActivationStore, n_classes: int | None) -> np.ndarr
 
     if not n_classes or len(store.names) < 2:
         return None
+    from factorlens.capture import OUTPUT_BLOCK_KEY
+
     meta = getattr(store, "meta", None) or {}
-    if "model_output_block" in meta and meta["model_output_block"] != store.names[-1]:
+    if OUTPUT_BLOCK_KEY in meta and meta[OUTPUT_BLOCK_KEY] != store.names[-1]:
         return None
     block = store.block(store.names[-1])
     if isinstance(block, ReducedBlock):

@@ -26,6 +26,14 @@ from factorlens.errors import FactorlensRuntimeError
 CHUNK_BYTES = 16 * 1024**2
 
 
+def holds_reals(dtype: Any) -> bool:
+    """Tell whether a numpy or torch ``dtype`` holds real numbers (bool, integer or float)."""
+    try:
+        return np.dtype(dtype).kind in "biuf"
+    except TypeError:  # a torch dtype: everything but complex is real
+        return not getattr(dtype, "is_complex", False)
+
+
 def in_memory(array: Any) -> bool:
     """Return whether ``array`` is held in memory (a numpy array) rather than read from disk."""
     return isinstance(array, np.ndarray)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from factorlens.capture import (
+    OUTPUT_BLOCK_KEY,
     _run_capture,
     capture,
     dtype_record,
@@ -273,7 +274,7 @@ def capture_sharded(
             progress_bar(-(-n // shard), "capture shards", unit="shard", disable=not progress),
         )
         target.finish_shards(n)
-        seen = {k: first.meta[k] for k in ("model_output_block",) if k in first.meta}
+        seen = {k: v for k, v in first.meta.items() if k == OUTPUT_BLOCK_KEY}  # the output
         finish_store(
             target, model, labels, {**data_meta, **dict(meta or {}), **seen}, recorded, counts
         )

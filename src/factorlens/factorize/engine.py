@@ -45,6 +45,7 @@ from factorlens.factorize.result import CMTFResult
 from factorlens.factorize.rowspace import through_rowspace
 from factorlens.options import EngineOptions, check_combination, check_fields
 from factorlens.pages import small_pages
+from factorlens.rows import holds_reals
 
 #: the defaults of every parameter but the rank (one place: the options dataclass)
 _E = EngineOptions()
@@ -730,11 +731,7 @@ def _check_block(name: Any, array: Any) -> None:
             f"block {name!r} has shape {tuple(shape)}; a block needs a sample axis and at least "
             "one feature axis (N, …)"
         )
-    try:
-        kind = np.dtype(dtype).kind
-    except TypeError:  # a torch dtype
-        kind = "c" if "complex" in str(dtype) else "f"
-    if kind not in "biuf":
+    if not holds_reals(dtype):
         raise FactorlensError(f"block {name!r} holds {dtype} values; give real numbers")
 
 
